@@ -378,8 +378,10 @@ class WAL:
                 try:
                     fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
-                    raise WALError(f"{path}: WAL is open in another process") from None
-            segments, report = cls._recover(path, segment_bytes)
+                    raise WALError(
+                        f"{path}: WAL is already open (by this or another process)"
+                    ) from None
+            segments, report = cls._recover(path)
             active = segments[-1]
             active_fd = os.open(active.path, os.O_WRONLY | os.O_APPEND | _O_CLOEXEC)
         except BaseException:
@@ -388,7 +390,7 @@ class WAL:
         return cls(path, dir_fd, segments, active_fd, segment_bytes), report
 
     @staticmethod
-    def _recover(dirpath: Path, segment_bytes: int) -> tuple[list[_Segment], RecoveryReport]:
+    def _recover(dirpath: Path) -> tuple[list[_Segment], RecoveryReport]:
         removed = tuple(sorted(p for p in dirpath.iterdir() if _SEGMENT_TMP_NAME.match(p.name)))
         for tmp in removed:
             tmp.unlink()
