@@ -1,0 +1,191 @@
+"""Every protocol message of pyxos, as frozen, typed structs.
+
+Theory of operation
+-------------------
+One module holds every message so that the wire codec can decode a frame strictly into
+exactly one of these types (a tagged union) and the core can dispatch with ``match``.
+Messages are ``msgspec.Struct`` values: frozen, slotted, encoded as compact msgpack
+arrays whose first element is the type tag. Every message names its sender (``src``);
+the destination is the driver's business (``Send.to``), so one encoded broadcast serves
+every recipient. Values (commands, batches of commands) are opaque ``bytes`` to the
+core: a follower never decodes a batch it only has to store.
+
+Single-decree (Basic) Paxos and Multi-Paxos share the textbook messages; a single
+decree is slot 0.
+
+- ``Prepare(b, slot)``: phase 1a, for every slot >= ``slot``.
+- ``Promise(b, accepted)``: phase 1b; ``accepted`` lists the acceptor's accepted
+  entries from the prepared slot on (``Entry(slot, ballot, value)``).
+- ``Accept(b, slot, values, chosen)``: phase 2a for the consecutive slots
+  ``slot, slot+1, ...``; ``chosen`` piggybacks the leader's commit point.
+- ``Accepted(b, slot, count)``: phase 2b for ``count`` consecutive slots.
+- ``Nack(b, promised)``: ``b`` was refused because the acceptor promised ``promised``.
+- ``Decided(slot, values)``: the chosen values of consecutive slots (learning,
+  catch-up).
+- ``Commit(b, chosen)``: leader heartbeat; every slot below ``chosen`` was chosen, and
+  a follower whose entry at such a slot was accepted in ballot ``b`` holds its value.
+- ``Fetch(slot, end)``: ask a peer for the chosen values of ``[slot, end)``.
+- ``ClientRequest`` / ``ClientReply``: a client's command and its result.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from pyxos.core.ballot import Ballot
+
+__all__ = [
+    "Accept",
+    "Accepted",
+    "ClientReply",
+    "ClientRequest",
+    "Commit",
+    "Decided",
+    "Entry",
+    "Fetch",
+    "Message",
+    "Nack",
+    "Prepare",
+    "Promise",
+    "Snapshot",
+    "SnapshotRequest",
+]
+
+
+class Entry(msgspec.Struct, frozen=True, array_like=True):
+    """An accepted (or chosen) value at one slot, with the ballot it was accepted in."""
+
+    slot: int
+    ballot: Ballot
+    value: bytes
+
+
+class Prepare(msgspec.Struct, frozen=True, array_like=True, tag="prepare"):
+    """Phase 1a: "promise me ``ballot`` for every slot >= ``slot``"."""
+
+    src: int
+    ballot: Ballot
+    slot: int = 0
+
+
+class Promise(msgspec.Struct, frozen=True, array_like=True, tag="promise"):
+    """Phase 1b: the acceptor promised ``ballot`` and reports what it has accepted.
+
+    ``chosen`` is the acceptor's node's first slot not known chosen; a new leader uses
+    it to learn who can serve catch-up.
+    """
+
+    src: int
+    ballot: Ballot
+    accepted: tuple[Entry, ...] = ()
+    chosen: int = 0
+
+
+class Accept(msgspec.Struct, frozen=True, array_like=True, tag="accept"):
+    """Phase 2a: accept ``values[i]`` at slot ``slot + i`` in ``ballot``."""
+
+    src: int
+    ballot: Ballot
+    slot: int
+    values: tuple[bytes, ...]
+    chosen: int = 0
+
+
+class Accepted(msgspec.Struct, frozen=True, array_like=True, tag="accepted"):
+    """Phase 2b: the acceptor accepted ``ballot`` at ``count`` slots from ``slot``."""
+
+    src: int
+    ballot: Ballot
+    slot: int
+    count: int = 1
+
+
+class Nack(msgspec.Struct, frozen=True, array_like=True, tag="nack"):
+    """``ballot`` was refused: the acceptor has promised the higher ``promised``."""
+
+    src: int
+    ballot: Ballot
+    promised: Ballot
+    leader: int = 0
+
+
+class Decided(msgspec.Struct, frozen=True, array_like=True, tag="decided"):
+    """``values[i]`` was chosen at slot ``slot + i``."""
+
+    src: int
+    slot: int
+    values: tuple[bytes, ...]
+
+
+class Commit(msgspec.Struct, frozen=True, array_like=True, tag="commit"):
+    """Leader heartbeat: every slot below ``chosen`` is chosen (see module notes)."""
+
+    src: int
+    ballot: Ballot
+    chosen: int
+
+
+class Fetch(msgspec.Struct, frozen=True, array_like=True, tag="fetch"):
+    """Catch-up: send me the chosen values of slots ``[slot, end)``."""
+
+    src: int
+    slot: int
+    end: int
+
+
+class SnapshotRequest(msgspec.Struct, frozen=True, array_like=True, tag="snapreq"):
+    """Catch-up past compaction: send the snapshot from byte ``offset`` on."""
+
+    src: int
+    slot: int
+    offset: int = 0
+
+
+class Snapshot(msgspec.Struct, frozen=True, array_like=True, tag="snapshot"):
+    """One chunk of a state-machine snapshot taken after applying slots < ``slot``."""
+
+    src: int
+    slot: int
+    offset: int
+    data: bytes
+    total: int
+
+
+class ClientRequest(msgspec.Struct, frozen=True, array_like=True, tag="req"):
+    """A client's command: ``(client, seq)`` makes retries idempotent."""
+
+    src: int
+    client: int
+    seq: int
+    command: bytes
+
+
+class ClientReply(msgspec.Struct, frozen=True, array_like=True, tag="rep"):
+    """The result of ``(client, seq)``, or a redirect when ``ok`` is false.
+
+    ``leader`` is the replying node's best guess of the leader (0 when unknown).
+    """
+
+    src: int
+    client: int
+    seq: int
+    ok: bool
+    result: bytes = b""
+    leader: int = 0
+
+
+Message = (
+    Prepare
+    | Promise
+    | Accept
+    | Accepted
+    | Nack
+    | Decided
+    | Commit
+    | Fetch
+    | SnapshotRequest
+    | Snapshot
+    | ClientRequest
+    | ClientReply
+)
+"""Every message a pyxos process sends or receives."""

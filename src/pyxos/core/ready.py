@@ -1,0 +1,118 @@
+"""Ready: what a driver must do after feeding the core an input.
+
+Theory of operation
+-------------------
+The core performs no I/O. After any input (``step``, ``tick``, ``propose``) the driver
+calls ``ready()`` and carries out, in this order:
+
+1. ``persist``: acceptor state to make durable (one write and one fsync for the whole
+   Ready: group commit);
+2. ``send_now``: messages that may leave at once, even while that fsync runs (a
+   proposer's Accept, Commit and Decided messages, whose content does not depend on
+   the acceptor state being persisted);
+3. ``send_after_sync``: messages that leave only once ``persist`` is durable (Promise,
+   Accepted, Nack and Prepare: they report or depend on a promise or an acceptance,
+   and a crash before the fsync must not leave a promise the disk does not hold);
+4. ``committed``: chosen values, in slot order, to apply exactly once;
+
+and then calls ``advance()``. Messages addressed to the node itself are delivered back
+to it with ``step`` like any other; this is how a leader counts its own acceptance only
+once it is durable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import msgspec
+
+from pyxos.core.ballot import Ballot
+from pyxos.core.messages import Entry, Message
+
+__all__ = ["Node", "Persist", "Ready", "Rng", "Send"]
+
+
+class Rng(Protocol):
+    """The randomness the core may use, injected by its driver (``random.Random`` fits)."""
+
+    def random(self) -> float:
+        """A float in [0, 1)."""
+        ...
+
+    def uniform(self, a: float, b: float) -> float:
+        """A float between ``a`` and ``b``."""
+        ...
+
+
+class Persist(msgspec.Struct, array_like=True):
+    """Acceptor state that must be durable before acceptor replies leave.
+
+    ``promised`` is the new promised ballot (``None``: unchanged); ``accepted`` are the
+    entries newly accepted; ``chosen`` the new first-unchosen slot (``-1``: unchanged;
+    a watermark only, safe to lose).
+    """
+
+    promised: Ballot | None = None
+    accepted: list[Entry] = msgspec.field(default_factory=list)
+    chosen: int = -1
+
+    def __bool__(self) -> bool:
+        return self.promised is not None or bool(self.accepted) or self.chosen >= 0
+
+    def absorb(self, later: Persist) -> None:
+        """Fold a later record into this one (the later values win)."""
+        if later.promised is not None:
+            self.promised = later.promised
+        self.accepted.extend(later.accepted)
+        self.chosen = max(self.chosen, later.chosen)
+
+
+@dataclass(slots=True)
+class Send:
+    """Send ``msg`` to every node id in ``to`` (encode once, deliver to each)."""
+
+    to: tuple[int, ...]
+    msg: Message
+
+
+@dataclass(slots=True)
+class Ready:
+    """The outputs of the core since the last ``advance()``."""
+
+    persist: Persist = field(default_factory=Persist)
+    send_now: list[Send] = field(default_factory=list)
+    send_after_sync: list[Send] = field(default_factory=list)
+    committed: list[Entry] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.persist or self.send_now or self.send_after_sync or self.committed)
+
+
+class Node(Protocol):
+    """The contract every pure protocol node offers its driver (simulator or server)."""
+
+    @property
+    def node_id(self) -> int:
+        """This node's id."""
+        ...
+
+    def step(self, msg: Message) -> None:
+        """Feed one received message."""
+        ...
+
+    def tick(self, now: float) -> None:
+        """Advance the node's notion of time to ``now`` (monotonic seconds)."""
+        ...
+
+    def ready(self) -> Ready:
+        """What the driver must do now (see the module docstring)."""
+        ...
+
+    def advance(self) -> None:
+        """The driver has carried out the last ``ready()``."""
+        ...
+
+    def next_deadline(self) -> float | None:
+        """The latest time at which ``tick`` must be called again, if any."""
+        ...

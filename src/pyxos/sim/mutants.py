@@ -1,0 +1,88 @@
+"""Deliberately broken protocol variants, to prove the checks are not vacuous.
+
+Theory of operation
+-------------------
+Each mutant is the real node with one textbook rule removed. The simulator must catch
+every one of them within a stated number of seeds (see ``tests/test_mutants.py``);
+a check that never fires on a broken protocol proves nothing about a correct one.
+Mutants live in the package (not only in tests) so that ``pyxos sim ... --mutant``
+can replay a failing seed of a mutant exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from pyxos.core.acceptor import Acceptor
+from pyxos.core.ballot import ZERO, Ballot
+from pyxos.core.messages import Entry
+from pyxos.core.quorum import QuorumSystem
+from pyxos.core.ready import Rng
+from pyxos.core.synod import Proposer, SynodNode
+
+__all__ = ["SYNOD_MUTANTS"]
+
+
+class _PromiseIgnoringAcceptor(Acceptor):
+    """Accepts any ballot, even below its promise."""
+
+    def on_accept(self, ballot: Ballot, slot: int, values: Sequence[bytes]) -> bool:
+        saved = self.promised
+        self.promised = min(self.promised, ballot)
+        ok = super().on_accept(ballot, slot, values)
+        self.promised = max(saved, self.promised)
+        return ok
+
+
+class _AcceptedIgnoringProposer(Proposer):
+    """Proposes its own value even when an acceptor reported an accepted one."""
+
+    def choose_value(self) -> bytes:
+        return self.value
+
+
+class IgnorePromiseNode(SynodNode):
+    """Synod node whose acceptor ignores its promise when asked to accept."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.acceptor = _PromiseIgnoringAcceptor(
+            self.acceptor.promised, self.acceptor.accepted.values()
+        )
+
+
+class IgnoreAcceptedNode(SynodNode):
+    """Synod node whose proposer ignores the values reported in promises."""
+
+    def __init__(self, node_id: int, quorum: QuorumSystem, rng: Rng, **kw: Any) -> None:
+        super().__init__(node_id, quorum, rng, **kw)
+        self.proposer = _AcceptedIgnoringProposer(node_id, quorum)
+
+
+class ForgetPromiseNode(SynodNode):
+    """Synod node whose acceptor forgets its promise on restart (keeps accepted)."""
+
+    def __init__(
+        self,
+        node_id: int,
+        quorum: QuorumSystem,
+        rng: Rng,
+        *,
+        promised: Ballot = ZERO,
+        accepted: Iterable[Entry] = (),
+        **kw: Any,
+    ) -> None:
+        accepted = list(accepted)
+        # The accepted entries still raise the promise (the acceptor rule does), so
+        # forget down to the highest accepted ballot only.
+        floor = max((e.ballot for e in accepted), default=ZERO)
+        super().__init__(node_id, quorum, rng, promised=floor, accepted=accepted, **kw)
+
+
+SYNOD_MUTANTS: dict[str, type[SynodNode]] = {
+    "ignore-promise": IgnorePromiseNode,
+    "ignore-accepted": IgnoreAcceptedNode,
+    "forget-promise": ForgetPromiseNode,
+}
+"""Broken single-decree variants, by the name ``--mutant`` takes."""

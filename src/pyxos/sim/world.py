@@ -1,0 +1,391 @@
+"""The deterministic simulator: one seeded RNG, a virtual clock and an event queue.
+
+Theory of operation
+-------------------
+The simulator is a driver of pure nodes (anything with the core's ``step / tick /
+ready / advance / next_deadline`` contract). It owns the only clock and the only
+random number generator; nodes receive their own ``random.Random`` seeded from it.
+Everything that happens is an event in one priority queue ordered by (virtual time,
+sequence number), so a seed replays exactly, event for event.
+
+Driving a node after each input follows the core's contract, and models the overlap
+of fsync and sending faithfully:
+
+- ``persist`` is written to the node's :class:`~pyxos.storage.memory.MemoryStorage`
+  as unsynced; one fsync at a time is in flight and covers every write issued before
+  it started (group commit); it completes after a random disk latency.
+- ``send_now`` messages enter the network at once.
+- ``send_after_sync`` messages wait until every write issued up to their Ready is
+  durable; a crash before that drops them together with the unsynced writes.
+- ``committed`` entries go to the observers (the safety checkers) at once.
+
+The network delivers each message after a random delay and, when the faults are on,
+drops, duplicates, delays for long, reorders (no FIFO per link) and blocks messages
+between partitioned nodes. A message to oneself is delivered locally, without faults.
+A crash discards the node object, its in-flight messages and its unsynced writes; a
+restart builds a new node from the durable storage only.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyxos.core.messages import Entry, Message
+from pyxos.core.ready import Node, Send
+from pyxos.storage.memory import MemoryStorage
+
+__all__ = ["NetworkFaults", "NodeFactory", "Simulator", "TraceEvent", "format_trace"]
+
+NodeFactory = Callable[[int, MemoryStorage, random.Random, float], Node]
+"""Builds a node from (node id, durable storage, its RNG, the time of its start)."""
+
+TraceEvent = tuple[float, str, Any, Any, Any]
+"""(time, kind, a, b, detail): one line of a run's trace."""
+
+
+@dataclass(slots=True)
+class NetworkFaults:
+    """Probabilities and delays of the simulated network (all off by default)."""
+
+    drop: float = 0.0
+    dup: float = 0.0
+    long_delay: float = 0.0
+    reorder: bool = False
+    min_delay: float = 0.0002
+    max_delay: float = 0.002
+    long_delay_range: tuple[float, float] = (0.02, 0.2)
+
+
+@dataclass(slots=True)
+class _Process:
+    node_id: int
+    factory: NodeFactory
+    storage: MemoryStorage
+    node: Node | None = None
+    up: bool = False
+    incarnation: int = 0
+    crashable: bool = True
+    tick_at: float | None = None
+    paused_until: float = 0.0
+    """While ``now`` is below this, the process is frozen: events for it wait."""
+    written: int = 0
+    """Writes issued in this incarnation."""
+    synced: int = 0
+    """Writes durable in this incarnation."""
+    fsync_in_flight: bool = False
+    waiting: list[tuple[int, list[Send]]] = field(default_factory=list)
+    """(writes that must be durable first, messages) in issue order."""
+
+
+_DELIVER, _TICK, _FSYNC, _CALL = range(4)
+
+
+class Simulator:
+    """Drives pure nodes over a faulty simulated network and disk, deterministically."""
+
+    def __init__(
+        self,
+        seed: int,
+        *,
+        faults: NetworkFaults | None = None,
+        disk_latency: tuple[float, float] = (0.0001, 0.001),
+        trace: bool = True,
+    ) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.now = 0.0
+        self.faults = faults or NetworkFaults()
+        self.disk_latency = disk_latency
+        self.procs: dict[int, _Process] = {}
+        self.blocked: set[tuple[int, int]] = set()
+        """Directed (src, dst) pairs whose messages the network drops (partitions)."""
+        self.tracing = trace
+        self.trace: list[TraceEvent] = []
+        self.observers: list[Callable[[int, list[Entry]], None]] = []
+        """Called with (node id, committed entries) after every Ready that has any."""
+        self.send_observers: list[Callable[[int, Message], None]] = []
+        """Called with (sender, message) for every message put on the network."""
+        self.stats = {"sent": 0, "delivered": 0, "dropped": 0, "duplicated": 0, "fsyncs": 0}
+        self._queue: list[tuple[float, int, int, Any, Any, Any]] = []
+        self._seq = 0
+        self._link_last: dict[tuple[int, int], float] = {}
+        self.stopped = False
+
+    # -- setup ---------------------------------------------------------------------
+
+    def add_node(self, node_id: int, factory: NodeFactory, *, crashable: bool = True) -> None:
+        """Add a process and start it now."""
+        if node_id in self.procs:
+            raise ValueError(f"node {node_id} exists")
+        proc = _Process(node_id, factory, MemoryStorage(), crashable=crashable)
+        self.procs[node_id] = proc
+        self._start(proc)
+
+    def node(self, node_id: int) -> Node | None:
+        """The live node object of ``node_id`` (None while it is down)."""
+        return self.procs[node_id].node
+
+    def live_nodes(self) -> list[int]:
+        """Ids of the processes that are up."""
+        return [p.node_id for p in self.procs.values() if p.up]
+
+    # -- faults --------------------------------------------------------------------
+
+    def crash(self, node_id: int, keep_unsynced: int = 0) -> None:
+        """Crash a node: it loses its memory, its unsynced writes and pending sends."""
+        proc = self.procs[node_id]
+        if not proc.up:
+            return
+        proc.up = False
+        proc.node = None
+        proc.incarnation += 1
+        proc.storage.crash(keep=keep_unsynced)
+        proc.waiting.clear()
+        proc.fsync_in_flight = False
+        proc.tick_at = None
+        self._log("crash", node_id, None, None)
+
+    def restart(self, node_id: int) -> None:
+        """Restart a crashed node from its durable storage."""
+        proc = self.procs[node_id]
+        if proc.up:
+            return
+        self._log("restart", node_id, None, None)
+        self._start(proc)
+
+    def pause(self, node_id: int, duration: float) -> None:
+        """Freeze a node (like SIGSTOP or a long GC pause): it keeps its memory, and every
+        delivery, timer and fsync completion for it waits until it resumes."""
+        proc = self.procs[node_id]
+        proc.paused_until = max(proc.paused_until, self.now + duration)
+        self._log("pause", node_id, None, round(duration, 6))
+
+    def resume_all(self) -> None:
+        """End every pause now."""
+        for proc in self.procs.values():
+            proc.paused_until = min(proc.paused_until, self.now)
+
+    def partition(self, groups: Iterable[Iterable[int]]) -> None:
+        """Nodes in different groups stop hearing each other (others unaffected)."""
+        sets = [set(g) for g in groups]
+        for i, a in enumerate(sets):
+            for b in sets[i + 1 :]:
+                for x in a:
+                    for y in b:
+                        self.blocked.add((x, y))
+                        self.blocked.add((y, x))
+        self._log("partition", None, None, [sorted(g) for g in sets])
+
+    def block(self, src: int, dst: int) -> None:
+        """Drop every message from ``src`` to ``dst`` (one direction)."""
+        self.blocked.add((src, dst))
+
+    def heal(self) -> None:
+        """Remove every partition."""
+        self.blocked.clear()
+        self._log("heal", None, None, None)
+
+    def call_at(self, when: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` at virtual time ``when`` (nemesis actions, client timers)."""
+        self._push(max(when, self.now), _CALL, fn, None, None)
+
+    # -- running -------------------------------------------------------------------
+
+    def run(self, until: float, stop: Callable[[], bool] | None = None) -> None:
+        """Process events up to virtual time ``until`` or until ``stop()`` is true."""
+        queue = self._queue
+        while queue and not self.stopped:
+            if queue[0][0] > until:
+                break
+            when, _, kind, a, b, c = heapq.heappop(queue)
+            self.now = when
+            if kind != _CALL:
+                proc = self.procs.get(a)
+                if proc is not None and proc.paused_until > when:
+                    self._push(proc.paused_until, kind, a, b, c)
+                    continue
+            if kind == _DELIVER:
+                self._deliver(a, b, c)
+            elif kind == _TICK:
+                self._on_tick(a, b)
+            elif kind == _FSYNC:
+                self._on_fsync(a, b, c)
+            else:
+                a()
+            if stop is not None and stop():
+                return
+        if not self.stopped:
+            self.now = max(self.now, until)
+
+    def invoke(self, node_id: int, fn: Callable[[Node], None]) -> bool:
+        """Feed a live node an input now (``fn(node)``) and drive its Ready; False if down."""
+        proc = self.procs[node_id]
+        if not proc.up or proc.node is None or proc.paused_until > self.now:
+            return False
+        proc.node.tick(self.now)
+        fn(proc.node)
+        self._drive(proc)
+        return True
+
+    def send_external(self, src: int, dst: int, msg: Message) -> None:
+        """Put a message on the network on behalf of ``src`` (for harnesses)."""
+        self._transmit(src, dst, msg)
+
+    # -- internals -----------------------------------------------------------------
+
+    def _push(self, when: float, kind: int, a: Any, b: Any, c: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._queue, (when, self._seq, kind, a, b, c))
+
+    def _log(self, kind: str, a: Any, b: Any, detail: Any) -> None:
+        if self.tracing:
+            self.trace.append((self.now, kind, a, b, detail))
+
+    def _start(self, proc: _Process) -> None:
+        node_rng = random.Random(self.rng.getrandbits(64))
+        proc.node = proc.factory(proc.node_id, proc.storage, node_rng, self.now)
+        proc.up = True
+        proc.paused_until = 0.0
+        proc.written = proc.synced = 0
+        proc.fsync_in_flight = False
+        proc.waiting.clear()
+        proc.tick_at = None
+        proc.node.tick(self.now)
+        self._drive(proc)
+
+    def _deliver(self, dst: int, msg: Message, incarnation: int) -> None:
+        proc = self.procs.get(dst)
+        if proc is None or not proc.up or proc.node is None or proc.incarnation != incarnation:
+            self.stats["dropped"] += 1
+            self._log("lost", getattr(msg, "src", None), dst, msg)
+            return
+        self.stats["delivered"] += 1
+        self._log("recv", getattr(msg, "src", None), dst, msg)
+        proc.node.tick(self.now)
+        proc.node.step(msg)
+        self._drive(proc)
+
+    def _on_tick(self, node_id: int, incarnation: int) -> None:
+        proc = self.procs[node_id]
+        if not proc.up or proc.node is None or proc.incarnation != incarnation:
+            return
+        proc.tick_at = None
+        proc.node.tick(self.now)
+        self._drive(proc)
+
+    def _drive(self, proc: _Process) -> None:
+        node = proc.node
+        assert node is not None
+        r = node.ready()
+        if r:
+            src = proc.node_id
+            if r.persist:
+                proc.storage.write(r.persist)
+                proc.written += 1
+            for send in r.send_now:
+                for dst in send.to:
+                    self._transmit(src, dst, send.msg)
+            if r.send_after_sync:
+                if proc.synced >= proc.written and not proc.waiting:
+                    for send in r.send_after_sync:
+                        for dst in send.to:
+                            self._transmit(src, dst, send.msg)
+                else:
+                    proc.waiting.append((proc.written, list(r.send_after_sync)))
+            if r.committed:
+                self._log("commit", src, None, r.committed)
+                for observe in self.observers:
+                    observe(src, r.committed)
+            self._start_fsync(proc)
+        node.advance()
+        deadline = node.next_deadline()
+        if deadline is not None and (proc.tick_at is None or deadline < proc.tick_at):
+            proc.tick_at = deadline
+            self._push(max(deadline, self.now), _TICK, proc.node_id, proc.incarnation, None)
+
+    def _start_fsync(self, proc: _Process) -> None:
+        if proc.fsync_in_flight or proc.synced >= proc.written:
+            return
+        proc.fsync_in_flight = True
+        latency = self.rng.uniform(*self.disk_latency)
+        self._push(self.now + latency, _FSYNC, proc.node_id, proc.incarnation, proc.written)
+
+    def _on_fsync(self, node_id: int, incarnation: int, target: int) -> None:
+        proc = self.procs[node_id]
+        if not proc.up or proc.incarnation != incarnation:
+            return
+        proc.storage.sync(target - proc.synced)
+        proc.synced = target
+        proc.fsync_in_flight = False
+        self.stats["fsyncs"] += 1
+        while proc.waiting and proc.waiting[0][0] <= proc.synced:
+            _, sends = proc.waiting.pop(0)
+            for send in sends:
+                for dst in send.to:
+                    self._transmit(node_id, dst, send.msg)
+        self._start_fsync(proc)
+
+    def _transmit(self, src: int, dst: int, msg: Message) -> None:
+        self.stats["sent"] += 1
+        for observe in self.send_observers:
+            observe(src, msg)
+        proc = self.procs.get(dst)
+        incarnation = proc.incarnation if proc is not None else -1
+        if src == dst:
+            self._push(self.now, _DELIVER, dst, msg, incarnation)
+            return
+        if (src, dst) in self.blocked:
+            self.stats["dropped"] += 1
+            self._log("drop", src, dst, msg)
+            return
+        f = self.faults
+        rng = self.rng
+        if f.drop and rng.random() < f.drop:
+            self.stats["dropped"] += 1
+            self._log("drop", src, dst, msg)
+            return
+        copies = 1
+        if f.dup and rng.random() < f.dup:
+            copies = 2
+            self.stats["duplicated"] += 1
+        for _ in range(copies):
+            delay = rng.uniform(f.min_delay, f.max_delay)
+            if f.long_delay and rng.random() < f.long_delay:
+                delay = rng.uniform(*f.long_delay_range)
+            when = self.now + delay
+            if not f.reorder:
+                link = (src, dst)
+                when = max(when, self._link_last.get(link, 0.0))
+                self._link_last[link] = when
+            self._push(when, _DELIVER, dst, msg, incarnation)
+
+
+def format_trace(trace: Iterable[TraceEvent], limit: int | None = None) -> str:
+    """Render a trace as readable lines (the last ``limit`` events when given)."""
+    events = list(trace)
+    if limit is not None and len(events) > limit:
+        skipped = len(events) - limit
+        events = events[-limit:]
+        lines = [f"... {skipped} earlier events not shown"]
+    else:
+        lines = []
+    for when, kind, a, b, detail in events:
+        ms = f"{when * 1000:10.3f}ms"
+        if kind in ("recv", "drop", "lost"):
+            lines.append(f"{ms} {kind:<9} {a}->{b} {_short(detail)}")
+        elif kind == "commit":
+            lines.append(f"{ms} {kind:<9} node {a}: {_short(detail)}")
+        elif kind in ("crash", "restart"):
+            lines.append(f"{ms} {kind:<9} node {a}")
+        else:
+            lines.append(f"{ms} {kind:<9} {_short(detail) if detail is not None else ''}".rstrip())
+    return "\n".join(lines)
+
+
+def _short(obj: Any, width: int = 160) -> str:
+    text = repr(obj)
+    return text if len(text) <= width else text[: width - 3] + "..."

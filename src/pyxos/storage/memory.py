@@ -1,0 +1,59 @@
+"""In-memory acceptor storage for the simulator, with the failure modes of a real disk.
+
+Theory of operation
+-------------------
+A :class:`MemoryStorage` holds one node's durable acceptor state: the promised ballot,
+the accepted entries and the chosen watermark. Writes land in an unsynced buffer, as
+in a page cache; ``sync`` makes a prefix of them durable, as an fsync does for the
+writes issued before it started. ``crash`` throws the unsynced writes away (or, when a
+torn write is simulated, keeps a prefix of them), which is exactly what a power cut
+does to a real disk. The state survives ``crash`` only as far as it was synced.
+"""
+
+from __future__ import annotations
+
+from pyxos.core.ballot import ZERO, Ballot
+from pyxos.core.messages import Entry
+from pyxos.core.ready import Persist
+
+__all__ = ["MemoryStorage"]
+
+
+class MemoryStorage:
+    """Durable acceptor state of one simulated node."""
+
+    def __init__(self) -> None:
+        self.promised: Ballot = ZERO
+        self.accepted: dict[int, Entry] = {}
+        self.chosen = 0
+        self.unsynced: list[Persist] = []
+        """Records written but not yet covered by a completed sync, oldest first."""
+        self.writes = 0
+        self.syncs = 0
+
+    def write(self, record: Persist) -> None:
+        """Buffer a record (not durable until ``sync`` covers it)."""
+        if record:
+            self.unsynced.append(record)
+            self.writes += 1
+
+    def sync(self, count: int | None = None) -> None:
+        """Make the oldest ``count`` unsynced records (default: all) durable."""
+        n = len(self.unsynced) if count is None else count
+        for record in self.unsynced[:n]:
+            self._apply(record)
+        del self.unsynced[:n]
+        self.syncs += 1
+
+    def crash(self, keep: int = 0) -> None:
+        """Lose the unsynced records except the oldest ``keep`` (a torn write)."""
+        for record in self.unsynced[:keep]:
+            self._apply(record)
+        self.unsynced.clear()
+
+    def _apply(self, record: Persist) -> None:
+        if record.promised is not None and record.promised > self.promised:
+            self.promised = record.promised
+        for entry in record.accepted:
+            self.accepted[entry.slot] = entry
+        self.chosen = max(self.chosen, record.chosen)

@@ -1,0 +1,54 @@
+"""The dependency rule of ARCHITECTURE.md, enforced on the import statements."""
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "pyxos"
+
+ALLOWED = {
+    "core": {"core"},
+    "statemachine": {"core", "statemachine"},
+    "storage": {"core", "statemachine", "storage"},
+    "check": {"core", "statemachine", "check"},
+    "net": {"core", "statemachine", "net"},
+    "sim": {"core", "statemachine", "storage", "check", "sim"},
+    "server": {"core", "statemachine", "storage", "check", "net", "server"},
+    "client": {"core", "statemachine", "net", "client"},
+}
+CORE_FORBIDDEN = {"asyncio", "socket", "time", "random", "os", "threading", "select", "subprocess"}
+
+
+def _imports(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text())
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+    return names
+
+
+def test_layers_import_only_downward() -> None:
+    problems = []
+    for layer, allowed in ALLOWED.items():
+        for path in (SRC / layer).rglob("*.py"):
+            for name in _imports(path):
+                parts = name.split(".")
+                inner = parts[1] if parts[0] == "pyxos" and len(parts) > 1 else None
+                if inner in ALLOWED and inner not in allowed:
+                    problems.append(f"{path.relative_to(SRC)} imports {name}")
+    assert not problems, "\n".join(problems)
+
+
+def test_core_has_no_io_clock_or_randomness() -> None:
+    problems = []
+    for path in (SRC / "core").rglob("*.py"):
+        for name in _imports(path):
+            if name.split(".")[0] in CORE_FORBIDDEN:
+                problems.append(f"{path.relative_to(SRC)} imports {name}")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_rule_checker_sees_imports() -> None:
+    assert "pyxos.core.ballot" in _imports(SRC / "core" / "acceptor.py")
