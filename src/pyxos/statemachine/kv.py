@@ -1,0 +1,390 @@
+"""The replicated key-value store: commands, results, client sessions and snapshots.
+
+Theory of operation
+-------------------
+A client command is a ``Command(client, seq, op, key, value, expected)``. The leader
+checks each command with ``validate_command`` when it is proposed, encodes the commands
+that arrived together once with ``encode_batch``, and proposes those bytes as one slot
+value. ``KVStore.apply`` decodes a chosen batch once and runs its commands in order,
+returning one ``Applied(client, seq, result)`` per command with the result already
+encoded (``encode_result``), ready for the reply.
+
+Validity is the proposer's job, not the replica's. ``apply`` does not re-run
+``validate_command``: if it did, replicas of two versions with different limits could
+disagree about the same chosen batch. It only refuses what it cannot carry out (an op
+it does not know, a put or cas without a value) with an error result, the same on every
+replica. A slot value that does not decode at all cannot come from a correct leader,
+which only proposes batches it encoded; ``apply`` consumes the slot, returns no results
+(there is nobody known to answer) and counts it in ``KVStore.malformed``. It never
+raises on a chosen value: a replica that crashed on one would crash again on restart.
+
+Exactly once: every client numbers its commands ``seq = 1, 2, ...`` and has at most
+one outstanding at a time (run several logical clients to pipeline). Per client, the
+store keeps the last seq applied and its encoded result (the client's *session*):
+
+- ``seq`` above the last: apply, record ``(seq, result)``;
+- ``seq`` equal to the last: a retry of a command that was already chosen (perhaps in
+  an earlier slot under an earlier leader); answer the recorded result, apply nothing;
+- ``seq`` below the last: the client has moved on, so this is a stale duplicate;
+  answer an error, apply nothing.
+
+The sessions table keeps at most ``max_sessions`` clients and evicts the least recently
+used one (by slot order of their commands, so every replica evicts the same one). An
+evicted client that retries is treated as new: its retry is applied again. Keep
+``max_sessions`` well above the number of clients active within a retry timeout, and
+configure it the same on every replica.
+
+A snapshot is the msgpack encoding of the keys and values, the sessions in LRU order
+and ``applied_slot`` (never pickle: a snapshot arrives from peers). Restoring it and
+applying the following slots gives the same state and the same results, byte for byte,
+as never having snapshotted.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import ClassVar, Final
+
+import msgspec
+
+from pyxos.statemachine.base import Applied
+
+__all__ = [
+    "DEFAULT_MAX_SESSIONS",
+    "MAX_KEY_BYTES",
+    "MAX_LIST_ENTRIES",
+    "MAX_VALUE_BYTES",
+    "OPS",
+    "Command",
+    "KVStore",
+    "KVStoreWithoutDedup",
+    "Result",
+    "decode_batch",
+    "decode_result",
+    "encode_batch",
+    "encode_result",
+    "validate_command",
+]
+
+MAX_KEY_BYTES: Final = 1024
+"""Longest key, in UTF-8 bytes."""
+
+MAX_VALUE_BYTES: Final = 1024 * 1024
+"""Longest value (and cas ``expected``), in UTF-8 bytes."""
+
+MAX_LIST_ENTRIES: Final = 10_000
+"""A ``list`` returns at most this many entries: the first ones in key order."""
+
+DEFAULT_MAX_SESSIONS: Final = 100_000
+"""Default bound on the client sessions a ``KVStore`` remembers."""
+
+OPS: Final = frozenset({"get", "put", "delete", "cas", "list"})
+"""Every op a ``Command`` may carry."""
+
+SNAPSHOT_VERSION: Final = 1
+
+
+class Command(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """One client command; ``(client, seq)`` makes its retries idempotent.
+
+    - ``get(key)``: read ``key``.
+    - ``put(key, value)``: set ``key`` to ``value``.
+    - ``delete(key)``: remove ``key``.
+    - ``cas(key, expected, value)``: set ``key`` to ``value`` if its current value is
+      ``expected``; ``expected=None`` means "only if ``key`` is absent".
+    - ``list(key)``: every entry whose key starts with the prefix ``key`` (``""``: all).
+    """
+
+    client: int
+    seq: int
+    op: str
+    key: str
+    value: str | None = None
+    expected: str | None = None
+
+
+class Result(msgspec.Struct, frozen=True, array_like=True):
+    """The outcome of one command.
+
+    - get: ``ok``, ``value`` (``None`` if the key is absent).
+    - put: ``ok``.
+    - delete: ``ok``, ``value`` = the deleted value (``None`` if the key was absent).
+    - cas: ``ok`` if the current value was ``expected`` (and is now the new value);
+      otherwise not ``ok`` and ``value`` = the current value (``None``: absent).
+    - list: ``ok``, ``values`` = ``(key, value)`` pairs sorted by key, at most
+      ``MAX_LIST_ENTRIES`` of them.
+    - a stale request or a command the store cannot carry out: not ``ok``, ``error``.
+    """
+
+    ok: bool
+    value: str | None = None
+    values: list[tuple[str, str]] | None = None
+    error: str | None = None
+
+
+class _KVSnapshot(msgspec.Struct, frozen=True, array_like=True, tag="kv"):
+    """Snapshot format: ``sessions`` are ``(client, seq, result)``, least recent first."""
+
+    version: int
+    applied_slot: int
+    values: dict[str, str]
+    sessions: list[tuple[int, int, bytes]]
+
+
+_encoder = msgspec.msgpack.Encoder()
+_batch_decoder = msgspec.msgpack.Decoder(list[Command])
+_result_decoder = msgspec.msgpack.Decoder(Result)
+_snapshot_decoder = msgspec.msgpack.Decoder(_KVSnapshot)
+
+# The results that carry nothing but ``ok``, encoded once.
+_OK: Final = _encoder.encode(Result(ok=True))
+_NOT_OK: Final = _encoder.encode(Result(ok=False))
+
+
+def encode_batch(commands: Sequence[Command]) -> bytes:
+    """Encode ``commands`` as one slot value (commands are not validated here)."""
+    if not isinstance(commands, list | tuple):
+        commands = list(commands)
+    return _encoder.encode(commands)
+
+
+def decode_batch(data: bytes) -> list[Command]:
+    """Decode a slot value made by ``encode_batch``; raise ``msgspec.DecodeError`` if
+    ``data`` is not one."""
+    return _batch_decoder.decode(data)
+
+
+def encode_result(result: Result) -> bytes:
+    """Encode ``result`` for a client reply."""
+    return _encoder.encode(result)
+
+
+def decode_result(data: bytes) -> Result:
+    """Decode a reply's result; raise ``msgspec.DecodeError`` if ``data`` is not one."""
+    return _result_decoder.decode(data)
+
+
+def _utf8_size(text: str, what: str) -> int:
+    if text.isascii():  # O(1) in CPython: a flag on the string
+        return len(text)
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid UTF-8 text (it has a lone surrogate)") from None
+
+
+def validate_command(cmd: Command) -> None:
+    """Raise ``ValueError`` saying what is wrong if ``cmd`` must not be proposed.
+
+    Checks: a known op; a non-empty key (only ``list`` takes the empty prefix) of at
+    most ``MAX_KEY_BYTES``; a value, of at most ``MAX_VALUE_BYTES``, for put and cas
+    and none for the other ops; an ``expected`` only for cas, of at most
+    ``MAX_VALUE_BYTES``.
+    """
+    op = cmd.op
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}: expected one of {', '.join(sorted(OPS))}")
+    if not cmd.key and op != "list":
+        raise ValueError(f"{op}: the key is empty")
+    size = _utf8_size(cmd.key, "key")
+    if size > MAX_KEY_BYTES:
+        raise ValueError(f"{op}: the key is {size} bytes, more than {MAX_KEY_BYTES}")
+    if op == "put" or op == "cas":
+        if cmd.value is None:
+            raise ValueError(f"{op}: a value is required")
+        size = _utf8_size(cmd.value, "value")
+        if size > MAX_VALUE_BYTES:
+            raise ValueError(f"{op}: the value is {size} bytes, more than {MAX_VALUE_BYTES}")
+    elif cmd.value is not None:
+        raise ValueError(f"{op}: takes no value")
+    if op == "cas":
+        if cmd.expected is not None:
+            size = _utf8_size(cmd.expected, "expected value")
+            if size > MAX_VALUE_BYTES:
+                raise ValueError(
+                    f"cas: the expected value is {size} bytes, more than {MAX_VALUE_BYTES}"
+                )
+    elif cmd.expected is not None:
+        raise ValueError(f"{op}: takes no expected value (only cas does)")
+
+
+def _stale(seq: int) -> bytes:
+    return _encoder.encode(Result(ok=False, error=f"stale request: seq {seq} already superseded"))
+
+
+class KVStore:
+    """An in-memory key-value ``StateMachine`` with client sessions for exactly-once.
+
+    See the module notes. ``max_sessions`` bounds the client sessions kept (least
+    recently used evicted first) and must be the same on every replica.
+    """
+
+    # Read once per batch, so the deliberately broken subclass costs the real one
+    # nothing per command.
+    _dedup: ClassVar[bool] = True
+
+    def __init__(self, *, max_sessions: int = DEFAULT_MAX_SESSIONS) -> None:
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be at least 1, not {max_sessions}")
+        self.max_sessions: Final = max_sessions
+        # key -> value; every key and value was validated by the proposer.
+        self._values: dict[str, str] = {}
+        # client -> (last seq applied, its encoded result); least recently used first.
+        # len(self._sessions) <= self.max_sessions.
+        self._sessions: OrderedDict[int, tuple[int, bytes]] = OrderedDict()
+        # Every slot < _applied_slot is applied, none >= it.
+        self._applied_slot = 0
+        self.malformed = 0
+        """Slot values that did not decode as a batch (local counter, not in snapshots)."""
+
+    @property
+    def applied_slot(self) -> int:
+        """The next slot to apply: every slot below it has been applied, none above."""
+        return self._applied_slot
+
+    def apply(self, slot: int, value: bytes) -> list[Applied]:
+        """Apply the chosen batch ``value`` of ``slot``; see ``StateMachine.apply``."""
+        if slot != self._applied_slot:
+            kind = "a repeat" if slot < self._applied_slot else "a gap"
+            raise ValueError(
+                f"apply(slot={slot}) is {kind}: the next slot to apply is {self._applied_slot}"
+            )
+        self._applied_slot = slot + 1
+        if not value:
+            return []
+        try:
+            commands = _batch_decoder.decode(value)
+        except msgspec.DecodeError:
+            self.malformed += 1
+            return []
+        sessions = self._sessions
+        dedup = self._dedup
+        execute = self._execute
+        applied: list[Applied] = []
+        for cmd in commands:
+            client = cmd.client
+            seq = cmd.seq
+            session = sessions.get(client)
+            if session is None:
+                result = execute(cmd)
+                sessions[client] = (seq, result)
+                if len(sessions) > self.max_sessions:
+                    sessions.popitem(last=False)
+            else:
+                sessions.move_to_end(client)
+                last_seq = session[0]
+                if seq > last_seq or not dedup:
+                    result = execute(cmd)
+                    sessions[client] = (seq, result)
+                elif seq == last_seq:
+                    result = session[1]
+                else:
+                    result = _stale(seq)
+            applied.append(Applied(client, seq, result))
+        return applied
+
+    def _execute(self, cmd: Command) -> bytes:
+        """Carry out ``cmd`` on the keys and values; return its encoded result."""
+        values = self._values
+        op = cmd.op
+        key = cmd.key
+        if op == "get":
+            current = values.get(key)
+            return _OK if current is None else _encoder.encode(Result(ok=True, value=current))
+        if op == "put":
+            if cmd.value is None:
+                return _encoder.encode(Result(ok=False, error="put: a value is required"))
+            values[key] = cmd.value
+            return _OK
+        if op == "delete":
+            old = values.pop(key, None)
+            return _OK if old is None else _encoder.encode(Result(ok=True, value=old))
+        if op == "cas":
+            if cmd.value is None:
+                return _encoder.encode(Result(ok=False, error="cas: a value is required"))
+            current = values.get(key)
+            if current == cmd.expected:
+                values[key] = cmd.value
+                return _OK
+            return _NOT_OK if current is None else _encoder.encode(Result(ok=False, value=current))
+        if op == "list":
+            return _encoder.encode(Result(ok=True, values=self.list_local(key)))
+        return _encoder.encode(Result(ok=False, error=f"unknown op {op!r}"))
+
+    def get_local(self, key: str) -> str | None:
+        """The value of ``key`` in this replica's state, ``None`` if absent.
+
+        A stale read: it reflects the slots applied here, touches no session and goes
+        through no log. Linearizable reads are the replica's business (lease or
+        read-index), which then calls this once ``applied_slot`` is far enough.
+        """
+        return self._values.get(key)
+
+    def list_local(self, prefix: str) -> list[tuple[str, str]]:
+        """``(key, value)`` for keys starting with ``prefix``, sorted by key, at most
+        ``MAX_LIST_ENTRIES``; a local read like ``get_local``."""
+        values = self._values
+        keys = sorted(k for k in values if k.startswith(prefix))
+        return [(k, values[k]) for k in keys[:MAX_LIST_ENTRIES]]
+
+    def session(self, client: int) -> tuple[int, bytes] | None:
+        """``(last seq applied, its encoded result)`` for ``client``, or ``None``.
+
+        Lets a driver answer a retry of an already applied command without proposing
+        it again. Does not count as a use of the session.
+        """
+        return self._sessions.get(client)
+
+    def __len__(self) -> int:
+        """The number of keys stored."""
+        return len(self._values)
+
+    def snapshot(self) -> bytes:
+        """The whole state (keys, sessions in LRU order, ``applied_slot``) as msgpack."""
+        return _encoder.encode(
+            _KVSnapshot(
+                version=SNAPSHOT_VERSION,
+                applied_slot=self._applied_slot,
+                values=self._values,
+                sessions=[(c, s, r) for c, (s, r) in self._sessions.items()],
+            )
+        )
+
+    def restore(self, data: bytes) -> None:
+        """Replace the whole state with a ``snapshot()``; ``ValueError`` if it is not one.
+
+        On error the state is left as it was. ``malformed`` is a local counter and is
+        kept. Sessions beyond ``max_sessions`` are evicted, least recently used first.
+        """
+        try:
+            snap = _snapshot_decoder.decode(data)
+        except msgspec.DecodeError as e:
+            raise ValueError(f"not a KV store snapshot: {e}") from None
+        if snap.version != SNAPSHOT_VERSION:
+            raise ValueError(
+                f"KV store snapshot version {snap.version}; this version reads only "
+                f"{SNAPSHOT_VERSION}"
+            )
+        if snap.applied_slot < 0:
+            raise ValueError(f"KV store snapshot has a negative applied slot {snap.applied_slot}")
+        sessions = OrderedDict((c, (s, r)) for c, s, r in snap.sessions)
+        while len(sessions) > self.max_sessions:
+            sessions.popitem(last=False)
+        self._values = snap.values
+        self._sessions = sessions
+        self._applied_slot = snap.applied_slot
+
+
+class _NoDedupKVStore(KVStore):
+    """DELIBERATELY BROKEN: applies every command, retries and stale duplicates too.
+
+    Exists only so the simulator can prove its linearizability check catches a state
+    machine that applies a retried command twice. Never use it to serve clients.
+    """
+
+    _dedup = False
+
+
+KVStoreWithoutDedup = _NoDedupKVStore
+"""The deliberately broken ``KVStore`` that does not deduplicate retries (mutation tests)."""
