@@ -25,6 +25,9 @@ decree is slot 0.
 - ``Commit(b, chosen)``: leader heartbeat; every slot below ``chosen`` was chosen, and
   a follower whose entry at such a slot was accepted in ballot ``b`` holds its value.
 - ``Fetch(slot, end)``: ask a peer for the chosen values of ``[slot, end)``.
+- ``PreVote(b)`` / ``PreVoteReply(b, granted)``: before a node raises any promise to
+  run for leader, it asks whether a quorum has lost its leader too (pre-vote), so a
+  node that was partitioned away cannot depose a healthy leader when it returns.
 - ``ClientRequest`` / ``ClientReply``: a client's command and its result.
 """
 
@@ -45,6 +48,8 @@ __all__ = [
     "Fetch",
     "Message",
     "Nack",
+    "PreVote",
+    "PreVoteReply",
     "Prepare",
     "Promise",
     "Snapshot",
@@ -151,6 +156,22 @@ class Snapshot(msgspec.Struct, frozen=True, array_like=True, tag="snapshot"):
     total: int
 
 
+class PreVote(msgspec.Struct, frozen=True, array_like=True, tag="prevote"):
+    """Would you support a phase 1 at ``ballot``? (Changes no acceptor state.)"""
+
+    src: int
+    ballot: Ballot
+
+
+class PreVoteReply(msgspec.Struct, frozen=True, array_like=True, tag="prevote-reply"):
+    """The answer to a PreVote: granted unless a live leader was heard from recently."""
+
+    src: int
+    ballot: Ballot
+    granted: bool
+    leader: int = 0
+
+
 class ClientRequest(msgspec.Struct, frozen=True, array_like=True, tag="req"):
     """A client's command: ``(client, seq)`` makes retries idempotent."""
 
@@ -185,6 +206,8 @@ Message = (
     | Fetch
     | SnapshotRequest
     | Snapshot
+    | PreVote
+    | PreVoteReply
     | ClientRequest
     | ClientReply
 )

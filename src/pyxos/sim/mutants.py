@@ -18,10 +18,12 @@ from pyxos.core.acceptor import Acceptor
 from pyxos.core.ballot import ZERO, Ballot
 from pyxos.core.messages import Entry
 from pyxos.core.quorum import QuorumSystem
-from pyxos.core.ready import Rng
+from pyxos.core.ready import Ready, Rng
+from pyxos.core.replica import NOOP, Replica
 from pyxos.core.synod import Proposer, SynodNode
+from pyxos.statemachine.kv import KVStore, KVStoreWithoutDedup
 
-__all__ = ["SYNOD_MUTANTS"]
+__all__ = ["REPLICA_MUTANTS", "STORE_MUTANTS", "SYNOD_MUTANTS"]
 
 
 class _PromiseIgnoringAcceptor(Acceptor):
@@ -86,3 +88,41 @@ SYNOD_MUTANTS: dict[str, type[SynodNode]] = {
     "forget-promise": ForgetPromiseNode,
 }
 """Broken single-decree variants, by the name ``--mutant`` takes."""
+
+
+class NoReproposeReplica(Replica):
+    """A new leader that fills every slot with a no-op instead of re-proposing."""
+
+    def _reproposals(self, start: int) -> list[bytes]:
+        return [NOOP for _ in super()._reproposals(start)]
+
+
+class CommitIndexReplica(Replica):
+    """A follower that takes the commit index alone as proof, without the ballot."""
+
+    def _learn_commit(self, ballot: Ballot, chosen_end: int) -> None:
+        for s in range(self.first_unchosen, chosen_end):
+            entry = self.acceptor.accepted.get(s)
+            if entry is not None:
+                self.chosen.setdefault(s, entry.value)
+        super()._learn_commit(ballot, chosen_end)
+
+
+class UnpersistedPromiseReplica(Replica):
+    """An acceptor that never writes its promise to disk (keeps accepted entries)."""
+
+    def ready(self) -> Ready:
+        r = super().ready()
+        r.persist.promised = None
+        return r
+
+
+REPLICA_MUTANTS: dict[str, type[Replica]] = {
+    "no-repropose": NoReproposeReplica,
+    "commit-index": CommitIndexReplica,
+    "unpersisted-promise": UnpersistedPromiseReplica,
+}
+"""Broken Multi-Paxos variants, by the name ``pyxos sim kv --mutant`` takes."""
+
+STORE_MUTANTS: dict[str, type[KVStore]] = {"double-apply": KVStoreWithoutDedup}
+"""Broken state machines, by the name ``pyxos sim kv --mutant`` takes."""

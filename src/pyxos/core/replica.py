@@ -1,0 +1,591 @@
+"""The Multi-Paxos replica: a sequence of Paxos instances with one stable leader.
+
+Theory of operation
+-------------------
+Every replica is proposer, acceptor and learner for every slot of one log. Its
+acceptor is the single-decree :class:`~pyxos.core.acceptor.Acceptor`: one promise
+covers every slot, so a leader runs phase 1 once for all slots from its first unchosen
+slot and then only phase 2 per slot.
+
+Roles and transitions (one ``_step_<role>`` each):
+
+- **Follower.** Accepts what the leader sends; answers Accept with Accepted and
+  Commit with nothing (it learns from it). With no word from a leader for a randomized
+  election timeout it asks for a **pre-vote**: a PreVote changes no state, and peers
+  grant it only if they too have heard from no leader lately. Only with a quorum of
+  grants does it become a candidate, so a node that was cut off and returns cannot
+  raise the promises of a healthy cluster and depose its leader.
+- **Candidate.** Picks a ballot above every ballot seen and above its own promise,
+  promises it to itself (durable before the Prepare leaves) and sends Prepare for all
+  slots from its first unchosen slot. With a phase-1 quorum of Promises it becomes
+  leader: slots that a promiser knows are chosen (its ``chosen`` watermark) are fetched,
+  never re-proposed; above that, each slot is re-proposed with the value of the
+  highest ballot any promiser accepted, and slots nobody reported become no-ops
+  (``b""``) up to the highest reported slot.
+- **Leader.** Proposes each batch of commands (one opaque value) in the next slot,
+  keeping at most ``window`` slots in flight; accepts it itself (durable before it
+  counts its own vote: its own Accepted comes back through the driver after the fsync)
+  and sends Accept. A slot is chosen on a phase-2 quorum of Accepted for the leader's
+  ballot. The leader's first unchosen slot rides on every Accept and on heartbeat
+  Commits. Unacknowledged Accepts are resent on every heartbeat. A higher ballot in a
+  Nack, Accept, Commit or Prepare makes it step down.
+
+Learning (the rule that a commit index alone is not enough): a Commit(b, c) tells a
+follower that every slot below ``c`` is chosen. The follower marks slot ``s`` chosen
+only if its acceptor accepted ``s`` *in ballot b*, because then it holds the value
+``b``'s leader proposed, which is the chosen one. Any other slot below ``c`` is fetched
+(Fetch → Decided) from the leader. Chosen values are emitted in ``Ready.committed`` in
+slot order, each exactly once per incarnation.
+
+Invariants are written on the fields that carry them.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pyxos.core.acceptor import Acceptor
+from pyxos.core.ballot import ZERO, Ballot
+from pyxos.core.messages import (
+    Accept,
+    Accepted,
+    Commit,
+    Decided,
+    Entry,
+    Fetch,
+    Message,
+    Nack,
+    Prepare,
+    PreVote,
+    PreVoteReply,
+    Promise,
+)
+from pyxos.core.quorum import QuorumSystem
+from pyxos.core.ready import Ready, Rng, Send
+
+__all__ = ["NOOP", "Replica", "ReplicaConfig", "Role"]
+
+NOOP = b""
+"""The value a new leader proposes in a slot that no promiser reported."""
+
+
+class Role(enum.Enum):
+    """What a replica is doing for the log."""
+
+    FOLLOWER = "follower"
+    PRECANDIDATE = "precandidate"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaConfig:
+    """Timing and pipelining of a replica (seconds, slots)."""
+
+    election_timeout: tuple[float, float] = (0.15, 0.3)
+    """A follower that hears no leader for a random time in this range runs (pre-vote)."""
+    heartbeat_interval: float = 0.04
+    """How often a leader sends Commit and resends unacknowledged Accepts."""
+    window: int = 256
+    """Slots a leader keeps in flight at most (pipelining)."""
+    fetch_batch: int = 256
+    """Chosen values sent in one Decided at most."""
+
+    def __post_init__(self) -> None:
+        lo, hi = self.election_timeout
+        if not 0 < lo <= hi:
+            raise ValueError(f"election_timeout must satisfy 0 < min <= max, got {lo}, {hi}")
+        if not 0 < self.heartbeat_interval < lo:
+            raise ValueError("heartbeat_interval must be positive and below the election timeout")
+        if self.window < 1 or self.fetch_batch < 1:
+            raise ValueError("window and fetch_batch must be >= 1")
+
+
+@dataclass(slots=True)
+class _InFlight:
+    value: bytes
+    acks: set[int]
+    sent_at: float
+
+
+class Replica:
+    """One Multi-Paxos replica (pure; see the module docstring)."""
+
+    def __init__(
+        self,
+        node_id: int,
+        quorum: QuorumSystem,
+        rng: Rng,
+        *,
+        config: ReplicaConfig = ReplicaConfig(),
+        promised: Ballot = ZERO,
+        accepted: Iterable[Entry] = (),
+        now: float = 0.0,
+    ) -> None:
+        if node_id not in quorum.members:
+            raise ValueError(f"node {node_id} is not a member of {quorum.members}")
+        self._node_id = node_id
+        self.quorum = quorum
+        self.members = quorum.members
+        self.peers = tuple(m for m in quorum.members if m != node_id)
+        self.rng = rng
+        self.config = config
+        self.acceptor = Acceptor(promised, accepted)
+        self.now = now
+
+        self.role = Role.FOLLOWER
+        self.ballot: Ballot = ZERO
+        """Our ballot while candidate or leader. Invariant: ``ballot.node == node_id``."""
+        self.highest_seen: Ballot = max(promised, ZERO)
+        """Highest ballot heard of; our next ballot is above it."""
+        self.leader = 0
+        """Who we believe leads (0: nobody known)."""
+        self.leader_contact = -1.0e9
+        """When we last heard from the leader (or, as leader, were one)."""
+        self.election_deadline = now + self._election_timeout()
+
+        self.chosen: dict[int, bytes] = {}
+        """slot -> chosen value, for slots not yet emitted and those kept to serve
+        Fetch. Invariant: only values known chosen (quorum in one ballot, or reported
+        chosen by a peer that knew) are here."""
+        self.first_unchosen = 0
+        """Every slot below is chosen and was emitted in ``Ready.committed``."""
+        self.log_start = 0
+        """Chosen values below this slot are no longer kept (compacted)."""
+        self.commit_hint = 0
+        """Highest first-unchosen slot a leader told us about."""
+        self.fetch_due = now
+        """Earliest time we may send the next Fetch (one in flight at a time)."""
+
+        # Candidate / pre-candidate state.
+        self.grants: set[int] = set()
+        self.promises: dict[int, Promise] = {}
+        self.prepare_slot = 0
+
+        # Leader state.
+        self.next_slot = 0
+        """The slot the next proposal goes into (leader only)."""
+        self.in_flight: dict[int, _InFlight] = {}
+        """slot -> proposal awaiting a phase-2 quorum. Invariant: ``len <= window``
+        once the re-proposals after election are acknowledged."""
+        self.queued: list[bytes] = []
+        """Proposals waiting for room in the window (leader only)."""
+        self.heartbeat_due = now
+
+        self.elections = 0
+        self.leader_changes = 0
+        self._ready = Ready()
+        self._commit_sent = -1
+
+    # -- public inputs -------------------------------------------------------------------
+
+    @property
+    def node_id(self) -> int:
+        """This replica's id."""
+        return self._node_id
+
+    @property
+    def is_leader(self) -> bool:
+        """True while this replica leads (it may be deposed without knowing yet)."""
+        return self.role is Role.LEADER
+
+    def propose(self, value: bytes) -> bool:
+        """Propose ``value`` (a batch of commands) in the next slot; False if not leader."""
+        if self.role is not Role.LEADER:
+            return False
+        if len(self.in_flight) < self.config.window and not self.queued:
+            self._propose_slots([value])
+        else:
+            self.queued.append(value)
+        return True
+
+    def step(self, msg: Message) -> None:
+        """Feed one received message (stale or foreign messages are ignored)."""
+        match msg:
+            case Accept():
+                self._on_accept(msg)
+            case Accepted():
+                self._on_accepted(msg)
+            case Commit():
+                self._on_commit(msg)
+            case Prepare():
+                self._on_prepare(msg)
+            case Promise():
+                self._on_promise(msg)
+            case Nack():
+                self._on_nack(msg)
+            case Fetch():
+                self._on_fetch(msg)
+            case Decided():
+                self._learn_values(msg.slot, msg.values)
+            case PreVote():
+                self._on_prevote(msg)
+            case PreVoteReply():
+                self._on_prevote_reply(msg)
+            case _:
+                pass
+
+    def tick(self, now: float) -> None:
+        """Advance time: elections, heartbeats, retransmissions, fetches."""
+        self.now = now
+        if self.role is Role.LEADER:
+            self.leader_contact = now
+            if now >= self.heartbeat_due:
+                self._heartbeat()
+        elif now >= self.election_deadline:
+            self._start_prevote()
+        if self.commit_hint > self.first_unchosen and now >= self.fetch_due:
+            self._fetch(self._fetch_target())
+
+    def ready(self) -> Ready:
+        """What the driver must do now."""
+        r = self._ready
+        r.persist.absorb(self.acceptor.take_pending())
+        if self.role is Role.LEADER and self.first_unchosen > self._commit_sent:
+            # Followers learn promptly; an Accept in this Ready already carries it.
+            if not any(isinstance(s.msg, Accept) for s in r.send_now):
+                self._send_now(self.peers, Commit(self.node_id, self.ballot, self.first_unchosen))
+            self._commit_sent = self.first_unchosen
+        return r
+
+    def advance(self) -> None:
+        """The driver carried out the last ``ready()``."""
+        self._ready = Ready()
+
+    def next_deadline(self) -> float:
+        """When ``tick`` must next be called."""
+        leading = self.role is Role.LEADER
+        deadline = self.heartbeat_due if leading else self.election_deadline
+        if self.commit_hint > self.first_unchosen:
+            deadline = min(deadline, max(self.fetch_due, self.now))
+        return deadline
+
+    def compact(self, slot: int) -> None:
+        """Forget chosen values and accepted entries below ``slot`` (snapshot durable)."""
+        slot = min(slot, self.first_unchosen)
+        for s in [s for s in self.chosen if s < slot]:
+            del self.chosen[s]
+        self.acceptor.forget_below(slot)
+        self.log_start = max(self.log_start, slot)
+
+    def skip_to(self, slot: int) -> None:
+        """Everything below ``slot`` is covered by a restored snapshot: start there."""
+        if slot > self.first_unchosen:
+            for s in [s for s in self.chosen if s < slot]:
+                del self.chosen[s]
+            self.first_unchosen = slot
+            self.log_start = slot
+            self._emit_chosen()
+
+    # -- acceptor side -------------------------------------------------------------------
+
+    def _on_prepare(self, msg: Prepare) -> None:
+        entries = self.acceptor.on_prepare(msg.ballot, msg.slot)
+        self._note_ballot(msg.ballot)
+        if entries is None:
+            self._send_after_sync(
+                (msg.src,), Nack(self.node_id, msg.ballot, self.acceptor.promised, self.leader)
+            )
+            return
+        if msg.ballot > self.ballot and self.role is not Role.FOLLOWER and msg.src != self.node_id:
+            self._become_follower(msg.ballot.node)
+        promise = Promise(self.node_id, msg.ballot, tuple(entries), self.first_unchosen)
+        self._send_after_sync((msg.src,), promise)
+
+    def _on_accept(self, msg: Accept) -> None:
+        if not self.acceptor.on_accept(msg.ballot, msg.slot, msg.values):
+            self._send_after_sync(
+                (msg.src,), Nack(self.node_id, msg.ballot, self.acceptor.promised, self.leader)
+            )
+            return
+        self._heard_from_leader(msg.ballot)
+        self._send_after_sync(
+            (msg.src,), Accepted(self.node_id, msg.ballot, msg.slot, len(msg.values))
+        )
+        self._learn_commit(msg.ballot, msg.chosen)
+
+    def _on_commit(self, msg: Commit) -> None:
+        if msg.ballot < self.acceptor.promised:
+            self._send_now(
+                (msg.src,), Nack(self.node_id, msg.ballot, self.acceptor.promised, self.leader)
+            )
+            return
+        self._heard_from_leader(msg.ballot)
+        self._learn_commit(msg.ballot, msg.chosen)
+
+    def _heard_from_leader(self, ballot: Ballot) -> None:
+        self._note_ballot(ballot)
+        if ballot.node == self.node_id:
+            return
+        if self.role is Role.PRECANDIDATE or (
+            self.role is not Role.FOLLOWER and ballot > self.ballot
+        ):
+            self._become_follower(ballot.node)
+        if self.leader != ballot.node:
+            self.leader = ballot.node
+            self.leader_changes += 1
+        self.leader_contact = self.now
+        self.election_deadline = self.now + self._election_timeout()
+
+    def _on_prevote(self, msg: PreVote) -> None:
+        # Grant only if we too have lost the leader: a node that comes back from a
+        # partition then cannot start an election that would depose a healthy leader.
+        recent = self.now - self.leader_contact < self.config.election_timeout[0]
+        granted = not (self.leader != 0 and recent)
+        self._send_now((msg.src,), PreVoteReply(self.node_id, msg.ballot, granted, self.leader))
+
+    # -- learning --------------------------------------------------------------------------
+
+    def _learn_commit(self, ballot: Ballot, chosen_end: int) -> None:
+        """Slots below ``chosen_end`` are chosen; keep those we accepted in ``ballot``."""
+        if chosen_end <= self.first_unchosen:
+            return
+        self.commit_hint = max(self.commit_hint, chosen_end)
+        accepted = self.acceptor.accepted
+        chosen = self.chosen
+        for s in range(self.first_unchosen, chosen_end):
+            if s in chosen:
+                continue
+            entry = accepted.get(s)
+            if entry is not None and entry.ballot == ballot:
+                chosen[s] = entry.value
+        self._emit_chosen()
+
+    def _learn_values(self, slot: int, values: tuple[bytes, ...]) -> None:
+        for i, value in enumerate(values):
+            s = slot + i
+            if s >= self.first_unchosen:
+                self.chosen.setdefault(s, value)
+        if values:
+            self.commit_hint = max(self.commit_hint, slot + len(values))
+            self.fetch_due = self.now  # a reply arrived: the next fetch may go at once
+        self._emit_chosen()
+
+    def _emit_chosen(self) -> None:
+        start = self.first_unchosen
+        s = start
+        chosen = self.chosen
+        committed = self._ready.committed
+        while s in chosen:
+            committed.append(Entry(s, ZERO, chosen[s]))
+            s += 1
+        if s != start:
+            self.first_unchosen = s
+            self._ready.persist.chosen = s
+            self.commit_hint = max(self.commit_hint, s)
+
+    def _fetch_target(self) -> int:
+        if self.leader not in (0, self.node_id):
+            return self.leader
+        if not self.peers:
+            return 0
+        return self.peers[int(self.rng.random() * len(self.peers)) % len(self.peers)]
+
+    def _fetch(self, peer: int) -> None:
+        if peer == 0 or peer == self.node_id:
+            return
+        end = min(self.commit_hint, self.first_unchosen + self.config.fetch_batch)
+        self._send_now((peer,), Fetch(self.node_id, self.first_unchosen, end))
+        self.fetch_due = self.now + self.config.heartbeat_interval
+
+    def _on_fetch(self, msg: Fetch) -> None:
+        end = min(msg.end, msg.slot + self.config.fetch_batch, self.first_unchosen)
+        if msg.slot < self.log_start or msg.slot >= end:
+            return
+        values = tuple(self.chosen[s] for s in range(msg.slot, end))
+        self._send_now((msg.src,), Decided(self.node_id, msg.slot, values))
+
+    # -- elections ---------------------------------------------------------------------------
+
+    def _election_timeout(self) -> float:
+        lo, hi = self.config.election_timeout
+        return self.rng.uniform(lo, hi)
+
+    def _note_ballot(self, ballot: Ballot) -> None:
+        if ballot > self.highest_seen:
+            self.highest_seen = ballot
+
+    def _next_ballot(self) -> Ballot:
+        return max(self.highest_seen, self.acceptor.promised).next_for(self.node_id)
+
+    def _start_prevote(self) -> None:
+        self.role = Role.PRECANDIDATE
+        self.election_deadline = self.now + self._election_timeout()
+        self.grants = {self.node_id}
+        self.ballot = self._next_ballot()
+        if self.quorum.is_phase1_quorum(self.grants):
+            self._start_election()
+            return
+        self._send_now(self.peers, PreVote(self.node_id, self.ballot))
+
+    def _on_prevote_reply(self, msg: PreVoteReply) -> None:
+        if self.role is not Role.PRECANDIDATE or msg.ballot != self.ballot:
+            return
+        if msg.granted:
+            self.grants.add(msg.src)
+            if self.quorum.is_phase1_quorum(self.grants):
+                self._start_election()
+
+    def _start_election(self) -> None:
+        self.role = Role.CANDIDATE
+        self.elections += 1
+        self.ballot = self._next_ballot()
+        self.highest_seen = self.ballot
+        self.prepare_slot = self.first_unchosen
+        self.promises = {}
+        self.election_deadline = self.now + self._election_timeout()
+        # Our own promise is durable before the Prepare leaves: a restart then never
+        # reuses this ballot, because the next one is chosen above our promise.
+        entries = self.acceptor.on_prepare(self.ballot, self.prepare_slot)
+        assert entries is not None, "a fresh ballot is above our own promise"
+        self._send_after_sync(self.peers, Prepare(self.node_id, self.ballot, self.prepare_slot))
+        self._on_promise(Promise(self.node_id, self.ballot, tuple(entries), self.first_unchosen))
+
+    def _on_promise(self, msg: Promise) -> None:
+        if self.role is not Role.CANDIDATE or msg.ballot != self.ballot:
+            return
+        self.promises[msg.src] = msg
+        if self.quorum.is_phase1_quorum(self.promises.keys()):
+            self._become_leader()
+
+    def _on_nack(self, msg: Nack) -> None:
+        self._note_ballot(msg.promised)
+        if self.role is Role.FOLLOWER or msg.ballot != self.ballot:
+            return
+        if msg.promised > self.ballot:
+            self._become_follower(msg.leader if msg.leader != self.node_id else 0)
+
+    def _become_follower(self, leader: int) -> None:
+        self.role = Role.FOLLOWER
+        self.in_flight.clear()
+        self.queued.clear()
+        self.promises = {}
+        if leader and leader != self.leader:
+            self.leader = leader
+            self.leader_changes += 1
+        self.election_deadline = self.now + self._election_timeout()
+
+    def _become_leader(self) -> None:
+        self.role = Role.LEADER
+        if self.leader != self.node_id:
+            self.leader_changes += 1
+        self.leader = self.node_id
+        self.leader_contact = self.now
+        # Slots that some promiser knows are chosen are fetched, never re-proposed:
+        # its acceptor may have compacted them away.
+        known_chosen = max(p.chosen for p in self.promises.values())
+        if known_chosen > self.first_unchosen:
+            self.commit_hint = max(self.commit_hint, known_chosen)
+            best = max(self.promises.values(), key=lambda p: p.chosen)
+            self._fetch(best.src)
+        start = max(self.prepare_slot, known_chosen)
+        values = self._reproposals(start)
+        self.promises = {}
+        self.in_flight.clear()
+        self.next_slot = start
+        if values:
+            self._propose_slots(values)
+        else:
+            # Announce the new leadership at once (followers stop their elections).
+            self._send_now(self.peers, Commit(self.node_id, self.ballot, self.first_unchosen))
+        self.heartbeat_due = self.now + self.config.heartbeat_interval
+        self._commit_sent = self.first_unchosen
+
+    def _reproposals(self, start: int) -> list[bytes]:
+        """Per slot from ``start``: the highest-ballot value any promiser accepted, or a
+        no-op where none did, up to the highest slot reported."""
+        highest: dict[int, Entry] = {}
+        for promise in self.promises.values():
+            for entry in promise.accepted:
+                if entry.slot < start:
+                    continue
+                seen = highest.get(entry.slot)
+                if seen is None or entry.ballot > seen.ballot:
+                    highest[entry.slot] = entry
+        end = max(highest, default=start - 1) + 1
+        return [highest[s].value if s in highest else NOOP for s in range(start, end)]
+
+    # -- leader ------------------------------------------------------------------------------
+
+    def _propose_slots(self, values: list[bytes]) -> None:
+        slot = self.next_slot
+        self.next_slot += len(values)
+        for i, value in enumerate(values):
+            self.in_flight[slot + i] = _InFlight(value, set(), self.now)
+        ok = self.acceptor.on_accept(self.ballot, slot, values)
+        assert ok, "a leader's promise covers its own ballot"
+        accept = Accept(self.node_id, self.ballot, slot, tuple(values), self.first_unchosen)
+        self._send_now(self.peers, accept)
+        # Our own vote counts only once our acceptance is durable.
+        self._send_after_sync(
+            (self.node_id,), Accepted(self.node_id, self.ballot, slot, len(values))
+        )
+
+    def _on_accepted(self, msg: Accepted) -> None:
+        if self.role is not Role.LEADER or msg.ballot != self.ballot:
+            return
+        quorum = self.quorum
+        for s in range(msg.slot, msg.slot + msg.count):
+            flight = self.in_flight.get(s)
+            if flight is None:
+                continue
+            flight.acks.add(msg.src)
+            if quorum.is_phase2_quorum(flight.acks):
+                del self.in_flight[s]
+                self.chosen[s] = flight.value
+        self._emit_chosen()
+        self._fill_window()
+
+    def _fill_window(self) -> None:
+        room = self.config.window - len(self.in_flight)
+        if room > 0 and self.queued:
+            batch, self.queued = self.queued[:room], self.queued[room:]
+            self._propose_slots(batch)
+
+    def _heartbeat(self) -> None:
+        self.heartbeat_due = self.now + self.config.heartbeat_interval
+        stale = self.now - self.config.heartbeat_interval
+        resend = sorted(s for s, f in self.in_flight.items() if f.sent_at <= stale)
+        # Resend unacknowledged proposals (lossy network), consecutive runs together.
+        run: list[int] = []
+        for s in resend:
+            if run and s != run[-1] + 1:
+                self._resend(run)
+                run = []
+            run.append(s)
+        if run:
+            self._resend(run)
+        self._send_now(self.peers, Commit(self.node_id, self.ballot, self.first_unchosen))
+        self._commit_sent = self.first_unchosen
+
+    def _resend(self, slots: list[int]) -> None:
+        values = []
+        missing: set[int] = set()
+        for s in slots:
+            flight = self.in_flight[s]
+            flight.sent_at = self.now
+            values.append(flight.value)
+            missing.update(m for m in self.members if m not in flight.acks)
+        accept = Accept(self.node_id, self.ballot, slots[0], tuple(values), self.first_unchosen)
+        others = tuple(m for m in sorted(missing) if m != self.node_id)
+        if others:
+            self._send_now(others, accept)
+        if self.node_id in missing:
+            # Our own Accepted is on its way after the fsync; nothing to resend.
+            pass
+
+    def post(self, to: tuple[int, ...], msg: Message) -> None:
+        """Queue ``msg`` to leave with the next Ready, at once (for the service layer)."""
+        self._send_now(to, msg)
+
+    # -- output helpers ---------------------------------------------------------------------
+
+    def _send_now(self, to: tuple[int, ...], msg: Message) -> None:
+        if to:
+            self._ready.send_now.append(Send(to, msg))
+
+    def _send_after_sync(self, to: tuple[int, ...], msg: Message) -> None:
+        if to:
+            self._ready.send_after_sync.append(Send(to, msg))

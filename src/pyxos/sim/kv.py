@@ -1,0 +1,372 @@
+"""The replicated KV store under the nemesis: one seed, one run, every property checked.
+
+Theory of operation
+-------------------
+``run_kv(seed, ...)`` builds ``nodes`` :class:`~pyxos.statemachine.service.ServiceNode`
+replicas and ``clients`` :class:`SimClient` s in one :class:`~pyxos.sim.world.Simulator`.
+Each client runs one operation at a time (get, put, delete or cas on a few shared keys),
+sends it to the node it believes leads, follows redirects, retries the same
+``(client, seq)`` on a timeout, and after ``give_up`` seconds records the operation
+with an unknown outcome. Everything is recorded in the history format of
+ARCHITECTURE.md, with virtual-time nanoseconds.
+
+Checked in every run:
+
+- agreement per slot across replicas, and on what acceptors *chose* (omniscient);
+- validity: every applied slot is a no-op or a batch of commands clients really sent;
+- linearizability of the client history (``pyxos.check.linearizability``);
+- liveness: once the faults heal (plus a settling time for an election), every
+  operation a live client calls completes, with no unknown outcome.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, cast
+
+import msgspec
+
+from pyxos.check.history import Operation
+from pyxos.check.invariants import ChosenMonitor, SafetyMonitor, Violation
+from pyxos.check.linearizability import check_history
+from pyxos.core.messages import ClientReply, ClientRequest, Entry, Message
+from pyxos.core.quorum import Majority
+from pyxos.core.ready import Node, Ready, Send
+from pyxos.core.replica import Replica, ReplicaConfig, Role
+from pyxos.sim.nemesis import Nemesis
+from pyxos.sim.world import Simulator, TraceEvent, format_trace
+from pyxos.statemachine.kv import Command, KVStore, decode_batch, decode_result
+from pyxos.statemachine.service import ServiceNode
+from pyxos.storage.memory import MemoryStorage
+
+__all__ = ["KVResult", "SimClient", "kv_replay_command", "run_kv"]
+
+CLIENT_BASE = 1000
+"""Client process ids start here (replica ids are 1..n)."""
+
+ReplicaFactory = Callable[..., Replica]
+StoreFactory = Callable[[], KVStore]
+_command_encoder = msgspec.msgpack.Encoder()
+OpName = Literal["get", "put", "cas", "delete"]
+
+
+@dataclass(slots=True)
+class KVResult:
+    """What one seed of the KV simulation did."""
+
+    seed: int
+    nodes: int
+    clients: int
+    violation: Violation | None = None
+    history: list[Operation] = field(default_factory=list)
+    ok: int = 0
+    failed: int = 0
+    unknown: int = 0
+    leader_changes: int = 0
+    slots: int = 0
+    latencies: list[float] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=dict)
+    trace: list[TraceEvent] = field(default_factory=list)
+
+    def trace_text(self, limit: int | None = None) -> str:
+        """The run's trace as readable lines."""
+        return format_trace(self.trace, limit)
+
+
+def kv_replay_command(
+    seed: int, nodes: int, clients: int, faults: frozenset[str], mutant: str | None
+) -> str:
+    """The one command that replays this seed."""
+    kinds = ",".join(sorted(faults)) or "none"
+    cmd = f"pyxos sim kv --seed {seed} --nodes {nodes} --clients {clients} --faults {kinds}"
+    if mutant:
+        cmd += f" --mutant {mutant}"
+    return cmd + " --trace"
+
+
+class SimClient:
+    """A closed-loop KV client: one operation at a time, retries, honest unknowns."""
+
+    def __init__(
+        self,
+        client_id: int,
+        servers: list[int],
+        rng: random.Random,
+        *,
+        keys: int,
+        ops: int,
+        now: float,
+        record: Callable[[Operation], None],
+        issued: set[bytes],
+        request_timeout: float = 0.1,
+        give_up: float = 1.0,
+        think: tuple[float, float] = (0.0, 0.06),
+    ) -> None:
+        self._node_id = client_id
+        self.servers = servers
+        self.rng = rng
+        self.keys = [f"k{i}" for i in range(keys)]
+        self.ops_left = ops
+        self.record = record
+        self.issued = issued
+        self.request_timeout = request_timeout
+        self.give_up = give_up
+        self.think = think
+        self.now = now
+        self.seq = 0
+        self.target = rng.choice(servers)
+        self.current: Command | None = None
+        self.encoded = b""
+        self.call_time = 0.0
+        self.retry_at: float | None = None
+        self.next_op_at: float | None = now + rng.uniform(*think)
+        self.last_values: list[str] = []
+        self._out: list[Send] = []
+
+    @property
+    def node_id(self) -> int:
+        """This client's process id."""
+        return self._node_id
+
+    @property
+    def busy(self) -> bool:
+        """True while an operation is outstanding."""
+        return self.current is not None
+
+    def step(self, msg: Message) -> None:
+        """Handle a reply (redirects and stale replies included)."""
+        cur = self.current
+        if not isinstance(msg, ClientReply) or cur is None or msg.seq != cur.seq:
+            return
+        if not msg.ok:
+            # A redirect: try the leader it names, or another node, soon.
+            self.target = msg.leader if msg.leader else self.rng.choice(self.servers)
+            self.retry_at = min(self.retry_at or self.now, self.now + 0.01)
+            return
+        result = decode_result(msg.result)
+        if result.error is not None:
+            self._finish(ok=False, output=None, failed=True)
+            return
+        output = result.value if cur.op == "get" else None
+        ok = result.ok if cur.op == "cas" else True
+        if cur.op == "get" and result.value is not None:
+            self.last_values.append(result.value)
+        self._finish(ok=ok, output=output)
+
+    def tick(self, now: float) -> None:
+        """Start the next operation, retry, or give up, as time says."""
+        self.now = now
+        if self.current is None:
+            if self.next_op_at is not None and now >= self.next_op_at:
+                self._start()
+        elif self.retry_at is not None and now >= self.retry_at:
+            if now - self.call_time >= self.give_up:
+                self._finish(ok=None, output=None, unknown=True)
+            else:
+                self._send()
+
+    def ready(self) -> Ready:
+        """Requests to send."""
+        r = Ready(send_now=self._out)
+        self._out = []
+        return r
+
+    def advance(self) -> None:
+        """Nothing to acknowledge: a client has no durable state."""
+
+    def next_deadline(self) -> float | None:
+        """When to start, retry or give up."""
+        if self.current is None:
+            return self.next_op_at
+        return self.retry_at
+
+    def _start(self) -> None:
+        rng = self.rng
+        self.seq += 1
+        key = rng.choice(self.keys)
+        roll = rng.random()
+        value = f"c{self.node_id}-{self.seq}"
+        if roll < 0.35:
+            cmd = Command(self.node_id, self.seq, "get", key)
+        elif roll < 0.7:
+            cmd = Command(self.node_id, self.seq, "put", key, value)
+        elif roll < 0.8:
+            cmd = Command(self.node_id, self.seq, "delete", key)
+        else:
+            expected = (
+                rng.choice(self.last_values) if self.last_values and rng.random() < 0.7 else None
+            )
+            cmd = Command(self.node_id, self.seq, "cas", key, value, expected)
+        self.current = cmd
+        self.encoded = _command_encoder.encode(cmd)
+        self.issued.add(self.encoded)
+        self.call_time = self.now
+        self._send()
+
+    def _send(self) -> None:
+        cur = self.current
+        assert cur is not None
+        req = ClientRequest(self.node_id, cur.client, cur.seq, self.encoded)
+        self._out.append(Send((self.target,), req))
+        self.retry_at = self.now + self.request_timeout
+        # The next attempt goes elsewhere unless a reply names the leader first.
+        self.target = self.rng.choice(self.servers)
+
+    def _finish(
+        self, *, ok: bool | None, output: str | None, unknown: bool = False, failed: bool = False
+    ) -> None:
+        cur = self.current
+        assert cur is not None
+        op = Operation(
+            client=cur.client,
+            op=cast(OpName, cur.op),
+            key=cur.key,
+            value=cur.value,
+            expected=cur.expected,
+            call=int(self.call_time * 1e9),
+            return_=None if unknown else int(self.now * 1e9),
+            output=output,
+            ok=None if unknown else (False if failed else ok),
+        )
+        self.record(op)
+        self.current = None
+        self.retry_at = None
+        self.ops_left -= 1
+        self.next_op_at = self.now + self.rng.uniform(*self.think) if self.ops_left > 0 else None
+
+
+def run_kv(
+    seed: int,
+    *,
+    nodes: int = 3,
+    clients: int = 4,
+    faults: frozenset[str] = frozenset(),
+    ops_per_client: int = 40,
+    keys: int = 3,
+    fault_until: float = 1.5,
+    settle: float = 1.0,
+    liveness_bound: float = 4.0,
+    replica_factory: ReplicaFactory = Replica,
+    store_factory: StoreFactory = KVStore,
+    config: ReplicaConfig | None = None,
+    trace: bool = True,
+    check_linearizability: bool = True,
+) -> KVResult:
+    """Simulate one seed of the replicated KV store and check it."""
+    sim = Simulator(seed, trace=trace)
+    ids = list(range(1, nodes + 1))
+    quorum = Majority(ids)
+    config = config or ReplicaConfig()
+    result = KVResult(seed, nodes, clients)
+    history = result.history
+    issued: set[bytes] = set()
+    client_ids = [CLIENT_BASE + i for i in range(1, clients + 1)]
+
+    def valid(value: bytes) -> bool:
+        if not value:
+            return True
+        try:
+            commands = decode_batch(value)
+        except msgspec.DecodeError:
+            return False
+        return all(_command_encoder.encode(c) in issued for c in commands)
+
+    monitor = SafetyMonitor(is_valid=valid)
+
+    def replica_node(node_id: int, storage: MemoryStorage, rng: random.Random, now: float) -> Node:
+        replica = replica_factory(
+            node_id,
+            quorum,
+            rng,
+            config=config,
+            promised=storage.promised,
+            accepted=storage.accepted.values(),
+            now=now,
+        )
+        return ServiceNode(replica, store_factory())
+
+    def client_node(client_id: int, storage: MemoryStorage, rng: random.Random, now: float) -> Node:
+        return SimClient(
+            client_id,
+            ids,
+            rng,
+            keys=keys,
+            ops=ops_per_client,
+            now=now,
+            record=history.append,
+            issued=issued,
+        )
+
+    def observe(node_id: int, entries: list[Entry]) -> None:
+        monitor.observe(node_id, entries)
+
+    for i in ids:
+        sim.add_node(i, replica_node)
+    for c in client_ids:
+        sim.add_node(c, client_node, crashable=False)
+    sim.observers.append(observe)
+    sim.send_observers.append(ChosenMonitor(quorum).observe)
+
+    def leader() -> int | None:
+        for i in ids:
+            node = sim.node(i)
+            if isinstance(node, ServiceNode) and node.replica.role is Role.LEADER:
+                return i
+        return None
+
+    Nemesis(sim, faults, ids, fault_until, leader=leader)
+
+    def clients_done() -> bool:
+        return all(not _client(sim, c).busy and _client(sim, c).ops_left <= 0 for c in client_ids)
+
+    end = fault_until + settle + liveness_bound
+    try:
+        sim.run(end, stop=clients_done)
+        calm = int((fault_until + settle) * 1e9)
+        late_unknown = [op for op in history if op.return_ is None and op.call >= calm]
+        stuck = [c for c in client_ids if _client(sim, c).busy or _client(sim, c).ops_left > 0]
+        if late_unknown or stuck:
+            raise Violation(
+                "liveness",
+                f"after the faults healed at {fault_until}s: {len(late_unknown)} operations "
+                f"called after {fault_until + settle}s ended unknown; clients still working "
+                f"at {end}s: {stuck}",
+            )
+        if check_linearizability:
+            verdict = check_history(history)
+            if not verdict.ok:
+                raise Violation("linearizability", verdict.describe())
+    except Violation as v:
+        result.violation = v
+    result.ok = sum(
+        1 for op in history if op.ok is not None and op.return_ is not None and not _failed(op)
+    )
+    result.unknown = sum(1 for op in history if op.return_ is None)
+    result.failed = len(history) - result.ok - result.unknown
+    result.latencies = [(op.return_ - op.call) / 1e9 for op in history if op.return_ is not None]
+    result.slots = max((len(monitor.first),), default=0)
+    result.leader_changes = _leader_changes(sim, ids)
+    result.stats = dict(sim.stats)
+    result.trace = sim.trace
+    return result
+
+
+def _failed(op: Operation) -> bool:
+    return op.ok is False and op.op != "cas"
+
+
+def _client(sim: Simulator, client_id: int) -> SimClient:
+    node = sim.node(client_id)
+    assert isinstance(node, SimClient)
+    return node
+
+
+def _leader_changes(sim: Simulator, ids: list[int]) -> int:
+    total = 0
+    for i in ids:
+        node = sim.node(i)
+        if isinstance(node, ServiceNode):
+            total = max(total, node.replica.elections)
+    return total
