@@ -1,0 +1,217 @@
+"""Multi-Paxos replica transitions, each test named after the rule it checks."""
+
+import random
+
+from pyxos.core.ballot import Ballot
+from pyxos.core.messages import (
+    Accept,
+    Accepted,
+    Commit,
+    Decided,
+    Entry,
+    Fetch,
+    Nack,
+    Prepare,
+    PreVote,
+    PreVoteReply,
+    Promise,
+)
+from pyxos.core.quorum import Majority
+from pyxos.core.replica import NOOP, Replica, ReplicaConfig, Role
+
+Q3 = Majority([1, 2, 3])
+CFG = ReplicaConfig(election_timeout=(0.1, 0.2), heartbeat_interval=0.02, window=4)
+
+
+def replica(node_id: int = 1, **kw: object) -> Replica:
+    return Replica(node_id, Q3, random.Random(node_id), config=CFG, **kw)  # type: ignore[arg-type]
+
+
+def sent(r: Replica) -> list[tuple[tuple[int, ...], object]]:
+    ready = r.ready()
+    out = [(s.to, s.msg) for s in ready.send_now + ready.send_after_sync]
+    return out
+
+
+def elect(r: Replica, promises: list[Promise] | None = None) -> Ballot:
+    """Drive ``r`` through pre-vote and phase 1 with the given peer promises."""
+    r.tick(1.0)
+    r.advance()
+    b = r.ballot
+    r.step(PreVoteReply(2, b, True))
+    r.advance()
+    b = r.ballot
+    assert r.role is Role.CANDIDATE
+    for p in promises if promises is not None else [Promise(2, b)]:
+        r.step(Promise(p.src, b, p.accepted, p.chosen))
+    return b
+
+
+def test_a_follower_that_hears_no_leader_asks_for_a_prevote_before_any_promise() -> None:
+    r = replica()
+    r.tick(1.0)
+    ready = r.ready()
+    assert r.role is Role.PRECANDIDATE
+    assert not ready.persist, "a pre-vote changes no durable state"
+    assert [type(s.msg) for s in ready.send_now] == [PreVote]
+
+
+def test_a_prevote_is_refused_while_a_live_leader_is_heard() -> None:
+    r = replica(2)
+    r.step(Commit(3, Ballot(1, 3), 0))
+    r.advance()
+    r.tick(0.01)
+    r.step(PreVote(1, Ballot(2, 1)))
+    reply = r.ready().send_now[-1].msg
+    assert isinstance(reply, PreVoteReply) and not reply.granted and reply.leader == 3
+
+
+def test_with_a_prevote_quorum_the_candidate_promises_itself_before_preparing() -> None:
+    r = replica()
+    r.tick(1.0)
+    r.advance()
+    r.step(PreVoteReply(2, r.ballot, True))
+    ready = r.ready()
+    assert r.role is Role.CANDIDATE
+    assert ready.persist.promised == r.ballot
+    assert [(s.to, type(s.msg)) for s in ready.send_after_sync] == [((2, 3), Prepare)]
+
+
+def test_new_leader_reproposes_the_highest_ballot_value_and_fills_gaps_with_noops() -> None:
+    # Our own acceptor accepted "x" at slot 0 in ballot 1.3; node 2 reports "old" there
+    # in the lower ballot 1.2, and "z" at slot 2. Nobody reports slot 1.
+    r = replica(accepted=[Entry(0, Ballot(1, 3), b"x")], promised=Ballot(1, 3))
+    r.tick(1.0)
+    r.advance()
+    r.step(PreVoteReply(2, r.ballot, True))
+    r.advance()
+    b = r.ballot
+    r.step(Promise(2, b, (Entry(0, Ballot(1, 2), b"old"), Entry(2, Ballot(1, 2), b"z"))))
+    assert r.role is Role.LEADER
+    accepts = [m for _, m in sent(r) if isinstance(m, Accept)]
+    assert accepts == [Accept(1, b, 0, (b"x", NOOP, b"z"), 0)]
+
+
+def test_leader_counts_its_own_vote_only_after_its_sync() -> None:
+    r = replica()
+    b = elect(r)
+    r.advance()
+    assert r.propose(b"cmd")
+    ready = r.ready()
+    assert [e.value for e in ready.persist.accepted] == [b"cmd"]
+    own = [s for s in ready.send_after_sync if s.to == (1,)]
+    assert own and own[0].msg == Accepted(1, b, 0, 1)
+    assert not ready.committed
+
+
+def test_a_slot_is_chosen_on_a_phase2_quorum_of_the_same_ballot() -> None:
+    r = replica()
+    b = elect(r)
+    r.advance()
+    r.propose(b"a")
+    r.advance()
+    r.step(Accepted(2, Ballot(b.round - 1, 2), 0))
+    assert not r.ready().committed
+    r.step(Accepted(1, b, 0))
+    assert not r.ready().committed
+    r.step(Accepted(2, b, 0))
+    assert [e.value for e in r.ready().committed] == [b"a"]
+    assert r.first_unchosen == 1
+
+
+def test_pipelining_keeps_at_most_window_slots_in_flight() -> None:
+    r = replica()
+    b = elect(r)
+    r.advance()
+    for i in range(6):
+        r.propose(bytes([i]))
+    assert len(r.in_flight) == 4 and len(r.queued) == 2
+    r.advance()
+    r.step(Accepted(1, b, 0, 4))
+    r.step(Accepted(2, b, 0, 4))
+    ready = r.ready()
+    assert [e.slot for e in ready.committed] == [0, 1, 2, 3]
+    assert [m.slot for m in (s.msg for s in ready.send_now) if isinstance(m, Accept)] == [4]
+
+
+def test_follower_learns_from_commit_only_values_accepted_in_that_ballot() -> None:
+    r = replica(2)
+    old, new = Ballot(1, 1), Ballot(2, 3)
+    r.step(Accept(1, old, 0, (b"stale",), 0))
+    r.step(Accept(3, new, 1, (b"fresh",), 0))
+    r.advance()
+    r.step(Commit(3, new, 2))
+    ready = r.ready()
+    assert not ready.committed, "slot 0 was accepted in another ballot: fetch it"
+    fetches = [s.msg for s in ready.send_now if isinstance(s.msg, Fetch)]
+    assert fetches == [] or fetches[0].slot == 0
+    r.advance()
+    r.tick(r.now + 1.0)
+    fetches = [s.msg for s in r.ready().send_now if isinstance(s.msg, Fetch)]
+    assert fetches and fetches[0] == Fetch(2, 0, 2)
+    r.advance()
+    r.step(Decided(3, 0, (b"chosen0", b"fresh")))
+    assert [(e.slot, e.value) for e in r.ready().committed] == [(0, b"chosen0"), (1, b"fresh")]
+
+
+def test_a_higher_ballot_in_a_nack_makes_the_leader_step_down() -> None:
+    r = replica()
+    b = elect(r)
+    r.advance()
+    r.propose(b"x")
+    r.step(Nack(2, b, Ballot(b.round + 5, 3), 3))
+    assert r.role is Role.FOLLOWER and r.leader == 3
+    assert not r.in_flight
+
+
+def test_an_accept_below_the_promise_is_refused_with_the_promise() -> None:
+    r = replica(2)
+    r.step(Prepare(3, Ballot(5, 3), 0))
+    r.advance()
+    r.step(Accept(1, Ballot(4, 1), 0, (b"late",), 0))
+    ready = r.ready()
+    assert not ready.persist.accepted
+    assert ready.send_after_sync[0].msg == Nack(2, Ballot(4, 1), Ballot(5, 3), 0)
+
+
+def test_a_new_leader_fetches_slots_a_promiser_knows_are_chosen_instead_of_reproposing() -> None:
+    r = replica()
+    r.tick(1.0)
+    r.advance()
+    r.step(PreVoteReply(2, r.ballot, True))
+    r.advance()
+    b = r.ballot
+    r.step(Promise(2, b, (Entry(5, Ballot(1, 2), b"v5"),), chosen=5))
+    assert r.role is Role.LEADER
+    msgs = [m for _, m in sent(r)]
+    assert Fetch(1, 0, 5) in msgs
+    accepts = [m for m in msgs if isinstance(m, Accept)]
+    assert accepts == [Accept(1, b, 5, (b"v5",), 0)]
+
+
+def test_catch_up_serves_only_chosen_values() -> None:
+    r = replica()
+    b = elect(r)
+    r.advance()
+    r.propose(b"a")
+    r.propose(b"b")
+    r.advance()
+    r.step(Accepted(1, b, 0, 2))
+    r.step(Accepted(2, b, 0, 1))
+    r.advance()
+    r.step(Fetch(3, 0, 10))
+    decided = [s.msg for s in r.ready().send_now if isinstance(s.msg, Decided)]
+    assert decided == [Decided(1, 0, (b"a",))]
+
+
+def test_leader_resends_unacknowledged_accepts_on_heartbeat() -> None:
+    r = replica()
+    b = elect(r)
+    r.advance()
+    r.propose(b"a")
+    r.advance()
+    r.step(Accepted(1, b, 0))
+    r.tick(r.now + 1.0)
+    ready = r.ready()
+    resent = [(s.to, s.msg) for s in ready.send_now if isinstance(s.msg, Accept)]
+    assert resent == [((2, 3), Accept(1, b, 0, (b"a",), 0))]
