@@ -1,0 +1,190 @@
+"""Durable acceptor state: the core's ``Persist`` records on the write-ahead log.
+
+Theory of operation
+-------------------
+The core hands its driver ``Persist`` records (a new promised ballot, newly accepted
+entries, a new chosen watermark). :class:`DurableAcceptor` maps each onto WAL records
+of three types, msgpack-encoded with msgspec (never pickle: the bytes on disk must
+not be able to run code when read back):
+
+- ``PROMISED`` (1): one ``Ballot``;
+- ``ACCEPTED`` (2): a list of ``Entry(slot, ballot, value)``;
+- ``CHOSEN`` (3): one int, the first slot not known chosen (a hint only: safe to lose).
+
+``write`` only buffers (``WAL.append``: nothing touches the disk); ``sync`` writes and
+fsyncs everything buffered so far with one ``fdatasync`` (group commit). ``write`` may
+be called from the event loop while ``sync`` runs in a worker thread: the WAL allows
+exactly that, and a ``sync`` covers every ``write`` that returned before it started.
+
+Recovery (``open``) replays the log in order. The promised ballot is the highest one
+recorded, an accepted slot keeps its last recorded entry (a later acceptance is always
+under a ballot at least as high), and the chosen watermark is the highest recorded. A
+torn tail is truncated by the WAL and reported in ``RecoveryReport``: those records
+were never synced, so nothing that depended on them ever left the node.
+
+Corruption anywhere else means acknowledged promises or acceptances may be lost; a node
+that voted again from such a state could break agreement. ``open`` then raises
+:class:`AcceptorStateLost` (distinct from every other error, so the node refuses to
+start as a voter instead of silently forgetting a promise). Rebuilding the state from
+peers is not done here; an operator must wipe the directory and re-join the node.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from pyxos.core.ballot import ZERO, Ballot
+from pyxos.core.messages import Entry
+from pyxos.core.ready import Persist
+from pyxos.storage.wal import WAL, Record, RecoveryReport, WALCorruption
+
+__all__ = [
+    "ACCEPTED",
+    "CHOSEN",
+    "PROMISED",
+    "AcceptorStateLost",
+    "DurableAcceptor",
+    "DurableStateError",
+    "Recovered",
+    "encode_persist",
+]
+
+PROMISED = 1
+"""WAL record type of a promised ballot."""
+ACCEPTED = 2
+"""WAL record type of a list of accepted entries."""
+CHOSEN = 3
+"""WAL record type of a chosen watermark."""
+
+_encoder = msgspec.msgpack.Encoder()
+_ballot_decoder = msgspec.msgpack.Decoder(Ballot)
+_entries_decoder = msgspec.msgpack.Decoder(list[Entry])
+_int_decoder = msgspec.msgpack.Decoder(int)
+
+
+class DurableStateError(Exception):
+    """The durable acceptor state cannot be read back as written."""
+
+
+class AcceptorStateLost(DurableStateError):
+    """The log is corrupt (not a torn tail): promises or acceptances may be lost.
+
+    The node must not vote with what is left. ``cause`` is the WAL's
+    ``WALCorruption`` (path, offset and reason).
+    """
+
+    def __init__(self, cause: WALCorruption) -> None:
+        super().__init__(
+            f"acceptor state is corrupt, refusing to vote: {cause} "
+            "(wipe the data directory and re-join this node to rebuild it from its peers)"
+        )
+        self.cause = cause
+
+
+@dataclass(slots=True)
+class Recovered:
+    """What ``DurableAcceptor.open`` read back from the log."""
+
+    promised: Ballot = ZERO
+    accepted: dict[int, Entry] = field(default_factory=dict)
+    chosen: int = 0
+    report: RecoveryReport | None = None
+
+
+def encode_persist(persist: Persist) -> list[tuple[int, bytes]]:
+    """The WAL records ``(type, payload)`` for one ``Persist`` (empty if it is empty)."""
+    records: list[tuple[int, bytes]] = []
+    if persist.promised is not None:
+        records.append((PROMISED, _encoder.encode(persist.promised)))
+    if persist.accepted:
+        records.append((ACCEPTED, _encoder.encode(persist.accepted)))
+    if persist.chosen >= 0:
+        records.append((CHOSEN, _encoder.encode(persist.chosen)))
+    return records
+
+
+def _decode(index: int, rtype: int, payload: bytes, state: Recovered) -> None:
+    try:
+        if rtype == PROMISED:
+            state.promised = max(state.promised, _ballot_decoder.decode(payload))
+        elif rtype == ACCEPTED:
+            for entry in _entries_decoder.decode(payload):
+                state.accepted[entry.slot] = entry
+        elif rtype == CHOSEN:
+            state.chosen = max(state.chosen, _int_decoder.decode(payload))
+        else:
+            raise DurableStateError(f"WAL record {index} has unknown type {rtype}")
+    except msgspec.DecodeError as e:
+        raise DurableStateError(f"WAL record {index} (type {rtype}) does not decode: {e}") from e
+
+
+class DurableAcceptor:
+    """One node's acceptor state on a WAL; create it with ``DurableAcceptor.open``."""
+
+    def __init__(self, wal: WAL) -> None:
+        """Internal: use ``open``."""
+        self.wal = wal
+        self.writes = 0
+        """``Persist`` records written (non-empty ones)."""
+        self.syncs = 0
+        """Completed ``sync`` calls that had something to write."""
+
+    @classmethod
+    def open(cls, dirpath: str | os.PathLike[str]) -> tuple[DurableAcceptor, Recovered]:
+        """Open (creating if needed) the log in ``dirpath`` and read the state back.
+
+        Raises ``AcceptorStateLost`` on corruption (see the module notes),
+        ``DurableStateError`` if a record does not decode, and ``WALError`` if the log
+        cannot be opened (for example, another process holds it).
+        """
+        try:
+            wal, report = WAL.open(Path(dirpath))
+        except WALCorruption as e:
+            raise AcceptorStateLost(e) from e
+        try:
+            state = Recovered(report=report)
+            for record in _replay(wal):
+                _decode(record.index, record.rtype, record.payload, state)
+        except BaseException:
+            wal.close()
+            raise
+        return cls(wal), state
+
+    def write(self, persist: Persist) -> None:
+        """Buffer ``persist`` (not durable until a later ``sync`` returns)."""
+        records = encode_persist(persist)
+        if records:
+            self.wal.append(records)
+            self.writes += 1
+
+    def sync(self) -> int:
+        """Write and fsync everything buffered (one fsync); return the durable index.
+
+        Thread-safe against ``write``. A failure raises ``WALError`` and is fatal.
+        """
+        before = self.wal.durable_index
+        durable = self.wal.sync()
+        if durable != before:
+            self.syncs += 1
+        return durable
+
+    @property
+    def last_index(self) -> int:
+        """Index of the newest record written, synced or not."""
+        return self.wal.last_index
+
+    def close(self) -> None:
+        """Close the log (buffered, unsynced records are lost, as in a crash)."""
+        self.wal.close()
+
+
+def _replay(wal: WAL) -> Iterator[Record]:
+    try:
+        yield from wal.replay()
+    except WALCorruption as e:
+        raise AcceptorStateLost(e) from e
