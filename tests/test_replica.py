@@ -43,7 +43,7 @@ def elect(r: Replica, promises: list[Promise] | None = None) -> Ballot:
     b = r.ballot
     assert r.role is Role.CANDIDATE
     for p in promises if promises is not None else [Promise(2, b)]:
-        r.step(Promise(p.src, b, p.accepted, p.chosen))
+        r.step(Promise(p.src, b, p.accepted, p.log_start))
     return b
 
 
@@ -174,14 +174,14 @@ def test_an_accept_below_the_promise_is_refused_with_the_promise() -> None:
     assert ready.send_after_sync[0].msg == Nack(2, Ballot(4, 1), Ballot(5, 3), 0)
 
 
-def test_a_new_leader_fetches_slots_a_promiser_knows_are_chosen_instead_of_reproposing() -> None:
+def test_a_new_leader_fetches_slots_a_promiser_compacted_instead_of_reproposing() -> None:
     r = replica()
     r.tick(1.0)
     r.advance()
     r.step(PreVoteReply(2, r.ballot, True))
     r.advance()
     b = r.ballot
-    r.step(Promise(2, b, (Entry(5, Ballot(1, 2), b"v5"),), chosen=5))
+    r.step(Promise(2, b, (Entry(5, Ballot(1, 2), b"v5"),), log_start=5))
     assert r.role is Role.LEADER
     msgs = [m for _, m in sent(r)]
     assert Fetch(1, 0, 5) in msgs

@@ -102,3 +102,20 @@ def test_cli_refuses_unknown_faults_and_mutants() -> None:
     assert runner.invoke(main, ["sim", "kv", "--faults", "lightning"]).exit_code == 2
     assert runner.invoke(main, ["sim", "kv", "--mutant", "nope"]).exit_code == 2
     assert runner.invoke(main, ["sim", "synod", "--mutant", "nope"]).exit_code == 2
+
+
+# Seeds that once failed, kept as regressions (seed, nodes, what broke):
+REGRESSIONS = [
+    # A new leader fetched slots a crashed promiser had reported chosen instead of
+    # re-proposing them; nobody alive knew them as chosen, and the log stalled.
+    (426, 3, "liveness"),
+    (467, 5, "liveness"),
+]
+
+
+@pytest.mark.parametrize(("seed", "nodes", "what"), REGRESSIONS)
+def test_regression_seed(seed: int, nodes: int, what: str) -> None:
+    r = run_kv(seed, nodes=nodes, faults=ALL, trace=False)
+    assert r.violation is None, (
+        f"{what}: {r.violation}\n{kv_replay_command(seed, nodes, 4, ALL, None)}"
+    )

@@ -76,14 +76,15 @@ class Prepare(msgspec.Struct, frozen=True, array_like=True, tag="prepare"):
 class Promise(msgspec.Struct, frozen=True, array_like=True, tag="promise"):
     """Phase 1b: the acceptor promised ``ballot`` and reports what it has accepted.
 
-    ``chosen`` is the acceptor's node's first slot not known chosen; a new leader uses
-    it to learn who can serve catch-up.
+    ``log_start`` is the first slot whose accepted entry the acceptor still holds:
+    below it, the entries were chosen, applied and compacted into a snapshot, so a new
+    leader must not re-propose those slots from this promise (it fetches them).
     """
 
     src: int
     ballot: Ballot
     accepted: tuple[Entry, ...] = ()
-    chosen: int = 0
+    log_start: int = 0
 
 
 class Accept(msgspec.Struct, frozen=True, array_like=True, tag="accept"):

@@ -18,10 +18,12 @@ Roles and transitions (one ``_step_<role>`` each):
 - **Candidate.** Picks a ballot above every ballot seen and above its own promise,
   promises it to itself (durable before the Prepare leaves) and sends Prepare for all
   slots from its first unchosen slot. With a phase-1 quorum of Promises it becomes
-  leader: slots that a promiser knows are chosen (its ``chosen`` watermark) are fetched,
-  never re-proposed; above that, each slot is re-proposed with the value of the
+  leader: each slot from its first unchosen one is re-proposed with the value of the
   highest ballot any promiser accepted, and slots nobody reported become no-ops
-  (``b""``) up to the highest reported slot.
+  (``b""``) up to the highest reported slot. Slots a promiser has compacted away (below
+  its ``log_start``) are the only exception: they are chosen, and the phase-1 reports
+  are incomplete for them, so they are fetched, never re-proposed. (Fetching merely
+  *known-chosen* slots instead would deadlock when the only node that knew crashed.)
 - **Leader.** Proposes each batch of commands (one opaque value) in the next slot,
   keeping at most ``window`` slots in flight; accepts it itself (durable before it
   counts its own vote: its own Accepted comes back through the driver after the fsync)
@@ -291,7 +293,7 @@ class Replica:
             return
         if msg.ballot > self.ballot and self.role is not Role.FOLLOWER and msg.src != self.node_id:
             self._become_follower(msg.ballot.node)
-        promise = Promise(self.node_id, msg.ballot, tuple(entries), self.first_unchosen)
+        promise = Promise(self.node_id, msg.ballot, tuple(entries), self.log_start)
         self._send_after_sync((msg.src,), promise)
 
     def _on_accept(self, msg: Accept) -> None:
@@ -441,7 +443,7 @@ class Replica:
         entries = self.acceptor.on_prepare(self.ballot, self.prepare_slot)
         assert entries is not None, "a fresh ballot is above our own promise"
         self._send_after_sync(self.peers, Prepare(self.node_id, self.ballot, self.prepare_slot))
-        self._on_promise(Promise(self.node_id, self.ballot, tuple(entries), self.first_unchosen))
+        self._on_promise(Promise(self.node_id, self.ballot, tuple(entries), self.log_start))
 
     def _on_promise(self, msg: Promise) -> None:
         if self.role is not Role.CANDIDATE or msg.ballot != self.ballot:
@@ -473,14 +475,14 @@ class Replica:
             self.leader_changes += 1
         self.leader = self.node_id
         self.leader_contact = self.now
-        # Slots that some promiser knows are chosen are fetched, never re-proposed:
-        # its acceptor may have compacted them away.
-        known_chosen = max(p.chosen for p in self.promises.values())
-        if known_chosen > self.first_unchosen:
-            self.commit_hint = max(self.commit_hint, known_chosen)
-            best = max(self.promises.values(), key=lambda p: p.chosen)
+        # Slots some promiser compacted away are chosen but missing from its report:
+        # fetch them, never re-propose them.
+        compacted = max(p.log_start for p in self.promises.values())
+        if compacted > self.first_unchosen:
+            self.commit_hint = max(self.commit_hint, compacted)
+            best = max(self.promises.values(), key=lambda p: p.log_start)
             self._fetch(best.src)
-        start = max(self.prepare_slot, known_chosen)
+        start = max(self.prepare_slot, compacted)
         values = self._reproposals(start)
         self.promises = {}
         self.in_flight.clear()
