@@ -1,0 +1,226 @@
+"""Node configuration: one validated ``Config`` from a TOML file plus overrides.
+
+Theory of operation
+-------------------
+After uvicorn's ``Config``: every setting of a node lives in one frozen object, built
+and validated before anything starts, so a typo fails at once with one clear line
+instead of as a half-started node. ``Config.load(path, **overrides)`` reads a TOML file
+(``tomllib``) and applies overrides (the CLI's ``--node-id`` and friends) on top;
+``Config.from_mapping`` does the same for a dict. Every problem raises
+:class:`ConfigError` whose message names the key and what is wrong; the CLI prints it
+and exits with status 2, without a traceback.
+
+The file format (every key but ``cluster_id``, ``node_id``, ``peers``, ``client_port``
+and ``data_dir`` has a default)::
+
+    cluster_id = "prod-kv"
+    node_id = 1
+    client_port = 7101          # binary client protocol; 0 picks a free port
+    http_port = 8101            # optional: the HTTP API; 0 picks a free port
+    data_dir = "/var/lib/pyxos/1"
+    bind_host = "0.0.0.0"       # optional: defaults to this node's host in `peers`
+    election_timeout = [0.3, 0.6]
+    heartbeat_interval = 0.05
+    window = 256
+
+    [peers]                     # every member, this node included: id = "host:port"
+    1 = "10.0.0.1:7001"
+    2 = "10.0.0.2:7001"
+    3 = "10.0.0.3:7001"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Config", "ConfigError", "parse_address"]
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message says which key and why."""
+
+
+_REQUIRED = ("cluster_id", "node_id", "peers", "client_port", "data_dir")
+
+
+def parse_address(text: str, what: str = "address") -> tuple[str, int]:
+    """Split ``"host:port"`` (``"[::1]:7001"`` for IPv6) into ``(host, port)``."""
+    if not isinstance(text, str):
+        raise ConfigError(f"{what}: expected a string 'host:port', got {text!r}")
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{what}: expected 'host:port', got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"{what}: port {port_text!r} is not a number") from None
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{what}: port {port} is not in 1..65535")
+    return host, port
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Every setting of one node (see the module notes for the file format)."""
+
+    cluster_id: str
+    """Name of the cluster; every peer and client handshake must carry it."""
+    node_id: int
+    """This node's id (>= 1), one of ``peers``."""
+    peers: Mapping[int, tuple[str, int]]
+    """Every member, this node included: node id -> (host, peer port)."""
+    client_port: int
+    """TCP port of the binary client protocol (0: pick a free one)."""
+    data_dir: Path
+    """Where the write-ahead log lives."""
+    http_port: int | None = None
+    """TCP port of the HTTP API (None: off; 0: pick a free one)."""
+    bind_host: str | None = None
+    """Address the listeners bind; None: this node's host in ``peers``."""
+    election_timeout: tuple[float, float] = (0.3, 0.6)
+    """A follower that hears no leader for a random time in this range runs."""
+    heartbeat_interval: float = 0.05
+    """How often the leader sends heartbeats (below the election timeout)."""
+    window: int = 256
+    """Slots the leader keeps in flight at most."""
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def host(self) -> str:
+        """The address the listeners bind."""
+        return self.bind_host if self.bind_host is not None else self.peers[self.node_id][0]
+
+    @property
+    def peer_port(self) -> int:
+        """This node's peer port (from ``peers``)."""
+        return self.peers[self.node_id][1]
+
+    @classmethod
+    def load(cls, path: str | Path, **overrides: Any) -> Config:
+        """Read the TOML file at ``path``, apply ``overrides`` (None values are ignored)."""
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_mapping(raw)
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> Config:
+        """Build from a mapping of file keys (``peers`` values as ``"host:port"``)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"unknown key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")
+        missing = [k for k in _REQUIRED if k not in raw]
+        if missing:
+            raise ConfigError(f"missing required key {missing[0]!r}")
+        values = dict(raw)
+        values["peers"] = _parse_peers(raw["peers"])
+        values["data_dir"] = Path(_typed(raw, "data_dir", str))
+        values["cluster_id"] = _typed(raw, "cluster_id", str)
+        values["node_id"] = _typed(raw, "node_id", int)
+        values["client_port"] = _typed(raw, "client_port", int)
+        if raw.get("http_port") is not None:
+            values["http_port"] = _typed(raw, "http_port", int)
+        if raw.get("bind_host") is not None:
+            values["bind_host"] = _typed(raw, "bind_host", str)
+        if "election_timeout" in raw:
+            timeout = raw["election_timeout"]
+            if (
+                not isinstance(timeout, list | tuple)
+                or len(timeout) != 2
+                or not all(_is_number(t) for t in timeout)
+            ):
+                raise ConfigError(
+                    f"election_timeout: expected [min, max] in seconds, got {timeout!r}"
+                )
+            values["election_timeout"] = (float(timeout[0]), float(timeout[1]))
+        if "heartbeat_interval" in raw:
+            if not _is_number(raw["heartbeat_interval"]):
+                raise ConfigError(
+                    f"heartbeat_interval: expected seconds, got {raw['heartbeat_interval']!r}"
+                )
+            values["heartbeat_interval"] = float(raw["heartbeat_interval"])
+        if "window" in raw:
+            values["window"] = _typed(raw, "window", int)
+        return cls(**values)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _typed(raw: Mapping[str, Any], key: str, kind: type) -> Any:
+    value = raw[key]
+    if kind is int and isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)  # overrides from the command line arrive as text
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def _parse_peers(raw: object) -> dict[int, tuple[str, int]]:
+    if not isinstance(raw, Mapping) or not raw:
+        raise ConfigError("peers: expected a table of node id = 'host:port', with every member")
+    peers: dict[int, tuple[str, int]] = {}
+    for key, text in raw.items():
+        try:
+            node = int(key)
+        except (TypeError, ValueError):
+            raise ConfigError(f"peers: node id {key!r} is not a number") from None
+        if node < 1:
+            raise ConfigError(f"peers: node id {node} must be >= 1")
+        if node in peers:
+            raise ConfigError(f"peers: duplicate node id {node} (as {key!r})")
+        peers[node] = parse_address(text, f"peers.{key}")
+    return peers
+
+
+def _validate(c: Config) -> None:
+    if not c.cluster_id:
+        raise ConfigError("cluster_id: must not be empty")
+    if c.node_id < 1:
+        raise ConfigError(f"node_id: {c.node_id} must be >= 1")
+    if c.node_id not in c.peers:
+        raise ConfigError(
+            f"node_id: {c.node_id} is not among the peers ({', '.join(map(str, sorted(c.peers)))})"
+        )
+    seen: dict[tuple[str, int], int] = {}
+    for node, address in sorted(c.peers.items()):
+        if address in seen:
+            raise ConfigError(
+                f"peers: nodes {seen[address]} and {node} share the address "
+                f"{address[0]}:{address[1]}"
+            )
+        seen[address] = node
+    for name in ("client_port", "http_port"):
+        port = getattr(c, name)
+        if port is not None and not 0 <= port <= 65535:
+            raise ConfigError(f"{name}: {port} is not a port (0..65535; 0 picks a free one)")
+    ports = [c.peer_port, c.client_port] + ([c.http_port] if c.http_port is not None else [])
+    nonzero = [p for p in ports if p]
+    if len(set(nonzero)) != len(nonzero):
+        raise ConfigError(f"ports: peer, client and http ports must differ, got {ports}")
+    lo, hi = c.election_timeout
+    if not 0 < lo <= hi:
+        raise ConfigError(f"election_timeout: need 0 < min <= max, got [{lo}, {hi}]")
+    if not 0 < c.heartbeat_interval < lo:
+        raise ConfigError(
+            f"heartbeat_interval: {c.heartbeat_interval} must be positive and below the "
+            f"election timeout minimum {lo}"
+        )
+    if c.window < 1:
+        raise ConfigError(f"window: {c.window} must be >= 1")
