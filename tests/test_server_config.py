@@ -91,3 +91,19 @@ def test_parse_address() -> None:
     assert parse_address("[::1]:80") == ("::1", 80)
     with pytest.raises(ConfigError):
         parse_address(":80")
+
+
+def test_the_command_prints_config_errors_and_exits_2(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = write(tmp_path, GOOD.replace("window = 64", "windw = 64"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pyxos.server", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert "unknown key 'windw'" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,61 @@
+"""``python -m pyxos.server``: run one node from a TOML config file.
+
+Theory of operation
+-------------------
+Like uvicorn's ``main``: this only builds a ``Config`` (file plus command-line
+overrides) and calls ``run``. A bad configuration prints one line and exits with
+status 2; a node that cannot start (wrong data directory, corrupt log, port in use)
+prints one line and exits with status 1. Neither prints a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from pyxos.server.config import Config, ConfigError
+from pyxos.server.durable import DurableStateError
+from pyxos.server.node import NodeFailed, NodeStartupError, run
+from pyxos.storage.wal import StorageError
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, run the node; return the process exit status."""
+    parser = argparse.ArgumentParser(prog="python -m pyxos.server", description=__doc__)
+    parser.add_argument("--config", required=True, help="TOML config file")
+    parser.add_argument("--node-id", type=int, default=None, help="override node_id")
+    parser.add_argument("--data-dir", default=None, help="override data_dir")
+    parser.add_argument("--client-port", type=int, default=None, help="override client_port")
+    parser.add_argument("--http-port", type=int, default=None, help="override http_port")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = Config.load(
+            args.config,
+            node_id=args.node_id,
+            data_dir=args.data_dir,
+            client_port=args.client_port,
+            http_port=args.http_port,
+        )
+    except ConfigError as e:
+        print(f"pyxos: configuration error: {e}", file=sys.stderr)
+        return 2
+    try:
+        run(config)
+    except (NodeStartupError, DurableStateError, StorageError, NodeFailed) as e:
+        print(f"pyxos: node {config.node_id}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

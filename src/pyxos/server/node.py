@@ -1,0 +1,521 @@
+"""The node runtime: one ``ServiceNode`` driven by asyncio sockets, timers and a WAL.
+
+Theory of operation
+-------------------
+The protocol lives in a pure ``ServiceNode(Replica, KVStore)``; this module is only its
+driver, and it drives it exactly as the simulator's ``World._drive`` does, so every
+simulator result speaks for this process too. Each *input batch* (every message of one
+``data_received``, a timer firing, the messages a node sent itself) is fed as
+``tick(loop.time())`` followed by one ``step`` per message, then the driver runs
+``ready()`` once:
+
+1. ``persist`` is appended to the WAL (``DurableAcceptor.write``: buffered only) and
+   numbered ``written``;
+2. ``send_now`` leaves at once (encoded once, queued on the peer or client links);
+3. ``send_after_sync`` leaves at once only if everything written is already durable and
+   nothing older is waiting; otherwise it waits, tagged with ``written``, until an
+   fsync covering that record completes (FIFO, so replies never overtake each other);
+4. ``committed`` was already applied by the ``ServiceNode`` (its replies are in
+   ``send_now``);
+
+then ``advance()``, and the timer is re-armed on ``next_deadline()`` with
+``loop.call_at`` (only ever moved earlier; a timer that fires early just ticks).
+
+Group commit: at most ONE fsync is in flight (``DurableAcceptor.sync`` in a dedicated
+worker thread, via ``run_in_executor``). When it completes it covers every record
+written before it started, so ``synced`` becomes the ``written`` count captured at its
+start; the waiting sends up to there are released and, if more was written meanwhile,
+the next fsync starts at once, covering all of it. Under load each fsync thus covers
+whatever accumulated during the previous one. A failed fsync is fatal (the WAL refuses
+every later call): the node stops, and ``serve_forever`` raises ``NodeFailed``.
+
+Messages addressed to the node itself (a leader's own ``Accepted`` after its fsync,
+for instance) are not stepped re-entrantly: they are queued and delivered as one input
+batch with ``call_soon``, as the simulator delivers them as a separate event.
+
+Clients speak the binary protocol on their own port: the same framing as the peers, a
+``Hello`` with role ``"client"``, then ``ClientRequest`` frames. Each connection gets
+an id >= ``CLIENT_ID_BASE`` (never a node id); the request's ``src`` is overwritten
+with it, so the ``ServiceNode`` addresses the ``ClientReply`` to that connection and
+the driver writes it back there. Bad bytes close only that connection (the codec and
+``FramedProtocol`` take care of it); a reply for a connection that is gone is dropped,
+and the client retries with the same ``(client, seq)``.
+
+Durable state: ``startup`` opens the WAL in the data directory and rebuilds the
+replica's promise and accepted entries from it. A corrupt log raises
+``AcceptorStateLost`` and the node does not start (it must not vote with a state that
+may have forgotten promises). Applied state is not persisted: a restarted node
+re-learns every chosen slot from its peers (the leader's commits and ``Fetch``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from pyxos.core.messages import ClientReply, ClientRequest, Message
+from pyxos.core.quorum import Majority
+from pyxos.core.ready import Send
+from pyxos.core.replica import Replica, ReplicaConfig
+from pyxos.net.codec import PROTOCOL_VERSION, Hello, check_hello, encode_message
+from pyxos.net.link import FramedProtocol, PeerLinks, PeerServer, new_counters, serve_peers
+from pyxos.server.config import Config
+from pyxos.server.durable import DurableAcceptor, Recovered
+from pyxos.statemachine.kv import KVStore
+from pyxos.statemachine.service import ServiceNode
+from pyxos.storage.wal import MarkerError, read_marker, write_marker
+
+__all__ = ["CLIENT_ID_BASE", "NodeFailed", "NodeServer", "NodeStartupError", "run"]
+
+logger = logging.getLogger("pyxos.server")
+
+CLIENT_ID_BASE = 1_000_000
+"""Client connections get ids from here on, so they never collide with node ids."""
+
+ReplySink = Callable[[ClientReply], None]
+"""Where an in-process client (the HTTP API) receives its replies."""
+
+
+class NodeStartupError(Exception):
+    """The node cannot start with this configuration and data directory."""
+
+
+class NodeFailed(Exception):
+    """The node stopped because of a fatal error (a failed fsync)."""
+
+
+@dataclass(slots=True)
+class _DriverStats:
+    inputs: int = 0
+    readies: int = 0
+    fsyncs: int = 0
+    client_connections: int = 0
+    client_requests: int = 0
+    unexpected_client_messages: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+class NodeServer:
+    """One pyxos node: ``await startup()``, ``await serve_forever()``, ``await shutdown()``."""
+
+    def __init__(self, config: Config, *, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.rng = rng if rng is not None else random.Random()
+        self.node: ServiceNode | None = None
+        """The pure node being driven (set by ``startup``)."""
+        self.durable: DurableAcceptor | None = None
+        self.links: PeerLinks | None = None
+        self.peer_server: PeerServer | None = None
+        self.client_server: asyncio.Server | None = None
+        self.stats = _DriverStats()
+        self.net_counters = new_counters()
+        """Counters of the peer links and the peer server."""
+        self.client_counters = new_counters()
+        """Counters of the client connections."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        # Group commit. Invariant: synced <= written; fsync_in_flight iff a sync runs.
+        self._written = 0
+        self._synced = 0
+        self._fsync_in_flight: asyncio.Future[int] | None = None
+        self._waiting: deque[tuple[int, list[Send]]] = deque()
+        self._local: list[Message] = []
+        self._local_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._clients: dict[int, FramedProtocol] = {}
+        self._sinks: dict[int, ReplySink] = {}
+        self._next_client = CLIENT_ID_BASE
+        self._stopped: asyncio.Event | None = None
+        self._closing = False
+        self._fatal: BaseException | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def client_port(self) -> int:
+        """The bound client port (after ``startup``; useful with port 0)."""
+        assert self.client_server is not None, "not started"
+        return int(self.client_server.sockets[0].getsockname()[1])
+
+    @property
+    def peer_port(self) -> int:
+        """The bound peer port (after ``startup``)."""
+        assert self.peer_server is not None, "not started"
+        return self.peer_server.port
+
+    async def startup(self) -> None:
+        """Open the WAL, rebuild the replica, start listening and dialing peers."""
+        config = self.config
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stopped = asyncio.Event()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"pyxos-fsync-{config.node_id}")
+        try:
+            self.durable, state = await loop.run_in_executor(self._executor, self._open_storage)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            raise
+        replica = Replica(
+            config.node_id,
+            Majority(config.peers),
+            self.rng,
+            config=ReplicaConfig(
+                election_timeout=config.election_timeout,
+                heartbeat_interval=config.heartbeat_interval,
+                window=config.window,
+            ),
+            promised=state.promised,
+            accepted=state.accepted.values(),
+            now=loop.time(),
+        )
+        self.node = ServiceNode(replica, KVStore())
+        logger.info(
+            "node %d: recovered promise %s, %d accepted entries, chosen watermark %d",
+            config.node_id,
+            state.promised,
+            len(state.accepted),
+            state.chosen,
+        )
+        try:
+            self.peer_server = await serve_peers(
+                config.host,
+                config.peer_port,
+                config.cluster_id,
+                config.node_id,
+                self._on_peer_messages,
+                known_nodes=tuple(config.peers),
+                counters=self.net_counters,
+            )
+            self.client_server = await loop.create_server(
+                self._client_protocol, config.host, config.client_port
+            )
+        except OSError as e:
+            await self.shutdown()
+            raise NodeStartupError(f"node {config.node_id}: cannot listen: {e}") from e
+        self.links = PeerLinks(
+            config.node_id,
+            config.cluster_id,
+            config.peers,
+            on_messages=self._on_peer_messages,
+            rng=random.Random(self.rng.getrandbits(64)),
+            counters=self.net_counters,
+        )
+        self.links.start()
+        self._input(())
+        logger.info(
+            "node %d of cluster %r: peers on %s:%d, clients on port %d",
+            config.node_id,
+            config.cluster_id,
+            config.host,
+            self.peer_port,
+            self.client_port,
+        )
+
+    def _open_storage(self) -> tuple[DurableAcceptor, Recovered]:
+        config = self.config
+        try:
+            marker = read_marker(config.data_dir)
+        except MarkerError as e:
+            raise NodeStartupError(str(e)) from e
+        if marker is not None and (
+            marker.cluster_id != config.cluster_id or marker.node_id != config.node_id
+        ):
+            raise NodeStartupError(
+                f"{config.data_dir} belongs to node {marker.node_id} of cluster "
+                f"{marker.cluster_id!r}, not node {config.node_id} of {config.cluster_id!r}"
+            )
+        durable, state = DurableAcceptor.open(config.data_dir)
+        if marker is None:
+            write_marker(config.data_dir, config.cluster_id, config.node_id)
+        return durable, state
+
+    async def serve_forever(self) -> None:
+        """Run until ``shutdown`` (or a fatal error, raised as ``NodeFailed``)."""
+        assert self._stopped is not None, "call startup() first"
+        await self._stopped.wait()
+        if self._fatal is not None:
+            raise NodeFailed(f"node {self.config.node_id} stopped: {self._fatal}") from self._fatal
+
+    async def shutdown(self) -> None:
+        """Stop listening, close every connection, finish the fsync, close the WAL."""
+        if self._closing:
+            if self._stopped is not None:
+                await self._stopped.wait()
+            return
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.client_server is not None:
+            self.client_server.close()
+        for conn in list(self._clients.values()):
+            conn.abort()
+        if self.peer_server is not None:
+            self.peer_server.close()
+        if self.links is not None:
+            await self.links.close(drain_timeout=0.2)
+        if self.peer_server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.peer_server.wait_closed(), 1.0)
+        if self.client_server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.client_server.wait_closed(), 1.0)
+        if self._fsync_in_flight is not None:
+            with contextlib.suppress(Exception):
+                await self._fsync_in_flight
+        if self.durable is not None:
+            self.durable.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        if self._stopped is not None:
+            self._stopped.set()
+        logger.info("node %d stopped", self.config.node_id)
+
+    # -- status ---------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-ready summary of this node (role, leader, slots, counters)."""
+        node = self.node
+        if node is None:
+            return {"node_id": self.config.node_id, "state": "starting"}
+        replica = node.replica
+        return {
+            "node_id": self.config.node_id,
+            "cluster_id": self.config.cluster_id,
+            "role": replica.role.value,
+            "leader": replica.leader,
+            "ballot": str(replica.ballot),
+            "promised": str(replica.acceptor.promised),
+            "first_unchosen": replica.first_unchosen,
+            "applied": node.store.applied_slot,
+            "keys": len(node.store),
+            "written": self._written,
+            "synced": self._synced,
+            "fsyncs": self.stats.fsyncs,
+            "client_connections": len(self._clients),
+            "net": dict(self.net_counters),
+            "client_net": dict(self.client_counters),
+        }
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this node leads right now."""
+        return self.node is not None and self.node.replica.is_leader
+
+    @property
+    def leader(self) -> int:
+        """The leader this node believes in (0: unknown)."""
+        return 0 if self.node is None else self.node.replica.leader
+
+    # -- in-process clients (the HTTP API) ------------------------------------------------
+
+    def attach_sink(self, sink: ReplySink) -> int:
+        """Register an in-process client; return the ``src`` id its requests must carry."""
+        cid = self._new_client_id()
+        self._sinks[cid] = sink
+        return cid
+
+    def detach_sink(self, cid: int) -> None:
+        """Forget an in-process client registered with ``attach_sink``."""
+        self._sinks.pop(cid, None)
+
+    def submit(self, requests: list[ClientRequest]) -> None:
+        """Feed requests of in-process clients (their ``src`` is their sink id)."""
+        if requests and not self._closing:
+            self._input(requests)
+
+    def _new_client_id(self) -> int:
+        cid = self._next_client
+        self._next_client += 1
+        return cid
+
+    # -- the driver -----------------------------------------------------------------------
+
+    def _input(self, msgs: Iterable[Message]) -> None:
+        """Feed one input batch: tick, step every message, then drive once."""
+        node = self.node
+        loop = self._loop
+        if node is None or loop is None or self._closing:
+            return
+        self.stats.inputs += 1
+        node.tick(loop.time())
+        for msg in msgs:
+            node.step(msg)
+        self._drive()
+
+    def _drive(self) -> None:
+        node = self.node
+        durable = self.durable
+        assert node is not None and durable is not None and self._loop is not None
+        r = node.ready()
+        if r:
+            self.stats.readies += 1
+            if r.persist:
+                try:
+                    durable.write(r.persist)
+                except Exception as e:  # the WAL failed earlier: fatal
+                    self._fail(e)
+                    return
+                self._written += 1
+            for send in r.send_now:
+                self._send(send)
+            if r.send_after_sync:
+                if self._synced >= self._written and not self._waiting:
+                    for send in r.send_after_sync:
+                        self._send(send)
+                else:
+                    self._waiting.append((self._written, list(r.send_after_sync)))
+            self._start_fsync()
+        node.advance()
+        deadline = node.next_deadline()
+        if deadline is not None and (self._timer_at is None or deadline < self._timer_at):
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self._input(())
+
+    def _start_fsync(self) -> None:
+        if self._fsync_in_flight is not None or self._synced >= self._written:
+            return
+        assert self._loop is not None and self.durable is not None
+        target = self._written
+        future = self._loop.run_in_executor(self._executor, self.durable.sync)
+        self._fsync_in_flight = future
+        future.add_done_callback(lambda f: self._on_synced(target, f))
+
+    def _on_synced(self, target: int, future: asyncio.Future[int]) -> None:
+        self._fsync_in_flight = None
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is not None:
+            self._fail(error)
+            return
+        self.stats.fsyncs += 1
+        self._synced = target
+        waiting = self._waiting
+        while waiting and waiting[0][0] <= target:
+            _, sends = waiting.popleft()
+            for send in sends:
+                self._send(send)
+        if not self._closing:
+            self._start_fsync()
+
+    def _send(self, send: Send) -> None:
+        me = self.config.node_id
+        msg = send.msg
+        frame: bytes | None = None
+        for dst in send.to:
+            if dst == me:
+                self._local.append(msg)
+                if not self._local_scheduled and self._loop is not None:
+                    self._local_scheduled = True
+                    self._loop.call_soon(self._deliver_local)
+                continue
+            if frame is None:
+                frame = encode_message(msg)
+            if dst >= CLIENT_ID_BASE:
+                conn = self._clients.get(dst)
+                if conn is not None:
+                    conn.send(frame)
+                    continue
+                sink = self._sinks.get(dst)
+                if sink is not None and isinstance(msg, ClientReply):
+                    sink(msg)
+            elif self.links is not None:
+                with contextlib.suppress(KeyError):
+                    self.links.send(dst, frame)
+
+    def _deliver_local(self) -> None:
+        self._local_scheduled = False
+        msgs, self._local = self._local, []
+        if msgs:
+            self._input(msgs)
+
+    def _fail(self, error: BaseException) -> None:
+        if self._fatal is not None:
+            return
+        self._fatal = error
+        logger.critical("node %d: fatal storage error, stopping: %s", self.config.node_id, error)
+        if self._loop is not None:
+            self._loop.create_task(self.shutdown())
+
+    # -- network callbacks ----------------------------------------------------------------
+
+    def _on_peer_messages(self, peer: int, msgs: list[Message]) -> None:
+        self._input(msgs)
+
+    def _client_protocol(self) -> FramedProtocol:
+        holder: list[FramedProtocol] = []
+        cluster = self.config.cluster_id
+
+        def accept_hello(hello: Hello) -> int:
+            check_hello(hello, cluster, PROTOCOL_VERSION, expected_role="client")
+            cid = self._new_client_id()
+            self._clients[cid] = holder[0]
+            self.stats.client_connections += 1
+            return cid
+
+        conn = FramedProtocol(
+            self._on_client_messages,
+            counters=self.client_counters,
+            accept_hello=accept_hello,
+            handshake_timeout=5.0,
+            on_lost=self._on_client_lost,
+        )
+        holder.append(conn)
+        return conn
+
+    def _on_client_lost(self, conn: FramedProtocol, exc: Exception | None) -> None:
+        if self._clients.get(conn.peer_id) is conn:
+            del self._clients[conn.peer_id]
+
+    def _on_client_messages(self, cid: int, msgs: list[Message]) -> None:
+        requests: list[ClientRequest] = []
+        for msg in msgs:
+            if isinstance(msg, ClientRequest):
+                requests.append(msg if msg.src == cid else msgspec.structs.replace(msg, src=cid))
+            else:
+                self.stats.unexpected_client_messages += 1
+        if requests:
+            self.stats.client_requests += len(requests)
+            self._input(requests)
+
+
+async def _serve(config: Config) -> None:
+    server = NodeServer(config)
+    await server.startup()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, lambda: loop.create_task(server.shutdown()))
+    await server.serve_forever()
+
+
+def run(config: Config) -> None:
+    """Run one node until SIGTERM or SIGINT (the programmatic API and the CLI's).
+
+    Uses uvloop when it is installed.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(_serve(config))
+    else:
+        uvloop.run(_serve(config))
