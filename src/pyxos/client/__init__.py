@@ -1,1 +1,29 @@
-"""pyxos.client."""
+"""pyxos.client: async and blocking clients of the replicated KV store.
+
+Theory of operation
+-------------------
+``AsyncClient`` (``pyxos.client.aio``) speaks the binary protocol: leader discovery,
+redirects, retries with the same ``(client_id, seq)`` so a retried write applies once,
+and ``OutcomeUnknown`` when no answer comes in time. ``Client`` (``pyxos.client.sync``)
+wraps it for blocking code.
+"""
+
+from pyxos.client.aio import (
+    DEFAULT_CLUSTER,
+    AsyncClient,
+    ClientError,
+    CommandRejected,
+    OutcomeUnknown,
+    new_client_id,
+)
+from pyxos.client.sync import Client
+
+__all__ = [
+    "DEFAULT_CLUSTER",
+    "AsyncClient",
+    "Client",
+    "ClientError",
+    "CommandRejected",
+    "OutcomeUnknown",
+    "new_client_id",
+]

@@ -1,0 +1,315 @@
+"""The asyncio client of the replicated KV store (binary protocol).
+
+Theory of operation
+-------------------
+A client is one *session* of the state machine: a ``client_id`` (a random 63-bit
+number unless given) and a sequence number ``seq`` that grows by one per command. The
+store remembers the last ``seq`` it applied per client and its result, so a command
+retried with the SAME ``(client_id, seq)`` is applied at most once, however many
+nodes and leaders it passes through. That is why a client runs one command at a time
+(``execute`` holds a lock): run several clients to have several commands in flight.
+
+Finding the leader: the client knows a list of node addresses. It sends a command to
+the node it believes leads (at first, the first address). A node that does not lead
+answers ``ClientReply(ok=False, leader=L)``; every reply names the node that sent it
+(``src``), so the client learns which address is which node as it goes (or is told
+up front, with a ``{node_id: "host:port"}`` mapping). A redirect to a leader whose
+address is known goes there at once; otherwise, and after a connection failure, a
+closed connection or a per-attempt timeout, the client tries the next address, with a
+short pause once it has gone round them all.
+
+Outcomes: when the overall ``timeout`` runs out the command may or may not have been
+applied (it may sit in a slot that will still be chosen), so the client raises
+:class:`OutcomeUnknown`, never a plain failure. A command the service refuses outright
+(invalid key or value, a stale seq) raises :class:`CommandRejected`; its effect is
+known: none. Any later command of this client is answered normally.
+
+The wire: the same framing as between nodes (``pyxos.net.codec``), a ``Hello`` with
+role ``"client"`` and node 0, then ``ClientRequest`` frames, each carrying the
+msgpack-encoded ``Command``; replies are ``ClientReply`` frames. One connection per
+node address, opened lazily and kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import secrets
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+
+import msgspec
+
+from pyxos.core.messages import ClientReply, ClientRequest, Message
+from pyxos.net.codec import PROTOCOL_VERSION, Hello, encode_message
+from pyxos.net.link import FramedProtocol
+from pyxos.statemachine.kv import Command, Result, decode_result
+
+__all__ = [
+    "DEFAULT_CLUSTER",
+    "AsyncClient",
+    "ClientError",
+    "CommandRejected",
+    "OutcomeUnknown",
+    "new_client_id",
+    "parse_address",
+]
+
+DEFAULT_CLUSTER = "pyxos"
+"""The cluster id a client announces unless told otherwise (it must match the nodes')."""
+
+_command_encoder = msgspec.msgpack.Encoder()
+
+
+class ClientError(Exception):
+    """Base class of the errors the client raises."""
+
+
+class OutcomeUnknown(ClientError):
+    """No answer in time: the command may or may not have taken effect."""
+
+
+class CommandRejected(ClientError):
+    """The service refused the command (invalid, or a stale seq); it had no effect."""
+
+
+def new_client_id() -> int:
+    """A random client id in ``[1, 2**63)``."""
+    return secrets.randbits(63) or 1
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """Split ``"host:port"`` (``"[::1]:7101"`` for IPv6) into ``(host, port)``."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"expected 'host:port', got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+class _Attempt:
+    """The reply one sent request is waiting for."""
+
+    __slots__ = ("future", "index", "seq")
+
+    def __init__(self, seq: int, index: int, future: asyncio.Future[ClientReply]) -> None:
+        self.seq = seq
+        self.index = index
+        self.future = future
+
+
+class AsyncClient:
+    """A KV client over the binary protocol: ``get / put / delete / cas / list``.
+
+    ``addresses`` lists the nodes' client addresses ``"host:port"``, or maps node ids to
+    them. ``timeout`` bounds a whole command (then ``OutcomeUnknown``),
+    ``attempt_timeout`` one try at one node. ``cluster`` must be the nodes'
+    ``cluster_id``. Use ``async with`` or call ``close()``.
+    """
+
+    def __init__(
+        self,
+        addresses: Sequence[str] | Mapping[int, str],
+        client_id: int | None = None,
+        *,
+        cluster: str = DEFAULT_CLUSTER,
+        timeout: float = 5.0,
+        attempt_timeout: float = 1.0,
+        connect_timeout: float = 1.0,
+    ) -> None:
+        if isinstance(addresses, Mapping):
+            items = sorted(addresses.items())
+            self._addresses = [parse_address(a) for _, a in items]
+            self._index_of: dict[int, int] = {node: i for i, (node, _) in enumerate(items)}
+        else:
+            self._addresses = [parse_address(a) for a in addresses]
+            self._index_of = {}
+        if not self._addresses:
+            raise ValueError("a client needs at least one node address")
+        if client_id is not None and not 0 < client_id < 2**63:
+            raise ValueError(f"client_id must be in [1, 2**63), not {client_id}")
+        self.client_id = client_id if client_id is not None else new_client_id()
+        """This client's session id: with ``seq``, what makes a retry apply once."""
+        self.seq = 0
+        """The seq of the last command issued (the next one gets ``seq + 1``)."""
+        self.cluster = cluster
+        self.timeout = timeout
+        self.attempt_timeout = attempt_timeout
+        self.connect_timeout = connect_timeout
+        self.retries = 0
+        self.answered_by = 0
+        """The node id that answered the last command (0: none yet): the leader then."""
+        """Attempts beyond the first, over the client's life (for tests and metrics)."""
+        self._hello = Hello(version=PROTOCOL_VERSION, cluster=cluster, node=0, role="client")
+        self._target = 0
+        self._conns: dict[int, FramedProtocol] = {}
+        self._attempt: _Attempt | None = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    # -- the operations ---------------------------------------------------------------
+
+    async def get(self, key: str) -> str | None:
+        """The value of ``key`` (``None`` if absent), linearizable (through the log)."""
+        return (await self.execute("get", key)).value
+
+    async def put(self, key: str, value: str) -> None:
+        """Set ``key`` to ``value``."""
+        await self.execute("put", key, value)
+
+    async def delete(self, key: str) -> str | None:
+        """Remove ``key``; return the value it had (``None`` if it was absent)."""
+        return (await self.execute("delete", key)).value
+
+    async def cas(self, key: str, expected: str | None, value: str) -> bool:
+        """Set ``key`` to ``value`` if it is ``expected`` (``None``: absent); True if set."""
+        return (await self.execute("cas", key, value, expected)).ok
+
+    async def list(self, prefix: str = "") -> builtins.list[tuple[str, str]]:
+        """``(key, value)`` pairs whose key starts with ``prefix``, sorted by key."""
+        return list((await self.execute("list", prefix)).values or [])
+
+    async def execute(
+        self, op: str, key: str, value: str | None = None, expected: str | None = None
+    ) -> Result:
+        """Run one command with a fresh seq and retries; return its ``Result``.
+
+        Raises ``OutcomeUnknown`` after ``timeout`` seconds without an answer and
+        ``CommandRejected`` if the service refused the command.
+        """
+        if self._closed:
+            raise ClientError("the client is closed")
+        async with self._lock:
+            self.seq += 1
+            command = Command(self.client_id, self.seq, op, key, value, expected)
+            result = decode_result(await self._call(command))
+        if result.error is not None:
+            raise CommandRejected(result.error)
+        return result
+
+    # -- retries and redirects --------------------------------------------------------
+
+    async def _call(self, command: Command) -> bytes:
+        loop = asyncio.get_running_loop()
+        request = ClientRequest(0, command.client, command.seq, _command_encoder.encode(command))
+        frame = encode_message(request)
+        deadline = loop.time() + self.timeout
+        misses = 0  # tries that got no answer from a leader
+        first = True
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise OutcomeUnknown(
+                    f"no answer for {command.op} {command.key!r} (client {command.client}, "
+                    f"seq {command.seq}) within {self.timeout} s: it may or may not have "
+                    "taken effect"
+                )
+            if not first:
+                self.retries += 1
+            first = False
+            index = self._target
+            reply = await self._try(index, command.seq, frame, remaining)
+            if reply is not None and reply.ok:
+                self.answered_by = reply.src
+                return reply.result
+            misses += 1
+            leader = self._index_of.get(reply.leader) if reply is not None else None
+            if leader is not None and leader != index:
+                self._target = leader
+            else:
+                self._target = (index + 1) % len(self._addresses)
+            if misses >= len(self._addresses):
+                # Gone round the nodes without an answer: an election is probably
+                # running. Wait a little (never past the deadline).
+                pause = min(0.02 * (misses - len(self._addresses) + 1), 0.2)
+                await asyncio.sleep(max(0.0, min(pause, deadline - loop.time())))
+
+    async def _try(
+        self, index: int, seq: int, frame: bytes, remaining: float
+    ) -> ClientReply | None:
+        """Send to node ``index`` and wait for its reply; None if none came."""
+        loop = asyncio.get_running_loop()
+        try:
+            conn = await asyncio.wait_for(
+                self._connect(index), min(remaining, self.connect_timeout)
+            )
+        except (OSError, TimeoutError):
+            return None
+        future: asyncio.Future[ClientReply] = loop.create_future()
+        self._attempt = _Attempt(seq, index, future)
+        try:
+            if not conn.send(frame):
+                return None
+            return await asyncio.wait_for(future, min(remaining, self.attempt_timeout))
+        except (TimeoutError, ConnectionError):
+            return None
+        finally:
+            self._attempt = None
+
+    async def _connect(self, index: int) -> FramedProtocol:
+        conn = self._conns.get(index)
+        if conn is not None and conn.is_open:
+            return conn
+        host, port = self._addresses[index]
+        loop = asyncio.get_running_loop()
+
+        def on_messages(_: int, msgs: builtins.list[Message]) -> None:
+            self._on_replies(index, msgs)
+
+        def on_lost(lost: FramedProtocol, exc: Exception | None) -> None:
+            if self._conns.get(index) is lost:
+                del self._conns[index]
+            attempt = self._attempt
+            if attempt is not None and attempt.index == index and not attempt.future.done():
+                attempt.future.set_exception(ConnectionError(f"connection to {host}:{port} lost"))
+
+        _, conn = await loop.create_connection(
+            lambda: FramedProtocol(
+                on_messages,
+                hello=self._hello,
+                label=f"client link to {host}:{port}",
+                on_lost=on_lost,
+            ),
+            host,
+            port,
+        )
+        self._conns[index] = conn
+        return conn
+
+    def _on_replies(self, index: int, msgs: builtins.list[Message]) -> None:
+        attempt = self._attempt
+        for msg in msgs:
+            if not isinstance(msg, ClientReply):
+                continue
+            if msg.src >= 1:
+                self._index_of.setdefault(msg.src, index)
+            if (
+                attempt is not None
+                and msg.client == self.client_id
+                and msg.seq == attempt.seq
+                and not attempt.future.done()
+            ):
+                attempt.future.set_result(msg)
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close every connection."""
+        self._closed = True
+        conns, self._conns = list(self._conns.values()), {}
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                await conn.shutdown(0.5)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,109 @@
+"""The blocking client: an ``AsyncClient`` on an event loop of its own thread.
+
+Theory of operation
+-------------------
+``Client`` starts a daemon thread running a private event loop and submits every call
+to it with ``asyncio.run_coroutine_threadsafe``, blocking the caller until the result
+(or the exception) comes back. All retry, redirect and exactly-once logic is the
+``AsyncClient``'s. A ``Client`` may be shared by threads: its commands run one at a
+time, in the order the loop receives them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import threading
+from collections.abc import Coroutine, Mapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+from pyxos.client.aio import DEFAULT_CLUSTER, AsyncClient
+
+__all__ = ["Client"]
+
+T = TypeVar("T")
+
+
+class Client:
+    """Blocking ``get / put / delete / cas / list``; see ``AsyncClient`` for the rules."""
+
+    def __init__(
+        self,
+        addresses: Sequence[str] | Mapping[int, str],
+        client_id: int | None = None,
+        *,
+        cluster: str = DEFAULT_CLUSTER,
+        timeout: float = 5.0,
+        attempt_timeout: float = 1.0,
+    ) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="pyxos-client", daemon=True
+        )
+        self._thread.start()
+        self._client = AsyncClient(
+            addresses,
+            client_id,
+            cluster=cluster,
+            timeout=timeout,
+            attempt_timeout=attempt_timeout,
+        )
+        self._closed = False
+
+    @property
+    def client_id(self) -> int:
+        """This client's session id."""
+        return self._client.client_id
+
+    @property
+    def async_client(self) -> AsyncClient:
+        """The ``AsyncClient`` doing the work (runs on this client's own loop)."""
+        return self._client
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._closed:
+            coro.close()
+            raise RuntimeError("the client is closed")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def get(self, key: str) -> str | None:
+        """The value of ``key`` (``None`` if absent)."""
+        return self._run(self._client.get(key))
+
+    def put(self, key: str, value: str) -> None:
+        """Set ``key`` to ``value``."""
+        self._run(self._client.put(key, value))
+
+    def delete(self, key: str) -> str | None:
+        """Remove ``key``; return the value it had."""
+        return self._run(self._client.delete(key))
+
+    def cas(self, key: str, expected: str | None, value: str) -> bool:
+        """Set ``key`` to ``value`` if it is ``expected``; True if set."""
+        return self._run(self._client.cas(key, expected, value))
+
+    def list(self, prefix: str = "") -> builtins.list[tuple[str, str]]:
+        """``(key, value)`` pairs whose key starts with ``prefix``."""
+        return self._run(self._client.list(prefix))
+
+    def close(self) -> None:
+        """Close the connections and stop the client's thread."""
+        if self._closed:
+            return
+        self._run(self._client.close())
+        self._closed = True
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
