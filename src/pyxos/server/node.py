@@ -59,7 +59,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -74,6 +74,9 @@ from pyxos.server.durable import DurableAcceptor, Recovered
 from pyxos.statemachine.kv import KVStore
 from pyxos.statemachine.service import ServiceNode
 from pyxos.storage.wal import MarkerError, read_marker, write_marker
+
+if TYPE_CHECKING:
+    from pyxos.server.http import HttpApi
 
 __all__ = ["CLIENT_ID_BASE", "NodeFailed", "NodeServer", "NodeStartupError", "run"]
 
@@ -117,6 +120,8 @@ class NodeServer:
         self.links: PeerLinks | None = None
         self.peer_server: PeerServer | None = None
         self.client_server: asyncio.Server | None = None
+        self.http: HttpApi | None = None
+        """The HTTP API, when ``config.http_port`` is set."""
         self.stats = _DriverStats()
         self.net_counters = new_counters()
         """Counters of the peer links and the peer server."""
@@ -153,6 +158,11 @@ class NodeServer:
         """The bound peer port (after ``startup``)."""
         assert self.peer_server is not None, "not started"
         return self.peer_server.port
+
+    @property
+    def http_port(self) -> int | None:
+        """The bound HTTP port (None when the HTTP API is off)."""
+        return None if self.http is None else self.http.port
 
     async def startup(self) -> None:
         """Open the WAL, rebuild the replica, start listening and dialing peers."""
@@ -203,6 +213,15 @@ class NodeServer:
         except OSError as e:
             await self.shutdown()
             raise NodeStartupError(f"node {config.node_id}: cannot listen: {e}") from e
+        if config.http_port is not None:
+            from pyxos.server.http import HttpApi
+
+            self.http = HttpApi(self)
+            try:
+                await self.http.start(config.host, config.http_port)
+            except OSError as e:
+                await self.shutdown()
+                raise NodeStartupError(f"node {config.node_id}: cannot listen: {e}") from e
         self.links = PeerLinks(
             config.node_id,
             config.cluster_id,
@@ -257,6 +276,9 @@ class NodeServer:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self.http is not None:
+            with contextlib.suppress(Exception):
+                await self.http.stop()
         if self.client_server is not None:
             self.client_server.close()
         for conn in list(self._clients.values()):

@@ -1,0 +1,253 @@
+"""The HTTP API of a node (aiohttp): the KV operations, status and health.
+
+Theory of operation
+-------------------
+The HTTP API is an in-process client of its own node. Every KV request becomes a
+``Command`` with its own ``(client, seq)`` and goes through the log like a binary
+client's (``NodeServer.submit``), so HTTP reads and writes are linearizable too. The
+API registers one reply sink with the node (``attach_sink``); replies are matched to
+waiting requests by ``(client, seq)``.
+
+Sessions: the store allows one outstanding command per client id, so the API keeps a
+pool of session ids (random 63-bit), each used by one request at a time with a
+growing seq, and returns it to the pool afterwards. The pool grows with the number of
+concurrent requests, never with the number of requests, so it does not churn the
+store's bounded session table.
+
+Answers:
+
+- this node does not lead: ``503`` with ``{"error": "not the leader", "leader": id}``
+  (0 when unknown) and ``Retry-After``; the HTTP caller retries at the leader;
+- no answer within ``timeout``: ``504`` with ``"outcome": "unknown"``: the write may
+  or may not have taken effect;
+- a command the store refuses (bad key, too large): ``400``; a body over the value
+  limit: ``413`` (checked from ``Content-Length`` and while reading, before decoding).
+
+Routes: ``GET/PUT/DELETE /v1/kv/{key}`` (PUT body: the value, UTF-8 text), ``POST
+/v1/kv/{key}/cas`` (JSON ``{"expected": str|null, "value": str}``), ``GET
+/v1/kv?prefix=``, ``GET /v1/status``, ``GET /healthz``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from aiohttp import web
+
+from pyxos.core.messages import ClientReply, ClientRequest
+from pyxos.statemachine.kv import (
+    MAX_KEY_BYTES,
+    MAX_VALUE_BYTES,
+    Command,
+    Result,
+    decode_result,
+    validate_command,
+)
+
+if TYPE_CHECKING:
+    from pyxos.server.node import NodeServer
+
+__all__ = ["HttpApi"]
+
+_encoder = msgspec.msgpack.Encoder()
+_MAX_CAS_BODY = 2 * MAX_VALUE_BYTES + 4096
+
+
+class _NotLeader(Exception):
+    def __init__(self, leader: int) -> None:
+        self.leader = leader
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        text=json.dumps(body),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+class HttpApi:
+    """The HTTP API of one ``NodeServer``: ``await start(host, port)``, ``await stop()``."""
+
+    def __init__(self, node: NodeServer, *, timeout: float = 5.0) -> None:
+        self.node = node
+        self.timeout = timeout
+        self._sessions: list[tuple[int, int]] = []  # idle (client id, last seq)
+        self._waiting: dict[tuple[int, int], asyncio.Future[ClientReply]] = {}
+        self._sink = node.attach_sink(self._on_reply)
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self.app = web.Application(client_max_size=_MAX_CAS_BODY)
+        self.app.router.add_get("/healthz", self._healthz)
+        self.app.router.add_get("/v1/status", self._status)
+        self.app.router.add_get("/v1/kv", self._list)
+        self.app.router.add_post("/v1/kv/{key:.+}/cas", self._cas)
+        self.app.router.add_get("/v1/kv/{key:.+}", self._get)
+        self.app.router.add_put("/v1/kv/{key:.+}", self._put)
+        self.app.router.add_delete("/v1/kv/{key:.+}", self._delete)
+
+    @property
+    def port(self) -> int:
+        """The bound port (after ``start``; useful with port 0)."""
+        assert self._runner is not None, "not started"
+        for address in self._runner.addresses:
+            if isinstance(address, tuple):
+                return int(address[1])
+        raise RuntimeError("the HTTP API is not bound to a TCP port")
+
+    async def start(self, host: str, port: int) -> None:
+        """Listen on ``host:port`` (0 picks a free port)."""
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, host, port)
+        await self._site.start()
+
+    async def stop(self) -> None:
+        """Stop listening and fail every waiting request."""
+        for future in self._waiting.values():
+            if not future.done():
+                future.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self.node.detach_sink(self._sink)
+
+    # -- commands through the log -----------------------------------------------------
+
+    def _on_reply(self, reply: ClientReply) -> None:
+        future = self._waiting.get((reply.client, reply.seq))
+        if future is not None and not future.done():
+            future.set_result(reply)
+
+    async def _execute(
+        self, op: str, key: str, value: str | None = None, expected: str | None = None
+    ) -> Result:
+        client, seq = self._sessions.pop() if self._sessions else (secrets.randbits(63) or 1, 0)
+        seq += 1
+        command = Command(client, seq, op, key, value, expected)
+        try:
+            validate_command(command)
+        except ValueError as e:
+            self._sessions.append((client, seq - 1))
+            raise web.HTTPBadRequest(
+                text=json.dumps({"error": str(e)}), content_type="application/json"
+            ) from None
+        future: asyncio.Future[ClientReply] = asyncio.get_running_loop().create_future()
+        self._waiting[(client, seq)] = future
+        try:
+            self.node.submit([ClientRequest(self._sink, client, seq, _encoder.encode(command))])
+            try:
+                reply = await asyncio.wait_for(future, self.timeout)
+            except TimeoutError:
+                raise web.HTTPGatewayTimeout(
+                    text=json.dumps(
+                        {
+                            "error": f"no answer within {self.timeout} s",
+                            "outcome": "unknown",
+                        }
+                    ),
+                    content_type="application/json",
+                ) from None
+        finally:
+            del self._waiting[(client, seq)]
+            # The seq is used up whatever happened: the next command of this session
+            # gets a higher one, so a late apply of this one cannot be confused with it.
+            self._sessions.append((client, seq))
+        if not reply.ok:
+            raise _NotLeader(reply.leader)
+        result = decode_result(reply.result)
+        if result.error is not None:
+            raise web.HTTPBadRequest(
+                text=json.dumps({"error": result.error}), content_type="application/json"
+            )
+        return result
+
+    async def _run(
+        self, op: str, key: str, value: str | None = None, expected: str | None = None
+    ) -> Result | web.Response:
+        try:
+            return await self._execute(op, key, value, expected)
+        except _NotLeader as e:
+            body = {"error": "not the leader", "leader": e.leader}
+            return _json(503, body, {"Retry-After": "1"})
+
+    # -- handlers ------------------------------------------------------------------------
+
+    @staticmethod
+    def _key(request: web.Request) -> str:
+        key: str = request.match_info["key"]
+        if len(key.encode(errors="surrogatepass")) > MAX_KEY_BYTES:
+            raise web.HTTPBadRequest(
+                text=json.dumps({"error": f"key longer than {MAX_KEY_BYTES} bytes"}),
+                content_type="application/json",
+            )
+        return key
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return _json(200, {"ok": True, "node_id": self.node.config.node_id})
+
+    async def _status(self, request: web.Request) -> web.Response:
+        return _json(200, self.node.status())
+
+    async def _get(self, request: web.Request) -> web.Response:
+        key = self._key(request)
+        result = await self._run("get", key)
+        if isinstance(result, web.Response):
+            return result
+        if result.value is None:
+            return _json(404, {"error": "not found", "key": key})
+        return _json(200, {"key": key, "value": result.value})
+
+    async def _put(self, request: web.Request) -> web.Response:
+        key = self._key(request)
+        if request.content_length is not None and request.content_length > MAX_VALUE_BYTES:
+            raise web.HTTPRequestEntityTooLarge(
+                max_size=MAX_VALUE_BYTES, actual_size=request.content_length
+            )
+        body = await request.read()
+        if len(body) > MAX_VALUE_BYTES:
+            raise web.HTTPRequestEntityTooLarge(max_size=MAX_VALUE_BYTES, actual_size=len(body))
+        try:
+            value = body.decode()
+        except UnicodeDecodeError:
+            return _json(400, {"error": "the value is not UTF-8 text"})
+        result = await self._run("put", key, value)
+        if isinstance(result, web.Response):
+            return result
+        return _json(200, {"ok": True})
+
+    async def _delete(self, request: web.Request) -> web.Response:
+        key = self._key(request)
+        result = await self._run("delete", key)
+        if isinstance(result, web.Response):
+            return result
+        return _json(200, {"deleted": result.value is not None, "value": result.value})
+
+    async def _cas(self, request: web.Request) -> web.Response:
+        key = self._key(request)
+        try:
+            body = await request.json()
+        except ValueError:
+            return _json(400, {"error": "the body is not JSON"})
+        if (
+            not isinstance(body, dict)
+            or not isinstance(body.get("value"), str)
+            or not isinstance(body.get("expected"), str | None)
+            or set(body) - {"value", "expected"}
+        ):
+            return _json(400, {"error": 'expected {"expected": string or null, "value": string}'})
+        result = await self._run("cas", key, body["value"], body.get("expected"))
+        if isinstance(result, web.Response):
+            return result
+        return _json(200, {"ok": result.ok, "value": None if result.ok else result.value})
+
+    async def _list(self, request: web.Request) -> web.Response:
+        prefix = request.query.get("prefix", "")
+        result = await self._run("list", prefix)
+        if isinstance(result, web.Response):
+            return result
+        return _json(200, {"entries": [[k, v] for k, v in (result.values or [])]})

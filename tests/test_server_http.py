@@ -1,0 +1,79 @@
+"""The HTTP API against an in-process 3-node cluster."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+
+from pyxos.statemachine.kv import MAX_KEY_BYTES, MAX_VALUE_BYTES
+from test_server_harness import cluster_configs, start_nodes, stop_nodes, wait_leader
+
+
+def test_http_kv_status_health_and_limits(tmp_path: Path) -> None:
+    async def main() -> None:
+        configs = cluster_configs(tmp_path, http_port=0)
+        nodes = await start_nodes(configs)
+        try:
+            leader = await wait_leader(nodes)
+            follower = next(n for n in nodes if n is not leader)
+            base = f"http://127.0.0.1:{leader.http_port}"
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{base}/healthz") as r:
+                    assert r.status == 200
+                async with http.get(f"{base}/v1/kv/a") as r:
+                    assert r.status == 404
+                async with http.put(f"{base}/v1/kv/a", data="1") as r:
+                    assert r.status == 200, await r.text()
+                async with http.put(f"{base}/v1/kv/dir/b", data="2") as r:
+                    assert r.status == 200
+                async with http.get(f"{base}/v1/kv/a") as r:
+                    assert r.status == 200
+                    assert await r.json() == {"key": "a", "value": "1"}
+                async with http.post(
+                    f"{base}/v1/kv/a/cas", json={"expected": "x", "value": "3"}
+                ) as r:
+                    assert await r.json() == {"ok": False, "value": "1"}
+                async with http.post(
+                    f"{base}/v1/kv/a/cas", json={"expected": "1", "value": "3"}
+                ) as r:
+                    assert await r.json() == {"ok": True, "value": None}
+                async with http.get(f"{base}/v1/kv", params={"prefix": "dir/"}) as r:
+                    assert await r.json() == {"entries": [["dir/b", "2"]]}
+                async with http.delete(f"{base}/v1/kv/a") as r:
+                    assert await r.json() == {"deleted": True, "value": "3"}
+                async with http.get(f"{base}/v1/status") as r:
+                    status = await r.json()
+                    assert status["role"] == "leader"
+                    assert status["node_id"] == leader.config.node_id
+
+                # Limits and bad input.
+                async with http.put(f"{base}/v1/kv/big", data=b"x" * (MAX_VALUE_BYTES + 1)) as r:
+                    assert r.status == 413
+                async with http.put(f"{base}/v1/kv/{'k' * (MAX_KEY_BYTES + 1)}", data="v") as r:
+                    assert r.status == 400
+                async with http.put(f"{base}/v1/kv/bin", data=b"\xff\xfe") as r:
+                    assert r.status == 400
+                async with http.post(f"{base}/v1/kv/a/cas", data=b"not json") as r:
+                    assert r.status == 400
+                async with http.post(f"{base}/v1/kv/a/cas", json={"value": 3}) as r:
+                    assert r.status == 400
+
+                # A follower names the leader.
+                async with http.get(f"http://127.0.0.1:{follower.http_port}/v1/kv/dir/b") as r:
+                    assert r.status == 503
+                    assert (await r.json())["leader"] == leader.config.node_id
+
+                # Concurrent requests each get their own session and all apply.
+                async def put(i: int) -> int:
+                    async with http.put(f"{base}/v1/kv/c{i}", data=str(i)) as r:
+                        return r.status
+
+                assert await asyncio.gather(*(put(i) for i in range(20))) == [200] * 20
+                async with http.get(f"{base}/v1/kv", params={"prefix": "c"}) as r:
+                    assert len((await r.json())["entries"]) == 20
+        finally:
+            await stop_nodes(nodes)
+
+    asyncio.run(main())
