@@ -440,28 +440,31 @@ class NodeServer:
             self._start_fsync()
 
     def _send(self, send: Send) -> None:
+        """Deliver one ``Send``: to ourselves (next pass), a client, or a peer link."""
         me = self.config.node_id
         msg = send.msg
-        frame: bytes | None = None
+        frame: bytes | None = None  # encoded once, for every destination
         for dst in send.to:
             if dst == me:
                 self._local.append(msg)
                 if not self._local_scheduled and self._loop is not None:
                     self._local_scheduled = True
                     self._loop.call_soon(self._deliver_local)
-                continue
-            if frame is None:
-                frame = encode_message(msg)
-            if dst >= CLIENT_ID_BASE:
-                conn = self._clients.get(dst)
-                if conn is not None:
-                    conn.send(frame)
-                    continue
+            elif dst >= CLIENT_ID_BASE:
                 sink = self._sinks.get(dst)
-                if sink is not None and isinstance(msg, ClientReply):
-                    sink(msg)
+                if sink is not None:
+                    if isinstance(msg, ClientReply):
+                        sink(msg)
+                    continue
+                conn = self._clients.get(dst)
+                if conn is not None:  # else the client is gone; it will retry
+                    if frame is None:
+                        frame = encode_message(msg)
+                    conn.send(frame)
             elif self.links is not None:
-                with contextlib.suppress(KeyError):
+                if frame is None:
+                    frame = encode_message(msg)
+                with contextlib.suppress(KeyError):  # not a member: dropped
                     self.links.send(dst, frame)
 
     def _deliver_local(self) -> None:

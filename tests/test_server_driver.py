@@ -1,0 +1,210 @@
+"""The node driver's ordering, checked with a scripted node, a gated fsync and fake links.
+
+The rules are the simulator's ``_drive``: persist is written first, ``send_now`` leaves
+at once, ``send_after_sync`` only after an fsync covering the persist of its Ready
+(and never ahead of older waiting sends), one fsync in flight covers everything
+written meanwhile, and messages to ourselves come back through ``step`` in a later
+pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pyxos.core.ballot import Ballot
+from pyxos.core.messages import Commit, Message, Nack, Promise
+from pyxos.core.ready import Persist, Ready, Send
+from pyxos.server.node import NodeFailed, NodeServer
+from test_server_harness import cluster_configs, wait_for
+
+B = Ballot(1, 1)
+
+
+class ScriptedNode:
+    """Returns the queued Readies one per ``ready()``; records what it was fed."""
+
+    def __init__(self) -> None:
+        self.script: list[Ready] = []
+        self.stepped: list[Message] = []
+        self.ticks = 0
+        self.advances = 0
+
+    def tick(self, now: float) -> None:
+        self.ticks += 1
+
+    def step(self, msg: Message) -> None:
+        self.stepped.append(msg)
+
+    def ready(self) -> Ready:
+        return self.script.pop(0) if self.script else Ready()
+
+    def advance(self) -> None:
+        self.advances += 1
+
+    def next_deadline(self) -> float | None:
+        return None
+
+
+class GatedDurable:
+    """``sync`` blocks until the test opens the gate; counts what each sync covered."""
+
+    def __init__(self) -> None:
+        self.written: list[Persist] = []
+        self.synced_counts: list[int] = []
+        self.gate = threading.Semaphore(0)
+        self._durable = 0
+
+    def write(self, persist: Persist) -> None:
+        self.written.append(persist)
+
+    def sync(self) -> int:
+        target = len(self.written)
+        self.gate.acquire()
+        self.synced_counts.append(target - self._durable)
+        self._durable = target
+        return target
+
+    def close(self) -> None:
+        pass
+
+
+class FakeLinks:
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, bytes]] = []
+
+    def send(self, dst: int, frame: bytes) -> bool:
+        self.sent.append((dst, frame))
+        return True
+
+    async def close(self, drain_timeout: float = 1.0) -> None:
+        pass
+
+
+def nack(dst: int) -> Send:
+    return Send((dst,), Nack(1, B, B))
+
+
+def commit(dst: int) -> Send:
+    return Send((dst,), Commit(1, B, 0))
+
+
+def make(tmp_path: Path) -> tuple[NodeServer, ScriptedNode, GatedDurable, FakeLinks]:
+    (config,) = cluster_configs(tmp_path, 1)
+    server = NodeServer(config)
+    node, durable, links = ScriptedNode(), GatedDurable(), FakeLinks()
+    server._loop = asyncio.get_running_loop()
+    server._stopped = asyncio.Event()
+    server._executor = ThreadPoolExecutor(1)
+    server.node = node  # type: ignore[assignment]
+    server.durable = durable  # type: ignore[assignment]
+    server.links = links  # type: ignore[assignment]
+    return server, node, durable, links
+
+
+def stop(server: NodeServer) -> None:
+    if server._executor is not None:
+        server._executor.shutdown(wait=False)
+
+
+def dsts(links: FakeLinks) -> list[int]:
+    return [dst for dst, _ in links.sent]
+
+
+def test_acceptor_replies_wait_for_the_fsync_and_fsyncs_group(tmp_path: Path) -> None:
+    async def main() -> None:
+        server, node, durable, links = make(tmp_path)
+        try:
+            # Ready 1: persist, a proposer message (now) and an acceptor reply (after).
+            node.script.append(
+                Ready(Persist(promised=B), send_now=[commit(2)], send_after_sync=[nack(3)])
+            )
+            server._input(())
+            assert dsts(links) == [2]  # send_now left, the reply waits
+            assert len(durable.written) == 1
+            # Ready 2 and 3 arrive while the first fsync runs: written, but no second
+            # fsync starts, and their replies queue behind the first one.
+            node.script.append(Ready(Persist(promised=B), send_after_sync=[nack(4)]))
+            server._input(())
+            node.script.append(Ready(Persist(promised=B), send_after_sync=[nack(5)]))
+            server._input(())
+            assert len(durable.written) == 3
+            assert dsts(links) == [2]
+            durable.gate.release()  # fsync 1 completes: it covered only record 1
+            await wait_for(lambda: dsts(links) == [2, 3], 2.0, "the first reply")
+            # The second fsync started at once and covers records 2 and 3 together.
+            durable.gate.release()
+            await wait_for(lambda: dsts(links) == [2, 3, 4, 5], 2.0, "the grouped replies")
+            assert durable.synced_counts == [1, 2]
+            assert server._synced == server._written == 3
+
+            # Nothing unsynced and nothing waiting: an acceptor reply leaves at once.
+            node.script.append(Ready(send_after_sync=[nack(6)]))
+            server._input(())
+            assert dsts(links)[-1] == 6
+            assert node.advances == node.ticks == 4
+        finally:
+            durable.gate.release()
+            stop(server)
+
+    asyncio.run(main())
+
+
+def test_a_reply_without_persist_does_not_overtake_a_waiting_one(tmp_path: Path) -> None:
+    async def main() -> None:
+        server, node, durable, links = make(tmp_path)
+        try:
+            node.script.append(Ready(Persist(promised=B), send_after_sync=[nack(2)]))
+            server._input(())
+            node.script.append(Ready(send_after_sync=[nack(3)]))  # nothing to persist
+            server._input(())
+            assert dsts(links) == []
+            durable.gate.release()
+            await wait_for(lambda: dsts(links) == [2, 3], 2.0, "both replies, in order")
+        finally:
+            durable.gate.release()
+            stop(server)
+
+    asyncio.run(main())
+
+
+def test_messages_to_ourselves_come_back_through_step_after_the_sync(tmp_path: Path) -> None:
+    async def main() -> None:
+        server, node, durable, links = make(tmp_path)
+        me = server.config.node_id
+        own: Any = Promise(me, B)
+        try:
+            node.script.append(Ready(Persist(promised=B), send_after_sync=[Send((me,), own)]))
+            server._input(())
+            await asyncio.sleep(0)
+            assert node.stepped == []  # not before the fsync
+            durable.gate.release()
+            await wait_for(lambda: node.stepped == [own], 2.0, "our own message")
+            assert links.sent == []  # never put on the network
+        finally:
+            durable.gate.release()
+            stop(server)
+
+    asyncio.run(main())
+
+
+def test_a_failed_fsync_stops_the_node(tmp_path: Path) -> None:
+    class FailingDurable(GatedDurable):
+        def sync(self) -> int:
+            raise OSError(5, "Input/output error")
+
+    async def main() -> None:
+        server, node, _, links = make(tmp_path)
+        server.durable = FailingDurable()  # type: ignore[assignment]
+        node.script.append(Ready(Persist(promised=B), send_after_sync=[nack(2)]))
+        server._input(())
+        with pytest.raises(NodeFailed, match="Input/output error"):
+            await asyncio.wait_for(server.serve_forever(), 5.0)
+        assert links.sent == []  # the reply never left
+
+    asyncio.run(main())
