@@ -175,3 +175,31 @@ def test_client_ids_are_random_63_bit() -> None:
         AsyncClient(["127.0.0.1:1"], client_id=0)
     with pytest.raises(ValueError):
         AsyncClient([])
+
+
+def test_concurrent_clients_share_fsyncs(tmp_path: Path) -> None:
+    """Group commit end to end: many clients' writes ride on few fsyncs."""
+
+    async def main() -> None:
+        configs = cluster_configs(tmp_path)
+        nodes = await start_nodes(configs)
+        clients = [AsyncClient(client_addresses(configs), cluster=CLUSTER) for _ in range(32)]
+        try:
+            leader = await wait_leader(nodes)
+            await asyncio.gather(*(c.put("warm", "x") for c in clients))
+            before = leader.stats.fsyncs
+
+            async def writes(i: int, c: AsyncClient) -> None:
+                for j in range(10):
+                    await c.put(f"c{i}", str(j))
+
+            await asyncio.gather(*(writes(i, c) for i, c in enumerate(clients)))
+            fsyncs = leader.stats.fsyncs - before
+            assert fsyncs < 320 / 2, f"{fsyncs} fsyncs for 320 writes: no group commit"
+            assert await clients[0].list("c") == sorted((f"c{i}", "9") for i in range(32))
+        finally:
+            for c in clients:
+                await c.close()
+            await stop_nodes(nodes)
+
+    asyncio.run(main())
