@@ -1,0 +1,149 @@
+"""Client histories of the key-value store, as the linearizability checker reads them.
+
+A history is JSON lines, one operation a line (see ARCHITECTURE.md, "Histories")::
+
+    {"client": 3, "op": "cas", "key": "k", "value": "b", "expected": "a",
+     "call": 1200, "return": 1850, "output": null, "ok": true}
+
+Meaning of the fields, per operation:
+
+- ``get``: ``output`` is the value read, ``null`` when the key was absent.
+- ``put``: sets ``key`` to ``value``.
+- ``delete``: removes ``key``.
+- ``cas``: if the key's current value equals ``expected`` (``null``: the key must be
+  absent) it is set to ``value`` and ``ok`` is true; otherwise nothing changes and ``ok``
+  is false. A cas with ``ok: false`` is a real outcome (the comparison failed).
+
+``call`` and ``return`` are nanoseconds on one clock. ``return: null`` or ``ok: null``
+means the outcome is unknown (the client timed out): the operation may have taken
+effect at any moment after its call, or never. A get, put or delete that returned with
+``ok: false`` failed definitely and did not take effect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+__all__ = [
+    "HistoryError",
+    "OpKind",
+    "Operation",
+    "dump_history",
+    "load_history",
+    "op_to_json",
+    "parse_line",
+]
+
+OpKind = Literal["get", "put", "cas", "delete"]
+
+
+class HistoryError(ValueError):
+    """A history file or line is malformed.
+
+    ``line`` is the 1-based line number when known; ``reason`` says what is wrong.
+    """
+
+    def __init__(self, reason: str, *, line: int | None = None, path: str | None = None) -> None:
+        self.reason = reason
+        self.line = line
+        self.path = path
+        where = ""
+        if path is not None:
+            where += f"{path}: "
+        if line is not None:
+            where += f"line {line}: "
+        super().__init__(f"{where}{reason}")
+
+
+class Operation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One client operation on one key, completed or with an unknown outcome.
+
+    Field names follow the JSON format, except ``return_``, which is ``return`` in JSON.
+    The constructor validates the fields that the operation's kind requires.
+    """
+
+    client: int
+    op: OpKind
+    key: str
+    # The value written by put and cas; null for get and delete.
+    value: str | None = None
+    # The value cas compares with; null (for cas) means "the key must be absent".
+    expected: str | None = None
+    call: int
+    # None: the client never learned the outcome (timeout); see ``unknown``.
+    return_: int | None = msgspec.field(name="return")
+    # The value a get read (None: key absent). Ignored for other kinds.
+    output: str | None = None
+    # True: succeeded. False: a cas whose comparison failed, or a definite failure of
+    # another kind. None: outcome unknown.
+    ok: bool | None
+
+    def __post_init__(self) -> None:
+        if self.call < 0:
+            raise ValueError("call must be >= 0")
+        if self.return_ is not None and self.return_ < self.call:
+            raise ValueError(f"return ({self.return_}) is before call ({self.call})")
+        if self.op in ("put", "cas") and self.value is None:
+            raise ValueError(f"{self.op} needs a string value")
+        if self.op in ("get", "delete") and self.value is not None:
+            raise ValueError(f"{self.op} takes no value")
+        if self.op != "cas" and self.expected is not None:
+            raise ValueError(f"{self.op} takes no expected value")
+
+    @property
+    def unknown(self) -> bool:
+        """Whether the outcome is unknown (``return`` or ``ok`` is null)."""
+        return self.return_ is None or self.ok is None
+
+
+_decoder = msgspec.json.Decoder(Operation)
+_encoder = msgspec.json.Encoder()
+
+
+def parse_line(line: bytes | str) -> Operation:
+    """Decode one JSON line into an :class:`Operation`.
+
+    Raises :class:`HistoryError` (without a line number) if the line is malformed.
+    """
+    try:
+        return _decoder.decode(line)
+    except msgspec.ValidationError as e:
+        raise HistoryError(str(e)) from None
+    except msgspec.DecodeError as e:
+        raise HistoryError(f"invalid JSON: {e}") from None
+
+
+def load_history(path: str | Path) -> list[Operation]:
+    """Read a JSON-lines history file. Blank lines are skipped.
+
+    Raises :class:`HistoryError` with the line number and the reason for the first
+    malformed line, and :class:`OSError` if the file cannot be read.
+    """
+    ops: list[Operation] = []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                ops.append(parse_line(raw))
+            except HistoryError as e:
+                raise HistoryError(e.reason, line=lineno, path=str(path)) from None
+    return ops
+
+
+def op_to_json(op: Operation) -> dict[str, Any]:
+    """The JSON object of ``op`` as a dict, with the key ``return`` (not ``return_``)."""
+    result: dict[str, Any] = msgspec.to_builtins(op)
+    return result
+
+
+def dump_history(ops: Iterable[Operation], path: str | Path) -> None:
+    """Write ``ops`` to ``path`` as JSON lines, one operation a line."""
+    with open(path, "wb") as f:
+        for op in ops:
+            f.write(_encoder.encode(op))
+            f.write(b"\n")

@@ -1,0 +1,747 @@
+"""Linearizability checker for key-value store histories.
+
+Theory of operation
+===================
+
+A history is linearizable if every operation can be given a single instant (its
+linearization point) between its call and its return such that, taken in the order of
+those instants, the operations are a legal run of a sequential key-value store starting
+from an empty store. Operations whose outcome is unknown have no return: their point may
+be anywhere after their call, or they may never take effect.
+
+1. Per key (P-compositionality). Operations on different keys never constrain each other,
+   so each key's sub-history is checked on its own, as a single register whose value is a
+   string or "absent". Gets with an unknown outcome, and gets, puts and deletes that
+   returned a definite failure, constrain nothing and are dropped first.
+
+2. Value abstraction. Only values that some operation compares the register with
+   matter: the outputs of gets and the ``expected`` of every cas. Every other value
+   written is replaced by one token, OTHER; the register's state is a small int.
+
+3. Search (Wing & Gong, with Lowe's improvements). A configuration is the set of
+   operations already decided (linearized, or skipped for good) and the register's
+   state. The search is a depth-first walk over configurations:
+
+   - Just-in-time linearization: the *forced* operation is the undecided operation of
+     known outcome with the earliest return. Something must be linearized next, and it
+     may only be an undecided operation called no later than the forced one returned
+     (anything called later must come after the forced operation). The forced
+     operation is tried first, then the other candidates in call order.
+   - Memoization: every configuration reached is remembered; reaching it again by
+     another order cannot succeed where the first visit failed, so it is cut.
+   - Unknown-outcome writes (return = +infinity) are *optional*: success is declared
+     as soon as every operation of known outcome is decided, so an optional operation
+     that never helps is simply never linearized ("never took effect"). To keep their
+     freedom from blowing up the search, an optional operation is only linearized
+     immediately before an operation that needs its effect: one that is illegal in
+     the current state but legal after it (any linearization can be rearranged into
+     that form, by moving an optional operation later past operations that do not
+     observe it, or dropping it). Optional operations with the same effect are
+     interchangeable once called, so only the earliest undecided one is tried.
+
+4. Counterexample window. When a key is not linearizable, the failing search also
+   reports the furthest forced operation any branch got to; every operation called
+   after that one returned is irrelevant. From there a binary search finds the shortest
+   prefix of the key's history (in call order) that is not linearizable; its last
+   operation is the *culprit*. Then the window is shrunk from the left, again by binary
+   search, checking only operations ``i..end`` of that prefix from an *unknown* initial
+   value, with the earlier operations still in flight at the call of operation ``i``
+   kept as optional (they may or may not have taken effect before the window). Such a
+   window is non-linearizable whatever happened before it, so it is a self-contained
+   explanation. Both properties are monotone (a prefix of a linearizable history is
+   linearizable; a later-starting window is no harder), so binary search is exact.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_right
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from pyxos.check.history import HistoryError, Operation, load_history
+
+__all__ = ["CheckResult", "CheckTimeout", "check_history", "run_check"]
+
+# Abstract operation kinds. Definite ones must be linearized; optional ones may be.
+_READ = 0  # a: the value read
+_WRITE = 1  # a: the value written (put, and delete writing _ABSENT)
+_CAS = 2  # a: expected, b: value written
+_CAS_FAIL = 3  # a: expected (the register did not hold it)
+_OPT_WRITE = 4  # a: the value written, if it takes effect
+_OPT_CAS = 5  # a: expected, b: value written, if it takes effect
+
+# Abstract register states.
+_ANY = -1  # "some value we do not know" (start of a window); every read resolves it
+_ABSENT = 0
+_OTHER = 1  # any value that no operation of the problem compares with
+_NO_GUARD = -2  # configuration not reached through an optional operation
+_INF = float("inf")
+
+_EXIT_OK = 0
+_EXIT_VIOLATION = 1
+_EXIT_BAD_INPUT = 2
+_EXIT_TIMEOUT = 3
+
+
+class CheckTimeout(Exception):
+    """Raised internally when the search runs past its deadline."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckResult:
+    """The verdict of :func:`check_history`.
+
+    ``ok`` is True only if every key was proven linearizable. When a key is not,
+    ``failing_key`` names it, ``window`` holds the smallest run of its operations (in
+    call order) that shows the violation, and ``culprit`` is the first operation (in call
+    order) whose arrival made the key's history non-linearizable. ``window_from_start``
+    tells whether the window starts at the beginning of the key's history (the key
+    starts absent) or in the middle: then it is checked from any starting value, and
+    its first ``window_context`` operations are earlier ones still in flight when the
+    window starts, which may or may not have taken effect before it (so they are
+    checked as optional). ``timed_out`` is True if the search hit
+    ``timeout_s`` before reaching a verdict (then ``ok`` is False and there is no
+    window).
+    """
+
+    ok: bool
+    failing_key: str | None = None
+    window: list[Operation] = field(default_factory=list)
+    culprit: Operation | None = None
+    window_from_start: bool = True
+    window_context: int = 0
+    keys_checked: int = 0
+    ops_checked: int = 0
+    elapsed_s: float = 0.0
+    timed_out: bool = False
+
+    def describe(self) -> str:
+        """A human-readable explanation of the verdict, several lines for a violation."""
+        scope = (
+            f"{self.ops_checked} operations on {self.keys_checked} keys in {self.elapsed_s:.3f} s"
+        )
+        if self.ok:
+            return f"linearizable: checked {scope}"
+        if self.timed_out:
+            return f"unknown: the search timed out after checking {scope}"
+        lines = [f"NOT linearizable: key {self.failing_key!r} (checked {scope})"]
+        if self.window_from_start:
+            lines.append(
+                f"No order of these {len(self.window)} operations, each placed between its"
+                " call and return, is a legal run starting from an absent key:"
+            )
+        else:
+            lines.append(
+                f"No order of these {len(self.window)} operations, each placed between its"
+                " call and return, is a legal run from any starting value of the key"
+                " (operations marked '?' began earlier and may or may not have"
+                " taken effect within it):"
+            )
+        t0 = min((op.call for op in self.window), default=0)
+        for n, op in enumerate(self.window):
+            mark = "  "
+            if op is self.culprit:
+                mark = "=>"
+            elif n < self.window_context:
+                mark = "? "
+            lines.append(f" {mark} {_format_op(op, t0)}")
+        if self.culprit is not None:
+            lines.append(
+                "=> marks the first operation (in call order) whose arrival makes the"
+                " history impossible to explain"
+            )
+        return "\n".join(lines)
+
+
+def _format_op(op: Operation, t0: int) -> str:
+    def when(t: int | None) -> str:
+        return "?" if t is None else f"+{(t - t0) / 1e6:.3f}ms"
+
+    def val(v: str | None) -> str:
+        return "absent" if v is None else repr(v)
+
+    if op.op == "get":
+        what = f"get -> {val(op.output)}"
+    elif op.op == "put":
+        what = f"put {val(op.value)}"
+    elif op.op == "delete":
+        what = "delete"
+    else:
+        what = f"cas {val(op.expected)} -> {val(op.value)}"
+    if op.unknown:
+        outcome = "outcome unknown"
+    elif op.op == "cas":
+        outcome = "ok" if op.ok else "failed (value differed)"
+    else:
+        outcome = "ok" if op.ok else "failed"
+    return (
+        f"client {op.client:<4} {what:<40} call {when(op.call):>12} "
+        f"return {when(op.return_):>12}  {outcome}"
+    )
+
+
+def _relevant(op: Operation) -> bool:
+    """Whether ``op`` can constrain the register at all."""
+    if op.unknown:
+        return op.op != "get"  # an unknown read says nothing
+    return op.ok is True or op.op == "cas"  # a failed get/put/delete never took effect
+
+
+@dataclass(slots=True)
+class _Problem:
+    """One key's (sub-)history compiled for the search.
+
+    Definite operations are numbered 0..n_def-1 in call order, optional ones
+    0..n_opt-1 in call order; ``def_by_ret`` lists definite ones by return time.
+    Values are small ints (see ``_ABSENT``, ``_OTHER``).
+    """
+
+    used: list[Operation] = field(default_factory=list)  # ops kept, in call order
+    n_maybe: int = 0  # how many of ``used`` (the first ones) are window context
+    n_def: int = 0
+    dkind: list[int] = field(default_factory=list)
+    da: list[int] = field(default_factory=list)
+    db: list[int] = field(default_factory=list)
+    # Bounded optional ops that must be skipped for good once this op is linearized.
+    ddead: list[int] = field(default_factory=list)
+    def_call: list[int] = field(default_factory=list)
+    def_by_ret: list[int] = field(default_factory=list)
+    def_ret: list[int] = field(default_factory=list)  # return time of def_by_ret[p]
+    # How many definite / optional ops are called no later than def_by_ret[p] returns.
+    def_hi: list[int] = field(default_factory=list)
+    opt_hi: list[int] = field(default_factory=list)
+    okind: list[int] = field(default_factory=list)
+    oa: list[int] = field(default_factory=list)
+    ob: list[int] = field(default_factory=list)
+    obounded: list[bool] = field(default_factory=list)
+    oclass: list[int] = field(default_factory=list)
+    odead: list[int] = field(default_factory=list)
+    # Per value: definite ops that need the register to hold it (reads, successful
+    # cas), and definite / optional ops that can put it there; indices ascending.
+    observers: dict[int, list[int]] = field(default_factory=dict)
+    def_producers: dict[int, list[int]] = field(default_factory=dict)
+    opt_producers: dict[int, list[int]] = field(default_factory=dict)
+
+
+def _compile(ops: Sequence[Operation], n_maybe: int) -> _Problem:
+    """Compile ``ops`` (relevant, sorted by call) into a search problem.
+
+    The first ``n_maybe`` operations are window-context: they become optional, bounded
+    by their return when it is known (they may have taken effect before the window).
+    """
+    # Pass 1: classify, and collect the values anything compares with.
+    compared: dict[str | None, int] = {None: _ABSENT}
+    has_cas_fail = False
+    # (op, kind, a, b, bounded, maybe) with a and b still raw values
+    raw: list[tuple[Operation, int, str | None, str | None, bool, bool]] = []
+    for idx, op in enumerate(ops):
+        maybe = idx < n_maybe
+        optional = maybe or op.unknown
+        if op.op == "get":
+            if optional:
+                continue  # an optional read constrains nothing
+            raw.append((op, _READ, op.output, None, False, False))
+            compared.setdefault(op.output, len(compared) + 1)
+        elif op.op == "cas":
+            compared.setdefault(op.expected, len(compared) + 1)
+            if optional:
+                if op.ok is False and not op.unknown:
+                    continue  # a failed compare has no effect to take
+                raw.append((op, _OPT_CAS, op.expected, op.value, maybe and not op.unknown, maybe))
+            elif op.ok:
+                raw.append((op, _CAS, op.expected, op.value, False, False))
+            else:
+                has_cas_fail = True
+                raw.append((op, _CAS_FAIL, op.expected, None, False, False))
+        else:
+            v = op.value if op.op == "put" else None
+            kind = _OPT_WRITE if optional else _WRITE
+            raw.append((op, kind, v, None, maybe and not op.unknown, maybe))
+    # ids: None -> 0, OTHER -> 1, compared values -> 2.. (setdefault above skipped 1)
+
+    def vid(v: str | None) -> int:
+        return compared.get(v, _OTHER)
+
+    pb = _Problem()
+    dcall: list[int] = []
+    dret: list[int] = []
+    ocall: list[int] = []
+    bounded_rets: list[tuple[int, int]] = []  # (return, optional index)
+    classes: dict[tuple[int, int, int], int] = {}
+    for op, kind, a_raw, b_raw, bounded, maybe in raw:
+        a = vid(a_raw)
+        b = vid(b_raw) if kind in (_CAS, _OPT_CAS) else 0
+        if kind >= _OPT_WRITE:
+            written = a if kind == _OPT_WRITE else b
+            # A register holding OTHER can only be overwritten blindly (nothing reads or
+            # compares OTHER), unless a failed cas wants "anything but its expected".
+            if written == _OTHER and not has_cas_fail:
+                continue
+            k = len(pb.okind)
+            pb.okind.append(kind)
+            pb.oa.append(a)
+            pb.ob.append(b)
+            pb.obounded.append(bounded)
+            pb.oclass.append(classes.setdefault((kind, a, b), len(classes)))
+            pb.opt_producers.setdefault(written, []).append(k)
+            ocall.append(op.call)
+            if bounded:
+                assert op.return_ is not None
+                bounded_rets.append((op.return_, k))
+        else:
+            assert op.return_ is not None
+            j = len(pb.dkind)
+            if kind in (_READ, _CAS):
+                pb.observers.setdefault(a, []).append(j)
+            if kind in (_WRITE, _CAS):
+                pb.def_producers.setdefault(a if kind == _WRITE else b, []).append(j)
+            pb.dkind.append(kind)
+            pb.da.append(a)
+            pb.db.append(b)
+            dcall.append(op.call)
+            dret.append(op.return_)
+        pb.used.append(op)
+        if maybe:
+            pb.n_maybe += 1
+    pb.n_def = len(pb.dkind)
+    pb.def_call = dcall
+    pb.def_by_ret = sorted(range(pb.n_def), key=lambda j: (dret[j], j))
+    pb.def_ret = [dret[j] for j in pb.def_by_ret]
+    pb.def_hi = [bisect_right(dcall, r) for r in pb.def_ret]
+    pb.opt_hi = [bisect_right(ocall, r) for r in pb.def_ret]
+    # An optional op bounded by its return must be skipped for good as soon as an op
+    # called after that return is linearized.
+    bounded_rets.sort()
+    brets = [r for r, _ in bounded_rets]
+
+    def dead_mask(call: int) -> int:
+        m = 0
+        for _, k in bounded_rets[: bisect_right(brets, call - 1)]:
+            m |= 1 << k
+        return m
+
+    if bounded_rets:
+        pb.ddead = [dead_mask(c) for c in dcall]
+        pb.odead = [dead_mask(c) for c in ocall]
+    else:
+        pb.ddead = [0] * pb.n_def
+        pb.odead = [0] * len(ocall)
+    return pb
+
+
+# A search child: (is_optional, index, new_state, new_guard).
+_Child = tuple[bool, int, int, int]
+
+
+@dataclass(slots=True)
+class _Outcome:
+    ok: bool
+    furthest: int  # forced-op position no branch got past (when not ok)
+    configs: int
+    horizon: int = -1  # latest-called definite op the failure proof depends on
+
+
+def _search(pb: _Problem, initial: int, deadline: float | None) -> _Outcome:
+    """Depth-first search for a linearization of ``pb`` from register state ``initial``.
+
+    A configuration is (base, rest, omask, state, guard): definite ops below ``base``
+    are decided and bit i of ``rest`` says whether definite op ``base + i`` is;
+    ``omask`` has a bit per decided optional op; ``guard`` is the state before the
+    optional op just linearized (the next op must need that op's effect), or
+    ``_NO_GUARD``. A state below zero is an unknown value known to differ from the
+    values in ``excluded[-1 - state]`` (``_ANY``: nothing known).
+    """
+    n_def = pb.n_def
+    if n_def == 0:
+        return _Outcome(True, 0, 0)
+    dkind, da, db, ddead = pb.dkind, pb.da, pb.db, pb.ddead
+    order, def_hi, opt_hi = pb.def_by_ret, pb.def_hi, pb.opt_hi
+    observers, def_producers, opt_producers = pb.observers, pb.def_producers, pb.opt_producers
+    okind, oa, ob, obounded, oclass, odead = (
+        pb.okind,
+        pb.oa,
+        pb.ob,
+        pb.obounded,
+        pb.oclass,
+        pb.odead,
+    )
+    excluded: list[frozenset[int]] = [frozenset()]
+    unknown_state: dict[frozenset[int], int] = {frozenset(): _ANY}
+
+    def holds(st: int, a: int) -> bool:
+        """Whether the register may hold ``a`` in state ``st``."""
+        return st == a or (st < 0 and a not in excluded[-1 - st])
+
+    def without(st: int, a: int) -> int:
+        """State ``st`` after learning that the register does not hold ``a``."""
+        if st >= 0:
+            return st
+        ex = excluded[-1 - st] | {a}
+        s = unknown_state.get(ex)
+        if s is None:
+            excluded.append(ex)
+            s = unknown_state[ex] = -len(excluded)
+        return s
+
+    def legal_in(j: int, st: int) -> bool:
+        kind = dkind[j]
+        if kind == _WRITE:
+            return True
+        if kind == _CAS_FAIL:
+            return st != da[j]
+        return holds(st, da[j])
+
+    def unblocks(ns: int, want: int, want_not: int) -> bool:
+        return ns == want or (want_not >= 0 and ns != want_not)
+
+    def expand(base: int, rest: int, omask: int, st: int, guard: int, dptr: int) -> list[_Child]:
+        """Children of a configuration, in reverse order of preference (for pop())."""
+        forced = order[dptr]
+        # Definite candidates: those called no later than the forced op returns.
+        all_cand = cand = ~rest & ((1 << (def_hi[dptr] - base)) - 1)
+        if st >= 0:
+            # Partial-order reduction: an op that leaves the state alone and is legal
+            # now (a read of the current value, a cas failing against it) can move to
+            # the front of any completion, so it is the only child needed. Not if that
+            # would skip an optional op (ddead); not from an unknown state, which such
+            # an op would narrow.
+            while cand:
+                low = cand & -cand
+                cand ^= low
+                j = base + low.bit_length() - 1
+                kind = dkind[j]
+                observes = (kind == _READ and da[j] == st) or (kind == _CAS_FAIL and da[j] != st)
+                if observes and not ddead[j] & ~omask:
+                    return [(False, j, st, _NO_GUARD)]
+            cand = all_cand
+        # If the forced op cannot go now, something must first make the register hold
+        # ``want`` (or anything but ``want_not``).
+        want = want_not = -1
+        if not legal_in(forced, st):
+            if dkind[forced] == _CAS_FAIL:
+                want_not = st
+            else:
+                want = da[forced]
+        blocked = want >= 0 or want_not >= 0
+        producible = False
+        # If an undecided op still needs the current value and nothing undecided can
+        # write it again, leaving it is fatal (except by that op, if it is the only one).
+        keep = False
+        last_observer = -1
+        if st >= 0:
+            waiting = 0
+            for j in reversed(observers.get(st, ())):
+                if j < base:
+                    break
+                if not (rest >> (j - base)) & 1:
+                    waiting += 1
+                    last_observer = j
+                    if waiting == 2:
+                        break
+            if waiting:
+                keep = True
+                for j in reversed(def_producers.get(st, ())):
+                    if j < base:
+                        break
+                    if not (rest >> (j - base)) & 1:
+                        keep = False
+                        break
+                if keep:
+                    for k in opt_producers.get(st, ()):
+                        if not (omask >> k) & 1:
+                            keep = False
+                            break
+                if keep:
+                    # A failure proof now depends on these observers, maybe called late.
+                    latest = observers[st][-1]
+                    if latest > horizon[0]:
+                        horizon[0] = latest
+                if waiting == 2:
+                    last_observer = -1
+        need: set[int] = set()  # values some definite candidate needs and lacks
+        need_change = False  # some failed cas needs the register to change
+        forced_child: _Child | None = None
+        unblockers: list[_Child] = []
+        others: list[_Child] = []
+        guarded = guard != _NO_GUARD
+        while cand:
+            low = cand & -cand
+            cand ^= low
+            j = base + low.bit_length() - 1
+            kind = dkind[j]
+            a = da[j]
+            if kind == _WRITE:
+                ns = a
+                legal = True
+            elif kind == _CAS_FAIL:
+                legal = st != a
+                ns = without(st, a)
+                if not legal:
+                    need_change = True
+            else:
+                legal = holds(st, a)
+                ns = a if kind == _READ else db[j]
+                if not legal:
+                    need.add(a)
+            if kind != _READ and blocked and unblocks(ns, want, want_not):
+                producible = True
+            if not legal:
+                continue
+            if guarded and legal_in(j, guard):
+                continue  # it did not need the optional op just linearized
+            if keep and ns != st and j != last_observer:
+                continue
+            child = (False, j, ns, _NO_GUARD)
+            if j == forced:
+                forced_child = child
+            elif blocked and ns != st and unblocks(ns, want, want_not):
+                unblockers.append(child)
+            else:
+                others.append(child)
+        # Optional candidates: only where something needs their effect.
+        opt_unblockers: list[_Child] = []
+        opt_others: list[_Child] = []
+        ohi = opt_hi[dptr]
+        ocand = ~omask & ((1 << ohi) - 1) if ohi else 0
+        if ocand:
+            # Optional cas ops enabled by an optional write may be needed too.
+            m = ocand
+            while m:
+                low = m & -m
+                m ^= low
+                k = low.bit_length() - 1
+                if okind[k] == _OPT_CAS and not holds(st, oa[k]):
+                    need.add(oa[k])
+            seen_class: set[int] = set()
+            while ocand:
+                low = ocand & -ocand
+                ocand ^= low
+                k = low.bit_length() - 1
+                if okind[k] == _OPT_WRITE:
+                    ns = oa[k]
+                    if blocked and unblocks(ns, want, want_not):
+                        producible = True
+                    if guarded:
+                        continue  # blind write: hides the optional op before it
+                else:
+                    ns = ob[k]
+                    if blocked and unblocks(ns, want, want_not):
+                        producible = True
+                    if not holds(st, oa[k]):
+                        continue  # a no-op: the same as not taking effect
+                if ns == st or keep:
+                    continue
+                if obounded[k]:
+                    child = (True, k, ns, _NO_GUARD)
+                else:
+                    # From an unknown state, "needed" is not exact: no filter, no guard.
+                    if st >= 0 and not (need_change or ns in need):
+                        continue
+                    c = oclass[k]
+                    if c in seen_class:
+                        continue  # interchangeable with an earlier one
+                    seen_class.add(c)
+                    child = (True, k, ns, st if st >= 0 else _NO_GUARD)
+                if blocked and unblocks(ns, want, want_not):
+                    opt_unblockers.append(child)
+                else:
+                    opt_others.append(child)
+        if blocked and not producible:
+            return []  # nothing that may precede the forced op can make it legal
+        # Preference: the forced op, then ops that unblock it, then the rest.
+        children = opt_others[::-1]
+        children.extend(reversed(others))
+        children.extend(reversed(opt_unblockers))
+        children.extend(reversed(unblockers))
+        if forced_child is not None:
+            children.append(forced_child)
+        return children
+
+    horizon = [-1]  # latest-called definite op a pruning decision depended on
+    memo: set[tuple[int, int, int, int, int]] = set()
+    root = expand(0, 0, 0, initial, _NO_GUARD, 0)
+    # Frame: (children still to try, base, rest, omask, dptr)
+    stack: list[tuple[list[_Child], int, int, int, int]] = [(root, 0, 0, 0, 0)]
+    furthest = 0
+    configs = 0
+    while stack:
+        children, base, rest, omask, dptr = stack[-1]
+        if not children:
+            stack.pop()
+            continue
+        is_opt, idx, ns, ng = children.pop()
+        if is_opt:
+            nb, nr = base, rest
+            nom = omask | (1 << idx) | odead[idx]
+        else:
+            nom = omask | ddead[idx]
+            off = idx - base
+            if off == 0:
+                r = rest | 1
+                sh = (~r & (r + 1)).bit_length() - 1  # trailing ones
+                nb, nr = base + sh, r >> sh
+            else:
+                nb, nr = base, rest | (1 << off)
+        key = (nb, nr, nom, ns, ng)
+        if key in memo:
+            continue
+        if ng != _NO_GUARD and (nb, nr, nom, ns, _NO_GUARD) in memo:
+            continue  # the unguarded configuration has every option this one has
+        memo.add(key)
+        configs += 1
+        if deadline is not None and not configs & 1023 and time.monotonic() > deadline:
+            raise CheckTimeout
+        nd = dptr
+        while nd < n_def:
+            j = order[nd]
+            if j >= nb and not (nr >> (j - nb)) & 1:
+                break
+            nd += 1
+        if nd == n_def:
+            return _Outcome(True, nd, configs)
+        if nd > furthest:
+            furthest = nd
+        grandchildren = expand(nb, nr, nom, ns, ng, nd)
+        if grandchildren:
+            stack.append((grandchildren, nb, nr, nom, nd))
+    return _Outcome(False, furthest, configs, horizon[0])
+
+
+@dataclass(slots=True)
+class _KeyVerdict:
+    ok: bool
+    window: list[Operation] = field(default_factory=list)
+    culprit: Operation | None = None
+    context: int = -1  # -1: the window starts at the beginning; else its context ops
+
+
+def _prefix_bound(rel_calls: list[int], pb: _Problem, out: _Outcome) -> int:
+    """How many ops of the key (in call order) the failed search ``out`` depended on.
+
+    Those called no later than the forced op no branch got past returned, and the
+    observers a pruning rule consulted.
+    """
+    until = pb.def_ret[out.furthest]
+    if out.horizon >= 0:
+        until = max(until, pb.def_call[out.horizon])
+    return bisect_right(rel_calls, until)
+
+
+def _check_key(ops: Sequence[Operation], deadline: float | None) -> _KeyVerdict:
+    rel = sorted((op for op in ops if _relevant(op)), key=lambda op: op.call)
+    calls = [op.call for op in rel]
+    pb = _compile(rel, 0)
+    out = _search(pb, _ABSENT, deadline)
+    if out.ok:
+        return _KeyVerdict(ok=True)
+    # Shortest non-linearizable prefix: rel[:lo] is linearizable, rel[:hi] is not.
+    lo, hi = 0, _prefix_bound(calls, pb, out)
+    best = _KeyVerdict(ok=False, window=pb.used[:], culprit=None)
+    try:
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            pb = _compile(rel[:mid], 0)
+            out = _search(pb, _ABSENT, deadline)
+            if out.ok:
+                lo = mid
+            else:
+                hi = min(mid, _prefix_bound(calls, pb, out))
+        prefix = rel[:hi]
+        pb = _compile(prefix, 0)
+        best = _KeyVerdict(ok=False, window=pb.used, culprit=prefix[-1])
+        # Latest window start: window(lo) is not linearizable, window(hi) is (empty).
+        lo, hi = 0, len(prefix)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            pb = _window(prefix, mid)
+            if _search(pb, _ANY, deadline).ok:
+                hi = mid
+            else:
+                lo = mid
+                best = _KeyVerdict(ok=False, window=pb.used, culprit=prefix[-1], context=pb.n_maybe)
+    except CheckTimeout:
+        pass  # keep the best window found so far: the violation itself is proven
+    return best
+
+
+def _window(prefix: Sequence[Operation], start: int) -> _Problem:
+    """The problem for ``prefix[start:]``, with earlier ops still in flight as maybes."""
+    first_call = prefix[start].call
+    maybe = [
+        op
+        for op in prefix[:start]
+        if op.return_ is None or op.ok is None or op.return_ >= first_call
+    ]
+    return _compile(maybe + list(prefix[start:]), len(maybe))
+
+
+def check_history(ops: Sequence[Operation], timeout_s: float | None = None) -> CheckResult:
+    """Check whether ``ops`` is a linearizable history of a key-value store.
+
+    Keys are checked independently, in sorted order; checking stops at the first key
+    that is not linearizable, whose counterexample window is then minimized. With
+    ``timeout_s``, a search that runs past it gives ``ok=False, timed_out=True``, unless
+    a violation was already proven.
+    """
+    t0 = time.monotonic()
+    deadline = None if timeout_s is None else t0 + timeout_s
+    by_key: dict[str, list[Operation]] = {}
+    for op in ops:
+        by_key.setdefault(op.key, []).append(op)
+    keys_checked = 0
+    ops_checked = 0
+    for key in sorted(by_key):
+        key_ops = by_key[key]
+        try:
+            verdict = _check_key(key_ops, deadline)
+        except CheckTimeout:
+            return CheckResult(
+                ok=False,
+                timed_out=True,
+                keys_checked=keys_checked,
+                ops_checked=ops_checked,
+                elapsed_s=time.monotonic() - t0,
+            )
+        keys_checked += 1
+        ops_checked += len(key_ops)
+        if not verdict.ok:
+            return CheckResult(
+                ok=False,
+                failing_key=key,
+                window=verdict.window,
+                culprit=verdict.culprit,
+                window_from_start=verdict.context < 0,
+                window_context=max(verdict.context, 0),
+                keys_checked=keys_checked,
+                ops_checked=ops_checked,
+                elapsed_s=time.monotonic() - t0,
+            )
+    return CheckResult(
+        ok=True,
+        keys_checked=keys_checked,
+        ops_checked=ops_checked,
+        elapsed_s=time.monotonic() - t0,
+    )
+
+
+def run_check(path: str, out: TextIO, timeout_s: float | None = None) -> int:
+    """Check the history file at ``path`` and print the verdict to ``out``.
+
+    Returns the exit code: 0 linearizable, 1 not linearizable (the failing key and the
+    window are printed), 2 unreadable or malformed file, 3 timed out.
+    """
+    try:
+        ops = load_history(path)
+    except HistoryError as e:
+        print(f"error: bad history: {e}", file=out)
+        return _EXIT_BAD_INPUT
+    except OSError as e:
+        print(f"error: cannot read {path}: {e.strerror or e}", file=out)
+        return _EXIT_BAD_INPUT
+    result = check_history(ops, timeout_s=timeout_s)
+    print(result.describe(), file=out)
+    if result.ok:
+        return _EXIT_OK
+    return _EXIT_TIMEOUT if result.timed_out else _EXIT_VIOLATION
