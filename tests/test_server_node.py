@@ -10,7 +10,9 @@ import pytest
 
 from pyxos.core.messages import ClientReply, ClientRequest
 from pyxos.net.codec import PROTOCOL_VERSION, FrameDecoder, Hello, encode_hello, encode_message
-from pyxos.server.node import CLIENT_ID_BASE, NodeServer
+from pyxos.server.config import Config
+from pyxos.server.durable import AcceptorStateLost
+from pyxos.server.node import CLIENT_ID_BASE, NodeServer, NodeStartupError
 from pyxos.statemachine.kv import Command, Result, decode_result
 from test_server_harness import (
     CLUSTER,
@@ -183,3 +185,44 @@ def test_client_ids_never_collide_with_node_ids(tmp_path: Path) -> None:
     assert server.attach_sink(lambda reply: None) >= CLIENT_ID_BASE
     with pytest.raises(AssertionError, match="not started"):
         _ = server.client_port
+
+
+def test_a_corrupt_log_refuses_to_start(tmp_path: Path) -> None:
+    async def main() -> None:
+        (config,) = cluster_configs(tmp_path, 1)
+        (node,) = await start_nodes([config])
+        await wait_for(lambda: node.is_leader, 3.0, "the node to lead")
+        c = await RawClient.connect(node.client_port)
+        for seq in (1, 2):
+            assert (await c.call(Command(1, seq, "put", "k", "v"))).ok
+        c.close()
+        await stop_nodes([node])
+        (segment,) = sorted(config.data_dir.glob("wal-*.log"))
+        data = bytearray(segment.read_bytes())
+        data[30] ^= 0xFF  # damage the first record; intact ones follow
+        segment.write_bytes(bytes(data))
+        with pytest.raises(AcceptorStateLost, match="refusing to vote"):
+            await NodeServer(config).startup()
+
+    asyncio.run(main())
+
+
+def test_a_data_dir_of_another_node_refuses_to_start(tmp_path: Path) -> None:
+    async def main() -> None:
+        first, second = cluster_configs(tmp_path, 2)
+        node = NodeServer(first)
+        await node.startup()
+        await node.shutdown()
+        wrong = Config.from_mapping(
+            {
+                "cluster_id": second.cluster_id,
+                "node_id": second.node_id,
+                "peers": {str(k): f"{h}:{p}" for k, (h, p) in second.peers.items()},
+                "client_port": second.client_port,
+                "data_dir": str(first.data_dir),
+            }
+        )
+        with pytest.raises(NodeStartupError, match="belongs to node 1"):
+            await NodeServer(wrong).startup()
+
+    asyncio.run(main())

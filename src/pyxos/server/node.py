@@ -58,7 +58,7 @@ import signal
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -78,7 +78,7 @@ from pyxos.storage.wal import MarkerError, read_marker, write_marker
 if TYPE_CHECKING:
     from pyxos.server.http import HttpApi
 
-__all__ = ["CLIENT_ID_BASE", "NodeFailed", "NodeServer", "NodeStartupError", "run"]
+__all__ = ["CLIENT_ID_BASE", "DriverStats", "NodeFailed", "NodeServer", "NodeStartupError", "run"]
 
 logger = logging.getLogger("pyxos.server")
 
@@ -98,14 +98,21 @@ class NodeFailed(Exception):
 
 
 @dataclass(slots=True)
-class _DriverStats:
+class DriverStats:
+    """What the driver did (monotonic counters, for status and tests)."""
+
     inputs: int = 0
+    """Input batches fed (received chunks, timer ticks, self-deliveries)."""
     readies: int = 0
+    """Non-empty ``Ready`` values carried out."""
     fsyncs: int = 0
+    """Completed fsyncs (each covering every record written before it started)."""
     client_connections: int = 0
+    """Client connections accepted (handshake passed)."""
     client_requests: int = 0
+    """Client requests received on the binary port."""
     unexpected_client_messages: int = 0
-    counters: dict[str, int] = field(default_factory=dict)
+    """Frames on the client port that were not ``ClientRequest`` (ignored)."""
 
 
 class NodeServer:
@@ -122,7 +129,7 @@ class NodeServer:
         self.client_server: asyncio.Server | None = None
         self.http: HttpApi | None = None
         """The HTTP API, when ``config.http_port`` is set."""
-        self.stats = _DriverStats()
+        self.stats = DriverStats()
         self.net_counters = new_counters()
         """Counters of the peer links and the peer server."""
         self.client_counters = new_counters()
@@ -324,7 +331,7 @@ class NodeServer:
             "keys": len(node.store),
             "written": self._written,
             "synced": self._synced,
-            "fsyncs": self.stats.fsyncs,
+            "driver": asdict(self.stats),
             "client_connections": len(self._clients),
             "net": dict(self.net_counters),
             "client_net": dict(self.client_counters),
