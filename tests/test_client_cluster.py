@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -203,3 +204,42 @@ def test_concurrent_clients_share_fsyncs(tmp_path: Path) -> None:
             await stop_nodes(nodes)
 
     asyncio.run(main())
+
+
+def test_history_records_in_the_checker_format(tmp_path: Path) -> None:
+    history_module = pytest.importorskip("pyxos.check.history")
+
+    async def main() -> list[dict[str, object]]:
+        configs = cluster_configs(tmp_path)
+        nodes = await start_nodes(configs)
+        records: list[dict[str, object]] = []
+        try:
+            leader = await wait_leader(nodes)
+            async with AsyncClient(
+                client_addresses(configs),
+                cluster=CLUSTER,
+                history=records.append,
+                timeout=1.0,
+                attempt_timeout=0.3,
+            ) as c:
+                await c.put("h", "1")
+                assert await c.get("h") == "1"
+                assert await c.cas("h", "2", "3") is False
+                assert await c.delete("h") == "1"
+                await c.list("")  # not a history op
+                for node in nodes:
+                    if node is not leader:
+                        await node.shutdown()
+                with pytest.raises(OutcomeUnknown):
+                    await c.put("h", "lost?")
+        finally:
+            await stop_nodes(nodes)
+        return records
+
+    records = asyncio.run(main())
+    assert [r["op"] for r in records] == ["put", "get", "cas", "delete", "put"]
+    assert records[1]["output"] == "1"
+    assert records[2]["ok"] is False
+    assert records[-1]["return"] is None and records[-1]["ok"] is None
+    for record in records:
+        history_module.parse_line(json.dumps(record))

@@ -36,8 +36,10 @@ import asyncio
 import builtins
 import contextlib
 import secrets
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
+from typing import Any
 
 import msgspec
 
@@ -60,6 +62,7 @@ DEFAULT_CLUSTER = "pyxos"
 """The cluster id a client announces unless told otherwise (it must match the nodes')."""
 
 _command_encoder = msgspec.msgpack.Encoder()
+_HISTORY_OPS = frozenset({"get", "put", "delete", "cas"})
 
 
 class ClientError(Exception):
@@ -106,7 +109,8 @@ class AsyncClient:
     ``addresses`` lists the nodes' client addresses ``"host:port"``, or maps node ids to
     them. ``timeout`` bounds a whole command (then ``OutcomeUnknown``),
     ``attempt_timeout`` one try at one node. ``cluster`` must be the nodes'
-    ``cluster_id``. Use ``async with`` or call ``close()``.
+    ``cluster_id``. ``history``, if given, receives every get/put/delete/cas as a
+    history record for the linearizability checker. Use ``async with`` or ``close()``.
     """
 
     def __init__(
@@ -118,6 +122,7 @@ class AsyncClient:
         timeout: float = 5.0,
         attempt_timeout: float = 1.0,
         connect_timeout: float = 1.0,
+        history: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         if isinstance(addresses, Mapping):
             items = sorted(addresses.items())
@@ -139,6 +144,10 @@ class AsyncClient:
         self.attempt_timeout = attempt_timeout
         self.connect_timeout = connect_timeout
         self.retries = 0
+        self.history = history
+        """Called with one JSON-ready dict per get/put/delete/cas, in the history
+        format of ARCHITECTURE.md ("Histories"); ``return`` and ``ok`` are None when
+        the outcome is unknown. ``call`` and ``return`` are ``time.monotonic_ns()``."""
         self.answered_by = 0
         """The node id that answered the last command (0: none yet): the leader then."""
         """Attempts beyond the first, over the client's life (for tests and metrics)."""
@@ -184,10 +193,40 @@ class AsyncClient:
         async with self._lock:
             self.seq += 1
             command = Command(self.client_id, self.seq, op, key, value, expected)
-            result = decode_result(await self._call(command))
+            call = time.monotonic_ns()
+            try:
+                result = decode_result(await self._call(command))
+            except OutcomeUnknown:
+                self._record(command, call, None, None)
+                raise
+            self._record(command, call, time.monotonic_ns(), result)
         if result.error is not None:
             raise CommandRejected(result.error)
         return result
+
+    def _record(self, command: Command, call: int, ret: int | None, result: Result | None) -> None:
+        """Append one operation to ``history`` (ARCHITECTURE.md, "Histories")."""
+        if self.history is None or command.op not in _HISTORY_OPS:
+            return
+        if result is None:
+            ok: bool | None = None
+        elif result.error is not None:
+            ok = False  # refused: definitely no effect
+        else:
+            ok = result.ok
+        self.history(
+            {
+                "client": command.client,
+                "op": command.op,
+                "key": command.key,
+                "value": command.value,
+                "expected": command.expected,
+                "call": call,
+                "return": ret,
+                "output": result.value if result is not None and command.op == "get" else None,
+                "ok": ok,
+            }
+        )
 
     # -- retries and redirects --------------------------------------------------------
 
