@@ -44,8 +44,15 @@ and the client retries with the same ``(client, seq)``.
 Durable state: ``startup`` opens the WAL in the data directory and rebuilds the
 replica's promise and accepted entries from it. A corrupt log raises
 ``AcceptorStateLost`` and the node does not start (it must not vote with a state that
-may have forgotten promises). Applied state is not persisted: a restarted node
-re-learns every chosen slot from its peers (the leader's commits and ``Fetch``).
+may have forgotten promises). The applied state is not in the WAL: a restarted node
+starts from its newest valid snapshot, if any, and re-learns every later chosen slot
+from its peers (the leader's commits and ``Fetch``).
+
+Snapshots: when the ``ServiceNode`` hands over a snapshot (``Ready.snapshot``, in
+versions that take them), the driver writes it after ``advance()`` in a thread of its
+own (``storage.snapshot.write_snapshot``: temporary file, fsync, rename, directory
+fsync), keeps the newest two, and only then calls ``snapshot_durable(slot)`` so the
+node compacts below it. The WAL itself is not truncated yet.
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -73,6 +81,8 @@ from pyxos.server.config import Config
 from pyxos.server.durable import DurableAcceptor, Recovered
 from pyxos.statemachine.kv import KVStore
 from pyxos.statemachine.service import ServiceNode
+from pyxos.storage.snapshot import Snapshot as StoredSnapshot
+from pyxos.storage.snapshot import load_latest_snapshot, prune_snapshots, write_snapshot
 from pyxos.storage.wal import MarkerError, read_marker, write_marker
 
 if TYPE_CHECKING:
@@ -107,6 +117,8 @@ class DriverStats:
     """Non-empty ``Ready`` values carried out."""
     fsyncs: int = 0
     """Completed fsyncs (each covering every record written before it started)."""
+    snapshots: int = 0
+    """Snapshots written durably."""
     client_connections: int = 0
     """Client connections accepted (handshake passed)."""
     client_requests: int = 0
@@ -143,6 +155,11 @@ class NodeServer:
         self._waiting: deque[tuple[int, list[Send]]] = deque()
         self._local: list[Message] = []
         self._local_scheduled = False
+        self._snapshot_executor = ThreadPoolExecutor(
+            1, thread_name_prefix=f"pyxos-snapshot-{config.node_id}"
+        )
+        self._snapshot_in_flight = False
+        self._snapshot_next: tuple[int, bytes] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._clients: dict[int, FramedProtocol] = {}
@@ -167,6 +184,11 @@ class NodeServer:
         return self.peer_server.port
 
     @property
+    def snapshot_dir(self) -> Path:
+        """Where this node's snapshot files live (beside the WAL)."""
+        return self.config.data_dir / "snapshots"
+
+    @property
     def http_port(self) -> int | None:
         """The bound HTTP port (None when the HTTP API is off)."""
         return None if self.http is None else self.http.port
@@ -179,7 +201,9 @@ class NodeServer:
         self._stopped = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"pyxos-fsync-{config.node_id}")
         try:
-            self.durable, state = await loop.run_in_executor(self._executor, self._open_storage)
+            self.durable, state, snapshot = await loop.run_in_executor(
+                self._executor, self._open_storage
+            )
         except BaseException:
             self._executor.shutdown(wait=False)
             raise
@@ -197,6 +221,10 @@ class NodeServer:
             now=loop.time(),
         )
         self.node = ServiceNode(replica, KVStore())
+        restore = getattr(self.node, "restore_snapshot", None)
+        if snapshot is not None and restore is not None:
+            restore(snapshot.slot, snapshot.data)
+            logger.info("node %d: restored the snapshot of slot %d", config.node_id, snapshot.slot)
         logger.info(
             "node %d: recovered promise %s, %d accepted entries, chosen watermark %d",
             config.node_id,
@@ -248,7 +276,7 @@ class NodeServer:
             self.client_port,
         )
 
-    def _open_storage(self) -> tuple[DurableAcceptor, Recovered]:
+    def _open_storage(self) -> tuple[DurableAcceptor, Recovered, StoredSnapshot | None]:
         config = self.config
         try:
             marker = read_marker(config.data_dir)
@@ -262,9 +290,14 @@ class NodeServer:
                 f"{marker.cluster_id!r}, not node {config.node_id} of {config.cluster_id!r}"
             )
         durable, state = DurableAcceptor.open(config.data_dir)
-        if marker is None:
-            write_marker(config.data_dir, config.cluster_id, config.node_id)
-        return durable, state
+        try:
+            snapshot = load_latest_snapshot(self.snapshot_dir)
+            if marker is None:
+                write_marker(config.data_dir, config.cluster_id, config.node_id)
+        except BaseException:
+            durable.close()
+            raise
+        return durable, state, snapshot
 
     async def serve_forever(self) -> None:
         """Run until ``shutdown`` (or a fatal error, raised as ``NodeFailed``)."""
@@ -307,6 +340,7 @@ class NodeServer:
             self.durable.close()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
+        self._snapshot_executor.shutdown(wait=True)
         if self._stopped is not None:
             self._stopped.set()
         logger.info("node %d stopped", self.config.node_id)
@@ -406,13 +440,57 @@ class NodeServer:
                 else:
                     self._waiting.append((self._written, list(r.send_after_sync)))
             self._start_fsync()
+        # Snapshots (when the ServiceNode takes them): written off the event loop after
+        # advance(), as the simulator does; compaction waits until the file is durable.
+        snapshot: tuple[int, bytes] | None = getattr(r, "snapshot", None)
         node.advance()
+        if snapshot is not None:
+            self._save_snapshot(*snapshot)
         deadline = node.next_deadline()
         if deadline is not None and (self._timer_at is None or deadline < self._timer_at):
             if self._timer is not None:
                 self._timer.cancel()
             self._timer_at = deadline
             self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _save_snapshot(self, slot: int, data: bytes) -> None:
+        """Write a snapshot durably in the snapshot thread, then let the node compact.
+
+        One write at a time; a snapshot handed over meanwhile replaces any other
+        waiting one (the newest covers more). A failed write changes nothing: the node
+        takes another snapshot later.
+        """
+        self._snapshot_next = (slot, data)
+        if self._snapshot_in_flight or self._loop is None or self._closing:
+            return
+        slot, data = self._snapshot_next
+        self._snapshot_next = None
+        self._snapshot_in_flight = True
+        directory = self.snapshot_dir
+
+        def write() -> None:
+            write_snapshot(directory, slot, b"", data)
+            prune_snapshots(directory, keep=2)
+
+        future = self._loop.run_in_executor(self._snapshot_executor, write)
+        future.add_done_callback(lambda f: self._on_snapshot_saved(slot, f))
+
+    def _on_snapshot_saved(self, slot: int, future: asyncio.Future[None]) -> None:
+        self._snapshot_in_flight = False
+        if future.cancelled() or self._closing:
+            return
+        error = future.exception()
+        if error is not None:
+            logger.error(
+                "node %d: snapshot of slot %d not written: %s", self.config.node_id, slot, error
+            )
+        else:
+            self.stats.snapshots += 1
+            durable = getattr(self.node, "snapshot_durable", None)
+            if durable is not None:
+                durable(slot)
+        if self._snapshot_next is not None:
+            self._save_snapshot(*self._snapshot_next)
 
     def _on_timer(self) -> None:
         self._timer = None
