@@ -113,3 +113,38 @@ def test_a_record_of_unknown_type_is_an_error(tmp_path: Path) -> None:
     wal.close()
     with pytest.raises(DurableStateError, match="unknown type 99"):
         DurableAcceptor.open(tmp_path)
+
+
+def test_checkpoint_then_truncate_keeps_the_state(tmp_path: Path) -> None:
+    durable, _ = DurableAcceptor.open(tmp_path, segment_bytes=256)
+    for slot in range(40):
+        durable.write(Persist(promised=Ballot(1, 1), accepted=[Entry(slot, Ballot(1, 1), b"v")]))
+        durable.sync()
+    assert durable.segments > 3
+    # A snapshot covers slots < 30: the checkpoint keeps the rest.
+    first = durable.checkpoint(
+        Ballot(2, 3), [Entry(s, Ballot(1, 1), b"v") for s in range(30, 40)], chosen=35
+    )
+    durable.sync()
+    assert durable.truncate_before(first) > 0
+    assert durable.segments <= 3
+    durable.close()
+    again, state = DurableAcceptor.open(tmp_path, segment_bytes=256)
+    again.close()
+    assert state.promised == Ballot(2, 3)
+    assert set(range(30, 40)) <= set(state.accepted)
+    assert state.chosen == 35
+
+
+def test_a_huge_persist_is_split_into_records_under_the_limit(tmp_path: Path) -> None:
+    from pyxos.storage.wal import MAX_PAYLOAD_BYTES
+
+    big = b"x" * (MAX_PAYLOAD_BYTES // 3)
+    durable, _ = DurableAcceptor.open(tmp_path)
+    durable.write(Persist(accepted=[Entry(s, Ballot(1, 1), big) for s in range(5)]))
+    durable.sync()
+    durable.close()
+    _, state = DurableAcceptor.open(tmp_path)
+    assert sorted(state.accepted) == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="exceeds the WAL record limit"):
+        durable.write(Persist(accepted=[Entry(0, Ballot(1, 1), big * 4)]))

@@ -22,6 +22,12 @@ under a ballot at least as high), and the chosen watermark is the highest record
 torn tail is truncated by the WAL and reported in ``RecoveryReport``: those records
 were never synced, so nothing that depended on them ever left the node.
 
+Compaction: after a durable snapshot at slot ``S``, the driver ``checkpoint``s the
+whole acceptor state (promise, the entries it still keeps, the chosen watermark) and,
+once that is synced, deletes the WAL segments entirely before the checkpoint
+(``truncate_before``). Whatever those segments held is either repeated in the
+checkpoint or covered by the snapshot.
+
 Corruption anywhere else means acknowledged promises or acceptances may be lost; a node
 that voted again from such a state could break agreement. ``open`` then raises
 :class:`AcceptorStateLost` (distinct from every other error, so the node refuses to
@@ -32,7 +38,7 @@ peers is not done here; an operator must wipe the directory and re-join the node
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +47,14 @@ import msgspec
 from pyxos.core.ballot import ZERO, Ballot
 from pyxos.core.messages import Entry
 from pyxos.core.ready import Persist
-from pyxos.storage.wal import WAL, Record, RecoveryReport, WALCorruption
+from pyxos.storage.wal import (
+    DEFAULT_SEGMENT_BYTES,
+    MAX_PAYLOAD_BYTES,
+    WAL,
+    Record,
+    RecoveryReport,
+    WALCorruption,
+)
 
 __all__ = [
     "ACCEPTED",
@@ -96,13 +109,27 @@ class Recovered:
     report: RecoveryReport | None = None
 
 
+def _accepted_records(entries: Sequence[Entry]) -> list[tuple[int, bytes]]:
+    """ACCEPTED records for ``entries``, split so that no payload exceeds the WAL's limit."""
+    payload = _encoder.encode(entries)
+    if len(payload) <= MAX_PAYLOAD_BYTES:
+        return [(ACCEPTED, payload)]
+    if len(entries) == 1:
+        raise ValueError(
+            f"an accepted entry of {len(payload)} bytes exceeds the WAL record limit of "
+            f"{MAX_PAYLOAD_BYTES} bytes"
+        )
+    half = len(entries) // 2
+    return _accepted_records(entries[:half]) + _accepted_records(entries[half:])
+
+
 def encode_persist(persist: Persist) -> list[tuple[int, bytes]]:
     """The WAL records ``(type, payload)`` for one ``Persist`` (empty if it is empty)."""
     records: list[tuple[int, bytes]] = []
     if persist.promised is not None:
         records.append((PROMISED, _encoder.encode(persist.promised)))
     if persist.accepted:
-        records.append((ACCEPTED, _encoder.encode(persist.accepted)))
+        records += _accepted_records(persist.accepted)
     if persist.chosen >= 0:
         records.append((CHOSEN, _encoder.encode(persist.chosen)))
     return records
@@ -135,7 +162,9 @@ class DurableAcceptor:
         """Completed ``sync`` calls that had something to write."""
 
     @classmethod
-    def open(cls, dirpath: str | os.PathLike[str]) -> tuple[DurableAcceptor, Recovered]:
+    def open(
+        cls, dirpath: str | os.PathLike[str], *, segment_bytes: int = DEFAULT_SEGMENT_BYTES
+    ) -> tuple[DurableAcceptor, Recovered]:
         """Open (creating if needed) the log in ``dirpath`` and read the state back.
 
         Raises ``AcceptorStateLost`` on corruption (see the module notes),
@@ -143,7 +172,7 @@ class DurableAcceptor:
         cannot be opened (for example, another process holds it).
         """
         try:
-            wal, report = WAL.open(Path(dirpath))
+            wal, report = WAL.open(Path(dirpath), segment_bytes=segment_bytes)
         except WALCorruption as e:
             raise AcceptorStateLost(e) from e
         try:
@@ -172,6 +201,35 @@ class DurableAcceptor:
         if durable != before:
             self.syncs += 1
         return durable
+
+    def checkpoint(self, promised: Ballot, accepted: Iterable[Entry], chosen: int) -> int:
+        """Buffer the whole current acceptor state; return the index of its first record.
+
+        Once a ``sync`` has covered it, every record before that index is superseded
+        (recovery reads the highest promise and the last entry per slot) and may go
+        with ``truncate_before``, provided a durable snapshot covers every slot whose
+        entry ``accepted`` leaves out.
+        """
+        entries = sorted(accepted, key=lambda e: e.slot)
+        records = [(PROMISED, _encoder.encode(promised))]
+        if entries:
+            records += _accepted_records(entries)
+        records.append((CHOSEN, _encoder.encode(chosen)))
+        last = self.wal.append(records)
+        self.writes += 1
+        return last - len(records) + 1
+
+    def truncate_before(self, index: int) -> int:
+        """Delete whole WAL segments whose records all precede ``index``; return how many.
+
+        Call only after a ``checkpoint`` starting at ``index`` is durable.
+        """
+        return self.wal.truncate_before(index)
+
+    @property
+    def segments(self) -> int:
+        """How many WAL segment files there are."""
+        return len(self.wal.segment_paths)
 
     @property
     def last_index(self) -> int:
