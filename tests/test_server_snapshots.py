@@ -35,7 +35,7 @@ def snapshot_often(server: NodeServer, every: int = 5) -> None:
 
 def test_snapshots_compact_and_a_restart_restores_then_catches_up(tmp_path: Path) -> None:
     async def main() -> None:
-        configs = cluster_configs(tmp_path)
+        configs = cluster_configs(tmp_path, wal_segment_bytes=4096)
         nodes = await start_nodes(configs)
         for n in nodes:
             snapshot_often(n)
@@ -45,11 +45,19 @@ def test_snapshots_compact_and_a_restart_restores_then_catches_up(tmp_path: Path
             i = nodes.index(follower)
             async with AsyncClient(client_addresses(configs), cluster=CLUSTER) as c:
                 for k in range(20):
-                    await c.put(f"k{k}", str(k))
+                    await c.put(f"k{k}", str(k) + "." * 200)
                 await wait_for(
                     lambda: leader.stats.snapshots >= 1 and follower.stats.snapshots >= 1,
                     5.0,
                     "snapshots on the leader and a follower",
+                )
+                await wait_for(
+                    lambda: (
+                        leader.stats.wal_segments_deleted >= 1
+                        and follower.stats.wal_segments_deleted >= 1
+                    ),
+                    5.0,
+                    "WAL compaction on the leader and the follower",
                 )
                 assert leader.node is not None and leader.node.replica.log_start > 0
                 assert list(follower.snapshot_dir.glob("snap-*.snap"))
@@ -70,7 +78,7 @@ def test_snapshots_compact_and_a_restart_restores_then_catches_up(tmp_path: Path
                     5.0,
                     "the restarted follower to catch up",
                 )
-                assert restarted.node.store.get_local("k0") == "0"
+                assert restarted.node.store.get_local("k0") == "0" + "." * 200
         finally:
             await stop_nodes(nodes)
 

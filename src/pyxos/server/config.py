@@ -22,6 +22,7 @@ and ``data_dir`` has a default)::
     election_timeout = [0.3, 0.6]
     heartbeat_interval = 0.05
     window = 256
+    wal_segment_bytes = 67108864
 
     [peers]                     # every member, this node included: id = "host:port"
     1 = "10.0.0.1:7001"
@@ -90,6 +91,8 @@ class Config:
     """How often the leader sends heartbeats (below the election timeout)."""
     window: int = 256
     """Slots the leader keeps in flight at most."""
+    wal_segment_bytes: int = 64 * 1024 * 1024
+    """Size of one WAL segment file; compaction deletes whole segments."""
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -154,8 +157,9 @@ class Config:
                     f"heartbeat_interval: expected seconds, got {raw['heartbeat_interval']!r}"
                 )
             values["heartbeat_interval"] = float(raw["heartbeat_interval"])
-        if "window" in raw:
-            values["window"] = _typed(raw, "window", int)
+        for key in ("window", "wal_segment_bytes"):
+            if key in raw:
+                values[key] = _typed(raw, key, int)
         return cls(**values)
 
 
@@ -224,3 +228,5 @@ def _validate(c: Config) -> None:
         )
     if c.window < 1:
         raise ConfigError(f"window: {c.window} must be >= 1")
+    if c.wal_segment_bytes < 4096:
+        raise ConfigError(f"wal_segment_bytes: {c.wal_segment_bytes} must be >= 4096")

@@ -52,7 +52,9 @@ Snapshots: when the ``ServiceNode`` hands over a snapshot (``Ready.snapshot``, i
 versions that take them), the driver writes it after ``advance()`` in a thread of its
 own (``storage.snapshot.write_snapshot``: temporary file, fsync, rename, directory
 fsync), keeps the newest two, and only then calls ``snapshot_durable(slot)`` so the
-node compacts below it. The WAL itself is not truncated yet.
+node compacts below it. Then, if the WAL has a sealed segment, the whole acceptor state
+is written again as a checkpoint; once the fsync covering it completes, the segments
+before it are deleted (``DurableAcceptor.truncate_before``).
 """
 
 from __future__ import annotations
@@ -119,6 +121,8 @@ class DriverStats:
     """Completed fsyncs (each covering every record written before it started)."""
     snapshots: int = 0
     """Snapshots written durably."""
+    wal_segments_deleted: int = 0
+    """WAL segments deleted by compaction."""
     client_connections: int = 0
     """Client connections accepted (handshake passed)."""
     client_requests: int = 0
@@ -160,6 +164,8 @@ class NodeServer:
         )
         self._snapshot_in_flight = False
         self._snapshot_next: tuple[int, bytes] | None = None
+        self._truncate: tuple[int, int] | None = None
+        """(write number of a checkpoint, its first WAL index): truncate once synced."""
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._clients: dict[int, FramedProtocol] = {}
@@ -289,7 +295,9 @@ class NodeServer:
                 f"{config.data_dir} belongs to node {marker.node_id} of cluster "
                 f"{marker.cluster_id!r}, not node {config.node_id} of {config.cluster_id!r}"
             )
-        durable, state = DurableAcceptor.open(config.data_dir)
+        durable, state = DurableAcceptor.open(
+            config.data_dir, segment_bytes=config.wal_segment_bytes
+        )
         try:
             snapshot = load_latest_snapshot(self.snapshot_dir)
             if marker is None:
@@ -336,10 +344,10 @@ class NodeServer:
         if self._fsync_in_flight is not None:
             with contextlib.suppress(Exception):
                 await self._fsync_in_flight
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)  # a queued truncation finishes first
         if self.durable is not None:
             self.durable.close()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
         self._snapshot_executor.shutdown(wait=True)
         if self._stopped is not None:
             self._stopped.set()
@@ -489,8 +497,32 @@ class NodeServer:
             durable = getattr(self.node, "snapshot_durable", None)
             if durable is not None:
                 durable(slot)
+                self._checkpoint()
         if self._snapshot_next is not None:
             self._save_snapshot(*self._snapshot_next)
+
+    def _checkpoint(self) -> None:
+        """After compaction: rewrite the acceptor state, truncate the WAL behind it.
+
+        Only when there is a sealed segment to delete. The checkpoint is numbered like
+        any write, so the truncation runs after the fsync that covers it (``_on_synced``).
+        """
+        node, durable = self.node, self.durable
+        if node is None or durable is None or durable.segments < 2:
+            return
+        if self._truncate is not None:
+            return  # one at a time; the next snapshot tries again
+        acceptor = node.replica.acceptor
+        try:
+            first = durable.checkpoint(
+                acceptor.promised, acceptor.accepted.values(), node.replica.first_unchosen
+            )
+        except Exception as e:
+            self._fail(e)
+            return
+        self._written += 1
+        self._truncate = (self._written, first)
+        self._start_fsync()
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -516,6 +548,10 @@ class NodeServer:
             return
         self.stats.fsyncs += 1
         self._synced = target
+        if self._truncate is not None and self._truncate[0] <= target:
+            index = self._truncate[1]
+            self._truncate = None
+            self._truncate_wal(index)
         waiting = self._waiting
         while waiting and waiting[0][0] <= target:
             _, sends = waiting.popleft()
@@ -523,6 +559,24 @@ class NodeServer:
                 self._send(send)
         if not self._closing:
             self._start_fsync()
+
+    def _truncate_wal(self, index: int) -> None:
+        durable = self.durable
+        if durable is None or self._loop is None or self._closing:
+            return
+
+        def done(future: asyncio.Future[int]) -> None:
+            if future.cancelled():
+                return
+            error = future.exception()
+            if error is not None:
+                self._fail(error)
+            else:
+                self.stats.wal_segments_deleted += future.result()
+
+        # The fsync thread: the WAL serializes truncation with sync anyway.
+        future = self._loop.run_in_executor(self._executor, durable.truncate_before, index)
+        future.add_done_callback(done)
 
     def _send(self, send: Send) -> None:
         """Deliver one ``Send``: to ourselves (next pass), a client, or a peer link."""
