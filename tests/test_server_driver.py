@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from pyxos.core.ballot import Ballot
-from pyxos.core.messages import Commit, Message, Nack, Promise
+from pyxos.core.messages import ClientRequest, Commit, Message, Nack, Promise
 from pyxos.core.ready import Persist, Ready, Send
 from pyxos.server.node import NodeFailed, NodeServer
 from test_server_harness import cluster_configs, wait_for
@@ -206,5 +206,23 @@ def test_a_failed_fsync_stops_the_node(tmp_path: Path) -> None:
         with pytest.raises(NodeFailed, match="Input/output error"):
             await asyncio.wait_for(server.serve_forever(), 5.0)
         assert links.sent == []  # the reply never left
+
+    asyncio.run(main())
+
+
+def test_peer_messages_naming_another_sender_are_dropped(tmp_path: Path) -> None:
+    async def main() -> None:
+        server, node, _, _ = make(tmp_path)
+        try:
+            good = Commit(2, B, 0)
+            server._on_peer_messages(
+                2, [good, Commit(3, B, 0), ClientRequest(2, 1, 1, b""), Nack(2, B, B)]
+            )
+            assert node.stepped == [good, Nack(2, B, B)]
+            assert server.stats.dropped_peer_messages == 2
+            server._on_peer_messages(2, [good])
+            assert node.stepped[-1] == good
+        finally:
+            stop(server)
 
     asyncio.run(main())

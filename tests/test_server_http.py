@@ -43,6 +43,10 @@ def test_http_kv_status_health_and_limits(tmp_path: Path) -> None:
                     assert await r.json() == {"entries": [["dir/b", "2"]]}
                 async with http.delete(f"{base}/v1/kv/a") as r:
                     assert await r.json() == {"deleted": True, "value": "3"}
+                async with http.get(f"{base}/metrics") as r:
+                    text = await r.text()
+                    assert f'pyxos_is_leader{{node="{leader.config.node_id}"}} 1' in text
+                    assert 'pyxos_driver{node="' in text
                 async with http.get(f"{base}/v1/status") as r:
                     status = await r.json()
                     assert status["role"] == "leader"

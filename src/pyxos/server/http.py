@@ -25,7 +25,8 @@ Answers:
 
 Routes: ``GET/PUT/DELETE /v1/kv/{key}`` (PUT body: the value, UTF-8 text), ``POST
 /v1/kv/{key}/cas`` (JSON ``{"expected": str|null, "value": str}``), ``GET
-/v1/kv?prefix=``, ``GET /v1/status``, ``GET /healthz``.
+/v1/kv?prefix=``, ``GET /v1/status``, ``GET /healthz``, ``GET /metrics`` (Prometheus
+text format).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from pyxos.statemachine.kv import (
 if TYPE_CHECKING:
     from pyxos.server.node import NodeServer
 
-__all__ = ["HttpApi"]
+__all__ = ["HttpApi", "metrics_text"]
 
 _encoder = msgspec.msgpack.Encoder()
 _MAX_CAS_BODY = 2 * MAX_VALUE_BYTES + 4096
@@ -71,6 +72,27 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
     )
 
 
+def metrics_text(status: dict[str, Any]) -> str:
+    """The numbers of ``NodeServer.status()`` in the Prometheus text format.
+
+    Nested counter dicts become labelled families (``pyxos_net{name="connects"}``);
+    the role becomes ``pyxos_is_leader``. Labels carry the node id.
+    """
+    node = status.get("node_id", 0)
+    lines: list[str] = []
+    for key, value in status.items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int | float) and key != "node_id":
+            lines.append(f'pyxos_{key}{{node="{node}"}} {value}')
+        elif isinstance(value, dict):
+            for name, inner in value.items():
+                if isinstance(inner, int | float) and not isinstance(inner, bool):
+                    lines.append(f'pyxos_{key}{{node="{node}",name="{name}"}} {inner}')
+    lines.append(f'pyxos_is_leader{{node="{node}"}} {int(status.get("role") == "leader")}')
+    return "\n".join(lines) + "\n"
+
+
 class HttpApi:
     """The HTTP API of one ``NodeServer``: ``await start(host, port)``, ``await stop()``."""
 
@@ -85,6 +107,7 @@ class HttpApi:
         self.app = web.Application(client_max_size=_MAX_CAS_BODY)
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/v1/status", self._status)
+        self.app.router.add_get("/metrics", self._metrics)
         self.app.router.add_get("/v1/kv", self._list)
         self.app.router.add_post("/v1/kv/{key:.+}/cas", self._cas)
         self.app.router.add_get("/v1/kv/{key:.+}", self._get)
@@ -192,6 +215,9 @@ class HttpApi:
 
     async def _status(self, request: web.Request) -> web.Response:
         return _json(200, self.node.status())
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(text=metrics_text(self.node.status()), content_type="text/plain")
 
     async def _get(self, request: web.Request) -> web.Response:
         key = self._key(request)

@@ -97,6 +97,8 @@ logger = logging.getLogger("pyxos.server")
 CLIENT_ID_BASE = 1_000_000
 """Client connections get ids from here on, so they never collide with node ids."""
 
+_CLIENT_MESSAGES = (ClientRequest, ClientReply)
+
 ReplySink = Callable[[ClientReply], None]
 """Where an in-process client (the HTTP API) receives its replies."""
 
@@ -129,6 +131,8 @@ class DriverStats:
     """Client requests received on the binary port."""
     unexpected_client_messages: int = 0
     """Frames on the client port that were not ``ClientRequest`` (ignored)."""
+    dropped_peer_messages: int = 0
+    """Peer messages naming another sender, or client messages from a peer (ignored)."""
 
 
 class NodeServer:
@@ -623,7 +627,15 @@ class NodeServer:
     # -- network callbacks ----------------------------------------------------------------
 
     def _on_peer_messages(self, peer: int, msgs: list[Message]) -> None:
-        self._input(msgs)
+        # A peer speaks only for itself, and only the protocol: a message naming another
+        # sender, or a client message, is dropped and counted, never stepped.
+        if all(m.src == peer and not isinstance(m, _CLIENT_MESSAGES) for m in msgs):
+            self._input(msgs)
+            return
+        good = [m for m in msgs if m.src == peer and not isinstance(m, _CLIENT_MESSAGES)]
+        self.stats.dropped_peer_messages += len(msgs) - len(good)
+        if good:
+            self._input(good)
 
     def _client_protocol(self) -> FramedProtocol:
         holder: list[FramedProtocol] = []
