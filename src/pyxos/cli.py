@@ -151,16 +151,15 @@ def sim_kv(
     console = Console()
     replica_factory: type[Replica] = Replica
     store_factory: type[KVStore] = KVStore
-    if mutant is not None:
+    early_ack = mutant == "early-ack"
+    if mutant is not None and not early_ack:
         if mutant in REPLICA_MUTANTS:
             replica_factory = REPLICA_MUTANTS[mutant]
         elif mutant in STORE_MUTANTS:
             store_factory = STORE_MUTANTS[mutant]
         else:
-            names = sorted([*REPLICA_MUTANTS, *STORE_MUTANTS])
+            names = sorted([*REPLICA_MUTANTS, *STORE_MUTANTS, "early-ack"])
             raise click.BadParameter(f"choose from {names}", param_hint="--mutant")
-    if "disk" in faults:
-        raise click.BadParameter("the disk fault kind is not simulated yet", param_hint="--faults")
     seed_list = [seed] if seed is not None else list(range(first_seed, first_seed + seeds))
 
     def one(s: int) -> KVResult:
@@ -172,6 +171,7 @@ def sim_kv(
             faults=faults,
             replica_factory=replica_factory,
             store_factory=store_factory,
+            ack_before_sync=early_ack,
             trace=trace or len(seed_list) == 1,
         )
 

@@ -14,6 +14,11 @@ calls ``ready()`` and carries out, in this order:
    Accepted, Nack and Prepare: they report or depend on a promise or an acceptance,
    and a crash before the fsync must not leave a promise the disk does not hold);
 4. ``committed``: chosen values, in slot order, to apply exactly once;
+5. ``snapshot``: a state-machine snapshot covering every slot below its slot, to
+   write durably (temporary file, fsync, rename, directory fsync); once it is durable
+   the driver calls ``snapshot_durable(slot)``, and only then are the log and the
+   acceptor's entries below that slot dropped. A snapshot that fails to write changes
+   nothing;
 
 and then calls ``advance()``. Messages addressed to the node itself are delivered back
 to it with ``step`` like any other; this is how a leader counts its own acceptance only
@@ -84,9 +89,17 @@ class Ready:
     send_now: list[Send] = field(default_factory=list)
     send_after_sync: list[Send] = field(default_factory=list)
     committed: list[Entry] = field(default_factory=list)
+    snapshot: tuple[int, bytes] | None = None
+    """(slot, state-machine snapshot of every slot below ``slot``) to make durable."""
 
     def __bool__(self) -> bool:
-        return bool(self.persist or self.send_now or self.send_after_sync or self.committed)
+        return bool(
+            self.persist
+            or self.send_now
+            or self.send_after_sync
+            or self.committed
+            or self.snapshot is not None
+        )
 
 
 class Node(Protocol):

@@ -145,6 +145,7 @@ class SimClient:
             self.target = msg.leader if msg.leader else self.rng.choice(self.servers)
             self.retry_at = min(self.retry_at or self.now, self.now + 0.01)
             return
+        self.target = msg.src  # it answered: it leads
         result = decode_result(msg.result)
         if result.error is not None:
             self._finish(ok=False, output=None, failed=True)
@@ -253,9 +254,12 @@ def run_kv(
     config: ReplicaConfig | None = None,
     trace: bool = True,
     check_linearizability: bool = True,
+    ack_before_sync: bool = False,
+    snapshot_every: int = 25,
 ) -> KVResult:
     """Simulate one seed of the replicated KV store and check it."""
     sim = Simulator(seed, trace=trace)
+    sim.ack_before_sync = ack_before_sync
     ids = list(range(1, nodes + 1))
     quorum = Majority(ids)
     config = config or ReplicaConfig()
@@ -285,7 +289,10 @@ def run_kv(
             accepted=storage.accepted.values(),
             now=now,
         )
-        return ServiceNode(replica, store_factory())
+        node = ServiceNode(replica, store_factory(), snapshot_every=snapshot_every)
+        if storage.snapshot is not None:
+            node.restore_snapshot(*storage.snapshot)
+        return node
 
     def client_node(client_id: int, storage: MemoryStorage, rng: random.Random, now: float) -> Node:
         return SimClient(

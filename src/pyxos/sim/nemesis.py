@@ -6,7 +6,9 @@ During the fault window ``[0, until)`` the nemesis acts at random intervals: it 
 the cluster (random halves, majority/minority, an isolated node or leader, a bridge
 node that sees both sides), heals, crashes a node and restarts it, and pauses a node
 (frozen with its memory kept, like a GC pause or SIGSTOP: it then acts on a stale
-view of the world, which is what leases must survive). Probabilistic network
+view of the world, which is what leases must survive). With ``disk``, crashes keep a
+random prefix of the unsynced writes, and an fsync fails now and then, which stops
+that node (it counts as crashed and restarts later). Probabilistic network
 faults (loss, duplication, long delays, reordering) are on for the same window. At
 ``until`` everything heals: partitions end, every crashed node restarts, paused nodes
 resume and the network stops losing and duplicating messages. Liveness checks start
@@ -78,7 +80,10 @@ class Nemesis:
         self.actions = 0
         sim.faults = network_faults(kinds)
         self._calm = NetworkFaults(reorder=sim.faults.reorder, max_delay=sim.faults.max_delay)
-        if kinds & {"partition", "crash", "pause"}:
+        if "disk" in kinds:
+            sim.torn_writes = True
+            sim.fsync_fault = self._fsync_fault
+        if kinds & {"partition", "crash", "pause", "disk"}:
             sim.call_at(self._next_time(), self._act)
         sim.call_at(until, self.heal_all)
 
@@ -90,6 +95,8 @@ class Nemesis:
         if sim.now >= self.until:
             return
         choices = [k for k in ("partition", "crash", "pause") if k in self.kinds]
+        if not choices:  # disk only: crashes still come, to lose unsynced writes
+            choices = ["crash"]
         kind = rng.choice(choices)
         minority = (len(self.servers) - 1) // 2
         if kind == "partition":
@@ -147,6 +154,16 @@ class Nemesis:
 
         self.sim.call_at(self.sim.now + duration, resumed)
 
+    def _fsync_fault(self, node: int) -> bool:
+        sim = self.sim
+        if sim.now >= self.until or sim.rng.random() >= 0.01:
+            return False
+        minority = (len(self.servers) - 1) // 2
+        if node not in self.servers or len(self.crashed | self.paused) >= minority:
+            return False
+        self.crashed.add(node)
+        return True
+
     def heal_all(self) -> None:
         """End every fault: heal, restart the crashed, resume the paused, calm the net."""
         sim = self.sim
@@ -157,3 +174,4 @@ class Nemesis:
             sim.restart(node)
         self.crashed.clear()
         sim.faults = self._calm
+        sim.fsync_fault = None

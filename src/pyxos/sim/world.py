@@ -17,6 +17,13 @@ of fsync and sending faithfully:
 - ``send_now`` messages enter the network at once.
 - ``send_after_sync`` messages wait until every write issued up to their Ready is
   durable; a crash before that drops them together with the unsynced writes.
+
+With disk faults on (``torn_writes``), a crash keeps a random *prefix* of the unsynced
+writes instead of none (a write that reached the platter, and a torn record that
+recovery truncates, which is the same as losing it), and an fsync may fail: the node
+then stops at once, as it must (after fsyncgate: never carry on as if durable), with
+a random prefix of its unsynced writes on disk. ``ack_before_sync`` is a deliberately
+broken driver, for the mutation test: it sends acceptor replies before the fsync.
 - ``committed`` entries go to the observers (the safety checkers) at once.
 
 The network delivers each message after a random delay and, when the faults are on,
@@ -114,6 +121,12 @@ class Simulator:
         self._seq = 0
         self._link_last: dict[tuple[int, int], float] = {}
         self.stopped = False
+        self.torn_writes = False
+        """Crashes keep a random prefix of the unsynced writes (disk faults)."""
+        self.fsync_fault: Callable[[int], bool] | None = None
+        """Asked at each fsync completion; True makes that fsync fail (the node stops)."""
+        self.ack_before_sync = False
+        """Broken driver for the mutation test: replies leave before the fsync."""
 
     # -- setup ---------------------------------------------------------------------
 
@@ -135,11 +148,17 @@ class Simulator:
 
     # -- faults --------------------------------------------------------------------
 
-    def crash(self, node_id: int, keep_unsynced: int = 0) -> None:
-        """Crash a node: it loses its memory, its unsynced writes and pending sends."""
+    def crash(self, node_id: int, keep_unsynced: int | None = None) -> None:
+        """Crash a node: it loses its memory, its unsynced writes and pending sends.
+
+        ``keep_unsynced`` writes of the unsynced ones survive (default: none, or a random
+        prefix when ``torn_writes`` is on)."""
         proc = self.procs[node_id]
         if not proc.up:
             return
+        if keep_unsynced is None:
+            pending = len(proc.storage.unsynced)
+            keep_unsynced = self.rng.randint(0, pending) if self.torn_writes and pending else 0
         proc.up = False
         proc.node = None
         proc.incarnation += 1
@@ -290,7 +309,7 @@ class Simulator:
                 for dst in send.to:
                     self._transmit(src, dst, send.msg)
             if r.send_after_sync:
-                if proc.synced >= proc.written and not proc.waiting:
+                if (proc.synced >= proc.written and not proc.waiting) or self.ack_before_sync:
                     for send in r.send_after_sync:
                         for dst in send.to:
                             self._transmit(src, dst, send.msg)
@@ -300,12 +319,30 @@ class Simulator:
                 self._log("commit", src, None, r.committed)
                 for observe in self.observers:
                     observe(src, r.committed)
+
             self._start_fsync(proc)
+        snapshot = r.snapshot
         node.advance()
+        if snapshot is not None:
+            self._save_snapshot(proc, *snapshot)
         deadline = node.next_deadline()
         if deadline is not None and (proc.tick_at is None or deadline < proc.tick_at):
             proc.tick_at = deadline
             self._push(max(deadline, self.now), _TICK, proc.node_id, proc.incarnation, None)
+
+    def _save_snapshot(self, proc: _Process, slot: int, data: bytes) -> None:
+        if self.torn_writes and self.rng.random() < 0.05:
+            self._log("snapshot-fail", proc.node_id, None, slot)
+            return  # a failed snapshot write changes nothing: no compaction
+        proc.storage.save_snapshot(slot, data)
+        proc.storage.compact(slot)
+        self.stats["snapshots"] = self.stats.get("snapshots", 0) + 1
+        self.stats["max_log_entries"] = max(
+            self.stats.get("max_log_entries", 0), len(proc.storage.accepted)
+        )
+        durable = getattr(proc.node, "snapshot_durable", None)
+        if durable is not None:
+            durable(slot)
 
     def _start_fsync(self, proc: _Process) -> None:
         if proc.fsync_in_flight or proc.synced >= proc.written:
@@ -318,8 +355,15 @@ class Simulator:
         proc = self.procs[node_id]
         if not proc.up or proc.incarnation != incarnation:
             return
+        if self.fsync_fault is not None and self.fsync_fault(node_id):
+            self._log("fsync-fail", node_id, None, None)
+            self.crash(node_id)
+            return
         proc.storage.sync(target - proc.synced)
         proc.synced = target
+        entries = len(proc.storage.accepted)
+        if entries > self.stats.get("max_log_entries", 0):
+            self.stats["max_log_entries"] = entries
         proc.fsync_in_flight = False
         self.stats["fsyncs"] += 1
         while proc.waiting and proc.waiting[0][0] <= proc.synced:

@@ -21,6 +21,14 @@ real server drive it identically. It adds what sits between clients and the log:
   machine in slot order, exactly once, and answers every request this node is holding
   with the encoded result (``send_now``: a chosen value is already durable on a
   quorum).
+- **Snapshots and compaction.** Every ``snapshot_every`` applied slots the node hands
+  the driver a snapshot (``Ready.snapshot``); once the driver reports it durable
+  (``snapshot_durable``), the replica forgets the chosen values and accepted entries
+  below it. A snapshot that failed to write is simply taken again later.
+- **InstallSnapshot.** A Fetch for slots this node compacted away is answered with
+  an announcement of its snapshot (a ``Snapshot`` chunk with no data). The lagging
+  node then pulls the snapshot in chunks (``SnapshotRequest(slot, offset)``), resuming
+  from its offset after a loss, restores it, and catches up the log after it.
 """
 
 from __future__ import annotations
@@ -29,12 +37,36 @@ from collections.abc import Callable
 
 import msgspec
 
-from pyxos.core.messages import ClientReply, ClientRequest, Message
+from pyxos.core.messages import (
+    ClientReply,
+    ClientRequest,
+    Fetch,
+    Message,
+    Snapshot,
+    SnapshotRequest,
+)
 from pyxos.core.ready import Ready, Send
 from pyxos.core.replica import Replica
 from pyxos.statemachine.kv import Command, KVStore, Result, encode_result, validate_command
 
 __all__ = ["ServiceNode"]
+
+SNAPSHOT_CHUNK = 64 * 1024
+"""Bytes of snapshot per Snapshot message."""
+
+
+class _Transfer:
+    """A snapshot being received: which one, and how much of it has arrived."""
+
+    __slots__ = ("buf", "retry_at", "slot", "source", "total")
+
+    def __init__(self, slot: int, total: int, source: int, retry_at: float) -> None:
+        self.slot = slot
+        self.total = total
+        self.source = source
+        self.buf = bytearray()
+        self.retry_at = retry_at
+
 
 _command_decoder = msgspec.msgpack.Decoder(Command)
 _raw_encoder = msgspec.msgpack.Encoder()
@@ -49,6 +81,8 @@ class ServiceNode:
         store: KVStore,
         *,
         max_batch: int = 4096,
+        snapshot_every: int = 10_000,
+        snapshot_chunk: int = SNAPSHOT_CHUNK,
         on_applied: Callable[[int, int], None] | None = None,
     ) -> None:
         self.replica = replica
@@ -61,8 +95,29 @@ class ServiceNode:
         self.on_applied = on_applied
         self.requests = 0
         self.rejected = 0
+        if snapshot_every < 1 or snapshot_chunk < 1:
+            raise ValueError("snapshot_every and snapshot_chunk must be >= 1")
+        self.snapshot_every = snapshot_every
+        self.snapshot_chunk = snapshot_chunk
+        self.snapshot: tuple[int, bytes] | None = None
+        """The latest durable snapshot (slot, bytes): what InstallSnapshot serves."""
+        self.transfer: _Transfer | None = None
+        self.snapshots_installed = 0
         if store.applied_slot > replica.first_unchosen:
             replica.skip_to(store.applied_slot)
+
+    def restore_snapshot(self, slot: int, data: bytes) -> None:
+        """Start from a durable snapshot (at startup, before any input)."""
+        self.store.restore(data)
+        self.snapshot = (slot, data)
+        self.replica.skip_to(slot)
+        self.replica.compact(slot)
+
+    def snapshot_durable(self, slot: int) -> None:
+        """The driver made the snapshot of ``slot`` durable: compact below it."""
+        if self._last_taken is not None and self._last_taken[0] == slot:
+            self.snapshot = self._last_taken
+        self.replica.compact(slot)
 
     @property
     def node_id(self) -> int:
@@ -71,14 +126,25 @@ class ServiceNode:
 
     def step(self, msg: Message) -> None:
         """Feed one message: client requests here, protocol messages to the replica."""
-        if isinstance(msg, ClientRequest):
-            self._on_request(msg)
-        else:
-            self.replica.step(msg)
+        match msg:
+            case ClientRequest():
+                self._on_request(msg)
+            case Fetch() if msg.slot < self.replica.log_start:
+                self._announce_snapshot(msg.src)
+            case Snapshot():
+                self._on_snapshot(msg)
+            case SnapshotRequest():
+                self._on_snapshot_request(msg)
+            case _:
+                self.replica.step(msg)
 
     def tick(self, now: float) -> None:
         """Advance time."""
         self.replica.tick(now)
+        t = self.transfer
+        if t is not None and now >= t.retry_at:
+            # Resume a stalled transfer from where it stopped.
+            self._request_chunk(t)
 
     def ready(self) -> Ready:
         """Propose this pass's batch, then apply what is chosen and add the replies."""
@@ -92,6 +158,13 @@ class ServiceNode:
         r = replica.ready()
         if r.committed:
             self._apply(r)
+        # A snapshot whose write failed is never reported durable: take a new one
+        # once another ``snapshot_every`` slots have been applied since it was taken.
+        since = self._last_taken[0] if self._last_taken is not None else self._snapshot_slot()
+        if self.store.applied_slot - max(since, self._snapshot_slot()) >= self.snapshot_every:
+            self._take_snapshot()
+        if self._snapshot_out is not None:
+            r.snapshot, self._snapshot_out = self._snapshot_out, None
         return r
 
     def advance(self) -> None:
@@ -101,6 +174,67 @@ class ServiceNode:
     def next_deadline(self) -> float | None:
         """When ``tick`` must next be called."""
         return self.replica.next_deadline()
+
+    # -- snapshots ---------------------------------------------------------------------
+
+    _last_taken: tuple[int, bytes] | None = None
+    _snapshot_out: tuple[int, bytes] | None = None
+
+    def _snapshot_slot(self) -> int:
+        return self.snapshot[0] if self.snapshot is not None else 0
+
+    def _take_snapshot(self) -> None:
+        taken = (self.store.applied_slot, self.store.snapshot())
+        self._last_taken = taken
+        self._snapshot_out = taken
+
+    def _announce_snapshot(self, dst: int) -> None:
+        if self.snapshot is None:
+            return
+        slot, data = self.snapshot
+        self.replica.post((dst,), Snapshot(self.node_id, slot, 0, b"", len(data)))
+
+    def _on_snapshot_request(self, msg: SnapshotRequest) -> None:
+        if self.snapshot is None:
+            return
+        slot, data = self.snapshot
+        if msg.slot != slot:
+            self._announce_snapshot(msg.src)  # ours moved on: start over with it
+            return
+        chunk = data[msg.offset : msg.offset + self.snapshot_chunk]
+        self.replica.post((msg.src,), Snapshot(self.node_id, slot, msg.offset, chunk, len(data)))
+
+    def _on_snapshot(self, msg: Snapshot) -> None:
+        replica = self.replica
+        if msg.slot <= replica.first_unchosen:
+            return  # we already have everything it covers
+        t = self.transfer
+        if t is None or t.slot != msg.slot or t.total != msg.total:
+            if t is not None and t.slot > msg.slot:
+                return  # a newer transfer is under way
+            t = self.transfer = _Transfer(msg.slot, msg.total, msg.src, replica.now)
+        if msg.offset == len(t.buf) and msg.data:
+            t.buf += msg.data
+        if len(t.buf) >= t.total:
+            self._install(t)
+        elif msg.offset + len(msg.data) >= len(t.buf):
+            t.source = msg.src
+            self._request_chunk(t)
+
+    def _request_chunk(self, t: _Transfer) -> None:
+        replica = self.replica
+        t.retry_at = replica.now + replica.config.heartbeat_interval * 2
+        replica.post((t.source,), SnapshotRequest(self.node_id, t.slot, len(t.buf)))
+
+    def _install(self, t: _Transfer) -> None:
+        data = bytes(t.buf)
+        self.transfer = None
+        self.store.restore(data)
+        self.replica.skip_to(t.slot)
+        self.snapshots_installed += 1
+        # Keep it durably too, so a restart does not need the transfer again.
+        self._last_taken = (t.slot, data)
+        self._snapshot_out = (t.slot, data)
 
     # -- internals -------------------------------------------------------------------
 

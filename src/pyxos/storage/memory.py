@@ -28,6 +28,8 @@ class MemoryStorage:
         self.chosen = 0
         self.unsynced: list[Persist] = []
         """Records written but not yet covered by a completed sync, oldest first."""
+        self.snapshot: tuple[int, bytes] | None = None
+        """The latest durable snapshot: (slot, state-machine bytes)."""
         self.writes = 0
         self.syncs = 0
 
@@ -51,9 +53,23 @@ class MemoryStorage:
             self._apply(record)
         self.unsynced.clear()
 
+    def save_snapshot(self, slot: int, data: bytes) -> None:
+        """Durably store a snapshot (atomic, like rename after fsync)."""
+        if self.snapshot is None or slot > self.snapshot[0]:
+            self.snapshot = (slot, data)
+
+    def compact(self, slot: int) -> None:
+        """Drop accepted entries below ``slot`` (a durable snapshot covers them)."""
+        if self.snapshot is None or slot > self.snapshot[0]:
+            raise ValueError(f"compaction to {slot} without a durable snapshot covering it")
+        for s in [s for s in self.accepted if s < slot]:
+            del self.accepted[s]
+
     def _apply(self, record: Persist) -> None:
         if record.promised is not None and record.promised > self.promised:
             self.promised = record.promised
+        floor = self.snapshot[0] if self.snapshot is not None else 0
         for entry in record.accepted:
-            self.accepted[entry.slot] = entry
+            if entry.slot >= floor:
+                self.accepted[entry.slot] = entry
         self.chosen = max(self.chosen, record.chosen)
