@@ -1,18 +1,12 @@
-"""Snapshots through the node driver: written durably, compaction after, restore on restart.
-
-Needs a ``ServiceNode`` that takes snapshots (``Ready.snapshot``); skipped otherwise.
-"""
+"""Snapshots through the node driver: written durably, compaction after, restore on restart."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
-import pytest
-
 from pyxos.client import AsyncClient
 from pyxos.server.node import NodeServer
-from pyxos.statemachine.service import ServiceNode
 from test_server_harness import (
     CLUSTER,
     client_addresses,
@@ -23,22 +17,11 @@ from test_server_harness import (
     wait_leader,
 )
 
-pytestmark = pytest.mark.skipif(
-    not hasattr(ServiceNode, "snapshot_durable"), reason="ServiceNode takes no snapshots"
-)
-
-
-def snapshot_often(server: NodeServer, every: int = 5) -> None:
-    assert server.node is not None
-    server.node.snapshot_every = every  # type: ignore[attr-defined]
-
 
 def test_snapshots_compact_and_a_restart_restores_then_catches_up(tmp_path: Path) -> None:
     async def main() -> None:
-        configs = cluster_configs(tmp_path, wal_segment_bytes=4096)
+        configs = cluster_configs(tmp_path, wal_segment_bytes=4096, snapshot_every=5)
         nodes = await start_nodes(configs)
-        for n in nodes:
-            snapshot_often(n)
         try:
             leader = await wait_leader(nodes)
             follower = next(n for n in nodes if n is not leader)
@@ -68,7 +51,6 @@ def test_snapshots_compact_and_a_restart_restores_then_catches_up(tmp_path: Path
                     await c.put(f"k{k}", str(k))
                 restarted = nodes[i] = NodeServer(configs[i])
                 await restarted.startup()
-                snapshot_often(restarted)
                 assert restarted.node is not None
                 assert restarted.node.store.applied_slot > 0  # restored, before any input
                 await wait_for(
@@ -87,10 +69,8 @@ def test_snapshots_compact_and_a_restart_restores_then_catches_up(tmp_path: Path
 
 def test_a_node_far_behind_installs_a_snapshot(tmp_path: Path) -> None:
     async def main() -> None:
-        configs = cluster_configs(tmp_path)
+        configs = cluster_configs(tmp_path, snapshot_every=5)
         nodes = await start_nodes(configs)
-        for n in nodes:
-            snapshot_often(n)
         try:
             leader = await wait_leader(nodes)
             behind = next(n for n in nodes if n is not leader)
@@ -106,14 +86,13 @@ def test_a_node_far_behind_installs_a_snapshot(tmp_path: Path) -> None:
             )
             back = nodes[i] = NodeServer(configs[i])
             await back.startup()
-            snapshot_often(back)
             await wait_for(
                 lambda: back.node is not None and back.node.store.get_local("k39") == "39",
                 5.0,
                 "the lagging node to install a snapshot and catch up",
             )
             assert back.node is not None
-            assert back.node.snapshots_installed >= 1  # type: ignore[attr-defined]
+            assert back.node.snapshots_installed >= 1
         finally:
             await stop_nodes(nodes)
 

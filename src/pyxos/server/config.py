@@ -23,6 +23,7 @@ and ``data_dir`` has a default)::
     heartbeat_interval = 0.05
     window = 256
     wal_segment_bytes = 67108864
+    snapshot_every = 10000
 
     [peers]                     # every member, this node included: id = "host:port"
     1 = "10.0.0.1:7001"
@@ -93,6 +94,8 @@ class Config:
     """Slots the leader keeps in flight at most."""
     wal_segment_bytes: int = 64 * 1024 * 1024
     """Size of one WAL segment file; compaction deletes whole segments."""
+    snapshot_every: int = 10_000
+    """Take a state-machine snapshot (then compact) every this many applied slots."""
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -157,7 +160,7 @@ class Config:
                     f"heartbeat_interval: expected seconds, got {raw['heartbeat_interval']!r}"
                 )
             values["heartbeat_interval"] = float(raw["heartbeat_interval"])
-        for key in ("window", "wal_segment_bytes"):
+        for key in ("window", "wal_segment_bytes", "snapshot_every"):
             if key in raw:
                 values[key] = _typed(raw, key, int)
         return cls(**values)
@@ -228,5 +231,7 @@ def _validate(c: Config) -> None:
         )
     if c.window < 1:
         raise ConfigError(f"window: {c.window} must be >= 1")
+    if c.snapshot_every < 1:
+        raise ConfigError(f"snapshot_every: {c.snapshot_every} must be >= 1")
     if c.wal_segment_bytes < 4096:
         raise ConfigError(f"wal_segment_bytes: {c.wal_segment_bytes} must be >= 4096")

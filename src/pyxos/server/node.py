@@ -48,13 +48,14 @@ may have forgotten promises). The applied state is not in the WAL: a restarted n
 starts from its newest valid snapshot, if any, and re-learns every later chosen slot
 from its peers (the leader's commits and ``Fetch``).
 
-Snapshots: when the ``ServiceNode`` hands over a snapshot (``Ready.snapshot``, in
-versions that take them), the driver writes it after ``advance()`` in a thread of its
-own (``storage.snapshot.write_snapshot``: temporary file, fsync, rename, directory
-fsync), keeps the newest two, and only then calls ``snapshot_durable(slot)`` so the
-node compacts below it. Then, if the WAL has a sealed segment, the whole acceptor state
-is written again as a checkpoint; once the fsync covering it completes, the segments
-before it are deleted (``DurableAcceptor.truncate_before``).
+Snapshots: when the ``ServiceNode`` hands over a snapshot (``Ready.snapshot``, every
+``snapshot_every`` applied slots, or one installed from a peer), the driver writes it
+after ``advance()`` in a thread of its own (``storage.snapshot.write_snapshot``:
+temporary file, fsync, rename, directory fsync), keeps the newest two, and only then
+calls ``snapshot_durable(slot)`` so the node compacts below it. Then, if the WAL has a
+sealed segment, the whole acceptor state is written again as a checkpoint; once the
+fsync covering it completes, the segments before it are deleted
+(``DurableAcceptor.truncate_before``).
 """
 
 from __future__ import annotations
@@ -230,10 +231,9 @@ class NodeServer:
             accepted=state.accepted.values(),
             now=loop.time(),
         )
-        self.node = ServiceNode(replica, KVStore())
-        restore = getattr(self.node, "restore_snapshot", None)
-        if snapshot is not None and restore is not None:
-            restore(snapshot.slot, snapshot.data)
+        self.node = ServiceNode(replica, KVStore(), snapshot_every=config.snapshot_every)
+        if snapshot is not None:
+            self.node.restore_snapshot(snapshot.slot, snapshot.data)
             logger.info("node %d: restored the snapshot of slot %d", config.node_id, snapshot.slot)
         logger.info(
             "node %d: recovered promise %s, %d accepted entries, chosen watermark %d",
@@ -452,9 +452,9 @@ class NodeServer:
                 else:
                     self._waiting.append((self._written, list(r.send_after_sync)))
             self._start_fsync()
-        # Snapshots (when the ServiceNode takes them): written off the event loop after
-        # advance(), as the simulator does; compaction waits until the file is durable.
-        snapshot: tuple[int, bytes] | None = getattr(r, "snapshot", None)
+        # Snapshots are written off the event loop after advance(), as the simulator
+        # does; compaction waits until the file is durable.
+        snapshot = r.snapshot
         node.advance()
         if snapshot is not None:
             self._save_snapshot(*snapshot)
@@ -498,9 +498,8 @@ class NodeServer:
             )
         else:
             self.stats.snapshots += 1
-            durable = getattr(self.node, "snapshot_durable", None)
-            if durable is not None:
-                durable(slot)
+            if self.node is not None:
+                self.node.snapshot_durable(slot)
                 self._checkpoint()
         if self._snapshot_next is not None:
             self._save_snapshot(*self._snapshot_next)
