@@ -77,6 +77,16 @@ def test_http_kv_status_health_and_limits(tmp_path: Path) -> None:
                 assert await asyncio.gather(*(put(i) for i in range(20))) == [200] * 20
                 async with http.get(f"{base}/v1/kv", params={"prefix": "c"}) as r:
                     assert len((await r.json())["entries"]) == 20
+
+                # Without a quorum, a write's outcome is unknown: 504.
+                assert leader.http is not None
+                leader.http.timeout = 0.5
+                for node in nodes:
+                    if node is not leader:
+                        await node.shutdown()
+                async with http.put(f"{base}/v1/kv/late", data="x") as r:
+                    assert r.status == 504
+                    assert (await r.json())["outcome"] == "unknown"
         finally:
             await stop_nodes(nodes)
 
