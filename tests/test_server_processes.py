@@ -131,7 +131,10 @@ def test_sigkill_leader_failover_restart_and_catch_up(cluster: Cluster) -> None:
 def test_sigterm_stops_a_node_cleanly(cluster: Cluster) -> None:
     cluster.start(1)
     cluster.start(2)
-    with Client(cluster.addresses(), cluster=CLUSTER, timeout=15.0) as c:
+    history: list[dict[str, object]] = []
+    with Client(cluster.addresses(), cluster=CLUSTER, timeout=15.0, history=history.append) as c:
         c.put("a", "1")
+        assert c.get("a") == "1"
+    assert [(h["op"], h["ok"]) for h in history] == [("put", True), ("get", True)]
     assert cluster.kill(1, signal.SIGTERM) == 0, cluster.logs()
     assert "node 1 stopped" in (cluster.tmp_path / "node1.log").read_text()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import threading
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -26,7 +26,10 @@ T = TypeVar("T")
 
 
 class Client:
-    """Blocking ``get / put / delete / cas / list``; see ``AsyncClient`` for the rules."""
+    """Blocking ``get / put / delete / cas / list``; see ``AsyncClient`` for the rules.
+
+    ``history`` is called on the client's own thread.
+    """
 
     def __init__(
         self,
@@ -36,6 +39,7 @@ class Client:
         cluster: str = DEFAULT_CLUSTER,
         timeout: float = 5.0,
         attempt_timeout: float = 1.0,
+        history: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -48,6 +52,7 @@ class Client:
             cluster=cluster,
             timeout=timeout,
             attempt_timeout=attempt_timeout,
+            history=history,
         )
         self._closed = False
 
