@@ -67,7 +67,7 @@ async def wait_for(
 
 async def start_nodes(configs: list[Config]) -> list[NodeServer]:
     """Start one ``NodeServer`` per config."""
-    nodes = [NodeServer(c) for c in configs]
+    nodes = [NodeServer(c, initialize=True) for c in configs]
     for node in nodes:
         await node.startup()
     return nodes

@@ -210,7 +210,7 @@ def test_a_corrupt_log_refuses_to_start(tmp_path: Path) -> None:
 def test_a_data_dir_of_another_node_refuses_to_start(tmp_path: Path) -> None:
     async def main() -> None:
         first, second = cluster_configs(tmp_path, 2)
-        node = NodeServer(first)
+        node = NodeServer(first, initialize=True)
         await node.startup()
         await node.shutdown()
         wrong = Config.from_mapping(
@@ -224,5 +224,21 @@ def test_a_data_dir_of_another_node_refuses_to_start(tmp_path: Path) -> None:
         )
         with pytest.raises(NodeStartupError, match="belongs to node 1"):
             await NodeServer(wrong).startup()
+
+    asyncio.run(main())
+
+
+def test_no_marker_needs_init_and_a_lost_wal_refuses(tmp_path: Path) -> None:
+    async def main() -> None:
+        (config,) = cluster_configs(tmp_path, 1)
+        with pytest.raises(NodeStartupError, match="start it once with --init"):
+            await NodeServer(config).startup()
+        node = NodeServer(config, initialize=True)
+        await node.startup()
+        await node.shutdown()
+        for segment in config.data_dir.glob("wal-*.log"):
+            segment.unlink()  # the disk lost the log, the marker survived
+        with pytest.raises(NodeStartupError, match="promises are lost"):
+            await NodeServer(config, initialize=True).startup()
 
     asyncio.run(main())

@@ -39,6 +39,7 @@ class Cluster:
 
     def start(self, node: int) -> None:
         log = (self.tmp_path / f"node{node}.log").open("ab")
+        first_time = not (self.tmp_path / f"data{node}").exists()
         self.procs[node] = subprocess.Popen(
             [
                 sys.executable,
@@ -52,6 +53,7 @@ class Cluster:
                 str(self.tmp_path / f"data{node}"),
                 "--client-port",
                 str(self.client_ports[node]),
+                *(["--init"] if first_time else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

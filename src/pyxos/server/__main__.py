@@ -31,6 +31,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None, help="override data_dir")
     parser.add_argument("--client-port", type=int, default=None, help="override client_port")
     parser.add_argument("--http-port", type=int, default=None, help="override http_port")
+    parser.add_argument(
+        "--init",
+        action="store_true",
+        help="initialize an empty data directory (only for a node new to the cluster)",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -48,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pyxos: configuration error: {e}", file=sys.stderr)
         return 2
     try:
-        run(config)
+        run(config, initialize=args.init)
     except (NodeStartupError, DurableStateError, StorageError, NodeFailed) as e:
         print(f"pyxos: node {config.node_id}: {e}", file=sys.stderr)
         return 1

@@ -42,7 +42,12 @@ the driver writes it back there. Bad bytes close only that connection (the codec
 and the client retries with the same ``(client, seq)``.
 
 Durable state: ``startup`` opens the WAL in the data directory and rebuilds the
-replica's promise and accepted entries from it. A corrupt log raises
+replica's promise and accepted entries from it. The directory's node marker
+(``pyxos.id``) guards against starting a voter on the wrong or a wiped disk: a
+marker of another node or cluster refuses to start; no marker refuses unless the node
+is explicitly initialized (``initialize=True``, ``--init``: a node new to the cluster,
+whose empty state is the truth); a marker without a WAL refuses (the promises are
+lost). A corrupt log raises
 ``AcceptorStateLost`` and the node does not start (it must not vote with a state that
 may have forgotten promises). The applied state is not in the WAL: a restarted node
 starts from its newest valid snapshot, if any, and re-learns every later chosen slot
@@ -86,7 +91,7 @@ from pyxos.statemachine.kv import KVStore
 from pyxos.statemachine.service import ServiceNode
 from pyxos.storage.snapshot import Snapshot as StoredSnapshot
 from pyxos.storage.snapshot import load_latest_snapshot, prune_snapshots, write_snapshot
-from pyxos.storage.wal import MarkerError, read_marker, write_marker
+from pyxos.storage.wal import MARKER_FILENAME, WAL, MarkerError, read_marker, write_marker
 
 if TYPE_CHECKING:
     from pyxos.server.http import HttpApi
@@ -139,8 +144,13 @@ class DriverStats:
 class NodeServer:
     """One pyxos node: ``await startup()``, ``await serve_forever()``, ``await shutdown()``."""
 
-    def __init__(self, config: Config, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, config: Config, *, initialize: bool = False, rng: random.Random | None = None
+    ) -> None:
         self.config = config
+        self.initialize = initialize
+        """Allow a data directory without a node marker to be initialized (see
+        ``_open_storage``): only for a node that is new to the cluster."""
         self.rng = rng if rng is not None else random.Random()
         self.node: ServiceNode | None = None
         """The pure node being driven (set by ``startup``)."""
@@ -299,6 +309,19 @@ class NodeServer:
                 f"{config.data_dir} belongs to node {marker.node_id} of cluster "
                 f"{marker.cluster_id!r}, not node {config.node_id} of {config.cluster_id!r}"
             )
+        if marker is None and not self.initialize:
+            raise NodeStartupError(
+                f"{config.data_dir} holds no node marker ({MARKER_FILENAME}): if node "
+                f"{config.node_id} is new to the cluster, start it once with --init "
+                "(initialize=True); if it was a member before, its data is lost and it must "
+                "not vote until it is rebuilt from its peers (not supported yet)"
+            )
+        if marker is not None and not WAL.exists(config.data_dir):
+            raise NodeStartupError(
+                f"{config.data_dir} has the marker of node {config.node_id} but no "
+                "write-ahead log: its promises are lost, so it must not vote (rebuilding "
+                "from peers is not supported yet)"
+            )
         durable, state = DurableAcceptor.open(
             config.data_dir, segment_bytes=config.wal_segment_bytes
         )
@@ -306,6 +329,7 @@ class NodeServer:
             snapshot = load_latest_snapshot(self.snapshot_dir)
             if marker is None:
                 write_marker(config.data_dir, config.cluster_id, config.node_id)
+                logger.info("node %d: initialized %s", config.node_id, config.data_dir)
         except BaseException:
             durable.close()
             raise
@@ -673,8 +697,8 @@ class NodeServer:
             self._input(requests)
 
 
-async def _serve(config: Config) -> None:
-    server = NodeServer(config)
+async def _serve(config: Config, initialize: bool) -> None:
+    server = NodeServer(config, initialize=initialize)
     await server.startup()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -683,14 +707,15 @@ async def _serve(config: Config) -> None:
     await server.serve_forever()
 
 
-def run(config: Config) -> None:
+def run(config: Config, *, initialize: bool = False) -> None:
     """Run one node until SIGTERM or SIGINT (the programmatic API and the CLI's).
 
-    Uses uvloop when it is installed.
+    ``initialize`` allows an empty data directory to be set up for this node (see
+    ``NodeServer``). Uses uvloop when it is installed.
     """
     try:
         import uvloop
     except ImportError:
-        asyncio.run(_serve(config))
+        asyncio.run(_serve(config, initialize))
     else:
-        uvloop.run(_serve(config))
+        uvloop.run(_serve(config, initialize))
