@@ -148,3 +148,20 @@ def test_a_huge_persist_is_split_into_records_under_the_limit(tmp_path: Path) ->
     assert sorted(state.accepted) == [0, 1, 2, 3, 4]
     with pytest.raises(ValueError, match="exceeds the WAL record limit"):
         durable.write(Persist(accepted=[Entry(0, Ballot(1, 1), big * 4)]))
+
+
+def test_every_persist_field_reaches_the_log(tmp_path: Path) -> None:
+    """A non-empty Persist must never write nothing (a new field would be lost)."""
+    fields = set(Persist.__struct_fields__)
+    assert fields <= {"promised", "accepted", "chosen", "rebuilt"}, fields
+    durable, _ = DurableAcceptor.open(tmp_path)
+    persist = Persist()
+    if "rebuilt" in fields:
+        persist.rebuilt = 7  # type: ignore[attr-defined]
+        durable.write(persist)
+        durable.sync()
+        durable.close()
+        _, state = DurableAcceptor.open(tmp_path)
+        assert state.rebuilt == 7
+    else:
+        durable.close()

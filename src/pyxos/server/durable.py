@@ -9,7 +9,9 @@ not be able to run code when read back):
 
 - ``PROMISED`` (1): one ``Ballot``;
 - ``ACCEPTED`` (2): a list of ``Entry(slot, ballot, value)``;
-- ``CHOSEN`` (3): one int, the first slot not known chosen (a hint only: safe to lose).
+- ``CHOSEN`` (3): one int, the first slot not known chosen (a hint only: safe to lose);
+- ``REBUILT`` (4): one int, written when a node that lost its acceptor state finished
+  rebuilding it from its peers (for cores whose ``Persist`` carries ``rebuilt``).
 
 ``write`` only buffers (``WAL.append``: nothing touches the disk); ``sync`` writes and
 fsyncs everything buffered so far with one ``fdatasync`` (group commit). ``write`` may
@@ -60,6 +62,7 @@ __all__ = [
     "ACCEPTED",
     "CHOSEN",
     "PROMISED",
+    "REBUILT",
     "AcceptorStateLost",
     "DurableAcceptor",
     "DurableStateError",
@@ -73,6 +76,8 @@ ACCEPTED = 2
 """WAL record type of a list of accepted entries."""
 CHOSEN = 3
 """WAL record type of a chosen watermark."""
+REBUILT = 4
+"""WAL record type of a finished rebuild: nothing below this slot is trustworthy."""
 
 _encoder = msgspec.msgpack.Encoder()
 _ballot_decoder = msgspec.msgpack.Decoder(Ballot)
@@ -106,6 +111,8 @@ class Recovered:
     promised: Ballot = ZERO
     accepted: dict[int, Entry] = field(default_factory=dict)
     chosen: int = 0
+    rebuilt: int = -1
+    """The slot of the last finished rebuild (-1: none ever)."""
     report: RecoveryReport | None = None
 
 
@@ -132,6 +139,9 @@ def encode_persist(persist: Persist) -> list[tuple[int, bytes]]:
         records += _accepted_records(persist.accepted)
     if persist.chosen >= 0:
         records.append((CHOSEN, _encoder.encode(persist.chosen)))
+    rebuilt: int = getattr(persist, "rebuilt", -1)
+    if rebuilt >= 0:
+        records.append((REBUILT, _encoder.encode(rebuilt)))
     return records
 
 
@@ -144,6 +154,8 @@ def _decode(index: int, rtype: int, payload: bytes, state: Recovered) -> None:
                 state.accepted[entry.slot] = entry
         elif rtype == CHOSEN:
             state.chosen = max(state.chosen, _int_decoder.decode(payload))
+        elif rtype == REBUILT:
+            state.rebuilt = max(state.rebuilt, _int_decoder.decode(payload))
         else:
             raise DurableStateError(f"WAL record {index} has unknown type {rtype}")
     except msgspec.DecodeError as e:
