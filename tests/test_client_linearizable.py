@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pyxos.check.history import parse_line
 from pyxos.check.linearizability import check_history
-from pyxos.client import AsyncClient, CommandRejected, OutcomeUnknown
+from pyxos.client import AsyncClient, CommandRejected, HistoryFile, OutcomeUnknown
 from pyxos.server.node import NodeServer
 from test_server_harness import (
     CLUSTER,
@@ -93,3 +93,40 @@ def test_histories_through_leader_failures_are_linearizable(tmp_path: Path) -> N
     ops = [parse_line(json.dumps(r)) for r in records]
     result = check_history(ops, timeout_s=20.0)
     assert result.ok, result.describe()
+
+
+def test_history_file_round_trips_through_the_checker_loader(tmp_path: Path) -> None:
+    from pyxos.check.history import load_history
+
+    path = tmp_path / "history.jsonl"
+    with HistoryFile(path) as history:
+        history(
+            {
+                "client": 1,
+                "op": "put",
+                "key": "k",
+                "value": "v",
+                "expected": None,
+                "call": 1,
+                "return": 2,
+                "output": None,
+                "ok": True,
+            }
+        )
+        history(
+            {
+                "client": 1,
+                "op": "get",
+                "key": "k",
+                "value": None,
+                "expected": None,
+                "call": 3,
+                "return": None,
+                "output": None,
+                "ok": None,
+            }
+        )
+    assert history.records == 2
+    ops = load_history(path)
+    assert [op.op for op in ops] == ["put", "get"]
+    assert check_history(ops).ok

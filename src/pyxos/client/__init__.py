@@ -5,7 +5,8 @@ Theory of operation
 ``AsyncClient`` (``pyxos.client.aio``) speaks the binary protocol: leader discovery,
 redirects, retries with the same ``(client_id, seq)`` so a retried write applies once,
 and ``OutcomeUnknown`` when no answer comes in time. ``Client`` (``pyxos.client.sync``)
-wraps it for blocking code.
+wraps it for blocking code. ``HistoryFile`` writes the operations a client records as
+JSON lines for the linearizability checker.
 """
 
 from pyxos.client.aio import (
@@ -16,6 +17,7 @@ from pyxos.client.aio import (
     OutcomeUnknown,
     new_client_id,
 )
+from pyxos.client.history import HistoryFile
 from pyxos.client.sync import Client
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "Client",
     "ClientError",
     "CommandRejected",
+    "HistoryFile",
     "OutcomeUnknown",
     "new_client_id",
 ]
