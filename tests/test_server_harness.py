@@ -75,14 +75,14 @@ async def start_nodes(configs: list[Config]) -> list[NodeServer]:
 
 def leaders(nodes: list[NodeServer]) -> list[NodeServer]:
     """The running nodes that lead right now."""
-    return [n for n in nodes if not n._closing and n.is_leader]
+    return [n for n in nodes if n.running and n.is_leader]
 
 
 async def wait_leader(nodes: list[NodeServer], timeout: float = 5.0) -> NodeServer:
     """Wait until exactly one running node leads and every running node follows it."""
 
     def one() -> bool:
-        live = [n for n in nodes if not n._closing]
+        live = [n for n in nodes if n.running]
         found = leaders(nodes)
         return len(found) == 1 and all(n.leader == found[0].config.node_id for n in live)
 

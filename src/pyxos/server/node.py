@@ -408,6 +408,11 @@ class NodeServer:
         }
 
     @property
+    def running(self) -> bool:
+        """True from a successful ``startup`` until ``shutdown`` (or a fatal error)."""
+        return self.node is not None and not self._closing
+
+    @property
     def is_leader(self) -> bool:
         """Whether this node leads right now."""
         return self.node is not None and self.node.replica.is_leader
