@@ -9,7 +9,12 @@ import pytest
 from pyxos.core.ballot import ZERO, Ballot
 from pyxos.core.messages import Entry
 from pyxos.core.ready import Persist
-from pyxos.server.durable import AcceptorStateLost, DurableAcceptor, DurableStateError
+from pyxos.server.durable import (
+    REBUILT,
+    AcceptorStateLost,
+    DurableAcceptor,
+    DurableStateError,
+)
 from pyxos.storage.wal import WAL
 
 
@@ -165,3 +170,27 @@ def test_every_persist_field_reaches_the_log(tmp_path: Path) -> None:
         assert state.rebuilt == 7
     else:
         durable.close()
+
+
+def test_open_for_rebuild_quarantines_the_log_and_remembers_it(tmp_path: Path) -> None:
+    durable, _ = DurableAcceptor.open(tmp_path)
+    durable.write(Persist(promised=Ballot(5, 1), accepted=[Entry(0, Ballot(5, 1), b"x")]))
+    durable.sync()
+    durable.close()
+    old = {p.name for p in tmp_path.glob("wal-*.log")}
+
+    durable, state = DurableAcceptor.open_for_rebuild(tmp_path)
+    assert state.needs_rebuild
+    assert {p.name for p in (tmp_path / "quarantine-1").iterdir()} == old
+    durable.close()
+
+    # Across a restart the node still knows it must rebuild...
+    durable, state = DurableAcceptor.open(tmp_path)
+    assert state.needs_rebuild
+    assert state.promised == ZERO and state.accepted == {}
+    # ...until a finished rebuild is recorded.
+    durable.wal.append_and_sync([(REBUILT, b"\x07")])
+    durable.close()
+    _, state = DurableAcceptor.open(tmp_path)
+    assert not state.needs_rebuild
+    assert state.rebuilt == 7

@@ -11,7 +11,10 @@ not be able to run code when read back):
 - ``ACCEPTED`` (2): a list of ``Entry(slot, ballot, value)``;
 - ``CHOSEN`` (3): one int, the first slot not known chosen (a hint only: safe to lose);
 - ``REBUILT`` (4): one int, written when a node that lost its acceptor state finished
-  rebuilding it from its peers (for cores whose ``Persist`` carries ``rebuilt``).
+  rebuilding it from its peers (for cores whose ``Persist`` carries ``rebuilt``): the
+  acceptor holds nothing trustworthy below that slot;
+- ``NEEDS_REBUILD`` (5): no payload; the first record of a log started over by
+  ``open_for_rebuild``. Until a later ``REBUILT`` record, the node must not vote.
 
 ``write`` only buffers (``WAL.append``: nothing touches the disk); ``sync`` writes and
 fsyncs everything buffered so far with one ``fdatasync`` (group commit). ``write`` may
@@ -56,11 +59,13 @@ from pyxos.storage.wal import (
     Record,
     RecoveryReport,
     WALCorruption,
+    fsync_directory,
 )
 
 __all__ = [
     "ACCEPTED",
     "CHOSEN",
+    "NEEDS_REBUILD",
     "PROMISED",
     "REBUILT",
     "AcceptorStateLost",
@@ -78,6 +83,8 @@ CHOSEN = 3
 """WAL record type of a chosen watermark."""
 REBUILT = 4
 """WAL record type of a finished rebuild: nothing below this slot is trustworthy."""
+NEEDS_REBUILD = 5
+"""WAL record type that starts a log over after its acceptor state was lost."""
 
 _encoder = msgspec.msgpack.Encoder()
 _ballot_decoder = msgspec.msgpack.Decoder(Ballot)
@@ -113,6 +120,9 @@ class Recovered:
     chosen: int = 0
     rebuilt: int = -1
     """The slot of the last finished rebuild (-1: none ever)."""
+    needs_rebuild: bool = False
+    """The log was started over (``open_for_rebuild``) and no rebuild has finished since:
+    the node must rebuild its acceptor state from its peers before it votes."""
     report: RecoveryReport | None = None
 
 
@@ -156,6 +166,9 @@ def _decode(index: int, rtype: int, payload: bytes, state: Recovered) -> None:
             state.chosen = max(state.chosen, _int_decoder.decode(payload))
         elif rtype == REBUILT:
             state.rebuilt = max(state.rebuilt, _int_decoder.decode(payload))
+            state.needs_rebuild = False
+        elif rtype == NEEDS_REBUILD:
+            state.needs_rebuild = True
         else:
             raise DurableStateError(f"WAL record {index} has unknown type {rtype}")
     except msgspec.DecodeError as e:
@@ -195,6 +208,37 @@ class DurableAcceptor:
             wal.close()
             raise
         return cls(wal), state
+
+    @classmethod
+    def open_for_rebuild(
+        cls, dirpath: str | os.PathLike[str], *, segment_bytes: int = DEFAULT_SEGMENT_BYTES
+    ) -> tuple[DurableAcceptor, Recovered]:
+        """Start the log over because its acceptor state was lost (corrupt or missing).
+
+        The old segments are moved, not deleted, into ``quarantine-N/`` for a post
+        mortem; a fresh log gets a durable ``NEEDS_REBUILD`` record, so the node keeps
+        refusing to vote across restarts until a ``REBUILT`` record follows.
+        """
+        path = Path(dirpath)
+        path.mkdir(parents=True, exist_ok=True)
+        old = sorted(p for p in path.iterdir() if p.name.startswith("wal-"))
+        if old:
+            n = 1
+            while (path / f"quarantine-{n}").exists():
+                n += 1
+            quarantine = path / f"quarantine-{n}"
+            quarantine.mkdir()
+            for segment in old:
+                segment.rename(quarantine / segment.name)
+            fsync_directory(quarantine)
+            fsync_directory(path)
+        wal, report = WAL.open(path, segment_bytes=segment_bytes)
+        try:
+            wal.append_and_sync([(NEEDS_REBUILD, b"")])
+        except BaseException:
+            wal.close()
+            raise
+        return cls(wal), Recovered(needs_rebuild=True, report=report)
 
     def write(self, persist: Persist) -> None:
         """Buffer ``persist`` (not durable until a later ``sync`` returns)."""
