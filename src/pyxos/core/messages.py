@@ -28,6 +28,8 @@ decree is slot 0.
 - ``PreVote(b)`` / ``PreVoteReply(b, granted)``: before a node raises any promise to
   run for leader, it asks whether a quorum has lost its leader too (pre-vote), so a
   node that was partitioned away cannot depose a healthy leader when it returns.
+- ``RebuildQuery`` / ``RebuildInfo``: a node that lost its acceptor state (corrupt or
+  wiped disk) asks every peer for its promised ballot and the last slot it accepted.
 - ``ClientRequest`` / ``ClientReply``: a client's command and its result.
 """
 
@@ -52,6 +54,8 @@ __all__ = [
     "PreVoteReply",
     "Prepare",
     "Promise",
+    "RebuildInfo",
+    "RebuildQuery",
     "Snapshot",
     "SnapshotRequest",
 ]
@@ -173,6 +177,20 @@ class PreVoteReply(msgspec.Struct, frozen=True, array_like=True, tag="prevote-re
     leader: int = 0
 
 
+class RebuildQuery(msgspec.Struct, frozen=True, array_like=True, tag="rebuild-query"):
+    """From a node rebuilding lost acceptor state: report your promise and last slot."""
+
+    src: int
+
+
+class RebuildInfo(msgspec.Struct, frozen=True, array_like=True, tag="rebuild-info"):
+    """A peer's promised ballot and the highest slot it ever accepted (or its log start)."""
+
+    src: int
+    promised: Ballot
+    last_slot: int
+
+
 class ClientRequest(msgspec.Struct, frozen=True, array_like=True, tag="req"):
     """A client's command: ``(client, seq)`` makes retries idempotent."""
 
@@ -209,6 +227,8 @@ Message = (
     | Snapshot
     | PreVote
     | PreVoteReply
+    | RebuildQuery
+    | RebuildInfo
     | ClientRequest
     | ClientReply
 )

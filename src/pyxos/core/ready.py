@@ -55,15 +55,24 @@ class Persist(msgspec.Struct, array_like=True):
 
     ``promised`` is the new promised ballot (``None``: unchanged); ``accepted`` are the
     entries newly accepted; ``chosen`` the new first-unchosen slot (``-1``: unchanged;
-    a watermark only, safe to lose).
+    a watermark only, safe to lose); ``rebuilt`` marks the end of a rebuild (written
+    together with the raised promise).
     """
 
     promised: Ballot | None = None
     accepted: list[Entry] = msgspec.field(default_factory=list)
     chosen: int = -1
+    rebuilt: int = -1
+    """A rebuild finished: the acceptor holds nothing trustworthy below this slot, and
+    the state written from here on can be trusted (``-1``: no rebuild finished)."""
 
     def __bool__(self) -> bool:
-        return self.promised is not None or bool(self.accepted) or self.chosen >= 0
+        return (
+            self.promised is not None
+            or bool(self.accepted)
+            or self.chosen >= 0
+            or self.rebuilt >= 0
+        )
 
     def absorb(self, later: Persist) -> None:
         """Fold a later record into this one (the later values win)."""
@@ -71,6 +80,7 @@ class Persist(msgspec.Struct, array_like=True):
             self.promised = later.promised
         self.accepted.extend(later.accepted)
         self.chosen = max(self.chosen, later.chosen)
+        self.rebuilt = max(self.rebuilt, later.rebuilt)
 
 
 @dataclass(slots=True)

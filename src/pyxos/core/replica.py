@@ -39,6 +39,23 @@ only if its acceptor accepted ``s`` *in ballot b*, because then it holds the val
 (Fetch → Decided) from the leader. Chosen values are emitted in ``Ready.committed`` in
 slot order, each exactly once per incarnation.
 
+Rebuilding (a node whose acceptor state is corrupt or was wiped). Such a node must
+never contradict a promise or an acceptance it no longer remembers. It starts in
+``rebuilding``: it neither promises, accepts, grants pre-votes nor runs for leader; it
+only learns. It asks *every* peer (``RebuildQuery``) for its promised ballot and the
+last slot it accepted. Every ballot this node could have promised was first promised
+durably by its own proposer, and every slot it could have accepted was first accepted
+by the leader that proposed it; so the maximum over all peers bounds both. Once every
+peer has answered and the node has learned every slot up to that last slot, it raises
+its promise to the maximum promise reported and treats the slots below its first
+unchosen one as compacted: the service layer first makes a snapshot of them durable
+(``rebuild_caught_up``, then ``finish_rebuild``), so a new leader fetches those slots,
+from this node's snapshot if need be, instead of trusting its empty report for them.
+Then it votes again. A rule that waits
+only for one new phase 1 after the rebuild is not enough without leases: a ballot
+promised before the wipe can be higher than that new phase's ballot and still be in
+flight. The price of this rule: a rebuild waits until every peer is reachable.
+
 Invariants are written on the fields that carry them.
 """
 
@@ -63,6 +80,8 @@ from pyxos.core.messages import (
     PreVote,
     PreVoteReply,
     Promise,
+    RebuildInfo,
+    RebuildQuery,
 )
 from pyxos.core.quorum import QuorumSystem
 from pyxos.core.ready import Ready, Rng, Send
@@ -125,6 +144,8 @@ class Replica:
         promised: Ballot = ZERO,
         accepted: Iterable[Entry] = (),
         now: float = 0.0,
+        rebuilding: bool = False,
+        rebuilt_from: int = 0,
     ) -> None:
         if node_id not in quorum.members:
             raise ValueError(f"node {node_id} is not a member of {quorum.members}")
@@ -176,6 +197,17 @@ class Replica:
         """Proposals waiting for room in the window (leader only)."""
         self.heartbeat_due = now
 
+        self.rebuilding = rebuilding
+        """True while this node's acceptor state cannot be trusted: it does not vote."""
+        self.rebuild_info: dict[int, RebuildInfo] = {}
+        self.rebuild_query_due = now
+        self.rebuild_caught_up = False
+        """Every peer answered and we learned every slot they ever accepted: once a
+        snapshot of our state is durable, the rebuild can finish."""
+        self.rebuilt_from = rebuilt_from
+        """After a rebuild: our acceptor holds nothing below this slot (like compaction).
+        Durable (``Persist.rebuilt``): a restart must not forget it, or the node would
+        report an empty, "complete" history for slots it lost."""
         self.elections = 0
         self.leader_changes = 0
         self._ready = Ready()
@@ -226,13 +258,21 @@ class Replica:
                 self._on_prevote(msg)
             case PreVoteReply():
                 self._on_prevote_reply(msg)
+            case RebuildQuery():
+                self._on_rebuild_query(msg)
+            case RebuildInfo():
+                if self.rebuilding:
+                    self.rebuild_info[msg.src] = msg
+                    self._try_finish_rebuild()
             case _:
                 pass
 
     def tick(self, now: float) -> None:
         """Advance time: elections, heartbeats, retransmissions, fetches."""
         self.now = now
-        if self.role is Role.LEADER:
+        if self.rebuilding:
+            self._rebuild_tick()
+        elif self.role is Role.LEADER:
             self.leader_contact = now
             if now >= self.heartbeat_due:
                 self._heartbeat()
@@ -260,6 +300,8 @@ class Replica:
         """When ``tick`` must next be called."""
         leading = self.role is Role.LEADER
         deadline = self.heartbeat_due if leading else self.election_deadline
+        if self.rebuilding:
+            deadline = self.rebuild_query_due
         if self.commit_hint > self.first_unchosen:
             deadline = min(deadline, max(self.fetch_due, self.now))
         return deadline
@@ -284,6 +326,9 @@ class Replica:
     # -- acceptor side -------------------------------------------------------------------
 
     def _on_prepare(self, msg: Prepare) -> None:
+        if self.rebuilding:
+            self._note_ballot(msg.ballot)
+            return  # no vote while our acceptor state cannot be trusted
         entries = self.acceptor.on_prepare(msg.ballot, msg.slot)
         self._note_ballot(msg.ballot)
         if entries is None:
@@ -293,10 +338,14 @@ class Replica:
             return
         if msg.ballot > self.ballot and self.role is not Role.FOLLOWER and msg.src != self.node_id:
             self._become_follower(msg.ballot.node)
-        promise = Promise(self.node_id, msg.ballot, tuple(entries), self.log_start)
+        promise = Promise(self.node_id, msg.ballot, tuple(entries), self._acceptor_start())
         self._send_after_sync((msg.src,), promise)
 
     def _on_accept(self, msg: Accept) -> None:
+        if self.rebuilding:
+            self._heard_from_leader(msg.ballot)
+            self._learn_commit(msg.ballot, msg.chosen)
+            return
         if not self.acceptor.on_accept(msg.ballot, msg.slot, msg.values):
             self._send_after_sync(
                 (msg.src,), Nack(self.node_id, msg.ballot, self.acceptor.promised, self.leader)
@@ -335,8 +384,58 @@ class Replica:
         # Grant only if we too have lost the leader: a node that comes back from a
         # partition then cannot start an election that would depose a healthy leader.
         recent = self.now - self.leader_contact < self.config.election_timeout[0]
-        granted = not (self.leader != 0 and recent)
+        granted = not (self.leader != 0 and recent) and not self.rebuilding
         self._send_now((msg.src,), PreVoteReply(self.node_id, msg.ballot, granted, self.leader))
+
+    # -- rebuilding ------------------------------------------------------------------------
+
+    def _acceptor_start(self) -> int:
+        """The first slot our acceptor's reports are complete for."""
+        return max(self.log_start, self.rebuilt_from)
+
+    def _on_rebuild_query(self, msg: RebuildQuery) -> None:
+        if self.rebuilding:
+            return  # our own state is no bound for anyone
+        last = max(max(self.acceptor.accepted, default=-1), self._acceptor_start() - 1)
+        info = RebuildInfo(self.node_id, self.acceptor.promised, last)
+        self._send_now((msg.src,), info)
+
+    def _rebuild_tick(self) -> None:
+        self._try_finish_rebuild()
+        if not self.rebuilding or self.now < self.rebuild_query_due:
+            return
+        missing = tuple(p for p in self.peers if p not in self.rebuild_info)
+        self._send_now(missing, RebuildQuery(self.node_id))
+        self.rebuild_query_due = self.now + self.config.heartbeat_interval * 2
+
+    def _try_finish_rebuild(self) -> None:
+        if not self.rebuilding or len(self.rebuild_info) < len(self.peers):
+            return
+        infos = self.rebuild_info.values()
+        last = max((i.last_slot for i in infos), default=-1)
+        self.commit_hint = max(self.commit_hint, last + 1)
+        if self.first_unchosen <= last:
+            return  # still learning what may have been chosen with our lost votes
+        self.rebuild_caught_up = True
+
+    def finish_rebuild(self, snapshot_slot: int) -> None:
+        """End a rebuild once a snapshot covering every slot below ``snapshot_slot`` is
+        durable (the service layer takes it when ``rebuild_caught_up``): raise the
+        promise to the peers' maximum and vote again, reporting nothing below that
+        slot, which a new leader then fetches (the snapshot can serve it)."""
+        if not (self.rebuilding and self.rebuild_caught_up):
+            raise RuntimeError("finish_rebuild before the rebuild caught up")
+        if snapshot_slot < self.first_unchosen:
+            return  # an older snapshot: wait for the one taken after catching up
+        promised = max((i.promised for i in self.rebuild_info.values()), default=ZERO)
+        if promised > self.acceptor.promised:
+            self.acceptor.promised = promised
+            self.acceptor.pending.promised = promised
+        self._note_ballot(promised)
+        self.rebuilt_from = snapshot_slot
+        self.rebuilding = False
+        self._ready.persist.rebuilt = snapshot_slot
+        self.election_deadline = self.now + self._election_timeout()
 
     # -- learning --------------------------------------------------------------------------
 
@@ -443,7 +542,7 @@ class Replica:
         entries = self.acceptor.on_prepare(self.ballot, self.prepare_slot)
         assert entries is not None, "a fresh ballot is above our own promise"
         self._send_after_sync(self.peers, Prepare(self.node_id, self.ballot, self.prepare_slot))
-        self._on_promise(Promise(self.node_id, self.ballot, tuple(entries), self.log_start))
+        self._on_promise(Promise(self.node_id, self.ballot, tuple(entries), self._acceptor_start()))
 
     def _on_promise(self, msg: Promise) -> None:
         if self.role is not Role.CANDIDATE or msg.ballot != self.ballot:

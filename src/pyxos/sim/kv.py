@@ -288,6 +288,8 @@ def run_kv(
             promised=storage.promised,
             accepted=storage.accepted.values(),
             now=now,
+            rebuilding=storage.needs_rebuild,
+            rebuilt_from=storage.rebuilt_from,
         )
         node = ServiceNode(replica, store_factory(), snapshot_every=snapshot_every)
         if storage.snapshot is not None:

@@ -117,7 +117,15 @@ class UnpersistedPromiseReplica(Replica):
         return r
 
 
+class AmnesiacReplica(Replica):
+    """After its log was corrupted or wiped, votes at once as if it were a new node."""
+
+    def __init__(self, *args: Any, rebuilding: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, rebuilding=False, **kwargs)
+
+
 REPLICA_MUTANTS: dict[str, type[Replica]] = {
+    "amnesia": AmnesiacReplica,
     "no-repropose": NoReproposeReplica,
     "commit-index": CommitIndexReplica,
     "unpersisted-promise": UnpersistedPromiseReplica,

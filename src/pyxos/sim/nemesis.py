@@ -7,8 +7,9 @@ the cluster (random halves, majority/minority, an isolated node or leader, a bri
 node that sees both sides), heals, crashes a node and restarts it, and pauses a node
 (frozen with its memory kept, like a GC pause or SIGSTOP: it then acts on a stale
 view of the world, which is what leases must survive). With ``disk``, crashes keep a
-random prefix of the unsynced writes, and an fsync fails now and then, which stops
-that node (it counts as crashed and restarts later). Probabilistic network
+random prefix of the unsynced writes, an fsync fails now and then, which stops that
+node (it counts as crashed and restarts later), and a node's log is now and then
+corrupted or its disk wiped: it restarts in the rebuilding state. Probabilistic network
 faults (loss, duplication, long delays, reordering) are on for the same window. At
 ``until`` everything heals: partitions end, every crashed node restarts, paused nodes
 resume and the network stops losing and duplicating messages. Liveness checks start
@@ -80,9 +81,11 @@ class Nemesis:
         self.actions = 0
         sim.faults = network_faults(kinds)
         self._calm = NetworkFaults(reorder=sim.faults.reorder, max_delay=sim.faults.max_delay)
+        self._calm_disk = sim.disk_latency
         if "disk" in kinds:
             sim.torn_writes = True
             sim.fsync_fault = self._fsync_fault
+            sim.disk_latency = (0.001, 0.01)  # a slow disk: more writes caught unsynced
         if kinds & {"partition", "crash", "pause", "disk"}:
             sim.call_at(self._next_time(), self._act)
         sim.call_at(until, self.heal_all)
@@ -94,9 +97,9 @@ class Nemesis:
         sim, rng = self.sim, self.sim.rng
         if sim.now >= self.until:
             return
-        choices = [k for k in ("partition", "crash", "pause") if k in self.kinds]
-        if not choices:  # disk only: crashes still come, to lose unsynced writes
-            choices = ["crash"]
+        choices: list[str] = [k for k in ("partition", "crash", "pause") if k in self.kinds]
+        if "disk" in self.kinds:
+            choices += ["crash", "corrupt"]
         kind = rng.choice(choices)
         minority = (len(self.servers) - 1) // 2
         if kind == "partition":
@@ -108,9 +111,25 @@ class Nemesis:
                 self.crashed.discard(node)
                 sim.restart(node)
             elif len(down) < minority:
+                candidates = [n for n in self.servers if n not in down]
+                if "disk" in self.kinds:
+                    # Power fails where it hurts: prefer a node with writes in flight.
+                    dirty = [n for n in candidates if sim.procs[n].storage.unsynced]
+                    candidates = dirty or candidates
+                node = rng.choice(candidates)
+                self.crashed.add(node)
+                sim.crash(node)
+        elif kind == "corrupt":
+            # A node still rebuilding has no trustworthy state yet: it counts as down,
+            # so no more than a minority ever loses its acceptor state at once.
+            rebuilding = {n for n in self.servers if sim.procs[n].storage.needs_rebuild}
+            down = self.crashed | self.paused | rebuilding
+            if len(down) < minority:
                 node = rng.choice([n for n in self.servers if n not in down])
                 self.crashed.add(node)
                 sim.crash(node)
+                sim.procs[node].storage.corrupt(keep_snapshot=rng.random() < 0.5)
+                sim._log("corrupt", node, None, None)
         elif kind == "pause":
             down = self.crashed | self.paused
             if len(down) < minority:
@@ -175,3 +194,4 @@ class Nemesis:
         self.crashed.clear()
         sim.faults = self._calm
         sim.fsync_fault = None
+        sim.disk_latency = self._calm_disk

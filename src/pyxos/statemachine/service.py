@@ -118,6 +118,8 @@ class ServiceNode:
         if self._last_taken is not None and self._last_taken[0] == slot:
             self.snapshot = self._last_taken
         self.replica.compact(slot)
+        if self.replica.rebuilding and self.replica.rebuild_caught_up:
+            self.replica.finish_rebuild(slot)
 
     @property
     def node_id(self) -> int:
@@ -163,6 +165,14 @@ class ServiceNode:
         since = self._last_taken[0] if self._last_taken is not None else self._snapshot_slot()
         if self.store.applied_slot - max(since, self._snapshot_slot()) >= self.snapshot_every:
             self._take_snapshot()
+        elif (
+            replica.rebuilding
+            and replica.rebuild_caught_up
+            and replica.now >= self._rebuild_snap_due
+        ):
+            # A rebuild ends with a durable snapshot; retried if its write failed.
+            self._rebuild_snap_due = replica.now + replica.config.heartbeat_interval * 5
+            self._take_snapshot()
         if self._snapshot_out is not None:
             r.snapshot, self._snapshot_out = self._snapshot_out, None
         return r
@@ -179,6 +189,7 @@ class ServiceNode:
 
     _last_taken: tuple[int, bytes] | None = None
     _snapshot_out: tuple[int, bytes] | None = None
+    _rebuild_snap_due = float("-inf")
 
     def _snapshot_slot(self) -> int:
         return self.snapshot[0] if self.snapshot is not None else 0

@@ -30,6 +30,11 @@ class MemoryStorage:
         """Records written but not yet covered by a completed sync, oldest first."""
         self.snapshot: tuple[int, bytes] | None = None
         """The latest durable snapshot: (slot, state-machine bytes)."""
+        self.rebuilt_from = 0
+        """The acceptor holds nothing trustworthy below this slot (after a rebuild)."""
+        self.needs_rebuild = False
+        """Recovery found this node's acceptor state corrupt or wiped: it must rebuild
+        from its peers before it votes again."""
         self.writes = 0
         self.syncs = 0
 
@@ -53,6 +58,18 @@ class MemoryStorage:
             self._apply(record)
         self.unsynced.clear()
 
+    def corrupt(self, *, keep_snapshot: bool) -> None:
+        """A byte flipped in the log (or the whole disk was wiped): recovery can trust
+        none of the acceptor state, and the node must rebuild before it votes."""
+        self.promised = ZERO
+        self.accepted.clear()
+        self.unsynced.clear()
+        self.chosen = 0
+        self.rebuilt_from = 0
+        if not keep_snapshot:
+            self.snapshot = None
+        self.needs_rebuild = True
+
     def save_snapshot(self, slot: int, data: bytes) -> None:
         """Durably store a snapshot (atomic, like rename after fsync)."""
         if self.snapshot is None or slot > self.snapshot[0]:
@@ -73,3 +90,6 @@ class MemoryStorage:
             if entry.slot >= floor:
                 self.accepted[entry.slot] = entry
         self.chosen = max(self.chosen, record.chosen)
+        if record.rebuilt >= 0:
+            self.needs_rebuild = False
+            self.rebuilt_from = max(self.rebuilt_from, record.rebuilt)
