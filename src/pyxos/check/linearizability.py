@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -335,6 +335,16 @@ def _compile(ops: Sequence[Operation], n_maybe: int) -> _Problem:
 _Child = tuple[bool, int, int, int]
 
 
+_YIELD_EVERY = 1024
+
+
+@dataclass(slots=True)
+class _Progress:
+    furthest: int  # forced-op position no branch has got past yet
+    horizon: int  # latest-called definite op a pruning decision depended on
+    configs: int
+
+
 @dataclass(slots=True)
 class _Outcome:
     ok: bool
@@ -343,8 +353,11 @@ class _Outcome:
     horizon: int = -1  # latest-called definite op the failure proof depends on
 
 
-def _search(pb: _Problem, initial: int, deadline: float | None) -> _Outcome:
+def _searcher(pb: _Problem, initial: int) -> Generator[_Progress, None, _Outcome]:
     """Depth-first search for a linearization of ``pb`` from register state ``initial``.
+
+    A generator, so that callers can bound and resume it: it yields its progress every
+    ``_YIELD_EVERY`` configurations and returns the outcome.
 
     A configuration is (base, rest, omask, state, guard): definite ops below ``base``
     are decided and bit i of ``rest`` says whether definite op ``base + i`` is;
@@ -356,6 +369,7 @@ def _search(pb: _Problem, initial: int, deadline: float | None) -> _Outcome:
     n_def = pb.n_def
     if n_def == 0:
         return _Outcome(True, 0, 0)
+    yield_mask = _YIELD_EVERY - 1
     dkind, da, db, ddead = pb.dkind, pb.da, pb.db, pb.ddead
     order, def_hi, opt_hi = pb.def_by_ret, pb.def_hi, pb.opt_hi
     observers, def_producers, opt_producers = pb.observers, pb.def_producers, pb.opt_producers
@@ -591,8 +605,8 @@ def _search(pb: _Problem, initial: int, deadline: float | None) -> _Outcome:
             continue  # the unguarded configuration has every option this one has
         memo.add(key)
         configs += 1
-        if deadline is not None and not configs & 1023 and time.monotonic() > deadline:
-            raise CheckTimeout
+        if not configs & yield_mask:
+            yield _Progress(furthest, horizon[0], configs)
         nd = dptr
         while nd < n_def:
             j = order[nd]
@@ -609,6 +623,14 @@ def _search(pb: _Problem, initial: int, deadline: float | None) -> _Outcome:
     return _Outcome(False, furthest, configs, horizon[0])
 
 
+# Search budgets, in configurations (about 10 µs each). The full search of a key gets
+# _FULL_BUDGET (plus a little per op) at first, doubled each time it is resumed; a
+# window check, always small, gets _WINDOW_BUDGET and is "undecided" past it.
+_FULL_BUDGET = 50_000
+_WINDOW_BUDGET = 50_000
+_FIRST_WINDOW = 8  # ops; doubled until a window fails or reaches the start
+
+
 @dataclass(slots=True)
 class _KeyVerdict:
     ok: bool
@@ -617,15 +639,110 @@ class _KeyVerdict:
     context: int = -1  # -1: the window starts at the beginning; else its context ops
 
 
-def _prefix_bound(rel_calls: list[int], pb: _Problem, out: _Outcome) -> int:
-    """How many ops of the key (in call order) the failed search ``out`` depended on.
+def _run(
+    search: Generator[_Progress, None, _Outcome], budget: int, deadline: float | None
+) -> _Outcome | _Progress:
+    """Run (or resume) ``search`` for about ``budget`` more configurations.
+
+    Returns the outcome if the search finished, else its progress so far. Raises
+    :class:`CheckTimeout` past ``deadline``.
+    """
+    spent = 0
+    try:
+        while True:
+            progress = next(search)
+            spent += _YIELD_EVERY
+            if deadline is not None and time.monotonic() > deadline:
+                raise CheckTimeout
+            if spent >= budget:
+                return progress
+    except StopIteration as stop:
+        outcome: _Outcome = stop.value
+        return outcome
+
+
+def _window(rel: Sequence[Operation], start: int, end: int) -> tuple[_Problem, int]:
+    """The problem for ``rel[start:end]`` and the register state it starts from.
+
+    From the start of the history, the key is absent. From the middle, its value is
+    unknown, and earlier ops still in flight when ``rel[start]`` was called may or may
+    not take effect inside the window (optional, bounded by their return if known).
+    """
+    if start == 0:
+        return _compile(rel[:end], 0), _ABSENT
+    first_call = rel[start].call
+    maybe = [
+        op for op in rel[:start] if op.return_ is None or op.ok is None or op.return_ >= first_call
+    ]
+    return _compile([*maybe, *rel[start:end]], len(maybe)), _ANY
+
+
+def _fails(rel: Sequence[Operation], start: int, end: int, deadline: float | None) -> bool:
+    """Whether ``rel[start:end]`` is proven non-linearizable (within the window budget)."""
+    pb, initial = _window(rel, start, end)
+    out = _run(_searcher(pb, initial), _WINDOW_BUDGET, deadline)
+    return isinstance(out, _Outcome) and not out.ok
+
+
+def _find_window(
+    rel: Sequence[Operation], end: int, proven: bool, deadline: float | None
+) -> _KeyVerdict | None:
+    """A short non-linearizable window of ``rel[:end]``, ending as early as possible.
+
+    ``proven`` says that ``rel[:end]`` is already known to be non-linearizable; if it is
+    not and no window ending at ``end`` can be shown to fail, returns None.
+    """
+    # 1. A failing window ending at ``end``: try 8, 16, 32... ops back.
+    size = _FIRST_WINDOW
+    while True:
+        start = max(0, end - size)
+        if start == 0:
+            if not (proven or _fails(rel, 0, end, deadline)):
+                return None
+            break
+        pb, initial = _window(rel, start, end)
+        out = _run(_searcher(pb, initial), _WINDOW_BUDGET, deadline)
+        if isinstance(out, _Outcome):
+            if not out.ok:
+                break
+        elif proven:
+            start = 0  # windows got too hard to decide; fall back to the proven prefix
+            break
+        else:
+            return None
+        size *= 2
+    # 2. Trim the end: rel[start:lo] is explainable (or undecided), rel[start:hi] is not.
+    lo, hi = start, end
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _fails(rel, start, mid, deadline):
+            hi = mid
+        else:
+            lo = mid
+    end = hi
+    # 3. Trim the start: the window from lo fails, the (empty) one from hi does not.
+    lo, hi = start, end
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _fails(rel, mid, end, deadline):
+            lo = mid
+        else:
+            hi = mid
+    pb, _ = _window(rel, lo, end)
+    return _KeyVerdict(
+        ok=False, window=pb.used, culprit=rel[end - 1], context=-1 if lo == 0 else pb.n_maybe
+    )
+
+
+def _bound(rel_calls: list[int], pb: _Problem, furthest: int, horizon: int) -> int:
+    """How many ops of the key (in call order) a search stuck at ``furthest`` used.
 
     Those called no later than the forced op no branch got past returned, and the
-    observers a pruning rule consulted.
+    observers a pruning rule consulted (``horizon``).
     """
-    until = pb.def_ret[out.furthest]
-    if out.horizon >= 0:
-        until = max(until, pb.def_call[out.horizon])
+    until = pb.def_ret[furthest]
+    if horizon >= 0:
+        until = max(until, pb.def_call[horizon])
     return bisect_right(rel_calls, until)
 
 
@@ -633,48 +750,30 @@ def _check_key(ops: Sequence[Operation], deadline: float | None) -> _KeyVerdict:
     rel = sorted((op for op in ops if _relevant(op)), key=lambda op: op.call)
     calls = [op.call for op in rel]
     pb = _compile(rel, 0)
-    out = _search(pb, _ABSENT, deadline)
-    if out.ok:
-        return _KeyVerdict(ok=True)
-    # Shortest non-linearizable prefix: rel[:lo] is linearizable, rel[:hi] is not.
-    lo, hi = 0, _prefix_bound(calls, pb, out)
-    best = _KeyVerdict(ok=False, window=pb.used[:], culprit=None)
-    try:
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            pb = _compile(rel[:mid], 0)
-            out = _search(pb, _ABSENT, deadline)
-            if out.ok:
-                lo = mid
-            else:
-                hi = min(mid, _prefix_bound(calls, pb, out))
-        prefix = rel[:hi]
-        pb = _compile(prefix, 0)
-        best = _KeyVerdict(ok=False, window=pb.used, culprit=prefix[-1])
-        # Latest window start: window(lo) is not linearizable, window(hi) is (empty).
-        lo, hi = 0, len(prefix)
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            pb = _window(prefix, mid)
-            if _search(pb, _ANY, deadline).ok:
-                hi = mid
-            else:
-                lo = mid
-                best = _KeyVerdict(ok=False, window=pb.used, culprit=prefix[-1], context=pb.n_maybe)
-    except CheckTimeout:
-        pass  # keep the best window found so far: the violation itself is proven
-    return best
-
-
-def _window(prefix: Sequence[Operation], start: int) -> _Problem:
-    """The problem for ``prefix[start:]``, with earlier ops still in flight as maybes."""
-    first_call = prefix[start].call
-    maybe = [
-        op
-        for op in prefix[:start]
-        if op.return_ is None or op.ok is None or op.return_ >= first_call
-    ]
-    return _compile(maybe + list(prefix[start:]), len(maybe))
+    search = _searcher(pb, _ABSENT)
+    budget = _FULL_BUDGET + 20 * len(rel)
+    tried: set[int] = set()
+    while True:
+        out = _run(search, budget, deadline)
+        if isinstance(out, _Outcome) and out.ok:
+            return _KeyVerdict(ok=True)
+        end = _bound(calls, pb, out.furthest, out.horizon)
+        if isinstance(out, _Outcome):
+            try:
+                verdict = _find_window(rel, end, True, deadline)
+            except CheckTimeout:
+                # The violation is proven; only its explanation is not minimized.
+                return _KeyVerdict(ok=False, window=_compile(rel[:end], 0).used)
+            assert verdict is not None
+            return verdict
+        # The search is taking long. It is stuck around ``end``: if the history is not
+        # linearizable, a short window there may show it much faster.
+        if end not in tried:
+            tried.add(end)
+            verdict = _find_window(rel, end, False, deadline)
+            if verdict is not None:
+                return verdict
+        budget *= 2
 
 
 def check_history(ops: Sequence[Operation], timeout_s: float | None = None) -> CheckResult:
