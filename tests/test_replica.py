@@ -15,6 +15,7 @@ from pyxos.core.messages import (
     PreVote,
     PreVoteReply,
     Promise,
+    ReadAck,
 )
 from pyxos.core.quorum import Majority
 from pyxos.core.replica import NOOP, Replica, ReplicaConfig, Role
@@ -215,3 +216,61 @@ def test_leader_resends_unacknowledged_accepts_on_heartbeat() -> None:
     ready = r.ready()
     resent = [(s.to, s.msg) for s in ready.send_now if isinstance(s.msg, Accept)]
     assert resent == [((2, 3), Accept(1, b, 0, (b"a",), 0))]
+
+
+def test_a_read_waits_for_a_quorum_to_confirm_the_leadership() -> None:
+    r = replica()
+    b = elect(r)
+    r.advance()
+    assert r.read("t1")
+    ready = r.ready()
+    probes = [s.msg for s in ready.send_now if isinstance(s.msg, Commit) and s.msg.read]
+    assert probes and probes[0].read == r.read_probe
+    assert not ready.reads, "our own ack alone is not a quorum"
+    r.advance()
+    r.step(ReadAck(2, Ballot(b.round - 1, 2), r.read_probe))
+    assert not r.ready().reads, "an ack for another ballot does not count"
+    r.step(ReadAck(2, b, r.read_probe))
+    assert r.ready().reads == [("t1", True)]
+
+
+def test_a_read_waits_until_its_read_index_is_chosen() -> None:
+    r = replica()
+    b = elect(r)
+    r.advance()
+    r.propose(b"w")
+    r.read("after-w")
+    r.ready()
+    r.advance()
+    r.step(ReadAck(2, b, r.read_probe))
+    assert not r.ready().reads, "the write proposed before the read is not chosen yet"
+    r.advance()
+    r.step(Accepted(1, b, 0))
+    r.step(Accepted(2, b, 0))
+    ready = r.ready()
+    assert [e.slot for e in ready.committed] == [0]
+    assert ready.reads == [("after-w", True)]
+
+
+def test_reads_pending_when_the_leader_steps_down_are_refused() -> None:
+    r = replica()
+    b = elect(r)
+    r.advance()
+    r.read("t")
+    r.ready()
+    r.advance()
+    r.step(Nack(2, b, Ballot(b.round + 1, 3), 3))
+    assert r.ready().reads == [("t", False)]
+    assert not r.read("t2"), "a follower does not take reads"
+
+
+def test_a_follower_confirms_a_probe_only_for_a_ballot_it_has_not_outbid() -> None:
+    r = replica(2)
+    r.step(Commit(3, Ballot(1, 3), 0, read=7))
+    assert ReadAck(2, Ballot(1, 3), 7) in [s.msg for s in r.ready().send_now]
+    r.advance()
+    r.step(Prepare(1, Ballot(5, 1), 0))
+    r.advance()
+    r.step(Commit(3, Ballot(1, 3), 0, read=8))
+    msgs = [s.msg for s in r.ready().send_now]
+    assert not any(isinstance(m, ReadAck) for m in msgs)

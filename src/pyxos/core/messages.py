@@ -24,6 +24,7 @@ decree is slot 0.
   catch-up).
 - ``Commit(b, chosen)``: leader heartbeat; every slot below ``chosen`` was chosen, and
   a follower whose entry at such a slot was accepted in ballot ``b`` holds its value.
+- ``ReadAck(b, read)``: an acceptor confirms a leader's read probe (read-index).
 - ``Fetch(slot, end)``: ask a peer for the chosen values of ``[slot, end)``.
 - ``PreVote(b)`` / ``PreVoteReply(b, granted)``: before a node raises any promise to
   run for leader, it asks whether a quorum has lost its leader too (pre-vote), so a
@@ -54,6 +55,7 @@ __all__ = [
     "PreVoteReply",
     "Prepare",
     "Promise",
+    "ReadAck",
     "RebuildInfo",
     "RebuildQuery",
     "Snapshot",
@@ -128,11 +130,24 @@ class Decided(msgspec.Struct, frozen=True, array_like=True, tag="decided"):
 
 
 class Commit(msgspec.Struct, frozen=True, array_like=True, tag="commit"):
-    """Leader heartbeat: every slot below ``chosen`` is chosen (see module notes)."""
+    """Leader heartbeat: every slot below ``chosen`` is chosen (see module notes).
+
+    A nonzero ``read`` asks each acceptor to confirm (``ReadAck``) that it has promised
+    nothing above ``ballot``: the read-index check of linearizable reads.
+    """
 
     src: int
     ballot: Ballot
     chosen: int
+    read: int = 0
+
+
+class ReadAck(msgspec.Struct, frozen=True, array_like=True, tag="read-ack"):
+    """The acceptor had promised nothing above ``ballot`` when read probe ``read`` came."""
+
+    src: int
+    ballot: Ballot
+    read: int
 
 
 class Fetch(msgspec.Struct, frozen=True, array_like=True, tag="fetch"):
@@ -229,6 +244,7 @@ Message = (
     | PreVoteReply
     | RebuildQuery
     | RebuildInfo
+    | ReadAck
     | ClientRequest
     | ClientReply
 )

@@ -14,7 +14,9 @@ calls ``ready()`` and carries out, in this order:
    Accepted, Nack and Prepare: they report or depend on a promise or an acceptance,
    and a crash before the fsync must not leave a promise the disk does not hold);
 4. ``committed``: chosen values, in slot order, to apply exactly once;
-5. ``snapshot``: a state-machine snapshot covering every slot below its slot, to
+5. ``reads``: linearizable reads that may now be served from the state machine
+   (after ``committed`` is applied), or must be refused;
+6. ``snapshot``: a state-machine snapshot covering every slot below its slot, to
    write durably (temporary file, fsync, rename, directory fsync); once it is durable
    the driver calls ``snapshot_durable(slot)``, and only then are the log and the
    acceptor's entries below that slot dropped. A snapshot that fails to write changes
@@ -101,6 +103,9 @@ class Ready:
     committed: list[Entry] = field(default_factory=list)
     snapshot: tuple[int, bytes] | None = None
     """(slot, state-machine snapshot of every slot below ``slot``) to make durable."""
+    reads: list[tuple[object, bool]] = field(default_factory=list)
+    """(token, ok) of reads that may now be served from the applied state (ok) or
+    must be refused because leadership was lost (not ok)."""
 
     def __bool__(self) -> bool:
         return bool(
@@ -109,6 +114,7 @@ class Ready:
             or self.send_after_sync
             or self.committed
             or self.snapshot is not None
+            or bool(self.reads)
         )
 
 

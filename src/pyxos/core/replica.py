@@ -39,6 +39,16 @@ only if its acceptor accepted ``s`` *in ballot b*, because then it holds the val
 (Fetch → Decided) from the leader. Chosen values are emitted in ``Ready.committed`` in
 slot order, each exactly once per incarnation.
 
+Linearizable reads (read-index, as in Raft's thesis): a read arriving at the leader is
+tagged with the read index ``next_slot`` (every slot the leader has proposed, its
+re-proposals after election included) and a probe number. The next heartbeat carries
+the probe; each acceptor that has promised nothing above the leader's ballot answers
+ReadAck. With a phase-2 quorum of acks (the leader's own included) no other leader
+can have completed phase 1 before the probe went out, so every write acknowledged
+before the read arrived sits below the read index. Once every slot below it is chosen
+and applied, ``Ready.reads`` releases the read to be served from local state. Reads
+pending when the leader steps down are refused (the client retries elsewhere).
+
 Rebuilding (a node whose acceptor state is corrupt or was wiped). Such a node must
 never contradict a promise or an acceptance it no longer remembers. It starts in
 ``rebuilding``: it neither promises, accepts, grants pre-votes nor runs for leader; it
@@ -80,6 +90,7 @@ from pyxos.core.messages import (
     PreVote,
     PreVoteReply,
     Promise,
+    ReadAck,
     RebuildInfo,
     RebuildQuery,
 )
@@ -196,6 +207,14 @@ class Replica:
         self.queued: list[bytes] = []
         """Proposals waiting for room in the window (leader only)."""
         self.heartbeat_due = now
+        self.read_probe = 0
+        """Number of the latest read probe (leader only)."""
+        self.read_probe_sent = 0
+        self.read_confirmed = 0
+        """Highest probe a quorum confirmed. Invariant: <= read_probe."""
+        self.read_acks: dict[int, set[int]] = {}
+        self.pending_reads: list[tuple[int, int, object]] = []
+        """(probe, read index, token) of reads waiting, in arrival order."""
 
         self.rebuilding = rebuilding
         """True while this node's acceptor state cannot be trusted: it does not vote."""
@@ -235,6 +254,17 @@ class Replica:
             self.queued.append(value)
         return True
 
+    def read(self, token: object) -> bool:
+        """Ask for a linearizable read; ``token`` comes back in ``Ready.reads`` once it
+        may be served (or must be refused). False at once if not leader."""
+        if self.role is not Role.LEADER:
+            return False
+        if self.read_probe == self.read_probe_sent:
+            self.read_probe += 1  # reads of one pass share one probe
+            self.read_acks[self.read_probe] = {self.node_id}
+        self.pending_reads.append((self.read_probe, self.next_slot, token))
+        return True
+
     def step(self, msg: Message) -> None:
         """Feed one received message (stale or foreign messages are ignored)."""
         match msg:
@@ -258,6 +288,8 @@ class Replica:
                 self._on_prevote(msg)
             case PreVoteReply():
                 self._on_prevote_reply(msg)
+            case ReadAck():
+                self._on_read_ack(msg)
             case RebuildQuery():
                 self._on_rebuild_query(msg)
             case RebuildInfo():
@@ -284,6 +316,16 @@ class Replica:
     def ready(self) -> Ready:
         """What the driver must do now."""
         r = self._ready
+        if self.role is Role.LEADER and self.read_probe > self.read_probe_sent:
+            self._send_now(
+                self.peers,
+                Commit(self.node_id, self.ballot, self.first_unchosen, self.read_probe),
+            )
+            self.read_probe_sent = self.read_probe
+            self._commit_sent = self.first_unchosen
+            self._check_read_quorum(self.read_probe)
+        if self.pending_reads:
+            self._release_reads(r)
         r.persist.absorb(self.acceptor.take_pending())
         if self.role is Role.LEADER and self.first_unchosen > self._commit_sent:
             # Followers learn promptly; an Accept in this Ready already carries it.
@@ -365,6 +407,36 @@ class Replica:
             return
         self._heard_from_leader(msg.ballot)
         self._learn_commit(msg.ballot, msg.chosen)
+        if msg.read and not self.rebuilding:
+            self._send_now((msg.src,), ReadAck(self.node_id, msg.ballot, msg.read))
+
+    def _on_read_ack(self, msg: ReadAck) -> None:
+        if self.role is not Role.LEADER or msg.ballot != self.ballot:
+            return
+        acks = self.read_acks.get(msg.read)
+        if acks is not None:
+            acks.add(msg.src)
+            self._check_read_quorum(msg.read)
+
+    def _check_read_quorum(self, probe: int) -> None:
+        acks = self.read_acks.get(probe)
+        if acks is not None and self.quorum.is_phase2_quorum(acks):
+            self.read_confirmed = max(self.read_confirmed, probe)
+            for p in [p for p in self.read_acks if p <= probe]:
+                del self.read_acks[p]
+
+    def _release_reads(self, r: Ready) -> None:
+        if self.role is not Role.LEADER:
+            r.reads.extend((token, False) for _, _, token in self.pending_reads)
+            self.pending_reads.clear()
+            return
+        keep = []
+        for probe, index, token in self.pending_reads:
+            if probe <= self.read_confirmed and index <= self.first_unchosen:
+                r.reads.append((token, True))
+            else:
+                keep.append((probe, index, token))
+        self.pending_reads = keep
 
     def _heard_from_leader(self, ballot: Ballot) -> None:
         self._note_ballot(ballot)
@@ -560,6 +632,10 @@ class Replica:
 
     def _become_follower(self, leader: int) -> None:
         self.role = Role.FOLLOWER
+        self.read_acks.clear()
+        # A read index taken under a lost leadership may miss another leader's writes.
+        self._ready.reads.extend((token, False) for _, _, token in self.pending_reads)
+        self.pending_reads.clear()
         self.in_flight.clear()
         self.queued.clear()
         self.promises = {}
@@ -658,7 +734,8 @@ class Replica:
             run.append(s)
         if run:
             self._resend(run)
-        self._send_now(self.peers, Commit(self.node_id, self.ballot, self.first_unchosen))
+        probe = self.read_probe if self.read_probe > self.read_confirmed else 0
+        self._send_now(self.peers, Commit(self.node_id, self.ballot, self.first_unchosen, probe))
         self._commit_sent = self.first_unchosen
 
     def _resend(self, slots: list[int]) -> None:

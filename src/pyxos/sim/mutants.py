@@ -124,7 +124,19 @@ class AmnesiacReplica(Replica):
         super().__init__(*args, rebuilding=False, **kwargs)
 
 
+class UnconfirmedReadReplica(Replica):
+    """A leader that serves reads from its local state at once, without confirming its
+    leadership with a quorum or waiting for its read index."""
+
+    def read(self, token: object) -> bool:
+        if not self.is_leader:
+            return False
+        self.pending_reads.append((0, 0, token))
+        return True
+
+
 REPLICA_MUTANTS: dict[str, type[Replica]] = {
+    "unconfirmed-reads": UnconfirmedReadReplica,
     "amnesia": AmnesiacReplica,
     "no-repropose": NoReproposeReplica,
     "commit-index": CommitIndexReplica,

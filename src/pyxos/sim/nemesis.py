@@ -68,7 +68,7 @@ class Nemesis:
         until: float,
         *,
         leader: Callable[[], int | None] = lambda: None,
-        interval: tuple[float, float] = (0.02, 0.15),
+        interval: tuple[float, float] = (0.02, 0.4),
     ) -> None:
         self.sim = sim
         self.kinds = kinds

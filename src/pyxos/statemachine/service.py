@@ -13,6 +13,10 @@ real server drive it identically. It adds what sits between clients and the log:
   only updates where the reply goes. Any other retry goes through the log like a new
   command: exactly-once lives in one place, the state machine's session table, which
   answers a retry with the stored result instead of applying it again.
+- **Reads.** ``get`` and ``list`` do not go through the log: the replica's read-index
+  check (a quorum confirms the leadership after the read arrived, and the state
+  machine has applied every slot below the read index) releases them, and they are
+  answered from local state. Reads need no session entry: they change nothing.
 - **Batching.** Everything that arrived since the last ``ready()`` becomes *one* slot
   value: a msgpack array whose elements are the clients' own encoded commands
   (``msgspec.Raw``), so nothing is re-encoded. Batches grow with load by themselves;
@@ -34,6 +38,7 @@ real server drive it identically. It adds what sits between clients and the log:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple, cast
 
 import msgspec
 
@@ -69,6 +74,18 @@ class _Transfer:
 
 
 _command_decoder = msgspec.msgpack.Decoder(Command)
+_READ_OPS = frozenset({"get", "list"})
+
+
+class _ReadToken(NamedTuple):
+    """A read waiting for the replica's read-index check: who asked, and what."""
+
+    dst: int
+    client: int
+    seq: int
+    cmd: Command
+
+
 _raw_encoder = msgspec.msgpack.Encoder()
 
 
@@ -84,6 +101,7 @@ class ServiceNode:
         snapshot_every: int = 10_000,
         snapshot_chunk: int = SNAPSHOT_CHUNK,
         on_applied: Callable[[int, int], None] | None = None,
+        linearizable_reads: bool = True,
     ) -> None:
         self.replica = replica
         self.store: KVStore = store
@@ -95,6 +113,8 @@ class ServiceNode:
         self.on_applied = on_applied
         self.requests = 0
         self.rejected = 0
+        self.linearizable_reads = linearizable_reads
+        """Serve get/list by read-index (True) or through the log like writes (False)."""
         if snapshot_every < 1 or snapshot_chunk < 1:
             raise ValueError("snapshot_every and snapshot_chunk must be >= 1")
         self.snapshot_every = snapshot_every
@@ -160,6 +180,8 @@ class ServiceNode:
         r = replica.ready()
         if r.committed:
             self._apply(r)
+        if r.reads:
+            self._serve_reads(r)
         # A snapshot whose write failed is never reported durable: take a new one
         # once another ``snapshot_every`` slots have been applied since it was taken.
         since = self._last_taken[0] if self._last_taken is not None else self._snapshot_slot()
@@ -267,10 +289,29 @@ class ServiceNode:
             self.rejected += 1
             self._reply(msg.src, msg, True, encode_result(Result(ok=False, error=str(e))))
             return
+        if cmd.op in _READ_OPS and self.linearizable_reads:
+            if not self.replica.read(_ReadToken(msg.src, msg.client, msg.seq, cmd)):
+                self._reply(msg.src, msg, False)
+            return
         key = (msg.client, msg.seq)
         if key not in self.waiting:
             self.batch.append(msgspec.Raw(msg.command))
         self.waiting[key] = msg.src
+
+    def _serve_reads(self, r: Ready) -> None:
+        me = self.node_id
+        leader = self.replica.leader
+        for token, ok in r.reads:
+            dst, client, seq, cmd = cast(_ReadToken, token)
+            if not ok:
+                r.send_now.append(Send((dst,), ClientReply(me, client, seq, False, b"", leader)))
+                continue
+            if cmd.op == "get":
+                result = Result(ok=True, value=self.store.get_local(cmd.key))
+            else:
+                result = Result(ok=True, values=self.store.list_local(cmd.key))
+            reply = ClientReply(me, client, seq, True, encode_result(result), leader)
+            r.send_now.append(Send((dst,), reply))
 
     def _redirect_pending(self) -> None:
         for (client, seq), dst in self.waiting.items():
