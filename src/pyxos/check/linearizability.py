@@ -55,7 +55,7 @@ be anywhere after their call, or they may never take effect.
 from __future__ import annotations
 
 import time
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
@@ -93,25 +93,27 @@ class CheckTimeout(Exception):
 class CheckResult:
     """The verdict of :func:`check_history`.
 
-    ``ok`` is True only if every key was proven linearizable. When a key is not,
-    ``failing_key`` names it, ``window`` holds the smallest run of its operations (in
-    call order) that shows the violation, and ``culprit`` is the first operation (in call
-    order) whose arrival made the key's history non-linearizable. ``window_from_start``
-    tells whether the window starts at the beginning of the key's history (the key
-    starts absent) or in the middle: then it is checked from any starting value, and
-    its first ``window_context`` operations are earlier ones still in flight when the
-    window starts, which may or may not have taken effect before it (so they are
-    checked as optional). ``timed_out`` is True if the search hit
-    ``timeout_s`` before reaching a verdict (then ``ok`` is False and there is no
-    window).
+    ``ok`` is True only if every key was proven linearizable. ``timed_out`` is True if
+    the search ran out of time before a verdict (then ``ok`` is False too). Otherwise,
+    when a key is not linearizable, ``failing_key`` names it and ``window`` holds a short
+    run of its operations, in call order, that on its own cannot be explained:
+
+    - ``culprit`` is the operation whose return makes it fail (None if the window could
+      not be narrowed in time); the window up to just before that is explainable.
+    - ``window_from_start``: the window starts at the beginning of the key's history,
+      where the key is absent. Otherwise it starts in the middle and fails whatever
+      value the key held then.
+    - ``window_maybe[i]`` is True for an operation that may or may not have taken
+      effect within the window: its outcome is unknown, or it began before the window,
+      or it was still running when the culprit returned.
     """
 
     ok: bool
     failing_key: str | None = None
     window: list[Operation] = field(default_factory=list)
+    window_maybe: list[bool] = field(default_factory=list)
     culprit: Operation | None = None
     window_from_start: bool = True
-    window_context: int = 0
     keys_checked: int = 0
     ops_checked: int = 0
     elapsed_s: float = 0.0
@@ -126,44 +128,68 @@ class CheckResult:
             return f"linearizable: checked {scope}"
         if self.timed_out:
             return f"unknown: the search timed out after checking {scope}"
-        lines = [f"NOT linearizable: key {self.failing_key!r} (checked {scope})"]
-        if self.window_from_start:
+        start = "an absent key" if self.window_from_start else "any value of the key"
+        lines = [
+            f"NOT linearizable: key {self.failing_key!r} (checked {scope})",
+            f"No order of these {len(self.window)} operations, each taking effect at one"
+            f" instant between its call and return, is a legal run starting from {start}.",
+        ]
+        if any(self.window_maybe):
             lines.append(
-                f"No order of these {len(self.window)} operations, each placed between its"
-                " call and return, is a legal run starting from an absent key:"
+                "'?': may or may not have taken effect (outcome unknown, began before the"
+                " window, or still running when the last one returned)."
             )
-        else:
-            lines.append(
-                f"No order of these {len(self.window)} operations, each placed between its"
-                " call and return, is a legal run from any starting value of the key"
-                " (operations marked '?' began earlier and may or may not have"
-                " taken effect within it):"
-            )
-        t0 = min((op.call for op in self.window), default=0)
-        for n, op in enumerate(self.window):
-            mark = "  "
-            if op is self.culprit:
-                mark = "=>"
-            elif n < self.window_context:
-                mark = "? "
-            lines.append(f" {mark} {_format_op(op, t0)}")
         if self.culprit is not None:
+            lines.append("'=>': until this one returned, the operations could be explained.")
+        maybe = self.window_maybe or [False] * len(self.window)
+        # Unknown-outcome ops called long before the window may take effect in it, so
+        # they belong to it; but beyond a few, listing them says little.
+        first = next((op.call for op, m in zip(self.window, maybe, strict=True) if not m), None)
+        stale = [
+            n
+            for n, op in enumerate(self.window)
+            if maybe[n] and op.unknown and first is not None and op.call < first
+        ]
+        hidden = set(stale[:-_SHOWN_STALE]) if len(stale) > _SHOWN_STALE else set()
+        if hidden:
             lines.append(
-                "=> marks the first operation (in call order) whose arrival makes the"
-                " history impossible to explain"
+                f" ?  ... {len(hidden)} earlier operations with unknown outcome,"
+                " not shown (in result.window)"
             )
+        pairs = zip(self.window, maybe, strict=True)
+        shown = [pair for n, pair in enumerate(pairs) if n not in hidden]
+        times = [t for op, _ in shown for t in (op.call, op.return_) if t is not None]
+        t0 = min(times, default=0)
+        unit = _time_unit(max(times, default=0) - t0)
+        for op, is_maybe in shown:
+            mark = "=>" if op is self.culprit else "? " if is_maybe else "  "
+            lines.append(f" {mark} {_format_op(op, t0, unit)}")
         return "\n".join(lines)
 
 
-def _format_op(op: Operation, t0: int) -> str:
+_SHOWN_STALE = 3  # unknown-outcome ops from before a window that describe() lists
+
+
+def _time_unit(span_ns: int) -> tuple[str, float, int]:
+    """A unit to show times relative to the window's start: (suffix, ns per unit, digits)."""
+    if span_ns < 10_000:
+        return "ns", 1.0, 0
+    if span_ns < 10_000_000:
+        return "us", 1e3, 1
+    return "ms", 1e6, 3
+
+
+def _format_op(op: Operation, t0: int, unit: tuple[str, float, int]) -> str:
+    suffix, scale, digits = unit
+
     def when(t: int | None) -> str:
-        return "?" if t is None else f"+{(t - t0) / 1e6:.3f}ms"
+        return "?" if t is None else f"+{(t - t0) / scale:.{digits}f}{suffix}"
 
     def val(v: str | None) -> str:
         return "absent" if v is None else repr(v)
 
     if op.op == "get":
-        what = f"get -> {val(op.output)}"
+        what = f"get -> {val(op.output)}" if not op.unknown else "get"
     elif op.op == "put":
         what = f"put {val(op.value)}"
     elif op.op == "delete":
@@ -177,8 +203,8 @@ def _format_op(op: Operation, t0: int) -> str:
     else:
         outcome = "ok" if op.ok else "failed"
     return (
-        f"client {op.client:<4} {what:<40} call {when(op.call):>12} "
-        f"return {when(op.return_):>12}  {outcome}"
+        f"client {op.client:<4} {what:<36} call {when(op.call):>13}"
+        f"  return {when(op.return_):>13}  {outcome}"
     )
 
 
@@ -199,7 +225,7 @@ class _Problem:
     """
 
     used: list[Operation] = field(default_factory=list)  # ops kept, in call order
-    n_maybe: int = 0  # how many of ``used`` (the first ones) are window context
+    used_optional: list[bool] = field(default_factory=list)  # per op of ``used``
     n_def: int = 0
     dkind: list[int] = field(default_factory=list)
     da: list[int] = field(default_factory=list)
@@ -207,6 +233,7 @@ class _Problem:
     # Bounded optional ops that must be skipped for good once this op is linearized.
     ddead: list[int] = field(default_factory=list)
     def_call: list[int] = field(default_factory=list)
+    def_return: list[int] = field(default_factory=list)
     def_by_ret: list[int] = field(default_factory=list)
     def_ret: list[int] = field(default_factory=list)  # return time of def_by_ret[p]
     # How many definite / optional ops are called no later than def_by_ret[p] returns.
@@ -225,31 +252,38 @@ class _Problem:
     opt_producers: dict[int, list[int]] = field(default_factory=dict)
 
 
-def _compile(ops: Sequence[Operation], n_maybe: int) -> _Problem:
+def _compile(ops: Sequence[Operation], n_maybe: int = 0, until: float = _INF) -> _Problem:
     """Compile ``ops`` (relevant, sorted by call) into a search problem.
 
-    The first ``n_maybe`` operations are window-context: they become optional, bounded
-    by their return when it is known (they may have taken effect before the window).
+    The history is cut at time ``until``: an operation still running then (returning
+    later) may or may not have taken effect, so it is optional. The first ``n_maybe``
+    operations are window context (see ``_window``): optional, bounded by their return
+    when it is known and before ``until``.
     """
     # Pass 1: classify, and collect the values anything compares with.
     compared: dict[str | None, int] = {None: _ABSENT}
+    absent_compared = False
     has_cas_fail = False
-    # (op, kind, a, b, bounded, maybe) with a and b still raw values
+    # (op, kind, a, b, bounded, optional) with a and b still raw values
     raw: list[tuple[Operation, int, str | None, str | None, bool, bool]] = []
     for idx, op in enumerate(ops):
         maybe = idx < n_maybe
-        optional = maybe or op.unknown
+        running = op.unknown or op.return_ is None or op.return_ > until
+        optional = maybe or running
+        bounded = optional and not running
         if op.op == "get":
             if optional:
                 continue  # an optional read constrains nothing
             raw.append((op, _READ, op.output, None, False, False))
             compared.setdefault(op.output, len(compared) + 1)
+            absent_compared |= op.output is None
         elif op.op == "cas":
             compared.setdefault(op.expected, len(compared) + 1)
+            absent_compared |= op.expected is None
             if optional:
                 if op.ok is False and not op.unknown:
                     continue  # a failed compare has no effect to take
-                raw.append((op, _OPT_CAS, op.expected, op.value, maybe and not op.unknown, maybe))
+                raw.append((op, _OPT_CAS, op.expected, op.value, bounded, True))
             elif op.ok:
                 raw.append((op, _CAS, op.expected, op.value, False, False))
             else:
@@ -258,7 +292,7 @@ def _compile(ops: Sequence[Operation], n_maybe: int) -> _Problem:
         else:
             v = op.value if op.op == "put" else None
             kind = _OPT_WRITE if optional else _WRITE
-            raw.append((op, kind, v, None, maybe and not op.unknown, maybe))
+            raw.append((op, kind, v, None, bounded, optional))
     # ids: None -> 0, OTHER -> 1, compared values -> 2.. (setdefault above skipped 1)
 
     def vid(v: str | None) -> int:
@@ -270,14 +304,16 @@ def _compile(ops: Sequence[Operation], n_maybe: int) -> _Problem:
     ocall: list[int] = []
     bounded_rets: list[tuple[int, int]] = []  # (return, optional index)
     classes: dict[tuple[int, int, int], int] = {}
-    for op, kind, a_raw, b_raw, bounded, maybe in raw:
+    for op, kind, a_raw, b_raw, bounded, optional in raw:
         a = vid(a_raw)
         b = vid(b_raw) if kind in (_CAS, _OPT_CAS) else 0
         if kind >= _OPT_WRITE:
             written = a if kind == _OPT_WRITE else b
-            # A register holding OTHER can only be overwritten blindly (nothing reads or
-            # compares OTHER), unless a failed cas wants "anything but its expected".
-            if written == _OTHER and not has_cas_fail:
+            # A register holding a value nothing reads or compares with can only be
+            # overwritten blindly, unless a failed cas wants "anything but expected":
+            # writing such a value is no use.
+            unseen = written == _OTHER or (written == _ABSENT and not absent_compared)
+            if unseen and not has_cas_fail:
                 continue
             k = len(pb.okind)
             pb.okind.append(kind)
@@ -297,14 +333,14 @@ def _compile(ops: Sequence[Operation], n_maybe: int) -> _Problem:
                 pb.observers.setdefault(a, []).append(j)
             if kind in (_WRITE, _CAS):
                 pb.def_producers.setdefault(a if kind == _WRITE else b, []).append(j)
+            pb.def_return.append(op.return_)
             pb.dkind.append(kind)
             pb.da.append(a)
             pb.db.append(b)
             dcall.append(op.call)
             dret.append(op.return_)
         pb.used.append(op)
-        if maybe:
-            pb.n_maybe += 1
+        pb.used_optional.append(optional)
     pb.n_def = len(pb.dkind)
     pb.def_call = dcall
     pb.def_by_ret = sorted(range(pb.n_def), key=lambda j: (dret[j], j))
@@ -444,15 +480,17 @@ def _searcher(pb: _Problem, initial: int) -> Generator[_Progress, None, _Outcome
         # write it again, leaving it is fatal (except by that op, if it is the only one).
         keep = False
         last_observer = -1
-        if st >= 0:
+        obs = observers.get(st) if st >= 0 else None
+        if obs:
             waiting = 0
-            for j in reversed(observers.get(st, ())):
-                if j < base:
-                    break
+            first_observer = -1
+            for n in range(bisect_left(obs, base), len(obs)):
+                j = obs[n]
                 if not (rest >> (j - base)) & 1:
                     waiting += 1
-                    last_observer = j
-                    if waiting == 2:
+                    if waiting == 1:
+                        first_observer = last_observer = j
+                    else:
                         break
             if waiting:
                 keep = True
@@ -467,11 +505,9 @@ def _searcher(pb: _Problem, initial: int) -> Generator[_Progress, None, _Outcome
                         if not (omask >> k) & 1:
                             keep = False
                             break
-                if keep:
-                    # A failure proof now depends on these observers, maybe called late.
-                    latest = observers[st][-1]
-                    if latest > horizon[0]:
-                        horizon[0] = latest
+                if keep and first_observer > horizon[0]:
+                    # Failing here depends on an op that may be called much later.
+                    horizon[0] = first_observer
                 if waiting == 2:
                     last_observer = -1
         need: set[int] = set()  # values some definite candidate needs and lacks
@@ -623,10 +659,12 @@ def _searcher(pb: _Problem, initial: int) -> Generator[_Progress, None, _Outcome
     return _Outcome(False, furthest, configs, horizon[0])
 
 
-# Search budgets, in configurations (about 10 µs each). The full search of a key gets
-# _FULL_BUDGET (plus a little per op) at first, doubled each time it is resumed; a
-# window check, always small, gets _WINDOW_BUDGET and is "undecided" past it.
-_FULL_BUDGET = 50_000
+# Search budgets, in configurations (a few µs each). The full search of a key runs in
+# chunks of _CHUNK; when it has not got further for _STALL configurations, windows
+# around where it is stuck are tried. A window check gets _WINDOW_BUDGET and counts
+# as "undecided" past it.
+_CHUNK = 4096
+_STALL = 16_384
 _WINDOW_BUDGET = 50_000
 _FIRST_WINDOW = 8  # ops; doubled until a window fails or reaches the start
 
@@ -635,8 +673,9 @@ _FIRST_WINDOW = 8  # ops; doubled until a window fails or reaches the start
 class _KeyVerdict:
     ok: bool
     window: list[Operation] = field(default_factory=list)
+    window_maybe: list[bool] = field(default_factory=list)
     culprit: Operation | None = None
-    context: int = -1  # -1: the window starts at the beginning; else its context ops
+    from_start: bool = True
 
 
 def _run(
@@ -661,119 +700,149 @@ def _run(
         return outcome
 
 
-def _window(rel: Sequence[Operation], start: int, end: int) -> tuple[_Problem, int]:
-    """The problem for ``rel[start:end]`` and the register state it starts from.
+def _window(rel: Sequence[Operation], start: int, until: float) -> tuple[_Problem, int]:
+    """The problem for the ops of ``rel`` called from ``rel[start]`` until ``until``.
 
-    From the start of the history, the key is absent. From the middle, its value is
-    unknown, and earlier ops still in flight when ``rel[start]`` was called may or may
-    not take effect inside the window (optional, bounded by their return if known).
+    This is the history as it stood at time ``until`` (ops still running then may or
+    may not have taken effect), seen from the call of ``rel[start]``. From the start
+    of the history the key is absent. From the middle, its value is unknown, and the
+    earlier ops still in flight at that call may or may not take effect inside the
+    window (so they are optional, bounded by their return if known).
     """
+    end = bisect_right(rel, until, key=_call_time)
     if start == 0:
-        return _compile(rel[:end], 0), _ABSENT
+        return _compile(rel[:end], 0, until), _ABSENT
     first_call = rel[start].call
     maybe = [
         op for op in rel[:start] if op.return_ is None or op.ok is None or op.return_ >= first_call
     ]
-    return _compile([*maybe, *rel[start:end]], len(maybe)), _ANY
+    return _compile([*maybe, *rel[start:end]], len(maybe), until), _ANY
 
 
-def _fails(rel: Sequence[Operation], start: int, end: int, deadline: float | None) -> bool:
-    """Whether ``rel[start:end]`` is proven non-linearizable (within the window budget)."""
-    pb, initial = _window(rel, start, end)
+def _call_time(op: Operation) -> int:
+    return op.call
+
+
+def _fails(rel: Sequence[Operation], start: int, until: float, deadline: float | None) -> bool:
+    """Whether the window (see ``_window``) is proven non-linearizable within budget."""
+    pb, initial = _window(rel, start, until)
     out = _run(_searcher(pb, initial), _WINDOW_BUDGET, deadline)
     return isinstance(out, _Outcome) and not out.ok
 
 
 def _find_window(
-    rel: Sequence[Operation], end: int, proven: bool, deadline: float | None
+    rel: Sequence[Operation], until: float, deadline: float | None
 ) -> _KeyVerdict | None:
-    """A short non-linearizable window of ``rel[:end]``, ending as early as possible.
+    """A short window of ``rel`` that is not linearizable, ending as early as possible.
 
-    ``proven`` says that ``rel[:end]`` is already known to be non-linearizable; if it is
-    not and no window ending at ``end`` can be shown to fail, returns None.
+    Looks for windows as the history stood at time ``until``; if none can be shown to
+    fail (within budgets), returns None. With ``until`` infinite, the whole history,
+    it must already be known not to be linearizable.
     """
-    # 1. A failing window ending at ``end``: try 8, 16, 32... ops back.
+    # 1. A failing window as of ``until``: try 8, 16, 32... ops back.
+    end = bisect_right(rel, until, key=_call_time)
     size = _FIRST_WINDOW
     while True:
         start = max(0, end - size)
-        if start == 0:
-            if not (proven or _fails(rel, 0, end, deadline)):
-                return None
-            break
-        pb, initial = _window(rel, start, end)
+        pb, initial = _window(rel, start, until)
         out = _run(_searcher(pb, initial), _WINDOW_BUDGET, deadline)
-        if isinstance(out, _Outcome):
-            if not out.ok:
-                break
-        elif proven:
-            start = 0  # windows got too hard to decide; fall back to the proven prefix
+        if isinstance(out, _Outcome) and not out.ok:
             break
-        else:
-            return None
+        if start == 0 or not isinstance(out, _Outcome):
+            # Explainable, or too hard to decide: unless the whole history is
+            # known to fail, give up; else fall back to it.
+            if until != _INF:
+                return None
+            start = 0
+            break
         size *= 2
-    # 2. Trim the end: rel[start:lo] is explainable (or undecided), rel[start:hi] is not.
-    lo, hi = start, end
+    # 2. Trim the end: the earliest return after which the window fails. Returns
+    # are the only events that can make a history fail (a call adds an optional op).
+    returns = sorted({r for op in rel[start:end] if (r := op.return_) is not None and r <= until})
+    lo, hi = -1, len(returns)  # window fails as of returns[hi] (or ``until``)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if _fails(rel, start, mid, deadline):
+        if _fails(rel, start, returns[mid], deadline):
             hi = mid
         else:
             lo = mid
-    end = hi
-    # 3. Trim the start: the window from lo fails, the (empty) one from hi does not.
+    if hi < len(returns):
+        until = returns[hi]
+    # 3. Trim the start: the window from lo fails, the one from hi is empty.
+    end = bisect_right(rel, until, key=_call_time)
     lo, hi = start, end
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if _fails(rel, mid, end, deadline):
+        if _fails(rel, mid, until, deadline):
             lo = mid
         else:
             hi = mid
-    pb, _ = _window(rel, lo, end)
+    pb, _ = _window(rel, lo, until)
+    culprit = next((op for op in rel[lo:end] if op.return_ == until and not op.unknown), None)
     return _KeyVerdict(
-        ok=False, window=pb.used, culprit=rel[end - 1], context=-1 if lo == 0 else pb.n_maybe
+        ok=False,
+        window=pb.used,
+        window_maybe=pb.used_optional,
+        culprit=culprit,
+        from_start=lo == 0,
     )
 
 
-def _bound(rel_calls: list[int], pb: _Problem, furthest: int, horizon: int) -> int:
-    """How many ops of the key (in call order) a search stuck at ``furthest`` used.
+def _stuck_at(pb: _Problem, furthest: int, horizon: int) -> list[int]:
+    """When a search stuck at forced op ``furthest`` ran into trouble, as times to try.
 
-    Those called no later than the forced op no branch got past returned, and the
-    observers a pruning rule consulted (``horizon``).
+    The return of the forced op no branch got past; then, if a pruning rule consulted
+    an op (``horizon``) that returns later, that return.
     """
-    until = pb.def_ret[furthest]
-    if horizon >= 0:
-        until = max(until, pb.def_call[horizon])
-    return bisect_right(rel_calls, until)
+    until = [pb.def_ret[furthest]]
+    if horizon >= 0 and pb.def_return[horizon] > until[0]:
+        until.append(pb.def_return[horizon])
+    return until
 
 
 def _check_key(ops: Sequence[Operation], deadline: float | None) -> _KeyVerdict:
-    rel = sorted((op for op in ops if _relevant(op)), key=lambda op: op.call)
-    calls = [op.call for op in rel]
-    pb = _compile(rel, 0)
+    rel = sorted((op for op in ops if _relevant(op)), key=_call_time)
+    pb = _compile(rel)
     search = _searcher(pb, _ABSENT)
-    budget = _FULL_BUDGET + 20 * len(rel)
     tried: set[int] = set()
+
+    def window_where_stuck(furthest: int, horizon: int) -> _KeyVerdict | None:
+        # A search that is stuck is stuck around one point; if the history is not
+        # linearizable there, a short window from an unknown value usually shows it
+        # in milliseconds, where the exhaustive search could take very long.
+        for until in _stuck_at(pb, furthest, horizon):
+            if until not in tried:
+                tried.add(until)
+                verdict = _find_window(rel, until, deadline)
+                if verdict is not None:
+                    return verdict
+        return None
+
+    furthest, stalled = -1, 0
     while True:
-        out = _run(search, budget, deadline)
-        if isinstance(out, _Outcome) and out.ok:
-            return _KeyVerdict(ok=True)
-        end = _bound(calls, pb, out.furthest, out.horizon)
+        out = _run(search, _CHUNK, deadline)
         if isinstance(out, _Outcome):
-            try:
-                verdict = _find_window(rel, end, True, deadline)
-            except CheckTimeout:
-                # The violation is proven; only its explanation is not minimized.
-                return _KeyVerdict(ok=False, window=_compile(rel[:end], 0).used)
-            assert verdict is not None
-            return verdict
-        # The search is taking long. It is stuck around ``end``: if the history is not
-        # linearizable, a short window there may show it much faster.
-        if end not in tried:
-            tried.add(end)
-            verdict = _find_window(rel, end, False, deadline)
+            break
+        if out.furthest != furthest:
+            furthest, stalled = out.furthest, 0
+            continue
+        stalled += _CHUNK
+        if stalled >= _STALL:
+            verdict = window_where_stuck(out.furthest, out.horizon)
             if verdict is not None:
                 return verdict
-        budget *= 2
+    if out.ok:
+        return _KeyVerdict(ok=True)
+    # Proven not linearizable: now find the window that shows it.
+    try:
+        verdict = window_where_stuck(out.furthest, out.horizon)
+        if verdict is None:
+            verdict = _find_window(rel, _INF, deadline)
+        assert verdict is not None  # the whole history is known to fail
+        return verdict
+    except CheckTimeout:
+        # Only the explanation could not be narrowed in time.
+        return _KeyVerdict(ok=False, window=pb.used, window_maybe=pb.used_optional)
 
 
 def check_history(ops: Sequence[Operation], timeout_s: float | None = None) -> CheckResult:
@@ -811,8 +880,8 @@ def check_history(ops: Sequence[Operation], timeout_s: float | None = None) -> C
                 failing_key=key,
                 window=verdict.window,
                 culprit=verdict.culprit,
-                window_from_start=verdict.context < 0,
-                window_context=max(verdict.context, 0),
+                window_maybe=verdict.window_maybe,
+                window_from_start=verdict.from_start,
                 keys_checked=keys_checked,
                 ops_checked=ops_checked,
                 elapsed_s=time.monotonic() - t0,
