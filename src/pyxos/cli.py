@@ -219,3 +219,286 @@ def check_cmd(history: str, timeout: float | None) -> None:
     from pyxos.check.linearizability import run_check
 
     sys.exit(run_check(history, sys.stdout, timeout_s=timeout))
+
+
+# -- the service ------------------------------------------------------------------------
+
+
+@main.command("serve", context_settings={"ignore_unknown_options": True})
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--init", is_flag=True, help="Initialize an empty data directory (a new node).")
+@click.option("--log-level", default="INFO", show_default=True)
+def serve(config_path: str, init: bool, log_level: str) -> None:
+    """Run one node from a TOML config file until SIGTERM/SIGINT.
+
+    Exit code 2 on an invalid configuration, 1 if the node cannot start."""
+    from pyxos.server.__main__ import main as server_main
+
+    args = ["--config", config_path, "--log-level", log_level]
+    if init:
+        args.append("--init")
+    sys.exit(server_main(args))
+
+
+@main.command("demo")
+def demo() -> None:
+    """Start a 3-node cluster, fail the leader over, catch a node up, shut down."""
+    from pyxos.demo import run_demo
+
+    sys.exit(run_demo(Console()))
+
+
+@main.group()
+def cluster() -> None:
+    """A local cluster of real node processes on loopback (for development)."""
+
+
+def _dir_option() -> Callable[[F], F]:
+    return click.option(
+        "--dir",
+        "base_dir",
+        default="pyxos-cluster",
+        show_default=True,
+        type=click.Path(file_okay=False),
+        help="Directory holding the cluster's configs, data and logs.",
+    )
+
+
+@cluster.command("start")
+@click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True)
+@_dir_option()
+def cluster_start(nodes: int, base_dir: str) -> None:
+    """Create (if new) and start a local cluster; wait for a leader."""
+    from pathlib import Path
+
+    from pyxos.localcluster import ClusterError, LocalCluster
+
+    console = Console()
+    path = Path(base_dir)
+    try:
+        if (path / "cluster.json").exists():
+            local = LocalCluster.load(path)
+        else:
+            local = LocalCluster.create(path, nodes)
+        local.start()
+        leader = local.wait_for_leader(20.0)
+    except ClusterError as e:
+        raise click.ClickException(str(e)) from None
+    _print_cluster(console, local, leader)
+
+
+@cluster.command("stop")
+@_dir_option()
+def cluster_stop(base_dir: str) -> None:
+    """Stop every node of a local cluster (SIGTERM, then SIGKILL after 10 s)."""
+    from pathlib import Path
+
+    from pyxos.localcluster import ClusterError, LocalCluster
+
+    try:
+        stopped = LocalCluster.load(Path(base_dir)).stop()
+    except ClusterError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"stopped nodes: {', '.join(map(str, stopped)) or 'none were running'}")
+
+
+@cluster.command("status")
+@_dir_option()
+def cluster_status(base_dir: str) -> None:
+    """Show every node of a local cluster: pid, ports, role, leader, slots."""
+    from pathlib import Path
+
+    from pyxos.localcluster import ClusterError, LocalCluster
+
+    try:
+        local = LocalCluster.load(Path(base_dir))
+    except ClusterError as e:
+        raise click.ClickException(str(e)) from None
+    _print_cluster(Console(), local, local.leader())
+
+
+def _print_cluster(console: Console, local: Any, leader: int | None) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"cluster {local.cluster_id} in {local.base_dir}")
+    for col in ("node", "pid", "client", "http", "role", "leader", "ballot", "applied"):
+        table.add_column(col)
+    for node_id, node in sorted(local.nodes.items()):
+        st = local.node_status(node_id) or {}
+        pid = local.pid(node_id)
+        table.add_row(
+            str(node_id),
+            str(pid) if pid else "-",
+            node.client_address,
+            node.http_url,
+            str(st.get("role", "down")),
+            str(st.get("leader", "-")),
+            str(st.get("ballot", "-")),
+            str(st.get("applied", "-")),
+        )
+    console.print(table)
+    if leader is not None:
+        console.print(f"leader: node {leader}")
+
+
+@main.group()
+@click.option(
+    "--addr",
+    default=None,
+    help="Comma list of client addresses host:port (default: the cluster in --dir).",
+)
+@_dir_option()
+@click.option("--cluster", "cluster_id", default=None, help="Cluster id (default: the --dir's).")
+@click.option("--timeout", default=5.0, show_default=True, help="Seconds before 'outcome unknown'.")
+@click.pass_context
+def kv(
+    ctx: click.Context, addr: str | None, base_dir: str, cluster_id: str | None, timeout: float
+) -> None:
+    """Use the replicated key-value store."""
+    ctx.obj = {"addr": addr, "dir": base_dir, "cluster": cluster_id, "timeout": timeout}
+
+
+def _client(ctx: click.Context) -> Any:
+    from pathlib import Path
+
+    from pyxos.client.sync import Client
+    from pyxos.localcluster import ClusterError, LocalCluster
+
+    addr = ctx.obj["addr"]
+    cluster_id = ctx.obj["cluster"]
+    if addr:
+        addresses = [a.strip() for a in addr.split(",") if a.strip()]
+    else:
+        try:
+            local = LocalCluster.load(Path(ctx.obj["dir"]))
+        except ClusterError as e:
+            raise click.ClickException(f"{e}; pass --addr host:port") from None
+        addresses = local.client_addresses()
+        cluster_id = cluster_id or local.cluster_id
+    if cluster_id:
+        return Client(addresses, cluster=cluster_id, timeout=ctx.obj["timeout"])
+    return Client(addresses, timeout=ctx.obj["timeout"])
+
+
+def _run_kv(ctx: click.Context, op: Callable[[Any], Any]) -> Any:
+    from pyxos.client.aio import ClientError
+
+    client = _client(ctx)
+    try:
+        return op(client)
+    except ClientError as e:
+        raise click.ClickException(f"{type(e).__name__}: {e}") from None
+    finally:
+        client.close()
+
+
+@kv.command("get")
+@click.argument("key")
+@click.pass_context
+def kv_get(ctx: click.Context, key: str) -> None:
+    """Print the value of KEY (exit code 1 if it is absent)."""
+    value = _run_kv(ctx, lambda c: c.get(key))
+    if value is None:
+        click.echo(f"{key}: not found", err=True)
+        sys.exit(1)
+    click.echo(value)
+
+
+@kv.command("put")
+@click.argument("key")
+@click.argument("value")
+@click.pass_context
+def kv_put(ctx: click.Context, key: str, value: str) -> None:
+    """Set KEY to VALUE."""
+    _run_kv(ctx, lambda c: c.put(key, value))
+    click.echo("OK")
+
+
+@kv.command("delete")
+@click.argument("key")
+@click.pass_context
+def kv_delete(ctx: click.Context, key: str) -> None:
+    """Delete KEY; print the value it had."""
+    old = _run_kv(ctx, lambda c: c.delete(key))
+    click.echo("(absent)" if old is None else old)
+
+
+@kv.command("cas")
+@click.argument("key")
+@click.argument("expected")
+@click.argument("value")
+@click.option("--absent", is_flag=True, help="Expect KEY to be absent (EXPECTED is ignored).")
+@click.pass_context
+def kv_cas(ctx: click.Context, key: str, expected: str, value: str, absent: bool) -> None:
+    """Set KEY to VALUE if it currently is EXPECTED (exit code 1 if not)."""
+    ok = _run_kv(ctx, lambda c: c.cas(key, None if absent else expected, value))
+    click.echo("OK" if ok else "FAILED: the current value differs")
+    sys.exit(0 if ok else 1)
+
+
+@kv.command("list")
+@click.argument("prefix", default="")
+@click.pass_context
+def kv_list(ctx: click.Context, prefix: str) -> None:
+    """Print every KEY=VALUE whose key starts with PREFIX."""
+    for key, value in _run_kv(ctx, lambda c: c.list(prefix)):
+        click.echo(f"{key}={value}")
+
+
+@main.command("status")
+@click.option("--http", "url", default=None, help="A node's HTTP address, e.g. 127.0.0.1:8101.")
+@_dir_option()
+def status_cmd(url: str | None, base_dir: str) -> None:
+    """Show a node's status (JSON), or every node of the local cluster in --dir."""
+    import json
+    import urllib.request
+    from pathlib import Path
+
+    from pyxos.localcluster import ClusterError, LocalCluster
+
+    if url:
+        full = url if url.startswith("http") else f"http://{url}"
+        try:
+            with urllib.request.urlopen(full.rstrip("/") + "/v1/status", timeout=2.0) as r:
+                click.echo(json.dumps(json.loads(r.read()), indent=2))
+        except OSError as e:
+            raise click.ClickException(f"cannot reach {full}: {e}") from None
+        return
+    try:
+        local = LocalCluster.load(Path(base_dir))
+    except ClusterError as e:
+        raise click.ClickException(f"{e}; pass --http host:port") from None
+    _print_cluster(Console(), local, local.leader())
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks (figures for the README's performance table)."""
+
+
+@bench.command("storage")
+@click.option(
+    "--dir",
+    "base_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Where to write (default: a temporary directory on /tmp's disk).",
+)
+@click.option("--seconds", default=1.0, show_default=True, help="Per batch size.")
+@click.option(
+    "--batch", "batches", multiple=True, type=int, default=(1, 8, 64, 512), show_default=True
+)
+def bench_storage(base_dir: str | None, seconds: float, batches: tuple[int, ...]) -> None:
+    """WAL records/s and fsyncs/s per batch size, beside the disk's raw fsync rate."""
+    import tempfile
+    from pathlib import Path
+
+    from pyxos.storage.bench import format_table, run_storage_bench
+
+    with tempfile.TemporaryDirectory(dir=base_dir) as tmp:
+        rows = run_storage_bench(Path(tmp), batch_sizes=batches, seconds_per_case=seconds)
+    click.echo(format_table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -6,8 +6,10 @@ Theory of operation
 contract (``step / tick / ready / advance / next_deadline``), so the simulator and the
 real server drive it identically. It adds what sits between clients and the log:
 
-- **Client requests.** A ``ClientRequest`` at a node that does not lead is answered
-  with a redirect naming the leader it knows. At the leader, the command is decoded once
+- **Client requests.** A ``ClientRequest`` at a node that does not lead is forwarded
+  to the leader it knows (the reply comes back the same way), as etcd forwards
+  proposals; with no leader known, or with ``forward=False``, it is answered with a
+  redirect naming the leader it knows. At the leader, the command is decoded once
   (to validate it; garbage gets an error reply and never reaches the log) and its
   original bytes join the batch of this pass. A duplicate of a request in flight here
   only updates where the reply goes. Any other retry goes through the log like a new
@@ -58,6 +60,8 @@ __all__ = ["ServiceNode"]
 
 SNAPSHOT_CHUNK = 64 * 1024
 """Bytes of snapshot per Snapshot message."""
+FORWARD_TIMEOUT = 30.0
+"""Seconds a forwarded request waits for the leader's reply before it is forgotten."""
 
 
 class _Transfer:
@@ -102,6 +106,7 @@ class ServiceNode:
         snapshot_chunk: int = SNAPSHOT_CHUNK,
         on_applied: Callable[[int, int], None] | None = None,
         linearizable_reads: bool = True,
+        forward: bool = True,
     ) -> None:
         self.replica = replica
         self.store: KVStore = store
@@ -113,6 +118,9 @@ class ServiceNode:
         self.on_applied = on_applied
         self.requests = 0
         self.rejected = 0
+        self.forward = forward
+        self.forwarded: dict[tuple[int, int], tuple[int, float]] = {}
+        """(client, seq) -> (who asked us, when) for requests forwarded to the leader."""
         self.linearizable_reads = linearizable_reads
         """Serve get/list by read-index (True) or through the log like writes (False)."""
         if snapshot_every < 1 or snapshot_chunk < 1:
@@ -151,6 +159,8 @@ class ServiceNode:
         match msg:
             case ClientRequest():
                 self._on_request(msg)
+            case ClientReply():
+                self._relay(msg)
             case Fetch() if msg.slot < self.replica.log_start:
                 self._announce_snapshot(msg.src)
             case Snapshot():
@@ -163,6 +173,8 @@ class ServiceNode:
     def tick(self, now: float) -> None:
         """Advance time."""
         self.replica.tick(now)
+        if self.forwarded:
+            self._expire_forwarded(now)
         t = self.transfer
         if t is not None and now >= t.retry_at:
             # Resume a stalled transfer from where it stopped.
@@ -277,7 +289,16 @@ class ServiceNode:
 
     def _on_request(self, msg: ClientRequest) -> None:
         self.requests += 1
-        if not self.replica.is_leader:
+        replica = self.replica
+        if not replica.is_leader:
+            leader = replica.leader
+            if self.forward and leader not in (0, self.node_id) and msg.src not in replica.members:
+                # Forward once (never a request another node forwarded: no loops).
+                self.forwarded[(msg.client, msg.seq)] = (msg.src, replica.now)
+                replica.post(
+                    (leader,), ClientRequest(self.node_id, msg.client, msg.seq, msg.command)
+                )
+                return
             self._reply(msg.src, msg, False)
             return
         try:
@@ -297,6 +318,19 @@ class ServiceNode:
         if key not in self.waiting:
             self.batch.append(msgspec.Raw(msg.command))
         self.waiting[key] = msg.src
+
+    def _relay(self, msg: ClientReply) -> None:
+        entry = self.forwarded.pop((msg.client, msg.seq), None)
+        if entry is not None:
+            relayed = ClientReply(
+                self.node_id, msg.client, msg.seq, msg.ok, msg.result, self.replica.leader
+            )
+            self.replica.post((entry[0],), relayed)
+
+    def _expire_forwarded(self, now: float) -> None:
+        stale = [k for k, (_, t) in self.forwarded.items() if now - t > FORWARD_TIMEOUT]
+        for key in stale:
+            del self.forwarded[key]
 
     def _serve_reads(self, r: Ready) -> None:
         me = self.node_id

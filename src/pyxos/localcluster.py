@@ -1,0 +1,304 @@
+"""A local cluster of real ``pyxos`` node processes on loopback, for development.
+
+Theory of operation
+-------------------
+``LocalCluster`` owns one directory: ``cluster.json`` (ids and ports), one TOML config
+per node (``node-N.toml``), one data directory per node (``node-N/``), and per node a
+log file and a pid file. Ports are picked free on 127.0.0.1 when the cluster is
+created and kept from then on, so a node restarts where its peers expect it. Nodes run
+as ``python -m pyxos.server`` in their own process group (``start_new_session``), so
+they outlive the command that started them; ``stop`` finds them again by pid file.
+Readiness and roles come from each node's ``GET /v1/status``. Everything here only
+builds configurations and processes; the node itself is ``pyxos.server``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ClusterError", "LocalCluster", "LocalNode"]
+
+HOST = "127.0.0.1"
+
+
+class ClusterError(Exception):
+    """The local cluster could not be created, started or reached."""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalNode:
+    """One node of a local cluster: its id and ports."""
+
+    node_id: int
+    peer_port: int
+    client_port: int
+    http_port: int
+
+    @property
+    def client_address(self) -> str:
+        """``host:port`` of the binary client protocol."""
+        return f"{HOST}:{self.client_port}"
+
+    @property
+    def http_url(self) -> str:
+        """Base URL of the HTTP API."""
+        return f"http://{HOST}:{self.http_port}"
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports that are free on loopback right now."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((HOST, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class LocalCluster:
+    """Create, start, stop and inspect a cluster of node processes in ``base_dir``."""
+
+    def __init__(self, base_dir: Path, nodes: list[LocalNode], cluster_id: str) -> None:
+        self.base_dir = base_dir
+        self.nodes = {n.node_id: n for n in nodes}
+        self.cluster_id = cluster_id
+
+    # -- creation --------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        base_dir: Path,
+        size: int = 3,
+        *,
+        cluster_id: str = "pyxos-local",
+        election_timeout: tuple[float, float] = (0.3, 0.6),
+        heartbeat_interval: float = 0.05,
+        snapshot_every: int = 10_000,
+    ) -> LocalCluster:
+        """Write the configuration of a new ``size``-node cluster into ``base_dir``."""
+        if size < 1:
+            raise ClusterError("a cluster needs at least one node")
+        base_dir.mkdir(parents=True, exist_ok=True)
+        if (base_dir / "cluster.json").exists():
+            raise ClusterError(f"{base_dir} already holds a cluster (cluster.json exists)")
+        ports = free_ports(3 * size)
+        nodes = [
+            LocalNode(i + 1, ports[3 * i], ports[3 * i + 1], ports[3 * i + 2]) for i in range(size)
+        ]
+        cluster = cls(base_dir, nodes, cluster_id)
+        peers = ", ".join(f'"{n.node_id}" = "{HOST}:{n.peer_port}"' for n in nodes)
+        for n in nodes:
+            (base_dir / f"node-{n.node_id}.toml").write_text(
+                f'cluster_id = "{cluster_id}"\n'
+                f"node_id = {n.node_id}\n"
+                f'data_dir = "{base_dir / f"node-{n.node_id}"}"\n'
+                f"client_port = {n.client_port}\n"
+                f"http_port = {n.http_port}\n"
+                f"election_timeout = [{election_timeout[0]}, {election_timeout[1]}]\n"
+                f"heartbeat_interval = {heartbeat_interval}\n"
+                f"snapshot_every = {snapshot_every}\n"
+                f"peers = {{ {peers} }}\n"
+            )
+        meta = {
+            "cluster_id": cluster_id,
+            "nodes": [
+                {
+                    "node_id": n.node_id,
+                    "peer_port": n.peer_port,
+                    "client_port": n.client_port,
+                    "http_port": n.http_port,
+                }
+                for n in nodes
+            ],
+        }
+        (base_dir / "cluster.json").write_text(json.dumps(meta, indent=2) + "\n")
+        return cluster
+
+    @classmethod
+    def load(cls, base_dir: Path) -> LocalCluster:
+        """The cluster described by ``base_dir/cluster.json``."""
+        try:
+            meta = json.loads((base_dir / "cluster.json").read_text())
+            nodes = [LocalNode(**n) for n in meta["nodes"]]
+            return cls(base_dir, nodes, meta["cluster_id"])
+        except FileNotFoundError:
+            raise ClusterError(f"no cluster in {base_dir} (no cluster.json)") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise ClusterError(f"{base_dir}/cluster.json is not valid: {e}") from None
+
+    # -- processes -------------------------------------------------------------------
+
+    def _pid_file(self, node_id: int) -> Path:
+        return self.base_dir / f"node-{node_id}.pid"
+
+    def pid(self, node_id: int) -> int | None:
+        """The pid of a running node process, or None."""
+        try:
+            pid = int(self._pid_file(node_id).read_text())
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return pid
+        if _is_zombie(pid):
+            return None
+        return pid
+
+    def start_node(self, node_id: int) -> int:
+        """Start one node process (a new data directory is initialized); its pid."""
+        if node_id not in self.nodes:
+            raise ClusterError(f"no node {node_id} in this cluster")
+        running = self.pid(node_id)
+        if running is not None:
+            return running
+        data_dir = self.base_dir / f"node-{node_id}"
+        cmd = [
+            sys.executable,
+            "-m",
+            "pyxos.server",
+            "--config",
+            str(self.base_dir / f"node-{node_id}.toml"),
+        ]
+        if not data_dir.exists():
+            cmd.append("--init")
+        log = open(self.base_dir / f"node-{node_id}.log", "ab")  # noqa: SIM115
+        with log:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._pid_file(node_id).write_text(f"{proc.pid}\n")
+        return proc.pid
+
+    def start(self) -> None:
+        """Start every node that is not running."""
+        for node_id in self.nodes:
+            self.start_node(node_id)
+
+    def kill(self, node_id: int, sig: int = signal.SIGKILL) -> bool:
+        """Send ``sig`` to a node process; False if it was not running."""
+        pid = self.pid(node_id)
+        if pid is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        if sig == signal.SIGKILL:
+            _wait_gone(pid, 5.0)
+            self._pid_file(node_id).unlink(missing_ok=True)
+        return True
+
+    def stop(self, timeout: float = 10.0) -> list[int]:
+        """SIGTERM every node, wait for them, SIGKILL stragglers; the ids stopped."""
+        stopped = []
+        pids = {i: p for i in self.nodes if (p := self.pid(i)) is not None}
+        for pid in pids.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for node_id, pid in pids.items():
+            if not _wait_gone(pid, max(0.0, deadline - time.monotonic())):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                _wait_gone(pid, 5.0)
+            self._pid_file(node_id).unlink(missing_ok=True)
+            stopped.append(node_id)
+        return stopped
+
+    # -- status ----------------------------------------------------------------------
+
+    def node_status(self, node_id: int, timeout: float = 0.5) -> dict[str, Any] | None:
+        """``GET /v1/status`` of one node, or None if it does not answer."""
+        url = self.nodes[node_id].http_url + "/v1/status"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                data = json.loads(resp.read())
+        except (OSError, urllib.error.URLError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def status(self) -> dict[int, dict[str, Any] | None]:
+        """Every node's status (None for a node that does not answer)."""
+        return {i: self.node_status(i) for i in self.nodes}
+
+    def leader(self, among: list[int] | None = None) -> int | None:
+        """The node that reports itself leader and is followed by a majority, if any."""
+        ids = among if among is not None else list(self.nodes)
+        statuses = {i: self.node_status(i) for i in ids}
+        for i, st in statuses.items():
+            if st is not None and st.get("role") == "leader":
+                followers = sum(1 for s in statuses.values() if s and s.get("leader") == i)
+                if followers * 2 > len(self.nodes):
+                    return i
+        return None
+
+    def wait_for_leader(
+        self, timeout: float, among: list[int] | None = None, exclude: int | None = None
+    ) -> int:
+        """Poll until a leader (not ``exclude``) is established; its id."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            leader = self.leader(among)
+            if leader is not None and leader != exclude:
+                return leader
+            time.sleep(0.02)
+        raise ClusterError(f"no leader within {timeout:.1f}s")
+
+    def wait_until(self, predicate: Any, timeout: float, what: str) -> None:
+        """Poll ``predicate()`` until true, or raise ClusterError naming ``what``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.02)
+        raise ClusterError(f"timed out after {timeout:.1f}s waiting for {what}")
+
+    def client_addresses(self) -> list[str]:
+        """``host:port`` of every node's client port."""
+        return [n.client_address for n in self.nodes.values()]
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        if _is_zombie(pid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)

@@ -1,0 +1,42 @@
+"""``pyxos demo`` (the README's main job) runs to the end from the installed command."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def _server_processes() -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True)
+    return [
+        line for line in out.stdout.splitlines() if "pyxos.server" in line and "pyxos-demo" in line
+    ]
+
+
+def test_demo_fails_over_catches_up_and_leaves_no_process() -> None:
+    before = _server_processes()
+    env = dict(os.environ, COLUMNS="200")
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pyxos.cli", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=Path(__file__).parent,
+    )
+    elapsed = time.monotonic() - start
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert elapsed < 30, f"the demo took {elapsed:.1f}s"
+    for needle in (
+        "a leader is elected",
+        "SIGKILL the leader",
+        "acknowledged writes are readable from the new leader",
+        "has caught up",
+        "demo passed",
+        "processes left: 0",
+    ):
+        assert needle in out, f"missing {needle!r} in:\n{out}"
+    assert _server_processes() == before
