@@ -1,0 +1,59 @@
+"""KV benchmark of pyxos on a local 3-node cluster, several client counts side by side.
+
+Theory of operation
+-------------------
+For each repetition, for each client count, a fresh local cluster of real node
+processes (fsync on every node) is created, loaded by closed-loop clients for
+``--seconds`` after a 0.5 s warm-up, and stopped (``pyxos.benchmark``). Repetitions
+are interleaved (1, 16, 64, 1, 16, 64, ...) so that a noisy stretch of a shared machine
+spreads over every case rather than sinking one; the table shows per-field medians.
+
+Run: ``python bench/bench_kv.py --clients 1,16,64 --seconds 5 --write-ratio 0.5``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+
+from pyxos.benchmark import BenchResult, bench_local_cluster, format_results, median_result
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse the options, run every case, print the markdown table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--clients", default="1,16,64", help="comma-separated client counts")
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run")
+    parser.add_argument("--write-ratio", type=float, default=0.5, help="fraction of puts")
+    parser.add_argument("--value-bytes", type=int, default=100)
+    parser.add_argument("--keys", type=int, default=1000)
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=1, help="runs per case (median shown)")
+    parser.add_argument(
+        "--record", default=None, help="write each run's history to RECORD-<clients>-<run>.jsonl"
+    )
+    parser.add_argument("--json", action="store_true", help="also print every run as JSON")
+    args = parser.parse_args(argv)
+    counts = [int(c) for c in args.clients.split(",")]
+    runs: dict[int, list[BenchResult]] = {c: [] for c in counts}
+    for rep in range(args.repeat):
+        for c in counts:
+            result = bench_local_cluster(
+                args.nodes,
+                c,
+                seconds=args.seconds,
+                write_ratio=args.write_ratio,
+                value_bytes=args.value_bytes,
+                keys=args.keys,
+                record=f"{args.record}-{c}-{rep}.jsonl" if args.record else None,
+                seed=rep,
+            )
+            runs[c].append(result)
+            if args.json:
+                print(json.dumps(result.to_json()), flush=True)
+    print(format_results([median_result(runs[c]) for c in counts]))
+
+
+if __name__ == "__main__":
+    main()
