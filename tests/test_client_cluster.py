@@ -22,26 +22,33 @@ from test_server_harness import (
 )
 
 
-def test_put_get_cas_delete_list_through_a_follower(tmp_path: Path) -> None:
+@pytest.mark.parametrize("forward", [True, False])
+def test_put_get_cas_delete_list_through_a_follower(tmp_path: Path, forward: bool) -> None:
     async def main() -> None:
-        configs = cluster_configs(tmp_path)
+        configs = cluster_configs(tmp_path, forward_requests=forward)
         nodes = await start_nodes(configs)
         try:
             leader = await wait_leader(nodes)
             addresses = client_addresses(configs)
-            # Put a follower first so the very first command is redirected.
+            # Put a follower first: the very first command is forwarded (or redirected).
             i = nodes.index(leader)
             addresses = addresses[i + 1 :] + addresses[: i + 1]
             async with AsyncClient(addresses, cluster=CLUSTER) as c:
                 assert await c.get("k") is None
-                assert c.answered_by == leader.config.node_id
-                assert c.retries >= 1  # it was redirected
+                assert c.leader == leader.config.node_id
+                if forward:
+                    assert c.answered_by != leader.config.node_id  # relayed
+                    assert c.retries == 0
+                else:
+                    assert c.answered_by == leader.config.node_id
+                    assert c.retries >= 1  # redirected
+                await c.put("k0", "v0")
                 await c.put("k", "v1")
                 assert await c.get("k") == "v1"
                 assert await c.cas("k", "wrong", "v2") is False
                 assert await c.cas("k", "v1", "v2") is True
                 assert await c.cas("new", None, "n") is True
-                assert await c.list("") == [("k", "v2"), ("new", "n")]
+                assert await c.list("") == [("k", "v2"), ("k0", "v0"), ("new", "n")]
                 assert await c.list("ne") == [("new", "n")]
                 assert await c.delete("k") == "v2"
                 assert await c.delete("k") is None
@@ -64,9 +71,11 @@ def test_node_id_mapping_goes_straight_to_the_leader(tmp_path: Path) -> None:
             mapping = {c.node_id: f"127.0.0.1:{c.client_port}" for c in configs}
             async with AsyncClient(mapping, cluster=CLUSTER) as c:
                 await c.put("a", "1")
+                assert c.leader == leader.config.node_id
+                before = c.retries
+                await c.put("a", "2")
                 assert c.answered_by == leader.config.node_id
-                # At most one redirect: node 1 names the leader, whose address is known.
-                assert c.retries <= 1
+                assert c.retries == before  # the leader's address was known: no detour
         finally:
             await stop_nodes(nodes)
 

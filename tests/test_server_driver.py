@@ -215,10 +215,11 @@ def test_peer_messages_naming_another_sender_are_dropped(tmp_path: Path) -> None
         server, node, _, _ = make(tmp_path)
         try:
             good = Commit(2, B, 0)
+            forwarded = ClientRequest(2, 1, 1, b"")  # a follower forwarding a request
             server._on_peer_messages(
-                2, [good, Commit(3, B, 0), ClientRequest(2, 1, 1, b""), Nack(2, B, B)]
+                2, [good, Commit(3, B, 0), forwarded, ClientRequest(3, 1, 1, b"")]
             )
-            assert node.stepped == [good, Nack(2, B, B)]
+            assert node.stepped == [good, forwarded]
             assert server.stats.dropped_peer_messages == 2
             server._on_peer_messages(2, [good])
             assert node.stepped[-1] == good

@@ -64,10 +64,10 @@ def test_http_kv_status_health_and_limits(tmp_path: Path) -> None:
                 async with http.post(f"{base}/v1/kv/a/cas", json={"value": 3}) as r:
                     assert r.status == 400
 
-                # A follower names the leader.
+                # A follower forwards to the leader.
                 async with http.get(f"http://127.0.0.1:{follower.http_port}/v1/kv/dir/b") as r:
-                    assert r.status == 503
-                    assert (await r.json())["leader"] == leader.config.node_id
+                    assert r.status == 200
+                    assert (await r.json())["value"] == "2"
 
                 # Concurrent requests each get their own session and all apply.
                 async def put(i: int) -> int:
@@ -89,5 +89,23 @@ def test_http_kv_status_health_and_limits(tmp_path: Path) -> None:
                     assert (await r.json())["outcome"] == "unknown"
         finally:
             await stop_nodes(nodes)
+
+    asyncio.run(main())
+
+
+def test_http_without_a_leader_says_503(tmp_path: Path) -> None:
+    async def main() -> None:
+        configs = cluster_configs(tmp_path, http_port=0)
+        (alone,) = await start_nodes(configs[:1])  # no quorum: nobody leads
+        try:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"http://127.0.0.1:{alone.http_port}/v1/kv/x") as r,
+            ):
+                assert r.status == 503
+                assert r.headers["Retry-After"] == "1"
+                assert (await r.json()) == {"error": "not the leader", "leader": 0}
+        finally:
+            await stop_nodes([alone])
 
     asyncio.run(main())

@@ -85,16 +85,20 @@ def test_single_node_serves_requests(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_three_nodes_elect_and_redirect(tmp_path: Path) -> None:
+@pytest.mark.parametrize("forward", [True, False])
+def test_three_nodes_elect_and_a_follower_forwards_or_redirects(
+    tmp_path: Path, forward: bool
+) -> None:
     async def main() -> None:
-        configs = cluster_configs(tmp_path, 3)
+        configs = cluster_configs(tmp_path, 3, forward_requests=forward)
         nodes = await start_nodes(configs)
         try:
             leader = await wait_leader(nodes)
             follower = next(n for n in nodes if n is not leader)
             c = await RawClient.connect(follower.client_port)
             reply = await c.call(Command(9, 1, "put", "a", "1"))
-            assert not reply.ok
+            assert reply.ok is forward
+            assert reply.src == follower.config.node_id
             assert reply.leader == leader.config.node_id
             c.close()
             c = await RawClient.connect(leader.client_port)

@@ -10,8 +10,10 @@ nodes and leaders it passes through. That is why a client runs one command at a 
 (``execute`` holds a lock): run several clients to have several commands in flight.
 
 Finding the leader: the client knows a list of node addresses. It sends a command to
-the node it believes leads (at first, the first address). A node that does not lead
-answers ``ClientReply(ok=False, leader=L)``; every reply names the node that sent it
+the node it believes leads (at first, the first address). A follower that knows the
+leader forwards the command there and relays the answer, which names the leader, so
+the client goes straight to it next time. A node that knows no leader (or does not
+forward) answers ``ClientReply(ok=False, leader=L)``; every reply names the node that sent it
 (``src``), so the client learns which address is which node as it goes (or is told
 up front, with a ``{node_id: "host:port"}`` mapping). A redirect to a leader whose
 address is known goes there at once; otherwise, and after a connection failure, a
@@ -149,7 +151,10 @@ class AsyncClient:
         format of ARCHITECTURE.md ("Histories"); ``return`` and ``ok`` are None when
         the outcome is unknown. ``call`` and ``return`` are ``time.monotonic_ns()``."""
         self.answered_by = 0
-        """The node id that answered the last command (0: none yet): the leader then."""
+        """The node id that answered the last command (0: none yet): the leader, or a
+        follower that forwarded the command to the leader and relayed its reply."""
+        self.leader = 0
+        """The leader as the last answer named it (0: none yet)."""
         """Attempts beyond the first, over the client's life (for tests and metrics)."""
         self._hello = Hello(version=PROTOCOL_VERSION, cluster=cluster, node=0, role="client")
         self._target = 0
@@ -252,6 +257,11 @@ class AsyncClient:
             reply = await self._try(index, command.seq, frame, remaining)
             if reply is not None and reply.ok:
                 self.answered_by = reply.src
+                self.leader = reply.leader or reply.src
+                # A follower relayed it: go to the leader itself next time.
+                direct = self._index_of.get(self.leader)
+                if direct is not None:
+                    self._target = direct
                 return reply.result
             misses += 1
             leader = self._index_of.get(reply.leader) if reply is not None else None

@@ -24,6 +24,7 @@ and ``data_dir`` has a default)::
     window = 256
     wal_segment_bytes = 67108864
     snapshot_every = 10000
+    forward_requests = true
 
     [peers]                     # every member, this node included: id = "host:port"
     1 = "10.0.0.1:7001"
@@ -96,6 +97,8 @@ class Config:
     """Size of one WAL segment file; compaction deletes whole segments."""
     snapshot_every: int = 10_000
     """Take a state-machine snapshot (then compact) every this many applied slots."""
+    forward_requests: bool = True
+    """A follower forwards client requests to the leader (else it redirects the client)."""
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -163,6 +166,10 @@ class Config:
         for key in ("window", "wal_segment_bytes", "snapshot_every"):
             if key in raw:
                 values[key] = _typed(raw, key, int)
+        if "forward_requests" in raw and not isinstance(raw["forward_requests"], bool):
+            raise ConfigError(
+                f"forward_requests: expected true or false, got {raw['forward_requests']!r}"
+            )
         return cls(**values)
 
 

@@ -37,7 +37,9 @@ Clients speak the binary protocol on their own port: the same framing as the pee
 ``Hello`` with role ``"client"``, then ``ClientRequest`` frames. Each connection gets
 an id >= ``CLIENT_ID_BASE`` (never a node id); the request's ``src`` is overwritten
 with it, so the ``ServiceNode`` addresses the ``ClientReply`` to that connection and
-the driver writes it back there. Bad bytes close only that connection (the codec and
+the driver writes it back there. A follower forwards its clients' requests to the
+leader and relays the replies (the ``ServiceNode`` does it; requests and replies then
+travel between peers like any message). Bad bytes close only that connection (the codec and
 ``FramedProtocol`` take care of it); a reply for a connection that is gone is dropped,
 and the client retries with the same ``(client, seq)``.
 
@@ -103,8 +105,6 @@ logger = logging.getLogger("pyxos.server")
 CLIENT_ID_BASE = 1_000_000
 """Client connections get ids from here on, so they never collide with node ids."""
 
-_CLIENT_MESSAGES = (ClientRequest, ClientReply)
-
 ReplySink = Callable[[ClientReply], None]
 """Where an in-process client (the HTTP API) receives its replies."""
 
@@ -138,7 +138,7 @@ class DriverStats:
     unexpected_client_messages: int = 0
     """Frames on the client port that were not ``ClientRequest`` (ignored)."""
     dropped_peer_messages: int = 0
-    """Peer messages naming another sender, or client messages from a peer (ignored)."""
+    """Peer messages naming another sender than the peer (ignored)."""
 
 
 class NodeServer:
@@ -241,7 +241,12 @@ class NodeServer:
             accepted=state.accepted.values(),
             now=loop.time(),
         )
-        self.node = ServiceNode(replica, KVStore(), snapshot_every=config.snapshot_every)
+        self.node = ServiceNode(
+            replica,
+            KVStore(),
+            snapshot_every=config.snapshot_every,
+            forward=config.forward_requests,
+        )
         if snapshot is not None:
             self.node.restore_snapshot(snapshot.slot, snapshot.data)
             logger.info("node %d: restored the snapshot of slot %d", config.node_id, snapshot.slot)
@@ -655,12 +660,13 @@ class NodeServer:
     # -- network callbacks ----------------------------------------------------------------
 
     def _on_peer_messages(self, peer: int, msgs: list[Message]) -> None:
-        # A peer speaks only for itself, and only the protocol: a message naming another
-        # sender, or a client message, is dropped and counted, never stepped.
-        if all(m.src == peer and not isinstance(m, _CLIENT_MESSAGES) for m in msgs):
+        # A peer speaks only for itself: a message naming another sender is dropped and
+        # counted, never stepped. (Client requests and replies do come from peers: a
+        # follower forwards its clients' requests to the leader and relays the reply.)
+        if all(m.src == peer for m in msgs):
             self._input(msgs)
             return
-        good = [m for m in msgs if m.src == peer and not isinstance(m, _CLIENT_MESSAGES)]
+        good = [m for m in msgs if m.src == peer]
         self.stats.dropped_peer_messages += len(msgs) - len(good)
         if good:
             self._input(good)
