@@ -11,7 +11,6 @@ import pytest
 from pyxos.core.messages import ClientReply, ClientRequest
 from pyxos.net.codec import PROTOCOL_VERSION, FrameDecoder, Hello, encode_hello, encode_message
 from pyxos.server.config import Config
-from pyxos.server.durable import AcceptorStateLost
 from pyxos.server.node import CLIENT_ID_BASE, NodeServer, NodeStartupError
 from pyxos.statemachine.kv import Command, Result, decode_result
 from test_server_harness import (
@@ -191,22 +190,53 @@ def test_client_ids_never_collide_with_node_ids(tmp_path: Path) -> None:
         _ = server.client_port
 
 
-def test_a_corrupt_log_refuses_to_start(tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", ["corrupt", "wiped"])
+def test_a_corrupt_or_lost_log_rebuilds_from_peers(tmp_path: Path, damage: str) -> None:
     async def main() -> None:
-        (config,) = cluster_configs(tmp_path, 1)
-        (node,) = await start_nodes([config])
-        await wait_for(lambda: node.is_leader, 3.0, "the node to lead")
-        c = await RawClient.connect(node.client_port)
-        for seq in (1, 2):
-            assert (await c.call(Command(1, seq, "put", "k", "v"))).ok
-        c.close()
-        await stop_nodes([node])
-        (segment,) = sorted(config.data_dir.glob("wal-*.log"))
-        data = bytearray(segment.read_bytes())
-        data[30] ^= 0xFF  # damage the first record; intact ones follow
-        segment.write_bytes(bytes(data))
-        with pytest.raises(AcceptorStateLost, match="refusing to vote"):
-            await NodeServer(config).startup()
+        configs = cluster_configs(tmp_path, 3)
+        nodes = await start_nodes(configs)
+        try:
+            leader = await wait_leader(nodes)
+            c = await RawClient.connect(leader.client_port)
+            for seq in range(1, 6):
+                assert (await c.call(Command(1, seq, "put", f"k{seq}", str(seq)))).ok
+            victim = next(n for n in nodes if n is not leader)
+            i = nodes.index(victim)
+            await victim.shutdown()
+            segments = sorted(configs[i].data_dir.glob("wal-*.log"))
+            if damage == "corrupt":
+                data = bytearray(segments[0].read_bytes())
+                data[30] ^= 0xFF  # damage an early record; intact ones follow
+                segments[0].write_bytes(bytes(data))
+            else:
+                for segment in segments:
+                    segment.unlink()
+            nodes[i] = NodeServer(configs[i])
+            await nodes[i].startup()
+            back = nodes[i]
+            assert back.node is not None
+            assert back.node.replica.rebuilding  # it does not vote yet
+            assert back.status()["rebuilding"] is True
+            if damage == "corrupt":
+                assert (configs[i].data_dir / "quarantine-1").is_dir()
+            await wait_for(
+                lambda: (
+                    back.node is not None
+                    and not back.node.replica.rebuilding
+                    and back.node.store.get_local("k5") == "5"
+                ),
+                5.0,
+                "the rebuild to finish and catch up",
+            )
+            assert (await c.call(Command(1, 6, "put", "k6", "6"))).ok
+            c.close()
+            # The finished rebuild is durable: a restart votes at once.
+            await back.shutdown()
+            nodes[i] = NodeServer(configs[i])
+            await nodes[i].startup()
+            assert nodes[i].node is not None and not nodes[i].node.replica.rebuilding
+        finally:
+            await stop_nodes(nodes)
 
     asyncio.run(main())
 
@@ -232,7 +262,7 @@ def test_a_data_dir_of_another_node_refuses_to_start(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_no_marker_needs_init_and_a_lost_wal_refuses(tmp_path: Path) -> None:
+def test_no_marker_needs_init(tmp_path: Path) -> None:
     async def main() -> None:
         (config,) = cluster_configs(tmp_path, 1)
         with pytest.raises(NodeStartupError, match="start it once with --init"):
@@ -240,9 +270,6 @@ def test_no_marker_needs_init_and_a_lost_wal_refuses(tmp_path: Path) -> None:
         node = NodeServer(config, initialize=True)
         await node.startup()
         await node.shutdown()
-        for segment in config.data_dir.glob("wal-*.log"):
-            segment.unlink()  # the disk lost the log, the marker survived
-        with pytest.raises(NodeStartupError, match="promises are lost"):
-            await NodeServer(config, initialize=True).startup()
+        assert (config.data_dir / "pyxos.id").exists()
 
     asyncio.run(main())

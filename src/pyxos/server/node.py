@@ -45,11 +45,14 @@ and the client retries with the same ``(client, seq)``.
 
 Durable state: ``startup`` opens the WAL in the data directory and rebuilds the
 replica's promise and accepted entries from it. The directory's node marker
-(``pyxos.id``) guards against starting a voter on the wrong or a wiped disk: a
-marker of another node or cluster refuses to start; no marker refuses unless the node
-is explicitly initialized (``initialize=True``, ``--init``: a node new to the cluster,
-whose empty state is the truth); a marker without a WAL refuses (the promises are
-lost). A corrupt log raises
+(``pyxos.id``) guards against voting from the wrong or a wiped disk: a marker of
+another node or cluster refuses to start; no marker refuses unless the node is
+explicitly initialized (``initialize=True``, ``--init``: a node new to the cluster,
+whose empty state is the truth). A marker with a corrupt WAL (``AcceptorStateLost``)
+or with no WAL at all means promises may be lost: the old segments go to quarantine,
+a fresh log records ``NEEDS_REBUILD``, and the replica starts ``rebuilding`` (it
+learns from every peer and does not vote until its ``REBUILT`` record is durable;
+this survives restarts). A corrupt log raises
 ``AcceptorStateLost`` and the node does not start (it must not vote with a state that
 may have forgotten promises). The applied state is not in the WAL: a restarted node
 starts from its newest valid snapshot, if any, and re-learns every later chosen slot
@@ -88,7 +91,7 @@ from pyxos.core.replica import Replica, ReplicaConfig
 from pyxos.net.codec import PROTOCOL_VERSION, Hello, check_hello, encode_message
 from pyxos.net.link import FramedProtocol, PeerLinks, PeerServer, new_counters, serve_peers
 from pyxos.server.config import Config
-from pyxos.server.durable import DurableAcceptor, Recovered
+from pyxos.server.durable import AcceptorStateLost, DurableAcceptor, Recovered
 from pyxos.statemachine.kv import KVStore
 from pyxos.statemachine.service import ServiceNode
 from pyxos.storage.snapshot import Snapshot as StoredSnapshot
@@ -240,6 +243,8 @@ class NodeServer:
             promised=state.promised,
             accepted=state.accepted.values(),
             now=loop.time(),
+            rebuilding=state.needs_rebuild,
+            rebuilt_from=max(state.rebuilt, 0),
         )
         self.node = ServiceNode(
             replica,
@@ -251,11 +256,12 @@ class NodeServer:
             self.node.restore_snapshot(snapshot.slot, snapshot.data)
             logger.info("node %d: restored the snapshot of slot %d", config.node_id, snapshot.slot)
         logger.info(
-            "node %d: recovered promise %s, %d accepted entries, chosen watermark %d",
+            "node %d: recovered promise %s, %d accepted entries, chosen watermark %d%s",
             config.node_id,
             state.promised,
             len(state.accepted),
             state.chosen,
+            " (rebuilding: not voting)" if state.needs_rebuild else "",
         )
         try:
             self.peer_server = await serve_peers(
@@ -321,15 +327,26 @@ class NodeServer:
                 "(initialize=True); if it was a member before, its data is lost and it must "
                 "not vote until it is rebuilt from its peers (not supported yet)"
             )
+        lost: str | None = None
         if marker is not None and not WAL.exists(config.data_dir):
-            raise NodeStartupError(
-                f"{config.data_dir} has the marker of node {config.node_id} but no "
-                "write-ahead log: its promises are lost, so it must not vote (rebuilding "
-                "from peers is not supported yet)"
+            lost = "the write-ahead log is missing"
+        else:
+            try:
+                durable, state = DurableAcceptor.open(
+                    config.data_dir, segment_bytes=config.wal_segment_bytes
+                )
+            except AcceptorStateLost as e:
+                lost = str(e)
+        if lost is not None:
+            logger.warning(
+                "node %d: %s; its promises may be lost: it rebuilds from its peers and "
+                "does not vote until then (the old log is kept in quarantine-N/)",
+                config.node_id,
+                lost,
             )
-        durable, state = DurableAcceptor.open(
-            config.data_dir, segment_bytes=config.wal_segment_bytes
-        )
+            durable, state = DurableAcceptor.open_for_rebuild(
+                config.data_dir, segment_bytes=config.wal_segment_bytes
+            )
         try:
             snapshot = load_latest_snapshot(self.snapshot_dir)
             if marker is None:
@@ -398,6 +415,7 @@ class NodeServer:
             "node_id": self.config.node_id,
             "cluster_id": self.config.cluster_id,
             "role": replica.role.value,
+            "rebuilding": replica.rebuilding,
             "leader": replica.leader,
             "ballot": str(replica.ballot),
             "promised": str(replica.acceptor.promised),
