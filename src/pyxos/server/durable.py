@@ -36,8 +36,9 @@ checkpoint or covered by the snapshot.
 Corruption anywhere else means acknowledged promises or acceptances may be lost; a node
 that voted again from such a state could break agreement. ``open`` then raises
 :class:`AcceptorStateLost` (distinct from every other error, so the node refuses to
-start as a voter instead of silently forgetting a promise). Rebuilding the state from
-peers is not done here; an operator must wipe the directory and re-join the node.
+start as a voter instead of silently forgetting a promise). The node runtime then
+calls ``open_for_rebuild``: the damaged segments are moved to ``quarantine-N/`` and a
+fresh log starts with ``NEEDS_REBUILD``, so the node rebuilds from its peers.
 """
 
 from __future__ import annotations
@@ -105,8 +106,8 @@ class AcceptorStateLost(DurableStateError):
 
     def __init__(self, cause: WALCorruption) -> None:
         super().__init__(
-            f"acceptor state is corrupt, refusing to vote: {cause} "
-            "(wipe the data directory and re-join this node to rebuild it from its peers)"
+            f"acceptor state is corrupt, refusing to vote with it: {cause} "
+            "(the node rebuilds it from its peers: see DurableAcceptor.open_for_rebuild)"
         )
         self.cause = cause
 
