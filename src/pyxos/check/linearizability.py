@@ -248,6 +248,8 @@ class _Problem:
     # Per value: definite ops that need the register to hold it (reads, successful
     # cas), and definite / optional ops that can put it there; indices ascending.
     observers: dict[int, list[int]] = field(default_factory=dict)
+    # observers_last_return[v][n]: the latest return among observers[v][n:].
+    observers_last_return: dict[int, list[int]] = field(default_factory=dict)
     def_producers: dict[int, list[int]] = field(default_factory=dict)
     opt_producers: dict[int, list[int]] = field(default_factory=dict)
 
@@ -342,6 +344,10 @@ def _compile(ops: Sequence[Operation], n_maybe: int = 0, until: float = _INF) ->
         pb.used.append(op)
         pb.used_optional.append(optional)
     pb.n_def = len(pb.dkind)
+    for value, obs in pb.observers.items():
+        last = pb.observers_last_return[value] = [pb.def_return[j] for j in obs]
+        for n in range(len(last) - 2, -1, -1):
+            last[n] = max(last[n], last[n + 1])
     pb.def_call = dcall
     pb.def_by_ret = sorted(range(pb.n_def), key=lambda j: (dret[j], j))
     pb.def_ret = [dret[j] for j in pb.def_by_ret]
@@ -377,7 +383,7 @@ _YIELD_EVERY = 1024
 @dataclass(slots=True)
 class _Progress:
     furthest: int  # forced-op position no branch has got past yet
-    horizon: int  # latest-called definite op a pruning decision depended on
+    horizon: int  # latest return of an op a pruning decision depended on (-1: none)
     configs: int
 
 
@@ -386,7 +392,7 @@ class _Outcome:
     ok: bool
     furthest: int  # forced-op position no branch got past (when not ok)
     configs: int
-    horizon: int = -1  # latest-called definite op the failure proof depends on
+    horizon: int = -1  # latest return of an op a pruning decision depended on
 
 
 def _searcher(pb: _Problem, initial: int) -> Generator[_Progress, None, _Outcome]:
@@ -409,6 +415,7 @@ def _searcher(pb: _Problem, initial: int) -> Generator[_Progress, None, _Outcome
     dkind, da, db, ddead = pb.dkind, pb.da, pb.db, pb.ddead
     order, def_hi, opt_hi = pb.def_by_ret, pb.def_hi, pb.opt_hi
     observers, def_producers, opt_producers = pb.observers, pb.def_producers, pb.opt_producers
+    observers_last_return = pb.observers_last_return
     okind, oa, ob, obounded, oclass, odead = (
         pb.okind,
         pb.oa,
@@ -483,13 +490,13 @@ def _searcher(pb: _Problem, initial: int) -> Generator[_Progress, None, _Outcome
         obs = observers.get(st) if st >= 0 else None
         if obs:
             waiting = 0
-            first_observer = -1
+            first_n = 0
             for n in range(bisect_left(obs, base), len(obs)):
                 j = obs[n]
                 if not (rest >> (j - base)) & 1:
                     waiting += 1
                     if waiting == 1:
-                        first_observer = last_observer = j
+                        first_n, last_observer = n, j
                     else:
                         break
             if waiting:
@@ -505,9 +512,9 @@ def _searcher(pb: _Problem, initial: int) -> Generator[_Progress, None, _Outcome
                         if not (omask >> k) & 1:
                             keep = False
                             break
-                if keep and first_observer > horizon[0]:
-                    # Failing here depends on an op that may be called much later.
-                    horizon[0] = first_observer
+                if keep and observers_last_return[st][first_n] > horizon[0]:
+                    # Failing here depends on ops that may return much later.
+                    horizon[0] = observers_last_return[st][first_n]
                 if waiting == 2:
                     last_observer = -1
         need: set[int] = set()  # values some definite candidate needs and lacks
@@ -609,7 +616,7 @@ def _searcher(pb: _Problem, initial: int) -> Generator[_Progress, None, _Outcome
             children.append(forced_child)
         return children
 
-    horizon = [-1]  # latest-called definite op a pruning decision depended on
+    horizon = [-1]  # latest return of an op a pruning decision depended on
     memo: set[tuple[int, int, int, int, int]] = set()
     root = expand(0, 0, 0, initial, _NO_GUARD, 0)
     # Frame: (children still to try, base, rest, omask, dptr)
@@ -792,11 +799,11 @@ def _stuck_at(pb: _Problem, furthest: int, horizon: int) -> list[int]:
     """When a search stuck at forced op ``furthest`` ran into trouble, as times to try.
 
     The return of the forced op no branch got past; then, if a pruning rule consulted
-    an op (``horizon``) that returns later, that return.
+    ops that return later, the latest of those returns (``horizon``).
     """
     until = [pb.def_ret[furthest]]
-    if horizon >= 0 and pb.def_return[horizon] > until[0]:
-        until.append(pb.def_return[horizon])
+    if horizon > until[0]:
+        until.append(horizon)
     return until
 
 
