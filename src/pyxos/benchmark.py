@@ -390,6 +390,7 @@ def median_result(runs: Sequence[BenchResult]) -> BenchResult:
     if not runs:
         raise ValueError("no runs to take the median of")
     first = runs[0]
+    repeated = f"median of {len(runs)}" if len(runs) > 1 else ""
 
     def med(values: Sequence[float]) -> float:
         return float(statistics.median(values))
@@ -407,5 +408,5 @@ def median_result(runs: Sequence[BenchResult]) -> BenchResult:
         errors=sum(r.errors for r in runs),
         unknown=sum(r.unknown for r in runs),
         history_records=sum(r.history_records for r in runs),
-        note=f"median of {len(runs)}" if len(runs) > 1 else first.note,
+        note="; ".join(n for n in (first.note, repeated) if n),
     )
