@@ -93,19 +93,31 @@ def test_http_kv_status_health_and_limits(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_http_without_a_leader_says_503(tmp_path: Path) -> None:
+def test_without_a_leader_reads_say_503_and_writes_wait_for_one(tmp_path: Path) -> None:
     async def main() -> None:
         configs = cluster_configs(tmp_path, http_port=0)
         (alone,) = await start_nodes(configs[:1])  # no quorum: nobody leads
+        others = []
         try:
-            async with (
-                aiohttp.ClientSession() as http,
-                http.get(f"http://127.0.0.1:{alone.http_port}/v1/kv/x") as r,
-            ):
-                assert r.status == 503
-                assert r.headers["Retry-After"] == "1"
-                assert (await r.json()) == {"error": "not the leader", "leader": 0}
+            base = f"http://127.0.0.1:{alone.http_port}"
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{base}/v1/kv/x") as r:
+                    assert r.status == 503
+                    assert r.headers["Retry-After"] == "1"
+                    assert (await r.json())["leader"] == 0
+
+                async def put() -> int:
+                    async with http.put(f"{base}/v1/kv/x", data="1") as r:
+                        return r.status
+
+                write = asyncio.create_task(put())  # refused, retried with the same seq
+                await asyncio.sleep(0.3)
+                assert not write.done()
+                others = await start_nodes(configs[1:])
+                assert await asyncio.wait_for(write, 5.0) == 200
+                async with http.get(f"{base}/v1/kv/x") as r:
+                    assert (await r.json())["value"] == "1"
         finally:
-            await stop_nodes([alone])
+            await stop_nodes([alone, *others])
 
     asyncio.run(main())

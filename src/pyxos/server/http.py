@@ -16,8 +16,13 @@ store's bounded session table.
 
 Answers:
 
-- this node does not lead: ``503`` with ``{"error": "not the leader", "leader": id}``
-  (0 when unknown) and ``Retry-After``; the HTTP caller retries at the leader;
+- a read that no leader could serve (none known, or it stepped down): ``503`` with
+  ``{"error": ..., "leader": id}`` (0 when unknown) and ``Retry-After``; a read has no
+  effect, so the caller may simply retry;
+- a write refused for want of a leader, and any command unanswered for half a
+  second, is sent again by the API itself with the same ``(client, seq)`` (a refusal
+  does not prove the write was not proposed, and the store applies it at most once)
+  until ``timeout``;
 - no answer within ``timeout``: ``504`` with ``"outcome": "unknown"``: the write may
   or may not have taken effect;
 - a command the store refuses (bad key, too large): ``400``; a body over the value
@@ -61,6 +66,16 @@ _MAX_CAS_BODY = 2 * MAX_VALUE_BYTES + 4096
 class _NotLeader(Exception):
     def __init__(self, leader: int) -> None:
         self.leader = leader
+
+
+class _Unknown(Exception):
+    def __init__(self, leader: int) -> None:
+        self.leader = leader
+
+
+_READ_OPS = frozenset({"get", "list"})
+_RETRY_PAUSE = 0.05
+_ATTEMPT = 0.5  # seconds one submission waits before it is sent again
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
@@ -159,29 +174,40 @@ class HttpApi:
             raise web.HTTPBadRequest(
                 text=json.dumps({"error": str(e)}), content_type="application/json"
             ) from None
-        future: asyncio.Future[ClientReply] = asyncio.get_running_loop().create_future()
-        self._waiting[(client, seq)] = future
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        request = ClientRequest(self._sink, client, seq, _encoder.encode(command))
+        leader = 0
         try:
-            self.node.submit([ClientRequest(self._sink, client, seq, _encoder.encode(command))])
-            try:
-                reply = await asyncio.wait_for(future, self.timeout)
-            except TimeoutError:
-                raise web.HTTPGatewayTimeout(
-                    text=json.dumps(
-                        {
-                            "error": f"no answer within {self.timeout} s",
-                            "outcome": "unknown",
-                        }
-                    ),
-                    content_type="application/json",
-                ) from None
+            while True:
+                future: asyncio.Future[ClientReply] = loop.create_future()
+                self._waiting[(client, seq)] = future
+                self.node.submit([request])
+                remaining = deadline - loop.time()
+                try:
+                    reply = await asyncio.wait_for(future, max(0.0, min(remaining, _ATTEMPT)))
+                except TimeoutError:
+                    # Lost on the way (a forward over a link still down, a leader that
+                    # died): resend the same (client, seq) while time remains.
+                    if loop.time() >= deadline:
+                        raise _Unknown(leader) from None
+                    continue
+                if reply.ok:
+                    break
+                leader = reply.leader
+                if op in _READ_OPS:
+                    raise _NotLeader(leader)  # a refused read had no effect
+                # A refused write may still sit in a slot that gets chosen: never give
+                # up on it with a definite answer; retry the SAME (client, seq), which
+                # the store applies at most once, until the deadline.
+                await asyncio.sleep(min(_RETRY_PAUSE, max(0.0, deadline - loop.time())))
+                if loop.time() >= deadline:
+                    raise _Unknown(leader)
         finally:
-            del self._waiting[(client, seq)]
+            self._waiting.pop((client, seq), None)
             # The seq is used up whatever happened: the next command of this session
             # gets a higher one, so a late apply of this one cannot be confused with it.
             self._sessions.append((client, seq))
-        if not reply.ok:
-            raise _NotLeader(reply.leader)
         result = decode_result(reply.result)
         if result.error is not None:
             raise web.HTTPBadRequest(
@@ -195,8 +221,15 @@ class HttpApi:
         try:
             return await self._execute(op, key, value, expected)
         except _NotLeader as e:
-            body = {"error": "not the leader", "leader": e.leader}
+            body = {"error": "no leader to serve the read", "leader": e.leader}
             return _json(503, body, {"Retry-After": "1"})
+        except _Unknown as e:
+            body = {
+                "error": f"no answer within {self.timeout} s",
+                "outcome": "unknown",
+                "leader": e.leader,
+            }
+            return _json(504, body)
 
     # -- handlers ------------------------------------------------------------------------
 
