@@ -138,6 +138,12 @@ def test_garbage_closes_only_that_connection(tmp_path: Path) -> None:
             writer.write(encode_hello(hello) + b"\x00\x00\x00\x03abc")
             assert await asyncio.wait_for(reader.read(), 3.0) == b""
             writer.close()
+            # Garbage, and a client's Hello, on the peer port.
+            for junk in (b"GET / HTTP/1.1\r\n\r\n", encode_hello(hello)):
+                reader, writer = await asyncio.open_connection("127.0.0.1", node.peer_port)
+                writer.write(junk)
+                assert await asyncio.wait_for(reader.read(), 3.0) == b""
+                writer.close()
             reply = await good.call(Command(5, 1, "put", "x", "y"))
             assert reply.ok
             assert (
