@@ -227,3 +227,22 @@ def test_peer_messages_naming_another_sender_are_dropped(tmp_path: Path) -> None
             stop(server)
 
     asyncio.run(main())
+
+
+def test_an_oversized_message_is_dropped_not_raised(tmp_path: Path) -> None:
+    from pyxos.core.messages import Accept
+    from pyxos.net.codec import MAX_FRAME_BYTES
+
+    async def main() -> None:
+        server, node, _, links = make(tmp_path)
+        try:
+            huge = Accept(1, B, 0, (b"x" * (MAX_FRAME_BYTES + 1),))
+            node.script.append(Ready(send_now=[Send((2,), huge), commit(3)]))
+            server._input(())
+            assert dsts(links) == [3]
+            assert server.stats.oversized_dropped == 1
+            assert node.advances == 1  # the Ready was carried out to the end
+        finally:
+            stop(server)
+
+    asyncio.run(main())

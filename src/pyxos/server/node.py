@@ -140,6 +140,8 @@ class DriverStats:
     """Client requests received on the binary port."""
     unexpected_client_messages: int = 0
     """Frames on the client port that were not ``ClientRequest`` (ignored)."""
+    oversized_dropped: int = 0
+    """Outgoing messages over the frame limit, dropped instead of sent."""
     dropped_peer_messages: int = 0
     """Peer messages naming another sender than the peer (ignored)."""
 
@@ -652,14 +654,27 @@ class NodeServer:
                     continue
                 conn = self._clients.get(dst)
                 if conn is not None:  # else the client is gone; it will retry
-                    if frame is None:
-                        frame = encode_message(msg)
-                    conn.send(frame)
+                    frame = frame if frame is not None else self._encode(msg)
+                    if frame:
+                        conn.send(frame)
             elif self.links is not None:
-                if frame is None:
-                    frame = encode_message(msg)
-                with contextlib.suppress(KeyError):  # not a member: dropped
-                    self.links.send(dst, frame)
+                frame = frame if frame is not None else self._encode(msg)
+                if frame:
+                    with contextlib.suppress(KeyError):  # not a member: dropped
+                        self.links.send(dst, frame)
+
+    def _encode(self, msg: Message) -> bytes:
+        """The frame of ``msg``; empty (dropped, counted, logged) if it is over the limit.
+
+        The protocol tolerates a lost message; an exception here would abandon the
+        Ready half done.
+        """
+        try:
+            return encode_message(msg)
+        except ValueError as e:
+            self.stats.oversized_dropped += 1
+            logger.error("node %d: dropped a message: %s", self.config.node_id, e)
+            return b""
 
     def _deliver_local(self) -> None:
         self._local_scheduled = False
