@@ -246,3 +246,21 @@ def test_an_oversized_message_is_dropped_not_raised(tmp_path: Path) -> None:
             stop(server)
 
     asyncio.run(main())
+
+
+def test_an_internal_error_stops_the_node(tmp_path: Path) -> None:
+    class Broken(ScriptedNode):
+        def step(self, msg: Message) -> None:
+            raise RuntimeError("core bug")
+
+    async def main() -> None:
+        server, _, _, _ = make(tmp_path)
+        broken = Broken()
+        server.node = broken  # type: ignore[assignment]
+        server._on_peer_messages(2, [Commit(2, B, 0)])
+        server._on_peer_messages(2, [Commit(2, B, 0)])  # ignored: the node is failing
+        with pytest.raises(NodeFailed, match="core bug"):
+            await asyncio.wait_for(server.serve_forever(), 5.0)
+        assert server.stats.inputs == 1
+
+    asyncio.run(main())

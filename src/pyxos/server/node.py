@@ -117,7 +117,7 @@ class NodeStartupError(Exception):
 
 
 class NodeFailed(Exception):
-    """The node stopped because of a fatal error (a failed fsync)."""
+    """The node stopped because of a fatal error (a failed fsync, an internal error)."""
 
 
 @dataclass(slots=True)
@@ -475,13 +475,19 @@ class NodeServer:
         """Feed one input batch: tick, step every message, then drive once."""
         node = self.node
         loop = self._loop
-        if node is None or loop is None or self._closing:
+        if node is None or loop is None or self._closing or self._fatal is not None:
             return
         self.stats.inputs += 1
-        node.tick(loop.time())
-        for msg in msgs:
-            node.step(msg)
-        self._drive()
+        try:
+            node.tick(loop.time())
+            for msg in msgs:
+                node.step(msg)
+            self._drive()
+        except Exception as e:
+            # A bug in the core or the driver: stop (fail-stop) rather than run on from
+            # a half-carried-out Ready. The WAL holds only what was written in order.
+            logger.exception("node %d: internal error, stopping", self.config.node_id)
+            self._fail(e)
 
     def _drive(self) -> None:
         node = self.node
@@ -686,7 +692,7 @@ class NodeServer:
         if self._fatal is not None:
             return
         self._fatal = error
-        logger.critical("node %d: fatal storage error, stopping: %s", self.config.node_id, error)
+        logger.critical("node %d: fatal error, stopping: %s", self.config.node_id, error)
         if self._loop is not None:
             self._loop.create_task(self.shutdown())
 
