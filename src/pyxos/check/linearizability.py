@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left, bisect_right
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -76,7 +76,7 @@ _OPT_CAS = 5  # a: expected, b: value written, if it takes effect
 _ANY = -1  # "some value we do not know" (start of a window); every read resolves it
 _ABSENT = 0
 _OTHER = 1  # any value that no operation of the problem compares with
-_NO_GUARD = -2  # configuration not reached through an optional operation
+_NO_GUARD = -(1 << 62)  # configuration not reached through an optional operation
 _INF = float("inf")
 
 _EXIT_OK = 0
@@ -232,6 +232,7 @@ class _Problem:
     db: list[int] = field(default_factory=list)
     # Bounded optional ops that must be skipped for good once this op is linearized.
     ddead: list[int] = field(default_factory=list)
+    def_ops: list[Operation] = field(default_factory=list)
     def_call: list[int] = field(default_factory=list)
     def_return: list[int] = field(default_factory=list)
     def_by_ret: list[int] = field(default_factory=list)
@@ -336,6 +337,7 @@ def _compile(ops: Sequence[Operation], n_maybe: int = 0, until: float = _INF) ->
             if kind in (_WRITE, _CAS):
                 pb.def_producers.setdefault(a if kind == _WRITE else b, []).append(j)
             pb.def_return.append(op.return_)
+            pb.def_ops.append(op)
             pb.dkind.append(kind)
             pb.da.append(a)
             pb.db.append(b)
@@ -424,6 +426,10 @@ def _searcher(pb: _Problem, initial: int) -> Generator[_Progress, None, _Outcome
         pb.oclass,
         pb.odead,
     )
+    n_opt = len(okind)
+    owritten = [oa[k] if okind[k] == _OPT_WRITE else ob[k] for k in range(n_opt)]
+    opt_cas = [k for k in range(n_opt) if okind[k] == _OPT_CAS]
+    bounded_opt = [k for k in range(n_opt) if obounded[k]]
     excluded: list[frozenset[int]] = [frozenset()]
     unknown_state: dict[frozenset[int], int] = {frozenset(): _ANY}
 
@@ -563,44 +569,45 @@ def _searcher(pb: _Problem, initial: int) -> Generator[_Progress, None, _Outcome
         ohi = opt_hi[dptr]
         ocand = ~omask & ((1 << ohi) - 1) if ohi else 0
         if ocand:
+            if blocked and not producible:
+                if want >= 0:
+                    producible = any((ocand >> k) & 1 for k in opt_producers.get(want, ()))
+                else:
+                    producible = any(
+                        (ocand >> k) & 1 and owritten[k] != want_not for k in range(ohi)
+                    )
             # Optional cas ops enabled by an optional write may be needed too.
-            m = ocand
-            while m:
-                low = m & -m
-                m ^= low
-                k = low.bit_length() - 1
-                if okind[k] == _OPT_CAS and not holds(st, oa[k]):
+            for k in opt_cas:
+                if k >= ohi:
+                    break
+                if (ocand >> k) & 1 and not holds(st, oa[k]):
                     need.add(oa[k])
+            if need_change:
+                examine: Iterable[int] = (k for k in range(ohi) if (ocand >> k) & 1)
+            else:
+                chosen = {k for v in need for k in opt_producers.get(v, ()) if (ocand >> k) & 1}
+                chosen.update(k for k in bounded_opt if (ocand >> k) & 1)
+                examine = sorted(chosen)
             seen_class: set[int] = set()
-            while ocand:
-                low = ocand & -ocand
-                ocand ^= low
-                k = low.bit_length() - 1
+            for k in examine:
                 if okind[k] == _OPT_WRITE:
-                    ns = oa[k]
-                    if blocked and unblocks(ns, want, want_not):
-                        producible = True
                     if guarded:
                         continue  # blind write: hides the optional op before it
-                else:
-                    ns = ob[k]
-                    if blocked and unblocks(ns, want, want_not):
-                        producible = True
-                    if not holds(st, oa[k]):
-                        continue  # a no-op: the same as not taking effect
+                elif not holds(st, oa[k]):
+                    continue  # a no-op: the same as not taking effect
+                ns = owritten[k]
                 if ns == st or keep:
                     continue
                 if obounded[k]:
                     child = (True, k, ns, _NO_GUARD)
                 else:
-                    # From an unknown state, "needed" is not exact: no filter, no guard.
-                    if st >= 0 and not (need_change or ns in need):
+                    if not (need_change or ns in need):
                         continue
                     c = oclass[k]
                     if c in seen_class:
                         continue  # interchangeable with an earlier one
                     seen_class.add(c)
-                    child = (True, k, ns, st if st >= 0 else _NO_GUARD)
+                    child = (True, k, ns, st)
                 if blocked and unblocks(ns, want, want_not):
                     opt_unblockers.append(child)
                 else:
@@ -617,7 +624,7 @@ def _searcher(pb: _Problem, initial: int) -> Generator[_Progress, None, _Outcome
         return children
 
     horizon = [-1]  # latest return of an op a pruning decision depended on
-    memo: set[tuple[int, int, int, int, int]] = set()
+    memo: dict[tuple[int, int, int], list[tuple[int, int]]] = {}
     root = expand(0, 0, 0, initial, _NO_GUARD, 0)
     # Frame: (children still to try, base, rest, omask, dptr)
     stack: list[tuple[list[_Child], int, int, int, int]] = [(root, 0, 0, 0, 0)]
@@ -641,12 +648,23 @@ def _searcher(pb: _Problem, initial: int) -> Generator[_Progress, None, _Outcome
                 nb, nr = base + sh, r >> sh
             else:
                 nb, nr = base, rest | (1 << off)
-        key = (nb, nr, nom, ns, ng)
-        if key in memo:
-            continue
-        if ng != _NO_GUARD and (nb, nr, nom, ns, _NO_GUARD) in memo:
-            continue  # the unguarded configuration has every option this one has
-        memo.add(key)
+        # Memoization with dominance: a configuration seen before with the same
+        # definite ops decided and the same state, but fewer optional ops decided
+        # (each one spent or skipped for good) and no stricter guard, had every option
+        # this one has.
+        key = (nb, nr, ns)
+        seen = memo.get(key)
+        if seen is None:
+            memo[key] = [(nom, ng)]
+        else:
+            for m, g in seen:
+                if not m & ~nom and g in (ng, _NO_GUARD):
+                    break
+            else:
+                seen.append((nom, ng))
+                seen = None
+            if seen is not None:
+                continue
         configs += 1
         if not configs & yield_mask:
             yield _Progress(furthest, horizon[0], configs)
@@ -674,6 +692,7 @@ _CHUNK = 4096
 _STALL = 16_384
 _WINDOW_BUDGET = 50_000
 _FIRST_WINDOW = 8  # ops; doubled until a window fails or reaches the start
+_GIVE_UP = 2  # undecided window checks in a row after which trimming stops
 
 
 @dataclass(slots=True)
@@ -730,32 +749,35 @@ def _call_time(op: Operation) -> int:
     return op.call
 
 
-def _fails(rel: Sequence[Operation], start: int, until: float, deadline: float | None) -> bool:
-    """Whether the window (see ``_window``) is proven non-linearizable within budget."""
+def _verdict(
+    rel: Sequence[Operation], start: int, until: float, deadline: float | None
+) -> bool | None:
+    """Whether the window (see ``_window``) is linearizable; None: undecided in budget."""
     pb, initial = _window(rel, start, until)
     out = _run(_searcher(pb, initial), _WINDOW_BUDGET, deadline)
-    return isinstance(out, _Outcome) and not out.ok
+    return out.ok if isinstance(out, _Outcome) else None
 
 
 def _find_window(
-    rel: Sequence[Operation], until: float, deadline: float | None
+    rel: Sequence[Operation], until: float, anchor: int, deadline: float | None
 ) -> _KeyVerdict | None:
     """A short window of ``rel`` that is not linearizable, ending as early as possible.
 
-    Looks for windows as the history stood at time ``until``; if none can be shown to
-    fail (within budgets), returns None. With ``until`` infinite, the whole history,
-    it must already be known not to be linearizable.
+    Looks for windows of the history as it stood at time ``until`` that contain
+    ``rel[anchor]`` (where the search got stuck); returns None if none can be shown to
+    fail within budgets. With ``until`` infinite (the whole history), the history must
+    already be known not to be linearizable, and a window is always found.
     """
-    # 1. A failing window as of ``until``: try 8, 16, 32... ops back.
+    # 1. A failing window: 8, 16, 32... ops back from the anchor.
     end = bisect_right(rel, until, key=_call_time)
+    top = min(anchor, end - 1)
     size = _FIRST_WINDOW
     while True:
-        start = max(0, end - size)
-        pb, initial = _window(rel, start, until)
-        out = _run(_searcher(pb, initial), _WINDOW_BUDGET, deadline)
-        if isinstance(out, _Outcome) and not out.ok:
+        start = max(0, top + 1 - size)
+        ok = _verdict(rel, start, until, deadline)
+        if ok is False:
             break
-        if start == 0 or not isinstance(out, _Outcome):
+        if start == 0 or ok is None:
             # Explainable, or too hard to decide: unless the whole history is
             # known to fail, give up; else fall back to it.
             if until != _INF:
@@ -766,24 +788,30 @@ def _find_window(
     # 2. Trim the end: the earliest return after which the window fails. Returns
     # are the only events that can make a history fail (a call adds an optional op).
     returns = sorted({r for op in rel[start:end] if (r := op.return_) is not None and r <= until})
-    lo, hi = -1, len(returns)  # window fails as of returns[hi] (or ``until``)
-    while hi - lo > 1:
+    lo, hi = -1, len(returns)  # the window fails as of returns[hi] (or ``until``)
+    undecided = 0
+    while hi - lo > 1 and undecided < _GIVE_UP:
         mid = (lo + hi) // 2
-        if _fails(rel, start, returns[mid], deadline):
+        ok = _verdict(rel, start, returns[mid], deadline)
+        if ok is False:
             hi = mid
         else:
             lo = mid
+        undecided = undecided + 1 if ok is None else 0
     if hi < len(returns):
         until = returns[hi]
     # 3. Trim the start: the window from lo fails, the one from hi is empty.
     end = bisect_right(rel, until, key=_call_time)
     lo, hi = start, end
-    while hi - lo > 1:
+    undecided = 0
+    while hi - lo > 1 and undecided < _GIVE_UP:
         mid = (lo + hi) // 2
-        if _fails(rel, mid, until, deadline):
+        ok = _verdict(rel, mid, until, deadline)
+        if ok is False:
             lo = mid
         else:
             hi = mid
+        undecided = undecided + 1 if ok is None else 0
     pb, _ = _window(rel, lo, until)
     culprit = next((op for op in rel[lo:end] if op.return_ == until and not op.unknown), None)
     return _KeyVerdict(
@@ -795,32 +823,36 @@ def _find_window(
     )
 
 
-def _stuck_at(pb: _Problem, furthest: int, horizon: int) -> list[int]:
-    """When a search stuck at forced op ``furthest`` ran into trouble, as times to try.
+def _stuck_at(pb: _Problem, furthest: int, horizon: int) -> tuple[Operation, list[int]]:
+    """Where a search stuck at forced op ``furthest`` ran into trouble.
 
-    The return of the forced op no branch got past; then, if a pruning rule consulted
-    ops that return later, the latest of those returns (``horizon``).
+    The forced op no branch got past, and times to cut the history at: that op's
+    return; then, if a pruning rule consulted ops that return later, the latest of
+    those returns (``horizon``).
     """
     until = [pb.def_ret[furthest]]
     if horizon > until[0]:
         until.append(horizon)
-    return until
+    return pb.def_ops[pb.def_by_ret[furthest]], until
 
 
 def _check_key(ops: Sequence[Operation], deadline: float | None) -> _KeyVerdict:
     rel = sorted((op for op in ops if _relevant(op)), key=_call_time)
     pb = _compile(rel)
     search = _searcher(pb, _ABSENT)
-    tried: set[int] = set()
+    index = {id(op): n for n, op in enumerate(rel)}
+    tried: set[tuple[int, float]] = set()
 
     def window_where_stuck(furthest: int, horizon: int) -> _KeyVerdict | None:
         # A search that is stuck is stuck around one point; if the history is not
         # linearizable there, a short window from an unknown value usually shows it
         # in milliseconds, where the exhaustive search could take very long.
-        for until in _stuck_at(pb, furthest, horizon):
-            if until not in tried:
-                tried.add(until)
-                verdict = _find_window(rel, until, deadline)
+        stuck, times = _stuck_at(pb, furthest, horizon)
+        anchor = index[id(stuck)]
+        for until in times:
+            if (anchor, until) not in tried:
+                tried.add((anchor, until))
+                verdict = _find_window(rel, until, anchor, deadline)
                 if verdict is not None:
                     return verdict
         return None
@@ -844,7 +876,7 @@ def _check_key(ops: Sequence[Operation], deadline: float | None) -> _KeyVerdict:
     try:
         verdict = window_where_stuck(out.furthest, out.horizon)
         if verdict is None:
-            verdict = _find_window(rel, _INF, deadline)
+            verdict = _find_window(rel, _INF, len(rel) - 1, deadline)
         assert verdict is not None  # the whole history is known to fail
         return verdict
     except CheckTimeout:
