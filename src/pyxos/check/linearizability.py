@@ -158,6 +158,11 @@ class CheckResult:
             )
         pairs = zip(self.window, maybe, strict=True)
         shown = [pair for n, pair in enumerate(pairs) if n not in hidden]
+        if len(shown) > _SHOWN_MAX:
+            lines.append(
+                f"    ... {len(shown) - _SHOWN_MAX} earlier operations not shown (in result.window)"
+            )
+            shown = shown[-_SHOWN_MAX:]
         times = [t for op, _ in shown for t in (op.call, op.return_) if t is not None]
         t0 = min(times, default=0)
         unit = _time_unit(max(times, default=0) - t0)
@@ -168,6 +173,7 @@ class CheckResult:
 
 
 _SHOWN_STALE = 3  # unknown-outcome ops from before a window that describe() lists
+_SHOWN_MAX = 40  # operations describe() lists; the latest ones
 
 
 def _time_unit(span_ns: int) -> tuple[str, float, int]:
