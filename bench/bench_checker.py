@@ -18,12 +18,29 @@ import random
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from pyxos.check.history import Operation, dump_history
+from pyxos.check.history import Operation, OpKind, dump_history
 from pyxos.check.linearizability import check_history
 
 _MS = 1_000_000  # ns
+
+
+@dataclass(slots=True)
+class _Planned:
+    """One operation of the simulation, before the register fills in its outcome."""
+
+    client: int
+    kind: OpKind
+    key: str
+    value: str | None
+    call: int
+    effect: int | None  # the instant it takes effect; None: never
+    ret: int | None  # None: the client timed out
+    expected: str | None = None
+    output: str | None = None
+    ok: bool = False
 
 
 def generate_history(
@@ -39,93 +56,74 @@ def generate_history(
     Operation mix: 50% get, 30% put, 15% cas, 5% delete, keys chosen uniformly. Latency
     is exponential (mean 1 ms) plus 0.1 ms; clients think 0-0.2 ms between operations.
     A cas expects the value its key holds at the call (as a client doing
-    read-modify-write would) 70% of the time, else a stale value, so both outcomes occur.
-    A timed-out operation returns ``null`` after 5 ms; half of them take effect, at a
-    random instant up to 10 ms after their call.
+    read-modify-write would) 70% of the time, else a recent value, so both outcomes
+    occur. A timed-out operation returns ``null`` after 5 ms; half of them take effect,
+    at a random instant up to 10 ms after their call.
     """
     rng = random.Random(seed)
     key_names = [f"k{i}" for i in range(keys)]
-    # Plan every client's calls, each with its linearization point (None: never).
-    # plan entries: [call, lin, ret, client, kind, key, value, unknown]
-    plans: list[list[object]] = []
-    per_client = [ops // clients + (1 if c < ops % clients else 0) for c in range(clients)]
+    kinds: tuple[OpKind, ...] = ("get", "put", "cas", "delete")
+    # Plan every client's calls, each with the instant it takes effect.
+    plans: list[_Planned] = []
     seq = 0
     for client in range(clients):
         t = rng.randrange(0, _MS)
-        for _ in range(per_client[client]):
+        for _ in range(ops // clients + (1 if client < ops % clients else 0)):
             call = t + rng.randrange(0, _MS // 5)
-            r = rng.random()
-            kind = "get" if r < 0.5 else "put" if r < 0.8 else "cas" if r < 0.95 else "delete"
-            key = rng.choice(key_names)
+            kind = rng.choices(kinds, weights=(10, 6, 3, 1))[0]
             seq += 1
             value = f"v{client}.{seq}" if kind in ("put", "cas") else None
             latency = _MS // 10 + int(rng.expovariate(1.0) * _MS)
-            unknown = rng.random() < unknown_rate
-            if unknown:
+            if rng.random() < unknown_rate:
                 took_effect = rng.random() < 0.5
-                lin = call + rng.randrange(0, 10 * _MS) if took_effect else None
+                effect = call + rng.randrange(0, 10 * _MS) if took_effect else None
                 ret = None
                 t = call + 5 * _MS
             else:
-                lin = call + rng.randrange(0, latency + 1)
+                effect = call + rng.randrange(0, latency + 1)
                 ret = call + latency
                 t = ret
-            plans.append([call, lin, ret, client, kind, key, value, unknown])
-    # Run the register: calls choose cas expectations, linearization points apply.
+            plans.append(_Planned(client, kind, rng.choice(key_names), value, call, effect, ret))
+    # Run the registers in time order: at a call a cas picks what it expects; at its
+    # effect an operation reads or writes.
     register: dict[str, str | None] = {}
     recent: dict[str, list[str | None]] = {k: [None] for k in key_names}
-    expected: dict[int, str | None] = {}
-    outcome: dict[int, tuple[str | None, bool]] = {}
-    events: list[tuple[int, int, int]] = []  # (time, 0 call / 1 effect, plan index)
+    events: list[tuple[int, int, int]] = []  # (time, 0: call / 1: effect, plan index)
     for i, p in enumerate(plans):
-        events.append((p[0], 0, i))  # type: ignore[arg-type]
-        if p[1] is not None:
-            events.append((p[1], 1, i))  # type: ignore[arg-type]
+        events.append((p.call, 0, i))
+        if p.effect is not None:
+            events.append((p.effect, 1, i))
     heapq.heapify(events)
     while events:
         _, what, i = heapq.heappop(events)
-        _, _, _, _, kind, key, value, _ = plans[i]
-        assert isinstance(key, str) and isinstance(kind, str)
-        current = register.get(key)
+        p = plans[i]
+        current = register.get(p.key)
         if what == 0:
-            if kind == "cas":
+            if p.kind == "cas":
                 fresh = rng.random() < 0.7
-                expected[i] = current if fresh else rng.choice(recent[key][-5:])
-            continue
-        if kind == "get":
-            outcome[i] = (current, True)
-        elif kind == "put":
-            assert isinstance(value, str)
-            register[key] = value
-            recent[key].append(value)
-            outcome[i] = (None, True)
-        elif kind == "delete":
-            register.pop(key, None)
-            recent[key].append(None)
-            outcome[i] = (None, True)
-        elif expected[i] == current:
-            assert isinstance(value, str)
-            register[key] = value
-            recent[key].append(value)
-            outcome[i] = (None, True)
+                p.expected = current if fresh else rng.choice(recent[p.key][-5:])
+        elif p.kind == "get":
+            p.output, p.ok = current, True
+        elif p.kind == "cas" and p.expected != current:
+            p.ok = False
         else:
-            outcome[i] = (None, False)
-    history = []
-    for i, (call, _lin, ret, client, kind, key, value, unknown) in enumerate(plans):
-        output, ok = outcome.get(i, (None, None))
-        history.append(
-            Operation(
-                client=client,  # type: ignore[arg-type]
-                op=kind,  # type: ignore[arg-type]
-                key=key,  # type: ignore[arg-type]
-                value=value,  # type: ignore[arg-type]
-                expected=expected.get(i) if kind == "cas" else None,
-                call=call,  # type: ignore[arg-type]
-                return_=None if unknown else ret,  # type: ignore[arg-type]
-                output=None if unknown else output,
-                ok=None if unknown else ok,
-            )
+            register[p.key] = p.value  # put, successful cas, or delete (value None)
+            recent[p.key].append(p.value)
+            p.ok = True
+    history = [
+        Operation(
+            client=p.client,
+            op=p.kind,
+            key=p.key,
+            value=p.value,
+            expected=p.expected,
+            call=p.call,
+            return_=p.ret,
+            output=p.output if p.ret is not None else None,
+            ok=p.ok if p.ret is not None else None,
         )
+        for p in plans
+    ]
     history.sort(key=lambda op: op.call)
     return history
 

@@ -328,7 +328,7 @@ def brute_force_linearizable(ops: list[Operation]) -> bool:
     ]
     n = len(items)
     inf = float("inf")
-    rets = [inf if op.unknown else op.return_ for op in items]
+    rets = [inf if op.return_ is None or op.unknown else float(op.return_) for op in items]
     required = sum(1 << i for i, op in enumerate(items) if not op.unknown)
 
     def step(op: Operation, state: str | None) -> tuple[bool, str | None]:

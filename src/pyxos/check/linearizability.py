@@ -6,50 +6,60 @@ Theory of operation
 A history is linearizable if every operation can be given a single instant (its
 linearization point) between its call and its return such that, taken in the order of
 those instants, the operations are a legal run of a sequential key-value store starting
-from an empty store. Operations whose outcome is unknown have no return: their point may
-be anywhere after their call, or they may never take effect.
+from an empty store. An operation whose outcome is unknown has no return: its point may
+be anywhere after its call, or it may never take effect.
 
 1. Per key (P-compositionality). Operations on different keys never constrain each other,
-   so each key's sub-history is checked on its own, as a single register whose value is a
-   string or "absent". Gets with an unknown outcome, and gets, puts and deletes that
-   returned a definite failure, constrain nothing and are dropped first.
+   so each key's sub-history is checked on its own, as one register holding a string or
+   "absent". Gets with an unknown outcome, and gets, puts and deletes that returned a
+   definite failure, constrain nothing and are dropped first.
 
-2. Value abstraction. Only values that some operation compares the register with
-   matter: the outputs of gets and the ``expected`` of every cas. Every other value
-   written is replaced by one token, OTHER; the register's state is a small int.
+2. Value abstraction. Only values that some operation compares the register with matter:
+   the outputs of gets and the ``expected`` of every cas. Every other value written is
+   replaced by one token, OTHER, so the register's state is a small int.
 
-3. Search (Wing & Gong, with Lowe's improvements). A configuration is the set of
+3. Search: Wing & Gong's, with Lowe's improvements. A configuration is the set of
    operations already decided (linearized, or skipped for good) and the register's
-   state. The search is a depth-first walk over configurations:
+   state; the search walks configurations depth first, with an explicit stack.
 
-   - Just-in-time linearization: the *forced* operation is the undecided operation of
-     known outcome with the earliest return. Something must be linearized next, and it
-     may only be an undecided operation called no later than the forced one returned
-     (anything called later must come after the forced operation). The forced
-     operation is tried first, then the other candidates in call order.
-   - Memoization: every configuration reached is remembered; reaching it again by
-     another order cannot succeed where the first visit failed, so it is cut.
-   - Unknown-outcome writes (return = +infinity) are *optional*: success is declared
-     as soon as every operation of known outcome is decided, so an optional operation
-     that never helps is simply never linearized ("never took effect"). To keep their
-     freedom from blowing up the search, an optional operation is only linearized
-     immediately before an operation that needs its effect: one that is illegal in
-     the current state but legal after it (any linearization can be rearranged into
-     that form, by moving an optional operation later past operations that do not
-     observe it, or dropping it). Optional operations with the same effect are
-     interchangeable once called, so only the earliest undecided one is tried.
+   - Just-in-time linearization: the *forced* operation is the undecided one of known
+     outcome that returns first. Only operations called no later than it returns may be
+     linearized before it (the others must follow it). It is tried first, then ops that
+     make it legal if it is not, then the other candidates in call order.
+   - Memoization: a configuration reached again by another order cannot succeed where
+     the first visit failed. Dominance strengthens it: one with the same definite ops
+     decided and the same state but *more* optional ops used up is no better either.
+   - Unknown-outcome writes are *optional*: success is declared once every operation of
+     known outcome is placed, so one that never helps is never linearized ("never took
+     effect"). It is only linearized right before an operation that needs its effect
+     (illegal before, legal after); any linearization can be rearranged into that form
+     by moving optional ops later or dropping them. Optional ops with the same effect
+     are interchangeable once called, so only the first one is tried.
+   - Partial-order reduction: a read of the current value (or a cas failing against it)
+     that may go now changes nothing, so it can go first in any completion; it is then
+     the only move tried.
+   - Dead ends found early: if the forced op is illegal and no candidate can produce the
+     value it needs, or if leaving the current value would strand an op that still needs
+     it with nothing left to write it again, the configuration is abandoned at once.
 
-4. Counterexample window. When a key is not linearizable, the failing search also
-   reports the furthest forced operation any branch got to; every operation called
-   after that one returned is irrelevant. From there a binary search finds the shortest
-   prefix of the key's history (in call order) that is not linearizable; its last
-   operation is the *culprit*. Then the window is shrunk from the left, again by binary
-   search, checking only operations ``i..end`` of that prefix from an *unknown* initial
-   value, with the earlier operations still in flight at the call of operation ``i``
-   kept as optional (they may or may not have taken effect before the window). Such a
-   window is non-linearizable whatever happened before it, so it is a self-contained
-   explanation. Both properties are monotone (a prefix of a linearizable history is
-   linearizable; a later-starting window is no harder), so binary search is exact.
+4. Counterexample windows. Cut a linearizable history at any time T, keeping the ops
+   called by T and making those still running at T optional: it stays linearizable (cut
+   the linearization at T). Likewise a *window* starting at the call of op i, checked from
+   an unknown starting value with the earlier ops still in flight then made optional,
+   is linearizable if the history is. So a failing window proves the history is not
+   linearizable, on its own; and both properties are monotone (in T, and in i), so the
+   smallest failing window is found by binary search: first the earliest T (always a
+   return: the operation returning then is the *culprit*), then the latest start i.
+   Windows are tried where the search is stuck (around the forced op no branch gets
+   past), growing 8, 16, 32... ops back from it. An unknown starting value is a state
+   of its own, narrowed by failed cas ops (the set of values it cannot be), and resolved
+   by the first read.
+
+5. Budgets. The exhaustive search that proves a long, very concurrent history wrong can
+   take long, where a short window near the violation shows it in milliseconds. So the
+   full search runs in chunks, and when it has not got further for a while, windows
+   where it is stuck are tried; each window check has a budget of configurations and
+   counts as undecided past it (then it proves nothing).
 """
 
 from __future__ import annotations
@@ -131,8 +141,8 @@ class CheckResult:
         start = "an absent key" if self.window_from_start else "any value of the key"
         lines = [
             f"NOT linearizable: key {self.failing_key!r} (checked {scope})",
-            f"No order of these {len(self.window)} operations, each taking effect at one"
-            f" instant between its call and return, is a legal run starting from {start}.",
+            f"No order of {_these(len(self.window))}, each taking effect at one instant"
+            f" between its call and return, is a legal run starting from {start}.",
         ]
         if any(self.window_maybe):
             lines.append(
@@ -170,6 +180,10 @@ class CheckResult:
             mark = "=>" if op is self.culprit else "? " if is_maybe else "  "
             lines.append(f" {mark} {_format_op(op, t0, unit)}")
         return "\n".join(lines)
+
+
+def _these(n: int) -> str:
+    return "this 1 operation" if n == 1 else f"these {n} operations"
 
 
 _SHOWN_STALE = 3  # unknown-outcome ops from before a window that describe() lists
