@@ -110,3 +110,42 @@ def test_the_command_prints_config_errors_and_exits_2(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "unknown key 'windw'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_port_in_use_is_a_clear_error_with_exit_code_2(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    peer_port = free.getsockname()[1]
+    free.close()
+    try:
+        port = busy.getsockname()[1]
+        text = (
+            'cluster_id = "c1"\nnode_id = 1\n'
+            f'client_port = {port}\ndata_dir = "{tmp_path / "d"}"\n'
+            f'[peers]\n1 = "127.0.0.1:{peer_port}"\n'
+        )
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pyxos.server",
+                "--config",
+                str(write(tmp_path, text)),
+                "--init",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        busy.close()
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot listen" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -65,9 +65,30 @@ def test_http_kv_status_health_and_limits(tmp_path: Path) -> None:
                     assert r.status == 400
 
                 # A follower forwards to the leader.
-                async with http.get(f"http://127.0.0.1:{follower.http_port}/v1/kv/dir/b") as r:
+                fbase = f"http://127.0.0.1:{follower.http_port}"
+                async with http.get(f"{fbase}/v1/kv/dir/b") as r:
                     assert r.status == 200
                     assert (await r.json())["value"] == "2"
+                async with http.put(f"{fbase}/v1/kv/via-follower", data="f") as r:
+                    assert r.status == 200, await r.text()
+                async with http.get(f"{base}/v1/kv/via-follower") as r:
+                    assert (await r.json())["value"] == "f"
+
+                # ?stale=true reads the follower's own applied state, once it has it.
+                async def stale_value() -> object:
+                    async with http.get(f"{fbase}/v1/kv/via-follower?stale=true") as r:
+                        body = await r.json()
+                        assert body["stale"] is True
+                        return body["value"]
+
+                deadline = asyncio.get_running_loop().time() + 5.0
+                while await stale_value() != "f":
+                    assert asyncio.get_running_loop().time() < deadline, "follower never applied"
+                    await asyncio.sleep(0.02)
+                async with http.get(f"{fbase}/v1/kv?prefix=via-&stale=true") as r:
+                    assert (await r.json())["entries"] == [["via-follower", "f"]]
+                async with http.get(f"{fbase}/v1/kv/absent?stale=1") as r:
+                    assert r.status == 404
 
                 # Concurrent requests each get their own session and all apply.
                 async def put(i: int) -> int:

@@ -268,14 +268,36 @@ def test_a_data_dir_of_another_node_refuses_to_start(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_no_marker_needs_init(tmp_path: Path) -> None:
+def test_no_marker_without_init_rebuilds_instead_of_voting(tmp_path: Path) -> None:
+    async def main() -> None:
+        config, _, _ = cluster_configs(tmp_path, 3)
+        wiped = NodeServer(config)
+        await wiped.startup()
+        try:
+            # Its peers are down: it cannot finish the rebuild, so it must not vote.
+            assert wiped.status()["rebuilding"] is True
+            assert (config.data_dir / "pyxos.id").exists()
+        finally:
+            await wiped.shutdown()
+        again = NodeServer(config)
+        await again.startup()
+        try:
+            assert again.status()["rebuilding"] is True, "the rebuild survives restarts"
+        finally:
+            await again.shutdown()
+
+    asyncio.run(main())
+
+
+def test_init_starts_a_new_node_voting(tmp_path: Path) -> None:
     async def main() -> None:
         (config,) = cluster_configs(tmp_path, 1)
-        with pytest.raises(NodeStartupError, match="start it once with --init"):
-            await NodeServer(config).startup()
         node = NodeServer(config, initialize=True)
         await node.startup()
-        await node.shutdown()
+        try:
+            assert node.status()["rebuilding"] is False
+        finally:
+            await node.shutdown()
         assert (config.data_dir / "pyxos.id").exists()
 
     asyncio.run(main())

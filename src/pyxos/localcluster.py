@@ -179,7 +179,9 @@ class LocalCluster:
             "--config",
             str(self.base_dir / f"node-{node_id}.toml"),
         ]
-        if not data_dir.exists():
+        if not self._bootstrapped():
+            # Only the first start of the cluster initializes empty directories: after
+            # that, an empty directory is a wiped disk, and the node must rebuild.
             cmd.append("--init")
         log = open(self.base_dir / f"node-{node_id}.log", "ab")  # noqa: SIM115
         with log:
@@ -193,10 +195,25 @@ class LocalCluster:
         self._pid_file(node_id).write_text(f"{proc.pid}\n")
         return proc.pid
 
+    def wipe(self, node_id: int) -> None:
+        """Delete a (stopped) node's data directory, as a lost disk would."""
+        import shutil
+
+        if self.pid(node_id) is not None:
+            raise ClusterError(f"node {node_id} is running: stop it before wiping its disk")
+        shutil.rmtree(self.base_dir / f"node-{node_id}", ignore_errors=True)
+
     def start(self) -> None:
-        """Start every node that is not running."""
+        """Start every node that is not running (the first time: bootstrap them)."""
         for node_id in self.nodes:
             self.start_node(node_id)
+        self._mark_bootstrapped()
+
+    def _bootstrapped(self) -> bool:
+        return (self.base_dir / "bootstrapped").exists()
+
+    def _mark_bootstrapped(self) -> None:
+        (self.base_dir / "bootstrapped").touch()
 
     def kill(self, node_id: int, sig: int = signal.SIGKILL) -> bool:
         """Send ``sig`` to a node process; False if it was not running."""

@@ -3,9 +3,10 @@
 Theory of operation
 -------------------
 Like uvicorn's ``main``: this only builds a ``Config`` (file plus command-line
-overrides) and calls ``run``. A bad configuration prints one line and exits with
-status 2; a node that cannot start (wrong data directory, corrupt log, port in use)
-prints one line and exits with status 1. Neither prints a traceback.
+overrides) and calls ``run``. A bad configuration, or a port that cannot be bound,
+prints one line and exits with status 2; a node that cannot start otherwise (another
+node's data directory) prints one line and exits with status 1. Neither prints a
+traceback.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 
 from pyxos.server.config import Config, ConfigError
 from pyxos.server.durable import DurableStateError
-from pyxos.server.node import NodeFailed, NodeStartupError, run
+from pyxos.server.node import NodeFailed, NodeStartupError, PortUnavailable, run
 from pyxos.storage.wal import StorageError
 
 __all__ = ["main"]
@@ -54,6 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         run(config, initialize=args.init)
+    except PortUnavailable as e:
+        print(f"pyxos: configuration error: {e}", file=sys.stderr)
+        return 2
     except (NodeStartupError, DurableStateError, StorageError, NodeFailed) as e:
         print(f"pyxos: node {config.node_id}: {e}", file=sys.stderr)
         return 1

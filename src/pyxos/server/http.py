@@ -28,6 +28,9 @@ Answers:
 - a command the store refuses (bad key, too large): ``400``; a body over the value
   limit: ``413`` (checked from ``Content-Length`` and while reading, before decoding).
 
+Reads are linearizable (read-index at the leader; a follower forwards them) unless
+``?stale=true`` asks for this replica's own applied state, which may lag.
+
 Routes: ``GET/PUT/DELETE /v1/kv/{key}`` (PUT body: the value, UTF-8 text), ``POST
 /v1/kv/{key}/cas`` (JSON ``{"expected": str|null, "value": str}``), ``GET
 /v1/kv?prefix=``, ``GET /v1/status``, ``GET /healthz``, ``GET /metrics`` (Prometheus
@@ -49,6 +52,7 @@ from pyxos.statemachine.kv import (
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,
     Command,
+    KVStore,
     Result,
     decode_result,
     validate_command,
@@ -252,8 +256,23 @@ class HttpApi:
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(text=metrics_text(self.node.status()), content_type="text/plain")
 
+    def _stale(self, request: web.Request) -> bool:
+        return request.query.get("stale", "").lower() in ("1", "true", "yes")
+
+    def _local_store(self) -> KVStore:
+        service = self.node.node
+        if service is None:
+            raise web.HTTPServiceUnavailable(text='{"error": "starting"}')
+        return service.store
+
     async def _get(self, request: web.Request) -> web.Response:
         key = self._key(request)
+        if self._stale(request):
+            # Asked for: this replica's applied state, possibly behind the leader.
+            store = self._local_store()
+            value = store.get_local(key)
+            body = {"key": key, "value": value, "stale": True, "applied": store.applied_slot}
+            return _json(200 if value is not None else 404, body)
         result = await self._run("get", key)
         if isinstance(result, web.Response):
             return result
@@ -306,6 +325,9 @@ class HttpApi:
 
     async def _list(self, request: web.Request) -> web.Response:
         prefix = request.query.get("prefix", "")
+        if self._stale(request):
+            entries = self._local_store().list_local(prefix)
+            return _json(200, {"entries": [[k, v] for k, v in entries], "stale": True})
         result = await self._run("list", prefix)
         if isinstance(result, web.Response):
             return result

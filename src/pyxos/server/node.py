@@ -46,10 +46,11 @@ and the client retries with the same ``(client, seq)``.
 Durable state: ``startup`` opens the WAL in the data directory and rebuilds the
 replica's promise and accepted entries from it. The directory's node marker
 (``pyxos.id``) guards against voting from the wrong or a wiped disk: a marker of
-another node or cluster refuses to start; no marker refuses unless the node is
-explicitly initialized (``initialize=True``, ``--init``: a node new to the cluster,
-whose empty state is the truth). A marker with a corrupt WAL (``AcceptorStateLost``)
-or with no WAL at all means promises may be lost: the old segments go to quarantine,
+another node or cluster refuses to start; no marker means a wiped disk unless the
+node is explicitly initialized (``initialize=True``, ``--init``: a node new to the cluster,
+whose empty state is the truth, at the bootstrap of a cluster). No marker without
+``--init``, a marker with a corrupt WAL (``AcceptorStateLost``) or a marker with no WAL
+at all means promises may be lost: the old segments go to quarantine,
 a fresh log records ``NEEDS_REBUILD``, and the replica starts ``rebuilding`` (it
 learns from every peer and does not vote until its ``REBUILT`` record is durable;
 this survives restarts). A corrupt log raises
@@ -114,6 +115,11 @@ ReplySink = Callable[[ClientReply], None]
 
 class NodeStartupError(Exception):
     """The node cannot start with this configuration and data directory."""
+
+
+class PortUnavailable(NodeStartupError):
+    """A configured port cannot be bound (in use, or not allowed): a configuration
+    problem, reported like one (exit code 2)."""
 
 
 class NodeFailed(Exception):
@@ -280,7 +286,7 @@ class NodeServer:
             )
         except OSError as e:
             await self.shutdown()
-            raise NodeStartupError(f"node {config.node_id}: cannot listen: {e}") from e
+            raise PortUnavailable(f"node {config.node_id}: cannot listen: {e}") from e
         if config.http_port is not None:
             from pyxos.server.http import HttpApi
 
@@ -289,7 +295,7 @@ class NodeServer:
                 await self.http.start(config.host, config.http_port)
             except OSError as e:
                 await self.shutdown()
-                raise NodeStartupError(f"node {config.node_id}: cannot listen: {e}") from e
+                raise PortUnavailable(f"node {config.node_id}: cannot listen: {e}") from e
         self.links = PeerLinks(
             config.node_id,
             config.cluster_id,
@@ -322,15 +328,16 @@ class NodeServer:
                 f"{config.data_dir} belongs to node {marker.node_id} of cluster "
                 f"{marker.cluster_id!r}, not node {config.node_id} of {config.cluster_id!r}"
             )
-        if marker is None and not self.initialize:
-            raise NodeStartupError(
-                f"{config.data_dir} holds no node marker ({MARKER_FILENAME}): if node "
-                f"{config.node_id} is new to the cluster, start it once with --init "
-                "(initialize=True); if it was a member before, its data is lost and it must "
-                "not vote until it is rebuilt from its peers (not supported yet)"
-            )
         lost: str | None = None
-        if marker is not None and not WAL.exists(config.data_dir):
+        if marker is None and not self.initialize:
+            # Without --init an empty (or wiped) data directory is treated as lost state:
+            # the node was a member before, so it must not vote until it has rebuilt.
+            lost = (
+                f"{config.data_dir} holds no node marker ({MARKER_FILENAME}): the data "
+                "directory is new or was wiped (to bootstrap a new cluster, start every "
+                "node once with --init)"
+            )
+        elif marker is not None and not WAL.exists(config.data_dir):
             lost = "the write-ahead log is missing"
         else:
             try:
