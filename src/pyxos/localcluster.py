@@ -171,7 +171,6 @@ class LocalCluster:
         running = self.pid(node_id)
         if running is not None:
             return running
-        data_dir = self.base_dir / f"node-{node_id}"
         cmd = [
             sys.executable,
             "-m",
