@@ -49,7 +49,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pyxos.client.aio import AsyncClient, ClientError, CommandRejected, OutcomeUnknown
+from pyxos.client.aio import AsyncClient, ClientError, OutcomeUnknown
 from pyxos.localcluster import LocalCluster
 
 __all__ = [
@@ -107,7 +107,8 @@ class BenchResult:
     """Cluster size, when known (a local cluster); None for an external cluster."""
     clients: int
     connections: int
-    """Client connections actually used (one per logical client with AsyncClient)."""
+    """Client connections actually used (one per logical client with AsyncClient);
+    0 when the load runs inside a node process (no client connection)."""
     seconds: float
     write_ratio: float
     value_bytes: int
@@ -127,8 +128,9 @@ class BenchResult:
     def config(self) -> str:
         """A one-line description of the load, for tables."""
         nodes = f"{self.nodes} nodes, " if self.nodes is not None else ""
+        conns = f"{self.connections} conns" if self.connections else "in-process"
         return (
-            f"{self.system}: {nodes}{self.clients} clients / {self.connections} conns, "
+            f"{self.system}: {nodes}{self.clients} clients / {conns}, "
             f"{self.write_ratio:.0%} writes, {self.value_bytes} B"
         )
 
@@ -213,7 +215,7 @@ async def _closed_loop(
         except OutcomeUnknown:
             tally.unknown += 1
             continue
-        except (CommandRejected, ClientError):
+        except ClientError:  # CommandRejected, or the client refused to run it
             tally.errors += 1
             continue
         done = clock()
