@@ -44,9 +44,20 @@ def test_http_kv_status_health_and_limits(tmp_path: Path) -> None:
                 async with http.delete(f"{base}/v1/kv/a") as r:
                     assert await r.json() == {"deleted": True, "value": "3"}
                 async with http.get(f"{base}/metrics") as r:
+                    assert r.status == 200
                     text = await r.text()
-                    assert f'pyxos_is_leader{{node="{leader.config.node_id}"}} 1' in text
-                    assert 'pyxos_driver{node="' in text
+                    assert "pyxos_is_leader 1.0" in text
+                    metrics = {
+                        line.split(" ")[0]: float(line.split(" ")[1])
+                        for line in text.splitlines()
+                        if line and not line.startswith("#")
+                    }
+                    assert metrics["pyxos_fsync_seconds_count"] > 0
+                    assert metrics["pyxos_batch_commands_count"] >= 2
+                    assert metrics["pyxos_commits_total"] >= 2
+                    assert metrics["pyxos_elections_total"] >= 1
+                    assert 'pyxos_queue_depth{queue="slots_in_flight"}' in metrics
+                    assert 'pyxos_peer_net_total{event="malformed_frames"}' in metrics
                 async with http.get(f"{base}/v1/status") as r:
                     status = await r.json()
                     assert status["role"] == "leader"

@@ -423,6 +423,10 @@ class PeerLinks:
         """The node ids this node dials, in ascending order."""
         return tuple(sorted(self._addresses))
 
+    def queued_frames(self) -> int:
+        """Frames waiting in the send queues of every connected link."""
+        return sum(link.queued for link in self._links.values())
+
     def start(self) -> None:
         """Start dialing every peer (needs a running event loop)."""
         if self._tasks or self._closed:

@@ -48,6 +48,7 @@ import msgspec
 from aiohttp import web
 
 from pyxos.core.messages import ClientReply, ClientRequest
+from pyxos.server.metrics import CONTENT_TYPE
 from pyxos.statemachine.kv import (
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,
@@ -61,7 +62,7 @@ from pyxos.statemachine.kv import (
 if TYPE_CHECKING:
     from pyxos.server.node import NodeServer
 
-__all__ = ["HttpApi", "metrics_text"]
+__all__ = ["HttpApi"]
 
 _encoder = msgspec.msgpack.Encoder()
 _MAX_CAS_BODY = 2 * MAX_VALUE_BYTES + 4096
@@ -89,27 +90,6 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
         content_type="application/json",
         headers=headers,
     )
-
-
-def metrics_text(status: dict[str, Any]) -> str:
-    """The numbers of ``NodeServer.status()`` in the Prometheus text format.
-
-    Nested counter dicts become labelled families (``pyxos_net{name="connects"}``);
-    the role becomes ``pyxos_is_leader``. Labels carry the node id.
-    """
-    node = status.get("node_id", 0)
-    lines: list[str] = []
-    for key, value in status.items():
-        if isinstance(value, bool):
-            continue
-        if isinstance(value, int | float) and key != "node_id":
-            lines.append(f'pyxos_{key}{{node="{node}"}} {value}')
-        elif isinstance(value, dict):
-            for name, inner in value.items():
-                if isinstance(inner, int | float) and not isinstance(inner, bool):
-                    lines.append(f'pyxos_{key}{{node="{node}",name="{name}"}} {inner}')
-    lines.append(f'pyxos_is_leader{{node="{node}"}} {int(status.get("role") == "leader")}')
-    return "\n".join(lines) + "\n"
 
 
 class HttpApi:
@@ -254,7 +234,7 @@ class HttpApi:
         return _json(200, self.node.status())
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(text=metrics_text(self.node.status()), content_type="text/plain")
+        return web.Response(body=self.node.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     def _stale(self, request: web.Request) -> bool:
         return request.query.get("stale", "").lower() in ("1", "true", "yes")

@@ -76,6 +76,7 @@ import contextlib
 import logging
 import random
 import signal
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -93,6 +94,7 @@ from pyxos.net.codec import PROTOCOL_VERSION, Hello, check_hello, encode_message
 from pyxos.net.link import FramedProtocol, PeerLinks, PeerServer, new_counters, serve_peers
 from pyxos.server.config import Config
 from pyxos.server.durable import AcceptorStateLost, DurableAcceptor, Recovered
+from pyxos.server.metrics import NodeMetrics
 from pyxos.statemachine.kv import KVStore
 from pyxos.statemachine.service import ServiceNode
 from pyxos.storage.snapshot import Snapshot as StoredSnapshot
@@ -172,6 +174,7 @@ class NodeServer:
         self.http: HttpApi | None = None
         """The HTTP API, when ``config.http_port`` is set."""
         self.stats = DriverStats()
+        self.metrics = NodeMetrics(config.node_id, self.status)
         self.net_counters = new_counters()
         """Counters of the peer links and the peer server."""
         self.client_counters = new_counters()
@@ -259,6 +262,7 @@ class NodeServer:
             KVStore(),
             snapshot_every=config.snapshot_every,
             forward=config.forward_requests,
+            on_batch=self.metrics.batch_commands.observe,
         )
         if snapshot is not None:
             self.node.restore_snapshot(snapshot.slot, snapshot.data)
@@ -425,6 +429,15 @@ class NodeServer:
             "cluster_id": self.config.cluster_id,
             "role": replica.role.value,
             "rebuilding": replica.rebuilding,
+            "elections": replica.elections,
+            "leader_changes": replica.leader_changes,
+            "queues": {
+                "replies_waiting_for_fsync": sum(len(sends) for _, sends in self._waiting),
+                "slots_in_flight": len(replica.in_flight),
+                "proposals_queued": len(replica.queued),
+                "reads_pending": len(replica.pending_reads),
+                "peer_frames": self.links.queued_frames() if self.links is not None else 0,
+            },
             "leader": replica.leader,
             "ballot": str(replica.ballot),
             "promised": str(replica.acceptor.promised),
@@ -604,9 +617,16 @@ class NodeServer:
             return
         assert self._loop is not None and self.durable is not None
         target = self._written
-        future = self._loop.run_in_executor(self._executor, self.durable.sync)
+        future = self._loop.run_in_executor(self._executor, self._timed_sync)
         self._fsync_in_flight = future
         future.add_done_callback(lambda f: self._on_synced(target, f))
+
+    def _timed_sync(self) -> int:
+        assert self.durable is not None
+        start = time.perf_counter()
+        index = self.durable.sync()
+        self.metrics.fsync_seconds.observe(time.perf_counter() - start)
+        return index
 
     def _on_synced(self, target: int, future: asyncio.Future[int]) -> None:
         self._fsync_in_flight = None

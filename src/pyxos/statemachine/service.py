@@ -107,6 +107,7 @@ class ServiceNode:
         on_applied: Callable[[int, int], None] | None = None,
         linearizable_reads: bool = True,
         forward: bool = True,
+        on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self.replica = replica
         self.store: KVStore = store
@@ -116,6 +117,8 @@ class ServiceNode:
         (or was asked about while they were in flight) are here."""
         self.batch: list[msgspec.Raw] = []
         self.on_applied = on_applied
+        self.on_batch = on_batch
+        """Called with the number of commands of every batch proposed (metrics)."""
         self.requests = 0
         self.rejected = 0
         self.forward = forward
@@ -186,6 +189,8 @@ class ServiceNode:
         if self.batch:
             while self.batch:
                 chunk, self.batch = self.batch[: self.max_batch], self.batch[self.max_batch :]
+                if self.on_batch is not None:
+                    self.on_batch(len(chunk))
                 if not replica.propose(_raw_encoder.encode(chunk)):
                     self._redirect_pending()
                     self.batch.clear()
