@@ -149,3 +149,18 @@ def test_a_port_in_use_is_a_clear_error_with_exit_code_2(tmp_path: Path) -> None
     assert proc.returncode == 2, proc.stderr
     assert "cannot listen" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_json_logs_are_one_object_per_line() -> None:
+    import json
+    import logging
+
+    from pyxos.server.__main__ import JsonFormatter
+
+    record = logging.LogRecord(
+        "pyxos.net", logging.WARNING, __file__, 1, "refused %s", ("x",), None
+    )
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["level"] == "WARNING"
+    assert entry["logger"] == "pyxos.net"
+    assert entry["message"] == "refused x"

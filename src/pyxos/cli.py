@@ -228,13 +228,16 @@ def check_cmd(history: str, timeout: float | None) -> None:
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--init", is_flag=True, help="Initialize an empty data directory (a new node).")
 @click.option("--log-level", default="INFO", show_default=True)
-def serve(config_path: str, init: bool, log_level: str) -> None:
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+def serve(config_path: str, init: bool, log_level: str, log_format: str) -> None:
     """Run one node from a TOML config file until SIGTERM/SIGINT.
 
-    Exit code 2 on an invalid configuration, 1 if the node cannot start."""
+    Exit code 2 on an invalid configuration or a busy port, 1 if the node cannot start."""
     from pyxos.server.__main__ import main as server_main
 
-    args = ["--config", config_path, "--log-level", log_level]
+    args = ["--config", config_path, "--log-level", log_level, "--log-format", log_format]
     if init:
         args.append("--init")
     sys.exit(server_main(args))

@@ -72,7 +72,7 @@ from typing import TextIO
 
 from pyxos.check.history import HistoryError, Operation, load_history
 
-__all__ = ["CheckResult", "CheckTimeout", "check_history", "run_check"]
+__all__ = ["CheckResult", "check_history", "run_check"]
 
 # Abstract operation kinds. Definite ones must be linearized; optional ones may be.
 _READ = 0  # a: the value read
@@ -95,7 +95,7 @@ _EXIT_BAD_INPUT = 2
 _EXIT_TIMEOUT = 3
 
 
-class CheckTimeout(Exception):
+class _CheckTimeout(Exception):
     """Raised internally when the search runs past its deadline."""
 
 
@@ -730,7 +730,7 @@ def _run(
     """Run (or resume) ``search`` for about ``budget`` more configurations.
 
     Returns the outcome if the search finished, else its progress so far. Raises
-    :class:`CheckTimeout` past ``deadline``.
+    :class:`_CheckTimeout` past ``deadline``.
     """
     spent = 0
     try:
@@ -738,7 +738,7 @@ def _run(
             progress = next(search)
             spent += _YIELD_EVERY
             if deadline is not None and time.monotonic() > deadline:
-                raise CheckTimeout
+                raise _CheckTimeout
             if spent >= budget:
                 return progress
     except StopIteration as stop:
@@ -899,7 +899,7 @@ def _check_key(ops: Sequence[Operation], deadline: float | None) -> _KeyVerdict:
             verdict = _find_window(rel, _INF, len(rel) - 1, deadline)
         assert verdict is not None  # the whole history is known to fail
         return verdict
-    except CheckTimeout:
+    except _CheckTimeout:
         # Only the explanation could not be narrowed in time.
         return _KeyVerdict(ok=False, window=pb.used, window_maybe=pb.used_optional)
 
@@ -923,7 +923,7 @@ def check_history(ops: Sequence[Operation], timeout_s: float | None = None) -> C
         key_ops = by_key[key]
         try:
             verdict = _check_key(key_ops, deadline)
-        except CheckTimeout:
+        except _CheckTimeout:
             return CheckResult(
                 ok=False,
                 timed_out=True,

@@ -12,6 +12,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -21,7 +22,22 @@ from pyxos.server.durable import DurableStateError
 from pyxos.server.node import NodeFailed, NodeStartupError, PortUnavailable, run
 from pyxos.storage.wal import StorageError
 
-__all__ = ["main"]
+__all__ = ["JsonFormatter", "main"]
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message (and the exception)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,10 +54,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="initialize an empty data directory (only for a node new to the cluster)",
     )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text lines, or one JSON object per line (for log shippers)",
     )
+    args = parser.parse_args(argv)
+    handler = logging.StreamHandler()
+    if args.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     try:
         config = Config.load(
             args.config,
