@@ -196,3 +196,11 @@ def test_memory_storage_keeps_only_a_prefix_of_unsynced_writes_on_a_torn_crash()
     assert storage.promised == Ballot(0, 0)
     with pytest.raises(ValueError):
         storage.compact(1)
+
+
+def test_a_byte_budget_also_triggers_snapshots() -> None:
+    by_slots_only = run_kv(7, faults=frozenset(), trace=False, snapshot_every=10**9)
+    assert "snapshots" not in by_slots_only.stats
+    r = run_kv(7, faults=frozenset(), trace=False, snapshot_every=10**9, snapshot_bytes=2000)
+    assert r.violation is None
+    assert r.stats["snapshots"] >= 3

@@ -24,6 +24,7 @@ and ``data_dir`` has a default)::
     window = 256
     wal_segment_bytes = 67108864
     snapshot_every = 10000
+    snapshot_bytes = 67108864
     forward_requests = true
 
     [peers]                     # every member, this node included: id = "host:port"
@@ -97,6 +98,8 @@ class Config:
     """Size of one WAL segment file; compaction deletes whole segments."""
     snapshot_every: int = 10_000
     """Take a state-machine snapshot (then compact) every this many applied slots."""
+    snapshot_bytes: int = 64 * 1024 * 1024
+    """... or once this many bytes of slot values were applied since the last one."""
     forward_requests: bool = True
     """A follower forwards client requests to the leader (else it redirects the client)."""
 
@@ -163,7 +166,7 @@ class Config:
                     f"heartbeat_interval: expected seconds, got {raw['heartbeat_interval']!r}"
                 )
             values["heartbeat_interval"] = float(raw["heartbeat_interval"])
-        for key in ("window", "wal_segment_bytes", "snapshot_every"):
+        for key in ("window", "wal_segment_bytes", "snapshot_every", "snapshot_bytes"):
             if key in raw:
                 values[key] = _typed(raw, key, int)
         if "forward_requests" in raw and not isinstance(raw["forward_requests"], bool):
@@ -240,5 +243,7 @@ def _validate(c: Config) -> None:
         raise ConfigError(f"window: {c.window} must be >= 1")
     if c.snapshot_every < 1:
         raise ConfigError(f"snapshot_every: {c.snapshot_every} must be >= 1")
+    if c.snapshot_bytes < 1:
+        raise ConfigError(f"snapshot_bytes: {c.snapshot_bytes} must be >= 1")
     if c.wal_segment_bytes < 4096:
         raise ConfigError(f"wal_segment_bytes: {c.wal_segment_bytes} must be >= 4096")

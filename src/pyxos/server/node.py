@@ -261,6 +261,7 @@ class NodeServer:
             replica,
             KVStore(),
             snapshot_every=config.snapshot_every,
+            snapshot_bytes=config.snapshot_bytes,
             forward=config.forward_requests,
             on_batch=self.metrics.batch_commands.observe,
         )

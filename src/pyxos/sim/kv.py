@@ -256,6 +256,7 @@ def run_kv(
     check_linearizability: bool = True,
     ack_before_sync: bool = False,
     snapshot_every: int = 25,
+    snapshot_bytes: int = 64 * 1024 * 1024,
 ) -> KVResult:
     """Simulate one seed of the replicated KV store and check it."""
     sim = Simulator(seed, trace=trace)
@@ -291,7 +292,9 @@ def run_kv(
             rebuilding=storage.needs_rebuild,
             rebuilt_from=storage.rebuilt_from,
         )
-        node = ServiceNode(replica, store_factory(), snapshot_every=snapshot_every)
+        node = ServiceNode(
+            replica, store_factory(), snapshot_every=snapshot_every, snapshot_bytes=snapshot_bytes
+        )
         if storage.snapshot is not None:
             node.restore_snapshot(*storage.snapshot)
         return node

@@ -27,7 +27,8 @@ real server drive it identically. It adds what sits between clients and the log:
   machine in slot order, exactly once, and answers every request this node is holding
   with the encoded result (``send_now``: a chosen value is already durable on a
   quorum).
-- **Snapshots and compaction.** Every ``snapshot_every`` applied slots the node hands
+- **Snapshots and compaction.** Every ``snapshot_every`` applied slots, or every
+  ``snapshot_bytes`` bytes of applied slot values, whichever comes first, the node hands
   the driver a snapshot (``Ready.snapshot``); once the driver reports it durable
   (``snapshot_durable``), the replica forgets the chosen values and accepted entries
   below it. A snapshot that failed to write is simply taken again later.
@@ -103,6 +104,7 @@ class ServiceNode:
         *,
         max_batch: int = 4096,
         snapshot_every: int = 10_000,
+        snapshot_bytes: int = 64 * 1024 * 1024,
         snapshot_chunk: int = SNAPSHOT_CHUNK,
         on_applied: Callable[[int, int], None] | None = None,
         linearizable_reads: bool = True,
@@ -126,9 +128,12 @@ class ServiceNode:
         """(client, seq) -> (who asked us, when) for requests forwarded to the leader."""
         self.linearizable_reads = linearizable_reads
         """Serve get/list by read-index (True) or through the log like writes (False)."""
-        if snapshot_every < 1 or snapshot_chunk < 1:
-            raise ValueError("snapshot_every and snapshot_chunk must be >= 1")
+        if snapshot_every < 1 or snapshot_chunk < 1 or snapshot_bytes < 1:
+            raise ValueError("snapshot_every, snapshot_bytes and snapshot_chunk must be >= 1")
         self.snapshot_every = snapshot_every
+        self.snapshot_bytes = snapshot_bytes
+        """Also snapshot once this many bytes of slot values were applied since the last."""
+        self.log_bytes_since_snapshot = 0
         self.snapshot_chunk = snapshot_chunk
         self.snapshot: tuple[int, bytes] | None = None
         """The latest durable snapshot (slot, bytes): what InstallSnapshot serves."""
@@ -202,7 +207,10 @@ class ServiceNode:
         # A snapshot whose write failed is never reported durable: take a new one
         # once another ``snapshot_every`` slots have been applied since it was taken.
         since = self._last_taken[0] if self._last_taken is not None else self._snapshot_slot()
-        if self.store.applied_slot - max(since, self._snapshot_slot()) >= self.snapshot_every:
+        due_slots = (
+            self.store.applied_slot - max(since, self._snapshot_slot()) >= self.snapshot_every
+        )
+        if due_slots or self.log_bytes_since_snapshot >= self.snapshot_bytes:
             self._take_snapshot()
         elif (
             replica.rebuilding
@@ -234,6 +242,7 @@ class ServiceNode:
         return self.snapshot[0] if self.snapshot is not None else 0
 
     def _take_snapshot(self) -> None:
+        self.log_bytes_since_snapshot = 0
         taken = (self.store.applied_slot, self.store.snapshot())
         self._last_taken = taken
         self._snapshot_out = taken
@@ -367,6 +376,7 @@ class ServiceNode:
         for entry in r.committed:
             if entry.slot < store.applied_slot:
                 continue  # covered by a restored snapshot
+            self.log_bytes_since_snapshot += len(entry.value)
             for applied in store.apply(entry.slot, entry.value):
                 dst = waiting.pop((applied.client, applied.seq), None)
                 if dst is not None:
