@@ -213,12 +213,11 @@ class AsyncClient:
         """Append one operation to ``history`` (ARCHITECTURE.md, "Histories")."""
         if self.history is None or command.op not in _HISTORY_OPS:
             return
-        if result is None:
-            ok: bool | None = None
-        elif result.error is not None:
-            ok = False  # refused: definitely no effect
-        else:
-            ok = result.ok
+        if result is not None and result.error is not None:
+            # Refused by the service: it definitely had no effect, so it is no event of
+            # the history (recording it as ok=false would read as a failed cas compare).
+            return
+        ok: bool | None = None if result is None else result.ok
         self.history(
             {
                 "client": command.client,
