@@ -112,6 +112,12 @@ def stop(server: NodeServer) -> None:
         server._executor.shutdown(wait=False)
 
 
+async def feed(server: NodeServer) -> None:
+    """One input, then let the event-loop pass end (the driver drives once per pass)."""
+    server._input(())
+    await asyncio.sleep(0)
+
+
 def dsts(links: FakeLinks) -> list[int]:
     return [dst for dst, _ in links.sent]
 
@@ -124,15 +130,15 @@ def test_acceptor_replies_wait_for_the_fsync_and_fsyncs_group(tmp_path: Path) ->
             node.script.append(
                 Ready(Persist(promised=B), send_now=[commit(2)], send_after_sync=[nack(3)])
             )
-            server._input(())
+            await feed(server)
             assert dsts(links) == [2]  # send_now left, the reply waits
             assert len(durable.written) == 1
             # Ready 2 and 3 arrive while the first fsync runs: written, but no second
             # fsync starts, and their replies queue behind the first one.
             node.script.append(Ready(Persist(promised=B), send_after_sync=[nack(4)]))
-            server._input(())
+            await feed(server)
             node.script.append(Ready(Persist(promised=B), send_after_sync=[nack(5)]))
-            server._input(())
+            await feed(server)
             assert len(durable.written) == 3
             assert dsts(links) == [2]
             durable.gate.release()  # fsync 1 completes: it covered only record 1
@@ -145,7 +151,7 @@ def test_acceptor_replies_wait_for_the_fsync_and_fsyncs_group(tmp_path: Path) ->
 
             # Nothing unsynced and nothing waiting: an acceptor reply leaves at once.
             node.script.append(Ready(send_after_sync=[nack(6)]))
-            server._input(())
+            await feed(server)
             assert dsts(links)[-1] == 6
             assert node.advances == node.ticks == 4
         finally:
@@ -160,9 +166,9 @@ def test_a_reply_without_persist_does_not_overtake_a_waiting_one(tmp_path: Path)
         server, node, durable, links = make(tmp_path)
         try:
             node.script.append(Ready(Persist(promised=B), send_after_sync=[nack(2)]))
-            server._input(())
+            await feed(server)
             node.script.append(Ready(send_after_sync=[nack(3)]))  # nothing to persist
-            server._input(())
+            await feed(server)
             assert dsts(links) == []
             durable.gate.release()
             await wait_for(lambda: dsts(links) == [2, 3], 2.0, "both replies, in order")
@@ -180,7 +186,7 @@ def test_messages_to_ourselves_come_back_through_step_after_the_sync(tmp_path: P
         own: Any = Promise(me, B)
         try:
             node.script.append(Ready(Persist(promised=B), send_after_sync=[Send((me,), own)]))
-            server._input(())
+            await feed(server)
             await asyncio.sleep(0)
             assert node.stepped == []  # not before the fsync
             durable.gate.release()
@@ -202,7 +208,7 @@ def test_a_failed_fsync_stops_the_node(tmp_path: Path) -> None:
         server, node, _, links = make(tmp_path)
         server.durable = FailingDurable()  # type: ignore[assignment]
         node.script.append(Ready(Persist(promised=B), send_after_sync=[nack(2)]))
-        server._input(())
+        await feed(server)
         with pytest.raises(NodeFailed, match="Input/output error"):
             await asyncio.wait_for(server.serve_forever(), 5.0)
         assert links.sent == []  # the reply never left
@@ -238,7 +244,7 @@ def test_an_oversized_message_is_dropped_not_raised(tmp_path: Path) -> None:
         try:
             huge = Accept(1, B, 0, (b"x" * (MAX_FRAME_BYTES + 1),))
             node.script.append(Ready(send_now=[Send((2,), huge), commit(3)]))
-            server._input(())
+            await feed(server)
             assert dsts(links) == [3]
             assert server.stats.oversized_dropped == 1
             assert node.advances == 1  # the Ready was carried out to the end
@@ -262,5 +268,21 @@ def test_an_internal_error_stops_the_node(tmp_path: Path) -> None:
         with pytest.raises(NodeFailed, match="core bug"):
             await asyncio.wait_for(server.serve_forever(), 5.0)
         assert server.stats.inputs == 1
+
+    asyncio.run(main())
+
+
+def test_inputs_of_one_event_loop_pass_share_one_ready(tmp_path: Path) -> None:
+    async def main() -> None:
+        server, node, _, _ = make(tmp_path)
+        try:
+            node.script.append(Ready(send_now=[commit(2)]))
+            for _ in range(5):
+                server._input(())
+            assert node.ticks == 5 and node.advances == 0, "nothing is driven mid-pass"
+            await asyncio.sleep(0)
+            assert node.advances == 1, "one Ready for the whole pass"
+        finally:
+            stop(server)
 
     asyncio.run(main())

@@ -6,8 +6,9 @@ The protocol lives in a pure ``ServiceNode(Replica, KVStore)``; this module is o
 driver, and it drives it exactly as the simulator's ``World._drive`` does, so every
 simulator result speaks for this process too. Each *input batch* (every message of one
 ``data_received``, a timer firing, the messages a node sent itself) is fed as
-``tick(loop.time())`` followed by one ``step`` per message, then the driver runs
-``ready()`` once:
+``tick(loop.time())`` followed by one ``step`` per message; at the end of the event-loop
+pass (``call_soon``) the driver runs ``ready()`` once for everything the pass brought,
+so batches grow with load by themselves and a lone client waits for nothing:
 
 1. ``persist`` is appended to the WAL (``DurableAcceptor.write``: buffered only) and
    numbered ``written``;
@@ -174,6 +175,8 @@ class NodeServer:
         self.http: HttpApi | None = None
         """The HTTP API, when ``config.http_port`` is set."""
         self.stats = DriverStats()
+        self._drive_scheduled = False
+        """A ``_drive`` is queued for the end of this event-loop pass."""
         self.metrics = NodeMetrics(config.node_id, self.status)
         self.net_counters = new_counters()
         """Counters of the peer links and the peer server."""
@@ -493,7 +496,9 @@ class NodeServer:
     # -- the driver -----------------------------------------------------------------------
 
     def _input(self, msgs: Iterable[Message]) -> None:
-        """Feed one input batch: tick, step every message, then drive once."""
+        """Feed one input batch: tick and step every message now; drive once at the
+        end of this event-loop pass, so every input of the pass (every connection's
+        chunk, every timer) shares one Ready: one batch, one WAL write, one Accept."""
         node = self.node
         loop = self._loop
         if node is None or loop is None or self._closing or self._fatal is not None:
@@ -503,12 +508,27 @@ class NodeServer:
             node.tick(loop.time())
             for msg in msgs:
                 node.step(msg)
+        except Exception as e:
+            self._internal_error(e)
+            return
+        if not self._drive_scheduled:
+            self._drive_scheduled = True
+            loop.call_soon(self._drive_pass)
+
+    def _drive_pass(self) -> None:
+        self._drive_scheduled = False
+        if self.node is None or self._closing or self._fatal is not None:
+            return
+        try:
             self._drive()
         except Exception as e:
-            # A bug in the core or the driver: stop (fail-stop) rather than run on from
-            # a half-carried-out Ready. The WAL holds only what was written in order.
-            logger.exception("node %d: internal error, stopping", self.config.node_id)
-            self._fail(e)
+            self._internal_error(e)
+
+    def _internal_error(self, e: Exception) -> None:
+        # A bug in the core or the driver: stop (fail-stop) rather than run on from a
+        # half-carried-out Ready. The WAL holds only what was written in order.
+        logger.exception("node %d: internal error, stopping", self.config.node_id)
+        self._fail(e)
 
     def _drive(self) -> None:
         node = self.node
