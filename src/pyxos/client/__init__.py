@@ -18,6 +18,7 @@ from pyxos.client.aio import (
     new_client_id,
 )
 from pyxos.client.history import HistoryFile
+from pyxos.client.mux import ClientPool, Session
 from pyxos.client.sync import Client
 
 __all__ = [
@@ -25,8 +26,10 @@ __all__ = [
     "AsyncClient",
     "Client",
     "ClientError",
+    "ClientPool",
     "CommandRejected",
     "HistoryFile",
     "OutcomeUnknown",
+    "Session",
     "new_client_id",
 ]

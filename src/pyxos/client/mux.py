@@ -1,0 +1,481 @@
+"""Many client sessions multiplexed over a few connections (the fast client).
+
+Theory of operation
+-------------------
+``AsyncClient`` is one session that owns its connections: fine for one caller, costly
+for a load of many (ARCHITECTURE.md, "Speed": per-connection socket writes were the
+leader's largest cost, and a Task plus a timer per command is the client's). A
+``ClientPool`` holds at most ``connections`` connections per node and hands out
+``Session`` objects. A session is exactly what an ``AsyncClient`` is to the store: its
+own ``client_id`` and ``seq``, one command outstanding at a time, the same retry rules
+(a retry reuses the SAME ``(client_id, seq)``, so it applies at most once; redirects are
+followed; ``OutcomeUnknown`` when the overall ``timeout`` runs out; ``CommandRejected``
+for a command the service refused). What sessions share is the wire: session number
+``i`` always uses connection slot ``i % connections`` of whichever node it talks to,
+so the frames of every session of a slot that are sent in one event-loop pass leave in
+one coalesced write (``FramedProtocol`` flushes once per pass).
+
+Routing replies: the node answers ``ClientReply(client, seq)`` on the connection that
+carried the request, and ``(client, seq)`` is unique among the pool's outstanding
+requests (a session has one command in flight, and client ids are the sessions' own),
+so the pool keeps one table ``(client, seq) -> _Pending`` and resolves the pending
+request's Future straight from ``data_received``. No Task and no ``wait_for`` per
+command: a reply resolves the Future, and one periodic scan per pool (armed only while
+something is pending) resolves the overdue ones with ``None`` ("no answer"). A lost
+connection resolves every request pending on it with ``None`` at once. A successful
+reply is accepted from any connection (the result of ``(client, seq)`` is the same
+wherever it comes from); a refusal (``ok=False``, a redirect) only from the connection
+the current attempt used, so a late refusal from a node already left behind cannot
+send a session back there.
+
+Finding the leader is shared too: every reply names its sender (``src``), which teaches
+the pool which address is which node, and the leader named by the last successful reply
+becomes the pool's ``target``, where every session's next command starts. A session
+that gets no answer moves on by itself (to the named leader if its address is known,
+else the next address), pausing briefly once it has gone round all nodes, exactly as
+``AsyncClient`` does; its first success moves every session over.
+
+Connecting is the slow path and may use Tasks: one connect Task per (node, slot),
+shared by every session waiting for that slot, bounded by ``connect_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import msgspec
+
+from pyxos.client.aio import (
+    DEFAULT_CLUSTER,
+    ClientError,
+    CommandRejected,
+    OutcomeUnknown,
+    new_client_id,
+    parse_address,
+)
+from pyxos.core.messages import ClientReply, ClientRequest, Message
+from pyxos.net.codec import PROTOCOL_VERSION, Hello, encode_message
+from pyxos.net.link import FramedProtocol
+from pyxos.statemachine.kv import Command, Result, decode_result
+
+__all__ = ["ClientPool", "Session"]
+
+_command_encoder = msgspec.msgpack.Encoder()
+_HISTORY_OPS = frozenset({"get", "put", "delete", "cas"})
+
+History = Callable[[dict[str, Any]], None]
+"""Receives one history record (ARCHITECTURE.md, "Histories") per get/put/delete/cas."""
+
+
+class _Pending:
+    """One sent attempt waiting for its reply: resolved with the reply, or None."""
+
+    __slots__ = ("conn", "deadline", "future")
+
+    def __init__(
+        self, future: asyncio.Future[ClientReply | None], conn: FramedProtocol, deadline: float
+    ) -> None:
+        self.future = future
+        self.conn = conn
+        """The connection the attempt was sent on (a refusal counts only from it)."""
+        self.deadline = deadline
+        """Loop time after which the attempt counts as unanswered."""
+
+
+class Session:
+    """One logical client of a ``ClientPool``: ``get / put / delete / cas / list``.
+
+    Same semantics as ``AsyncClient`` (its own ``client_id`` and ``seq``, one command at
+    a time, retries with the same ``(client_id, seq)``, ``OutcomeUnknown``,
+    ``CommandRejected``), over the pool's shared connections. Made by
+    ``ClientPool.session``; closed with the pool.
+    """
+
+    def __init__(
+        self, pool: ClientPool, client_id: int, slot: int, history: History | None
+    ) -> None:
+        self.pool = pool
+        """The pool whose connections this session uses."""
+        self.client_id = client_id
+        """This session's id: with ``seq``, what makes a retry apply once."""
+        self.seq = 0
+        """The seq of the last command issued (the next one gets ``seq + 1``)."""
+        self.history = history
+        """Called with one JSON-ready dict per get/put/delete/cas, as ``AsyncClient``'s
+        ``history``; commands the service refused are not recorded."""
+        self.retries = 0
+        """Attempts beyond the first, over the session's life."""
+        self.answered_by = 0
+        """The node id that answered the last command (0: none yet)."""
+        self.leader = 0
+        """The leader as the last answer named it (0: none yet)."""
+        self._slot = slot
+        self._lock = asyncio.Lock()
+
+    # -- the operations ---------------------------------------------------------------
+
+    async def get(self, key: str) -> str | None:
+        """The value of ``key`` (``None`` if absent), linearizable (through the log)."""
+        return (await self.execute("get", key)).value
+
+    async def put(self, key: str, value: str) -> None:
+        """Set ``key`` to ``value``."""
+        await self.execute("put", key, value)
+
+    async def delete(self, key: str) -> str | None:
+        """Remove ``key``; return the value it had (``None`` if it was absent)."""
+        return (await self.execute("delete", key)).value
+
+    async def cas(self, key: str, expected: str | None, value: str) -> bool:
+        """Set ``key`` to ``value`` if it is ``expected`` (``None``: absent); True if set."""
+        return (await self.execute("cas", key, value, expected)).ok
+
+    async def list(self, prefix: str = "") -> builtins.list[tuple[str, str]]:
+        """``(key, value)`` pairs whose key starts with ``prefix``, sorted by key."""
+        return list((await self.execute("list", prefix)).values or [])
+
+    async def execute(
+        self, op: str, key: str, value: str | None = None, expected: str | None = None
+    ) -> Result:
+        """Run one command with a fresh seq and retries; return its ``Result``.
+
+        Raises ``OutcomeUnknown`` after the pool's ``timeout`` without an answer,
+        ``CommandRejected`` if the service refused the command, and ``ClientError`` if
+        the pool is closed.
+        """
+        if self.pool.closed:
+            raise ClientError("the client pool is closed")
+        async with self._lock:
+            self.seq += 1
+            command = Command(self.client_id, self.seq, op, key, value, expected)
+            call = time.monotonic_ns()
+            try:
+                result = decode_result(await self.pool._call(self, command))
+            except OutcomeUnknown:
+                self._record(command, call, None, None)
+                raise
+            self._record(command, call, time.monotonic_ns(), result)
+        if result.error is not None:
+            raise CommandRejected(result.error)
+        return result
+
+    def _record(self, command: Command, call: int, ret: int | None, result: Result | None) -> None:
+        """Hand one operation to ``history`` (ARCHITECTURE.md, "Histories")."""
+        if self.history is None or command.op not in _HISTORY_OPS:
+            return
+        if result is not None and result.error is not None:
+            return  # refused: no effect, so no event (ok=false would read as a failed cas)
+        self.history(
+            {
+                "client": command.client,
+                "op": command.op,
+                "key": command.key,
+                "value": command.value,
+                "expected": command.expected,
+                "call": call,
+                "return": ret,
+                "output": result.value if result is not None and command.op == "get" else None,
+                "ok": None if result is None else result.ok,
+            }
+        )
+
+
+class ClientPool:
+    """A few connections per node, shared by many ``Session`` objects.
+
+    ``addresses`` lists the nodes' client addresses ``"host:port"``, or maps node ids to
+    them. ``connections`` is the number of connections per node the sessions are spread
+    over. ``timeout`` bounds a whole command (then ``OutcomeUnknown``),
+    ``attempt_timeout`` one try at one node, ``connect_timeout`` one connect. ``history``
+    is every new session's default history hook. Use ``async with`` or ``close()``.
+    """
+
+    def __init__(
+        self,
+        addresses: Sequence[str] | Mapping[int, str],
+        *,
+        cluster: str = DEFAULT_CLUSTER,
+        connections: int = 4,
+        timeout: float = 5.0,
+        attempt_timeout: float = 1.0,
+        connect_timeout: float = 1.0,
+        history: History | None = None,
+    ) -> None:
+        if isinstance(addresses, Mapping):
+            items = sorted(addresses.items())
+            self._addresses = [parse_address(a) for _, a in items]
+            self._index_of: dict[int, int] = {node: i for i, (node, _) in enumerate(items)}
+        else:
+            self._addresses = [parse_address(a) for a in addresses]
+            self._index_of = {}
+        if not self._addresses:
+            raise ValueError("a client pool needs at least one node address")
+        if connections < 1:
+            raise ValueError(f"connections must be >= 1, not {connections}")
+        if timeout <= 0 or attempt_timeout <= 0 or connect_timeout <= 0:
+            raise ValueError("timeouts must be > 0")
+        self.cluster = cluster
+        self.connections = connections
+        """Connections per node that the sessions are spread over."""
+        self.timeout = timeout
+        self.attempt_timeout = attempt_timeout
+        self.connect_timeout = connect_timeout
+        self.history = history
+        self.leader = 0
+        """The leader as the last successful answer named it (0: none yet)."""
+        self.connects = 0
+        """Connections opened over the pool's life (for tests and metrics)."""
+        self._hello = Hello(version=PROTOCOL_VERSION, cluster=cluster, node=0, role="client")
+        # The address index where a session's next command starts: the leader named by
+        # the last successful reply (when its address is known).
+        self._target = 0
+        # (node index, slot) -> open connection. Invariant: only open connections (a
+        # lost one is removed by its on_lost); at most ``connections`` per node.
+        self._conns: dict[tuple[int, int], FramedProtocol] = {}
+        self._connecting: dict[tuple[int, int], asyncio.Task[FramedProtocol | None]] = {}
+        # (client, seq) -> the attempt waiting for its reply. Whoever resolves an entry's
+        # Future removes the entry first; a Future may be done only if its session was
+        # cancelled while waiting (it then removes the entry itself).
+        self._pending: dict[tuple[int, int], _Pending] = {}
+        self._client_ids: set[int] = set()
+        self._sessions = 0
+        self._scan: asyncio.TimerHandle | None = None
+        self._scan_interval = max(0.001, min(0.05, attempt_timeout / 10, timeout / 10))
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.closed = False
+        """Whether ``close`` was called (sessions then refuse new commands)."""
+
+    # -- sessions -----------------------------------------------------------------------
+
+    def session(self, client_id: int | None = None, *, history: History | None = None) -> Session:
+        """A new logical client on this pool (a random ``client_id`` unless given).
+
+        ``history`` overrides the pool's default hook for this session. Two live
+        sessions of one pool may not share a client id (replies are routed by it).
+        """
+        if self.closed:
+            raise ClientError("the client pool is closed")
+        if client_id is not None and not 0 < client_id < 2**63:
+            raise ValueError(f"client_id must be in [1, 2**63), not {client_id}")
+        cid = client_id if client_id is not None else new_client_id()
+        while client_id is None and cid in self._client_ids:
+            cid = new_client_id()
+        if cid in self._client_ids:
+            raise ValueError(f"client id {cid} is already a session of this pool")
+        self._client_ids.add(cid)
+        slot = self._sessions % self.connections
+        self._sessions += 1
+        return Session(self, cid, slot, history if history is not None else self.history)
+
+    @property
+    def open_connections(self) -> int:
+        """Connections open right now, over all nodes."""
+        return len(self._conns)
+
+    @property
+    def pending(self) -> int:
+        """Attempts sent and not yet answered (or given up)."""
+        return len(self._pending)
+
+    # -- one command: retries and redirects ---------------------------------------------
+
+    async def _call(self, session: Session, command: Command) -> bytes:
+        """Send ``command`` until a node answers it; its result bytes, or OutcomeUnknown."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        key = (command.client, command.seq)
+        frame = encode_message(
+            ClientRequest(0, command.client, command.seq, _command_encoder.encode(command))
+        )
+        n = len(self._addresses)
+        deadline = loop.time() + self.timeout
+        index = self._target
+        misses = 0  # tries that got no answer from a leader
+        first = True
+        while True:
+            now = loop.time()
+            if now >= deadline:
+                raise OutcomeUnknown(
+                    f"no answer for {command.op} {command.key!r} (client {command.client}, "
+                    f"seq {command.seq}) within {self.timeout} s: it may or may not have "
+                    "taken effect"
+                )
+            if self.closed:
+                raise ClientError("the client pool is closed")
+            if not first:
+                session.retries += 1
+            first = False
+            conn = self._conns.get((index, session._slot))
+            if conn is None or not conn.is_open:
+                conn = await self._connect(index, session._slot, deadline - now)
+            reply: ClientReply | None = None
+            if conn is not None:
+                future: asyncio.Future[ClientReply | None] = loop.create_future()
+                self._pending[key] = _Pending(
+                    future, conn, min(deadline, loop.time() + self.attempt_timeout)
+                )
+                if self._scan is None:
+                    self._scan = loop.call_later(self._scan_interval, self._expire)
+                if conn.send(frame):
+                    try:
+                        reply = await future
+                    finally:
+                        pending = self._pending.get(key)
+                        if pending is not None and pending.future is future:
+                            del self._pending[key]  # cancelled while waiting
+                else:
+                    del self._pending[key]
+            if reply is not None and reply.ok:
+                session.answered_by = reply.src
+                session.leader = self.leader = reply.leader or reply.src
+                # A follower relayed it: every session goes to the leader itself next.
+                direct = self._index_of.get(self.leader)
+                if direct is not None:
+                    self._target = direct
+                return reply.result
+            misses += 1
+            leader = self._index_of.get(reply.leader) if reply is not None else None
+            index = leader if leader is not None and leader != index else (index + 1) % n
+            if misses >= n:
+                # Gone round the nodes without an answer: an election is probably
+                # running. Wait a little (never past the deadline).
+                pause = min(0.02 * (misses - n + 1), 0.2)
+                await asyncio.sleep(max(0.0, min(pause, deadline - loop.time())))
+
+    def _expire(self) -> None:
+        """The periodic scan: resolve overdue attempts with None; re-arm while needed."""
+        self._scan = None
+        pending = self._pending
+        if not pending or self._loop is None:
+            return
+        now = self._loop.time()
+        overdue = [key for key, p in pending.items() if p.deadline <= now]
+        for key in overdue:
+            future = pending.pop(key).future
+            if not future.done():
+                future.set_result(None)
+        if pending:
+            self._scan = self._loop.call_later(self._scan_interval, self._expire)
+
+    # -- connections --------------------------------------------------------------------
+
+    async def _connect(self, index: int, slot: int, remaining: float) -> FramedProtocol | None:
+        """The open connection of (node ``index``, ``slot``), opened if need be; None if
+        it could not be opened within ``remaining`` (and ``connect_timeout``) seconds."""
+        where = (index, slot)
+        task = self._connecting.get(where)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._open(index, slot))
+            self._connecting[where] = task
+        try:
+            return await asyncio.wait_for(
+                asyncio.shield(task), min(remaining, self.connect_timeout)
+            )
+        except TimeoutError:
+            return None
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and (current is None or not current.cancelling()):
+                return None  # the pool closed under us: _call then says so
+            raise
+
+    async def _open(self, index: int, slot: int) -> FramedProtocol | None:
+        """Dial (node ``index``, ``slot``); the connection, or None on failure."""
+        where = (index, slot)
+        host, port = self._addresses[index]
+        loop = asyncio.get_running_loop()
+
+        def on_lost(lost: FramedProtocol, exc: Exception | None) -> None:
+            if self._conns.get(where) is lost:
+                del self._conns[where]
+            pending = self._pending
+            gone = [key for key, p in pending.items() if p.conn is lost]
+            for key in gone:
+                future = pending.pop(key).future
+                if not future.done():
+                    future.set_result(None)
+
+        def factory() -> FramedProtocol:
+            def on_messages(_: int, msgs: builtins.list[Message]) -> None:
+                self._on_replies(index, protocol, msgs)
+
+            protocol = FramedProtocol(
+                on_messages,
+                hello=self._hello,
+                label=f"client pool link {slot} to {host}:{port}",
+                on_lost=on_lost,
+            )
+            return protocol
+
+        conn: FramedProtocol
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(factory, host, port), self.connect_timeout
+            )
+        except (OSError, TimeoutError):
+            return None
+        finally:
+            if self._connecting.get(where) is asyncio.current_task():
+                del self._connecting[where]
+        if self.closed or not conn.is_open:
+            conn.abort()
+            return None
+        self._conns[where] = conn
+        self.connects += 1
+        return conn
+
+    def _on_replies(self, index: int, conn: FramedProtocol, msgs: builtins.list[Message]) -> None:
+        """Resolve the attempts these replies answer (see the module notes)."""
+        pending = self._pending
+        index_of = self._index_of
+        for msg in msgs:
+            if not isinstance(msg, ClientReply):
+                continue
+            if msg.src >= 1 and msg.src not in index_of:
+                index_of[msg.src] = index
+            key = (msg.client, msg.seq)
+            waiting = pending.get(key)
+            if waiting is None or (not msg.ok and waiting.conn is not conn):
+                continue
+            del pending[key]
+            if not waiting.future.done():  # else its session was cancelled meanwhile
+                waiting.future.set_result(msg)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close every connection; sessions refuse new commands afterwards."""
+        self.closed = True
+        if self._scan is not None:
+            self._scan.cancel()
+            self._scan = None
+        tasks = list(self._connecting.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        pending, self._pending = self._pending, {}
+        for waiting in pending.values():
+            if not waiting.future.done():
+                waiting.future.set_result(None)
+        conns, self._conns = list(self._conns.values()), {}
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                await conn.shutdown(0.5)
+
+    async def __aenter__(self) -> ClientPool:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
