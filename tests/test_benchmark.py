@@ -61,6 +61,23 @@ def test_four_clients_one_second_on_three_nodes(tmp_path: Path) -> None:
     assert "| pyxos: 3 nodes, 4 clients / 4 conns, 50% writes, 100 B |" in table
 
 
+def test_sixteen_sessions_over_two_connections_stay_linearizable(tmp_path: Path) -> None:
+    history = tmp_path / "history.jsonl"
+    result = bench_local_cluster(
+        3, 16, connections=2, seconds=1.0, keys=20, record=str(history), base_dir=tmp_path
+    )
+    assert _node_processes(tmp_path) == []
+    assert result.ops > 0
+    assert result.errors == 0 and result.unknown == 0
+    assert (result.clients, result.connections) == (16, 2)
+    ops = load_history(history)
+    assert len(ops) == result.history_records >= result.ops
+    assert len({op.client for op in ops}) == 16  # sixteen sessions, each its own client
+    verdict = check_history(ops, timeout_s=30)
+    assert verdict.ok, verdict.describe()
+    assert "16 clients / 2 conns" in format_results([result])
+
+
 def test_the_nodes_are_stopped_when_the_run_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,11 +11,13 @@ repeatable in what it asks (not in how the cluster interleaves it). Every value 
 unique (client index and seq, padded to ``value_bytes``), which keeps a recorded history
 cheap for the linearizability checker.
 
-Sharing connections: ``AsyncClient`` is one session that owns its connections and runs
-one command at a time (``execute`` holds a lock); it cannot multiplex several sessions
-over one connection. So each logical client is its own ``AsyncClient``, with its own
-connection to the leader, and ``connections`` is accepted but cannot lower that:
-``BenchResult.connections`` reports the number actually used (``clients``).
+Sharing connections: with ``connections < clients`` the logical clients are sessions
+of one ``ClientPool`` (``pyxos.client.mux``), spread over ``connections`` connections
+per node, so the frames of many sessions leave in one write per connection per pass
+and each command costs the client one Future, no Task or timer. With ``connections``
+equal to (or above) ``clients``, each logical client is its own ``AsyncClient`` with
+its own connection, the old path, kept for comparison. ``BenchResult.connections``
+reports the number actually used (``min(connections, clients)``).
 
 Timing: each command's latency is ``time.perf_counter()`` around the awaited call, so
 it includes the client's own event-loop time (the load generator shares the machine
@@ -50,6 +52,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pyxos.client.aio import AsyncClient, ClientError, OutcomeUnknown
+from pyxos.client.mux import ClientPool, Session
 from pyxos.localcluster import LocalCluster
 
 __all__ = [
@@ -107,8 +110,9 @@ class BenchResult:
     """Cluster size, when known (a local cluster); None for an external cluster."""
     clients: int
     connections: int
-    """Client connections actually used (one per logical client with AsyncClient);
-    0 when the load runs inside a node process (no client connection)."""
+    """Client connections per node actually used (one per logical client on the
+    ``AsyncClient`` path, fewer with a ``ClientPool``); 0 when the load runs inside a
+    node process (no client connection)."""
     seconds: float
     write_ratio: float
     value_bytes: int
@@ -187,7 +191,7 @@ class _Tally:
 
 async def _closed_loop(
     index: int,
-    client: AsyncClient,
+    client: AsyncClient | Session,
     rng: random.Random,
     *,
     write_ratio: float,
@@ -241,18 +245,27 @@ async def run_kv_bench(
     """Run a closed-loop KV load against the cluster at ``addresses``; what it measured.
 
     ``clients`` sessions each keep one command in flight for ``warmup + seconds``
-    seconds; see the module docstring for what is measured and how. ``connections``
-    is the number of connections the caller would like the clients multiplexed over;
-    ``AsyncClient`` cannot share a connection between sessions, so one connection per
-    client is used and reported. ``record`` names a file to write the history to
-    (JSON lines, for ``pyxos check``); it is overwritten. ``nodes`` is only reported.
+    seconds; see the module docstring for what is measured and how. With
+    ``connections < clients`` the clients are sessions of one ``ClientPool`` over
+    ``connections`` connections per node; otherwise each is its own ``AsyncClient``
+    (one connection each). ``record`` names a file to write the history to (JSON
+    lines, for ``pyxos check``); it is overwritten. ``nodes`` is only reported.
     """
     _check_load(clients, seconds, write_ratio, value_bytes, keys)
     if connections < 1:
         raise ValueError(f"connections must be >= 1, not {connections}")
     history: list[dict[str, Any]] | None = [] if record is not None else None
     hook: Callable[[dict[str, Any]], None] | None = history.append if history is not None else None
-    sessions = [AsyncClient(addresses, cluster=cluster_id, history=hook) for _ in range(clients)]
+    pool: ClientPool | None = None
+    sessions: list[AsyncClient | Session]
+    if connections < clients:
+        pool = ClientPool(addresses, cluster=cluster_id, connections=connections, history=hook)
+        sessions = [pool.session() for _ in range(clients)]
+    else:
+        connections = clients
+        sessions = [
+            AsyncClient(addresses, cluster=cluster_id, history=hook) for _ in range(clients)
+        ]
     tally = _Tally()
     try:
         start = time.perf_counter()
@@ -275,7 +288,13 @@ async def run_kv_bench(
             )
         )
     finally:
-        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+        if pool is not None:
+            await pool.close()
+        else:
+            await asyncio.gather(
+                *(s.close() for s in sessions if isinstance(s, AsyncClient)),
+                return_exceptions=True,
+            )
     records = 0
     if record is not None and history is not None:
         with open(record, "w", encoding="utf-8") as f:
@@ -287,7 +306,7 @@ async def run_kv_bench(
         system="pyxos",
         nodes=nodes,
         clients=clients,
-        connections=clients,
+        connections=connections,
         seconds=seconds,
         write_ratio=write_ratio,
         value_bytes=value_bytes,
