@@ -149,21 +149,56 @@ class Session:
         ``CommandRejected`` if the service refused the command, and ``ClientError`` if
         the pool is closed.
         """
-        if self.pool.closed:
+        pool = self.pool
+        if pool.closed:
             raise ClientError("the client pool is closed")
-        async with self._lock:
+        lock = self._lock
+        await lock.acquire()  # uncontended (the usual case): no Future, no suspension
+        try:
             self.seq += 1
             command = Command(self.client_id, self.seq, op, key, value, expected)
-            call = time.monotonic_ns()
+            call = time.monotonic_ns() if self.history is not None else 0
             try:
-                result = decode_result(await self.pool._call(self, command))
+                result = decode_result(await self._call(pool, command))
             except OutcomeUnknown:
                 self._record(command, call, None, None)
                 raise
             self._record(command, call, time.monotonic_ns(), result)
+        finally:
+            lock.release()
         if result.error is not None:
             raise CommandRejected(result.error)
         return result
+
+    async def _call(self, pool: ClientPool, command: Command) -> bytes:
+        """The first attempt, at the pool's target over an open connection; the pool's
+        ``_retry`` takes over if there is none or it got no answer. (The first attempt
+        is here rather than in the pool to keep one coroutine frame off every
+        command's await chain.)"""
+        loop = pool._loop
+        if loop is None:
+            loop = pool._loop = asyncio.get_running_loop()
+        key = (command.client, command.seq)
+        frame = encode_message(
+            ClientRequest(0, command.client, command.seq, _command_encoder.encode(command))
+        )
+        now = loop.time()
+        deadline = now + pool.timeout
+        index = pool._target
+        conn = pool._conns.get((index, self._slot))
+        reply: ClientReply | None = None
+        tried = conn is not None and conn.is_open
+        if conn is not None and tried:
+            future = pool._post(key, frame, conn, min(deadline, now + pool.attempt_timeout))
+            if future is not None:
+                try:
+                    reply = await future
+                except BaseException:
+                    pool._forget(key, future)
+                    raise
+        if reply is not None and reply.ok:
+            return pool._answered(self, reply)
+        return await pool._retry(self, command, frame, deadline, index, reply, tried)
 
     def _record(self, command: Command, call: int, ret: int | None, result: Result | None) -> None:
         """Hand one operation to ``history`` (ARCHITECTURE.md, "Histories")."""
@@ -285,21 +320,67 @@ class ClientPool:
 
     # -- one command: retries and redirects ---------------------------------------------
 
-    async def _call(self, session: Session, command: Command) -> bytes:
-        """Send ``command`` until a node answers it; its result bytes, or OutcomeUnknown."""
+    def _post(
+        self, key: tuple[int, int], frame: bytes, conn: FramedProtocol, deadline: float
+    ) -> asyncio.Future[ClientReply | None] | None:
+        """Send one attempt and register its Future; None if ``conn`` dropped the frame."""
         loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
+        assert loop is not None
+        future: asyncio.Future[ClientReply | None] = loop.create_future()
+        self._pending[key] = _Pending(future, conn, deadline)
+        if self._scan is None:
+            self._scan = loop.call_later(self._scan_interval, self._expire)
+        if conn.send(frame):
+            return future
+        del self._pending[key]
+        return None
+
+    def _forget(self, key: tuple[int, int], future: asyncio.Future[ClientReply | None]) -> None:
+        """Drop the entry of an attempt whose waiter gave up (it was cancelled)."""
+        pending = self._pending.get(key)
+        if pending is not None and pending.future is future:
+            del self._pending[key]
+
+    def _answered(self, session: Session, reply: ClientReply) -> bytes:
+        """Learn from a successful reply (who answered, who leads); its result."""
+        session.answered_by = reply.src
+        session.leader = self.leader = reply.leader or reply.src
+        # A follower relayed it: every session goes to the leader itself next.
+        direct = self._index_of.get(self.leader)
+        if direct is not None:
+            self._target = direct
+        return reply.result
+
+    async def _retry(
+        self,
+        session: Session,
+        command: Command,
+        frame: bytes,
+        deadline: float,
+        index: int,
+        reply: ClientReply | None,
+        tried: bool,
+    ) -> bytes:
+        """Attempt after attempt until a node answers; its result bytes, or
+        OutcomeUnknown at ``deadline``. ``reply`` is what the attempt at node ``index``
+        got (None: nothing), if ``tried``; otherwise that attempt is yet to be made."""
+        loop = self._loop
+        assert loop is not None
         key = (command.client, command.seq)
-        frame = encode_message(
-            ClientRequest(0, command.client, command.seq, _command_encoder.encode(command))
-        )
         n = len(self._addresses)
-        deadline = loop.time() + self.timeout
-        index = self._target
         misses = 0  # tries that got no answer from a leader
-        first = True
         while True:
+            if tried:
+                if reply is not None and reply.ok:
+                    return self._answered(session, reply)
+                misses += 1
+                leader = self._index_of.get(reply.leader) if reply is not None else None
+                index = leader if leader is not None and leader != index else (index + 1) % n
+                if misses >= n:
+                    # Gone round the nodes without an answer: an election is probably
+                    # running. Wait a little (never past the deadline).
+                    pause = min(0.02 * (misses - n + 1), 0.2)
+                    await asyncio.sleep(max(0.0, min(pause, deadline - loop.time())))
             now = loop.time()
             if now >= deadline:
                 raise OutcomeUnknown(
@@ -309,45 +390,21 @@ class ClientPool:
                 )
             if self.closed:
                 raise ClientError("the client pool is closed")
-            if not first:
+            if tried:
                 session.retries += 1
-            first = False
+            tried = True
             conn = self._conns.get((index, session._slot))
             if conn is None or not conn.is_open:
                 conn = await self._connect(index, session._slot, deadline - now)
-            reply: ClientReply | None = None
+            reply = None
             if conn is not None:
-                future: asyncio.Future[ClientReply | None] = loop.create_future()
-                self._pending[key] = _Pending(
-                    future, conn, min(deadline, loop.time() + self.attempt_timeout)
-                )
-                if self._scan is None:
-                    self._scan = loop.call_later(self._scan_interval, self._expire)
-                if conn.send(frame):
+                future = self._post(key, frame, conn, min(deadline, now + self.attempt_timeout))
+                if future is not None:
                     try:
                         reply = await future
-                    finally:
-                        pending = self._pending.get(key)
-                        if pending is not None and pending.future is future:
-                            del self._pending[key]  # cancelled while waiting
-                else:
-                    del self._pending[key]
-            if reply is not None and reply.ok:
-                session.answered_by = reply.src
-                session.leader = self.leader = reply.leader or reply.src
-                # A follower relayed it: every session goes to the leader itself next.
-                direct = self._index_of.get(self.leader)
-                if direct is not None:
-                    self._target = direct
-                return reply.result
-            misses += 1
-            leader = self._index_of.get(reply.leader) if reply is not None else None
-            index = leader if leader is not None and leader != index else (index + 1) % n
-            if misses >= n:
-                # Gone round the nodes without an answer: an election is probably
-                # running. Wait a little (never past the deadline).
-                pause = min(0.02 * (misses - n + 1), 0.2)
-                await asyncio.sleep(max(0.0, min(pause, deadline - loop.time())))
+                    except BaseException:
+                        self._forget(key, future)
+                        raise
 
     def _expire(self) -> None:
         """The periodic scan: resolve overdue attempts with None; re-arm while needed."""
