@@ -372,6 +372,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="PySyncObj autoTickPeriod in seconds (its default: 0.05)",
     )
     parser.add_argument("--with-pyxos", action="store_true", help="run pyxos beside it")
+    parser.add_argument(
+        "--pyxos-connections",
+        type=int,
+        default=4,
+        help="client connections pyxos multiplexes its clients over (ClientPool)",
+    )
     parser.add_argument("--json", action="store_true", help="also print every run as JSON")
     args = parser.parse_args(argv)
     counts = [int(c) for c in args.clients.split(",")]
@@ -388,7 +394,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             for c in counts:
                 for system in systems:
                     if system == "pyxos":
-                        result = bench_local_cluster(3, c, seed=rep, **load)
+                        conns = min(c, args.pyxos_connections)
+                        result = bench_local_cluster(3, c, connections=conns, seed=rep, **load)
                     else:
                         result = bench_pysyncobj(
                             c,
