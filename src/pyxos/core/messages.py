@@ -199,11 +199,13 @@ class RebuildQuery(msgspec.Struct, frozen=True, array_like=True, tag="rebuild-qu
 
 
 class RebuildInfo(msgspec.Struct, frozen=True, array_like=True, tag="rebuild-info"):
-    """A peer's promised ballot and the highest slot it ever accepted (or its log start)."""
+    """A peer's promised ballot and the highest slot it ever accepted (or its log start);
+    ``rebuilding``: the peer lost its own state too, and its figures bound nothing."""
 
     src: int
     promised: Ballot
     last_slot: int
+    rebuilding: bool = False
 
 
 class ClientRequest(msgspec.Struct, frozen=True, array_like=True, tag="req"):

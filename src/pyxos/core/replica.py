@@ -64,7 +64,11 @@ from this node's snapshot if need be, instead of trusting its empty report for t
 Then it votes again. A rule that waits
 only for one new phase 1 after the rebuild is not enough without leases: a ballot
 promised before the wipe can be higher than that new phase's ballot and still be in
-flight. The price of this rule: a rebuild waits until every peer is reachable.
+flight. The price of this rule: a rebuild waits until every peer is reachable. Peers
+that are rebuilding too answer that they are, and bound nothing; a rebuild finishes
+without their figures as long as the nodes without state contain no quorum (every
+ballot that reached phase 2 was then promised, and every chosen slot accepted, by a
+node that kept its state).
 
 Invariants are written on the fields that carry them.
 """
@@ -357,8 +361,15 @@ class Replica:
         self.log_start = max(self.log_start, slot)
 
     def skip_to(self, slot: int) -> None:
-        """Everything below ``slot`` is covered by a restored snapshot: start there."""
+        """Everything below ``slot`` is covered by a restored snapshot: start there.
+
+        A leader or candidate steps down first: its Commit(b, c) would otherwise claim
+        that slots it skipped were chosen, and a follower holding a value this leader
+        proposed there in ``b`` (but that lost to a higher ballot) would learn it.
+        """
         if slot > self.first_unchosen:
+            if self.role is not Role.FOLLOWER:
+                self._become_follower(0)
             for s in [s for s in self.chosen if s < slot]:
                 del self.chosen[s]
             self.first_unchosen = slot
@@ -467,7 +478,10 @@ class Replica:
 
     def _on_rebuild_query(self, msg: RebuildQuery) -> None:
         if self.rebuilding:
-            return  # our own state is no bound for anyone
+            # Our own state is no bound for anyone; say so, so that the asker need
+            # not wait for us (see _try_finish_rebuild).
+            self._send_now((msg.src,), RebuildInfo(self.node_id, ZERO, -1, rebuilding=True))
+            return
         last = max(max(self.acceptor.accepted, default=-1), self._acceptor_start() - 1)
         info = RebuildInfo(self.node_id, self.acceptor.promised, last)
         self._send_now((msg.src,), info)
@@ -476,14 +490,24 @@ class Replica:
         self._try_finish_rebuild()
         if not self.rebuilding or self.now < self.rebuild_query_due:
             return
-        missing = tuple(p for p in self.peers if p not in self.rebuild_info)
+        # Ask again whoever has not answered, or answered that it was rebuilding too.
+        missing = tuple(
+            p for p in self.peers if p not in self.rebuild_info or self.rebuild_info[p].rebuilding
+        )
         self._send_now(missing, RebuildQuery(self.node_id))
         self.rebuild_query_due = self.now + self.config.heartbeat_interval * 2
 
     def _try_finish_rebuild(self) -> None:
         if not self.rebuilding or len(self.rebuild_info) < len(self.peers):
             return
-        infos = self.rebuild_info.values()
+        # Peers that lost their state too bound nothing. The rest bound everything as
+        # long as the nodes without state contain no phase-1 and no phase-2 quorum:
+        # then every ballot that reached phase 2 was promised durably by one of the
+        # rest, and every chosen slot was accepted by one of them.
+        lost = {self.node_id} | {p for p, i in self.rebuild_info.items() if i.rebuilding}
+        if self.quorum.is_phase1_quorum(lost) or self.quorum.is_phase2_quorum(lost):
+            return
+        infos = [i for i in self.rebuild_info.values() if not i.rebuilding]
         last = max((i.last_slot for i in infos), default=-1)
         self.commit_hint = max(self.commit_hint, last + 1)
         if self.first_unchosen <= last:
@@ -499,7 +523,9 @@ class Replica:
             raise RuntimeError("finish_rebuild before the rebuild caught up")
         if snapshot_slot < self.first_unchosen:
             return  # an older snapshot: wait for the one taken after catching up
-        promised = max((i.promised for i in self.rebuild_info.values()), default=ZERO)
+        promised = max(
+            (i.promised for i in self.rebuild_info.values() if not i.rebuilding), default=ZERO
+        )
         if promised > self.acceptor.promised:
             self.acceptor.promised = promised
             self.acceptor.pending.promised = promised
@@ -550,10 +576,11 @@ class Replica:
             self.commit_hint = max(self.commit_hint, s)
 
     def _fetch_target(self) -> int:
-        if self.leader not in (0, self.node_id):
-            return self.leader
         if not self.peers:
             return 0
+        # Mostly the leader; now and then any peer, in case the leader cannot serve.
+        if self.leader not in (0, self.node_id) and self.rng.random() < 0.75:
+            return self.leader
         return self.peers[int(self.rng.random() * len(self.peers)) % len(self.peers)]
 
     def _fetch(self, peer: int) -> None:
@@ -564,6 +591,13 @@ class Replica:
         self.fetch_due = self.now + self.config.heartbeat_interval
 
     def _on_fetch(self, msg: Fetch) -> None:
+        if self.role is Role.LEADER and msg.end > self.next_slot:
+            # Someone knows of a slot above everything we proposed (accepted by a
+            # minority our phase 1 did not hear): our promise covers every slot, so
+            # settle them with no-ops, or an idle cluster never chooses them.
+            count = min(msg.end - self.next_slot, self.config.window)
+            if len(self.in_flight) + count <= self.config.window:
+                self._propose_slots([NOOP] * count)
         end = min(msg.end, msg.slot + self.config.fetch_batch, self.first_unchosen)
         if msg.slot < self.log_start or msg.slot >= end:
             return

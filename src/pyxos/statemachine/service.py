@@ -184,7 +184,9 @@ class ServiceNode:
         if self.forwarded:
             self._expire_forwarded(now)
         t = self.transfer
-        if t is not None and now >= t.retry_at:
+        if t is not None and self.replica.first_unchosen >= t.slot:
+            self.transfer = None  # the log got us past it: drop the transfer
+        elif t is not None and now >= t.retry_at:
             # Resume a stalled transfer from where it stopped.
             self._request_chunk(t)
 
@@ -199,6 +201,10 @@ class ServiceNode:
                 if not replica.propose(_raw_encoder.encode(chunk)):
                     self._redirect_pending()
                     self.batch.clear()
+        if self.waiting and not replica.is_leader:
+            # Leadership lost: what we proposed may or may not be chosen by the next
+            # leader. Tell the clients to retry there (same seq: applied once).
+            self._redirect_pending()
         r = replica.ready()
         if r.committed:
             self._apply(r)
@@ -291,7 +297,9 @@ class ServiceNode:
         self.store.restore(data)
         self.replica.skip_to(t.slot)
         self.snapshots_installed += 1
-        # Keep it durably too, so a restart does not need the transfer again.
+        # Serve it to others at once (the replica no longer serves slots below it),
+        # and keep it durably too, so a restart does not need the transfer again.
+        self.snapshot = (t.slot, data)
         self._last_taken = (t.slot, data)
         self._snapshot_out = (t.slot, data)
 
