@@ -4,20 +4,18 @@ corrupted or wiped logs, snapshots with compaction, InstallSnapshot, and rebuild
 A failure names its seed and the one command that replays it.
 """
 
-import random
 
 import msgspec
 import pytest
 
 from pyxos.core.messages import Accepted, ClientRequest, Promise
 from pyxos.core.quorum import Majority
-from pyxos.core.ready import Node
-from pyxos.core.replica import Replica, ReplicaConfig, Role
-from pyxos.sim.kv import kv_replay_command, run_kv
+from pyxos.core.replica import ReplicaConfig, Role
+from pyxos.sim.kv import kv_replay_command, run_kv, service_node_factory
 from pyxos.sim.mutants import REPLICA_MUTANTS
 from pyxos.sim.nemesis import parse_faults
 from pyxos.sim.world import Simulator
-from pyxos.statemachine.kv import Command, KVStore
+from pyxos.statemachine.kv import Command
 from pyxos.statemachine.service import ServiceNode
 from pyxos.storage.memory import MemoryStorage
 
@@ -94,26 +92,10 @@ def test_compaction_keeps_the_log_bounded_over_a_long_run() -> None:
 
 def _cluster(seed: int, snapshot_every: int) -> Simulator:
     sim = Simulator(seed)
-    quorum = Majority([1, 2, 3])
     config = ReplicaConfig(election_timeout=(0.1, 0.2), heartbeat_interval=0.04)
-
-    def factory(node_id: int, storage: MemoryStorage, rng: random.Random, now: float) -> Node:
-        replica = Replica(
-            node_id,
-            quorum,
-            rng,
-            config=config,
-            promised=storage.promised,
-            accepted=storage.accepted.values(),
-            now=now,
-            rebuilding=storage.needs_rebuild,
-            rebuilt_from=storage.rebuilt_from,
-        )
-        node = ServiceNode(replica, KVStore(), snapshot_every=snapshot_every, snapshot_chunk=64)
-        if storage.snapshot is not None:
-            node.restore_snapshot(*storage.snapshot)
-        return node
-
+    factory = service_node_factory(
+        Majority([1, 2, 3]), config, snapshot_every=snapshot_every, snapshot_chunk=64
+    )
     for i in (1, 2, 3):
         sim.add_node(i, factory)
     sim.run(0.5)

@@ -6,7 +6,6 @@ read the diff: it is the protocol change, message by message.
 """
 
 import os
-import random
 from pathlib import Path
 
 import msgspec
@@ -14,12 +13,11 @@ import pytest
 
 from pyxos.core.messages import ClientRequest
 from pyxos.core.quorum import Majority
-from pyxos.core.ready import Node
-from pyxos.core.replica import Replica, ReplicaConfig, Role
+from pyxos.core.replica import ReplicaConfig, Role
+from pyxos.sim.kv import service_node_factory
 from pyxos.sim.world import Simulator, format_trace
-from pyxos.statemachine.kv import Command, KVStore
+from pyxos.statemachine.kv import Command
 from pyxos.statemachine.service import ServiceNode
-from pyxos.storage.memory import MemoryStorage
 
 DATA = Path(__file__).parent / "testdata"
 CLIENT = 100
@@ -28,21 +26,8 @@ enc = msgspec.msgpack.Encoder()
 
 def cluster(seed: int) -> Simulator:
     sim = Simulator(seed, disk_latency=(0.001, 0.001))
-    quorum = Majority([1, 2, 3])
     config = ReplicaConfig(election_timeout=(0.1, 0.2), heartbeat_interval=0.05)
-
-    def factory(node_id: int, storage: MemoryStorage, rng: random.Random, now: float) -> Node:
-        replica = Replica(
-            node_id,
-            quorum,
-            rng,
-            config=config,
-            promised=storage.promised,
-            accepted=storage.accepted.values(),
-            now=now,
-        )
-        return ServiceNode(replica, KVStore())
-
+    factory = service_node_factory(Majority([1, 2, 3]), config, snapshot_every=10_000)
     for i in (1, 2, 3):
         sim.add_node(i, factory)
     return sim

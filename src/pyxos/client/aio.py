@@ -55,6 +55,7 @@ __all__ = [
     "AsyncClient",
     "ClientError",
     "CommandRejected",
+    "KVOperations",
     "OutcomeUnknown",
     "new_client_id",
     "parse_address",
@@ -105,7 +106,37 @@ class _Attempt:
         self.future = future
 
 
-class AsyncClient:
+class KVOperations:
+    """The key-value operations, written once over ``execute`` (which subclasses give)."""
+
+    async def execute(
+        self, op: str, key: str, value: str | None = None, expected: str | None = None
+    ) -> Result:
+        """Run one command; return its ``Result`` (see the subclasses)."""
+        raise NotImplementedError
+
+    async def get(self, key: str) -> str | None:
+        """The value of ``key`` (``None`` if absent), linearizable (read-index at the leader)."""
+        return (await self.execute("get", key)).value
+
+    async def put(self, key: str, value: str) -> None:
+        """Set ``key`` to ``value``."""
+        await self.execute("put", key, value)
+
+    async def delete(self, key: str) -> str | None:
+        """Remove ``key``; return the value it had (``None`` if it was absent)."""
+        return (await self.execute("delete", key)).value
+
+    async def cas(self, key: str, expected: str | None, value: str) -> bool:
+        """Set ``key`` to ``value`` if it is ``expected`` (``None``: absent); True if set."""
+        return (await self.execute("cas", key, value, expected)).ok
+
+    async def list(self, prefix: str = "") -> builtins.list[tuple[str, str]]:
+        """``(key, value)`` pairs whose key starts with ``prefix``, sorted by key."""
+        return list((await self.execute("list", prefix)).values or [])
+
+
+class AsyncClient(KVOperations):
     """A KV client over the binary protocol: ``get / put / delete / cas / list``.
 
     ``addresses`` lists the nodes' client addresses ``"host:port"``, or maps node ids to
@@ -164,26 +195,6 @@ class AsyncClient:
         self._closed = False
 
     # -- the operations ---------------------------------------------------------------
-
-    async def get(self, key: str) -> str | None:
-        """The value of ``key`` (``None`` if absent), linearizable (through the log)."""
-        return (await self.execute("get", key)).value
-
-    async def put(self, key: str, value: str) -> None:
-        """Set ``key`` to ``value``."""
-        await self.execute("put", key, value)
-
-    async def delete(self, key: str) -> str | None:
-        """Remove ``key``; return the value it had (``None`` if it was absent)."""
-        return (await self.execute("delete", key)).value
-
-    async def cas(self, key: str, expected: str | None, value: str) -> bool:
-        """Set ``key`` to ``value`` if it is ``expected`` (``None``: absent); True if set."""
-        return (await self.execute("cas", key, value, expected)).ok
-
-    async def list(self, prefix: str = "") -> builtins.list[tuple[str, str]]:
-        """``(key, value)`` pairs whose key starts with ``prefix``, sorted by key."""
-        return list((await self.execute("list", prefix)).values or [])
 
     async def execute(
         self, op: str, key: str, value: str | None = None, expected: str | None = None

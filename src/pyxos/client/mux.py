@@ -55,6 +55,7 @@ from pyxos.client.aio import (
     DEFAULT_CLUSTER,
     ClientError,
     CommandRejected,
+    KVOperations,
     OutcomeUnknown,
     new_client_id,
     parse_address,
@@ -88,7 +89,7 @@ class _Pending:
         """Loop time after which the attempt counts as unanswered."""
 
 
-class Session:
+class Session(KVOperations):
     """One logical client of a ``ClientPool``: ``get / put / delete / cas / list``.
 
     Same semantics as ``AsyncClient`` (its own ``client_id`` and ``seq``, one command at
@@ -119,26 +120,6 @@ class Session:
         self._lock = asyncio.Lock()
 
     # -- the operations ---------------------------------------------------------------
-
-    async def get(self, key: str) -> str | None:
-        """The value of ``key`` (``None`` if absent), linearizable (through the log)."""
-        return (await self.execute("get", key)).value
-
-    async def put(self, key: str, value: str) -> None:
-        """Set ``key`` to ``value``."""
-        await self.execute("put", key, value)
-
-    async def delete(self, key: str) -> str | None:
-        """Remove ``key``; return the value it had (``None`` if it was absent)."""
-        return (await self.execute("delete", key)).value
-
-    async def cas(self, key: str, expected: str | None, value: str) -> bool:
-        """Set ``key`` to ``value`` if it is ``expected`` (``None``: absent); True if set."""
-        return (await self.execute("cas", key, value, expected)).ok
-
-    async def list(self, prefix: str = "") -> builtins.list[tuple[str, str]]:
-        """``(key, value)`` pairs whose key starts with ``prefix``, sorted by key."""
-        return list((await self.execute("list", prefix)).values or [])
 
     async def execute(
         self, op: str, key: str, value: str | None = None, expected: str | None = None

@@ -32,16 +32,16 @@ from pyxos.check.history import Operation
 from pyxos.check.invariants import ChosenMonitor, SafetyMonitor, Violation
 from pyxos.check.linearizability import check_history
 from pyxos.core.messages import ClientReply, ClientRequest, Entry, Message
-from pyxos.core.quorum import Majority
+from pyxos.core.quorum import Majority, QuorumSystem
 from pyxos.core.ready import Node, Ready, Send
 from pyxos.core.replica import Replica, ReplicaConfig, Role
 from pyxos.sim.nemesis import Nemesis
-from pyxos.sim.world import Simulator, TraceEvent, format_trace
+from pyxos.sim.world import NodeFactory, Simulator, TraceEvent, format_trace
 from pyxos.statemachine.kv import Command, KVStore, decode_batch, decode_result
-from pyxos.statemachine.service import ServiceNode
+from pyxos.statemachine.service import SNAPSHOT_CHUNK, ServiceNode
 from pyxos.storage.memory import MemoryStorage
 
-__all__ = ["KVResult", "SimClient", "kv_replay_command", "run_kv"]
+__all__ = ["KVResult", "SimClient", "kv_replay_command", "run_kv", "service_node_factory"]
 
 CLIENT_BASE = 1000
 """Client process ids start here (replica ids are 1..n)."""
@@ -238,6 +238,45 @@ class SimClient:
         self.next_op_at = self.now + self.rng.uniform(*self.think) if self.ops_left > 0 else None
 
 
+def service_node_factory(
+    quorum: QuorumSystem,
+    config: ReplicaConfig,
+    *,
+    replica_factory: ReplicaFactory = Replica,
+    store_factory: StoreFactory = KVStore,
+    snapshot_every: int = 25,
+    snapshot_bytes: int = 64 * 1024 * 1024,
+    snapshot_chunk: int = SNAPSHOT_CHUNK,
+) -> NodeFactory:
+    """Builds a :class:`ServiceNode` from a node's durable storage, as a restart does:
+    the acceptor state, the rebuild flags, and the latest snapshot."""
+
+    def build(node_id: int, storage: MemoryStorage, rng: random.Random, now: float) -> Node:
+        replica = replica_factory(
+            node_id,
+            quorum,
+            rng,
+            config=config,
+            promised=storage.promised,
+            accepted=storage.accepted.values(),
+            now=now,
+            rebuilding=storage.needs_rebuild,
+            rebuilt_from=storage.rebuilt_from,
+        )
+        node = ServiceNode(
+            replica,
+            store_factory(),
+            snapshot_every=snapshot_every,
+            snapshot_bytes=snapshot_bytes,
+            snapshot_chunk=snapshot_chunk,
+        )
+        if storage.snapshot is not None:
+            node.restore_snapshot(*storage.snapshot)
+        return node
+
+    return build
+
+
 def run_kv(
     seed: int,
     *,
@@ -280,24 +319,14 @@ def run_kv(
 
     monitor = SafetyMonitor(is_valid=valid)
 
-    def replica_node(node_id: int, storage: MemoryStorage, rng: random.Random, now: float) -> Node:
-        replica = replica_factory(
-            node_id,
-            quorum,
-            rng,
-            config=config,
-            promised=storage.promised,
-            accepted=storage.accepted.values(),
-            now=now,
-            rebuilding=storage.needs_rebuild,
-            rebuilt_from=storage.rebuilt_from,
-        )
-        node = ServiceNode(
-            replica, store_factory(), snapshot_every=snapshot_every, snapshot_bytes=snapshot_bytes
-        )
-        if storage.snapshot is not None:
-            node.restore_snapshot(*storage.snapshot)
-        return node
+    replica_node = service_node_factory(
+        quorum,
+        config,
+        replica_factory=replica_factory,
+        store_factory=store_factory,
+        snapshot_every=snapshot_every,
+        snapshot_bytes=snapshot_bytes,
+    )
 
     def client_node(client_id: int, storage: MemoryStorage, rng: random.Random, now: float) -> Node:
         return SimClient(
