@@ -13,7 +13,6 @@ Each reproduced a bug before its fix (the seeds named here failed then):
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 
 import msgspec
@@ -22,14 +21,13 @@ import pytest
 from pyxos.check.invariants import ChosenMonitor, SafetyMonitor
 from pyxos.core.messages import Accept, ClientReply, ClientRequest, Commit, Message, Snapshot
 from pyxos.core.quorum import Majority
-from pyxos.core.ready import Node, Ready
-from pyxos.core.replica import Replica, ReplicaConfig, Role
-from pyxos.sim.kv import run_kv
+from pyxos.core.ready import Ready
+from pyxos.core.replica import ReplicaConfig, Role
+from pyxos.sim.kv import run_kv, service_node_factory
 from pyxos.sim.nemesis import parse_faults
 from pyxos.sim.world import Simulator
-from pyxos.statemachine.kv import Command, KVStore
+from pyxos.statemachine.kv import Command
 from pyxos.statemachine.service import ServiceNode
-from pyxos.storage.memory import MemoryStorage
 
 enc = msgspec.msgpack.Encoder()
 Drop = Callable[[int, int, Message], bool]
@@ -40,24 +38,9 @@ def _cluster(seed: int, ids: list[int], snapshot_every: int) -> tuple[Simulator,
     quorum = Majority(ids)
     config = ReplicaConfig(election_timeout=(0.1, 0.2), heartbeat_interval=0.04)
 
-    def factory(node_id: int, st: MemoryStorage, rng: random.Random, now: float) -> Node:
-        replica = Replica(
-            node_id,
-            quorum,
-            rng,
-            config=config,
-            promised=st.promised,
-            accepted=st.accepted.values(),
-            now=now,
-            rebuilding=st.needs_rebuild,
-            rebuilt_from=st.rebuilt_from,
-        )
-        node = ServiceNode(
-            replica, KVStore(), snapshot_every=snapshot_every, snapshot_chunk=1 << 20
-        )
-        if st.snapshot is not None:
-            node.restore_snapshot(*st.snapshot)
-        return node
+    factory = service_node_factory(
+        quorum, config, snapshot_every=snapshot_every, snapshot_chunk=1 << 20
+    )
 
     for i in ids:
         sim.add_node(i, factory)
