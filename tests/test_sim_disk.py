@@ -4,7 +4,6 @@ corrupted or wiped logs, snapshots with compaction, InstallSnapshot, and rebuild
 A failure names its seed and the one command that replays it.
 """
 
-
 import msgspec
 import pytest
 
