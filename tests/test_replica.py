@@ -269,6 +269,7 @@ def test_a_follower_confirms_a_probe_only_for_a_ballot_it_has_not_outbid() -> No
     r.step(Commit(3, Ballot(1, 3), 0, read=7))
     assert ReadAck(2, Ballot(1, 3), 7) in [s.msg for s in r.ready().send_now]
     r.advance()
+    r.tick(r.now + 1.0)  # past the lease granted to node 3
     r.step(Prepare(1, Ballot(5, 1), 0))
     r.advance()
     r.step(Commit(3, Ballot(1, 3), 0, read=8))

@@ -3,7 +3,7 @@
 Each reproduced a bug before its fix (the seeds named here failed then):
 
 1. a leader that installed a snapshot made a follower learn a value never chosen
-   (agreement; seeds 6 and 8 of ``_snapshot_installing_leader``);
+   (agreement; seeds 8, 15 and 21 of ``_snapshot_installing_leader`` with leases on);
 2. a request left in ``waiting`` by a deposed leader swallowed every retry once that
    node led again (liveness);
 3. two nodes rebuilding at once in a 5-node cluster never finished (liveness);
@@ -137,7 +137,7 @@ def _snapshot_installing_leader(seed: int) -> str:
     return "ran"
 
 
-@pytest.mark.parametrize("seed", [6, 8])
+@pytest.mark.parametrize("seed", [8, 15, 21])
 def test_a_leader_that_installs_a_snapshot_steps_down(seed: int) -> None:
     assert _snapshot_installing_leader(seed) == "ran"
 
@@ -201,7 +201,7 @@ def test_retries_reach_a_node_that_leads_again_after_losing_a_proposal(seed: int
     assert not _svc(sim, lead).waiting
 
 
-@pytest.mark.parametrize("seed", [3, 6, 26])
+@pytest.mark.parametrize("seed", [3, 4, 7])
 def test_two_nodes_rebuilding_at_once_both_finish(seed: int) -> None:
     from pyxos.sim import kv as kvmod
 

@@ -128,6 +128,17 @@ class ReplicaConfig:
     """Slots a leader keeps in flight at most (pipelining)."""
     fetch_batch: int = 256
     """Chosen values sent in one Decided at most."""
+    lease: float | None = None
+    """Leader lease in seconds (None: the election timeout's minimum; 0: no lease, every
+    read takes the read-index round)."""
+    clock_drift: float = 0.1
+    """Bound on the clock rate difference between nodes: the leader's lease ends this
+    fraction earlier than the leases its acceptors hold for it."""
+
+    @property
+    def lease_seconds(self) -> float:
+        """The lease an acceptor grants on each message from the leader."""
+        return self.election_timeout[0] if self.lease is None else self.lease
 
     def __post_init__(self) -> None:
         lo, hi = self.election_timeout
@@ -137,6 +148,10 @@ class ReplicaConfig:
             raise ValueError("heartbeat_interval must be positive and below the election timeout")
         if self.window < 1 or self.fetch_batch < 1:
             raise ValueError("window and fetch_batch must be >= 1")
+        if self.lease is not None and self.lease < 0:
+            raise ValueError("lease must be >= 0")
+        if not 0 <= self.clock_drift < 1:
+            raise ValueError("clock_drift must lie in [0, 1)")
 
 
 @dataclass(slots=True)
@@ -219,6 +234,13 @@ class Replica:
         self.read_acks: dict[int, set[int]] = {}
         self.pending_reads: list[tuple[int, int, object]] = []
         """(probe, read index, token) of reads waiting, in arrival order."""
+        self.probe_sent_at: dict[int, float] = {}
+        """probe -> when it left (leader only): a quorum of acks starts a lease there."""
+        self.lease_until = float("-inf")
+        """Leader: reads may skip the read-index round until then (quorum-granted lease
+        shortened by the drift bound)."""
+        self.granted_lease: tuple[int, float] = (0, float("-inf"))
+        """Acceptor: (leader, until): no promise to anyone else before then."""
 
         self.rebuilding = rebuilding
         """True while this node's acceptor state cannot be trusted: it does not vote."""
@@ -263,6 +285,11 @@ class Replica:
         may be served (or must be refused). False at once if not leader."""
         if self.role is not Role.LEADER:
             return False
+        if self.now < self.lease_until:
+            # Lease held: no other leader can exist until it ends (the acceptors that
+            # granted it promise nobody else before theirs ends): no round needed.
+            self.pending_reads.append((0, self.next_slot, token))
+            return True
         if self.read_probe == self.read_probe_sent:
             self.read_probe += 1  # reads of one pass share one probe
             self.read_acks[self.read_probe] = {self.node_id}
@@ -326,6 +353,7 @@ class Replica:
                 Commit(self.node_id, self.ballot, self.first_unchosen, self.read_probe),
             )
             self.read_probe_sent = self.read_probe
+            self.probe_sent_at[self.read_probe] = self.now
             self._commit_sent = self.first_unchosen
             self._check_read_quorum(self.read_probe)
         if self.pending_reads:
@@ -382,6 +410,11 @@ class Replica:
         if self.rebuilding:
             self._note_ballot(msg.ballot)
             return  # no vote while our acceptor state cannot be trusted
+        holder, until = self.granted_lease
+        if holder not in (0, msg.src) and self.now < until:
+            # We granted a lease to another leader: promise nobody else until it ends.
+            self._note_ballot(msg.ballot)
+            return
         entries = self.acceptor.on_prepare(msg.ballot, msg.slot)
         self._note_ballot(msg.ballot)
         if entries is None:
@@ -433,8 +466,15 @@ class Replica:
         acks = self.read_acks.get(probe)
         if acks is not None and self.quorum.is_phase2_quorum(acks):
             self.read_confirmed = max(self.read_confirmed, probe)
+            sent = self.probe_sent_at.get(probe)
+            lease = self.config.lease_seconds
+            if sent is not None and lease > 0:
+                self.lease_until = max(
+                    self.lease_until, sent + lease * (1.0 - self.config.clock_drift)
+                )
             for p in [p for p in self.read_acks if p <= probe]:
                 del self.read_acks[p]
+                self.probe_sent_at.pop(p, None)
 
     def _release_reads(self, r: Ready) -> None:
         if self.role is not Role.LEADER:
@@ -462,6 +502,8 @@ class Replica:
             self.leader_changes += 1
         self.leader_contact = self.now
         self.election_deadline = self.now + self._election_timeout()
+        if self.config.lease_seconds > 0:
+            self.granted_lease = (ballot.node, self.now + self.config.lease_seconds)
 
     def _on_prevote(self, msg: PreVote) -> None:
         # Grant only if we too have lost the leader: a node that comes back from a
@@ -666,7 +708,9 @@ class Replica:
 
     def _become_follower(self, leader: int) -> None:
         self.role = Role.FOLLOWER
+        self.lease_until = float("-inf")
         self.read_acks.clear()
+        self.probe_sent_at.clear()
         # A read index taken under a lost leadership may miss another leader's writes.
         self._ready.reads.extend((token, False) for _, _, token in self.pending_reads)
         self.pending_reads.clear()
@@ -768,8 +812,15 @@ class Replica:
             run.append(s)
         if run:
             self._resend(run)
+        if self.config.lease_seconds > 0 and self.read_probe == self.read_probe_sent:
+            # Every heartbeat renews the lease: a fresh probe, acked by the acceptors.
+            self.read_probe += 1
+            self.read_acks[self.read_probe] = {self.node_id}
         probe = self.read_probe if self.read_probe > self.read_confirmed else 0
         self._send_now(self.peers, Commit(self.node_id, self.ballot, self.first_unchosen, probe))
+        if probe:
+            self.read_probe_sent = self.read_probe
+            self.probe_sent_at.setdefault(probe, self.now)
         self._commit_sent = self.first_unchosen
 
     def _resend(self, slots: list[int]) -> None:

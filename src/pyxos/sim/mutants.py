@@ -135,7 +135,17 @@ class UnconfirmedReadReplica(Replica):
         return True
 
 
+class EternalLeaseReplica(Replica):
+    """A leader whose lease, once granted, never runs out (clock trouble)."""
+
+    def _check_read_quorum(self, probe: int) -> None:
+        super()._check_read_quorum(probe)
+        if self.lease_until > float("-inf"):
+            self.lease_until = float("inf")
+
+
 REPLICA_MUTANTS: dict[str, type[Replica]] = {
+    "eternal-lease": EternalLeaseReplica,
     "unconfirmed-reads": UnconfirmedReadReplica,
     "amnesia": AmnesiacReplica,
     "no-repropose": NoReproposeReplica,
