@@ -34,7 +34,7 @@ def test_all_faults_with_disk_faults(nodes: int, first: int) -> None:
 
 
 def test_a_wal_that_acknowledges_before_fsync_is_caught() -> None:
-    # Measured when written: first caught at seed 123 (3 nodes); the scan stops there.
+    # Measured when written: first caught at seed 170 (3 nodes); the scan stops there.
     caught = next(
         (
             s
@@ -52,7 +52,7 @@ def test_a_wal_that_acknowledges_before_fsync_is_caught() -> None:
 
 
 def test_a_node_that_votes_right_after_losing_its_log_is_caught() -> None:
-    # Measured when written: first caught at seed 8 (3 nodes); the scan stops there.
+    # Measured when written: first caught at seed 64 (3 nodes); the scan stops there.
     amnesia = REPLICA_MUTANTS["amnesia"]
     caught = next(
         (

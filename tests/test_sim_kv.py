@@ -49,7 +49,7 @@ def test_long_sweep(nodes: int) -> None:
 
 MUTANTS = [
     # (mutant, nodes, seed budget): first catches measured when written were at seeds
-    # 0, 3, 58, 1 and 30; the scan stops at the first catch, so room costs nothing.
+    # 6, 5, 24, 4 and 27; the scan stops at the first catch, so room costs nothing.
     ("no-repropose", 3, 100),
     ("commit-index", 3, 100),
     ("unpersisted-promise", 3, 150),
