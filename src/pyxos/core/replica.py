@@ -62,9 +62,16 @@ unchosen one as compacted: the service layer first makes a snapshot of them dura
 (``rebuild_caught_up``, then ``finish_rebuild``), so a new leader fetches those slots,
 from this node's snapshot if need be, instead of trusting its empty report for them.
 Then it votes again. A rule that waits
-only for one new phase 1 after the rebuild is not enough without leases: a ballot
-promised before the wipe can be higher than that new phase's ballot and still be in
-flight. The price of this rule: a rebuild waits until every peer is reachable. Peers
+only for one new phase 1 after the rebuild is not enough on its own: a ballot promised
+before the wipe can be higher than that new phase's ballot and still be in flight.
+Five nodes A B C D X: C runs phase 1 for b_old with promises from C, X and D (D's not
+yet sent); X's disk is wiped. A runs phase 1 for b_new < b_old with A, B and D (D
+promises b_new first, then b_old) — a full new phase 1 after X's wipe, so X votes
+again. A's Accept(b_new, v_a) is accepted by A, B and X: v_a is chosen. C, whose phase
+1 saw nothing accepted, sends Accept(b_old, v_c): C, D and X accept it (b_old is above
+everything they promised): v_c is chosen too. X's forgotten promise of b_old is the
+hole; C's own durable promise of b_old, which pyxos asks every peer for, closes it.
+The price of this rule: a rebuild waits until every peer is reachable. Peers
 that are rebuilding too answer that they are, and bound nothing; a rebuild finishes
 without their figures as long as the nodes without state contain no quorum (every
 ballot that reached phase 2 was then promised, and every chosen slot accepted, by a
