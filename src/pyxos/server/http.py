@@ -3,8 +3,9 @@
 Theory of operation
 -------------------
 The HTTP API is an in-process client of its own node. Every KV request becomes a
-``Command`` with its own ``(client, seq)`` and goes through the log like a binary
-client's (``NodeServer.submit``), so HTTP reads and writes are linearizable too. The
+``Command`` with its own ``(client, seq)`` and is submitted like a binary client's
+(``NodeServer.submit``): writes go through the log, reads through the leader's lease
+or read-index check, so HTTP reads and writes are linearizable too. The
 API registers one reply sink with the node (``attach_sink``); replies are matched to
 waiting requests by ``(client, seq)``.
 
@@ -138,7 +139,7 @@ class HttpApi:
             await self._runner.cleanup()
         self.node.detach_sink(self._sink)
 
-    # -- commands through the log -----------------------------------------------------
+    # -- commands, as a client of the node --------------------------------------------
 
     def _on_reply(self, reply: ClientReply) -> None:
         future = self._waiting.get((reply.client, reply.seq))

@@ -15,9 +15,9 @@ real server drive it identically. It adds what sits between clients and the log:
   only updates where the reply goes. Any other retry goes through the log like a new
   command: exactly-once lives in one place, the state machine's session table, which
   answers a retry with the stored result instead of applying it again.
-- **Reads.** ``get`` and ``list`` do not go through the log: the replica's read-index
-  check (a quorum confirms the leadership after the read arrived, and the state
-  machine has applied every slot below the read index) releases them, and they are
+- **Reads.** ``get`` and ``list`` do not go through the log: the replica releases them
+  (under its lease, or once a quorum confirmed the leadership after the read arrived,
+  and in both cases once every slot below the read index is applied), and they are
   answered from local state. Reads need no session entry: they change nothing.
 - **Batching.** Everything that arrived since the last ``ready()`` becomes *one* slot
   value: a msgpack array whose elements are the clients' own encoded commands
