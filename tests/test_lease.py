@@ -6,44 +6,21 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from pyxos.core.messages import ClientReply, ClientRequest, Message, Prepare
+from pyxos.core.messages import ClientRequest, Prepare
 from pyxos.core.quorum import Majority
-from pyxos.core.ready import Ready
 from pyxos.core.replica import Replica, ReplicaConfig, Role
 from pyxos.sim.kv import service_node_factory
 from pyxos.sim.mutants import REPLICA_MUTANTS
 from pyxos.sim.world import Simulator
 from pyxos.statemachine.kv import Command, decode_result
 from pyxos.statemachine.service import ServiceNode
+from sim_helpers import RecordingClient
 
 enc = msgspec.msgpack.Encoder()
 IDS = [1, 2, 3]
 
 
-class _Client:
-    node_id = 100
-
-    def __init__(self) -> None:
-        self.replies: list[ClientReply] = []
-
-    def step(self, msg: Message) -> None:
-        if isinstance(msg, ClientReply):
-            self.replies.append(msg)
-
-    def tick(self, now: float) -> None:
-        pass
-
-    def ready(self) -> Ready:
-        return Ready()
-
-    def advance(self) -> None:
-        pass
-
-    def next_deadline(self) -> float | None:
-        return None
-
-
-def _cluster(seed: int, replica_factory: type[Replica]) -> tuple[Simulator, _Client]:
+def _cluster(seed: int, replica_factory: type[Replica]) -> tuple[Simulator, RecordingClient]:
     sim = Simulator(seed)
     config = ReplicaConfig(election_timeout=(0.1, 0.2), heartbeat_interval=0.02)
     factory = service_node_factory(
@@ -51,7 +28,7 @@ def _cluster(seed: int, replica_factory: type[Replica]) -> tuple[Simulator, _Cli
     )
     for i in IDS:
         sim.add_node(i, factory)
-    client = _Client()
+    client = RecordingClient()
     sim.add_node(100, lambda *_: client, crashable=False)
     return sim, client
 
@@ -75,7 +52,7 @@ def _ask(sim: Simulator, to: int, op: str, key: str, value: str | None = None) -
     return _seq[0]
 
 
-def _answer(client: _Client, seq: int) -> str | bool | None:
+def _answer(client: RecordingClient, seq: int) -> str | bool | None:
     for reply in client.replies:
         if reply.seq == seq and reply.ok:
             return decode_result(reply.result).value

@@ -19,15 +19,15 @@ import msgspec
 import pytest
 
 from pyxos.check.invariants import ChosenMonitor, SafetyMonitor
-from pyxos.core.messages import Accept, ClientReply, ClientRequest, Commit, Message, Snapshot
+from pyxos.core.messages import Accept, ClientRequest, Commit, Message, Snapshot
 from pyxos.core.quorum import Majority
-from pyxos.core.ready import Ready
 from pyxos.core.replica import ReplicaConfig, Role
 from pyxos.sim.kv import run_kv, service_node_factory
 from pyxos.sim.nemesis import parse_faults
 from pyxos.sim.world import Simulator
 from pyxos.statemachine.kv import Command
 from pyxos.statemachine.service import ServiceNode
+from sim_helpers import RecordingClient
 
 enc = msgspec.msgpack.Encoder()
 Drop = Callable[[int, int, Message], bool]
@@ -142,34 +142,11 @@ def test_a_leader_that_installs_a_snapshot_steps_down(seed: int) -> None:
     assert _snapshot_installing_leader(seed) == "ran"
 
 
-class _RecordingClient:
-    node_id = 100
-
-    def __init__(self) -> None:
-        self.replies: list[ClientReply] = []
-
-    def step(self, msg: Message) -> None:
-        if isinstance(msg, ClientReply):
-            self.replies.append(msg)
-
-    def tick(self, now: float) -> None:
-        pass
-
-    def ready(self) -> Ready:
-        return Ready()
-
-    def advance(self) -> None:
-        pass
-
-    def next_deadline(self) -> float | None:
-        return None
-
-
 @pytest.mark.parametrize("seed", [0, 3, 5])
 def test_retries_reach_a_node_that_leads_again_after_losing_a_proposal(seed: int) -> None:
     ids = [1, 2, 3]
     sim, _ = _cluster(seed, ids, snapshot_every=10**9)
-    client = _RecordingClient()
+    client = RecordingClient()
     sim.add_node(100, lambda *_: client, crashable=False)
     sim.run(0.5)
     (lead,) = _leaders(sim, ids)
