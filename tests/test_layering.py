@@ -1,4 +1,4 @@
-"""The dependency rule of ARCHITECTURE.md, enforced on the import statements."""
+"""The dependency rule of docs/architecture.md, enforced on the import statements."""
 
 import ast
 from pathlib import Path

@@ -29,7 +29,7 @@ excluded: a command counts when it *completes* within the measured window of
 
 Recording: with ``record``, every get and put (warm-up included, since the checker
 needs the whole history) is kept in memory by the client's ``history`` hook and written
-at the end as JSON lines in the ARCHITECTURE.md "Histories" format, for ``pyxos check``.
+at the end as JSON lines in the docs/architecture.md "Histories" format, for ``pyxos check``.
 Buffering rather than a flush per line keeps the recording off the measured path.
 
 ``bench_local_cluster`` wraps it: a fresh ``LocalCluster`` of real node processes

@@ -1,6 +1,6 @@
 """Client histories of the key-value store, as the linearizability checker reads them.
 
-A history is JSON lines, one operation a line (see ARCHITECTURE.md, "Histories")::
+A history is JSON lines, one operation a line (see docs/architecture.md, "Histories")::
 
     {"client": 3, "op": "cas", "key": "k", "value": "b", "expected": "a",
      "call": 1200, "return": 1850, "output": null, "ok": true}

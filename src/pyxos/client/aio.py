@@ -179,7 +179,7 @@ class AsyncClient(KVOperations):
         self.retries = 0
         self.history = history
         """Called with one JSON-ready dict per get/put/delete/cas, in the history
-        format of ARCHITECTURE.md ("Histories"); ``return`` and ``ok`` are None when
+        format of docs/architecture.md ("Histories"); ``return`` and ``ok`` are None when
         the outcome is unknown. ``call`` and ``return`` are ``time.monotonic_ns()``."""
         self.answered_by = 0
         """The node id that answered the last command (0: none yet): the leader, or a
@@ -221,7 +221,7 @@ class AsyncClient(KVOperations):
         return result
 
     def _record(self, command: Command, call: int, ret: int | None, result: Result | None) -> None:
-        """Append one operation to ``history`` (ARCHITECTURE.md, "Histories")."""
+        """Append one operation to ``history`` (docs/architecture.md, "Histories")."""
         if self.history is None or command.op not in _HISTORY_OPS:
             return
         if result is not None and result.error is not None:

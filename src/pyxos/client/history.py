@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 ``AsyncClient(history=...)`` hands every get/put/delete/cas to a callable as a dict in
-the history format of ARCHITECTURE.md ("Histories"). :class:`HistoryFile` is such a
+the history format of docs/architecture.md ("Histories"). :class:`HistoryFile` is such a
 callable: it appends each record as one JSON line and flushes, so a history survives a
 crash of the recording process up to its last completed line. Several clients may
 share one ``HistoryFile`` (on one thread or event loop: it takes no lock).

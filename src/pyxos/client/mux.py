@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 ``AsyncClient`` is one session that owns its connections: fine for one caller, costly
-for a load of many (ARCHITECTURE.md, "Speed": per-connection socket writes were the
+for a load of many (docs/architecture.md, "Speed": per-connection socket writes were the
 leader's largest cost, and a Task plus a timer per command is the client's). A
 ``ClientPool`` holds at most ``connections`` connections per node and hands out
 ``Session`` objects. A session is exactly what an ``AsyncClient`` is to the store: its
@@ -71,7 +71,7 @@ _command_encoder = msgspec.msgpack.Encoder()
 _HISTORY_OPS = frozenset({"get", "put", "delete", "cas"})
 
 History = Callable[[dict[str, Any]], None]
-"""Receives one history record (ARCHITECTURE.md, "Histories") per get/put/delete/cas."""
+"""Receives one history record (docs/architecture.md, "Histories") per get/put/delete/cas."""
 
 
 class _Pending:
@@ -182,7 +182,7 @@ class Session(KVOperations):
         return await pool._retry(self, command, frame, deadline, index, reply, tried)
 
     def _record(self, command: Command, call: int, ret: int | None, result: Result | None) -> None:
-        """Hand one operation to ``history`` (ARCHITECTURE.md, "Histories")."""
+        """Hand one operation to ``history`` (docs/architecture.md, "Histories")."""
         if self.history is None or command.op not in _HISTORY_OPS:
             return
         if result is not None and result.error is not None:

@@ -27,7 +27,7 @@ Errors distinguish who is at fault (h11's Local/RemoteProtocolError split):
 - A well-formed ``Hello`` that we will not talk to (another cluster, another protocol
   version, wrong role) raises ``HandshakeError``, a ``ProtocolViolation`` subclass.
 
-Speed (ARCHITECTURE.md, "Speed"): encoders and decoders are module-level and reused;
+Speed (docs/architecture.md, "Speed"): encoders and decoders are module-level and reused;
 ``encode_frames`` writes a whole batch into one buffer; ``feed`` parses every complete
 frame of a chunk in one call, straight from the received bytes when nothing is
 buffered, and copies only an incomplete tail. A frame split over many chunks costs

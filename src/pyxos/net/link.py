@@ -23,7 +23,7 @@ oversized or empty frame, undecodable message) or a refused handshake closes onl
 that connection, increments a counter and writes one log line on the
 ``pyxos.net`` logger.
 
-Hot path (ARCHITECTURE.md, "Speed"): ``FramedProtocol.data_received`` parses every
+Hot path (docs/architecture.md, "Speed"): ``FramedProtocol.data_received`` parses every
 complete frame of the chunk at once and hands the whole list to ``on_messages`` in
 one call; ``send`` only appends the already encoded bytes to a list, and one flush
 per event-loop pass (scheduled with ``call_soon`` by the first append) writes them all

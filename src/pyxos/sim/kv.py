@@ -8,7 +8,7 @@ Each client runs one operation at a time (get, put, delete or cas on a few share
 sends it to the node it believes leads, follows redirects, retries the same
 ``(client, seq)`` on a timeout, and after ``give_up`` seconds records the operation
 with an unknown outcome. Everything is recorded in the history format of
-ARCHITECTURE.md, with virtual-time nanoseconds.
+docs/architecture.md ("Histories"), with virtual-time nanoseconds.
 
 Checked in every run:
 
