@@ -9,7 +9,7 @@ import pytest
 from pyxos.core.ballot import ZERO, Ballot
 from pyxos.core.messages import Entry
 from pyxos.core.ready import Persist
-from pyxos.server.durable import (
+from pyxos.storage.durable import (
     REBUILT,
     AcceptorStateLost,
     DurableAcceptor,

@@ -12,8 +12,8 @@ programmatic entry point and what ``python -m pyxos.server`` calls.
 """
 
 from pyxos.server.config import Config, ConfigError
-from pyxos.server.durable import AcceptorStateLost, DurableAcceptor, DurableStateError
 from pyxos.server.node import CLIENT_ID_BASE, NodeFailed, NodeServer, NodeStartupError, run
+from pyxos.storage.durable import AcceptorStateLost, DurableAcceptor, DurableStateError
 
 __all__ = [
     "CLIENT_ID_BASE",

@@ -18,8 +18,8 @@ import sys
 from collections.abc import Sequence
 
 from pyxos.server.config import Config, ConfigError
-from pyxos.server.durable import DurableStateError
 from pyxos.server.node import NodeFailed, NodeStartupError, PortUnavailable, run
+from pyxos.storage.durable import DurableStateError
 from pyxos.storage.wal import StorageError
 
 __all__ = ["JsonFormatter", "main"]

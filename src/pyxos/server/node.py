@@ -44,8 +44,9 @@ travel between peers like any message). Bad bytes close only that connection (th
 ``FramedProtocol`` take care of it); a reply for a connection that is gone is dropped,
 and the client retries with the same ``(client, seq)``.
 
-Durable state: ``startup`` opens the WAL in the data directory and rebuilds the
-replica's promise and accepted entries from it. The directory's node marker
+Durable state: ``startup`` opens the WAL in the data directory
+(``storage.durable.open_node_storage``, the very code the simulator runs over its
+simulated file system) and rebuilds the replica's promise and accepted entries from it. The directory's node marker
 (``pyxos.id``) guards against voting from the wrong or a wiped disk: a marker of
 another node or cluster refuses to start; no marker means a wiped disk unless the
 node is explicitly initialized (``initialize=True``, ``--init``: a node new to the cluster,
@@ -94,13 +95,13 @@ from pyxos.core.replica import Replica, ReplicaConfig
 from pyxos.net.codec import PROTOCOL_VERSION, Hello, check_hello, encode_message
 from pyxos.net.link import FramedProtocol, PeerLinks, PeerServer, new_counters, serve_peers
 from pyxos.server.config import Config
-from pyxos.server.durable import AcceptorStateLost, DurableAcceptor, Recovered
 from pyxos.server.metrics import NodeMetrics
 from pyxos.statemachine.kv import KVStore
 from pyxos.statemachine.service import ServiceNode
+from pyxos.storage.durable import DurableAcceptor, Recovered, open_node_storage
 from pyxos.storage.snapshot import Snapshot as StoredSnapshot
-from pyxos.storage.snapshot import load_latest_snapshot, prune_snapshots, write_snapshot
-from pyxos.storage.wal import MARKER_FILENAME, WAL, MarkerError, read_marker, write_marker
+from pyxos.storage.snapshot import prune_snapshots, write_snapshot
+from pyxos.storage.wal import MarkerError
 
 if TYPE_CHECKING:
     from pyxos.server.http import HttpApi
@@ -326,53 +327,17 @@ class NodeServer:
     def _open_storage(self) -> tuple[DurableAcceptor, Recovered, StoredSnapshot | None]:
         config = self.config
         try:
-            marker = read_marker(config.data_dir)
-        except MarkerError as e:
-            raise NodeStartupError(str(e)) from e
-        if marker is not None and (
-            marker.cluster_id != config.cluster_id or marker.node_id != config.node_id
-        ):
-            raise NodeStartupError(
-                f"{config.data_dir} belongs to node {marker.node_id} of cluster "
-                f"{marker.cluster_id!r}, not node {config.node_id} of {config.cluster_id!r}"
-            )
-        lost: str | None = None
-        if marker is None and not self.initialize:
-            # Without --init an empty (or wiped) data directory is treated as lost state:
-            # the node was a member before, so it must not vote until it has rebuilt.
-            lost = (
-                f"{config.data_dir} holds no node marker ({MARKER_FILENAME}): the data "
-                "directory is new or was wiped (to bootstrap a new cluster, start every "
-                "node once with --init)"
-            )
-        elif marker is not None and not WAL.exists(config.data_dir):
-            lost = "the write-ahead log is missing"
-        else:
-            try:
-                durable, state = DurableAcceptor.open(
-                    config.data_dir, segment_bytes=config.wal_segment_bytes
-                )
-            except AcceptorStateLost as e:
-                lost = str(e)
-        if lost is not None:
-            logger.warning(
-                "node %d: %s; its promises may be lost: it rebuilds from its peers and "
-                "does not vote until then (the old log is kept in quarantine-N/)",
+            opened = open_node_storage(
+                config.data_dir,
+                config.cluster_id,
                 config.node_id,
-                lost,
+                initialize=self.initialize,
+                snapshot_dir=self.snapshot_dir,
+                segment_bytes=config.wal_segment_bytes,
             )
-            durable, state = DurableAcceptor.open_for_rebuild(
-                config.data_dir, segment_bytes=config.wal_segment_bytes
-            )
-        try:
-            snapshot = load_latest_snapshot(self.snapshot_dir)
-            if marker is None:
-                write_marker(config.data_dir, config.cluster_id, config.node_id)
-                logger.info("node %d: initialized %s", config.node_id, config.data_dir)
-        except BaseException:
-            durable.close()
-            raise
-        return durable, state, snapshot
+        except MarkerError as e:  # a damaged marker, or another node's directory
+            raise NodeStartupError(str(e)) from e
+        return opened.durable, opened.state, opened.snapshot
 
     async def serve_forever(self) -> None:
         """Run until ``shutdown`` (or a fatal error, raised as ``NodeFailed``)."""

@@ -48,7 +48,8 @@ from pathlib import Path
 
 import crc32c
 
-from pyxos.storage.wal import StorageError, atomic_write_file, fsync_directory
+from pyxos.storage.fs import OS, FileSystem
+from pyxos.storage.wal import StorageError
 
 __all__ = [
     "SNAPSHOT_FORMAT_VERSION",
@@ -118,7 +119,9 @@ def snapshot_path(dirpath: str | os.PathLike[str], slot: int) -> Path:
     return Path(dirpath) / f"snap-{slot:020d}.snap"
 
 
-def write_snapshot(dirpath: str | os.PathLike[str], slot: int, meta: bytes, data: bytes) -> Path:
+def write_snapshot(
+    dirpath: str | os.PathLike[str], slot: int, meta: bytes, data: bytes, *, fs: FileSystem = OS
+) -> Path:
     """Durably and atomically write the snapshot at ``slot``; return its path.
 
     When this returns, the snapshot survives a crash. A snapshot already stored at
@@ -129,23 +132,22 @@ def write_snapshot(dirpath: str | os.PathLike[str], slot: int, meta: bytes, data
     if len(meta) >= 2**32:
         raise ValueError("meta must be shorter than 4 GiB")
     path = Path(dirpath)
-    if not path.is_dir():
-        path.mkdir(parents=True)
-        fsync_directory(path.parent)
+    if not fs.is_dir(path):
+        fs.mkdir(path)
     head = _HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_FORMAT_VERSION, 0, slot, len(meta), len(data))
     crc = crc32c.crc32c(data, crc32c.crc32c(meta, crc32c.crc32c(head)))
     final = snapshot_path(path, slot)
-    atomic_write_file(final, [head, _CRC.pack(crc), meta, data])
+    fs.write_atomic(final, [head, _CRC.pack(crc), meta, data])
     return final
 
 
-def read_snapshot(path: str | os.PathLike[str]) -> Snapshot:
+def read_snapshot(path: str | os.PathLike[str], *, fs: FileSystem = OS) -> Snapshot:
     """Read and validate one snapshot file; raise ``SnapshotCorrupt`` if it is bad."""
     path = Path(path)
     match = _SNAPSHOT_NAME.match(path.name)
     if match is None:
         raise SnapshotCorrupt(f"{path}: not a snapshot file name")
-    raw = path.read_bytes()
+    raw = fs.read_bytes(path)
     if len(raw) < SNAPSHOT_HEADER_SIZE:
         raise SnapshotCorrupt(f"{path}: header incomplete ({len(raw)} bytes)")
     magic, version, reserved, slot, meta_len, data_len = _HEADER.unpack_from(raw, 0)
@@ -169,40 +171,42 @@ def read_snapshot(path: str | os.PathLike[str]) -> Snapshot:
     return Snapshot(slot, raw[SNAPSHOT_HEADER_SIZE:meta_end], raw[meta_end:], path)
 
 
-def _list(dirpath: Path) -> tuple[list[Path], list[Path]]:
+def _list(dirpath: Path, fs: FileSystem) -> tuple[list[Path], list[Path]]:
     """Snapshot files newest first, and leftover temp files."""
-    if not dirpath.is_dir():
+    if not fs.is_dir(dirpath):
         return [], []
     snapshots: list[tuple[int, Path]] = []
     temps: list[Path] = []
-    for p in dirpath.iterdir():
-        if (m := _SNAPSHOT_NAME.match(p.name)) is not None:
-            snapshots.append((int(m.group(1)), p))
-        elif _SNAPSHOT_TMP_NAME.match(p.name):
-            temps.append(p)
+    for name in fs.listdir(dirpath):
+        if (m := _SNAPSHOT_NAME.match(name)) is not None:
+            snapshots.append((int(m.group(1)), dirpath / name))
+        elif _SNAPSHOT_TMP_NAME.match(name):
+            temps.append(dirpath / name)
     snapshots.sort(reverse=True)
     return [p for _, p in snapshots], sorted(temps)
 
 
-def scan_snapshots(dirpath: str | os.PathLike[str]) -> SnapshotScan:
+def scan_snapshots(dirpath: str | os.PathLike[str], *, fs: FileSystem = OS) -> SnapshotScan:
     """Find the newest valid snapshot, listing the damaged newer ones and temp files."""
-    snapshots, temps = _list(Path(dirpath))
+    snapshots, temps = _list(Path(dirpath), fs)
     skipped: list[SkippedSnapshot] = []
     for path in snapshots:
         try:
-            return SnapshotScan(read_snapshot(path), tuple(skipped), tuple(temps))
+            return SnapshotScan(read_snapshot(path, fs=fs), tuple(skipped), tuple(temps))
         except SnapshotCorrupt as exc:
             skipped.append(SkippedSnapshot(path, str(exc)))
     return SnapshotScan(None, tuple(skipped), tuple(temps))
 
 
-def load_latest_snapshot(dirpath: str | os.PathLike[str]) -> Snapshot | None:
+def load_latest_snapshot(
+    dirpath: str | os.PathLike[str], *, fs: FileSystem = OS
+) -> Snapshot | None:
     """Return the newest valid snapshot in ``dirpath``, or None if there is none.
 
     Damaged snapshots and unfinished temp files are ignored and logged as warnings;
     use ``scan_snapshots`` to get them as data.
     """
-    scan = scan_snapshots(dirpath)
+    scan = scan_snapshots(dirpath, fs=fs)
     for skipped in scan.skipped:
         logger.warning("skipping damaged snapshot %s: %s", skipped.path, skipped.reason)
     for temp in scan.temp_files:
@@ -210,7 +214,9 @@ def load_latest_snapshot(dirpath: str | os.PathLike[str]) -> Snapshot | None:
     return scan.latest
 
 
-def prune_snapshots(dirpath: str | os.PathLike[str], keep: int = 2) -> list[Path]:
+def prune_snapshots(
+    dirpath: str | os.PathLike[str], keep: int = 2, *, fs: FileSystem = OS
+) -> list[Path]:
     """Delete old snapshots, keeping the newest ``keep`` valid ones; return what went.
 
     Deletes every snapshot file older than the oldest kept valid one (damaged or
@@ -221,12 +227,12 @@ def prune_snapshots(dirpath: str | os.PathLike[str], keep: int = 2) -> list[Path
     if keep < 1:
         raise ValueError("keep must be >= 1")
     path = Path(dirpath)
-    snapshots, temps = _list(path)
+    snapshots, temps = _list(path, fs)
     doomed = list(temps)
     valid = 0
     for position, snap in enumerate(snapshots):
         try:
-            read_snapshot(snap)
+            read_snapshot(snap, fs=fs)
         except SnapshotCorrupt:
             continue
         valid += 1
@@ -234,7 +240,7 @@ def prune_snapshots(dirpath: str | os.PathLike[str], keep: int = 2) -> list[Path
             doomed.extend(snapshots[position + 1 :])
             break
     for victim in doomed:
-        victim.unlink()
+        fs.unlink(victim)
     if doomed:
-        fsync_directory(path)
+        fs.fsync_dir(path)
     return doomed

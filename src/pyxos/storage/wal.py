@@ -83,7 +83,6 @@ import json
 import os
 import re
 import struct
-import sys
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -93,8 +92,15 @@ from typing import Self
 
 import crc32c
 
-if sys.platform != "win32":
-    import fcntl
+from pyxos.storage.fs import (
+    OS,
+    AppendFile,
+    DirectoryLocked,
+    DirLock,
+    FileSystem,
+    fdatasync,
+    fsync_directory,
+)
 
 __all__ = [
     "DEFAULT_SEGMENT_BYTES",
@@ -137,8 +143,6 @@ _U32 = struct.Struct("<I")
 
 _SEGMENT_NAME = re.compile(r"^wal-(\d{20})\.log$")
 _SEGMENT_TMP_NAME = re.compile(r"^wal-\d{20}\.log\.tmp$")
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 
 
 class StorageError(Exception):
@@ -204,50 +208,16 @@ class _Segment:
     size: int  # durable bytes in the file, header included
 
 
-def fdatasync(fd: int) -> None:
-    """Flush a file's data (and the metadata needed to read it) to stable storage."""
-    sync = getattr(os, "fdatasync", None)
-    if sync is None:
-        os.fsync(fd)
-    else:
-        sync(fd)
-
-
-def fsync_directory(path: str | os.PathLike[str]) -> None:
-    """Make a directory's entries (created, renamed, deleted files) durable."""
-    fd = os.open(path, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """Write every byte; os.write may write less than asked."""
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def atomic_write_file(path: str | os.PathLike[str], chunks: Sequence[bytes]) -> None:
+def atomic_write_file(
+    path: str | os.PathLike[str], chunks: Sequence[bytes], *, fs: FileSystem = OS
+) -> None:
     """Replace ``path`` with ``chunks`` atomically and durably.
 
     Writes ``path + ".tmp"``, fsyncs it, renames it over ``path`` and fsyncs the
     directory: after a crash the file holds either its old content or the new one.
     A leftover ``.tmp`` file means a write did not finish; readers ignore it.
     """
-    final = Path(path)
-    tmp = final.with_name(final.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC, 0o644)
-    try:
-        for chunk in chunks:
-            _write_all(fd, chunk)
-        fdatasync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, final)
-    fsync_directory(final.parent)
+    fs.write_atomic(Path(path), chunks)
 
 
 def encode_record(rtype: int, payload: bytes) -> bytes:
@@ -326,16 +296,18 @@ class WAL:
     def __init__(
         self,
         dirpath: Path,
-        dir_fd: int,
+        lock: DirLock,
         segments: list[_Segment],
-        active_fd: int,
+        active: AppendFile,
         segment_bytes: int,
+        fs: FileSystem,
     ) -> None:
         """Internal: use ``WAL.open``."""
         self._dir = dirpath
-        self._dir_fd = dir_fd  # held open for the directory lock
+        self._fs = fs
+        self._dir_lock = lock
         self._segments = segments  # oldest first; the last one is being appended to
-        self._active_fd = active_fd
+        self._active = active
         self._segment_bytes = segment_bytes
         self._pending: list[bytes] = []  # encoded, not yet written
         last = segments[-1]
@@ -348,10 +320,10 @@ class WAL:
     # -- opening and recovery --------------------------------------------------------
 
     @staticmethod
-    def exists(dirpath: str | os.PathLike[str]) -> bool:
+    def exists(dirpath: str | os.PathLike[str], *, fs: FileSystem = OS) -> bool:
         """True if ``dirpath`` holds at least one WAL segment (``open`` creates one)."""
         path = Path(dirpath)
-        return path.is_dir() and any(_SEGMENT_NAME.match(p.name) for p in path.iterdir())
+        return fs.is_dir(path) and any(_SEGMENT_NAME.match(n) for n in fs.listdir(path))
 
     @classmethod
     def open(
@@ -359,52 +331,49 @@ class WAL:
         dirpath: str | os.PathLike[str],
         *,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        fs: FileSystem = OS,
     ) -> tuple[WAL, RecoveryReport]:
         """Open (creating if needed) the log in ``dirpath`` and recover it.
 
         Checks every record, truncates a torn tail (reported in the RecoveryReport)
         and raises ``WALCorruption`` on any other damage. Read the records with
         ``replay``. The directory is locked against a second opener (POSIX flock).
+        ``fs`` is the file system (the simulator passes a simulated one).
         """
         if segment_bytes <= SEGMENT_HEADER_SIZE:
             raise ValueError(f"segment_bytes must exceed {SEGMENT_HEADER_SIZE}")
         path = Path(dirpath)
-        if not path.is_dir():
-            path.mkdir(parents=True)
-            fsync_directory(path.parent)
-        dir_fd = os.open(path, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+        if not fs.is_dir(path):
+            fs.mkdir(path)
         try:
-            if sys.platform != "win32":
-                try:
-                    fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    raise WALError(
-                        f"{path}: WAL is already open (by this or another process)"
-                    ) from None
-            segments, report = cls._recover(path)
-            active = segments[-1]
-            active_fd = os.open(active.path, os.O_WRONLY | os.O_APPEND | _O_CLOEXEC)
+            lock = fs.lock_dir(path)
+        except DirectoryLocked:
+            raise WALError(f"{path}: WAL is already open (by this or another process)") from None
+        try:
+            segments, report = cls._recover(path, fs)
+            active = fs.open_append(segments[-1].path)
         except BaseException:
-            os.close(dir_fd)
+            lock.close()
             raise
-        return cls(path, dir_fd, segments, active_fd, segment_bytes), report
+        return cls(path, lock, segments, active, segment_bytes, fs), report
 
     @staticmethod
-    def _recover(dirpath: Path) -> tuple[list[_Segment], RecoveryReport]:
-        removed = tuple(sorted(p for p in dirpath.iterdir() if _SEGMENT_TMP_NAME.match(p.name)))
+    def _recover(dirpath: Path, fs: FileSystem) -> tuple[list[_Segment], RecoveryReport]:
+        names = fs.listdir(dirpath)
+        removed = tuple(sorted(dirpath / n for n in names if _SEGMENT_TMP_NAME.match(n)))
         for tmp in removed:
-            tmp.unlink()
+            fs.unlink(tmp)
         found = sorted(
-            (int(m.group(1)), p)
-            for p in dirpath.iterdir()
-            if (m := _SEGMENT_NAME.match(p.name)) is not None
+            (int(m.group(1)), dirpath / n)
+            for n in names
+            if (m := _SEGMENT_NAME.match(n)) is not None
         )
         if not found:
             first = _segment_path(dirpath, 1)
-            atomic_write_file(first, [_encode_segment_header(1)])
+            fs.write_atomic(first, [_encode_segment_header(1)])
             found = [(1, first)]
         elif removed:
-            fsync_directory(dirpath)
+            fs.fsync_dir(dirpath)
 
         segments: list[_Segment] = []
         records = 0
@@ -415,7 +384,7 @@ class WAL:
                 raise WALCorruption(
                     seg_path, 0, f"segment starts at index {first_index}, expected {expected}"
                 )
-            data = seg_path.read_bytes()
+            data = fs.read_bytes(seg_path)
             _check_segment_header(seg_path, data, first_index)
             view = memoryview(data)
             pos, count, damage = SEGMENT_HEADER_SIZE, 0, ""
@@ -434,12 +403,7 @@ class WAL:
                         seg_path, pos, f"{damage}, followed by an intact record at {follower}"
                     )
                 torn = (seg_path, pos, damage, len(data) - pos)
-                fd = os.open(seg_path, os.O_WRONLY | _O_CLOEXEC)
-                try:
-                    os.ftruncate(fd, pos)
-                    fdatasync(fd)
-                finally:
-                    os.close(fd)
+                fs.truncate(seg_path, pos)
             segments.append(_Segment(seg_path, first_index, count, pos))
             records += count
 
@@ -559,8 +523,9 @@ class WAL:
 
     def _write_group(self, segment: _Segment, group: list[bytes]) -> None:
         data = b"".join(group)
-        _write_all(self._active_fd, data)
-        fdatasync(self._active_fd)
+        active = self._active
+        active.write(data)
+        active.sync()
         with self._lock:
             segment.count += len(group)
             segment.size += len(data)
@@ -570,13 +535,14 @@ class WAL:
         last = self._segments[-1]
         first_index = last.first_index + last.count
         path = _segment_path(self._dir, first_index)
-        if path.exists():
+        fs = self._fs
+        if fs.exists(path):
             raise WALError(f"{path} already exists")
         header = _encode_segment_header(first_index)
-        atomic_write_file(path, [header])
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | _O_CLOEXEC)
-        os.close(self._active_fd)
-        self._active_fd = fd
+        fs.write_atomic(path, [header])
+        active = fs.open_append(path)
+        self._active.close()
+        self._active = active
         segment = _Segment(path, first_index, 0, len(header))
         with self._lock:
             self._segments.append(segment)
@@ -598,8 +564,8 @@ class WAL:
                         break
                     oldest = self._segments[0]
                 try:
-                    oldest.path.unlink()
-                    fsync_directory(self._dir)
+                    self._fs.unlink(oldest.path)
+                    self._fs.fsync_dir(self._dir)
                 except OSError as exc:
                     self._failed = exc
                     raise WALError(f"WAL truncation failed: {exc}") from exc
@@ -623,8 +589,7 @@ class WAL:
         for path, first_index, count, size in segments:
             if start is not None and first_index + count <= start:
                 continue
-            with path.open("rb") as f:
-                data = f.read(size)
+            data = self._fs.read_bytes(path, size)
             if len(data) < size:
                 raise WALCorruption(path, len(data), "segment is shorter than at open")
             view = memoryview(data)
@@ -648,8 +613,8 @@ class WAL:
             self._closed = True
             with self._lock:
                 self._pending = []
-            os.close(self._active_fd)
-            os.close(self._dir_fd)
+            self._active.close()
+            self._dir_lock.close()
 
     def __enter__(self) -> Self:
         """Use the WAL as a context manager that closes it."""
@@ -687,7 +652,9 @@ def _marker_crc(cluster_id: str, node_id: int) -> int:
     return crc32c.crc32c(f"{cluster_id}\x00{node_id}".encode())
 
 
-def write_marker(dirpath: str | os.PathLike[str], cluster_id: str, node_id: int) -> NodeMarker:
+def write_marker(
+    dirpath: str | os.PathLike[str], cluster_id: str, node_id: int, *, fs: FileSystem = OS
+) -> NodeMarker:
     """Atomically write ``pyxos.id`` (tmp file, fsync, rename, directory fsync).
 
     How the node runtime uses it: the marker is written once, by the explicit
@@ -713,16 +680,17 @@ def write_marker(dirpath: str | os.PathLike[str], cluster_id: str, node_id: int)
         "crc32c": _marker_crc(cluster_id, node_id),
     }
     path = Path(dirpath)
-    path.mkdir(parents=True, exist_ok=True)
-    atomic_write_file(path / MARKER_FILENAME, [json.dumps(body, indent=1).encode() + b"\n"])
+    if not fs.is_dir(path):
+        fs.mkdir(path)
+    fs.write_atomic(path / MARKER_FILENAME, [json.dumps(body, indent=1).encode() + b"\n"])
     return NodeMarker(cluster_id, node_id)
 
 
-def read_marker(dirpath: str | os.PathLike[str]) -> NodeMarker | None:
+def read_marker(dirpath: str | os.PathLike[str], *, fs: FileSystem = OS) -> NodeMarker | None:
     """Read ``pyxos.id``: None if absent, ``MarkerError`` if present but damaged."""
     path = Path(dirpath) / MARKER_FILENAME
     try:
-        raw = path.read_bytes()
+        raw = fs.read_bytes(path)
     except FileNotFoundError:
         return None
     try:

@@ -39,10 +39,20 @@ that voted again from such a state could break agreement. ``open`` then raises
 start as a voter instead of silently forgetting a promise). The node runtime then
 calls ``open_for_rebuild``: the damaged segments are moved to ``quarantine-N/`` and a
 fresh log starts with ``NEEDS_REBUILD``, so the node rebuilds from its peers.
+
+Starting a node (``open_node_storage``) puts it together, for the node runtime and the
+simulator alike (the simulator runs this very code over a simulated file system): the
+node marker decides whether an empty or damaged directory is a new node or lost state,
+the log is recovered or started over for a rebuild, and the newest valid snapshot is
+loaded.
+
+Every function takes ``fs``, the file system (``pyxos.storage.fs.OS`` by default), and
+``wal_class``, the log implementation (the simulator's mutants replace it).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -53,14 +63,19 @@ import msgspec
 from pyxos.core.ballot import ZERO, Ballot
 from pyxos.core.messages import Entry
 from pyxos.core.ready import Persist
+from pyxos.storage.fs import OS, FileSystem
+from pyxos.storage.snapshot import Snapshot, load_latest_snapshot
 from pyxos.storage.wal import (
     DEFAULT_SEGMENT_BYTES,
+    MARKER_FILENAME,
     MAX_PAYLOAD_BYTES,
     WAL,
+    MarkerError,
     Record,
     RecoveryReport,
     WALCorruption,
-    fsync_directory,
+    read_marker,
+    write_marker,
 )
 
 __all__ = [
@@ -72,9 +87,14 @@ __all__ = [
     "AcceptorStateLost",
     "DurableAcceptor",
     "DurableStateError",
+    "NodeStorage",
     "Recovered",
+    "WrongDataDirectory",
     "encode_persist",
+    "open_node_storage",
 ]
+
+logger = logging.getLogger(__name__)
 
 PROMISED = 1
 """WAL record type of a promised ballot."""
@@ -189,7 +209,12 @@ class DurableAcceptor:
 
     @classmethod
     def open(
-        cls, dirpath: str | os.PathLike[str], *, segment_bytes: int = DEFAULT_SEGMENT_BYTES
+        cls,
+        dirpath: str | os.PathLike[str],
+        *,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        fs: FileSystem = OS,
+        wal_class: type[WAL] = WAL,
     ) -> tuple[DurableAcceptor, Recovered]:
         """Open (creating if needed) the log in ``dirpath`` and read the state back.
 
@@ -198,7 +223,7 @@ class DurableAcceptor:
         cannot be opened (for example, another process holds it).
         """
         try:
-            wal, report = WAL.open(Path(dirpath), segment_bytes=segment_bytes)
+            wal, report = wal_class.open(Path(dirpath), segment_bytes=segment_bytes, fs=fs)
         except WALCorruption as e:
             raise AcceptorStateLost(e) from e
         try:
@@ -212,7 +237,12 @@ class DurableAcceptor:
 
     @classmethod
     def open_for_rebuild(
-        cls, dirpath: str | os.PathLike[str], *, segment_bytes: int = DEFAULT_SEGMENT_BYTES
+        cls,
+        dirpath: str | os.PathLike[str],
+        *,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        fs: FileSystem = OS,
+        wal_class: type[WAL] = WAL,
     ) -> tuple[DurableAcceptor, Recovered]:
         """Start the log over because its acceptor state was lost (corrupt or missing).
 
@@ -221,19 +251,20 @@ class DurableAcceptor:
         refusing to vote across restarts until a ``REBUILT`` record follows.
         """
         path = Path(dirpath)
-        path.mkdir(parents=True, exist_ok=True)
-        old = sorted(p for p in path.iterdir() if p.name.startswith("wal-"))
+        if not fs.is_dir(path):
+            fs.mkdir(path)
+        old = sorted(n for n in fs.listdir(path) if n.startswith("wal-"))
         if old:
             n = 1
-            while (path / f"quarantine-{n}").exists():
+            while fs.exists(path / f"quarantine-{n}"):
                 n += 1
             quarantine = path / f"quarantine-{n}"
-            quarantine.mkdir()
-            for segment in old:
-                segment.rename(quarantine / segment.name)
-            fsync_directory(quarantine)
-            fsync_directory(path)
-        wal, report = WAL.open(path, segment_bytes=segment_bytes)
+            fs.mkdir(quarantine)
+            for name in old:
+                fs.replace(path / name, quarantine / name)
+            fs.fsync_dir(quarantine)
+            fs.fsync_dir(path)
+        wal, report = wal_class.open(path, segment_bytes=segment_bytes, fs=fs)
         try:
             wal.append_and_sync([(NEEDS_REBUILD, b"")])
         except BaseException:
@@ -303,3 +334,87 @@ def _replay(wal: WAL) -> Iterator[Record]:
         yield from wal.replay()
     except WALCorruption as e:
         raise AcceptorStateLost(e) from e
+
+
+class WrongDataDirectory(MarkerError):
+    """The data directory's marker names another cluster or node: the wrong disk."""
+
+
+@dataclass(slots=True)
+class NodeStorage:
+    """What a node starts from: its open log, the state read back, its newest snapshot."""
+
+    durable: DurableAcceptor
+    state: Recovered
+    snapshot: Snapshot | None
+    lost: str | None = None
+    """Why the acceptor state was found lost (the node rebuilds), None if it was not."""
+
+
+def open_node_storage(
+    data_dir: str | os.PathLike[str],
+    cluster_id: str,
+    node_id: int,
+    *,
+    initialize: bool,
+    snapshot_dir: str | os.PathLike[str] | None = None,
+    segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+    fs: FileSystem = OS,
+    wal_class: type[WAL] = WAL,
+) -> NodeStorage:
+    """Open a node's data directory at startup, deciding between recovery and rebuild.
+
+    The node marker (``pyxos.id``) guards against voting from the wrong or a wiped
+    disk: a marker of another node or cluster raises ``WrongDataDirectory`` and a
+    damaged one ``MarkerError``; no marker means a wiped disk unless ``initialize``
+    (``--init``: a node new to the cluster, whose empty state is the truth). No marker
+    without ``initialize``, a marker with no log, or a corrupt log
+    (``AcceptorStateLost``) means promises may be lost: the log is started over with
+    ``open_for_rebuild`` and the node must rebuild before it votes. The marker is
+    written once the log is open. ``snapshot_dir`` defaults to ``data_dir/snapshots``.
+    """
+    path = Path(data_dir)
+    snapshots = Path(snapshot_dir) if snapshot_dir is not None else path / "snapshots"
+    marker = read_marker(path, fs=fs)
+    if marker is not None and (marker.cluster_id != cluster_id or marker.node_id != node_id):
+        raise WrongDataDirectory(
+            f"{path} belongs to node {marker.node_id} of cluster "
+            f"{marker.cluster_id!r}, not node {node_id} of {cluster_id!r}"
+        )
+    lost: str | None = None
+    if marker is None and not initialize:
+        # Without --init an empty (or wiped) data directory is treated as lost state:
+        # the node was a member before, so it must not vote until it has rebuilt.
+        lost = (
+            f"{path} holds no node marker ({MARKER_FILENAME}): the data "
+            "directory is new or was wiped (to bootstrap a new cluster, start every "
+            "node once with --init)"
+        )
+    elif marker is not None and not WAL.exists(path, fs=fs):
+        lost = "the write-ahead log is missing"
+    else:
+        try:
+            durable, state = DurableAcceptor.open(
+                path, segment_bytes=segment_bytes, fs=fs, wal_class=wal_class
+            )
+        except AcceptorStateLost as e:
+            lost = str(e)
+    if lost is not None:
+        logger.warning(
+            "node %d: %s; its promises may be lost: it rebuilds from its peers and "
+            "does not vote until then (the old log is kept in quarantine-N/)",
+            node_id,
+            lost,
+        )
+        durable, state = DurableAcceptor.open_for_rebuild(
+            path, segment_bytes=segment_bytes, fs=fs, wal_class=wal_class
+        )
+    try:
+        snapshot = load_latest_snapshot(snapshots, fs=fs)
+        if marker is None:
+            write_marker(path, cluster_id, node_id, fs=fs)
+            logger.info("node %d: initialized %s", node_id, path)
+    except BaseException:
+        durable.close()
+        raise
+    return NodeStorage(durable, state, snapshot, lost)
