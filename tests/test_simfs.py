@@ -171,9 +171,7 @@ def _records(wal: WAL) -> list[bytes]:
     return [r.payload for r in wal.replay()]
 
 
-def test_wal_recovery_after_power_loss_truncates_a_torn_tail_keeps_every_synced_record() -> (
-    None
-):
+def test_wal_recovery_after_power_loss_truncates_a_torn_tail_keeps_every_synced_record() -> None:
     torn = corrupt = 0
     for seed in range(300):
         fs = SimFileSystem()

@@ -44,9 +44,8 @@ travel between peers like any message). Bad bytes close only that connection (th
 ``FramedProtocol`` take care of it); a reply for a connection that is gone is dropped,
 and the client retries with the same ``(client, seq)``.
 
-Durable state: ``startup`` opens the WAL in the data directory
-(``storage.durable.open_node_storage``, the very code the simulator runs over its
-simulated file system) and rebuilds the replica's promise and accepted entries from it. The directory's node marker
+Durable state: ``startup`` opens the WAL in the data directory and rebuilds the
+replica's promise and accepted entries from it. The directory's node marker
 (``pyxos.id``) guards against voting from the wrong or a wiped disk: a marker of
 another node or cluster refuses to start; no marker means a wiped disk unless the
 node is explicitly initialized (``initialize=True``, ``--init``: a node new to the cluster,
@@ -59,7 +58,9 @@ this survives restarts). A corrupt log raises
 ``AcceptorStateLost`` and the node does not start (it must not vote with a state that
 may have forgotten promises). The applied state is not in the WAL: a restarted node
 starts from its newest valid snapshot, if any, and re-learns every later chosen slot
-from its peers (the leader's commits and ``Fetch``).
+from its peers (the leader's commits and ``Fetch``). All of this decision is
+``storage.durable.open_node_storage``, the very code the simulator runs over its
+simulated file system.
 
 Snapshots: when the ``ServiceNode`` hands over a snapshot (``Ready.snapshot``, every
 ``snapshot_every`` applied slots, or one installed from a peer), the driver writes it
