@@ -3,8 +3,9 @@
 Theory of operation
 -------------------
 Like uvicorn's ``main``: this only builds a ``Config`` (file plus command-line
-overrides) and calls ``run``. A bad configuration, or a port that cannot be bound,
-prints one line and exits with status 2; a node that cannot start otherwise (another
+overrides) and calls ``run``. A bad configuration, a port that cannot be bound, or a
+data directory that cannot be used (a file in the way, a read-only file system, no
+permission) prints one line and exits with status 2; a node that cannot start otherwise (another
 node's data directory) prints one line and exits with status 1. Neither prints a
 traceback.
 """
@@ -18,7 +19,13 @@ import sys
 from collections.abc import Sequence
 
 from pyxos.server.config import Config, ConfigError
-from pyxos.server.node import NodeFailed, NodeStartupError, PortUnavailable, run
+from pyxos.server.node import (
+    DataDirUnusable,
+    NodeFailed,
+    NodeStartupError,
+    PortUnavailable,
+    run,
+)
 from pyxos.storage.durable import DurableStateError
 from pyxos.storage.wal import StorageError
 
@@ -80,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         run(config, initialize=args.init)
-    except PortUnavailable as e:
+    except (PortUnavailable, DataDirUnusable) as e:
         print(f"pyxos: configuration error: {e}", file=sys.stderr)
         return 2
     except (NodeStartupError, DurableStateError, StorageError, NodeFailed) as e:

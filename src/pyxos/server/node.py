@@ -77,6 +77,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import signal
 import time
@@ -107,7 +108,17 @@ from pyxos.storage.wal import MarkerError
 if TYPE_CHECKING:
     from pyxos.server.http import HttpApi
 
-__all__ = ["CLIENT_ID_BASE", "DriverStats", "NodeFailed", "NodeServer", "NodeStartupError", "run"]
+__all__ = [
+    "CLIENT_ID_BASE",
+    "DataDirUnusable",
+    "DriverStats",
+    "NodeFailed",
+    "NodeServer",
+    "NodeStartupError",
+    "PortUnavailable",
+    "check_data_dir",
+    "run",
+]
 
 logger = logging.getLogger("pyxos.server")
 
@@ -124,6 +135,12 @@ class NodeStartupError(Exception):
 
 class PortUnavailable(NodeStartupError):
     """A configured port cannot be bound (in use, or not allowed): a configuration
+    problem, reported like one (exit code 2)."""
+
+
+class DataDirUnusable(NodeStartupError):
+    """The data directory cannot be used: a file is in the way, or it cannot be created
+    or written (a read-only file system, no permission, a full disk). A configuration
     problem, reported like one (exit code 2)."""
 
 
@@ -326,6 +343,20 @@ class NodeServer:
         )
 
     def _open_storage(self) -> tuple[DurableAcceptor, Recovered, StoredSnapshot | None]:
+        try:
+            check_data_dir(self.config.data_dir)
+        except DataDirUnusable as e:
+            raise DataDirUnusable(f"node {self.config.node_id}: {e}") from None
+        try:
+            return self._open_durable_state()
+        except OSError as e:
+            # Whatever else the file system refuses (an I/O error, a file of the log
+            # that cannot be read): one line, not a traceback.
+            raise NodeStartupError(
+                f"cannot open the data directory {self.config.data_dir}: {e}"
+            ) from e
+
+    def _open_durable_state(self) -> tuple[DurableAcceptor, Recovered, StoredSnapshot | None]:
         config = self.config
         try:
             opened = open_node_storage(
@@ -759,6 +790,31 @@ class NodeServer:
         if requests:
             self.stats.client_requests += len(requests)
             self._input(requests)
+
+
+def check_data_dir(path: Path) -> None:
+    """Raise ``DataDirUnusable`` unless ``path`` is, or can be made, a writable directory.
+
+    Checked by doing it: create the directory (and its parents), then create, write and
+    remove a probe file in it. Permission bits say little (root writes through them)
+    and nothing about a read-only mount or a full disk; a write does.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise DataDirUnusable(f"data_dir {path} exists and is not a directory") from None
+    except OSError as e:
+        raise DataDirUnusable(f"data_dir {path} cannot be created: {e.strerror or e}") from None
+    probe = path / f".pyxos-write-probe-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"pyxos")
+        finally:
+            os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise DataDirUnusable(f"data_dir {path} is not writable: {e.strerror or e}") from None
 
 
 async def _serve(config: Config, initialize: bool) -> None:
