@@ -14,6 +14,7 @@ ALLOWED = {
     "sim": {"core", "statemachine", "storage", "check", "sim"},
     "server": {"core", "statemachine", "storage", "check", "net", "server"},
     "client": {"core", "statemachine", "net", "client"},
+    "chaos": {"core", "statemachine", "check", "net", "client", "chaos"},
 }
 CORE_FORBIDDEN = {"asyncio", "socket", "time", "random", "os", "threading", "select", "subprocess"}
 

@@ -474,6 +474,59 @@ def status_cmd(url: str | None, base_dir: str) -> None:
     _print_cluster(Console(), local, local.leader())
 
 
+@main.command()
+@click.option("--nodes", default=3, show_default=True, type=click.IntRange(3, 7))
+@click.option("--time", "seconds", default=60.0, show_default=True, help="Seconds of load.")
+@click.option("--clients", default=6, show_default=True, type=click.IntRange(1, 256))
+@click.option("--keys", default=5, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--seed", default=1, show_default=True, type=int)
+@click.option(
+    "--nemesis",
+    default="all",
+    show_default=True,
+    help="all, or a comma-separated subset of kill,pause,partition,loss,delay,wipe.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Where the history, report and timeline go (default: a new temporary directory).",
+)
+def chaos(
+    nodes: int,
+    seconds: float,
+    clients: int,
+    keys: int,
+    seed: int,
+    nemesis: str,
+    out_dir: str | None,
+) -> None:
+    """Real node processes under a nemesis; exit 0 only if the verdict is PASS."""
+    from pathlib import Path
+
+    from pyxos.chaos.run import ChaosOptions, main_sync
+    from pyxos.chaos.schedule import parse_kinds
+
+    try:
+        kinds = parse_kinds(nemesis)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--nemesis") from None
+    options = ChaosOptions(
+        nodes=nodes,
+        seconds=seconds,
+        clients=clients,
+        seed=seed,
+        keys=keys,
+        nemesis=kinds,
+        out_dir=Path(out_dir) if out_dir else None,
+    )
+    report = main_sync(options, progress=lambda line: click.echo(line, err=True))
+    click.echo(report.text())
+    if not report.passed:
+        raise SystemExit(1)
+
+
 @main.group()
 def bench() -> None:
     """Benchmarks (figures for the README's performance table)."""

@@ -1,0 +1,149 @@
+"""pyxos chaos: the schedule, the fault proxy, and a whole run on real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import struct
+from pathlib import Path
+
+import pytest
+
+from pyxos.chaos.proxy import LinkFaults, ProxyMesh
+from pyxos.chaos.run import ChaosOptions, ChaosReport, main_sync, replay_command
+from pyxos.chaos.schedule import KINDS, make_schedule, parse_kinds
+from pyxos.localcluster import free_ports
+
+# -- the schedule ------------------------------------------------------------------------
+
+
+def test_schedule_is_a_function_of_its_arguments() -> None:
+    a = make_schedule(7, 120.0, [1, 2, 3, 4, 5])
+    assert a == make_schedule(7, 120.0, [1, 2, 3, 4, 5])
+    assert a != make_schedule(8, 120.0, [1, 2, 3, 4, 5])
+    assert {f.kind for f in a} == set(KINDS)  # 120 s is long enough to draw every kind
+
+
+def test_schedule_keeps_one_fault_at_a_time_and_heals_before_the_end() -> None:
+    for seed in range(50):
+        faults = make_schedule(seed, 60.0, [1, 2, 3], settle=5.0)
+        for before, after in itertools.pairwise(faults):
+            assert before.start + before.duration < after.start
+        if faults:
+            assert faults[-1].start + faults[-1].duration <= 60.0 - 5.0 + 3.0
+
+
+def test_partitions_cut_off_a_minority_at_most_on_one_side() -> None:
+    for seed in range(200):
+        for f in make_schedule(seed, 60.0, [1, 2, 3, 4, 5], kinds=("partition",)):
+            if f.mode == "halves":
+                small = min(len(g) for g in f.groups)
+                assert 1 <= small <= 2
+                assert sorted(f.groups[0] + f.groups[1]) == [1, 2, 3, 4, 5]
+            if f.mode == "bridge":
+                assert len(set(f.groups[0]) & set(f.groups[1])) == 1
+
+
+def test_parse_kinds() -> None:
+    assert parse_kinds("all") == KINDS
+    assert parse_kinds("kill, pause") == ("kill", "pause")
+    with pytest.raises(ValueError, match="unknown nemesis"):
+        parse_kinds("kill,meteor")
+
+
+def test_a_failing_report_prints_the_replay_command() -> None:
+    options = ChaosOptions(nodes=5, seconds=30, clients=4, seed=99, nemesis=("kill", "loss"))
+    report = ChaosReport(options, Path("/tmp"), linearizable=False)
+    text = report.text()
+    assert "verdict: FAIL" in text
+    assert replay_command(options) in text
+    assert "--seed 99" in replay_command(options) and "--nemesis kill,loss" in text
+
+
+# -- the proxy ---------------------------------------------------------------------------
+
+
+def _frame(body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + body
+
+
+async def _through_proxy(faults: LinkFaults, frames: list[bytes]) -> list[bytes]:
+    """Send ``frames`` through one proxied link; return what the target received."""
+    received = bytearray()
+    done = asyncio.Event()
+
+    async def target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            received.extend(data)
+        done.set()
+        writer.close()
+
+    server = await asyncio.start_server(target, "127.0.0.1", 0)
+    target_port = server.sockets[0].getsockname()[1]
+    (listen,) = free_ports(1)
+    mesh = ProxyMesh({2: target_port}, {(1, 2): listen}, seed=1)
+    await mesh.start()
+    mesh.set([(1, 2)], faults)
+    _, writer = await asyncio.open_connection("127.0.0.1", listen)
+    for f in frames:
+        writer.write(_frame(f))
+    await writer.drain()
+    await asyncio.sleep(0)  # let the proxy read before the close
+    # Wait until the proxy has decided the fate of every frame, then close.
+    link = mesh.links[(1, 2)]
+    async with asyncio.timeout(10):
+        while link.forwarded + link.dropped < len(frames):
+            await asyncio.sleep(0.01)
+        if faults.delay != (0.0, 0.0):
+            await asyncio.sleep(faults.delay[1] + 0.05)  # the delayed frames are released
+    writer.close()
+    async with asyncio.timeout(10):
+        await done.wait()
+    await mesh.close()
+    server.close()
+    out, view = [], bytes(received)
+    while view:
+        (n,) = struct.unpack_from(">I", view)
+        out.append(view[4 : 4 + n])
+        view = view[4 + n :]
+    return out
+
+
+FRAMES = [b"hello"] + [f"m{i}".encode() for i in range(200)]
+
+
+def test_a_healthy_link_forwards_every_frame_in_order() -> None:
+    assert asyncio.run(_through_proxy(LinkFaults(), FRAMES)) == FRAMES
+
+
+def test_a_blocked_link_forwards_nothing_not_even_the_handshake() -> None:
+    assert asyncio.run(_through_proxy(LinkFaults(blocked=True), FRAMES)) == []
+
+
+def test_loss_drops_whole_frames_but_never_the_handshake() -> None:
+    got = asyncio.run(_through_proxy(LinkFaults(loss=0.5), FRAMES))
+    assert got[0] == b"hello"
+    assert 20 < len(got) < 190  # some lost, some kept: 0.5 of 200 is far from both
+    assert got == [f for f in FRAMES if f in set(got)]  # in order, none made up
+
+
+def test_delay_keeps_the_order() -> None:
+    got = asyncio.run(_through_proxy(LinkFaults(delay=(0.001, 0.05)), FRAMES))
+    assert got == FRAMES
+
+
+# -- a whole run -------------------------------------------------------------------------
+
+
+def test_a_minute_of_every_nemesis_on_three_real_nodes(tmp_path: Path) -> None:
+    options = ChaosOptions(nodes=3, seconds=60.0, clients=6, seed=2, out_dir=tmp_path)
+    report = main_sync(options)
+    print(report.text())
+    assert report.passed, report.text()
+    assert report.linearizable is True
+    assert report.ok > 100
+    assert len(report.checksums) == 3 and len(set(report.checksums.values())) == 1
+    assert {r.fault.kind for r in report.faults} >= {"kill", "pause", "partition"}
+    assert (tmp_path / "history.jsonl").stat().st_size > 0
+    assert (tmp_path / "report.txt").read_text().rstrip().endswith("verdict: PASS")
+    assert report.plot_path is not None and report.plot_path.stat().st_size > 10_000
