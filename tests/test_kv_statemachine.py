@@ -130,11 +130,14 @@ def test_list_returns_at_most_max_list_entries_the_first_in_key_order() -> None:
     s = KVStore()
     n = MAX_LIST_ENTRIES + 5
     run(s, *(cmd("put", f"k{i:06d}", "v", client=i) for i in reversed(range(n))))
-    values = run1(s, cmd("list", "k")).values
+    result = run1(s, cmd("list", "k"))
+    values = result.values
     assert values is not None
     assert len(values) == MAX_LIST_ENTRIES
     assert values == [(f"k{i:06d}", "v") for i in range(MAX_LIST_ENTRIES)]
-    assert s.list_local("k") == values
+    assert result.more is True  # said, not silently cut off
+    assert s.list_page("k") == (values, True)
+    assert len(s.list_local("k")) == n
 
 
 def test_a_batch_gives_one_result_per_command_in_order() -> None:

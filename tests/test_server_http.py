@@ -40,7 +40,11 @@ def test_http_kv_status_health_and_limits(tmp_path: Path) -> None:
                 ) as r:
                     assert await r.json() == {"ok": True, "value": None}
                 async with http.get(f"{base}/v1/kv", params={"prefix": "dir/"}) as r:
-                    assert await r.json() == {"entries": [["dir/b", "2"]]}
+                    assert await r.json() == {
+                        "entries": [["dir/b", "2"]],
+                        "more": False,
+                        "next": None,
+                    }
                 async with http.delete(f"{base}/v1/kv/a") as r:
                     assert await r.json() == {"deleted": True, "value": "3"}
                 async with http.get(f"{base}/metrics") as r:

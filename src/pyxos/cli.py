@@ -441,11 +441,22 @@ def kv_cas(ctx: click.Context, key: str, expected: str, value: str, absent: bool
 
 @kv.command("list")
 @click.argument("prefix", default="")
+@click.option(
+    "--page-size",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="Entries fetched per request; every page is printed, in key order.",
+)
 @click.pass_context
-def kv_list(ctx: click.Context, prefix: str) -> None:
-    """Print every KEY=VALUE whose key starts with PREFIX."""
-    for key, value in _run_kv(ctx, lambda c: c.list(prefix)):
-        click.echo(f"{key}={value}")
+def kv_list(ctx: click.Context, prefix: str, page_size: int) -> None:
+    """Print every KEY=VALUE whose key starts with PREFIX (all pages)."""
+
+    def walk(client: Any) -> None:
+        for key, value in client.iter_list(prefix, page_size=page_size):
+            click.echo(f"{key}={value}")
+
+    _run_kv(ctx, walk)
 
 
 @main.command("status")

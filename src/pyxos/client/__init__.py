@@ -14,6 +14,7 @@ from pyxos.client.aio import (
     AsyncClient,
     ClientError,
     CommandRejected,
+    ListPage,
     OutcomeUnknown,
     new_client_id,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "ClientPool",
     "CommandRejected",
     "HistoryFile",
+    "ListPage",
     "OutcomeUnknown",
     "Session",
     "new_client_id",

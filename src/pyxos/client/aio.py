@@ -39,16 +39,16 @@ import builtins
 import contextlib
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
 from pyxos.core.messages import ClientReply, ClientRequest, Message
 from pyxos.net.codec import PROTOCOL_VERSION, Hello, encode_message
 from pyxos.net.link import FramedProtocol
-from pyxos.statemachine.kv import Command, Result, decode_result
+from pyxos.statemachine.kv import DEFAULT_LIST_LIMIT, Command, Result, decode_result
 
 __all__ = [
     "DEFAULT_CLUSTER",
@@ -56,6 +56,7 @@ __all__ = [
     "ClientError",
     "CommandRejected",
     "KVOperations",
+    "ListPage",
     "OutcomeUnknown",
     "new_client_id",
     "parse_address",
@@ -106,11 +107,29 @@ class _Attempt:
         self.future = future
 
 
+class ListPage(NamedTuple):
+    """One page of a ``list``: its entries, and where the next page starts."""
+
+    entries: list[tuple[str, str]]
+    """``(key, value)`` pairs, sorted by key."""
+    more: bool
+    """Whether keys with the prefix follow this page."""
+    next: str | None
+    """The key to pass as ``after`` for the next page (None when there is no more)."""
+
+
 class KVOperations:
     """The key-value operations, written once over ``execute`` (which subclasses give)."""
 
     async def execute(
-        self, op: str, key: str, value: str | None = None, expected: str | None = None
+        self,
+        op: str,
+        key: str,
+        value: str | None = None,
+        expected: str | None = None,
+        *,
+        limit: int = 0,
+        after: str | None = None,
     ) -> Result:
         """Run one command; return its ``Result`` (see the subclasses)."""
         raise NotImplementedError
@@ -131,9 +150,37 @@ class KVOperations:
         """Set ``key`` to ``value`` if it is ``expected`` (``None``: absent); True if set."""
         return (await self.execute("cas", key, value, expected)).ok
 
+    async def list_page(
+        self, prefix: str = "", *, limit: int = DEFAULT_LIST_LIMIT, after: str | None = None
+    ) -> ListPage:
+        """One page of the keys starting with ``prefix``, after the key ``after`` (None:
+        from the first): at most ``limit`` entries (1 to ``MAX_LIST_ENTRIES``), fewer
+        if their values are large. Linearizable, like ``get``."""
+        if not limit >= 1:
+            raise ValueError(f"limit must be at least 1, not {limit}")
+        result = await self.execute("list", prefix, limit=limit, after=after)
+        entries = list(result.values or [])
+        more = result.more and bool(entries)
+        return ListPage(entries, more, entries[-1][0] if more else None)
+
+    async def iter_list(
+        self, prefix: str = "", *, page_size: int = DEFAULT_LIST_LIMIT, after: str | None = None
+    ) -> AsyncIterator[tuple[str, str]]:
+        """Every ``(key, value)`` whose key starts with ``prefix``, in key order, fetched
+        page by page (``page_size`` entries per request). Each page is linearizable on
+        its own; together they are not one snapshot (as with etcd's paginated range)."""
+        while True:
+            page = await self.list_page(prefix, limit=page_size, after=after)
+            for entry in page.entries:
+                yield entry
+            if not page.more:
+                return
+            after = page.next
+
     async def list(self, prefix: str = "") -> builtins.list[tuple[str, str]]:
-        """``(key, value)`` pairs whose key starts with ``prefix``, sorted by key."""
-        return list((await self.execute("list", prefix)).values or [])
+        """Every ``(key, value)`` whose key starts with ``prefix``, sorted by key: all
+        pages of ``iter_list`` (see there)."""
+        return [entry async for entry in self.iter_list(prefix)]
 
 
 class AsyncClient(KVOperations):
@@ -197,7 +244,14 @@ class AsyncClient(KVOperations):
     # -- the operations ---------------------------------------------------------------
 
     async def execute(
-        self, op: str, key: str, value: str | None = None, expected: str | None = None
+        self,
+        op: str,
+        key: str,
+        value: str | None = None,
+        expected: str | None = None,
+        *,
+        limit: int = 0,
+        after: str | None = None,
     ) -> Result:
         """Run one command with a fresh seq and retries; return its ``Result``.
 
@@ -208,7 +262,7 @@ class AsyncClient(KVOperations):
             raise ClientError("the client is closed")
         async with self._lock:
             self.seq += 1
-            command = Command(self.client_id, self.seq, op, key, value, expected)
+            command = Command(self.client_id, self.seq, op, key, value, expected, limit, after)
             call = time.monotonic_ns()
             try:
                 result = decode_result(await self._call(command))

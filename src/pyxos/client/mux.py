@@ -122,7 +122,14 @@ class Session(KVOperations):
     # -- the operations ---------------------------------------------------------------
 
     async def execute(
-        self, op: str, key: str, value: str | None = None, expected: str | None = None
+        self,
+        op: str,
+        key: str,
+        value: str | None = None,
+        expected: str | None = None,
+        *,
+        limit: int = 0,
+        after: str | None = None,
     ) -> Result:
         """Run one command with a fresh seq and retries; return its ``Result``.
 
@@ -137,7 +144,7 @@ class Session(KVOperations):
         await lock.acquire()  # uncontended (the usual case): no Future, no suspension
         try:
             self.seq += 1
-            command = Command(self.client_id, self.seq, op, key, value, expected)
+            command = Command(self.client_id, self.seq, op, key, value, expected, limit, after)
             call = time.monotonic_ns() if self.history is not None else 0
             try:
                 result = decode_result(await self._call(pool, command))

@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import builtins
 import threading
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-from pyxos.client.aio import DEFAULT_CLUSTER, AsyncClient
+from pyxos.client.aio import DEFAULT_CLUSTER, AsyncClient, ListPage
+from pyxos.statemachine.kv import DEFAULT_LIST_LIMIT
 
 __all__ = ["Client"]
 
@@ -88,8 +89,26 @@ class Client:
         """Set ``key`` to ``value`` if it is ``expected``; True if set."""
         return self._run(self._client.cas(key, expected, value))
 
+    def list_page(
+        self, prefix: str = "", *, limit: int = DEFAULT_LIST_LIMIT, after: str | None = None
+    ) -> ListPage:
+        """One page of the keys starting with ``prefix`` (see ``AsyncClient.list_page``)."""
+        return self._run(self._client.list_page(prefix, limit=limit, after=after))
+
+    def iter_list(
+        self, prefix: str = "", *, page_size: int = DEFAULT_LIST_LIMIT, after: str | None = None
+    ) -> Iterator[tuple[str, str]]:
+        """Every ``(key, value)`` whose key starts with ``prefix``, in key order, one
+        page request at a time (see ``AsyncClient.iter_list``)."""
+        while True:
+            page = self.list_page(prefix, limit=page_size, after=after)
+            yield from page.entries
+            if not page.more:
+                return
+            after = page.next
+
     def list(self, prefix: str = "") -> builtins.list[tuple[str, str]]:
-        """``(key, value)`` pairs whose key starts with ``prefix``."""
+        """Every ``(key, value)`` whose key starts with ``prefix``, all pages."""
         return self._run(self._client.list(prefix))
 
     def close(self) -> None:

@@ -36,6 +36,11 @@ Routes: ``GET/PUT/DELETE /v1/kv/{key}`` (PUT body: the value, UTF-8 text), ``POS
 /v1/kv/{key}/cas`` (JSON ``{"expected": str|null, "value": str}``), ``GET
 /v1/kv?prefix=``, ``GET /v1/status``, ``GET /healthz``, ``GET /metrics`` (Prometheus
 text format).
+
+``GET /v1/kv?prefix=P&limit=N&after=K`` answers one page, as etcd's range does:
+``{"entries": [[key, value], ...], "more": bool, "next": key|null}``, at most ``N``
+entries (default ``DEFAULT_LIST_LIMIT``, 1 to ``MAX_LIST_ENTRIES``, else 400) with keys
+after ``K``; while ``more`` is true, ask again with ``after=next``.
 """
 
 from __future__ import annotations
@@ -51,7 +56,9 @@ from aiohttp import web
 from pyxos.core.messages import ClientReply, ClientRequest
 from pyxos.server.metrics import CONTENT_TYPE
 from pyxos.statemachine.kv import (
+    DEFAULT_LIST_LIMIT,
     MAX_KEY_BYTES,
+    MAX_LIST_ENTRIES,
     MAX_VALUE_BYTES,
     Command,
     KVStore,
@@ -147,11 +154,18 @@ class HttpApi:
             future.set_result(reply)
 
     async def _execute(
-        self, op: str, key: str, value: str | None = None, expected: str | None = None
+        self,
+        op: str,
+        key: str,
+        value: str | None = None,
+        expected: str | None = None,
+        *,
+        limit: int = 0,
+        after: str | None = None,
     ) -> Result:
         client, seq = self._sessions.pop() if self._sessions else (secrets.randbits(63) or 1, 0)
         seq += 1
-        command = Command(client, seq, op, key, value, expected)
+        command = Command(client, seq, op, key, value, expected, limit, after)
         try:
             validate_command(command)
         except ValueError as e:
@@ -201,10 +215,17 @@ class HttpApi:
         return result
 
     async def _run(
-        self, op: str, key: str, value: str | None = None, expected: str | None = None
+        self,
+        op: str,
+        key: str,
+        value: str | None = None,
+        expected: str | None = None,
+        *,
+        limit: int = 0,
+        after: str | None = None,
     ) -> Result | web.Response:
         try:
-            return await self._execute(op, key, value, expected)
+            return await self._execute(op, key, value, expected, limit=limit, after=after)
         except _NotLeader as e:
             body = {"error": "no leader to serve the read", "leader": e.leader}
             return _json(503, body, {"Retry-After": "1"})
@@ -306,10 +327,32 @@ class HttpApi:
 
     async def _list(self, request: web.Request) -> web.Response:
         prefix = request.query.get("prefix", "")
+        after = request.query.get("after")
+        text = request.query.get("limit", str(DEFAULT_LIST_LIMIT))
+        limit = int(text) if text.isdigit() and len(text) <= 6 else -1
+        if not 1 <= limit <= MAX_LIST_ENTRIES:
+            return _json(
+                400,
+                {"error": f"limit must be an integer from 1 to {MAX_LIST_ENTRIES}, not {text!r}"},
+            )
         if self._stale(request):
-            entries = self._local_store().list_local(prefix)
-            return _json(200, {"entries": [[k, v] for k, v in entries], "stale": True})
-        result = await self._run("list", prefix)
+            try:
+                validate_command(Command(0, 0, "list", prefix, limit=limit, after=after))
+            except ValueError as e:
+                return _json(400, {"error": str(e)})
+            entries, more = self._local_store().list_page(prefix, limit, after)
+            return _json(200, _page(entries, more) | {"stale": True})
+        result = await self._run("list", prefix, limit=limit, after=after)
         if isinstance(result, web.Response):
             return result
-        return _json(200, {"entries": [[k, v] for k, v in (result.values or [])]})
+        return _json(200, _page(result.values or [], result.more))
+
+
+def _page(entries: list[tuple[str, str]], more: bool) -> dict[str, Any]:
+    """The JSON answer of a list page: ``next`` is the ``after`` of the following page."""
+    more = more and bool(entries)
+    return {
+        "entries": [[k, v] for k, v in entries],
+        "more": more,
+        "next": entries[-1][0] if more else None,
+    }

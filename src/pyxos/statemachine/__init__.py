@@ -6,8 +6,10 @@ key-value store with client sessions for exactly-once commands.
 
 from pyxos.statemachine.base import Applied, StateMachine
 from pyxos.statemachine.kv import (
+    DEFAULT_LIST_LIMIT,
     DEFAULT_MAX_SESSIONS,
     MAX_KEY_BYTES,
+    MAX_LIST_BYTES,
     MAX_LIST_ENTRIES,
     MAX_VALUE_BYTES,
     OPS,
@@ -23,8 +25,10 @@ from pyxos.statemachine.kv import (
 )
 
 __all__ = [
+    "DEFAULT_LIST_LIMIT",
     "DEFAULT_MAX_SESSIONS",
     "MAX_KEY_BYTES",
+    "MAX_LIST_BYTES",
     "MAX_LIST_ENTRIES",
     "MAX_VALUE_BYTES",
     "OPS",

@@ -34,6 +34,14 @@ evicted client that retries is treated as new: its retry is applied again. Keep
 ``max_sessions`` well above the number of clients active within a retry timeout, and
 configure it the same on every replica.
 
+``list`` is paginated, as etcd's range is: a command names a ``limit`` (0: the
+largest page, ``MAX_LIST_ENTRIES``) and a key to start ``after`` (exclusive; ``None``:
+from the first key with the prefix). A page ends at ``limit`` entries or once it holds
+``MAX_LIST_BYTES`` of keys and values (never empty if anything matches, so a page of
+very large values still makes progress), and its result says ``more`` when entries
+follow; the caller continues with ``after`` = the last key of the page. Nothing is
+ever cut off silently.
+
 A snapshot is the msgpack encoding of the keys and values, the sessions in LRU order
 and ``applied_slot`` (never pickle: a snapshot arrives from peers). Restoring it and
 applying the following slots gives the same state and the same results, byte for byte,
@@ -42,6 +50,7 @@ as never having snapshotted.
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import ClassVar, Final
@@ -51,8 +60,10 @@ import msgspec
 from pyxos.statemachine.base import Applied
 
 __all__ = [
+    "DEFAULT_LIST_LIMIT",
     "DEFAULT_MAX_SESSIONS",
     "MAX_KEY_BYTES",
+    "MAX_LIST_BYTES",
     "MAX_LIST_ENTRIES",
     "MAX_VALUE_BYTES",
     "OPS",
@@ -74,7 +85,14 @@ MAX_VALUE_BYTES: Final = 1024 * 1024
 """Longest value (and cas ``expected``), in UTF-8 bytes."""
 
 MAX_LIST_ENTRIES: Final = 10_000
-"""A ``list`` returns at most this many entries: the first ones in key order."""
+"""The largest ``limit`` of one ``list`` page (also the page size of ``limit=0``)."""
+
+DEFAULT_LIST_LIMIT: Final = 1000
+"""The page size clients and the HTTP API ask for unless told otherwise."""
+
+MAX_LIST_BYTES: Final = 4 * 1024 * 1024
+"""A ``list`` page stops growing once its keys and values hold this many UTF-8 bytes
+(it has at least one entry), so that a page always fits in one reply frame."""
 
 DEFAULT_MAX_SESSIONS: Final = 100_000
 """Default bound on the client sessions a ``KVStore`` remembers."""
@@ -93,7 +111,9 @@ class Command(msgspec.Struct, frozen=True, array_like=True, gc=False):
     - ``delete(key)``: remove ``key``.
     - ``cas(key, expected, value)``: set ``key`` to ``value`` if its current value is
       ``expected``; ``expected=None`` means "only if ``key`` is absent".
-    - ``list(key)``: every entry whose key starts with the prefix ``key`` (``""``: all).
+    - ``list(key, limit, after)``: one page of the entries whose key starts with the
+      prefix ``key`` (``""``: all), in key order, beginning after the key ``after``
+      (``None``: at the first); at most ``limit`` entries (0: ``MAX_LIST_ENTRIES``).
     """
 
     client: int
@@ -102,6 +122,8 @@ class Command(msgspec.Struct, frozen=True, array_like=True, gc=False):
     key: str
     value: str | None = None
     expected: str | None = None
+    limit: int = 0
+    after: str | None = None
 
 
 class Result(msgspec.Struct, frozen=True, array_like=True):
@@ -112,8 +134,8 @@ class Result(msgspec.Struct, frozen=True, array_like=True):
     - delete: ``ok``, ``value`` = the deleted value (``None`` if the key was absent).
     - cas: ``ok`` if the current value was ``expected`` (and is now the new value);
       otherwise not ``ok`` and ``value`` = the current value (``None``: absent).
-    - list: ``ok``, ``values`` = ``(key, value)`` pairs sorted by key, at most
-      ``MAX_LIST_ENTRIES`` of them.
+    - list: ``ok``, ``values`` = one page of ``(key, value)`` pairs sorted by key;
+      ``more`` if entries with the prefix follow the page (continue after its last key).
     - a stale request or a command the store cannot carry out: not ``ok``, ``error``.
     """
 
@@ -121,6 +143,7 @@ class Result(msgspec.Struct, frozen=True, array_like=True):
     value: str | None = None
     values: list[tuple[str, str]] | None = None
     error: str | None = None
+    more: bool = False
 
 
 class _KVSnapshot(msgspec.Struct, frozen=True, array_like=True, tag="kv"):
@@ -207,6 +230,19 @@ def validate_command(cmd: Command) -> None:
                 )
     elif cmd.expected is not None:
         raise ValueError(f"{op}: takes no expected value (only cas does)")
+    if op == "list":
+        if not 0 <= cmd.limit <= MAX_LIST_ENTRIES:
+            raise ValueError(
+                f"list: the limit is {cmd.limit}, expected 1 to {MAX_LIST_ENTRIES} (0: the most)"
+            )
+        if cmd.after is not None:
+            size = _utf8_size(cmd.after, "start-after key")
+            if size > MAX_KEY_BYTES:
+                raise ValueError(
+                    f"list: the start-after key is {size} bytes, more than {MAX_KEY_BYTES}"
+                )
+    elif cmd.limit != 0 or cmd.after is not None:
+        raise ValueError(f"{op}: takes no limit or start-after key (only list does)")
 
 
 def _stale(seq: int) -> bytes:
@@ -309,7 +345,8 @@ class KVStore:
                 return _OK
             return _NOT_OK if current is None else _encoder.encode(Result(ok=False, value=current))
         if op == "list":
-            return _encoder.encode(Result(ok=True, values=self.list_local(key)))
+            entries, more = self.list_page(key, cmd.limit, cmd.after)
+            return _encoder.encode(Result(ok=True, values=entries, more=more))
         return _encoder.encode(Result(ok=False, error=f"unknown op {op!r}"))
 
     def get_local(self, key: str) -> str | None:
@@ -321,12 +358,42 @@ class KVStore:
         """
         return self._values.get(key)
 
-    def list_local(self, prefix: str) -> list[tuple[str, str]]:
-        """``(key, value)`` for keys starting with ``prefix``, sorted by key, at most
-        ``MAX_LIST_ENTRIES``; a local read like ``get_local``."""
+    def list_page(
+        self, prefix: str, limit: int = 0, after: str | None = None
+    ) -> tuple[list[tuple[str, str]], bool]:
+        """One page of ``list``: ``((key, value) pairs sorted by key, more)``.
+
+        The keys start with ``prefix`` and come after ``after`` (``None``: from the
+        first); at most ``limit`` of them (0, or anything above ``MAX_LIST_ENTRIES``:
+        ``MAX_LIST_ENTRIES``) and about ``MAX_LIST_BYTES`` (see the module notes).
+        ``more`` says whether matching keys follow the page. A local read like
+        ``get_local``; costs O(keys + limit log limit), not a sort of every key.
+        """
+        if limit <= 0 or limit > MAX_LIST_ENTRIES:
+            limit = MAX_LIST_ENTRIES
         values = self._values
-        keys = sorted(k for k in values if k.startswith(prefix))
-        return [(k, values[k]) for k in keys[:MAX_LIST_ENTRIES]]
+        if after is None:
+            matching = (k for k in values if k.startswith(prefix))
+        else:
+            matching = (k for k in values if k > after and k.startswith(prefix))
+        keys = heapq.nsmallest(limit + 1, matching)
+        more = len(keys) > limit
+        page: list[tuple[str, str]] = []
+        size = 0
+        for k in keys[:limit]:
+            v = values[k]
+            size += _utf8_size(k, "key") + _utf8_size(v, "value")
+            if page and size > MAX_LIST_BYTES:
+                more = True
+                break
+            page.append((k, v))
+        return page, more
+
+    def list_local(self, prefix: str) -> list[tuple[str, str]]:
+        """Every ``(key, value)`` whose key starts with ``prefix``, sorted by key, with
+        no bound: a local read for tests and tools (the service serves ``list_page``)."""
+        values = self._values
+        return [(k, values[k]) for k in sorted(k for k in values if k.startswith(prefix))]
 
     def session(self, client: int) -> tuple[int, bytes] | None:
         """``(last seq applied, its encoded result)`` for ``client``, or ``None``.

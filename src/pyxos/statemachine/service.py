@@ -365,7 +365,8 @@ class ServiceNode:
             if cmd.op == "get":
                 result = Result(ok=True, value=self.store.get_local(cmd.key))
             else:
-                result = Result(ok=True, values=self.store.list_local(cmd.key))
+                entries, more = self.store.list_page(cmd.key, cmd.limit, cmd.after)
+                result = Result(ok=True, values=entries, more=more)
             reply = ClientReply(me, client, seq, True, encode_result(result), leader)
             r.send_now.append(Send((dst,), reply))
 
