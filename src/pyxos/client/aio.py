@@ -18,7 +18,13 @@ forward) answers ``ClientReply(ok=False, leader=L)``; every reply names the node
 up front, with a ``{node_id: "host:port"}`` mapping). A redirect to a leader whose
 address is known goes there at once; otherwise, and after a connection failure, a
 closed connection or a per-attempt timeout, the client tries the next address, with a
-short pause once it has gone round them all.
+short pause once it has gone round them all. A node that has no leader to hand the
+command to (an election is running, or it lost the leader) says so at once
+(``ok=False, leader=0``, "no leader yet"); the client then tries the next node after
+a jittered pause of a few milliseconds, growing to 50 ms (``next_attempt``), so the
+first command after a leader crash succeeds about when the election ends, not after an
+attempt timeout. A refusal is never an outcome: the command may still be chosen (it
+may have reached the old leader's log), so the retry carries the same ``(client, seq)``.
 
 Outcomes: when the overall ``timeout`` runs out the command may or may not have been
 applied (it may sit in a slot that will still be chosen), so the client raises
@@ -37,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import random
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -58,7 +65,9 @@ __all__ = [
     "KVOperations",
     "ListPage",
     "OutcomeUnknown",
+    "RetryState",
     "new_client_id",
+    "next_attempt",
     "parse_address",
 ]
 
@@ -66,6 +75,7 @@ DEFAULT_CLUSTER = "pyxos"
 """The cluster id a client announces unless told otherwise (it must match the nodes')."""
 
 _command_encoder = msgspec.msgpack.Encoder()
+_jitter = random.Random()
 _HISTORY_OPS = frozenset({"get", "put", "delete", "cas"})
 
 
@@ -94,6 +104,55 @@ def parse_address(text: str) -> tuple[str, int]:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host, int(port)
+
+
+class RetryState:
+    """What one command's retries have met so far (see ``next_attempt``)."""
+
+    __slots__ = ("misses", "refusals")
+
+    def __init__(self) -> None:
+        self.misses = 0
+        """Attempts in a row that got no answer at all (timeout, connection failed)."""
+        self.refusals = 0
+        """Attempts in a row that a node refused (no leader yet, or a redirect)."""
+
+
+def next_attempt(
+    index: int,
+    reply: ClientReply | None,
+    index_of: Mapping[int, int],
+    nodes: int,
+    state: RetryState,
+    rng: random.Random = _jitter,
+) -> tuple[int, float]:
+    """Where a command goes after an attempt at node ``index`` that did not succeed,
+    and how long to pause first: ``(node index, seconds)``. Shared by every client.
+
+    - A refusal naming a leader whose address is known: straight there (a redirect).
+    - "No leader yet" (``leader=0``; an election is running, or the node lost its
+      leader): the next node, after a short jittered pause that doubles per refusal in
+      a row, from about 5 ms up to 50 ms, so clients poll the cluster quickly through an
+      election without all retrying in step.
+    - No answer at all: the next node; once every node was tried without an answer,
+      a pause of 20 ms more per round, up to 200 ms.
+    """
+    if reply is None:
+        state.misses += 1
+        state.refusals = 0
+        pause = 0.0
+        if state.misses >= nodes:
+            # Gone round the nodes without an answer: wait a little before the next round.
+            pause = min(0.02 * (state.misses - nodes + 1), 0.2)
+        return (index + 1) % nodes, pause
+    state.misses = 0
+    state.refusals += 1
+    leader = index_of.get(reply.leader) if reply.leader else None
+    if leader is not None and leader != index and state.refusals <= nodes:
+        return leader, 0.0
+    # No leader yet, a leader we cannot reach, or redirects going round in circles.
+    backoff = min(0.005 * 2 ** min(state.refusals - 1, 4), 0.05)
+    return (index + 1) % nodes, backoff * rng.uniform(0.5, 1.0)
 
 
 class _Attempt:
@@ -224,6 +283,9 @@ class AsyncClient(KVOperations):
         self.attempt_timeout = attempt_timeout
         self.connect_timeout = connect_timeout
         self.retries = 0
+        """Attempts beyond the first, over the client's life (for tests and metrics)."""
+        self.no_leader_replies = 0
+        """Answers "no leader yet" (``ok=False, leader=0``) received, over the client's life."""
         self.history = history
         """Called with one JSON-ready dict per get/put/delete/cas, in the history
         format of docs/architecture.md ("Histories"); ``return`` and ``ok`` are None when
@@ -233,7 +295,6 @@ class AsyncClient(KVOperations):
         follower that forwarded the command to the leader and relayed its reply."""
         self.leader = 0
         """The leader as the last answer named it (0: none yet)."""
-        """Attempts beyond the first, over the client's life (for tests and metrics)."""
         self._hello = Hello(version=PROTOCOL_VERSION, cluster=cluster, node=0, role="client")
         self._target = 0
         self._conns: dict[int, FramedProtocol] = {}
@@ -304,7 +365,7 @@ class AsyncClient(KVOperations):
         request = ClientRequest(0, command.client, command.seq, _command_encoder.encode(command))
         frame = encode_message(request)
         deadline = loop.time() + self.timeout
-        misses = 0  # tries that got no answer from a leader
+        retry = RetryState()
         first = True
         while True:
             remaining = deadline - loop.time()
@@ -327,16 +388,12 @@ class AsyncClient(KVOperations):
                 if direct is not None:
                     self._target = direct
                 return reply.result
-            misses += 1
-            leader = self._index_of.get(reply.leader) if reply is not None else None
-            if leader is not None and leader != index:
-                self._target = leader
-            else:
-                self._target = (index + 1) % len(self._addresses)
-            if misses >= len(self._addresses):
-                # Gone round the nodes without an answer: an election is probably
-                # running. Wait a little (never past the deadline).
-                pause = min(0.02 * (misses - len(self._addresses) + 1), 0.2)
+            if reply is not None and reply.leader == 0:
+                self.no_leader_replies += 1
+            self._target, pause = next_attempt(
+                index, reply, self._index_of, len(self._addresses), retry
+            )
+            if pause > 0:
                 await asyncio.sleep(max(0.0, min(pause, deadline - loop.time())))
 
     async def _try(

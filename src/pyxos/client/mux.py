@@ -31,9 +31,11 @@ send a session back there.
 Finding the leader is shared too: every reply names its sender (``src``), which teaches
 the pool which address is which node, and the leader named by the last successful reply
 becomes the pool's ``target``, where every session's next command starts. A session
-that gets no answer moves on by itself (to the named leader if its address is known,
-else the next address), pausing briefly once it has gone round all nodes, exactly as
-``AsyncClient`` does; its first success moves every session over.
+that gets no answer or a refusal moves on by itself by the same rules as
+``AsyncClient`` (``pyxos.client.aio.next_attempt``: to the named leader if its address
+is known; after "no leader yet", to the next node after a jittered pause of a few
+milliseconds; after silence from every node, a longer pause); its first success moves
+every session over.
 
 Connecting is the slow path and may use Tasks: one connect Task per (node, slot),
 shared by every session waiting for that slot, bounded by ``connect_timeout``.
@@ -57,7 +59,9 @@ from pyxos.client.aio import (
     CommandRejected,
     KVOperations,
     OutcomeUnknown,
+    RetryState,
     new_client_id,
+    next_attempt,
     parse_address,
 )
 from pyxos.core.messages import ClientReply, ClientRequest, Message
@@ -254,6 +258,8 @@ class ClientPool:
         """The leader as the last successful answer named it (0: none yet)."""
         self.connects = 0
         """Connections opened over the pool's life (for tests and metrics)."""
+        self.no_leader_replies = 0
+        """Answers "no leader yet" (``ok=False, leader=0``) received by any session."""
         self._hello = Hello(version=PROTOCOL_VERSION, cluster=cluster, node=0, role="client")
         # The address index where a session's next command starts: the leader named by
         # the last successful reply (when its address is known).
@@ -356,18 +362,16 @@ class ClientPool:
         assert loop is not None
         key = (command.client, command.seq)
         n = len(self._addresses)
-        misses = 0  # tries that got no answer from a leader
+        retry = RetryState()
         while True:
             if tried:
                 if reply is not None and reply.ok:
                     return self._answered(session, reply)
-                misses += 1
-                leader = self._index_of.get(reply.leader) if reply is not None else None
-                index = leader if leader is not None and leader != index else (index + 1) % n
-                if misses >= n:
-                    # Gone round the nodes without an answer: an election is probably
-                    # running. Wait a little (never past the deadline).
-                    pause = min(0.02 * (misses - n + 1), 0.2)
+                if reply is not None and reply.leader == 0:
+                    self.no_leader_replies += 1
+                index, pause = next_attempt(index, reply, self._index_of, n, retry)
+                if pause > 0:
+                    # Never past the deadline.
                     await asyncio.sleep(max(0.0, min(pause, deadline - loop.time())))
             now = loop.time()
             if now >= deadline:

@@ -374,9 +374,11 @@ class PeerLinks:
     ``peers`` maps node ids to ``(host, port)``; this node's own id is skipped.
     Call ``start()`` inside a running event loop and ``await close()`` to stop.
     ``send`` and ``broadcast`` never block and never raise for a down peer: a frame
-    that cannot be queued is dropped and counted. Messages a peer sends back on one
-    of these connections go to ``on_messages`` (or are counted as
-    ``unexpected_messages`` if it is None).
+    that cannot be queued is dropped and counted. ``on_link(peer, up)``, if given, is
+    called whenever a link comes up or goes down (and when a dial fails while it was
+    not known down), so the node can stop handing a dead peer anything at once.
+    Messages a peer sends back on one of these connections go to ``on_messages`` (or
+    are counted as ``unexpected_messages`` if it is None).
     """
 
     def __init__(
@@ -393,6 +395,7 @@ class PeerLinks:
         backoff_cap: float = 2.0,
         connect_timeout: float = 2.0,
         counters: dict[str, int] | None = None,
+        on_link: Callable[[int, bool], None] | None = None,
     ) -> None:
         if node_id < 1:
             raise ValueError(f"node_id must be >= 1, not {node_id}")
@@ -414,6 +417,9 @@ class PeerLinks:
         # Invariant: _links holds exactly the peers whose connection is open and
         # handshake written; a peer absent from it is down (frames to it are dropped).
         self._links: dict[int, FramedProtocol] = {}
+        self._on_link = on_link
+        # The state last reported to on_link, per peer (reported only when it changes).
+        self._reported: dict[int, bool] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._drain_timeout = 1.0
@@ -499,6 +505,7 @@ class PeerLinks:
                 )
             except (OSError, TimeoutError) as exc:
                 _count(self.counters, "connect_failures")
+                self._report(dst, False)
                 log = logger.info if attempt == 0 else logger.debug
                 log("%s: connect failed: %s", label, exc or type(exc).__name__)
                 await asyncio.sleep(self._backoff(attempt))
@@ -507,12 +514,14 @@ class PeerLinks:
             _count(self.counters, "connects")
             logger.info("%s up", label)
             self._links[dst] = link
+            self._report(dst, True)
             up_since = loop.time()
             try:
                 await link.wait_closed()
             finally:
                 if self._links.get(dst) is link:
                     del self._links[dst]
+                    self._report(dst, False)
                 await link.shutdown(self._drain_timeout)
             _count(self.counters, "disconnects")
             logger.info("%s down: %s", label, link.lost_reason or "closed by the peer")
@@ -520,6 +529,12 @@ class PeerLinks:
                 attempt = 0
             await asyncio.sleep(self._backoff(attempt))
             attempt += 1
+
+    def _report(self, dst: int, up: bool) -> None:
+        """Tell ``on_link`` that the link to ``dst`` is now up (or down), once per change."""
+        if self._on_link is not None and self._reported.get(dst) is not up and not self._closed:
+            self._reported[dst] = up
+            self._on_link(dst, up)
 
     def _backoff(self, attempt: int) -> float:
         return backoff_delay(attempt, self._rng, base=self._backoff_base, cap=self._backoff_cap)

@@ -17,13 +17,15 @@ store's bounded session table.
 
 Answers:
 
-- a read that no leader could serve (none known, or it stepped down): ``503`` with
+- a command refused for want of a leader ("no leader yet": an election is running,
+  or this node lost its leader), and any command unanswered for half a second, is
+  submitted again by the API itself with the same ``(client, seq)`` after a short
+  jittered pause (5 ms, doubling to 50 ms), so a request made during a failover
+  succeeds once the election ends. A refusal does not prove a write was not proposed
+  (it may have reached the old leader's log), and the store applies it at most once;
+- a read still refused after about an election's time (``_READ_WAIT``): ``503`` with
   ``{"error": ..., "leader": id}`` (0 when unknown) and ``Retry-After``; a read has no
   effect, so the caller may simply retry;
-- a write refused for want of a leader, and any command unanswered for half a
-  second, is sent again by the API itself with the same ``(client, seq)`` (a refusal
-  does not prove the write was not proposed, and the store applies it at most once)
-  until ``timeout``;
 - no answer within ``timeout``: ``504`` with ``"outcome": "unknown"``: the write may
   or may not have taken effect;
 - a command the store refuses (bad key, too large): ``400``; a body over the value
@@ -47,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import secrets
 from typing import TYPE_CHECKING, Any
 
@@ -87,7 +90,9 @@ class _Unknown(Exception):
 
 
 _READ_OPS = frozenset({"get", "list"})
-_RETRY_PAUSE = 0.05
+_RETRY_PAUSE = 0.005  # first pause after "no leader yet"; doubles per refusal in a row
+_RETRY_PAUSE_MAX = 0.05
+_READ_WAIT = 1.0  # seconds a refused read waits for a leader (about an election) before 503
 _ATTEMPT = 0.5  # seconds one submission waits before it is sent again
 
 
@@ -177,6 +182,8 @@ class HttpApi:
         deadline = loop.time() + self.timeout
         request = ClientRequest(self._sink, client, seq, _encoder.encode(command))
         leader = 0
+        refusals = 0
+        read_deadline = loop.time() + min(self.timeout, _READ_WAIT)
         try:
             while True:
                 future: asyncio.Future[ClientReply] = loop.create_future()
@@ -194,13 +201,19 @@ class HttpApi:
                 if reply.ok:
                     break
                 leader = reply.leader
-                if op in _READ_OPS:
+                refusals += 1
+                if op in _READ_OPS and loop.time() >= read_deadline:
                     raise _NotLeader(leader)  # a refused read had no effect
-                # A refused write may still sit in a slot that gets chosen: never give
-                # up on it with a definite answer; retry the SAME (client, seq), which
-                # the store applies at most once, until the deadline.
-                await asyncio.sleep(min(_RETRY_PAUSE, max(0.0, deadline - loop.time())))
+                # No leader yet (an election is running, or our node lost the leader):
+                # ask again shortly, with jitter. A refused write may still sit in a slot
+                # that gets chosen: never give up on it with a definite answer; retry
+                # the SAME (client, seq), which the store applies at most once.
+                pause = min(_RETRY_PAUSE * 2 ** min(refusals - 1, 4), _RETRY_PAUSE_MAX)
+                pause *= random.uniform(0.5, 1.0)
+                await asyncio.sleep(min(pause, max(0.0, deadline - loop.time())))
                 if loop.time() >= deadline:
+                    if op in _READ_OPS:
+                        raise _NotLeader(leader)
                     raise _Unknown(leader)
         finally:
             self._waiting.pop((client, seq), None)

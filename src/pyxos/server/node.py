@@ -330,7 +330,11 @@ class NodeServer:
             on_messages=self._on_peer_messages,
             rng=random.Random(self.rng.getrandbits(64)),
             counters=self.net_counters,
+            on_link=self._on_link,
         )
+        # No link is up yet: nothing is forwarded to a peer before its link is.
+        for peer in self.links.peers:
+            self.node.link_changed(peer, False)
         self.links.start()
         self._input(())
         logger.info(
@@ -754,6 +758,19 @@ class NodeServer:
         self.stats.dropped_peer_messages += len(msgs) - len(good)
         if good:
             self._input(good)
+
+    def _on_link(self, peer: int, up: bool) -> None:
+        """Our link to ``peer`` came up or went down: tell the node, and drive it so that
+        the requests it fails back (forwarded to a peer now gone) leave this pass."""
+        node = self.node
+        if node is None or self._closing or self._fatal is not None:
+            return
+        try:
+            node.link_changed(peer, up)
+        except Exception as e:
+            self._internal_error(e)
+            return
+        self._input(())
 
     def _client_protocol(self) -> FramedProtocol:
         holder: list[FramedProtocol] = []

@@ -8,13 +8,25 @@ real server drive it identically. It adds what sits between clients and the log:
 
 - **Client requests.** A ``ClientRequest`` at a node that does not lead is forwarded
   to the leader it knows (the reply comes back the same way), as etcd forwards
-  proposals; with no leader known, or with ``forward=False``, it is answered with a
-  redirect naming the leader it knows. At the leader, the command is decoded once
-  (to validate it; garbage gets an error reply and never reaches the log) and its
-  original bytes join the batch of this pass. A duplicate of a request in flight here
-  only updates where the reply goes. Any other retry goes through the log like a new
-  command: exactly-once lives in one place, the state machine's session table, which
-  answers a retry with the stored result instead of applying it again.
+  proposals; with ``forward=False`` it is answered with a redirect naming that leader.
+  A follower forwards only to a leader it can use: while it follows one (role
+  follower, not running for election) and the driver has not reported the link to it
+  down (``link_changed``). Otherwise it answers at once "no leader yet"
+  (``ClientReply(ok=False, leader=0)``) instead of forwarding into silence, and the
+  client tries another node after a short pause. Requests it forwarded are failed back
+  the same way, at once, when it loses that leader: the link to it goes down, it
+  stops following it (election timeout, a new ballot), or another leader takes over.
+  What such a refusal tells the client, precisely: nothing about whether the command
+  entered the log. A request refused before it was forwarded did not, but one
+  forwarded to a leader that then died may sit in a slot the next leader re-proposes.
+  So a refusal is never an outcome: the client retries, elsewhere, with the SAME
+  ``(client, seq)``, and the session table applies it at most once either way.
+  At the leader, the command is decoded once (to validate it; garbage gets an error
+  reply and never reaches the log) and its original bytes join the batch of this pass.
+  A duplicate of a request in flight here only updates where the reply goes. Any other
+  retry goes through the log like a new command: exactly-once lives in one place, the
+  state machine's session table, which answers a retry with the stored result instead
+  of applying it again.
 - **Reads.** ``get`` and ``list`` do not go through the log: the replica releases them
   (under its lease, or once a quorum confirmed the leadership after the read arrived,
   and in both cases once every slot below the read index is applied), and they are
@@ -54,7 +66,7 @@ from pyxos.core.messages import (
     SnapshotRequest,
 )
 from pyxos.core.ready import Ready, Send
-from pyxos.core.replica import Replica
+from pyxos.core.replica import Replica, Role
 from pyxos.statemachine.kv import Command, KVStore, Result, encode_result, validate_command
 
 __all__ = ["ServiceNode"]
@@ -124,8 +136,16 @@ class ServiceNode:
         self.requests = 0
         self.rejected = 0
         self.forward = forward
-        self.forwarded: dict[tuple[int, int], tuple[int, float]] = {}
-        """(client, seq) -> (who asked us, when) for requests forwarded to the leader."""
+        self.forwarded: dict[tuple[int, int], tuple[int, float, int]] = {}
+        """(client, seq) -> (who asked us, when, the leader we forwarded it to)."""
+        self.unreachable: set[int] = set()
+        """Peers the driver reported our link to as down (``link_changed``): no
+        forwarding to them. The simulator reports nothing (its links never close)."""
+        self.refused_no_leader = 0
+        """Client requests answered "no leader yet" (including forwarded ones failed
+        back when the leader was lost), for tests and metrics."""
+        self._forwarding_to = 0
+        """The usable leader as of the last ``ready()``: a change fails back forwards."""
         self.linearizable_reads = linearizable_reads
         """Serve get/list by read-index (True) or through the log like writes (False)."""
         if snapshot_every < 1 or snapshot_chunk < 1 or snapshot_bytes < 1:
@@ -178,6 +198,35 @@ class ServiceNode:
             case _:
                 self.replica.step(msg)
 
+    def link_changed(self, peer: int, up: bool) -> None:
+        """The driver's link to ``peer`` came up or went down.
+
+        While it is down nothing is forwarded to ``peer`` (the frames would be dropped),
+        and requests already forwarded to it are failed back to their clients at once.
+        """
+        if up:
+            self.unreachable.discard(peer)
+            return
+        self.unreachable.add(peer)
+        self._fail_forwarded(lambda target: target == peer)
+
+    def usable_leader(self) -> int:
+        """The leader this node would hand a request to right now (0: none).
+
+        Itself while it leads; the leader it follows while it follows one and the link
+        to it is up; otherwise 0 ("no leader yet"), even if the replica still remembers
+        one: a node running for election, or cut off from the old leader, cannot hand
+        it anything.
+        """
+        replica = self.replica
+        role = replica.role
+        if role is Role.LEADER:
+            return replica.node_id
+        leader = replica.leader
+        if role is not Role.FOLLOWER or leader == replica.node_id or leader in self.unreachable:
+            return 0
+        return leader
+
     def tick(self, now: float) -> None:
         """Advance time."""
         self.replica.tick(now)
@@ -193,6 +242,13 @@ class ServiceNode:
     def ready(self) -> Ready:
         """Propose this pass's batch, then apply what is chosen and add the replies."""
         replica = self.replica
+        if self.forwarded or self._forwarding_to:
+            usable = self.usable_leader()
+            if usable != self._forwarding_to:
+                # Lost the leader we forwarded to (or another took over): its answers
+                # may never come. Fail those requests back now; the clients retry.
+                self._forwarding_to = usable
+                self._fail_forwarded(lambda target: target != usable)
         if self.batch:
             while self.batch:
                 chunk, self.batch = self.batch[: self.max_batch], self.batch[self.max_batch :]
@@ -306,17 +362,19 @@ class ServiceNode:
     # -- internals -------------------------------------------------------------------
 
     def _reply(self, dst: int, msg: ClientRequest, ok: bool, result: bytes = b"") -> None:
-        reply = ClientReply(self.node_id, msg.client, msg.seq, ok, result, self.replica.leader)
+        reply = ClientReply(self.node_id, msg.client, msg.seq, ok, result, self.usable_leader())
         self.replica.post((dst,), reply)
 
     def _on_request(self, msg: ClientRequest) -> None:
         self.requests += 1
         replica = self.replica
         if not replica.is_leader:
-            leader = replica.leader
-            if self.forward and leader not in (0, self.node_id) and msg.src not in replica.members:
+            leader = self.usable_leader()
+            if leader == 0:
+                self.refused_no_leader += 1
+            elif self.forward and msg.src not in replica.members:
                 # Forward once (never a request another node forwarded: no loops).
-                self.forwarded[(msg.client, msg.seq)] = (msg.src, replica.now)
+                self.forwarded[(msg.client, msg.seq)] = (msg.src, replica.now, leader)
                 replica.post(
                     (leader,), ClientRequest(self.node_id, msg.client, msg.seq, msg.command)
                 )
@@ -344,19 +402,31 @@ class ServiceNode:
     def _relay(self, msg: ClientReply) -> None:
         entry = self.forwarded.pop((msg.client, msg.seq), None)
         if entry is not None:
-            relayed = ClientReply(
-                self.node_id, msg.client, msg.seq, msg.ok, msg.result, self.replica.leader
-            )
+            # A refusal names the leader as the refuser knows it (0: none yet).
+            leader = msg.leader if not msg.ok else self.usable_leader()
+            relayed = ClientReply(self.node_id, msg.client, msg.seq, msg.ok, msg.result, leader)
             self.replica.post((entry[0],), relayed)
 
+    def _fail_forwarded(self, lost: Callable[[int], bool]) -> None:
+        """Answer "no leader / retry" to every forwarded request whose leader is
+        ``lost`` (see the module notes for what that answer does and does not say)."""
+        gone = [key for key, (_, _, target) in self.forwarded.items() if lost(target)]
+        leader = self.usable_leader()
+        for key in gone:
+            asker = self.forwarded.pop(key)[0]
+            if leader == 0:
+                self.refused_no_leader += 1
+            reply = ClientReply(self.node_id, key[0], key[1], False, b"", leader)
+            self.replica.post((asker,), reply)
+
     def _expire_forwarded(self, now: float) -> None:
-        stale = [k for k, (_, t) in self.forwarded.items() if now - t > FORWARD_TIMEOUT]
+        stale = [k for k, (_, t, _) in self.forwarded.items() if now - t > FORWARD_TIMEOUT]
         for key in stale:
             del self.forwarded[key]
 
     def _serve_reads(self, r: Ready) -> None:
         me = self.node_id
-        leader = self.replica.leader
+        leader = self.usable_leader()
         for token, ok in r.reads:
             dst, client, seq, cmd = cast(_ReadToken, token)
             if not ok:
@@ -371,8 +441,9 @@ class ServiceNode:
             r.send_now.append(Send((dst,), reply))
 
     def _redirect_pending(self) -> None:
+        leader = self.usable_leader()
         for (client, seq), dst in self.waiting.items():
-            reply = ClientReply(self.node_id, client, seq, False, b"", self.replica.leader)
+            reply = ClientReply(self.node_id, client, seq, False, b"", leader)
             self.replica.post((dst,), reply)
         self.waiting.clear()
 
@@ -380,7 +451,7 @@ class ServiceNode:
         store = self.store
         waiting = self.waiting
         me = self.node_id
-        leader = self.replica.leader
+        leader = self.usable_leader()
         sends = r.send_now
         for entry in r.committed:
             if entry.slot < store.applied_slot:
