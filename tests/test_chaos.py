@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from pyxos.chaos.netns import NetnsNetwork, netns_available
 from pyxos.chaos.proxy import LinkFaults, ProxyMesh
 from pyxos.chaos.run import ChaosOptions, ChaosReport, main_sync, replay_command
 from pyxos.chaos.schedule import KINDS, make_schedule, parse_kinds
@@ -81,7 +85,7 @@ async def _through_proxy(faults: LinkFaults, frames: list[bytes]) -> list[bytes]
     server = await asyncio.start_server(target, "127.0.0.1", 0)
     target_port = server.sockets[0].getsockname()[1]
     (listen,) = free_ports(1)
-    mesh = ProxyMesh({2: target_port}, {(1, 2): listen}, seed=1)
+    mesh = ProxyMesh({2: ("127.0.0.1", target_port)}, {(1, 2): listen}, seed=1)
     await mesh.start()
     mesh.set([(1, 2)], faults)
     _, writer = await asyncio.open_connection("127.0.0.1", listen)
@@ -147,3 +151,42 @@ def test_a_minute_of_every_nemesis_on_three_real_nodes(tmp_path: Path) -> None:
     assert (tmp_path / "history.jsonl").stat().st_size > 0
     assert (tmp_path / "report.txt").read_text().rstrip().endswith("verdict: PASS")
     assert report.plot_path is not None and report.plot_path.stat().st_size > 10_000
+
+
+# -- network namespaces (root only) --------------------------------------------------------
+
+
+def _connects(net: NetnsNetwork, node: int, port: int) -> bool:
+    """Whether a process in ``node``'s namespace can open a TCP connection to the bridge."""
+    code = (
+        "import socket,sys\n"
+        f"s=socket.create_connection(('{net.bridge_ip}',{port}),timeout=1.0)\n"
+        "s.sendall(b'x'); s.close()"
+    )
+    done = subprocess.run(
+        [*net.launcher(node), sys.executable, "-c", code], capture_output=True, check=False
+    )
+    return done.returncode == 0
+
+
+@pytest.mark.skipif(netns_available() is not None, reason=str(netns_available()))
+def test_netns_partitions_and_heals_a_directed_link() -> None:
+    net = NetnsNetwork([1, 2], seed=3)
+    net.setup()
+    try:
+        listener = socket.socket()
+        listener.bind((net.bridge_ip, 0))
+        listener.listen(16)
+        port = listener.getsockname()[1]
+        net.link_ports = {(1, 2): port, (2, 1): port}
+        assert _connects(net, 1, port)
+        net.block([(1, 2)])  # one way: node 1's packets to that port are dropped
+        assert not _connects(net, 1, port)
+        assert _connects(net, 2, port)
+        net.heal()
+        assert _connects(net, 1, port)
+        listener.close()
+    finally:
+        net.teardown()
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert all(ns not in listed for ns in net.ns.values())

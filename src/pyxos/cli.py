@@ -498,6 +498,14 @@ def status_cmd(url: str | None, base_dir: str) -> None:
     help="all, or a comma-separated subset of kill,pause,partition,loss,delay,wipe.",
 )
 @click.option(
+    "--net",
+    type=click.Choice(["proxy", "netns"]),
+    default="proxy",
+    show_default=True,
+    help="Where network faults are made: fault proxies, or (root) network namespaces "
+    "with iptables for partitions and loss.",
+)
+@click.option(
     "--out",
     "out_dir",
     default=None,
@@ -511,14 +519,18 @@ def chaos(
     keys: int,
     seed: int,
     nemesis: str,
+    net: str,
     out_dir: str | None,
 ) -> None:
     """Real node processes under a nemesis; exit 0 only if the verdict is PASS."""
     from pathlib import Path
 
+    from pyxos.chaos.netns import netns_available
     from pyxos.chaos.run import ChaosOptions, main_sync
     from pyxos.chaos.schedule import parse_kinds
 
+    if net == "netns" and (reason := netns_available()) is not None:
+        raise click.UsageError(reason)
     try:
         kinds = parse_kinds(nemesis)
     except ValueError as e:
@@ -530,6 +542,7 @@ def chaos(
         seed=seed,
         keys=keys,
         nemesis=kinds,
+        net=net,
         out_dir=Path(out_dir) if out_dir else None,
     )
     report = main_sync(options, progress=lambda line: click.echo(line, err=True))

@@ -24,6 +24,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,16 +46,18 @@ class LocalNode:
     peer_port: int
     client_port: int
     http_port: int
+    host: str = HOST
+    """The address the node listens on (loopback, or its network namespace's)."""
 
     @property
     def client_address(self) -> str:
         """``host:port`` of the binary client protocol."""
-        return f"{HOST}:{self.client_port}"
+        return f"{self.host}:{self.client_port}"
 
     @property
     def http_url(self) -> str:
         """Base URL of the HTTP API."""
-        return f"http://{HOST}:{self.http_port}"
+        return f"http://{self.host}:{self.http_port}"
 
 
 def free_ports(count: int) -> list[int]:
@@ -78,6 +81,8 @@ class LocalCluster:
         self.base_dir = base_dir
         self.nodes = {n.node_id: n for n in nodes}
         self.cluster_id = cluster_id
+        self.launch_prefix: dict[int, list[str]] = {}
+        """Per node, a command that runs the node process (e.g. ``ip netns exec NS``)."""
 
     # -- creation --------------------------------------------------------------------
 
@@ -91,19 +96,27 @@ class LocalCluster:
         election_timeout: tuple[float, float] = (0.3, 0.6),
         heartbeat_interval: float = 0.05,
         snapshot_every: int = 10_000,
+        hosts: Mapping[int, str] | None = None,
     ) -> LocalCluster:
-        """Write the configuration of a new ``size``-node cluster into ``base_dir``."""
+        """Write the configuration of a new ``size``-node cluster into ``base_dir``.
+
+        ``hosts`` gives a node its own listening address (default: 127.0.0.1).
+        """
         if size < 1:
             raise ClusterError("a cluster needs at least one node")
         base_dir.mkdir(parents=True, exist_ok=True)
         if (base_dir / "cluster.json").exists():
             raise ClusterError(f"{base_dir} already holds a cluster (cluster.json exists)")
         ports = free_ports(3 * size)
+        where = hosts or {}
         nodes = [
-            LocalNode(i + 1, ports[3 * i], ports[3 * i + 1], ports[3 * i + 2]) for i in range(size)
+            LocalNode(
+                i + 1, ports[3 * i], ports[3 * i + 1], ports[3 * i + 2], where.get(i + 1, HOST)
+            )
+            for i in range(size)
         ]
         cluster = cls(base_dir, nodes, cluster_id)
-        peers = ", ".join(f'"{n.node_id}" = "{HOST}:{n.peer_port}"' for n in nodes)
+        peers = ", ".join(f'"{n.node_id}" = "{n.host}:{n.peer_port}"' for n in nodes)
         for n in nodes:
             (base_dir / f"node-{n.node_id}.toml").write_text(
                 f'cluster_id = "{cluster_id}"\n'
@@ -124,6 +137,7 @@ class LocalCluster:
                     "peer_port": n.peer_port,
                     "client_port": n.client_port,
                     "http_port": n.http_port,
+                    "host": n.host,
                 }
                 for n in nodes
             ],
@@ -172,6 +186,7 @@ class LocalCluster:
         if running is not None:
             return running
         cmd = [
+            *self.launch_prefix.get(node_id, []),
             sys.executable,
             "-m",
             "pyxos.server",

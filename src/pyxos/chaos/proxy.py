@@ -73,7 +73,7 @@ class _Pipe:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            up_reader, self.upstream = await asyncio.open_connection(HOST, self.link.target_port)
+            up_reader, self.upstream = await asyncio.open_connection(*self.link.target)
         except OSError:
             self.writer.close()
             return
@@ -136,10 +136,10 @@ class _Pipe:
 class _Link:
     """The proxy of one directed pair ``src -> dst``."""
 
-    def __init__(self, src: int, dst: int, target_port: int, rng: random.Random) -> None:
+    def __init__(self, src: int, dst: int, target: tuple[str, int], rng: random.Random) -> None:
         self.src = src
         self.dst = dst
-        self.target_port = target_port
+        self.target = target
         self.rng = rng
         self.faults = LinkFaults()
         self.server: asyncio.base_events.Server | None = None
@@ -148,8 +148,8 @@ class _Link:
         self.forwarded = 0
         self.dropped = 0
 
-    async def start(self, port: int) -> None:
-        self.server = await asyncio.start_server(self._accept, HOST, port)
+    async def start(self, host: str, port: int) -> None:
+        self.server = await asyncio.start_server(self._accept, host, port)
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -171,29 +171,31 @@ class _Link:
 
 
 class ProxyMesh:
-    """Proxies for every directed pair of ``nodes``; faults set per link.
+    """Proxies for every directed pair of nodes; faults set per link.
 
-    ``listen_ports[(a, b)]`` is the port node ``a`` dials to reach node ``b``;
-    ``peer_ports[b]`` is ``b``'s real peer port.
+    ``listen_ports[(a, b)]`` is the port node ``a`` dials to reach node ``b`` (on
+    ``listen_host``); ``peers[b]`` is ``b``'s real peer address, ``(host, port)``.
     """
 
     def __init__(
         self,
-        peer_ports: dict[int, int],
+        peers: dict[int, tuple[str, int]],
         listen_ports: dict[tuple[int, int], int],
         seed: int = 0,
+        listen_host: str = HOST,
     ) -> None:
         rng = random.Random(seed)
         self.links = {
-            (a, b): _Link(a, b, peer_ports[b], random.Random(rng.getrandbits(64)))
+            (a, b): _Link(a, b, peers[b], random.Random(rng.getrandbits(64)))
             for (a, b) in listen_ports
         }
         self._listen = listen_ports
+        self._host = listen_host
 
     async def start(self) -> None:
         """Listen on every link's port."""
         for key, link in self.links.items():
-            await link.start(self._listen[key])
+            await link.start(self._host, self._listen[key])
 
     async def close(self) -> None:
         """Stop every proxy and close every proxied connection."""

@@ -49,6 +49,7 @@ from typing import Any
 
 import aiohttp
 
+from pyxos.chaos.netns import NetnsNetwork
 from pyxos.chaos.proxy import LinkFaults, ProxyMesh
 from pyxos.chaos.schedule import KINDS, Fault, make_schedule
 from pyxos.check.history import parse_line
@@ -71,6 +72,9 @@ class ChaosOptions:
     seed: int = 1
     keys: int = 5
     nemesis: tuple[str, ...] = KINDS
+    net: str = "proxy"
+    """``proxy``: every network fault in the harness's proxies; ``netns`` (root): each
+    node in its own network namespace, partitions and loss by iptables."""
     out_dir: Path | None = None
     """Where the history, report and plot go (default: a new temporary directory)."""
 
@@ -158,7 +162,7 @@ def replay_command(o: ChaosOptions) -> str:
     """The one command that runs the same schedule again."""
     return (
         f"pyxos chaos --nodes {o.nodes} --time {o.seconds:g} --clients {o.clients} "
-        f"--keys {o.keys} --seed {o.seed} --nemesis {','.join(o.nemesis)}"
+        f"--keys {o.keys} --seed {o.seed} --nemesis {','.join(o.nemesis)} --net {o.net}"
     )
 
 
@@ -294,10 +298,16 @@ class _Nemesis:
     """Plays the schedule against the processes and the proxies."""
 
     def __init__(
-        self, cluster: LocalCluster, mesh: ProxyMesh, faults: list[Fault], t0: float
+        self,
+        cluster: LocalCluster,
+        mesh: ProxyMesh,
+        faults: list[Fault],
+        t0: float,
+        netns: NetnsNetwork | None = None,
     ) -> None:
         self.cluster = cluster
         self.mesh = mesh
+        self.netns = netns
         self.faults = faults
         self.t0 = t0
         self.records: list[FaultRecord] = []
@@ -358,9 +368,15 @@ class _Nemesis:
                 node = await self._resolve(fault.target)
                 hit = [node]
                 blocked = {(node, y) for y in ids if y != node}
-            self.mesh.set(blocked, LinkFaults(blocked=True))
+            if self.netns is not None:
+                await asyncio.to_thread(self.netns.block, blocked)
+            else:
+                self.mesh.set(blocked, LinkFaults(blocked=True))
         elif fault.kind == "loss":
-            self.mesh.set(fault.pairs, LinkFaults(loss=fault.amount))
+            if self.netns is not None:
+                await asyncio.to_thread(self.netns.lose, fault.pairs, fault.amount)
+            else:
+                self.mesh.set(fault.pairs, LinkFaults(loss=fault.amount))
         elif fault.kind == "delay":
             self.mesh.set(fault.pairs, LinkFaults(delay=(fault.amount / 4, fault.amount)))
         return FaultRecord(fault, hit, time.monotonic_ns())  # from when it took effect
@@ -385,10 +401,15 @@ class _Nemesis:
                 self.cluster.kill(node, signal.SIGCONT)
                 self.paused.discard(node)
         else:
-            self.mesh.heal()
+            await self._heal_network()
+
+    async def _heal_network(self) -> None:
+        self.mesh.heal()
+        if self.netns is not None:
+            await asyncio.to_thread(self.netns.heal)
 
     async def heal_all(self) -> None:
-        self.mesh.heal()
+        await self._heal_network()
         for node in list(self.paused):
             self.cluster.kill(node, signal.SIGCONT)
         self.paused.clear()
@@ -397,17 +418,32 @@ class _Nemesis:
         self.down.clear()
 
 
-def _create_cluster(base: Path, nodes: int) -> tuple[LocalCluster, dict[tuple[int, int], int]]:
+def _create_cluster(
+    base: Path, nodes: int, netns: NetnsNetwork | None
+) -> tuple[LocalCluster, dict[tuple[int, int], int], str]:
+    """The cluster's configuration with every peer address a proxy; the proxy ports and
+    the address the proxies listen on."""
     cluster = LocalCluster.create(
-        base, nodes, cluster_id="pyxos-chaos", election_timeout=ELECTION_TIMEOUT
+        base,
+        nodes,
+        cluster_id="pyxos-chaos",
+        election_timeout=ELECTION_TIMEOUT,
+        hosts=netns.ips if netns is not None else None,
     )
+    proxy_host = netns.bridge_ip if netns is not None else "127.0.0.1"
     ids = sorted(cluster.nodes)
     pairs = [(a, b) for a in ids for b in ids if a != b]
     ports = dict(zip(pairs, free_ports(len(pairs)), strict=True))
+    if netns is not None:
+        netns.link_ports = ports
+        cluster.launch_prefix = {i: netns.launcher(i) for i in ids}
     for a in ids:
         path = base / f"node-{a}.toml"
+        own = cluster.nodes[a]
         peers = ", ".join(
-            f'"{b}" = "127.0.0.1:{cluster.nodes[b].peer_port if b == a else ports[(a, b)]}"'
+            f'"{b}" = "{own.host}:{own.peer_port}"'
+            if b == a
+            else f'"{b}" = "{proxy_host}:{ports[(a, b)]}"'
             for b in ids
         )
         lines = [
@@ -415,7 +451,7 @@ def _create_cluster(base: Path, nodes: int) -> tuple[LocalCluster, dict[tuple[in
             for line in path.read_text().splitlines()
         ]
         path.write_text("\n".join(lines) + "\n")
-    return cluster, ports
+    return cluster, ports, proxy_host
 
 
 def _checksum(cluster: LocalCluster, node: int) -> tuple[int | None, str]:
@@ -489,9 +525,28 @@ async def run_chaos(
     if base.exists():
         shutil.rmtree(base)
     report = ChaosReport(options, out)
-    cluster, link_ports = _create_cluster(base, options.nodes)
-    peer_ports = {i: n.peer_port for i, n in cluster.nodes.items()}
-    mesh = ProxyMesh(peer_ports, link_ports, seed=options.seed)
+    netns: NetnsNetwork | None = None
+    if options.net == "netns":
+        netns = NetnsNetwork(range(1, options.nodes + 1), options.seed)
+        await asyncio.to_thread(netns.setup)
+    try:
+        return await _run(options, out, base, report, netns, say)
+    finally:
+        if netns is not None:
+            await asyncio.to_thread(netns.teardown)
+
+
+async def _run(
+    options: ChaosOptions,
+    out: Path,
+    base: Path,
+    report: ChaosReport,
+    netns: NetnsNetwork | None,
+    say: Callable[[str], None],
+) -> ChaosReport:
+    cluster, link_ports, proxy_host = _create_cluster(base, options.nodes, netns)
+    peers = {i: (n.host, n.peer_port) for i, n in cluster.nodes.items()}
+    mesh = ProxyMesh(peers, link_ports, seed=options.seed, listen_host=proxy_host)
     await mesh.start()
     faults = make_schedule(
         options.seed, options.seconds, cluster.nodes, options.nemesis,
@@ -499,7 +554,7 @@ async def run_chaos(
     )  # fmt: skip
     loop = asyncio.get_running_loop()
     workload = _Workload(cluster, options)
-    nemesis = _Nemesis(cluster, mesh, faults, loop.time())
+    nemesis = _Nemesis(cluster, mesh, faults, loop.time(), netns)
     try:
         await asyncio.to_thread(cluster.start)
         await asyncio.to_thread(cluster.wait_for_leader, 20.0)
