@@ -474,3 +474,41 @@ def test_run_check_exit_codes(tmp_path: Path) -> None:
     out = io.StringIO()
     assert run_check(str(tmp_path / "missing.jsonl"), out) == 2
     assert "cannot read" in out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({**LINE, "op": "get", "value": None, "expected": None}, '"output"'),
+        ({**LINE, "expected": None}, '"expected"'),
+    ],
+)
+def test_a_line_lacking_a_field_its_operation_needs_is_refused(
+    tmp_path: Path, record: dict[str, object], message: str
+) -> None:
+    field = "output" if record["op"] == "get" else "expected"
+    del record[field]
+    path = tmp_path / "h.jsonl"
+    path.write_text(json.dumps(LINE) + "\n" + json.dumps(record) + "\n")
+    out = io.StringIO()
+    assert run_check(str(path), out) == 2
+    assert "line 2" in out.getvalue() and message in out.getvalue()
+    assert "missing" in out.getvalue()
+    # With the field present and null it is a real value: absent key, read or expected.
+    path.write_text(json.dumps(LINE) + "\n" + json.dumps({**record, field: None}) + "\n")
+    assert run_check(str(path), io.StringIO()) in (0, 1)
+
+
+def test_a_get_with_an_unknown_outcome_needs_no_output() -> None:
+    record = {**LINE, "op": "get", "value": None, "expected": None, "return": None, "ok": None}
+    del record["output"]
+    assert parse_line(json.dumps(record)).unknown
+
+
+def test_an_empty_history_is_refused_not_called_linearizable(tmp_path: Path) -> None:
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n")
+    out = io.StringIO()
+    assert run_check(str(path), out) == 2
+    assert "no operations" in out.getvalue()
+    assert "linearizable" not in out.getvalue()

@@ -14,6 +14,11 @@ Meaning of the fields, per operation:
   absent) it is set to ``value`` and ``ok`` is true; otherwise nothing changes and ``ok``
   is false. A cas with ``ok: false`` is a real outcome (the comparison failed).
 
+Every field a line's operation needs must be present, ``null`` where that is its
+value: ``value`` for put and cas, ``expected`` for every cas (``null`` means "absent",
+so a missing ``expected`` is not read as one), ``output`` for a get that returned
+(``null`` means "absent"). A line that leaves one out is refused, never read as null.
+
 ``call`` and ``return`` are nanoseconds on one clock. ``return: null`` or ``ok: null``
 means the outcome is unknown (the client timed out): the operation may have taken
 effect at any moment after its call, or never. A get, put or delete that returned with
@@ -100,21 +105,45 @@ class Operation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
         return self.return_ is None or self.ok is None
 
 
+class _Present(msgspec.Struct):
+    """Which of the fields that default to null a line really carries."""
+
+    output: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    expected: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+
+
 _decoder = msgspec.json.Decoder(Operation)
+_present_decoder = msgspec.json.Decoder(_Present)
 _encoder = msgspec.json.Encoder()
 
 
 def parse_line(line: bytes | str) -> Operation:
     """Decode one JSON line into an :class:`Operation`.
 
-    Raises :class:`HistoryError` (without a line number) if the line is malformed.
+    Raises :class:`HistoryError` (without a line number) if the line is malformed,
+    including when it lacks a field its operation needs (see the module notes).
     """
     try:
-        return _decoder.decode(line)
+        op = _decoder.decode(line)
     except msgspec.ValidationError as e:
         raise HistoryError(str(e)) from None
     except msgspec.DecodeError as e:
         raise HistoryError(f"invalid JSON: {e}") from None
+    # A null the decoder filled in for an absent field must not pass for a real one.
+    if (op.op == "cas" and op.expected is None) or (
+        op.op == "get" and op.output is None and not op.unknown
+    ):
+        present = _present_decoder.decode(line)
+        if op.op == "cas" and present.expected is msgspec.UNSET:
+            raise HistoryError(
+                'a cas needs "expected" (null: the key must be absent); the field is missing'
+            )
+        if op.op == "get" and present.output is msgspec.UNSET:
+            raise HistoryError(
+                'a get that returned needs "output" (null: the key was absent); '
+                "the field is missing"
+            )
+    return op
 
 
 def load_history(path: str | Path) -> list[Operation]:

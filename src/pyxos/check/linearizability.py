@@ -957,7 +957,7 @@ def run_check(path: str, out: TextIO, timeout_s: float | None = None) -> int:
     """Check the history file at ``path`` and print the verdict to ``out``.
 
     Returns the exit code: 0 linearizable, 1 not linearizable (the failing key and the
-    window are printed), 2 unreadable or malformed file, 3 timed out.
+    window are printed), 2 unreadable, malformed or empty file, 3 timed out.
     """
     try:
         ops = load_history(path)
@@ -966,6 +966,9 @@ def run_check(path: str, out: TextIO, timeout_s: float | None = None) -> int:
         return _EXIT_BAD_INPUT
     except OSError as e:
         print(f"error: cannot read {path}: {e.strerror or e}", file=out)
+        return _EXIT_BAD_INPUT
+    if not ops:
+        print(f"error: {path} holds no operations: an empty history proves nothing", file=out)
         return _EXIT_BAD_INPUT
     result = check_history(ops, timeout_s=timeout_s)
     print(result.describe(), file=out)
