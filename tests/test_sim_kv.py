@@ -24,8 +24,7 @@ def _sweep(nodes: int, seeds: range) -> None:
     for seed in seeds:
         r = run_kv(seed, nodes=nodes, faults=ALL, trace=False)
         if r.violation is not None:
-            replay = kv_replay_command(seed, nodes, 4, ALL, None)
-            failures.append(f"seed {seed}: {r.violation}\n  replay: {replay}")
+            failures.append(f"seed {seed}: {r.violation}\n  replay: {r.replay}")
         else:
             assert r.ok > 0 and r.slots > 0, f"seed {seed} did nothing"
     assert not failures, "\n".join(failures[:3])

@@ -34,6 +34,12 @@ def _faults_option(default: str) -> Callable[[F], F]:
     )
 
 
+def _stop_on_first_option() -> Callable[[F], F]:
+    return click.option(
+        "--stop-on-first", is_flag=True, help="Stop the sweep at the first failing seed."
+    )
+
+
 @click.group()
 @click.version_option(__version__, prog_name="pyxos")
 def main() -> None:
@@ -53,6 +59,7 @@ def sim() -> None:
 @_faults_option("drop,dup,reorder,delay,partition,crash")
 @click.option("--mutant", default=None, help="Run a deliberately broken variant.")
 @click.option("--trace", is_flag=True, help="Print the full trace of every run.")
+@_stop_on_first_option()
 def sim_synod(
     seeds: int,
     seed: int | None,
@@ -61,6 +68,7 @@ def sim_synod(
     faults: frozenset[str],
     mutant: str | None,
     trace: bool,
+    stop_on_first: bool,
 ) -> None:
     """Single-decree Paxos: agreement, validity and termination under faults."""
     from pyxos.core.synod import SynodNode
@@ -80,7 +88,12 @@ def sim_synod(
         return run_synod(s, nodes=nodes, faults=faults, variant=variant)
 
     results = run_seeds(
-        seed_list, one, lambda r: r.violation is not None, console, label=f"synod n={nodes}"
+        seed_list,
+        one,
+        lambda r: r.violation is not None,
+        console,
+        label=f"synod n={nodes}",
+        stop_on_failure=stop_on_first,
     )
     bad = [r for r in results if r.violation is not None]
     for r in results:
@@ -117,7 +130,19 @@ def sim_synod(
 @click.option("--first-seed", default=0, show_default=True, help="First seed of the range.")
 @click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True)
 @click.option("--clients", type=click.IntRange(1, 64), default=4, show_default=True)
-@click.option("--ops", default=40, show_default=True, help="Operations per client.")
+@click.option(
+    "--ops", type=click.IntRange(0), default=40, show_default=True, help="Operations per client."
+)
+@click.option(
+    "--keys", type=click.IntRange(1), default=3, show_default=True, help="Keys the clients share."
+)
+@click.option(
+    "--snapshot-every",
+    type=click.IntRange(1),
+    default=25,
+    show_default=True,
+    help="Snapshot every this many applied slots.",
+)
 @_faults_option("all")
 @click.option("--mutant", default=None, help="Run a deliberately broken variant.")
 @click.option(
@@ -128,6 +153,7 @@ def sim_synod(
     help="Write the client history (JSON lines) of the run (of the last seed).",
 )
 @click.option("--trace", is_flag=True, help="Print the full trace of every run.")
+@_stop_on_first_option()
 def sim_kv(
     seeds: int,
     seed: int | None,
@@ -135,31 +161,23 @@ def sim_kv(
     nodes: int,
     clients: int,
     ops: int,
+    keys: int,
+    snapshot_every: int,
     faults: frozenset[str],
     mutant: str | None,
     history_path: str | None,
     trace: bool,
+    stop_on_first: bool,
 ) -> None:
-    """The replicated KV store: agreement, validity, linearizability, liveness."""
+    """The replicated KV store: agreement, validity, replica divergence,
+    linearizability, liveness and convergence."""
     from pyxos.check.history import dump_history
-    from pyxos.core.replica import Replica
-    from pyxos.sim.kv import KVResult, kv_replay_command, run_kv
-    from pyxos.sim.mutants import REPLICA_MUTANTS, STORE_MUTANTS
+    from pyxos.sim.kv import KV_MUTANTS, KVResult, run_kv
     from pyxos.sim.report import percentile, run_seeds, summary_table
-    from pyxos.statemachine.kv import KVStore
 
     console = Console()
-    replica_factory: type[Replica] = Replica
-    store_factory: type[KVStore] = KVStore
-    early_ack = mutant == "early-ack"
-    if mutant is not None and not early_ack:
-        if mutant in REPLICA_MUTANTS:
-            replica_factory = REPLICA_MUTANTS[mutant]
-        elif mutant in STORE_MUTANTS:
-            store_factory = STORE_MUTANTS[mutant]
-        else:
-            names = sorted([*REPLICA_MUTANTS, *STORE_MUTANTS, "early-ack"])
-            raise click.BadParameter(f"choose from {names}", param_hint="--mutant")
+    if mutant is not None and mutant not in KV_MUTANTS:
+        raise click.BadParameter(f"choose from {KV_MUTANTS}", param_hint="--mutant")
     seed_list = [seed] if seed is not None else list(range(first_seed, first_seed + seeds))
 
     def one(s: int) -> KVResult:
@@ -168,15 +186,20 @@ def sim_kv(
             nodes=nodes,
             clients=clients,
             ops_per_client=ops,
+            keys=keys,
+            snapshot_every=snapshot_every,
             faults=faults,
-            replica_factory=replica_factory,
-            store_factory=store_factory,
-            ack_before_sync=early_ack,
+            mutant=mutant,
             trace=trace or len(seed_list) == 1,
         )
 
     results = run_seeds(
-        seed_list, one, lambda r: r.violation is not None, console, label=f"kv n={nodes}"
+        seed_list,
+        one,
+        lambda r: r.violation is not None,
+        console,
+        label=f"kv n={nodes}",
+        stop_on_failure=stop_on_first,
     )
     if history_path is not None and results:
         dump_history(results[-1].history, history_path)
@@ -195,6 +218,7 @@ def sim_kv(
         ("ops unknown", str(sum(r.unknown for r in results))),
         ("elections", str(sum(r.leader_changes for r in results))),
         ("slots chosen", str(sum(r.slots for r in results))),
+        ("replica digests compared", str(sum(r.audits for r in results))),
         ("messages delivered", str(sum(r.stats.get("delivered", 0) for r in results))),
         ("messages dropped", str(sum(r.stats.get("dropped", 0) for r in results))),
         ("latency p50 (sim)", f"{percentile(latencies, 0.5) * 1000:.1f} ms"),
@@ -206,7 +230,7 @@ def sim_kv(
         assert r.violation is not None
         console.print(f"[red]seed {r.seed}: {r.violation.check} violated[/red]")
         click.echo(r.violation.detail)
-        click.echo(f"replay: {kv_replay_command(r.seed, nodes, clients, faults, mutant)}")
+        click.echo(f"replay: {r.replay}")
     sys.exit(1 if bad else 0)
 
 
@@ -215,7 +239,8 @@ def sim_kv(
 @click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
 def check_cmd(history: str, timeout: float | None) -> None:
     """Check a client history (JSON lines) for linearizability: exit 0 if linearizable,
-    1 if not (naming the first failing key and the smallest window), 2 on bad input."""
+    1 if not (naming the first failing key and the smallest window), 2 on bad input
+    (a malformed line, a line lacking a field its operation needs, an empty history)."""
     from pyxos.check.linearizability import run_check
 
     sys.exit(run_check(history, sys.stdout, timeout_s=timeout))

@@ -16,17 +16,25 @@ and Accepted message the simulator carries, and decides for itself when a value 
 *chosen* (a phase-2 quorum of acceptors accepted it in one ballot), which is the
 definition of agreement in the papers. It also checks that a ballot never carries two
 different values at one slot (a proposer that reuses a ballot after a crash).
+
+Agreement on the log is not yet agreement on the state: a state machine that leaves
+part of its state out of its snapshot (or is not deterministic) makes replicas that
+applied the same slots hold different states and answer the same slot differently.
+The :class:`DivergenceMonitor` compares what replicas report after each applied slot
+(a digest of the whole state, and one of the results the slot produced) and, at the
+end of a run, that every live replica reached the same slot with the same state.
 """
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable
 
 from pyxos.core.ballot import Ballot
 from pyxos.core.messages import Accept, Accepted, Entry, Message
 from pyxos.core.quorum import QuorumSystem
 
-__all__ = ["ChosenMonitor", "SafetyMonitor", "Violation"]
+__all__ = ["ChosenMonitor", "DivergenceMonitor", "SafetyMonitor", "Violation"]
 
 
 class Violation(Exception):
@@ -36,6 +44,16 @@ class Violation(Exception):
         super().__init__(f"{check}: {detail}")
         self.check = check
         self.detail = detail
+
+    @classmethod
+    def from_exception(cls, e: BaseException, now: float) -> Violation:
+        """An ``exception`` violation: ``e`` was raised inside a run at time ``now``
+        (a node tripped an assertion, say); the detail names the innermost frames."""
+        frames = traceback.extract_tb(e.__traceback__)[-3:]
+        where = " <- ".join(
+            f"{f.filename.rsplit('/src/', 1)[-1]}:{f.lineno} in {f.name}" for f in reversed(frames)
+        )
+        return cls("exception", f"{type(e).__name__}: {e} (raised at {now:.6f}s; at {where})")
 
 
 class SafetyMonitor:
@@ -109,4 +127,66 @@ class ChosenMonitor:
                 "agreement",
                 f"slot {slot}: {first[1]!r} was chosen in ballot {first[0]} and "
                 f"{value!r} in ballot {ballot}",
+            )
+
+
+class DivergenceMonitor:
+    """Replicas that applied the same slots hold the same state and gave the same results.
+
+    ``observe`` takes the audit of a replica (``ServiceNode.audit_with``): after it
+    applied every slot below ``applied_slot``, its state digest, and the digest of the
+    results of slot ``applied_slot - 1`` (None when the state came from a snapshot).
+    The first report per slot is the reference; any later different one raises.
+    """
+
+    def __init__(self) -> None:
+        self.states: dict[int, tuple[int, int]] = {}
+        """applied_slot -> (first node to report it, its state digest)."""
+        self.results: dict[int, tuple[int, int]] = {}
+        """slot -> (first node to apply it, the digest of its results)."""
+        self.reports = 0
+
+    def observe(
+        self, node_id: int, applied_slot: int, state_digest: int, results_digest: int | None
+    ) -> None:
+        """Record one audit report; raise :class:`Violation` on a divergence."""
+        self.reports += 1
+        seen = self.states.setdefault(applied_slot, (node_id, state_digest))
+        if seen[1] != state_digest:
+            how = (
+                "after applying" if results_digest is not None else "after restoring a snapshot of"
+            )
+            raise Violation(
+                "divergence",
+                f"state after slot {applied_slot - 1}: node {seen[0]} has digest "
+                f"{seen[1]:016x} but node {node_id}, {how} slots < {applied_slot}, has "
+                f"{state_digest:016x}",
+            )
+        if results_digest is None:
+            return
+        slot = applied_slot - 1
+        first = self.results.setdefault(slot, (node_id, results_digest))
+        if first[1] != results_digest:
+            raise Violation(
+                "divergence",
+                f"results of slot {slot}: node {first[0]} produced digest {first[1]:016x} "
+                f"but node {node_id} {results_digest:016x}",
+            )
+
+    def check_converged(self, replicas: dict[int, tuple[int, int]], target: int) -> None:
+        """Every live replica (``node -> (applied_slot, state digest)``) applied every
+        slot below ``target`` and holds the same state; raise :class:`Violation` if not."""
+        behind = {n: a for n, (a, _) in replicas.items() if a != target}
+        if behind:
+            raise Violation(
+                "convergence",
+                f"live replicas did not all apply the {target} chosen slots: applied "
+                + ", ".join(f"node {n}: {a}" for n, a in sorted(behind.items())),
+            )
+        digests = {d for _, d in replicas.values()}
+        if len(digests) > 1:
+            raise Violation(
+                "convergence",
+                f"live replicas applied the same {target} slots but hold different states: "
+                + ", ".join(f"node {n}: {d:016x}" for n, (_, d) in sorted(replicas.items())),
             )

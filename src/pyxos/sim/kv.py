@@ -14,9 +14,20 @@ Checked in every run:
 
 - agreement per slot across replicas, and on what acceptors *chose* (omniscient);
 - validity: every applied slot is a no-op or a batch of commands clients really sent;
-- linearizability of the client history (``pyxos.check.linearizability``);
+- divergence: replicas that applied the same slots hold the same state (digest of
+  the data and the session table) and produced the same results for every slot;
+- linearizability of the client history (``pyxos.check.linearizability``), also when
+  the run ends on its time limit: an operation still in flight then is recorded with
+  an unknown outcome, so the history holds every call;
 - liveness: once the faults heal (plus a settling time for an election), every
-  operation a live client calls completes, with no unknown outcome.
+  operation a live client calls completes, with no unknown outcome;
+- convergence: at the end, every live replica applies every chosen slot and all hold
+  the same state.
+
+An exception raised anywhere in the run (a node tripping an assertion, say) is a
+verdict too: an ``exception`` violation naming where it was raised, with the seed and
+the replay command like any other. ``KVResult.replay`` is that command, with every
+option the run depends on.
 """
 
 from __future__ import annotations
@@ -29,25 +40,42 @@ from typing import Literal, cast
 import msgspec
 
 from pyxos.check.history import Operation
-from pyxos.check.invariants import ChosenMonitor, SafetyMonitor, Violation
+from pyxos.check.invariants import ChosenMonitor, DivergenceMonitor, SafetyMonitor, Violation
 from pyxos.check.linearizability import check_history
 from pyxos.core.messages import ClientReply, ClientRequest, Entry, Message
 from pyxos.core.quorum import Majority, QuorumSystem
 from pyxos.core.ready import Node, Ready, Send
 from pyxos.core.replica import Replica, ReplicaConfig, Role
+from pyxos.sim.mutants import REPLICA_MUTANTS, STORE_MUTANTS
 from pyxos.sim.nemesis import Nemesis
 from pyxos.sim.world import NodeFactory, Simulator, TraceEvent, format_trace
 from pyxos.statemachine.kv import Command, KVStore, decode_batch, decode_result
 from pyxos.statemachine.service import SNAPSHOT_CHUNK, ServiceNode
 from pyxos.storage.memory import MemoryStorage
 
-__all__ = ["KVResult", "SimClient", "kv_replay_command", "run_kv", "service_node_factory"]
+__all__ = [
+    "KV_MUTANTS",
+    "KVResult",
+    "SimClient",
+    "kv_replay_command",
+    "run_kv",
+    "service_node_factory",
+]
 
 CLIENT_BASE = 1000
 """Client process ids start here (replica ids are 1..n)."""
 
 ReplicaFactory = Callable[..., Replica]
 StoreFactory = Callable[[], KVStore]
+
+KV_MUTANTS = sorted([*REPLICA_MUTANTS, *STORE_MUTANTS, "early-ack"])
+"""Every name ``run_kv(mutant=...)`` and ``pyxos sim kv --mutant`` take."""
+
+DEFAULT_OPS = 40
+DEFAULT_KEYS = 3
+DEFAULT_SNAPSHOT_EVERY = 25
+CONVERGE_BOUND = 2.0
+"""Seconds (virtual) the live replicas get, after the clients finish, to converge."""
 _command_encoder = msgspec.msgpack.Encoder()
 OpName = Literal["get", "put", "cas", "delete"]
 
@@ -61,6 +89,8 @@ class KVResult:
     clients: int
     violation: Violation | None = None
     history: list[Operation] = field(default_factory=list)
+    calls: int = 0
+    """Operations the clients called; the history holds every one of them."""
     ok: int = 0
     failed: int = 0
     unknown: int = 0
@@ -69,6 +99,10 @@ class KVResult:
     latencies: list[float] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
     trace: list[TraceEvent] = field(default_factory=list)
+    replay: str = ""
+    """The one command that replays this run exactly (every option it depends on)."""
+    audits: int = 0
+    """Digest reports the divergence check compared."""
 
     def trace_text(self, limit: int | None = None) -> str:
         """The run's trace as readable lines."""
@@ -76,14 +110,40 @@ class KVResult:
 
 
 def kv_replay_command(
-    seed: int, nodes: int, clients: int, faults: frozenset[str], mutant: str | None
+    seed: int,
+    nodes: int,
+    clients: int,
+    faults: frozenset[str],
+    mutant: str | None,
+    *,
+    ops: int = DEFAULT_OPS,
+    keys: int = DEFAULT_KEYS,
+    snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
 ) -> str:
-    """The one command that replays this seed."""
+    """The one command that replays this seed: every option of ``pyxos sim kv`` that
+    shapes a run is spelled out, defaults included, so the command means the same run
+    even if a default changes."""
     kinds = ",".join(sorted(faults)) or "none"
-    cmd = f"pyxos sim kv --seed {seed} --nodes {nodes} --clients {clients} --faults {kinds}"
+    cmd = (
+        f"pyxos sim kv --seed {seed} --nodes {nodes} --clients {clients} --ops {ops} "
+        f"--keys {keys} --snapshot-every {snapshot_every} --faults {kinds}"
+    )
     if mutant:
         cmd += f" --mutant {mutant}"
     return cmd + " --trace"
+
+
+def _mutant_parts(name: str | None) -> tuple[ReplicaFactory | None, StoreFactory | None, bool]:
+    """(replica factory, store factory, ack before sync) of a mutant; None: the real one."""
+    if name is None:
+        return None, None, False
+    if name == "early-ack":
+        return None, None, True
+    if name in REPLICA_MUTANTS:
+        return REPLICA_MUTANTS[name], None, False
+    if name in STORE_MUTANTS:
+        return None, STORE_MUTANTS[name], False
+    raise ValueError(f"unknown mutant {name!r}; choose from {', '.join(KV_MUTANTS)}")
 
 
 class SimClient:
@@ -215,6 +275,12 @@ class SimClient:
         # The next attempt goes elsewhere unless a reply names the leader first.
         self.target = self.rng.choice(self.servers)
 
+    def abandon(self) -> None:
+        """The run is over: record the operation in flight, if any, as unknown (it may
+        or may not have taken effect), so the history holds every call."""
+        if self.current is not None:
+            self._finish(ok=None, output=None, unknown=True)
+
     def _finish(
         self, *, ok: bool | None, output: str | None, unknown: bool = False, failed: bool = False
     ) -> None:
@@ -283,27 +349,47 @@ def run_kv(
     nodes: int = 3,
     clients: int = 4,
     faults: frozenset[str] = frozenset(),
-    ops_per_client: int = 40,
-    keys: int = 3,
+    ops_per_client: int = DEFAULT_OPS,
+    keys: int = DEFAULT_KEYS,
     fault_until: float = 1.5,
     settle: float = 1.0,
     liveness_bound: float = 4.0,
+    mutant: str | None = None,
     replica_factory: ReplicaFactory = Replica,
     store_factory: StoreFactory = KVStore,
     config: ReplicaConfig | None = None,
     trace: bool = True,
     check_linearizability: bool = True,
+    check_divergence: bool = True,
     ack_before_sync: bool = False,
-    snapshot_every: int = 25,
+    snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
     snapshot_bytes: int = 64 * 1024 * 1024,
 ) -> KVResult:
-    """Simulate one seed of the replicated KV store and check it."""
+    """Simulate one seed of the replicated KV store and check it.
+
+    ``mutant`` names a deliberately broken variant (:data:`KV_MUTANTS`); it overrides
+    ``replica_factory``, ``store_factory`` or ``ack_before_sync`` accordingly.
+    """
+    m_replica, m_store, m_early = _mutant_parts(mutant)
+    replica_factory = m_replica or replica_factory
+    store_factory = m_store or store_factory
+    ack_before_sync = ack_before_sync or m_early
     sim = Simulator(seed, trace=trace)
     sim.ack_before_sync = ack_before_sync
     ids = list(range(1, nodes + 1))
     quorum = Majority(ids)
     config = config or ReplicaConfig()
     result = KVResult(seed, nodes, clients)
+    result.replay = kv_replay_command(
+        seed,
+        nodes,
+        clients,
+        faults,
+        mutant,
+        ops=ops_per_client,
+        keys=keys,
+        snapshot_every=snapshot_every,
+    )
     history = result.history
     issued: set[bytes] = set()
     client_ids = [CLIENT_BASE + i for i in range(1, clients + 1)]
@@ -318,8 +404,9 @@ def run_kv(
         return all(_command_encoder.encode(c) in issued for c in commands)
 
     monitor = SafetyMonitor(is_valid=valid)
+    divergence = DivergenceMonitor()
 
-    replica_node = service_node_factory(
+    build_node = service_node_factory(
         quorum,
         config,
         replica_factory=replica_factory,
@@ -327,6 +414,12 @@ def run_kv(
         snapshot_every=snapshot_every,
         snapshot_bytes=snapshot_bytes,
     )
+
+    def replica_node(node_id: int, storage: MemoryStorage, rng: random.Random, now: float) -> Node:
+        node = build_node(node_id, storage, rng, now)
+        if check_divergence and isinstance(node, ServiceNode):
+            node.audit_with(divergence.observe)
+        return node
 
     def client_node(client_id: int, storage: MemoryStorage, rng: random.Random, now: float) -> Node:
         return SimClient(
@@ -343,31 +436,35 @@ def run_kv(
     def observe(node_id: int, entries: list[Entry]) -> None:
         monitor.observe(node_id, entries)
 
-    for i in ids:
-        sim.add_node(i, replica_node)
-    for c in client_ids:
-        sim.add_node(c, client_node, crashable=False)
-    sim.observers.append(observe)
-    sim.send_observers.append(ChosenMonitor(quorum).observe)
-
-    def leader() -> int | None:
-        for i in ids:
-            node = sim.node(i)
-            if isinstance(node, ServiceNode) and node.replica.role is Role.LEADER:
-                return i
-        return None
-
-    Nemesis(sim, faults, ids, fault_until, leader=leader)
-
     def clients_done() -> bool:
         return all(not _client(sim, c).busy and _client(sim, c).ops_left <= 0 for c in client_ids)
 
     end = fault_until + settle + liveness_bound
     try:
+        for i in ids:
+            sim.add_node(i, replica_node)
+        for c in client_ids:
+            sim.add_node(c, client_node, crashable=False)
+        sim.observers.append(observe)
+        sim.send_observers.append(ChosenMonitor(quorum).observe)
+
+        def leader() -> int | None:
+            for i in ids:
+                node = sim.node(i)
+                if isinstance(node, ServiceNode) and node.replica.role is Role.LEADER:
+                    return i
+            return None
+
+        Nemesis(sim, faults, ids, fault_until, leader=leader)
         sim.run(end, stop=clients_done)
         calm = int((fault_until + settle) * 1e9)
         late_unknown = [op for op in history if op.return_ is None and op.call >= calm]
         stuck = [c for c in client_ids if _client(sim, c).busy or _client(sim, c).ops_left > 0]
+        _abandon_in_flight(sim, client_ids)
+        if check_linearizability:
+            verdict = check_history(history)
+            if not verdict.ok:
+                raise Violation("linearizability", verdict.describe())
         if late_unknown or stuck:
             raise Violation(
                 "liveness",
@@ -375,12 +472,14 @@ def run_kv(
                 f"called after {fault_until + settle}s ended unknown; clients still working "
                 f"at {end}s: {stuck}",
             )
-        if check_linearizability:
-            verdict = check_history(history)
-            if not verdict.ok:
-                raise Violation("linearizability", verdict.describe())
+        if check_divergence:
+            _check_convergence(sim, ids, divergence)
     except Violation as v:
         result.violation = v
+    except Exception as e:  # a crash is a verdict too, with its seed and replay
+        result.violation = Violation.from_exception(e, sim.now)
+    _abandon_in_flight(sim, client_ids)
+    result.calls = sum(_client(sim, c).seq for c in client_ids if sim.node(c) is not None)
     result.ok = sum(
         1 for op in history if op.ok is not None and op.return_ is not None and not _failed(op)
     )
@@ -390,8 +489,53 @@ def run_kv(
     result.slots = max((len(monitor.first),), default=0)
     result.leader_changes = _leader_changes(sim, ids)
     result.stats = dict(sim.stats)
+    result.audits = divergence.reports
     result.trace = sim.trace
     return result
+
+
+def _abandon_in_flight(sim: Simulator, client_ids: list[int]) -> None:
+    for c in client_ids:
+        node = sim.node(c)
+        if isinstance(node, SimClient):
+            node.abandon()
+
+
+def _applied(sim: Simulator, ids: list[int]) -> dict[int, ServiceNode]:
+    live: dict[int, ServiceNode] = {}
+    for i in ids:
+        node = sim.node(i)
+        if isinstance(node, ServiceNode):
+            live[i] = node
+    return live
+
+
+def _check_convergence(sim: Simulator, ids: list[int], divergence: DivergenceMonitor) -> None:
+    """Run on (faults healed, clients done) until every live replica applied every chosen
+    slot, for at most ``CONVERGE_BOUND`` seconds; then they must all hold one state."""
+
+    def target() -> int:
+        return max((n.replica.first_unchosen for n in _applied(sim, ids).values()), default=0)
+
+    def converged() -> bool:
+        t = target()
+        return all(n.store.applied_slot == t for n in _applied(sim, ids).values())
+
+    done = [converged()]
+    deadline = sim.now + CONVERGE_BOUND
+
+    def poll() -> None:
+        done[0] = converged()
+        if not done[0] and sim.now < deadline:
+            sim.call_at(sim.now + 0.01, poll)
+
+    if not done[0]:
+        sim.call_at(sim.now + 0.01, poll)
+        sim.run(deadline, stop=lambda: done[0])
+    live = _applied(sim, ids)
+    divergence.check_converged(
+        {i: (n.store.applied_slot, n.store.state_digest()) for i, n in live.items()}, target()
+    )
 
 
 def _failed(op: Operation) -> bool:

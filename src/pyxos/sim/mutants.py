@@ -11,17 +11,21 @@ can replay a failing seed of a mutant exactly.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import msgspec
+
 from pyxos.core.acceptor import Acceptor
 from pyxos.core.ballot import ZERO, Ballot
-from pyxos.core.messages import Entry
+from pyxos.core.messages import Commit, Entry, ReadAck
 from pyxos.core.quorum import QuorumSystem
 from pyxos.core.ready import Ready, Rng
 from pyxos.core.replica import NOOP, Replica
 from pyxos.core.synod import Proposer, SynodNode
-from pyxos.statemachine.kv import KVStore, KVStoreWithoutDedup
+from pyxos.statemachine.base import Applied
+from pyxos.statemachine.kv import KVStore, KVStoreWithoutDedup, decode_batch
 
 __all__ = ["REPLICA_MUTANTS", "STORE_MUTANTS", "SYNOD_MUTANTS"]
 
@@ -144,7 +148,22 @@ class EternalLeaseReplica(Replica):
             self.lease_until = float("inf")
 
 
+class HeartbeatDeafReplica(Replica):
+    """A follower that learns chosen slots only from the commit index an Accept carries,
+    never from a Commit heartbeat: once the load stops, it never learns the last slots.
+    Clients see nothing wrong (the leader answers them); the replicas never converge."""
+
+    def _on_commit(self, msg: Commit) -> None:
+        if msg.ballot < self.acceptor.promised:
+            super()._on_commit(msg)  # the Nack, as the real one
+            return
+        self._heard_from_leader(msg.ballot)
+        if msg.read and not self.rebuilding:
+            self._send_now((msg.src,), ReadAck(self.node_id, msg.ballot, msg.read))
+
+
 REPLICA_MUTANTS: dict[str, type[Replica]] = {
+    "heartbeat-deaf": HeartbeatDeafReplica,
     "eternal-lease": EternalLeaseReplica,
     "unconfirmed-reads": UnconfirmedReadReplica,
     "amnesia": AmnesiacReplica,
@@ -154,5 +173,48 @@ REPLICA_MUTANTS: dict[str, type[Replica]] = {
 }
 """Broken Multi-Paxos variants, by the name ``pyxos sim kv --mutant`` takes."""
 
-STORE_MUTANTS: dict[str, type[KVStore]] = {"double-apply": KVStoreWithoutDedup}
+
+class SessionlessSnapshotStore(KVStore):
+    """A state machine whose snapshot leaves out the session table (keeps the data).
+
+    A replica that restores such a snapshot (after a restart, or by InstallSnapshot)
+    has forgotten which commands it already applied: a retry of one of them, chosen
+    again in a later slot, is applied a second time there and nowhere else. The log
+    still agrees; the replicas' states and answers do not.
+    """
+
+    def snapshot(self) -> bytes:
+        sessions, self._sessions = self._sessions, OrderedDict()
+        try:
+            return super().snapshot()
+        finally:
+            self._sessions = sessions
+
+
+class FreshOnlyStore(KVStore):
+    """A state machine that asserts every command it applies is new: it forgets that a
+    retry of a command that was already chosen is chosen again and reaches ``apply``.
+
+    The assertion trips inside a node during a run; the simulator must report that as a
+    violation with the seed and its replay command, not die with a traceback.
+    """
+
+    def apply(self, slot: int, value: bytes) -> list[Applied]:
+        try:
+            commands = decode_batch(value) if value else []
+        except msgspec.DecodeError:
+            commands = []
+        for cmd in commands:
+            session = self.session(cmd.client)
+            assert session is None or cmd.seq > session[0], (
+                f"client {cmd.client} seq {cmd.seq} applied twice (slot {slot})"
+            )
+        return super().apply(slot, value)
+
+
+STORE_MUTANTS: dict[str, type[KVStore]] = {
+    "double-apply": KVStoreWithoutDedup,
+    "sessionless-snapshot": SessionlessSnapshotStore,
+    "fresh-only": FreshOnlyStore,
+}
 """Broken state machines, by the name ``pyxos sim kv --mutant`` takes."""

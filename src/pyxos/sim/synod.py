@@ -7,7 +7,9 @@ proposing its own value at a random time early in the run (so proposers duel), t
 the requested faults on until ``fault_until``, then heals everything. The
 :class:`~pyxos.check.invariants.SafetyMonitor` checks agreement and validity at every
 learn; termination is checked at the end: every live node must have learned within
-``termination_bound`` seconds of virtual time after the heal. The result carries the
+``termination_bound`` seconds of virtual time after the heal. An exception raised
+inside the run (a node tripping an assertion) is an ``exception`` violation, with the
+seed and replay command like any other. The result carries the
 statistics for the summary table and, on a violation, the trace that led to it.
 """
 
@@ -108,36 +110,36 @@ def run_synod(
             rounds_before_first[0] = _rounds(sim, ids)
         monitor.observe(node_id, entries)
 
-    for i in ids:
-        sim.add_node(i, factory)
-    sim.observers.append(observe)
-    sim.send_observers.append(ChosenMonitor(quorum).observe)
-
-    def _propose_fresh(node_id: int) -> None:
-        _propose(sim, node_id, fresh_value(node_id))
-
-    Nemesis(sim, faults, ids, fault_until, interval=(0.005, 0.04))
-    # Late proposals, even at nodes that already learned, stress agreement: every
-    # round after the choice must propose the chosen value.
-    for i in ids:
-        for _ in range(repropose):
-            when = sim.rng.uniform(0.0, fault_until)
-            sim.call_at(when, functools.partial(_propose_fresh, i))
-
-    # Clients retry: at the heal, every node that has learned nothing proposes again,
-    # so termination is owed even if every earlier proposer crashed.
-    def retry_unlearned() -> None:
-        for i in ids:
-            node = sim.node(i)
-            if node is not None and _learned(node) is None:
-                _propose(sim, i, fresh_value(i))
-
-    sim.call_at(fault_until, retry_unlearned)
-
-    def everyone_learned() -> bool:
-        return sim.now >= fault_until and all(_learned(sim.node(i)) is not None for i in ids)
-
     try:
+        for i in ids:
+            sim.add_node(i, factory)
+        sim.observers.append(observe)
+        sim.send_observers.append(ChosenMonitor(quorum).observe)
+
+        def _propose_fresh(node_id: int) -> None:
+            _propose(sim, node_id, fresh_value(node_id))
+
+        Nemesis(sim, faults, ids, fault_until, interval=(0.005, 0.04))
+        # Late proposals, even at nodes that already learned, stress agreement: every
+        # round after the choice must propose the chosen value.
+        for i in ids:
+            for _ in range(repropose):
+                when = sim.rng.uniform(0.0, fault_until)
+                sim.call_at(when, functools.partial(_propose_fresh, i))
+
+        # Clients retry: at the heal, every node that has learned nothing proposes again,
+        # so termination is owed even if every earlier proposer crashed.
+        def retry_unlearned() -> None:
+            for i in ids:
+                node = sim.node(i)
+                if node is not None and _learned(node) is None:
+                    _propose(sim, i, fresh_value(i))
+
+        sim.call_at(fault_until, retry_unlearned)
+
+        def everyone_learned() -> bool:
+            return sim.now >= fault_until and all(_learned(sim.node(i)) is not None for i in ids)
+
         sim.run(fault_until + termination_bound, stop=everyone_learned)
         missing = [i for i in sim.live_nodes() if _learned(sim.node(i)) is None]
         if missing:
@@ -148,6 +150,8 @@ def run_synod(
             )
     except Violation as v:
         result.violation = v
+    except Exception as e:  # a node that raised is a verdict too, with its seed
+        result.violation = Violation.from_exception(e, sim.now)
     for i in ids:
         learned = _learned(sim.node(i))
         if learned is not None:

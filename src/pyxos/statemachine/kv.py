@@ -46,6 +46,16 @@ A snapshot is the msgpack encoding of the keys and values, the sessions in LRU o
 and ``applied_slot`` (never pickle: a snapshot arrives from peers). Restoring it and
 applying the following slots gives the same state and the same results, byte for byte,
 as never having snapshotted.
+
+State digest: ``state_digest()`` is a 64-bit fingerprint of the keys and values *and*
+the session table (each session's client, last seq and result), so that the simulator
+can compare replicas at every applied slot. It is the sum, modulo 2**64, of one
+BLAKE2b hash per key and per session: order-independent, so each write updates it in
+O(1) (subtract the old entry's hash, add the new one's) once ``track_digest()`` has
+been called; untracked, ``state_digest()`` computes it from scratch and ``apply`` pays
+nothing. The sessions' LRU order is not hashed; an order that differs between replicas
+shows up as soon as it evicts different sessions. ``applied_slot`` is not hashed
+either: digests are compared at equal applied slots.
 """
 
 from __future__ import annotations
@@ -53,6 +63,7 @@ from __future__ import annotations
 import heapq
 from collections import OrderedDict
 from collections.abc import Sequence
+from hashlib import blake2b
 from typing import ClassVar, Final
 
 import msgspec
@@ -164,6 +175,20 @@ _snapshot_decoder = msgspec.msgpack.Decoder(_KVSnapshot)
 _OK: Final = _encoder.encode(Result(ok=True))
 _NOT_OK: Final = _encoder.encode(Result(ok=False))
 
+_DIGEST_MASK: Final = (1 << 64) - 1
+
+
+def _value_hash(key: str, value: str) -> int:
+    """One key's share of the state digest."""
+    h = blake2b(_encoder.encode((key, value)), digest_size=8, person=b"kv-value")
+    return int.from_bytes(h.digest(), "little")
+
+
+def _session_hash(client: int, seq: int, result: bytes) -> int:
+    """One client session's share of the state digest."""
+    h = blake2b(_encoder.encode((client, seq, result)), digest_size=8, person=b"kv-sess")
+    return int.from_bytes(h.digest(), "little")
+
 
 def encode_batch(commands: Sequence[Command]) -> bytes:
     """Encode ``commands`` as one slot value (commands are not validated here)."""
@@ -273,6 +298,21 @@ class KVStore:
         self._applied_slot = 0
         self.malformed = 0
         """Slot values that did not decode as a batch (local counter, not in snapshots)."""
+        # The state digest kept up to date by every write, or None when not tracked.
+        self._digest: int | None = None
+
+    def track_digest(self) -> None:
+        """Keep ``state_digest()`` up to date on every write from now on (O(1) each)."""
+        self._digest = self._full_digest()
+
+    def state_digest(self) -> int:
+        """The 64-bit digest of the keys, values and sessions (see the module notes)."""
+        return self._digest if self._digest is not None else self._full_digest()
+
+    def _full_digest(self) -> int:
+        total = sum(_value_hash(k, v) for k, v in self._values.items())
+        total += sum(_session_hash(c, s, r) for c, (s, r) in self._sessions.items())
+        return total & _DIGEST_MASK
 
     @property
     def applied_slot(self) -> int:
@@ -305,20 +345,38 @@ class KVStore:
             if session is None:
                 result = execute(cmd)
                 sessions[client] = (seq, result)
+                if self._digest is not None:
+                    self._digest += _session_hash(client, seq, result)
                 if len(sessions) > self.max_sessions:
-                    sessions.popitem(last=False)
+                    evicted, (old_seq, old_result) = sessions.popitem(last=False)
+                    if self._digest is not None:
+                        self._digest -= _session_hash(evicted, old_seq, old_result)
             else:
                 sessions.move_to_end(client)
                 last_seq = session[0]
                 if seq > last_seq or not dedup:
                     result = execute(cmd)
                     sessions[client] = (seq, result)
+                    if self._digest is not None:
+                        self._digest += _session_hash(client, seq, result) - _session_hash(
+                            client, last_seq, session[1]
+                        )
                 elif seq == last_seq:
                     result = session[1]
                 else:
                     result = _stale(seq)
             applied.append(Applied(client, seq, result))
+        if self._digest is not None:
+            self._digest &= _DIGEST_MASK
         return applied
+
+    def _value_written(self, key: str, old: str | None, new: str | None) -> None:
+        """Update the tracked digest for ``key`` going from ``old`` to ``new``."""
+        assert self._digest is not None
+        if old is not None:
+            self._digest -= _value_hash(key, old)
+        if new is not None:
+            self._digest += _value_hash(key, new)
 
     def _execute(self, cmd: Command) -> bytes:
         """Carry out ``cmd`` on the keys and values; return its encoded result."""
@@ -331,16 +389,22 @@ class KVStore:
         if op == "put":
             if cmd.value is None:
                 return _encoder.encode(Result(ok=False, error="put: a value is required"))
+            if self._digest is not None:
+                self._value_written(key, values.get(key), cmd.value)
             values[key] = cmd.value
             return _OK
         if op == "delete":
             old = values.pop(key, None)
+            if self._digest is not None:
+                self._value_written(key, old, None)
             return _OK if old is None else _encoder.encode(Result(ok=True, value=old))
         if op == "cas":
             if cmd.value is None:
                 return _encoder.encode(Result(ok=False, error="cas: a value is required"))
             current = values.get(key)
             if current == cmd.expected:
+                if self._digest is not None:
+                    self._value_written(key, current, cmd.value)
                 values[key] = cmd.value
                 return _OK
             return _NOT_OK if current is None else _encoder.encode(Result(ok=False, value=current))
@@ -441,6 +505,8 @@ class KVStore:
         self._values = snap.values
         self._sessions = sessions
         self._applied_slot = snap.applied_slot
+        if self._digest is not None:
+            self._digest = self._full_digest()
 
 
 class _NoDedupKVStore(KVStore):

@@ -48,11 +48,18 @@ real server drive it identically. It adds what sits between clients and the log:
   an announcement of its snapshot (a ``Snapshot`` chunk with no data). The lagging
   node then pulls the snapshot in chunks (``SnapshotRequest(slot, offset)``), resuming
   from its offset after a loss, restores it, and catches up the log after it.
+- **Audit.** With ``audit_with(fn)`` (the simulator's divergence check), the node
+  reports, after every slot it applies, ``fn(node, applied_slot, state_digest,
+  results_digest)``: the store's incremental state digest and a digest of the results
+  that slot produced; after a snapshot is restored, the same with ``results_digest``
+  None. Replicas that reached the same ``applied_slot`` must report the same digests.
+  Without an auditor nothing is hashed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from hashlib import blake2b
 from typing import NamedTuple, cast
 
 import msgspec
@@ -67,9 +74,13 @@ from pyxos.core.messages import (
 )
 from pyxos.core.ready import Ready, Send
 from pyxos.core.replica import Replica, Role
+from pyxos.statemachine.base import Applied
 from pyxos.statemachine.kv import Command, KVStore, Result, encode_result, validate_command
 
-__all__ = ["ServiceNode"]
+__all__ = ["AuditFn", "ServiceNode", "results_digest"]
+
+AuditFn = Callable[[int, int, int, "int | None"], None]
+"""``fn(node, applied_slot, state_digest, results_digest)``: see "Audit" above."""
 
 SNAPSHOT_CHUNK = 64 * 1024
 """Bytes of snapshot per Snapshot message."""
@@ -104,6 +115,12 @@ class _ReadToken(NamedTuple):
 
 
 _raw_encoder = msgspec.msgpack.Encoder()
+
+
+def results_digest(applied: Sequence[Applied]) -> int:
+    """A 64-bit digest of the results one slot produced, in order (the audit's)."""
+    data = _raw_encoder.encode([(a.client, a.seq, a.result) for a in applied])
+    return int.from_bytes(blake2b(data, digest_size=8, person=b"kv-results").digest(), "little")
 
 
 class ServiceNode:
@@ -159,8 +176,18 @@ class ServiceNode:
         """The latest durable snapshot (slot, bytes): what InstallSnapshot serves."""
         self.transfer: _Transfer | None = None
         self.snapshots_installed = 0
+        self.audit: AuditFn | None = None
+        """Told the digests after every applied slot and restored snapshot (simulator)."""
         if store.applied_slot > replica.first_unchosen:
             replica.skip_to(store.applied_slot)
+
+    def audit_with(self, fn: AuditFn) -> None:
+        """Report digests to ``fn`` from now on (see "Audit"), starting with the state
+        this node holds now if it has applied or restored anything."""
+        self.audit = fn
+        self.store.track_digest()
+        if self.store.applied_slot > 0:
+            fn(self.node_id, self.store.applied_slot, self.store.state_digest(), None)
 
     def restore_snapshot(self, slot: int, data: bytes) -> None:
         """Start from a durable snapshot (at startup, before any input)."""
@@ -168,6 +195,8 @@ class ServiceNode:
         self.snapshot = (slot, data)
         self.replica.skip_to(slot)
         self.replica.compact(slot)
+        if self.audit is not None:
+            self.audit(self.node_id, self.store.applied_slot, self.store.state_digest(), None)
 
     def snapshot_durable(self, slot: int) -> None:
         """The driver made the snapshot of ``slot`` durable: compact below it."""
@@ -353,6 +382,8 @@ class ServiceNode:
         self.store.restore(data)
         self.replica.skip_to(t.slot)
         self.snapshots_installed += 1
+        if self.audit is not None:
+            self.audit(self.node_id, self.store.applied_slot, self.store.state_digest(), None)
         # Serve it to others at once (the replica no longer serves slots below it),
         # and keep it durably too, so a restart does not need the transfer again.
         self.snapshot = (t.slot, data)
@@ -453,16 +484,20 @@ class ServiceNode:
         me = self.node_id
         leader = self.usable_leader()
         sends = r.send_now
+        audit = self.audit
         for entry in r.committed:
             if entry.slot < store.applied_slot:
                 continue  # covered by a restored snapshot
             self.log_bytes_since_snapshot += len(entry.value)
-            for applied in store.apply(entry.slot, entry.value):
+            results = store.apply(entry.slot, entry.value)
+            for applied in results:
                 dst = waiting.pop((applied.client, applied.seq), None)
                 if dst is not None:
                     reply = ClientReply(
                         me, applied.client, applied.seq, True, applied.result, leader
                     )
                     sends.append(Send((dst,), reply))
+            if audit is not None:
+                audit(me, store.applied_slot, store.state_digest(), results_digest(results))
             if self.on_applied is not None:
                 self.on_applied(me, entry.slot)
