@@ -126,6 +126,8 @@ class Config:
             raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
         raw.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_mapping(raw)
 
