@@ -12,7 +12,14 @@ import pytest
 
 from pyxos.check.history import parse_line
 from pyxos.check.linearizability import check_history
-from pyxos.client import ClientError, ClientPool, CommandRejected, OutcomeUnknown, Session
+from pyxos.client import (
+    AsyncClient,
+    ClientError,
+    ClientPool,
+    CommandRejected,
+    OutcomeUnknown,
+    Session,
+)
 from test_server_harness import (
     CLUSTER,
     client_addresses,
@@ -261,3 +268,33 @@ def test_bad_arguments_are_refused() -> None:
         ClientPool(["127.0.0.1:1"], connections=0)
     with pytest.raises(ValueError):
         ClientPool(["127.0.0.1:1"]).session(0)
+
+
+@pytest.mark.parametrize("kind", ["pool", "async"])
+def test_a_call_cancelled_in_flight_is_in_the_history_as_unknown(tmp_path: Path, kind: str) -> None:
+    # The history holds every call: one abandoned mid-flight (its task cancelled, as a
+    # harness does at the end of a run) may have taken effect, so it is recorded with
+    # an unknown outcome instead of vanishing.
+    records: list[dict[str, object]] = []
+
+    async def main() -> None:
+        (config,) = cluster_configs(tmp_path, 1)  # never started: no answer ever comes
+        addresses = client_addresses([config])
+        client: ClientPool | AsyncClient
+        if kind == "pool":
+            client = ClientPool(addresses, cluster=CLUSTER, timeout=60.0, history=records.append)
+            target = client.session()
+        else:
+            client = AsyncClient(addresses, cluster=CLUSTER, timeout=60.0, history=records.append)
+            target = client
+        task = asyncio.create_task(target.put("x", "1"))
+        await wait_for(lambda: target.seq == 1, 5.0, "the call to start")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await client.close()
+
+    asyncio.run(main())
+    assert len(records) == 1
+    op = parse_line(json.dumps(records[0]))
+    assert op.op == "put" and op.return_ is None and op.ok is None

@@ -152,7 +152,10 @@ class Session(KVOperations):
             call = time.monotonic_ns() if self.history is not None else 0
             try:
                 result = decode_result(await self._call(pool, command))
-            except OutcomeUnknown:
+            except BaseException:
+                # Timed out, cancelled, closed under it or an undecodable answer: the
+                # command may or may not have taken effect. The history holds every
+                # call, so it is recorded with an unknown outcome.
                 self._record(command, call, None, None)
                 raise
             self._record(command, call, time.monotonic_ns(), result)
