@@ -209,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     downs: list[float] = []
     problems: list[str] = []
     notes: set[str] = set()
+    final: dict[str, str | None] | None = None
+    keys: list[str] = []
     thread: threading.Thread | None = None
     try:
         cluster.start()
@@ -220,7 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         thread.start()
         cluster.wait_until(lambda: len(load.acks) > 100, 30.0, "the load to start")
         for kill in range(args.kills):
-            leader = cluster.wait_for_leader(30.0)
+            try:
+                leader = cluster.wait_for_leader(60.0)
+            except ClusterError as e:
+                problems.append(f"before kill {kill + 1}: {e}; no more kills")
+                break
             pid = cluster.pid(leader)
             assert pid is not None
             before = _cmdline(pid)
@@ -231,9 +237,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             def failed_over(since: int = acked, dead: int = leader, t0: float = t_kill) -> bool:
                 return any(t > t0 and who not in (0, dead) for t, who in load.acks[since:])
 
-            cluster.wait_until(failed_over, 60.0, f"a write after killing node {leader}")
-            first = next(t for t, who in load.acks[acked:] if t > t_kill and who not in (0, leader))
-            failovers.append(first - t_kill)
+            try:
+                cluster.wait_until(failed_over, 60.0, f"a write after killing node {leader}")
+                first = next(
+                    t for t, who in load.acks[acked:] if t > t_kill and who not in (0, leader)
+                )
+                failovers.append(first - t_kill)
+            except ClusterError as e:  # reported; the killed node is restarted all the same
+                problems.append(f"kill {kill + 1}: {e}")
+                failovers.append(float("inf"))
             down = rng.uniform(args.down_min, args.down_max)
             downs.append(down)
             time.sleep(max(0.0, t_kill + down - time.monotonic()))
@@ -273,7 +285,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         load.stop.set()
         thread.join(30.0)
         keys = sorted({rec["key"] for rec in load.history if rec["op"] == "put"})
-        final = _run(_read_back(addresses, cluster.cluster_id, keys, load))
+        try:
+            final = _run(_read_back(addresses, cluster.cluster_id, keys, load))
+        except ClientError as e:
+            problems.append(f"reading back: {e}")
+            final = None
     finally:
         load.stop.set()
         if thread is not None:
@@ -282,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     history_path = Path(args.history) if args.history else base / "history.jsonl"
     ops = [parse_line(json.dumps(rec)) for rec in load.history]
     dump_history(ops, history_path)
-    lost = _lost_writes(load.history, final)
+    lost = _lost_writes(load.history, final) if final is not None else ["(not read back)"]
     verdict = check_history(ops, timeout_s=args.check_timeout)
     writes = sum(1 for rec in load.history if rec["op"] == "put" and rec["return"] is not None)
     late = [c for c in catchups if c > 10.0]
