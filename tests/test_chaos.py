@@ -190,3 +190,62 @@ def test_netns_partitions_and_heals_a_directed_link() -> None:
         net.teardown()
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert all(ns not in listed for ns in net.ns.values())
+
+
+# -- the chaos clock hook ----------------------------------------------------------------
+
+
+class _StubLoop:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def time(self) -> float:
+        return self.now
+
+
+def test_chaos_clock_runs_the_node_clock_at_its_rate(tmp_path: Path) -> None:
+    from pyxos.server.config import Config
+    from pyxos.server.node import NodeServer
+
+    config = Config(
+        cluster_id="c",
+        node_id=1,
+        peers={1: ("127.0.0.1", 1)},
+        client_port=0,
+        data_dir=tmp_path,
+    )
+    server = NodeServer(config, clock_rate=1.04)
+    loop = _StubLoop()
+    server._loop = loop  # type: ignore[assignment]
+    server._clock_origin = loop.now
+    loop.now = 110.0  # ten real seconds
+    assert server._now() == pytest.approx(110.4)
+    assert server._loop_time(server._now()) == pytest.approx(110.0)
+    with pytest.raises(ValueError, match="clock_rate"):
+        NodeServer(config, clock_rate=3.0)
+
+
+def test_serve_refuses_a_chaos_clock_out_of_range(tmp_path: Path) -> None:
+    config = tmp_path / "n.toml"
+    config.write_text(
+        'cluster_id = "c"\nnode_id = 1\nclient_port = 0\n'
+        f'data_dir = "{tmp_path / "d"}"\npeers = {{ "1" = "127.0.0.1:1" }}\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pyxos.server", "--config", str(config), "--chaos-clock", "5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "--chaos-clock" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_clock_faults_keep_rates_within_the_drift_bound() -> None:
+    from pyxos.chaos.schedule import CLOCK_SKEW
+
+    rates = [
+        f.amount for s in range(100) for f in make_schedule(s, 60, [1, 2, 3], kinds=("clock",))
+    ]
+    assert rates and all(abs(r - 1.0) <= CLOCK_SKEW for r in rates)
+    assert (1 + CLOCK_SKEW) / (1 - CLOCK_SKEW) - 1 < 0.1  # the replica's default drift bound

@@ -83,6 +83,8 @@ class LocalCluster:
         self.cluster_id = cluster_id
         self.launch_prefix: dict[int, list[str]] = {}
         """Per node, a command that runs the node process (e.g. ``ip netns exec NS``)."""
+        self.extra_args: dict[int, list[str]] = {}
+        """Per node, more arguments for ``pyxos.server`` (e.g. ``--chaos-clock 1.03``)."""
 
     # -- creation --------------------------------------------------------------------
 
@@ -192,6 +194,7 @@ class LocalCluster:
             "pyxos.server",
             "--config",
             str(self.base_dir / f"node-{node_id}.toml"),
+            *self.extra_args.get(node_id, []),
         ]
         if not self._bootstrapped():
             # Only the first start of the cluster initializes empty directories: after

@@ -51,7 +51,7 @@ import aiohttp
 
 from pyxos.chaos.netns import NetnsNetwork
 from pyxos.chaos.proxy import LinkFaults, ProxyMesh
-from pyxos.chaos.schedule import KINDS, Fault, make_schedule
+from pyxos.chaos.schedule import CLOCK_SKEW, KINDS, Fault, make_schedule
 from pyxos.check.history import parse_line
 from pyxos.check.linearizability import check_history
 from pyxos.client.aio import AsyncClient, ClientError, OutcomeUnknown
@@ -340,11 +340,13 @@ class _Nemesis:
             # A second node losing its state while the first still rebuilds would be a
             # majority without state in a 3-node cluster: outside the failure model.
             await self._wait_rebuilt()
-        if fault.kind in ("kill", "wipe"):
+        if fault.kind in ("kill", "wipe", "clock"):
             node = await self._resolve(fault.target)
             hit = [node]
             await asyncio.to_thread(self.cluster.kill, node)
             self.down.add(node)
+            if fault.kind == "clock":
+                self.cluster.extra_args[node] = ["--chaos-clock", f"{fault.amount:.4f}"]
             if fault.kind == "wipe":
                 await asyncio.to_thread(self.cluster.wipe, node)
         elif fault.kind == "pause":
@@ -392,7 +394,7 @@ class _Nemesis:
 
     async def _end(self, record: FaultRecord) -> None:
         kind = record.fault.kind
-        if kind in ("kill", "wipe"):
+        if kind in ("kill", "wipe", "clock"):
             for node in record.hit:
                 await asyncio.to_thread(self.cluster.start_node, node)
                 self.down.discard(node)
@@ -419,7 +421,7 @@ class _Nemesis:
 
 
 def _create_cluster(
-    base: Path, nodes: int, netns: NetnsNetwork | None
+    base: Path, nodes: int, netns: NetnsNetwork | None, nemesis: tuple[str, ...], seed: int
 ) -> tuple[LocalCluster, dict[tuple[int, int], int], str]:
     """The cluster's configuration with every peer address a proxy; the proxy ports and
     the address the proxies listen on."""
@@ -437,6 +439,11 @@ def _create_cluster(
     if netns is not None:
         netns.link_ports = ports
         cluster.launch_prefix = {i: netns.launcher(i) for i in ids}
+    if "clock" in nemesis:
+        rng = random.Random(seed ^ 0xC10C)
+        for i in ids:
+            rate = 1.0 + rng.uniform(-CLOCK_SKEW, CLOCK_SKEW)
+            cluster.extra_args[i] = ["--chaos-clock", f"{rate:.4f}"]
     for a in ids:
         path = base / f"node-{a}.toml"
         own = cluster.nodes[a]
@@ -544,7 +551,9 @@ async def _run(
     netns: NetnsNetwork | None,
     say: Callable[[str], None],
 ) -> ChaosReport:
-    cluster, link_ports, proxy_host = _create_cluster(base, options.nodes, netns)
+    cluster, link_ports, proxy_host = _create_cluster(
+        base, options.nodes, netns, options.nemesis, options.seed
+    )
     peers = {i: (n.host, n.peer_port) for i, n in cluster.nodes.items()}
     mesh = ProxyMesh(peers, link_ports, seed=options.seed, listen_host=proxy_host)
     await mesh.start()
@@ -645,7 +654,7 @@ def _plot(report: ChaosReport, history: list[dict[str, Any]], path: Path) -> Pat
     ax2.set_yscale("log")
     ax2.set_xlabel("seconds")
     colors = {"kill": "red", "wipe": "black", "pause": "orange", "partition": "purple",
-              "loss": "green", "delay": "blue"}  # fmt: skip
+              "loss": "green", "delay": "blue", "clock": "brown"}  # fmt: skip
     for r in report.faults:
         start = (r.start_ns - t0) / 1e9
         end = ((r.end_ns or r.start_ns) - t0) / 1e9

@@ -27,6 +27,9 @@ Fault kinds (``KINDS``):
 - ``delay``: frames between random pairs delayed 5-80 ms.
 - ``wipe``: a node is killed, its data directory deleted, and it is restarted with
   the same command line; it must rebuild from its peers.
+- ``clock``: clock-rate skew within the drift bound. With it every node runs its
+  clock at a rate drawn from ``1 ± CLOCK_SKEW`` (``pyxos serve --chaos-clock``), and
+  the fault restarts a node (often the leader) with a newly drawn rate.
 """
 
 from __future__ import annotations
@@ -35,9 +38,13 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["KINDS", "Fault", "make_schedule", "parse_kinds"]
+__all__ = ["CLOCK_SKEW", "KINDS", "Fault", "make_schedule", "parse_kinds"]
 
-KINDS = ("kill", "pause", "partition", "loss", "delay", "wipe")
+CLOCK_SKEW = 0.04
+"""Clock rates stay within ``1 ± CLOCK_SKEW``: two nodes' rates then differ by less
+than the replica's default drift bound (``ReplicaConfig.clock_drift`` = 0.1)."""
+
+KINDS = ("kill", "pause", "partition", "loss", "delay", "wipe", "clock")
 """Every nemesis that works without root privileges."""
 
 
@@ -70,6 +77,8 @@ class Fault:
             amount = f" {self.amount:.0%} of {len(self.pairs)} links"
         elif self.kind == "delay":
             amount = f" up to {self.amount * 1000:.0f} ms on {len(self.pairs)} links"
+        elif self.kind == "clock":
+            amount = f" rate {self.amount:.3f}"
         else:
             amount = ""
         return f"{what}{target}{sides}{amount} for {self.duration:.1f}s"
@@ -151,6 +160,10 @@ def make_schedule(
             pairs = tuple(sorted(rng.sample(all_pairs, count)))
             amount = rng.uniform(0.1, 0.5) if kind == "loss" else rng.uniform(0.005, 0.08)
             faults.append(Fault(kind, t, hold, pairs=pairs, amount=amount))
+        elif kind == "clock":
+            target = "leader" if rng.random() < 0.5 else rng.choice(ids)
+            rate = 1.0 + rng.uniform(-CLOCK_SKEW, CLOCK_SKEW)
+            faults.append(Fault("clock", t, rng.uniform(0.0, 0.5), target, amount=rate))
         else:  # wipe
             faults.append(Fault("wipe", t, rng.uniform(0.0, 2.0), rng.choice(ids)))
         t += faults[-1].duration + rng.uniform(1.0, 3.0)

@@ -60,6 +60,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="initialize an empty data directory (only for a node new to the cluster)",
     )
+    parser.add_argument(
+        "--chaos-clock",
+        type=float,
+        default=1.0,
+        metavar="RATE",
+        help="testing only: this node's clock runs at RATE times real time (0.5-2)",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     parser.add_argument(
         "--log-format",
@@ -86,8 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pyxos: configuration error: {e}", file=sys.stderr)
         return 2
     try:
-        run(config, initialize=args.init)
-    except (PortUnavailable, DataDirUnusable) as e:
+        if not 0.5 <= args.chaos_clock <= 2.0:
+            raise ConfigError(f"--chaos-clock must lie in [0.5, 2], not {args.chaos_clock}")
+        run(config, initialize=args.init, clock_rate=args.chaos_clock)
+    except (PortUnavailable, DataDirUnusable, ConfigError) as e:
         print(f"pyxos: configuration error: {e}", file=sys.stderr)
         return 2
     except (NodeStartupError, DurableStateError, StorageError, NodeFailed) as e:

@@ -178,9 +178,20 @@ class NodeServer:
     """One pyxos node: ``await startup()``, ``await serve_forever()``, ``await shutdown()``."""
 
     def __init__(
-        self, config: Config, *, initialize: bool = False, rng: random.Random | None = None
+        self,
+        config: Config,
+        *,
+        initialize: bool = False,
+        rng: random.Random | None = None,
+        clock_rate: float = 1.0,
     ) -> None:
         self.config = config
+        if not 0.5 <= clock_rate <= 2.0:
+            raise ValueError(f"clock_rate must lie in [0.5, 2], not {clock_rate}")
+        self.clock_rate = clock_rate
+        """How fast this node's clock runs against real time (1.0; other values only
+        for chaos tests of clock-rate drift, ``--chaos-clock``)."""
+        self._clock_origin = 0.0
         self.initialize = initialize
         """Allow a data directory without a node marker to be initialized (see
         ``_open_storage``): only for a node that is new to the cluster."""
@@ -255,6 +266,7 @@ class NodeServer:
         config = self.config
         loop = asyncio.get_running_loop()
         self._loop = loop
+        self._clock_origin = loop.time()
         self._stopped = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"pyxos-fsync-{config.node_id}")
         try:
@@ -275,7 +287,7 @@ class NodeServer:
             ),
             promised=state.promised,
             accepted=state.accepted.values(),
-            now=loop.time(),
+            now=self._now(),
             rebuilding=state.needs_rebuild,
             rebuilt_from=max(state.rebuilt, 0),
         )
@@ -506,7 +518,7 @@ class NodeServer:
             return
         self.stats.inputs += 1
         try:
-            node.tick(loop.time())
+            node.tick(self._now())
             for msg in msgs:
                 node.step(msg)
         except Exception as e:
@@ -565,7 +577,21 @@ class NodeServer:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer_at = deadline
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+            self._timer = self._loop.call_at(self._loop_time(deadline), self._on_timer)
+
+    def _now(self) -> float:
+        """This node's clock: the loop's monotonic clock, at ``clock_rate``."""
+        assert self._loop is not None
+        real = self._loop.time()
+        if self.clock_rate == 1.0:
+            return real
+        return self._clock_origin + (real - self._clock_origin) * self.clock_rate
+
+    def _loop_time(self, node_time: float) -> float:
+        """The loop time at which this node's clock shows ``node_time``."""
+        if self.clock_rate == 1.0:
+            return node_time
+        return self._clock_origin + (node_time - self._clock_origin) / self.clock_rate
 
     def _save_snapshot(self, slot: int, data: bytes) -> None:
         """Write a snapshot durably in the snapshot thread, then let the node compact.
@@ -834,8 +860,8 @@ def check_data_dir(path: Path) -> None:
         raise DataDirUnusable(f"data_dir {path} is not writable: {e.strerror or e}") from None
 
 
-async def _serve(config: Config, initialize: bool) -> None:
-    server = NodeServer(config, initialize=initialize)
+async def _serve(config: Config, initialize: bool, clock_rate: float = 1.0) -> None:
+    server = NodeServer(config, initialize=initialize, clock_rate=clock_rate)
     await server.startup()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -844,15 +870,16 @@ async def _serve(config: Config, initialize: bool) -> None:
     await server.serve_forever()
 
 
-def run(config: Config, *, initialize: bool = False) -> None:
+def run(config: Config, *, initialize: bool = False, clock_rate: float = 1.0) -> None:
     """Run one node until SIGTERM or SIGINT (the programmatic API and the CLI's).
 
     ``initialize`` allows an empty data directory to be set up for this node (see
-    ``NodeServer``). Uses uvloop when it is installed.
+    ``NodeServer``); ``clock_rate`` is for chaos tests only. Uses uvloop when it is
+    installed.
     """
     try:
         import uvloop
     except ImportError:
-        asyncio.run(_serve(config, initialize))
+        asyncio.run(_serve(config, initialize, clock_rate))
     else:
-        uvloop.run(_serve(config, initialize))
+        uvloop.run(_serve(config, initialize, clock_rate))
