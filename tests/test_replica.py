@@ -202,7 +202,7 @@ def test_catch_up_serves_only_chosen_values() -> None:
     r.advance()
     r.step(Fetch(3, 0, 10))
     decided = [s.msg for s in r.ready().send_now if isinstance(s.msg, Decided)]
-    assert decided == [Decided(1, 0, (b"a",))]
+    assert decided == [Decided(1, 0, (b"a",), 1)]
 
 
 def test_leader_resends_unacknowledged_accepts_on_heartbeat() -> None:

@@ -20,15 +20,16 @@ decree is slot 0.
   ``slot, slot+1, ...``; ``chosen`` piggybacks the leader's commit point.
 - ``Accepted(b, slot, count)``: phase 2b for ``count`` consecutive slots.
 - ``Nack(b, promised)``: ``b`` was refused because the acceptor promised ``promised``.
-- ``Decided(slot, values)``: the chosen values of consecutive slots (learning,
-  catch-up).
+- ``Decided(slot, values, end)``: the chosen values of consecutive slots (learning,
+  catch-up); ``end`` is where the whole reply to the Fetch ends.
 - ``Commit(b, chosen)``: leader heartbeat; every slot below ``chosen`` was chosen, and
   a follower whose entry at such a slot was accepted in ballot ``b`` holds its value.
 - ``ReadAck(b, read)``: an acceptor confirms a leader's read probe (read-index).
 - ``Fetch(slot, end)``: ask a peer for the chosen values of ``[slot, end)``.
-- ``PreVote(b)`` / ``PreVoteReply(b, granted)``: before a node raises any promise to
-  run for leader, it asks whether a quorum has lost its leader too (pre-vote), so a
-  node that was partitioned away cannot depose a healthy leader when it returns.
+- ``PreVote(b, first_unchosen)`` / ``PreVoteReply(b, granted)``: before a node raises
+  any promise to run for leader, it asks whether a quorum has lost its leader too
+  (pre-vote), so a node that was partitioned away cannot depose a healthy leader when
+  it returns, and whether it is far behind them (then it must not lead).
 - ``RebuildQuery`` / ``RebuildInfo``: a node that lost its acceptor state (corrupt or
   wiped disk) asks every peer for its promised ballot and the last slot it accepted.
 - ``ClientRequest`` / ``ClientReply``: a client's command and its result.
@@ -122,11 +123,16 @@ class Nack(msgspec.Struct, frozen=True, array_like=True, tag="nack"):
 
 
 class Decided(msgspec.Struct, frozen=True, array_like=True, tag="decided"):
-    """``values[i]`` was chosen at slot ``slot + i``."""
+    """``values[i]`` was chosen at slot ``slot + i``.
+
+    ``end``: where the whole reply to a Fetch this message belongs to ends (a reply may
+    be several Decided messages), so the asker can ask for what follows at once.
+    """
 
     src: int
     slot: int
     values: tuple[bytes, ...]
+    end: int = 0
 
 
 class Commit(msgspec.Struct, frozen=True, array_like=True, tag="commit"):
@@ -177,10 +183,16 @@ class Snapshot(msgspec.Struct, frozen=True, array_like=True, tag="snapshot"):
 
 
 class PreVote(msgspec.Struct, frozen=True, array_like=True, tag="prevote"):
-    """Would you support a phase 1 at ``ballot``? (Changes no acceptor state.)"""
+    """Would you support a phase 1 at ``ballot``? (Changes no acceptor state.)
+
+    ``first_unchosen``: the asker's first unchosen slot; a peer that has learned far
+    more refuses, so a node far behind does not lead (its phase 1 would re-propose
+    its whole gap).
+    """
 
     src: int
     ballot: Ballot
+    first_unchosen: int = 0
 
 
 class PreVoteReply(msgspec.Struct, frozen=True, array_like=True, tag="prevote-reply"):

@@ -37,7 +37,29 @@ follower that every slot below ``c`` is chosen. The follower marks slot ``s`` ch
 only if its acceptor accepted ``s`` *in ballot b*, because then it holds the value
 ``b``'s leader proposed, which is the chosen one. Any other slot below ``c`` is fetched
 (Fetch → Decided) from the leader. Chosen values are emitted in ``Ready.committed`` in
-slot order, each exactly once per incarnation.
+slot order, each exactly once per incarnation. Learning costs O(new information) per
+message, however far behind the follower is: per ballot it keeps the slots it accepted
+in that ballot and has not learned yet (a heap), and the highest commit point that
+ballot announced; a Commit pops only the slots it newly covers, an Accept checks only
+its own slots. (Scanning the whole gap for every message made a node that restarted
+far behind spend all its time there, and never catch up under load.)
+
+Catch-up. A follower that knows of chosen slots it lacks (``commit_hint``) asks a peer
+for all of them (``Fetch(slot, end)``). The peer answers with a stream of up to
+``fetch_window`` Decided messages (each at most ``fetch_batch`` slots and about
+``fetch_bytes`` bytes), every one of them naming where the whole reply ends; when the
+first message of a reply arrives the follower asks the same peer for what follows, so
+one reply is always in flight while the previous one is applied. A reply that stalls
+is re-asked after a timeout, from the first slot still missing, maybe of another peer.
+When the gap is large, or the peer compacted past it, the service layer answers with
+a snapshot instead (``statemachine.service``).
+
+A node that is far behind does not become leader: its PreVote carries its first
+unchosen slot, and a peer that has learned more than ``window`` slots beyond it refuses
+(the most advanced node a quorum can reach is never refused, so an election still
+succeeds). Otherwise its phase 1 would start at its own first unchosen slot and make
+the new leader re-propose the whole gap: the length of an election would depend on how
+far behind the node that happened to time out first was.
 
 Linearizable reads (read-index, as in Raft's thesis): a read arriving at the leader is
 tagged with the read index ``next_slot`` (every slot the leader has proposed, its
@@ -83,7 +105,8 @@ Invariants are written on the fields that carry them.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+import heapq
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from pyxos.core.acceptor import Acceptor
@@ -134,7 +157,11 @@ class ReplicaConfig:
     window: int = 256
     """Slots a leader keeps in flight at most (pipelining)."""
     fetch_batch: int = 256
-    """Chosen values sent in one Decided at most."""
+    """Chosen values sent in one Decided (and proposed in one Accept) at most."""
+    fetch_bytes: int = 1 << 20
+    """Bytes of values in one Decided or Accept, about (always at least one value)."""
+    fetch_window: int = 16
+    """Decided messages one Fetch is answered with at most (the reply streams)."""
     lease: float | None = None
     """Leader lease in seconds (None: the election timeout's minimum; 0: no lease, every
     read takes the read-index round)."""
@@ -153,8 +180,10 @@ class ReplicaConfig:
             raise ValueError(f"election_timeout must satisfy 0 < min <= max, got {lo}, {hi}")
         if not 0 < self.heartbeat_interval < lo:
             raise ValueError("heartbeat_interval must be positive and below the election timeout")
-        if self.window < 1 or self.fetch_batch < 1:
-            raise ValueError("window and fetch_batch must be >= 1")
+        if self.window < 1 or self.fetch_batch < 1 or self.fetch_window < 1:
+            raise ValueError("window, fetch_batch and fetch_window must be >= 1")
+        if self.fetch_bytes < 1:
+            raise ValueError("fetch_bytes must be >= 1")
         if self.lease is not None and self.lease < 0:
             raise ValueError("lease must be >= 0")
         if not 0 <= self.clock_drift < 1:
@@ -217,7 +246,20 @@ class Replica:
         self.commit_hint = 0
         """Highest first-unchosen slot a leader told us about."""
         self.fetch_due = now
-        """Earliest time we may send the next Fetch (one in flight at a time)."""
+        """When a Fetch with no answer counts as lost (and the next one goes)."""
+        self.fetch_next = 0
+        """Where the last Fetch reply we heard of ends: the pipelined next Fetch asks
+        from there."""
+        self._unlearned: dict[Ballot, list[int]] = {}
+        """ballot -> heap of slots our acceptor accepted in that ballot and we have not
+        learned yet (an entry may be stale: checked when popped). Only ballots not below
+        our promise: a Commit or Accept of a lower ballot is refused, so nothing could
+        ever mark those slots chosen through it."""
+        self._commit_point: dict[Ballot, int] = {}
+        """ballot -> the highest commit point a message of that ballot announced: every
+        slot below it accepted in that ballot holds the chosen value."""
+        self.learn_steps = 0
+        """Slots examined while learning (a cost counter, for tests and metrics)."""
 
         # Candidate / pre-candidate state.
         self.grants: set[int] = set()
@@ -264,6 +306,10 @@ class Replica:
         self.leader_changes = 0
         self._ready = Ready()
         self._commit_sent = -1
+        recovered = [s for s, e in self.acceptor.accepted.items() if e.ballot == promised]
+        if recovered:
+            heapq.heapify(recovered)
+            self._unlearned[promised] = recovered
 
     # -- public inputs -------------------------------------------------------------------
 
@@ -321,7 +367,7 @@ class Replica:
             case Fetch():
                 self._on_fetch(msg)
             case Decided():
-                self._learn_values(msg.slot, msg.values)
+                self._learn_values(msg)
             case PreVote():
                 self._on_prevote(msg)
             case PreVoteReply():
@@ -349,7 +395,9 @@ class Replica:
         elif now >= self.election_deadline:
             self._start_prevote()
         if self.commit_hint > self.first_unchosen and now >= self.fetch_due:
-            self._fetch(self._fetch_target())
+            # Nothing arrived for a while (or nothing was asked yet): ask afresh.
+            self.fetch_next = self.first_unchosen
+            self._fetch(self._fetch_target(), self.first_unchosen)
 
     def ready(self) -> Ready:
         """What the driver must do now."""
@@ -448,6 +496,7 @@ class Replica:
         self._send_after_sync(
             (msg.src,), Accepted(self.node_id, msg.ballot, msg.slot, len(msg.values))
         )
+        self._note_accepted(msg.ballot, msg.slot, msg.values)
         self._learn_commit(msg.ballot, msg.chosen)
 
     def _on_commit(self, msg: Commit) -> None:
@@ -515,8 +564,10 @@ class Replica:
     def _on_prevote(self, msg: PreVote) -> None:
         # Grant only if we too have lost the leader: a node that comes back from a
         # partition then cannot start an election that would depose a healthy leader.
+        # Nor to a node far behind us: its phase 1 would re-propose its whole gap.
         recent = self.now - self.leader_contact < self.config.election_timeout[0]
-        granted = not (self.leader != 0 and recent) and not self.rebuilding
+        lagging = msg.first_unchosen + self.config.window < self.first_unchosen
+        granted = not (self.leader != 0 and recent) and not self.rebuilding and not lagging
         self._send_now((msg.src,), PreVoteReply(self.node_id, msg.ballot, granted, self.leader))
 
     # -- rebuilding ------------------------------------------------------------------------
@@ -586,29 +637,79 @@ class Replica:
 
     # -- learning --------------------------------------------------------------------------
 
+    def _note_accepted(self, ballot: Ballot, slot: int, values: Sequence[bytes]) -> None:
+        """Our acceptor accepted ``values`` from ``slot`` in ``ballot``: learn those that
+        a commit point of ``ballot`` already covers, remember the others."""
+        if len(self._unlearned) > 1 or ballot not in self._unlearned:
+            self._forget_lower_ballots()
+        heap = self._unlearned.setdefault(ballot, [])
+        point = self._commit_point.get(ballot, 0)
+        first = self.first_unchosen
+        chosen = self.chosen
+        self.learn_steps += len(values)
+        for i, value in enumerate(values):
+            s = slot + i
+            if s < first:
+                continue
+            if s < point:
+                chosen.setdefault(s, value)
+            else:
+                heapq.heappush(heap, s)
+
+    def _forget_lower_ballots(self) -> None:
+        promised = self.acceptor.promised
+        for b in [b for b in self._unlearned if b < promised]:
+            del self._unlearned[b]
+        for b in [b for b in self._commit_point if b < promised]:
+            del self._commit_point[b]
+
     def _learn_commit(self, ballot: Ballot, chosen_end: int) -> None:
-        """Slots below ``chosen_end`` are chosen; keep those we accepted in ``ballot``."""
+        """Slots below ``chosen_end`` are chosen; keep those we accepted in ``ballot``.
+
+        Costs the slots newly covered that we accepted in ``ballot``, not the gap."""
         if chosen_end <= self.first_unchosen:
             return
         self.commit_hint = max(self.commit_hint, chosen_end)
-        accepted = self.acceptor.accepted
-        chosen = self.chosen
-        for s in range(self.first_unchosen, chosen_end):
-            if s in chosen:
-                continue
-            entry = accepted.get(s)
-            if entry is not None and entry.ballot == ballot:
-                chosen[s] = entry.value
+        if chosen_end > self._commit_point.get(ballot, 0):
+            if len(self._commit_point) > 1:
+                self._forget_lower_ballots()
+            self._commit_point[ballot] = chosen_end
+        heap = self._unlearned.get(ballot)
+        if heap and heap[0] < chosen_end:
+            accepted = self.acceptor.accepted
+            chosen = self.chosen
+            first = self.first_unchosen
+            while heap and heap[0] < chosen_end:
+                s = heapq.heappop(heap)
+                self.learn_steps += 1
+                if s < first or s in chosen:
+                    continue
+                entry = accepted.get(s)
+                if entry is not None and entry.ballot == ballot:
+                    chosen[s] = entry.value
         self._emit_chosen()
 
-    def _learn_values(self, slot: int, values: tuple[bytes, ...]) -> None:
+    def _learn_values(self, msg: Decided) -> None:
+        first = self.first_unchosen
+        chosen = self.chosen
+        values = msg.values
+        self.learn_steps += len(values)
         for i, value in enumerate(values):
-            s = slot + i
-            if s >= self.first_unchosen:
-                self.chosen.setdefault(s, value)
+            s = msg.slot + i
+            if s >= first:
+                chosen.setdefault(s, value)
         if values:
-            self.commit_hint = max(self.commit_hint, slot + len(values))
-            self.fetch_due = self.now  # a reply arrived: the next fetch may go at once
+            end = msg.slot + len(values)
+            self.commit_hint = max(self.commit_hint, end)
+            # A reply arrived: the fetch is alive. The first message of a reply says
+            # where the reply ends: ask the same peer for what follows at once, so the
+            # next reply is on its way while this one is applied (pipelining).
+            self.fetch_due = self.now + self._fetch_timeout()
+            reply_end = max(msg.end, end)
+            if reply_end > self.fetch_next:
+                self.fetch_next = reply_end
+                if self.commit_hint > reply_end:
+                    self._fetch(msg.src, reply_end)
         self._emit_chosen()
 
     def _emit_chosen(self) -> None:
@@ -632,12 +733,19 @@ class Replica:
             return self.leader
         return self.peers[int(self.rng.random() * len(self.peers)) % len(self.peers)]
 
-    def _fetch(self, peer: int) -> None:
+    def _fetch_timeout(self) -> float:
+        return self.config.heartbeat_interval * 2
+
+    def _fetch(self, peer: int, start: int) -> None:
+        """Ask ``peer`` for every chosen value from ``start`` to ``commit_hint``."""
         if peer == 0 or peer == self.node_id:
             return
-        end = min(self.commit_hint, self.first_unchosen + self.config.fetch_batch)
-        self._send_now((peer,), Fetch(self.node_id, self.first_unchosen, end))
-        self.fetch_due = self.now + self.config.heartbeat_interval
+        self._send_now((peer,), Fetch(self.node_id, start, self.commit_hint))
+        self.fetch_due = self.now + self._fetch_timeout()
+
+    def defer_fetch(self, until: float) -> None:
+        """Send no Fetch before ``until`` (a snapshot that covers the gap is arriving)."""
+        self.fetch_due = max(self.fetch_due, until)
 
     def _on_fetch(self, msg: Fetch) -> None:
         if self.role is Role.LEADER and msg.end > self.next_slot:
@@ -647,11 +755,34 @@ class Replica:
             count = min(msg.end - self.next_slot, self.config.window)
             if len(self.in_flight) + count <= self.config.window:
                 self._propose_slots([NOOP] * count)
-        end = min(msg.end, msg.slot + self.config.fetch_batch, self.first_unchosen)
+        end = min(msg.end, self.first_unchosen)
         if msg.slot < self.log_start or msg.slot >= end:
             return
-        values = tuple(self.chosen[s] for s in range(msg.slot, end))
-        self._send_now((msg.src,), Decided(self.node_id, msg.slot, values))
+        # The reply streams: up to fetch_window Decided messages, each naming where the
+        # whole reply ends (so the asker can ask for what follows before it is done).
+        config = self.config
+        stop = min(end, msg.slot + config.fetch_batch * config.fetch_window)
+        values = [self.chosen[s] for s in range(msg.slot, stop)]
+        chunks = self._chunks(values)[: config.fetch_window]
+        reply_end = msg.slot + chunks[-1][1]
+        for lo, hi in chunks:
+            decided = Decided(self.node_id, msg.slot + lo, tuple(values[lo:hi]), reply_end)
+            self._send_now((msg.src,), decided)
+
+    def _chunks(self, values: Sequence[bytes]) -> list[tuple[int, int]]:
+        """Split ``values`` into runs ``[lo, hi)`` for one message each: at most
+        ``fetch_batch`` values and about ``fetch_bytes`` bytes (at least one value)."""
+        batch, limit = self.config.fetch_batch, self.config.fetch_bytes
+        chunks: list[tuple[int, int]] = []
+        lo = size = 0
+        for i, value in enumerate(values):
+            if i > lo and (i - lo >= batch or size + len(value) > limit):
+                chunks.append((lo, i))
+                lo, size = i, 0
+            size += len(value)
+        if lo < len(values):
+            chunks.append((lo, len(values)))
+        return chunks
 
     # -- elections ---------------------------------------------------------------------------
 
@@ -674,7 +805,7 @@ class Replica:
         if self.quorum.is_phase1_quorum(self.grants):
             self._start_election()
             return
-        self._send_now(self.peers, PreVote(self.node_id, self.ballot))
+        self._send_now(self.peers, PreVote(self.node_id, self.ballot, self.first_unchosen))
 
     def _on_prevote_reply(self, msg: PreVoteReply) -> None:
         if self.role is not Role.PRECANDIDATE or msg.ballot != self.ballot:
@@ -741,7 +872,8 @@ class Replica:
         if compacted > self.first_unchosen:
             self.commit_hint = max(self.commit_hint, compacted)
             best = max(self.promises.values(), key=lambda p: p.log_start)
-            self._fetch(best.src)
+            self.fetch_next = self.first_unchosen
+            self._fetch(best.src, self.first_unchosen)
         start = max(self.prepare_slot, compacted)
         values = self._reproposals(start)
         self.promises = {}
@@ -778,12 +910,16 @@ class Replica:
             self.in_flight[slot + i] = _InFlight(value, set(), self.now)
         ok = self.acceptor.on_accept(self.ballot, slot, values)
         assert ok, "a leader's promise covers its own ballot"
-        accept = Accept(self.node_id, self.ballot, slot, tuple(values), self.first_unchosen)
-        self._send_now(self.peers, accept)
-        # Our own vote counts only once our acceptance is durable.
-        self._send_after_sync(
-            (self.node_id,), Accepted(self.node_id, self.ballot, slot, len(values))
-        )
+        # Many values (re-proposals after an election) go in several bounded messages.
+        for lo, hi in self._chunks(values) if len(values) > 1 else ((0, len(values)),):
+            accept = Accept(
+                self.node_id, self.ballot, slot + lo, tuple(values[lo:hi]), self.first_unchosen
+            )
+            self._send_now(self.peers, accept)
+            # Our own vote counts only once our acceptance is durable.
+            self._send_after_sync(
+                (self.node_id,), Accepted(self.node_id, self.ballot, slot + lo, hi - lo)
+            )
 
     def _on_accepted(self, msg: Accepted) -> None:
         if self.role is not Role.LEADER or msg.ballot != self.ballot:
@@ -838,10 +974,13 @@ class Replica:
             flight.sent_at = self.now
             values.append(flight.value)
             missing.update(m for m in self.members if m not in flight.acks)
-        accept = Accept(self.node_id, self.ballot, slots[0], tuple(values), self.first_unchosen)
         others = tuple(m for m in sorted(missing) if m != self.node_id)
         if others:
-            self._send_now(others, accept)
+            for lo, hi in self._chunks(values):
+                accept = Accept(
+                    self.node_id, self.ballot, slots[lo], tuple(values[lo:hi]), self.first_unchosen
+                )
+                self._send_now(others, accept)
         if self.node_id in missing:
             # Our own Accepted is on its way after the fsync; nothing to resend.
             pass

@@ -313,9 +313,12 @@ def service_node_factory(
     snapshot_every: int = 25,
     snapshot_bytes: int = 64 * 1024 * 1024,
     snapshot_chunk: int = SNAPSHOT_CHUNK,
+    catchup_snapshot_slots: int = 40,
 ) -> NodeFactory:
     """Builds a :class:`ServiceNode` from a node's durable storage, as a restart does:
-    the acceptor state, the rebuild flags, and the latest snapshot."""
+    the acceptor state, the rebuild flags, and the latest snapshot. A node that lags by
+    ``catchup_snapshot_slots`` gets a snapshot (small here, so that the short simulated
+    runs exercise it)."""
 
     def build(node_id: int, storage: MemoryStorage, rng: random.Random, now: float) -> Node:
         replica = replica_factory(
@@ -335,6 +338,7 @@ def service_node_factory(
             snapshot_every=snapshot_every,
             snapshot_bytes=snapshot_bytes,
             snapshot_chunk=snapshot_chunk,
+            catchup_snapshot_slots=catchup_snapshot_slots,
         )
         if storage.snapshot is not None:
             node.restore_snapshot(*storage.snapshot)

@@ -44,10 +44,16 @@ real server drive it identically. It adds what sits between clients and the log:
   the driver a snapshot (``Ready.snapshot``); once the driver reports it durable
   (``snapshot_durable``), the replica forgets the chosen values and accepted entries
   below it. A snapshot that failed to write is simply taken again later.
-- **InstallSnapshot.** A Fetch for slots this node compacted away is answered with
-  an announcement of its snapshot (a ``Snapshot`` chunk with no data). The lagging
-  node then pulls the snapshot in chunks (``SnapshotRequest(slot, offset)``), resuming
-  from its offset after a loss, restores it, and catches up the log after it.
+- **InstallSnapshot.** A Fetch for slots this node compacted away, or for a gap of
+  ``catchup_snapshot_slots`` slots or more, is answered with an announcement of a
+  snapshot (a ``Snapshot`` chunk with no data) instead of the slots: replaying a long
+  log costs the lagging node every command ever written in it, a snapshot costs the
+  size of the state, so catch-up outpaces any write rate. The snapshot is the newest
+  durable one, or, if that is ``catchup_snapshot_slots`` behind the applied state, one
+  taken now from the applied state (kept in memory for serving; one per that many
+  applied slots at most). The lagging node then pulls it in chunks
+  (``SnapshotRequest(slot, offset)``), resuming from its offset after a loss, sends no
+  Fetch meanwhile, restores it, and catches up the log after it.
 - **Audit.** With ``audit_with(fn)`` (the simulator's divergence check), the node
   reports, after every slot it applies, ``fn(node, applied_slot, state_digest,
   results_digest)``: the store's incremental state digest and a digest of the results
@@ -82,8 +88,10 @@ __all__ = ["AuditFn", "ServiceNode", "results_digest"]
 AuditFn = Callable[[int, int, int, "int | None"], None]
 """``fn(node, applied_slot, state_digest, results_digest)``: see "Audit" above."""
 
-SNAPSHOT_CHUNK = 64 * 1024
+SNAPSHOT_CHUNK = 1024 * 1024
 """Bytes of snapshot per Snapshot message."""
+CATCHUP_SNAPSHOT_SLOTS = 2048
+"""A Fetch for a gap of this many slots or more is answered with a snapshot."""
 FORWARD_TIMEOUT = 30.0
 """Seconds a forwarded request waits for the leader's reply before it is forgotten."""
 
@@ -139,6 +147,7 @@ class ServiceNode:
         linearizable_reads: bool = True,
         forward: bool = True,
         on_batch: Callable[[int], None] | None = None,
+        catchup_snapshot_slots: int = CATCHUP_SNAPSHOT_SLOTS,
     ) -> None:
         self.replica = replica
         self.store: KVStore = store
@@ -178,6 +187,15 @@ class ServiceNode:
         self.snapshots_installed = 0
         self.audit: AuditFn | None = None
         """Told the digests after every applied slot and restored snapshot (simulator)."""
+        if catchup_snapshot_slots < 0:
+            raise ValueError("catchup_snapshot_slots must be >= 0 (0: only past compaction)")
+        self.catchup_snapshot_slots = catchup_snapshot_slots
+        """A Fetch for a gap of this many slots or more gets a snapshot (0: only for
+        slots compacted away)."""
+        self.serving: tuple[int, bytes] | None = None
+        """A snapshot taken from the applied state to serve a lagging node (not durable:
+        it need not be, it only holds chosen slots)."""
+        self.snapshots_served = 0
         if store.applied_slot > replica.first_unchosen:
             replica.skip_to(store.applied_slot)
 
@@ -218,7 +236,7 @@ class ServiceNode:
                 self._on_request(msg)
             case ClientReply():
                 self._relay(msg)
-            case Fetch() if msg.slot < self.replica.log_start:
+            case Fetch() if self._snapshot_instead(msg):
                 self._announce_snapshot(msg.src)
             case Snapshot():
                 self._on_snapshot(msg)
@@ -338,19 +356,37 @@ class ServiceNode:
         self._last_taken = taken
         self._snapshot_out = taken
 
+    def _snapshot_instead(self, msg: Fetch) -> bool:
+        """Answer this Fetch with a snapshot: its slots were compacted away, or the gap
+        is so long that the state is cheaper to send than the log."""
+        if msg.slot < self.replica.log_start:
+            return True
+        gap = self.catchup_snapshot_slots
+        return gap > 0 and self.store.applied_slot - msg.slot >= gap
+
+    def _newest_snapshot(self) -> tuple[int, bytes] | None:
+        candidates = [s for s in (self.snapshot, self.serving) if s is not None]
+        return max(candidates, key=lambda s: s[0], default=None)
+
     def _announce_snapshot(self, dst: int) -> None:
-        if self.snapshot is None:
+        newest = self._newest_snapshot()
+        applied = self.store.applied_slot
+        gap = self.catchup_snapshot_slots
+        if gap > 0 and applied > 0 and (newest is None or applied - newest[0] >= gap):
+            # Ours is far behind the applied state: take one now, from that state.
+            newest = self.serving = (applied, self.store.snapshot())
+            self.snapshots_served += 1
+        if newest is None:
             return
-        slot, data = self.snapshot
+        slot, data = newest
         self.replica.post((dst,), Snapshot(self.node_id, slot, 0, b"", len(data)))
 
     def _on_snapshot_request(self, msg: SnapshotRequest) -> None:
-        if self.snapshot is None:
-            return
-        slot, data = self.snapshot
-        if msg.slot != slot:
+        found = [s for s in (self.snapshot, self.serving) if s is not None and s[0] == msg.slot]
+        if not found:
             self._announce_snapshot(msg.src)  # ours moved on: start over with it
             return
+        slot, data = found[0]
         chunk = data[msg.offset : msg.offset + self.snapshot_chunk]
         self.replica.post((msg.src,), Snapshot(self.node_id, slot, msg.offset, chunk, len(data)))
 
@@ -374,6 +410,9 @@ class ServiceNode:
     def _request_chunk(self, t: _Transfer) -> None:
         replica = self.replica
         t.retry_at = replica.now + replica.config.heartbeat_interval * 2
+        # The snapshot covers the gap: no Fetch while it arrives (it would only be
+        # answered with the same announcement).
+        replica.defer_fetch(t.retry_at)
         replica.post((t.source,), SnapshotRequest(self.node_id, t.slot, len(t.buf)))
 
     def _install(self, t: _Transfer) -> None:
