@@ -34,6 +34,11 @@ Answers:
 Reads are linearizable (read-index at the leader; a follower forwards them) unless
 ``?stale=true`` asks for this replica's own applied state, which may lag.
 
+A client that disconnects before its request body has arrived (a ``ConnectionError``
+from reading the body) gets one debug line on the ``pyxos.http`` logger and the
+``client_disconnects`` counter, not aiohttp's error traceback: it is the client's
+doing, and the node has nothing to fix.
+
 Routes: ``GET/PUT/DELETE /v1/kv/{key}`` (PUT body: the value, UTF-8 text), ``POST
 /v1/kv/{key}/cas`` (JSON ``{"expected": str|null, "value": str}``), ``GET
 /v1/kv?prefix=``, ``GET /v1/status``, ``GET /healthz``, ``GET /metrics`` (Prometheus
@@ -49,8 +54,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -74,6 +81,8 @@ if TYPE_CHECKING:
     from pyxos.server.node import NodeServer
 
 __all__ = ["HttpApi"]
+
+logger = logging.getLogger("pyxos.http")
 
 _encoder = msgspec.msgpack.Encoder()
 _MAX_CAS_BODY = 2 * MAX_VALUE_BYTES + 4096
@@ -116,7 +125,9 @@ class HttpApi:
         self._sink = node.attach_sink(self._on_reply)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
-        self.app = web.Application(client_max_size=_MAX_CAS_BODY)
+        self.counters: dict[str, int] = {"client_disconnects": 0}
+        """Counters of the HTTP port (``client_disconnects``: gone mid-request)."""
+        self.app = web.Application(client_max_size=_MAX_CAS_BODY, middlewares=[self._client_gone])
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/v1/status", self._status)
         self.app.router.add_get("/metrics", self._metrics)
@@ -150,6 +161,28 @@ class HttpApi:
         if self._runner is not None:
             await self._runner.cleanup()
         self.node.detach_sink(self._sink)
+
+    @web.middleware
+    async def _client_gone(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ConnectionError as e:
+            # The client hung up mid-request (aiohttp's "Connection lost" while the body
+            # was read). Nothing to answer and nothing to fix on this side: one debug
+            # line, no traceback. The response below is never delivered.
+            self.counters["client_disconnects"] += 1
+            logger.debug(
+                "HTTP client %s disconnected during %s %s: %s",
+                request.remote,
+                request.method,
+                request.path,
+                e or type(e).__name__,
+            )
+            return web.Response(status=400)
 
     # -- commands, as a client of the node --------------------------------------------
 

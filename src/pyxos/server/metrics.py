@@ -67,7 +67,11 @@ class _StatusCollector(Collector):
         for queue, depth in sorted(s.get("queues", {}).items()):
             queues.add_metric([queue], depth)
         yield queues
-        for family, key in (("pyxos_peer_net", "net"), ("pyxos_client_net", "client_net")):
+        for family, key in (
+            ("pyxos_peer_net", "net"),
+            ("pyxos_client_net", "client_net"),
+            ("pyxos_http_net", "http_net"),
+        ):
             net = CounterMetricFamily(
                 family, f"Network events on the {key.replace('_', ' ')} port.", labels=["event"]
             )

@@ -467,6 +467,7 @@ class NodeServer:
             "client_connections": len(self._clients),
             "net": dict(self.net_counters),
             "client_net": dict(self.client_counters),
+            "http_net": dict(self.http.counters) if self.http is not None else {},
         }
 
     @property
