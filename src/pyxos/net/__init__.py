@@ -7,7 +7,9 @@ strict incremental ``FrameDecoder`` into the ``pyxos.core.messages.Message`` uni
 ``link`` puts it on asyncio sockets: ``FramedProtocol`` (one connection, coalesced
 writes, bad input closes only that connection and is counted), ``PeerLinks`` (one
 outgoing persistent link per peer, bounded lossy queues, jittered reconnect) and
-``serve_peers`` (the accepting side). The layer imports only ``pyxos.core``, the
+``serve_peers`` / ``serve_framed`` (the accepting side). ``limits`` bounds what the
+connections of one listening port may make a node hold (connections, bytes of
+unfinished frames, time). The layer imports only ``pyxos.core``, the
 standard library and msgspec; choosing an event loop (uvloop) is the server's business.
 """
 
@@ -24,15 +26,18 @@ from pyxos.net.codec import (
     encode_hello,
     encode_message,
 )
+from pyxos.net.limits import PortGuard, PortLimits
 from pyxos.net.link import (
     COUNTER_NAMES,
     DEFAULT_MAX_QUEUE_FRAMES,
     FramedProtocol,
+    FramedServer,
     OnMessages,
     PeerLinks,
     PeerServer,
     backoff_delay,
     new_counters,
+    serve_framed,
     serve_peers,
 )
 
@@ -43,11 +48,14 @@ __all__ = [
     "PROTOCOL_VERSION",
     "FrameDecoder",
     "FramedProtocol",
+    "FramedServer",
     "HandshakeError",
     "Hello",
     "OnMessages",
     "PeerLinks",
     "PeerServer",
+    "PortGuard",
+    "PortLimits",
     "ProtocolViolation",
     "backoff_delay",
     "check_hello",
@@ -56,5 +64,6 @@ __all__ = [
     "encode_hello",
     "encode_message",
     "new_counters",
+    "serve_framed",
     "serve_peers",
 ]

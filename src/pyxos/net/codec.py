@@ -32,6 +32,11 @@ Speed (docs/architecture.md, "Speed"): encoders and decoders are module-level an
 frame of a chunk in one call, straight from the received bytes when nothing is
 buffered, and copies only an incomplete tail. A frame split over many chunks costs
 amortized linear time (``bytearray`` append and one front deletion per call).
+
+Memory: a decoder holds at most one incomplete frame, so at most the frame limit plus
+the header, and a longer frame is refused on its header. How much all the
+connections of a port may hold together, and for how long, is the link layer's
+business (``pyxos.net.limits``).
 """
 
 from __future__ import annotations
@@ -231,11 +236,18 @@ class FrameDecoder:
         # or a header plus part of a body no longer than the limit).
         self._buffer = bytearray()
         self._failed: ProtocolViolation | None = None
+        self.frames = 0
+        """Frames completed so far, the ``Hello`` included (a frame that starts after
+        another ended is a new frame, for the link layer's frame timeout)."""
 
     @property
     def buffered(self) -> int:
         """Bytes held while waiting for the rest of a frame."""
         return len(self._buffer)
+
+    def release(self) -> None:
+        """Drop (and free) any incomplete frame; for a connection that is closing."""
+        self._buffer = bytearray()
 
     def feed(self, data: bytes) -> list[Message]:
         """Consume ``data``; return every message whose frame is now complete, in order.
@@ -258,12 +270,18 @@ class FrameDecoder:
             buffer += data
             with memoryview(buffer) as view:
                 messages, consumed = self._parse(view)
-            del buffer[:consumed]
+            if consumed == len(buffer):
+                # A fresh buffer rather than a deletion: the big one (a large frame
+                # that just completed) is freed now, not kept at its grown size.
+                self._buffer = bytearray()
+            else:
+                del buffer[:consumed]
         else:
             with memoryview(data) as view:
                 messages, consumed = self._parse(view)
                 if consumed < len(view):
                     buffer += view[consumed:]
+        self.frames += len(messages)
         return messages
 
     def _parse(self, view: memoryview) -> tuple[list[Message], int]:
@@ -300,5 +318,6 @@ class FrameDecoder:
             raise ProtocolViolation(f"first frame is not a Hello: {exc}") from None
         self._expect_hello = False
         self.hello = hello
+        self.frames += 1
         if self._on_hello is not None:
             self._on_hello(hello)

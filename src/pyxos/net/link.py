@@ -23,6 +23,13 @@ oversized or empty frame, undecodable message) or a refused handshake closes onl
 that connection, increments a counter and writes one log line on the
 ``pyxos.net`` logger.
 
+Limits (``pyxos.net.limits``): a listening port (``serve_framed``, ``serve_peers``) has
+a ``PortGuard``: at most ``max_connections`` open connections (one more is closed at
+once), at most ``max_buffered_bytes`` of incomplete frames held by all of them
+together (the connection that would go over is closed), and a frame that started must
+complete within ``frame_timeout`` seconds (else the connection is closed). A closed
+connection's buffer is released at once: it does not wait for the garbage collector.
+
 Hot path (docs/architecture.md, "Speed"): ``FramedProtocol.data_received`` parses every
 complete frame of the chunk at once and hands the whole list to ``on_messages`` in
 one call; ``send`` only appends the already encoded bytes to a list, and one flush
@@ -37,6 +44,9 @@ Counters: a plain ``dict[str, int]`` shared by every connection of one owner
 
 - ``frames_received`` / ``frames_sent``: messages delivered / handed to the kernel.
 - ``malformed_frames``, ``oversized_frames``: connections closed for bad frames.
+- ``connections_refused``: connections over the port's cap, closed at once.
+- ``buffer_budget_exceeded``, ``frame_timeouts``: connections closed because their
+  unfinished frame would take the port over its buffered bytes, or took too long.
 - ``handshake_refused``, ``handshake_timeouts``: connections refused at the ``Hello``.
 - ``connections_accepted``, ``connections_replaced``: server side.
 - ``connects``, ``connect_failures``, ``disconnects``: dialer side.
@@ -64,16 +74,19 @@ from pyxos.net.codec import (
     check_hello,
     encode_hello,
 )
+from pyxos.net.limits import PortGuard, PortLimits, RefusedConnection
 
 __all__ = [
     "COUNTER_NAMES",
     "DEFAULT_MAX_QUEUE_FRAMES",
     "FramedProtocol",
+    "FramedServer",
     "OnMessages",
     "PeerLinks",
     "PeerServer",
     "backoff_delay",
     "new_counters",
+    "serve_framed",
     "serve_peers",
 ]
 
@@ -90,6 +103,9 @@ COUNTER_NAMES = (
     "frames_sent",
     "malformed_frames",
     "oversized_frames",
+    "connections_refused",
+    "buffer_budget_exceeded",
+    "frame_timeouts",
     "handshake_refused",
     "handshake_timeouts",
     "connections_accepted",
@@ -137,6 +153,11 @@ class FramedProtocol(asyncio.Protocol):
     ``peer_id``, or raises ``HandshakeError`` to refuse the connection; a connection
     that sends no ``Hello`` within ``handshake_timeout`` seconds is closed.
     ``on_lost(protocol, exc)`` is called once when the connection is gone.
+
+    With ``guard`` (an accepted connection of a listening port) the bytes of an
+    unfinished frame are reserved in the port's budget (the connection is closed if
+    they do not fit), a frame that takes longer than the port's ``frame_timeout``
+    closes the connection, and the guard is told when the connection is gone.
     """
 
     def __init__(
@@ -152,6 +173,7 @@ class FramedProtocol(asyncio.Protocol):
         max_queue_frames: int = DEFAULT_MAX_QUEUE_FRAMES,
         label: str | None = None,
         on_lost: Callable[[FramedProtocol, Exception | None], None] | None = None,
+        guard: PortGuard | None = None,
     ) -> None:
         if max_queue_frames < 1:
             raise ValueError(f"max_queue_frames must be >= 1, not {max_queue_frames}")
@@ -187,6 +209,20 @@ class FramedProtocol(asyncio.Protocol):
         self.lost_reason: Exception | None = None
         """Why the connection ended (None for a clean close or while it is open)."""
         self._handshake_timer: asyncio.TimerHandle | None = None
+        self._guard = guard
+        # Invariant (with a guard): _reserved == bytes of this connection counted in the
+        # guard's budget == the decoder's buffered bytes after each data_received, and 0
+        # once the connection is closing. _frame_started is when the unfinished frame
+        # began (None: no unfinished frame); _frame_timer runs while it is set.
+        self._reserved = 0
+        self._frames_seen = 0
+        self._frame_started: float | None = None
+        self._frame_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an unfinished frame this connection holds now."""
+        return self._decoder.buffered
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -221,6 +257,66 @@ class FramedProtocol(asyncio.Protocol):
         if messages:
             _count(self.counters, "frames_received", len(messages))
             self._on_messages(self.peer_id, messages)
+        if self._guard is not None and self._open:
+            self._account(self._guard)
+
+    def _account(self, guard: PortGuard) -> None:
+        """Reserve the bytes of the unfinished frame; time the frame (see ``guard``)."""
+        decoder = self._decoder
+        buffered = decoder.buffered
+        more = buffered - self._reserved
+        if more > 0 and not guard.take(more):
+            self._refuse(
+                ProtocolViolation(
+                    f"{buffered} bytes of an unfinished frame would take the port over "
+                    f"its limit of {guard.limits.max_buffered_bytes} buffered bytes "
+                    "(max_buffered_bytes)",
+                    counter="buffer_budget_exceeded",
+                )
+            )
+            return
+        if more < 0:
+            guard.give(-more)
+        self._reserved = buffered
+        if buffered == 0:
+            self._frame_started = None
+        elif self._frame_started is None or decoder.frames != self._frames_seen:
+            # A new unfinished frame (the previous one completed in this chunk).
+            self._frames_seen = decoder.frames
+            assert self._loop is not None
+            self._frame_started = self._loop.time()
+            if self._frame_timer is None:
+                self._frame_timer = self._loop.call_at(
+                    self._frame_started + guard.limits.frame_timeout, self._check_frame
+                )
+
+    def _check_frame(self) -> None:
+        self._frame_timer = None
+        started, guard, loop = self._frame_started, self._guard, self._loop
+        if started is None or guard is None or loop is None or not self._open:
+            return
+        deadline = started + guard.limits.frame_timeout
+        if loop.time() < deadline:  # the frame running now started after the timer
+            self._frame_timer = loop.call_at(deadline, self._check_frame)
+            return
+        self._refuse(
+            ProtocolViolation(
+                f"a frame still unfinished ({self._decoder.buffered} bytes) after "
+                f"{guard.limits.frame_timeout} s (frame_timeout)",
+                counter="frame_timeouts",
+            )
+        )
+
+    def _release(self) -> None:
+        """Free the unfinished frame and give its bytes back to the port's budget."""
+        self._decoder.release()
+        self._frame_started = None
+        if self._frame_timer is not None:
+            self._frame_timer.cancel()
+            self._frame_timer = None
+        if self._guard is not None and self._reserved:
+            self._guard.give(self._reserved)
+        self._reserved = 0
 
     def pause_writing(self) -> None:
         """The kernel buffer is full: keep frames in the bounded queue."""
@@ -240,6 +336,9 @@ class FramedProtocol(asyncio.Protocol):
             self._lost_waiter.set_result(None)
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
+        self._release()
+        if self._guard is not None:
+            self._guard.closed(self)
         if self._pending:
             _count(self.counters, "dropped_on_disconnect", len(self._pending))
             self._pending = []
@@ -357,6 +456,7 @@ class FramedProtocol(asyncio.Protocol):
         logger.warning("%s %s: %s", verb, self.label, violation.reason)
         self._open = False
         self._pending = []
+        self._release()
         if self._transport is not None:
             self._transport.close()
 
@@ -546,22 +646,22 @@ class PeerLinks:
             self._on_messages(peer_id, msgs)
 
 
-class PeerServer:
-    """The listening side of the peer links, as returned by ``serve_peers``.
+class FramedServer:
+    """A listening port of framed connections, as returned by ``serve_framed``.
 
-    Wraps the ``asyncio.Server`` (``server``) and also tracks the accepted
-    connections, so ``close()`` ends those too (Python 3.11's ``Server.close`` leaves
-    them open): a closed ``PeerServer`` looks to the other nodes like a stopped node.
+    Wraps the ``asyncio.Server`` (``server``) and the port's ``PortGuard`` (``guard``),
+    which tracks the accepted connections, so ``close()`` ends those too (Python 3.11's
+    ``Server.close`` leaves them open): a closed peer server looks to the other nodes
+    like a stopped node.
     """
 
-    def __init__(
-        self, server: asyncio.Server, connections: set[FramedProtocol], counters: dict[str, int]
-    ) -> None:
+    def __init__(self, server: asyncio.Server, guard: PortGuard, counters: dict[str, int]) -> None:
         self.server = server
         """The underlying listening server."""
+        self.guard = guard
+        """The port's limits and their accounting (connections, buffered bytes)."""
         self.counters = counters
         """Counters of every accepted connection (see the module notes)."""
-        self._connections = connections
 
     @property
     def port(self) -> int:
@@ -571,25 +671,61 @@ class PeerServer:
     @property
     def connections(self) -> frozenset[FramedProtocol]:
         """The accepted connections that are still open."""
-        return frozenset(self._connections)
+        return frozenset(cast(set[FramedProtocol], self.guard.connections))
 
     def close(self) -> None:
         """Stop listening and close every accepted connection."""
         self.server.close()
-        for connection in list(self._connections):
+        for connection in self.connections:
             connection.close()
 
     async def wait_closed(self) -> None:
         """Wait until the listening socket and every accepted connection are closed."""
         await self.server.wait_closed()
-        await asyncio.gather(*(connection.shutdown() for connection in list(self._connections)))
+        await asyncio.gather(*(connection.shutdown() for connection in self.connections))
 
-    async def __aenter__(self) -> PeerServer:
+    async def __aenter__(self) -> FramedServer:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.close()
         await self.wait_closed()
+
+
+PeerServer = FramedServer
+"""The peer port's server (``serve_peers``): a ``FramedServer``."""
+
+
+async def serve_framed(
+    host: str,
+    port: int,
+    factory: Callable[[PortGuard], FramedProtocol],
+    *,
+    limits: PortLimits | None = None,
+    counters: dict[str, int] | None = None,
+    name: str = "port",
+) -> FramedServer:
+    """Listen on ``host:port``; every accepted connection is ``factory(guard)``.
+
+    The factory must pass ``guard`` on to its ``FramedProtocol``. The port's
+    ``limits`` (defaults: ``PortLimits()``) apply: a connection over
+    ``max_connections`` is closed at once without a protocol of its own (counted as
+    ``connections_refused``). ``port`` 0 binds a free port.
+    """
+    counters = counters if counters is not None else new_counters()
+    guard = PortGuard(limits, counters, name=name)
+
+    def accept() -> asyncio.Protocol:
+        if guard.full:
+            guard.refuse()
+            return RefusedConnection()
+        connection = factory(guard)
+        guard.admit(connection)
+        _count(counters, "connections_accepted")
+        return connection
+
+    server = await asyncio.get_running_loop().create_server(accept, host, port)
+    return FramedServer(server, guard, counters)
 
 
 async def serve_peers(
@@ -603,6 +739,7 @@ async def serve_peers(
     max_frame_bytes: int = MAX_FRAME_BYTES,
     handshake_timeout: float = 10.0,
     counters: dict[str, int] | None = None,
+    limits: PortLimits | None = None,
 ) -> PeerServer:
     """Listen for other nodes' links; deliver their messages as ``on_messages(node, msgs)``.
 
@@ -610,10 +747,10 @@ async def serve_peers(
     its first frame is a ``Hello`` of ``cluster``, this protocol version and role
     ``"peer"``, from a node id other than ``node_id`` and, if ``known_nodes`` is
     given, one of them. ``port`` 0 binds a free port (see ``PeerServer.port``). A new
-    connection from a node closes its previous one (``connections_replaced``).
+    connection from a node closes its previous one (``connections_replaced``). The
+    port's ``limits`` apply as in ``serve_framed``.
     """
     counters = counters if counters is not None else new_counters()
-    connections: set[FramedProtocol] = set()
     # The newest handshaken connection from each node. The server never writes on
     # incoming connections, so it would never notice one whose node died without a
     # FIN; the node's next connection (after it restarts) retires the old one instead.
@@ -628,11 +765,10 @@ async def serve_peers(
         return hello.node
 
     def on_lost(connection: FramedProtocol, _: Exception | None) -> None:
-        connections.discard(connection)
         if by_node.get(connection.peer_id) is connection:
             del by_node[connection.peer_id]
 
-    def factory() -> FramedProtocol:
+    def factory(guard: PortGuard) -> FramedProtocol:
         def accept_hello(hello: Hello) -> int:
             node = check_peer(hello)
             previous = by_node.get(node)
@@ -650,10 +786,10 @@ async def serve_peers(
             handshake_timeout=handshake_timeout,
             max_frame_bytes=max_frame_bytes,
             on_lost=on_lost,
+            guard=guard,
         )
-        connections.add(connection)
-        _count(counters, "connections_accepted")
         return connection
 
-    server = await asyncio.get_running_loop().create_server(factory, host, port)
-    return PeerServer(server, connections, counters)
+    return await serve_framed(
+        host, port, factory, limits=limits, counters=counters, name=f"node {node_id} peer port"
+    )

@@ -26,6 +26,10 @@ and ``data_dir`` has a default)::
     snapshot_every = 10000
     snapshot_bytes = 67108864
     forward_requests = true
+    max_connections = 1024      # per port (client, peer, HTTP); more are closed at once
+    max_buffered_bytes = 67108864   # per port: unfinished frames of all its connections
+    frame_timeout = 10.0        # seconds a started frame (HTTP body) may take to arrive
+    client_max_frame_bytes = 4194304  # largest client frame; longer: refused on its header
 
     [peers]                     # every member, this node included: id = "host:port"
     1 = "10.0.0.1:7001"
@@ -42,7 +46,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Config", "ConfigError", "parse_address"]
+from pyxos.net.codec import HEADER_BYTES, MAX_FRAME_BYTES
+from pyxos.net.limits import (
+    DEFAULT_FRAME_TIMEOUT,
+    DEFAULT_MAX_BUFFERED_BYTES,
+    DEFAULT_MAX_CONNECTIONS,
+)
+from pyxos.statemachine.kv import MAX_KEY_BYTES, MAX_VALUE_BYTES
+
+__all__ = [
+    "DEFAULT_CLIENT_MAX_FRAME_BYTES",
+    "MIN_CLIENT_FRAME_BYTES",
+    "Config",
+    "ConfigError",
+    "parse_address",
+]
+
+MIN_CLIENT_FRAME_BYTES = 2 * MAX_VALUE_BYTES + MAX_KEY_BYTES + 4096
+"""The largest request a client may legitimately send (a cas with a value and an
+expected value of ``MAX_VALUE_BYTES`` each), with room for its encoding."""
+
+DEFAULT_CLIENT_MAX_FRAME_BYTES = 4 * 1024 * 1024
+"""Default limit on a client frame: above every legitimate request, far below the
+peer frame limit, so an unfinished client frame cannot hold much."""
 
 
 class ConfigError(ValueError):
@@ -102,6 +128,21 @@ class Config:
     """... or once this many bytes of slot values were applied since the last one."""
     forward_requests: bool = True
     """A follower forwards client requests to the leader (else it redirects the client)."""
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    """Open connections each listening port (client, peer, HTTP) accepts at once; one
+    more is closed at once and counted (``connections_refused``)."""
+    max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES
+    """Bytes of unfinished frames (HTTP: request bodies being read) all connections of
+    one port may hold together; the connection that would go over is closed and counted
+    (``buffer_budget_exceeded``). At least one peer frame (16 MiB): a node therefore
+    holds at most three times this for all its ports."""
+    frame_timeout: float = DEFAULT_FRAME_TIMEOUT
+    """Seconds a frame (an HTTP request body) may take to arrive once it has started;
+    then its connection is closed and counted (``frame_timeouts``)."""
+    client_max_frame_bytes: int = DEFAULT_CLIENT_MAX_FRAME_BYTES
+    """Largest frame a client may send, so also the most one client connection holds;
+    a longer frame is refused on its 4-byte header before any of it is buffered
+    (``oversized_frames``). Peers may send frames up to 16 MiB."""
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -168,9 +209,21 @@ class Config:
                     f"heartbeat_interval: expected seconds, got {raw['heartbeat_interval']!r}"
                 )
             values["heartbeat_interval"] = float(raw["heartbeat_interval"])
-        for key in ("window", "wal_segment_bytes", "snapshot_every", "snapshot_bytes"):
+        for key in (
+            "window",
+            "wal_segment_bytes",
+            "snapshot_every",
+            "snapshot_bytes",
+            "max_connections",
+            "max_buffered_bytes",
+            "client_max_frame_bytes",
+        ):
             if key in raw:
                 values[key] = _typed(raw, key, int)
+        if "frame_timeout" in raw:
+            if not _is_number(raw["frame_timeout"]):
+                raise ConfigError(f"frame_timeout: expected seconds, got {raw['frame_timeout']!r}")
+            values["frame_timeout"] = float(raw["frame_timeout"])
         if "forward_requests" in raw and not isinstance(raw["forward_requests"], bool):
             raise ConfigError(
                 f"forward_requests: expected true or false, got {raw['forward_requests']!r}"
@@ -249,3 +302,18 @@ def _validate(c: Config) -> None:
         raise ConfigError(f"snapshot_bytes: {c.snapshot_bytes} must be >= 1")
     if c.wal_segment_bytes < 4096:
         raise ConfigError(f"wal_segment_bytes: {c.wal_segment_bytes} must be >= 4096")
+    if c.max_connections < 1:
+        raise ConfigError(f"max_connections: {c.max_connections} must be >= 1")
+    if not c.frame_timeout > 0:
+        raise ConfigError(f"frame_timeout: {c.frame_timeout} must be > 0 seconds")
+    if not MIN_CLIENT_FRAME_BYTES <= c.client_max_frame_bytes <= MAX_FRAME_BYTES:
+        raise ConfigError(
+            f"client_max_frame_bytes: {c.client_max_frame_bytes} must be in "
+            f"[{MIN_CLIENT_FRAME_BYTES}, {MAX_FRAME_BYTES}] (the largest client request, "
+            "a cas of two 1 MiB values, must fit)"
+        )
+    if c.max_buffered_bytes < MAX_FRAME_BYTES + HEADER_BYTES:
+        raise ConfigError(
+            f"max_buffered_bytes: {c.max_buffered_bytes} must be >= "
+            f"{MAX_FRAME_BYTES + HEADER_BYTES} (one peer frame of the largest size must fit)"
+        )

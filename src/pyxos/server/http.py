@@ -31,6 +31,14 @@ Answers:
 - a command the store refuses (bad key, too large): ``400``; a body over the value
   limit: ``413`` (checked from ``Content-Length`` and while reading, before decoding).
 
+Limits (``pyxos.net.limits``, from the node's config): the port accepts at most
+``max_connections`` connections at once (one more is closed at once, counted as
+``connections_refused``); request bodies being read count against the port's
+``max_buffered_bytes`` (over it: ``503`` and the connection closed,
+``buffer_budget_exceeded``) and must arrive within ``frame_timeout`` seconds (else
+``408`` and the connection closed, ``frame_timeouts``). Headers are bounded by
+aiohttp's own limits (8190-byte lines, 128 fields).
+
 Reads are linearizable (read-index at the leader; a follower forwards them) unless
 ``?stale=true`` asks for this replica's own applied state, which may lag.
 
@@ -64,6 +72,7 @@ import msgspec
 from aiohttp import web
 
 from pyxos.core.messages import ClientReply, ClientRequest
+from pyxos.net.limits import PortGuard
 from pyxos.server.metrics import CONTENT_TYPE
 from pyxos.statemachine.kv import (
     DEFAULT_LIST_LIMIT,
@@ -98,6 +107,15 @@ class _Unknown(Exception):
         self.leader = leader
 
 
+_BUSY = '{"error": "too many request bodies in flight on this port; retry"}'
+
+
+def _closing(response: web.HTTPException) -> web.HTTPException:
+    """``response``, with the connection closed after it (the rest of the body unread)."""
+    response.force_close()
+    return response
+
+
 _READ_OPS = frozenset({"get", "list"})
 _RETRY_PAUSE = 0.005  # first pause after "no leader yet"; doubles per refusal in a row
 _RETRY_PAUSE_MAX = 0.05
@@ -124,9 +142,21 @@ class HttpApi:
         self._waiting: dict[tuple[int, int], asyncio.Future[ClientReply]] = {}
         self._sink = node.attach_sink(self._on_reply)
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
-        self.counters: dict[str, int] = {"client_disconnects": 0}
+        self.counters: dict[str, int] = dict.fromkeys(
+            (
+                "client_disconnects",
+                "connections_refused",
+                "buffer_budget_exceeded",
+                "frame_timeouts",
+            ),
+            0,
+        )
         """Counters of the HTTP port (``client_disconnects``: gone mid-request)."""
+        self.guard = PortGuard(
+            node.port_limits, self.counters, name=f"node {node.config.node_id} HTTP port"
+        )
+        """The port's limits and their accounting (connections, body bytes being read)."""
+        self._server: asyncio.Server | None = None
         self.app = web.Application(client_max_size=_MAX_CAS_BODY, middlewares=[self._client_gone])
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/v1/status", self._status)
@@ -140,27 +170,75 @@ class HttpApi:
     @property
     def port(self) -> int:
         """The bound port (after ``start``; useful with port 0)."""
-        assert self._runner is not None, "not started"
-        for address in self._runner.addresses:
-            if isinstance(address, tuple):
-                return int(address[1])
-        raise RuntimeError("the HTTP API is not bound to a TCP port")
+        assert self._server is not None, "not started"
+        return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self, host: str, port: int) -> None:
         """Listen on ``host:port`` (0 picks a free port)."""
-        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
+        # lingering_time: after an early answer (413, 503, 408) aiohttp reads and drops
+        # the rest of the body so the client sees the answer; 1 s, not 10, so a slow
+        # body closed for the port's limits does not hold its connection long.
+        self._runner = web.AppRunner(
+            self.app, access_log=None, shutdown_timeout=1.0, lingering_time=1.0
+        )
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, host, port)
-        await self._site.start()
+        # Our own listening socket rather than a TCPSite, so that every connection
+        # passes the port's connection cap (the guard wraps aiohttp's protocol).
+        assert self._runner.server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            self.guard.wrap(self._runner.server), host, port
+        )
 
     async def stop(self) -> None:
         """Stop listening and fail every waiting request."""
         for future in self._waiting.values():
             if not future.done():
                 future.cancel()
+        if self._server is not None:
+            self._server.close()
         if self._runner is not None:
             await self._runner.cleanup()
         self.node.detach_sink(self._sink)
+
+    async def _body(self, request: web.Request, limit: int) -> bytes:
+        """The request body, read within the port's limits (see the module notes)."""
+        if request.content_length is not None and request.content_length > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+        guard = self.guard
+        chunks: list[bytes] = []
+        reserved = 0
+        try:
+            async with asyncio.timeout(guard.limits.frame_timeout):
+                while chunk := await request.content.readany():
+                    if reserved + len(chunk) > limit:
+                        raise web.HTTPRequestEntityTooLarge(
+                            max_size=limit, actual_size=reserved + len(chunk)
+                        )
+                    if not guard.take(len(chunk)):
+                        guard.count("buffer_budget_exceeded")
+                        logger.warning(
+                            "closed HTTP connection from %s: its request body would take "
+                            "the port over its limit of %d buffered bytes (max_buffered_bytes)",
+                            request.remote,
+                            guard.limits.max_buffered_bytes,
+                        )
+                        raise _closing(
+                            web.HTTPServiceUnavailable(text=_BUSY, content_type="application/json")
+                        )
+                    reserved += len(chunk)
+                    chunks.append(chunk)
+        except TimeoutError:
+            guard.count("frame_timeouts")
+            logger.warning(
+                "closed HTTP connection from %s: request body unfinished after %s s "
+                "(frame_timeout)",
+                request.remote,
+                guard.limits.frame_timeout,
+            )
+            raise _closing(web.HTTPRequestTimeout()) from None
+        finally:
+            guard.give(reserved)
+        return b"".join(chunks)
 
     @web.middleware
     async def _client_gone(
@@ -330,13 +408,7 @@ class HttpApi:
 
     async def _put(self, request: web.Request) -> web.Response:
         key = self._key(request)
-        if request.content_length is not None and request.content_length > MAX_VALUE_BYTES:
-            raise web.HTTPRequestEntityTooLarge(
-                max_size=MAX_VALUE_BYTES, actual_size=request.content_length
-            )
-        body = await request.read()
-        if len(body) > MAX_VALUE_BYTES:
-            raise web.HTTPRequestEntityTooLarge(max_size=MAX_VALUE_BYTES, actual_size=len(body))
+        body = await self._body(request, MAX_VALUE_BYTES)
         try:
             value = body.decode()
         except UnicodeDecodeError:
@@ -355,8 +427,9 @@ class HttpApi:
 
     async def _cas(self, request: web.Request) -> web.Response:
         key = self._key(request)
+        raw = await self._body(request, _MAX_CAS_BODY)
         try:
-            body = await request.json()
+            body = json.loads(raw)
         except ValueError:
             return _json(400, {"error": "the body is not JSON"})
         if (

@@ -8,8 +8,10 @@ things happen: the duration of every WAL fsync, and the number of commands in ev
 batch the leader proposes (one slot value). Everything else is read from the node at
 scrape time by a collector, so the hot path pays nothing for it: slots committed,
 elections and leader changes, queue depths (replies waiting for an fsync, slots in
-flight, proposals queued behind the window, frames queued on peer links), and the
-network counters (malformed, oversized and dropped frames, refused handshakes).
+flight, proposals queued behind the window, frames queued on peer links), the
+network counters of each port (malformed, oversized and dropped frames, refused
+handshakes and connections, connections closed for their buffered bytes or a frame
+timeout), and each port's open connections and buffered bytes.
 """
 
 from __future__ import annotations
@@ -61,6 +63,19 @@ class _StatusCollector(Collector):
         }
         for name, (doc, value) in gauges.items():
             yield GaugeMetricFamily(name, doc, value=value)
+        ports = s.get("ports", {})
+        for name, key, doc in (
+            ("pyxos_open_connections", "connections", "Open connections, by listening port."),
+            (
+                "pyxos_buffered_bytes",
+                "buffered_bytes",
+                "Bytes of unfinished frames (HTTP: bodies being read), by listening port.",
+            ),
+        ):
+            gauge = GaugeMetricFamily(name, doc, labels=["port"])
+            for port, values in sorted(ports.items()):
+                gauge.add_metric([port], values.get(key, 0))
+            yield gauge
         queues = GaugeMetricFamily(
             "pyxos_queue_depth", "Items waiting, by queue.", labels=["queue"]
         )

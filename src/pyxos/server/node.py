@@ -44,6 +44,13 @@ travel between peers like any message). Bad bytes close only that connection (th
 ``FramedProtocol`` take care of it); a reply for a connection that is gone is dropped,
 and the client retries with the same ``(client, seq)``.
 
+Every listening port (client, peer, HTTP) enforces the config's limits on what its
+connections may make the node hold (``pyxos.net.limits``): ``max_connections`` open at
+once, ``max_buffered_bytes`` of unfinished frames together, ``frame_timeout`` seconds
+per frame; a client frame is refused on its header beyond ``client_max_frame_bytes``.
+Whatever an attacker sends, the buffered bytes of the three ports stay under three
+times ``max_buffered_bytes``, and the client port keeps serving the others.
+
 Durable state: ``startup`` opens the WAL in the data directory and rebuilds the
 replica's promise and accepted entries from it. The directory's node marker
 (``pyxos.id``) guards against voting from the wrong or a wiped disk: a marker of
@@ -95,7 +102,16 @@ from pyxos.core.quorum import Majority
 from pyxos.core.ready import Send
 from pyxos.core.replica import Replica, ReplicaConfig
 from pyxos.net.codec import PROTOCOL_VERSION, Hello, check_hello, encode_message
-from pyxos.net.link import FramedProtocol, PeerLinks, PeerServer, new_counters, serve_peers
+from pyxos.net.limits import PortGuard, PortLimits
+from pyxos.net.link import (
+    FramedProtocol,
+    FramedServer,
+    PeerLinks,
+    PeerServer,
+    new_counters,
+    serve_framed,
+    serve_peers,
+)
 from pyxos.server.config import Config
 from pyxos.server.metrics import NodeMetrics
 from pyxos.statemachine.kv import KVStore
@@ -201,7 +217,7 @@ class NodeServer:
         self.durable: DurableAcceptor | None = None
         self.links: PeerLinks | None = None
         self.peer_server: PeerServer | None = None
-        self.client_server: asyncio.Server | None = None
+        self.client_server: FramedServer | None = None
         self.http: HttpApi | None = None
         """The HTTP API, when ``config.http_port`` is set."""
         self.stats = DriverStats()
@@ -212,6 +228,12 @@ class NodeServer:
         """Counters of the peer links and the peer server."""
         self.client_counters = new_counters()
         """Counters of the client connections."""
+        self.port_limits = PortLimits(
+            max_connections=config.max_connections,
+            max_buffered_bytes=config.max_buffered_bytes,
+            frame_timeout=config.frame_timeout,
+        )
+        """What each listening port lets its connections hold (``pyxos.net.limits``)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: ThreadPoolExecutor | None = None
         # Group commit. Invariant: synced <= written; fsync_in_flight iff a sync runs.
@@ -243,7 +265,7 @@ class NodeServer:
     def client_port(self) -> int:
         """The bound client port (after ``startup``; useful with port 0)."""
         assert self.client_server is not None, "not started"
-        return int(self.client_server.sockets[0].getsockname()[1])
+        return self.client_server.port
 
     @property
     def peer_port(self) -> int:
@@ -319,9 +341,15 @@ class NodeServer:
                 self._on_peer_messages,
                 known_nodes=tuple(config.peers),
                 counters=self.net_counters,
+                limits=self.port_limits,
             )
-            self.client_server = await loop.create_server(
-                self._client_protocol, config.host, config.client_port
+            self.client_server = await serve_framed(
+                config.host,
+                config.client_port,
+                self._client_protocol,
+                limits=self.port_limits,
+                counters=self.client_counters,
+                name=f"node {config.node_id} client port",
             )
         except OSError as e:
             await self.shutdown()
@@ -468,6 +496,23 @@ class NodeServer:
             "net": dict(self.net_counters),
             "client_net": dict(self.client_counters),
             "http_net": dict(self.http.counters) if self.http is not None else {},
+            "ports": self._ports_status(),
+        }
+
+    def _ports_status(self) -> dict[str, dict[str, int]]:
+        guards = {
+            "client": self.client_server.guard if self.client_server is not None else None,
+            "peer": self.peer_server.guard if self.peer_server is not None else None,
+            "http": self.http.guard if self.http is not None else None,
+        }
+        return {
+            port: {
+                "connections": len(guard.connections),
+                "buffered_bytes": guard.buffered,
+                "peak_buffered_bytes": guard.peak_buffered,
+            }
+            for port, guard in guards.items()
+            if guard is not None
         }
 
     @property
@@ -799,7 +844,7 @@ class NodeServer:
             return
         self._input(())
 
-    def _client_protocol(self) -> FramedProtocol:
+    def _client_protocol(self, guard: PortGuard) -> FramedProtocol:
         holder: list[FramedProtocol] = []
         cluster = self.config.cluster_id
 
@@ -814,8 +859,10 @@ class NodeServer:
             self._on_client_messages,
             counters=self.client_counters,
             accept_hello=accept_hello,
-            handshake_timeout=5.0,
+            handshake_timeout=min(5.0, self.config.frame_timeout),
+            max_frame_bytes=self.config.client_max_frame_bytes,
             on_lost=self._on_client_lost,
+            guard=guard,
         )
         holder.append(conn)
         return conn
