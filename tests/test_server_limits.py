@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -293,3 +295,33 @@ def test_the_limits_have_defaults_load_from_toml_and_are_validated(tmp_path: Pat
         path.write_text(line + "\n" + base)
         with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
             Config.load(path)
+
+
+def test_the_file_limit_is_raised_for_the_connection_caps_or_a_warning_says_so() -> None:
+    script = (
+        "import logging, resource, sys\n"
+        "logging.basicConfig(level='WARNING')\n"
+        "from pyxos.server.config import Config\n"
+        "from pyxos.server.node import ensure_file_limit\n"
+        "soft, hard = int(sys.argv[1]), int(sys.argv[2])\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))\n"
+        "config = Config.from_mapping({'cluster_id': 'c', 'node_id': 1, 'client_port': 1,\n"
+        "    'data_dir': '/tmp/x', 'peers': {'1': '127.0.0.1:2'}, 'max_connections': 1000})\n"
+        "print(ensure_file_limit(config), resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
+    )
+
+    def run_with(soft: int, hard: int) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", script, str(soft), str(hard)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    needed = 3 * 1000 + 256
+    raised = run_with(512, needed + 100)
+    assert raised.stdout.split() == [str(needed), str(needed)], raised.stderr
+    assert "limit on open files" not in raised.stderr
+    capped = run_with(512, 1024)
+    assert capped.stdout.split() == ["1024", "1024"], capped.stderr
+    assert "the limit on open files is 1024, below the 3256" in capped.stderr

@@ -133,6 +133,7 @@ __all__ = [
     "NodeStartupError",
     "PortUnavailable",
     "check_data_dir",
+    "ensure_file_limit",
     "run",
 ]
 
@@ -908,6 +909,47 @@ def check_data_dir(path: Path) -> None:
         raise DataDirUnusable(f"data_dir {path} is not writable: {e.strerror or e}") from None
 
 
+FILES_BESIDES_CONNECTIONS = 256
+"""File descriptors a node needs beyond its connections: WAL segments, snapshots,
+peer links, the event loop's own."""
+
+
+def ensure_file_limit(config: Config) -> int:
+    """Raise the soft limit on open files to what the connection caps need; return it.
+
+    The three listening ports may hold ``max_connections`` each. Out of descriptors,
+    the node could not open its next WAL segment (a fatal error) long before the caps
+    refuse anyone, so a flood of connections must meet the caps first. The soft limit
+    is raised as far as the hard limit allows; if that is not enough, one warning says
+    what to change.
+    """
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return -1
+    needed = 3 * config.max_connections + FILES_BESIDES_CONNECTIONS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return soft
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft < needed:
+        logger.warning(
+            "node %d: the limit on open files is %d, below the %d that max_connections = %d "
+            "on three ports needs: raise it (ulimit -n) or lower max_connections",
+            config.node_id,
+            soft,
+            needed,
+            config.max_connections,
+        )
+    return soft
+
+
 async def _serve(config: Config, initialize: bool, clock_rate: float = 1.0) -> None:
     server = NodeServer(config, initialize=initialize, clock_rate=clock_rate)
     await server.startup()
@@ -923,8 +965,11 @@ def run(config: Config, *, initialize: bool = False, clock_rate: float = 1.0) ->
 
     ``initialize`` allows an empty data directory to be set up for this node (see
     ``NodeServer``); ``clock_rate`` is for chaos tests only. Uses uvloop when it is
-    installed.
+    installed. Raises the process's limit on open files, if it must and may, so the
+    three ports' connection caps are reached before the node runs out of file
+    descriptors (see ``ensure_file_limit``).
     """
+    ensure_file_limit(config)
     try:
         import uvloop
     except ImportError:
