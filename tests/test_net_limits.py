@@ -115,7 +115,7 @@ def test_an_unfinished_frame_over_the_port_budget_closes_its_connection_and_free
 
 
 def test_a_frame_past_the_frame_timeout_closes_its_connection_but_slow_traffic_lives() -> None:
-    frames = [snapshot_frame(200) for _ in range(6)]
+    frames = [snapshot_frame(200) for _ in range(12)]
 
     async def body(server: PeerServer, inbox: Inbox) -> None:
         guard = server.guard
@@ -130,7 +130,7 @@ def test_a_frame_past_the_frame_timeout_closes_its_connection_but_slow_traffic_l
         steady_reader, steady = await asyncio.open_connection(HOST, server.port)
         steady.write(hello(3) + frames[0][:100])
         for previous, current in itertools.pairwise(frames):
-            await asyncio.sleep(0.1)  # pacing the sender, not waiting for a result
+            await asyncio.sleep(0.05)  # pacing the sender, not waiting for a result
             steady.write(previous[100:] + current[:100])
         steady.write(frames[-1][100:])
         await eventually(lambda: len(inbox.messages) == len(frames), what="every frame")
@@ -147,7 +147,8 @@ def test_a_frame_past_the_frame_timeout_closes_its_connection_but_slow_traffic_l
         for writer in (idle, steady, stalled):
             writer.close()
 
-    run(lambda: with_server(body, limits=PortLimits(frame_timeout=0.3)))
+    # 12 frames 0.05 s apart: 0.6 s with a frame in flight, each for 0.05 s.
+    run(lambda: with_server(body, limits=PortLimits(frame_timeout=0.5)))
 
 
 def test_the_decoder_counts_frames_and_releases_its_buffer() -> None:

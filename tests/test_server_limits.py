@@ -241,7 +241,7 @@ def test_http_bodies_are_budgeted_and_timed_out(tmp_path: Path) -> None:
         assert b'"ok": true' in await http_get(port, "/healthz")
         await serves(client, "binary-still")
 
-    one_node(tmp_path, body, http_port=0, max_buffered_bytes=budget, frame_timeout=2.0)
+    one_node(tmp_path, body, http_port=0, max_buffered_bytes=budget, frame_timeout=4.0)
 
 
 def test_the_http_port_caps_connections(tmp_path: Path) -> None:
