@@ -257,6 +257,12 @@ def test_the_http_port_caps_connections(tmp_path: Path) -> None:
         await wait_for(lambda: len(guard.connections) == 2, 5.0, "room for one")
         assert b'"ok": true' in await http_get(port, "/healthz")
         await serves(client, "binary-still")
+        # Visible to monitoring: the refusal, and each port's open connections.
+        metrics = (await http_get(port, "/metrics")).decode()
+        assert 'pyxos_http_net_total{event="connections_refused"} 1.0' in metrics
+        assert 'pyxos_client_net_total{event="connections_refused"} 0.0' in metrics
+        assert 'pyxos_open_connections{port="http"} 3.0' in metrics  # 2 held + this one
+        assert 'pyxos_buffered_bytes{port="client"} 0.0' in metrics
         for _, writer in [*held[1:], (refused_reader, refused_writer)]:
             writer.close()
 
@@ -286,7 +292,9 @@ def test_the_limits_have_defaults_load_from_toml_and_are_validated(tmp_path: Pat
     for line, message in (
         ("max_connections = 0", "max_connections: 0 must be >= 1"),
         ("max_connections = 1.5", "max_connections: expected int"),
-        ("frame_timeout = 0", "frame_timeout: 0.0 must be > 0"),
+        ("frame_timeout = 0", "frame_timeout: 0.0 must be a finite number > 0"),
+        ("frame_timeout = inf", "frame_timeout: inf must be a finite number > 0"),
+        ("frame_timeout = nan", "frame_timeout: nan must be a finite number > 0"),
         ('frame_timeout = "1"', "frame_timeout: expected seconds"),
         ("max_buffered_bytes = 1000", "one peer frame of the largest size must fit"),
         ("client_max_frame_bytes = 1000", "a cas of two 1 MiB values, must fit"),

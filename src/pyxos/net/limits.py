@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -83,8 +84,8 @@ class PortLimits:
             raise ValueError(f"max_connections must be >= 1, not {self.max_connections}")
         if self.max_buffered_bytes < 1:
             raise ValueError(f"max_buffered_bytes must be >= 1, not {self.max_buffered_bytes}")
-        if not self.frame_timeout > 0:
-            raise ValueError(f"frame_timeout must be > 0, not {self.frame_timeout}")
+        if not 0 < self.frame_timeout < math.inf:
+            raise ValueError(f"frame_timeout must be finite and > 0, not {self.frame_timeout}")
 
 
 class PortGuard:

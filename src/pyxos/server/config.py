@@ -40,6 +40,7 @@ and ``data_dir`` has a default)::
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -304,8 +305,8 @@ def _validate(c: Config) -> None:
         raise ConfigError(f"wal_segment_bytes: {c.wal_segment_bytes} must be >= 4096")
     if c.max_connections < 1:
         raise ConfigError(f"max_connections: {c.max_connections} must be >= 1")
-    if not c.frame_timeout > 0:
-        raise ConfigError(f"frame_timeout: {c.frame_timeout} must be > 0 seconds")
+    if not 0 < c.frame_timeout < math.inf:
+        raise ConfigError(f"frame_timeout: {c.frame_timeout} must be a finite number > 0 seconds")
     if not MIN_CLIENT_FRAME_BYTES <= c.client_max_frame_bytes <= MAX_FRAME_BYTES:
         raise ConfigError(
             f"client_max_frame_bytes: {c.client_max_frame_bytes} must be in "
