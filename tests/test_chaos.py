@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import socket
 import struct
@@ -10,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from pyxos.chaos.netns import NetnsNetwork, netns_available
@@ -249,3 +251,41 @@ def test_clock_faults_keep_rates_within_the_drift_bound() -> None:
     ]
     assert rates and all(abs(r - 1.0) <= CLOCK_SKEW for r in rates)
     assert (1 + CLOCK_SKEW) / (1 - CLOCK_SKEW) - 1 < 0.1  # the replica's default drift bound
+
+
+def test_an_http_call_cancelled_in_flight_stays_in_the_history_as_unknown() -> None:
+    from aiohttp import web
+
+    from pyxos.chaos.run import _Workload
+    from pyxos.localcluster import LocalCluster, LocalNode
+
+    async def main() -> list[dict[str, object]]:
+        started = asyncio.Event()
+
+        async def hang(request: web.Request) -> web.Response:
+            started.set()
+            await asyncio.sleep(3600)
+            return web.Response()
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", hang)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        cluster = LocalCluster(Path("/nonexistent"), [LocalNode(1, 1, 1, port)], "c")
+        workload = _Workload(cluster, ChaosOptions(seed=5))
+        async with aiohttp.ClientSession() as session:
+            task = asyncio.create_task(workload.http_client(0, session))
+            await asyncio.wait_for(started.wait(), 10)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await runner.cleanup()
+        return workload.history
+
+    history = asyncio.run(main())
+    assert len(history) == 1
+    (op,) = history
+    assert op["return"] is None and op["ok"] is None

@@ -230,24 +230,23 @@ class _Workload:
                 "output": None,
                 "ok": None,
             }
+            # In the history from its call on: a call still running when the workload is
+            # cancelled stays there with an unknown outcome, never silently left out.
+            self.history.append(record)
             outcome = await self._http_call(session, rng.choice(urls), op, key, value, expected)
-            if outcome is None:  # refused before it could take effect: no event
-                if op == "get":
-                    continue
-                # A write without an answer: it may or may not have happened.
-                self.history.append(record)
+            if outcome is None:  # a read refused: no event (it had no effect)
+                record["refused"] = True
                 await asyncio.sleep(0.02)
                 continue
             ok, output = outcome
-            if ok is None:
-                self.history.append(record)  # unknown outcome
+            if ok is None:  # a write without an answer: its outcome is unknown
+                await asyncio.sleep(0.02)
                 continue
             record["return"] = time.monotonic_ns()
             record["ok"] = ok
             if op == "get":
                 record["output"] = output
                 known[key] = output
-            self.history.append(record)
 
     async def _http_call(
         self,
@@ -601,7 +600,7 @@ async def _run(
     for record in nemesis.records:
         record.next_write_s = _next_write_after(workload.history, record.start_ns)
     report.faults = nemesis.records
-    history = workload.history
+    history = [op for op in workload.history if not op.pop("refused", False)]
     report.history_path = out / "history.jsonl"
     with open(report.history_path, "w") as f:
         for op in history:
