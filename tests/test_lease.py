@@ -8,6 +8,7 @@ import pytest
 
 from pyxos.core.messages import ClientRequest, Prepare
 from pyxos.core.quorum import Majority
+from pyxos.core.ready import Node
 from pyxos.core.replica import Replica, ReplicaConfig, Role
 from pyxos.sim.kv import service_node_factory
 from pyxos.sim.mutants import REPLICA_MUTANTS
@@ -134,3 +135,112 @@ def test_an_acceptor_promises_nobody_else_while_its_lease_runs() -> None:
 def test_lease_zero_means_every_read_takes_the_read_index_round(lease: float) -> None:
     config = ReplicaConfig(election_timeout=(0.1, 0.2), lease=lease)
     assert config.lease_seconds == 0.0
+
+
+def _stale_read_after_an_acceptor_restarts(wipe: bool = False) -> str | bool | None:
+    """Issue 9's stale read: X helped grant the old leader L its lease, crashes and
+    restarts at once (having forgotten the grant), and promises Y, which has been cut off
+    from L for a while and runs for leader right then. Y acknowledges put k=new; L, cut
+    off from both, still within its lease, is asked for k."""
+    sim, client = _cluster(4, Replica)
+    sim.run(0.5)
+    old = _leader(sim)
+    x, y = [i for i in IDS if i != old]
+    seq = _ask(sim, old, "put", "k", "old")
+    sim.run(sim.now + 0.05)
+    assert _answer(client, seq) is None
+    sim.block(old, y)  # Y hears nothing from L; X keeps granting L its lease
+    sim.block(y, old)
+    sim.run(sim.now + 0.3)
+    lease_until = sim.node(old).replica.lease_until  # type: ignore[union-attr]
+    assert lease_until > sim.now + 0.05, "setup: L holds a lease granted by itself and X"
+    sim.partition([[old], [x, y]])  # L is cut off from X too; clients still reach it
+    sim.crash(x)
+    if wipe:
+        sim.procs[x].storage.corrupt(keep_snapshot=False)
+    sim.restart(x)
+
+    def run_for_leader(node: Node) -> None:
+        assert isinstance(node, ServiceNode)
+        node.replica.election_deadline = node.replica.now  # Y's timer fires now
+
+    sim.invoke(y, run_for_leader)
+    deadline = sim.now + 1.0
+    while not _leads(sim, y) and sim.now < deadline:
+        sim.run(sim.now + 0.001)
+    seq = _ask(sim, y, "put", "k", "new")
+    sim.run(sim.now + 0.02)
+    assert _answer(client, seq) is None, "Y acknowledged the write"
+    seq = _ask(sim, old, "get", "k")
+    sim.run(sim.now + 0.05)
+    return _answer(client, seq)
+
+
+def _leads(sim: Simulator, node_id: int) -> bool:
+    node = sim.node(node_id)
+    return isinstance(node, ServiceNode) and node.replica.role is Role.LEADER
+
+
+def test_an_acceptor_that_restarts_promises_nobody_for_a_full_lease() -> None:
+    # Before the fix the old leader answered "old" here (its lease still ran).
+    assert _stale_read_after_an_acceptor_restarts() != "old"
+
+
+def _restarted(now: float, **kw: object) -> Replica:
+    import random
+
+    config = ReplicaConfig(election_timeout=(0.1, 0.2))
+    return Replica(2, Majority(IDS), random.Random(2), config=config, now=now, **kw)  # type: ignore[arg-type]
+
+
+def test_a_restarted_acceptor_holds_its_promise_and_prevote_for_one_lease() -> None:
+    from pyxos.core.ballot import Ballot
+    from pyxos.core.messages import PreVote, PreVoteReply
+
+    r = _restarted(5.0, promised=Ballot(3, 1))
+    lease = r.config.lease_seconds
+    r.tick(5.0 + lease / 2)
+    r.step(PreVote(3, Ballot(9, 3)))
+    r.step(Prepare(3, Ballot(9, 3), 0))
+    ready = r.ready()
+    replies = [s.msg for s in ready.send_now if isinstance(s.msg, PreVoteReply)]
+    assert replies and not replies[0].granted, "no pre-vote during the hold"
+    assert not ready.send_after_sync and r.acceptor.promised == Ballot(3, 1)
+    r.advance()
+    r.tick(5.0 + lease)
+    r.step(Prepare(3, Ballot(9, 3), 0))
+    assert r.acceptor.promised == Ballot(9, 3), "after one lease, the prepare is promised"
+
+
+def test_a_node_that_rebuilt_its_lost_log_still_holds_for_one_lease_from_its_start() -> None:
+    from pyxos.core.ballot import ZERO, Ballot
+    from pyxos.core.messages import RebuildInfo
+
+    r = _restarted(5.0, rebuilding=True)
+    r.tick(5.01)
+    r.step(RebuildInfo(1, ZERO, -1))
+    r.step(RebuildInfo(3, ZERO, -1))
+    assert r.rebuild_caught_up
+    r.finish_rebuild(0)
+    assert not r.rebuilding
+    r.step(Prepare(3, Ballot(9, 3), 0))
+    assert r.acceptor.promised == ZERO, "rebuilt quickly, but the grant it forgot may still run"
+    r.tick(5.0 + r.config.lease_seconds)
+    r.step(Prepare(3, Ballot(9, 3), 0))
+    assert r.acceptor.promised == Ballot(9, 3)
+
+
+def test_a_late_message_from_a_deposed_leader_does_not_cut_a_running_grant_short() -> None:
+    import random
+
+    from pyxos.core.ballot import Ballot
+    from pyxos.core.messages import Commit
+
+    config = ReplicaConfig(election_timeout=(0.1, 0.2))
+    r = Replica(2, Majority(IDS), random.Random(2), config=config, now=-1.0)
+    r.tick(1.0)
+    r.step(Commit(1, Ballot(3, 1), 0))  # leader 1's heartbeat: a grant to node 1
+    r.tick(1.05)
+    r.step(Commit(3, Ballot(2, 3), 0))  # a late heartbeat of node 3's older leadership
+    r.step(Prepare(3, Ballot(9, 3), 0))
+    assert r.acceptor.promised != Ballot(9, 3), "node 1's lease still runs"

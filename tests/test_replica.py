@@ -167,6 +167,7 @@ def test_a_higher_ballot_in_a_nack_makes_the_leader_step_down() -> None:
 
 def test_an_accept_below_the_promise_is_refused_with_the_promise() -> None:
     r = replica(2)
+    r.tick(CFG.lease_seconds)  # past the hold a start places on promises
     r.step(Prepare(3, Ballot(5, 3), 0))
     r.advance()
     r.step(Accept(1, Ballot(4, 1), 0, (b"late",), 0))

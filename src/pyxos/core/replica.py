@@ -288,8 +288,18 @@ class Replica:
         self.lease_until = float("-inf")
         """Leader: reads may skip the read-index round until then (quorum-granted lease
         shortened by the drift bound)."""
-        self.granted_lease: tuple[int, float] = (0, float("-inf"))
-        """Acceptor: (leader, until): no promise to anyone else before then."""
+        lease = config.lease_seconds
+        self.lease_grants: dict[int, float] = {0: now + lease} if lease > 0 else {}
+        """Acceptor: leader -> until (our clock): we promise, and grant a pre-vote to,
+        nobody but that leader before then. Holder 0 is the hold every start places:
+        a node that restarts may have granted a lease it no longer remembers (grants
+        are not persisted), so it promises nobody for one full lease after it starts.
+        Invariant: a grant is only ever extended, never replaced by another leader's,
+        so a late message from a deposed leader cannot cut short a running lease."""
+        self.stale_ballot: dict[str, int] = {}
+        """Messages received whose ballot is below the highest this node has seen, by
+        message type: the paths that must ignore an older ballot, counted so that the
+        simulator can show they ran."""
 
         self.rebuilding = rebuilding
         """True while this node's acceptor state cannot be trusted: it does not vote."""
@@ -351,6 +361,10 @@ class Replica:
 
     def step(self, msg: Message) -> None:
         """Feed one received message (stale or foreign messages are ignored)."""
+        ballot = getattr(msg, "ballot", None)
+        if ballot is not None and ballot < self.highest_seen:
+            name = type(msg).__name__
+            self.stale_ballot[name] = self.stale_ballot.get(name, 0) + 1
         match msg:
             case Accept():
                 self._on_accept(msg)
@@ -465,9 +479,9 @@ class Replica:
         if self.rebuilding:
             self._note_ballot(msg.ballot)
             return  # no vote while our acceptor state cannot be trusted
-        holder, until = self.granted_lease
-        if holder not in (0, msg.src) and self.now < until:
-            # We granted a lease to another leader: promise nobody else until it ends.
+        if self._lease_held_against(msg.src) > self.now:
+            # We granted a lease to another leader (or have just started and may have
+            # forgotten one): promise nobody else until it ends.
             self._note_ballot(msg.ballot)
             return
         entries = self.acceptor.on_prepare(msg.ballot, msg.slot)
@@ -558,16 +572,38 @@ class Replica:
             self.leader_changes += 1
         self.leader_contact = self.now
         self.election_deadline = self.now + self._election_timeout()
-        if self.config.lease_seconds > 0:
-            self.granted_lease = (ballot.node, self.now + self.config.lease_seconds)
+        lease = self.config.lease_seconds
+        if lease > 0:
+            grants = self.lease_grants
+            grants[ballot.node] = max(grants.get(ballot.node, self.now), self.now + lease)
+
+    def _lease_held_against(self, candidate: int) -> float:
+        """Until when (our clock) a lease we granted to someone other than ``candidate``
+        forbids promising ``candidate``; expired grants are dropped."""
+        now = self.now
+        held = float("-inf")
+        grants = self.lease_grants
+        for holder, until in list(grants.items()):
+            if until <= now:
+                del grants[holder]
+            elif holder != candidate and until > held:
+                held = until
+        return held
 
     def _on_prevote(self, msg: PreVote) -> None:
         # Grant only if we too have lost the leader: a node that comes back from a
         # partition then cannot start an election that would depose a healthy leader.
         # Nor to a node far behind us: its phase 1 would re-propose its whole gap.
+        # Nor while a lease we granted forbids promising the asker: its Prepare would
+        # be refused anyway.
         recent = self.now - self.leader_contact < self.config.election_timeout[0]
         lagging = msg.first_unchosen + self.config.window < self.first_unchosen
-        granted = not (self.leader != 0 and recent) and not self.rebuilding and not lagging
+        granted = (
+            not (self.leader != 0 and recent)
+            and not self.rebuilding
+            and not lagging
+            and self._lease_held_against(msg.src) <= self.now
+        )
         self._send_now((msg.src,), PreVoteReply(self.node_id, msg.ballot, granted, self.leader))
 
     # -- rebuilding ------------------------------------------------------------------------
@@ -798,6 +834,11 @@ class Replica:
         return max(self.highest_seen, self.acceptor.promised).next_for(self.node_id)
 
     def _start_prevote(self) -> None:
+        held = self._lease_held_against(self.node_id)
+        if held > self.now:
+            # Our own promise is bound by the leases we granted, like anyone's.
+            self.election_deadline = held
+            return
         self.role = Role.PRECANDIDATE
         self.election_deadline = self.now + self._election_timeout()
         self.grants = {self.node_id}
