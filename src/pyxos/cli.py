@@ -221,6 +221,8 @@ def sim_kv(
         ("replica digests compared", str(sum(r.audits for r in results))),
         ("messages delivered", str(sum(r.stats.get("delivered", 0) for r in results))),
         ("messages dropped", str(sum(r.stats.get("dropped", 0) for r in results))),
+        ("messages held back long", str(sum(r.stats.get("stale_delayed", 0) for r in results))),
+        *_stale_rows([r.stale_ballot for r in results]),
         ("latency p50 (sim)", f"{percentile(latencies, 0.5) * 1000:.1f} ms"),
         ("latency p99 (sim)", f"{percentile(latencies, 0.99) * 1000:.1f} ms"),
         ("violations", str(len(bad))),
@@ -232,6 +234,17 @@ def sim_kv(
         click.echo(r.violation.detail)
         click.echo(f"replay: {r.replay}")
     sys.exit(1 if bad else 0)
+
+
+def _stale_rows(counts: list[dict[str, int]]) -> list[tuple[str, str]]:
+    """One row per message type: older-ballot messages received in total, and in how
+    many runs (a sweep shows that the paths ignoring them ran)."""
+    rows = []
+    for name in sorted({name for c in counts for name in c}):
+        total = sum(c.get(name, 0) for c in counts)
+        runs = sum(1 for c in counts if c.get(name))
+        rows.append((f"stale-ballot {name} received", f"{total} in {runs} runs"))
+    return rows
 
 
 @main.command("check")

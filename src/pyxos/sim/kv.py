@@ -19,6 +19,10 @@ Checked in every run:
 - linearizability of the client history (``pyxos.check.linearizability``), also when
   the run ends on its time limit: an operation still in flight then is recorded with
   an unknown outcome, so the history holds every call;
+- leases: while a leader's lease runs by its own clock, the acceptors that can promise
+  nobody else meet every phase-1 quorum, and no leader of a higher ballot exists
+  (``pyxos.sim.leases``: the promise a lease read relies on, checked directly, since a
+  stale read shows in a history only by luck);
 - liveness: once the faults heal (plus a settling time for an election), every
   operation a live client calls completes, with no unknown outcome;
 - convergence: at the end, every live replica applies every chosen slot and all hold
@@ -46,6 +50,7 @@ from pyxos.core.messages import ClientReply, ClientRequest, Entry, Message
 from pyxos.core.quorum import Majority, QuorumSystem
 from pyxos.core.ready import Node, Ready, Send
 from pyxos.core.replica import Replica, ReplicaConfig, Role
+from pyxos.sim.leases import LeaseMonitor
 from pyxos.sim.mutants import REPLICA_MUTANTS, STORE_MUTANTS
 from pyxos.sim.nemesis import Nemesis
 from pyxos.sim.world import NodeFactory, Simulator, TraceEvent, format_trace
@@ -98,6 +103,8 @@ class KVResult:
     slots: int = 0
     latencies: list[float] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
+    stale_ballot: dict[str, int] = field(default_factory=dict)
+    """Messages of an older ballot the replicas received, per message type."""
     trace: list[TraceEvent] = field(default_factory=list)
     replay: str = ""
     """The one command that replays this run exactly (every option it depends on)."""
@@ -368,11 +375,16 @@ def run_kv(
     ack_before_sync: bool = False,
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
     snapshot_bytes: int = 64 * 1024 * 1024,
+    drifting_clocks: bool = True,
+    stale_messages: bool = True,
 ) -> KVResult:
     """Simulate one seed of the replicated KV store and check it.
 
     ``mutant`` names a deliberately broken variant (:data:`KV_MUTANTS`); it overrides
     ``replica_factory``, ``store_factory`` or ``ack_before_sync`` accordingly.
+    ``drifting_clocks=False`` and ``stale_messages=False`` turn off per-node clock drift
+    and the messages held back for several election timeouts (see
+    :class:`~pyxos.sim.nemesis.Nemesis`), to show what a mutant needs them for.
     """
     m_replica, m_store, m_early = _mutant_parts(mutant)
     replica_factory = m_replica or replica_factory
@@ -451,6 +463,7 @@ def run_kv(
             sim.add_node(c, client_node, crashable=False)
         sim.observers.append(observe)
         sim.send_observers.append(ChosenMonitor(quorum).observe)
+        sim.send_observers.append(LeaseMonitor(sim, quorum, ids).observe)
 
         def leader() -> int | None:
             for i in ids:
@@ -459,7 +472,16 @@ def run_kv(
                     return i
             return None
 
-        Nemesis(sim, faults, ids, fault_until, leader=leader)
+        Nemesis(
+            sim,
+            faults,
+            ids,
+            fault_until,
+            leader=leader,
+            clock_drift=config.clock_drift,
+            drift=drifting_clocks,
+            stale=stale_messages,
+        )
         sim.run(end, stop=clients_done)
         calm = int((fault_until + settle) * 1e9)
         late_unknown = [op for op in history if op.return_ is None and op.call >= calm]
@@ -493,6 +515,7 @@ def run_kv(
     result.slots = max((len(monitor.first),), default=0)
     result.leader_changes = _leader_changes(sim, ids)
     result.stats = dict(sim.stats)
+    result.stale_ballot = sim.stale_ballot_counts()
     result.audits = divergence.reports
     result.trace = sim.trace
     return result

@@ -162,7 +162,36 @@ class HeartbeatDeafReplica(Replica):
             self._send_now((msg.src,), ReadAck(self.node_id, msg.ballot, msg.read))
 
 
+class WrongDriftMarginReplica(Replica):
+    """A leader whose lease is *lengthened* by the clock-drift bound instead of
+    shortened (the margin's sign flipped): it outlives the grants behind it."""
+
+    def _check_read_quorum(self, probe: int) -> None:
+        sent = self.probe_sent_at.get(probe)
+        before = self.lease_until
+        super()._check_read_quorum(probe)
+        if sent is not None and self.lease_until > before:
+            config = self.config
+            longer = sent + config.lease_seconds * (1.0 + config.clock_drift)
+            self.lease_until = max(before, longer)
+
+
+class DriftBlindLeaseReplica(Replica):
+    """A leader that ignores the clock-drift bound: its lease lasts exactly as long as
+    the grants behind it, which is safe only if every clock runs at one rate (a grant
+    starts when the probe arrives, after the lease started)."""
+
+    def _check_read_quorum(self, probe: int) -> None:
+        sent = self.probe_sent_at.get(probe)
+        before = self.lease_until
+        super()._check_read_quorum(probe)
+        if sent is not None and self.lease_until > before:
+            self.lease_until = max(before, sent + self.config.lease_seconds)
+
+
 REPLICA_MUTANTS: dict[str, type[Replica]] = {
+    "drift-blind-lease": DriftBlindLeaseReplica,
+    "wrong-drift-margin": WrongDriftMarginReplica,
     "heartbeat-deaf": HeartbeatDeafReplica,
     "eternal-lease": EternalLeaseReplica,
     "unconfirmed-reads": UnconfirmedReadReplica,

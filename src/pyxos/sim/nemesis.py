@@ -15,6 +15,20 @@ faults (loss, duplication, long delays, reordering) are on for the same window. 
 resume and the network stops losing and duplicating messages. Liveness checks start
 counting from there. Crashes never take down more than a minority at once, the failure
 model the protocol claims to survive; safety must hold whatever the nemesis does.
+
+Clocks. Every server always runs on its own clock (see ``world.NodeClock``), its rate
+drawn once within half the bound the replicas assume (``clock_drift``: the rates of any
+two clocks differ by a factor of at most ``1 / (1 - clock_drift)``, so each rate lies
+within ``clock_drift / (2 - clock_drift)`` of 1). With ``clock`` the rates use the whole
+bound, they change during the run, the changes are aimed where they hurt a lease (the
+leader's clock slow, the others fast), and a restarted node may come back from a reboot
+with its monotonic clock started over. With ``clock-unsafe`` the same changes go beyond
+the bound: leases are then no longer safe, and the checkers must say so (a test shows
+that they do). Clocks keep their rates after the heal: drift is no fault that ends.
+
+Stale messages. With ``delay`` a rare message is held back for several election
+timeouts, and with ``dup`` some duplicates are replayed that much later (see
+``world.NetworkFaults``): they reach nodes that have changed ballots since.
 """
 
 from __future__ import annotations
@@ -25,9 +39,30 @@ from pyxos.sim.world import NetworkFaults, Simulator
 
 __all__ = ["ALL_FAULTS", "FAULT_KINDS", "Nemesis", "parse_faults"]
 
-FAULT_KINDS = ("drop", "dup", "reorder", "delay", "partition", "crash", "pause", "disk")
+FAULT_KINDS = (
+    "drop",
+    "dup",
+    "reorder",
+    "delay",
+    "partition",
+    "crash",
+    "pause",
+    "disk",
+    "clock",
+    "clock-unsafe",
+)
 ALL_FAULTS = ("drop", "dup", "reorder", "delay", "partition", "crash", "pause")
-"""What ``all`` means: every network, crash and pause fault (``disk`` is added apart)."""
+"""What ``all`` means: every network, crash and pause fault (``disk``, ``clock`` and
+``clock-unsafe`` are added apart; within-bound drift is always on)."""
+
+DEFAULT_CLOCK_DRIFT = 0.1
+"""The drift bound the replicas assume unless told (``ReplicaConfig.clock_drift``)."""
+
+
+def rate_bound(clock_drift: float) -> float:
+    """How far from 1 a clock rate may lie for every two rates to differ by a factor of
+    at most ``1 / (1 - clock_drift)``, the bound a lease is shortened for."""
+    return clock_drift / (2.0 - clock_drift)
 
 
 def parse_faults(text: str, allowed: Iterable[str] = FAULT_KINDS) -> frozenset[str]:
@@ -46,12 +81,15 @@ def parse_faults(text: str, allowed: Iterable[str] = FAULT_KINDS) -> frozenset[s
     return frozenset(kinds)
 
 
-def network_faults(kinds: frozenset[str]) -> NetworkFaults:
-    """The network fault probabilities for the given kinds."""
+def network_faults(kinds: frozenset[str], *, stale: bool = True) -> NetworkFaults:
+    """The network fault probabilities for the given kinds (``stale=False``: no
+    message is held back for several election timeouts, as before those existed)."""
     return NetworkFaults(
         drop=0.1 if "drop" in kinds else 0.0,
         dup=0.05 if "dup" in kinds else 0.0,
         long_delay=0.05 if "delay" in kinds else 0.0,
+        stale_delay=0.003 if "delay" in kinds and stale else 0.0,
+        late_dup=0.3 if "dup" in kinds and stale else 0.0,
         reorder="reorder" in kinds,
         max_delay=0.01 if "reorder" in kinds else 0.002,
     )
@@ -69,7 +107,13 @@ class Nemesis:
         *,
         leader: Callable[[], int | None] = lambda: None,
         interval: tuple[float, float] = (0.02, 0.4),
+        clock_drift: float = DEFAULT_CLOCK_DRIFT,
+        drift: bool = True,
+        stale: bool = True,
     ) -> None:
+        """``drift=False`` keeps every clock exact and ``stale=False`` holds no message
+        back for several election timeouts (the simulator as it was before either
+        existed, to show what they catch)."""
         self.sim = sim
         self.kinds = kinds
         self.servers = sorted(servers)
@@ -79,14 +123,22 @@ class Nemesis:
         self.crashed: set[int] = set()
         self.paused: set[int] = set()
         self.actions = 0
-        sim.faults = network_faults(kinds)
+        self.drift = drift
+        sim.faults = network_faults(kinds, stale=stale)
         self._calm = NetworkFaults(reorder=sim.faults.reorder, max_delay=sim.faults.max_delay)
         self._calm_disk = sim.disk_latency
         if "disk" in kinds:
             sim.torn_writes = True
             sim.fsync_fault = self._fsync_fault
             sim.disk_latency = (0.001, 0.01)  # a slow disk: more writes caught unsynced
-        if kinds & {"partition", "crash", "pause", "disk"}:
+        self.rate_bound = rate_bound(clock_drift)
+        # Within-bound drift, always: half the bound, or all of it with ``clock``.
+        spread = self.rate_bound * (0.999 if "clock" in kinds else 0.5)
+        for node in self.servers if drift else ():
+            sim.set_clock_rate(node, 1.0 + sim.rng.uniform(-spread, spread))
+        if not drift:
+            kinds = self.kinds = kinds - {"clock", "clock-unsafe"}
+        if kinds & {"partition", "crash", "pause", "disk", "clock", "clock-unsafe"}:
             sim.call_at(self._next_time(), self._act)
         sim.call_at(until, self.heal_all)
 
@@ -100,6 +152,10 @@ class Nemesis:
         choices: list[str] = [k for k in ("partition", "crash", "pause") if k in self.kinds]
         if "disk" in self.kinds:
             choices += ["crash", "corrupt"]
+        if self.kinds & {"clock", "clock-unsafe"}:
+            choices.append("clock")
+            if rng.random() < 0.5:
+                self._aim_clocks()  # keep the leader's clock slow as leaders change
         kind = rng.choice(choices)
         minority = (len(self.servers) - 1) // 2
         if kind == "partition":
@@ -109,7 +165,7 @@ class Nemesis:
             if self.crashed and (len(down) >= minority or rng.random() < 0.5):
                 node = rng.choice(sorted(self.crashed))
                 self.crashed.discard(node)
-                sim.restart(node)
+                self._restart(node)
             elif len(down) < minority:
                 candidates = [n for n in self.servers if n not in down]
                 if "disk" in self.kinds:
@@ -130,6 +186,8 @@ class Nemesis:
                 sim.crash(node)
                 sim.procs[node].storage.corrupt(keep_snapshot=rng.random() < 0.5)
                 sim._log("corrupt", node, None, None)
+        elif kind == "clock":
+            self._change_clock()
         elif kind == "pause":
             down = self.crashed | self.paused
             if len(down) < minority:
@@ -163,6 +221,39 @@ class Nemesis:
             cut = rng.randint(1, len(nodes) - 1)
             sim.partition([nodes[:cut], nodes[cut:]])
 
+    def _change_clock(self) -> None:
+        """Clock rates change. Mostly aimed where it hurts a lease: the leader's clock
+        at the slow end of the range and every other clock at the fast end (the
+        leader's lease then lasts longest, the grants behind it run out first);
+        otherwise one clock anywhere in the range."""
+        sim, rng = self.sim, self.sim.rng
+        off = self._clock_offset()
+        if not (rng.random() < 0.7 and self._aim_clocks()):
+            sim.set_clock_rate(rng.choice(self.servers), 1.0 + rng.uniform(-off, off))
+
+    def _clock_offset(self) -> float:
+        if "clock-unsafe" in self.kinds:
+            return self.sim.rng.uniform(0.3, 0.6)  # a factor of 1.9 to 4 between clocks
+        return self.rate_bound * self.sim.rng.uniform(0.8, 0.999)
+
+    def _aim_clocks(self) -> bool:
+        """The leader's clock to the slow end, every other to the fast end; False if
+        there is no leader to aim at."""
+        leader = self.leader()
+        if leader not in self.servers:
+            return False
+        off = self._clock_offset()
+        for node in self.servers:
+            self.sim.set_clock_rate(node, 1.0 - off if node == leader else 1.0 + off)
+        return True
+
+    def _restart(self, node: int) -> None:
+        sim = self.sim
+        if self.kinds & {"clock", "clock-unsafe"} and sim.rng.random() < 0.5:
+            # The machine rebooted: its monotonic clock starts over from anywhere.
+            sim.reboot_clock(node, sim.rng.uniform(0.0, 1000.0))
+        sim.restart(node)
+
     def _pause(self, node: int, duration: float) -> None:
         self.paused.add(node)
         duration = min(duration, self.until - self.sim.now)
@@ -190,7 +281,7 @@ class Nemesis:
         sim.resume_all()
         self.paused.clear()
         for node in sorted(self.crashed):
-            sim.restart(node)
+            self._restart(node)
         self.crashed.clear()
         sim.faults = self._calm
         sim.fsync_fault = None

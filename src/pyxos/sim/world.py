@@ -1,10 +1,10 @@
-"""The deterministic simulator: one seeded RNG, a virtual clock and an event queue.
+"""The deterministic simulator: one seeded RNG, virtual time, node clocks, an event queue.
 
 Theory of operation
 -------------------
 The simulator is a driver of pure nodes (anything with the core's ``step / tick /
-ready / advance / next_deadline`` contract). It owns the only clock and the only
-random number generator; nodes receive their own ``random.Random`` seeded from it.
+ready / advance / next_deadline`` contract). It owns virtual time, every node's clock
+and the only random number generator; nodes receive their own ``random.Random`` seeded from it.
 Everything that happens is an event in one priority queue ordered by (virtual time,
 sequence number), so a seed replays exactly, event for event.
 
@@ -29,6 +29,19 @@ broken driver, for the mutation test: it sends acceptor replies before the fsync
 The network delivers each message after a random delay and, when the faults are on,
 drops, duplicates, delays for long, reorders (no FIFO per link) and blocks messages
 between partitioned nodes. A message to oneself is delivered locally, without faults.
+Rarely a message is held back for several election timeouts (``stale_delay``), or a
+duplicate is replayed that much later (``late_dup``): it then arrives after its sender
+may have lost and regained leadership, which is what exercises the code that must
+ignore messages of an older ballot (each replica counts those it receives).
+
+Clocks. Virtual time ``now`` is real time; no node reads it. Each node owns a
+:class:`NodeClock` whose rate may differ from 1 (``set_clock_rate``, changeable at any
+moment) and whose reading may start anywhere at a restart (``reboot_clock``: a monotonic
+clock restarts with the machine). Every ``tick(now)`` and a node's start see its own
+clock's reading; the deadlines a node asks for are in its own time and are converted
+to virtual time when they are scheduled, so a fast clock fires its timers early and a
+slow one late, exactly like a real clock with a rate error. Leases, which are only as
+safe as the bound on the rate difference, meet that bound here.
 A crash discards the node object, its in-flight messages and its unsynced writes; a
 restart builds a new node from the durable storage only.
 """
@@ -36,6 +49,7 @@ restart builds a new node from the durable storage only.
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -45,7 +59,7 @@ from pyxos.core.messages import Entry, Message
 from pyxos.core.ready import Node, Send
 from pyxos.storage.memory import MemoryStorage
 
-__all__ = ["NetworkFaults", "NodeFactory", "Simulator", "TraceEvent", "format_trace"]
+__all__ = ["NetworkFaults", "NodeClock", "NodeFactory", "Simulator", "TraceEvent", "format_trace"]
 
 NodeFactory = Callable[[int, MemoryStorage, random.Random, float], Node]
 """Builds a node from (node id, durable storage, its RNG, the time of its start)."""
@@ -65,6 +79,39 @@ class NetworkFaults:
     min_delay: float = 0.0002
     max_delay: float = 0.002
     long_delay_range: tuple[float, float] = (0.02, 0.2)
+    stale_delay: float = 0.0
+    """Probability that a message is held back for ``stale_delay_range`` (several
+    election timeouts): it arrives after its sender's ballot has likely been superseded."""
+    late_dup: float = 0.0
+    """Probability that a duplicate (see ``dup``) is replayed ``stale_delay_range`` later."""
+    stale_delay_range: tuple[float, float] = (0.4, 1.5)
+
+
+@dataclass(slots=True)
+class NodeClock:
+    """A node's own monotonic clock: it reads ``origin_local + rate * (t - origin_t)``
+    at virtual time ``t`` (piecewise: a rate change starts a new piece)."""
+
+    rate: float = 1.0
+    origin_t: float = 0.0
+    origin_local: float = 0.0
+
+    def read(self, t: float) -> float:
+        """The clock's reading at virtual time ``t``."""
+        return self.origin_local + (t - self.origin_t) * self.rate
+
+    def when(self, local: float) -> float:
+        """The first virtual time at which the clock reads at least ``local``."""
+        t = self.origin_t + (local - self.origin_local) / self.rate
+        while self.read(t) < local:  # floating point: never fire a timer early
+            t = math.nextafter(t, math.inf)
+        return t
+
+    def set_rate(self, t: float, rate: float) -> None:
+        """From virtual time ``t`` on, run at ``rate`` (the reading stays continuous)."""
+        self.origin_local = self.read(t)
+        self.origin_t = t
+        self.rate = rate
 
 
 @dataclass(slots=True)
@@ -86,6 +133,8 @@ class _Process:
     fsync_in_flight: bool = False
     waiting: list[tuple[int, list[Send]]] = field(default_factory=list)
     """(writes that must be durable first, messages) in issue order."""
+    clock: NodeClock | None = None
+    """This node's own clock (None: it reads virtual time exactly)."""
 
 
 _DELIVER, _TICK, _FSYNC, _CALL = range(4)
@@ -116,7 +165,17 @@ class Simulator:
         """Called with (node id, committed entries) after every Ready that has any."""
         self.send_observers: list[Callable[[int, Message], None]] = []
         """Called with (sender, message) for every message put on the network."""
-        self.stats = {"sent": 0, "delivered": 0, "dropped": 0, "duplicated": 0, "fsyncs": 0}
+        self.stats = {
+            "sent": 0,
+            "delivered": 0,
+            "dropped": 0,
+            "duplicated": 0,
+            "fsyncs": 0,
+            "stale_delayed": 0,
+        }
+        self.stale_ballot: dict[str, int] = {}
+        """Messages of an older ballot received, per message type, summed over every
+        node incarnation (nodes count them in their ``stale_ballot``)."""
         self._queue: list[tuple[float, int, int, Any, Any, Any]] = []
         self._seq = 0
         self._link_last: dict[tuple[int, int], float] = {}
@@ -146,6 +205,53 @@ class Simulator:
         """Ids of the processes that are up."""
         return [p.node_id for p in self.procs.values() if p.up]
 
+    # -- clocks --------------------------------------------------------------------
+
+    def local_time(self, node_id: int) -> float:
+        """What ``node_id``'s own clock reads now."""
+        clock = self.procs[node_id].clock
+        return self.now if clock is None else clock.read(self.now)
+
+    def set_clock_rate(self, node_id: int, rate: float) -> None:
+        """From now on, ``node_id``'s clock runs at ``rate`` (1.0: true time)."""
+        if rate <= 0:
+            raise ValueError("a clock rate must be positive")
+        proc = self.procs[node_id]
+        if proc.clock is None:
+            proc.clock = NodeClock()
+        proc.clock.set_rate(self.now, rate)
+        self._log("clock", node_id, None, round(rate, 6))
+        self._retime(proc)
+
+    def reboot_clock(self, node_id: int, reading: float) -> None:
+        """Make ``node_id``'s clock read ``reading`` now (a machine reboot restarts its
+        monotonic clock; only a node that is down may see this)."""
+        proc = self.procs[node_id]
+        if proc.up:
+            raise ValueError("a running node's monotonic clock never jumps")
+        clock = proc.clock or NodeClock()
+        proc.clock = NodeClock(clock.rate, self.now, reading)
+
+    def _local(self, proc: _Process) -> float:
+        clock = proc.clock
+        return self.now if clock is None else clock.read(self.now)
+
+    def _retime(self, proc: _Process) -> None:
+        # The pending timer was converted at the old rate: tick now, and the node's
+        # deadline is converted again at the new one.
+        if proc.up and proc.node is not None:
+            proc.tick_at = self.now
+            self._push(self.now, _TICK, proc.node_id, proc.incarnation, None)
+
+    def stale_ballot_counts(self) -> dict[str, int]:
+        """Stale-ballot messages received per message type: crashed incarnations'
+        counts plus the live nodes' (see ``Replica.stale_ballot``)."""
+        total = dict(self.stale_ballot)
+        for proc in self.procs.values():
+            for name, count in _stale_counts(proc.node).items():
+                total[name] = total.get(name, 0) + count
+        return total
+
     # -- faults --------------------------------------------------------------------
 
     def crash(self, node_id: int, keep_unsynced: int | None = None) -> None:
@@ -159,6 +265,8 @@ class Simulator:
         if keep_unsynced is None:
             pending = len(proc.storage.unsynced)
             keep_unsynced = self.rng.randint(0, pending) if self.torn_writes and pending else 0
+        for name, count in _stale_counts(proc.node).items():
+            self.stale_ballot[name] = self.stale_ballot.get(name, 0) + count
         proc.up = False
         proc.node = None
         proc.incarnation += 1
@@ -245,7 +353,7 @@ class Simulator:
         proc = self.procs[node_id]
         if not proc.up or proc.node is None or proc.paused_until > self.now:
             return False
-        proc.node.tick(self.now)
+        proc.node.tick(self._local(proc))
         fn(proc.node)
         self._drive(proc)
         return True
@@ -266,25 +374,31 @@ class Simulator:
 
     def _start(self, proc: _Process) -> None:
         node_rng = random.Random(self.rng.getrandbits(64))
-        proc.node = proc.factory(proc.node_id, proc.storage, node_rng, self.now)
+        local = self._local(proc)
+        proc.node = proc.factory(proc.node_id, proc.storage, node_rng, local)
         proc.up = True
         proc.paused_until = 0.0
         proc.written = proc.synced = 0
         proc.fsync_in_flight = False
         proc.waiting.clear()
         proc.tick_at = None
-        proc.node.tick(self.now)
+        proc.node.tick(local)
         self._drive(proc)
 
-    def _deliver(self, dst: int, msg: Message, incarnation: int) -> None:
+    def _deliver(self, dst: int, msg: Message, incarnation: int | None) -> None:
         proc = self.procs.get(dst)
-        if proc is None or not proc.up or proc.node is None or proc.incarnation != incarnation:
+        if (
+            proc is None
+            or not proc.up
+            or proc.node is None
+            or (incarnation is not None and proc.incarnation != incarnation)
+        ):
             self.stats["dropped"] += 1
             self._log("lost", getattr(msg, "src", None), dst, msg)
             return
         self.stats["delivered"] += 1
         self._log("recv", getattr(msg, "src", None), dst, msg)
-        proc.node.tick(self.now)
+        proc.node.tick(self._local(proc))
         proc.node.step(msg)
         self._drive(proc)
 
@@ -293,7 +407,7 @@ class Simulator:
         if not proc.up or proc.node is None or proc.incarnation != incarnation:
             return
         proc.tick_at = None
-        proc.node.tick(self.now)
+        proc.node.tick(self._local(proc))
         self._drive(proc)
 
     def _drive(self, proc: _Process) -> None:
@@ -326,6 +440,8 @@ class Simulator:
         if snapshot is not None:
             self._save_snapshot(proc, *snapshot)
         deadline = node.next_deadline()
+        if deadline is not None and proc.clock is not None:
+            deadline = proc.clock.when(deadline)  # the node's time -> virtual time
         if deadline is not None and (proc.tick_at is None or deadline < proc.tick_at):
             proc.tick_at = deadline
             self._push(max(deadline, self.now), _TICK, proc.node_id, proc.incarnation, None)
@@ -396,16 +512,30 @@ class Simulator:
         if f.dup and rng.random() < f.dup:
             copies = 2
             self.stats["duplicated"] += 1
-        for _ in range(copies):
+        for copy in range(copies):
             delay = rng.uniform(f.min_delay, f.max_delay)
             if f.long_delay and rng.random() < f.long_delay:
                 delay = rng.uniform(*f.long_delay_range)
+            late = f.late_dup if copy else f.stale_delay
+            if late and rng.random() < late:
+                # Held for several election timeouts (a sender's queue across the
+                # receiver's restart, a replay): no FIFO order holds for it, and it
+                # reaches whichever incarnation of the receiver is up by then.
+                self.stats["stale_delayed"] += 1
+                when = self.now + rng.uniform(*f.stale_delay_range)
+                self._push(when, _DELIVER, dst, msg, None)
+                continue
             when = self.now + delay
             if not f.reorder:
                 link = (src, dst)
                 when = max(when, self._link_last.get(link, 0.0))
                 self._link_last[link] = when
             self._push(when, _DELIVER, dst, msg, incarnation)
+
+
+def _stale_counts(node: Node | None) -> dict[str, int]:
+    counts = getattr(node, "stale_ballot", None)
+    return counts if isinstance(counts, dict) else {}
 
 
 def format_trace(trace: Iterable[TraceEvent], limit: int | None = None) -> str:

@@ -229,6 +229,11 @@ class ServiceNode:
         """This node's id."""
         return self.replica.node_id
 
+    @property
+    def stale_ballot(self) -> dict[str, int]:
+        """The replica's count of older-ballot messages received, per message type."""
+        return self.replica.stale_ballot
+
     def step(self, msg: Message) -> None:
         """Feed one message: client requests here, protocol messages to the replica."""
         match msg:
