@@ -170,12 +170,18 @@ def test_a_run_that_ends_on_its_time_limit_writes_every_call(tmp_path: Path) -> 
 def test_a_run_that_ends_on_its_time_limit_is_still_checked_for_linearizability() -> None:
     # The real store runs out of time here; a store that applies retries twice must
     # be reported for what it did, not only for being slow.
-    real = run_kv(7, clients=8, ops_per_client=120, faults=ALL, trace=False)
-    assert real.violation is not None and real.violation.check == "liveness"
-    broken = run_kv(
-        7, clients=8, ops_per_client=120, faults=ALL, mutant="double-apply", trace=False
-    )
-    assert broken.violation is not None and broken.violation.check == "linearizability"
+    # Scanned, not pinned: which seed shows it moves whenever the simulator's use of its
+    # RNG changes (seed 7 when written, 3 once clocks drifted and messages came late).
+    for seed in range(20):
+        real = run_kv(seed, clients=8, ops_per_client=120, faults=ALL, trace=False)
+        if real.violation is None or real.violation.check != "liveness":
+            continue
+        broken = run_kv(
+            seed, clients=8, ops_per_client=120, faults=ALL, mutant="double-apply", trace=False
+        )
+        if broken.violation is not None and broken.violation.check == "linearizability":
+            return
+    pytest.fail("no time-limited run of 20 reported the double-apply store's stale results")
 
 
 def test_the_replay_of_a_time_limited_run_is_the_same_run(tmp_path: Path) -> None:
