@@ -276,3 +276,88 @@ def test_a_follower_confirms_a_probe_only_for_a_ballot_it_has_not_outbid() -> No
     r.step(Commit(3, Ballot(1, 3), 0, read=8))
     msgs = [s.msg for s in r.ready().send_now]
     assert not any(isinstance(m, ReadAck) for m in msgs)
+
+
+# -- bootstrapping (the bootstrap flag on an empty disk) and a lost majority ------------
+
+
+def _answers(r: Replica) -> list[object]:
+    return [m for _, m in sent(r)]
+
+
+def test_a_bootstrapping_node_votes_only_once_every_peer_answered_fresh() -> None:
+    from pyxos.core.messages import RebuildInfo, RebuildQuery
+
+    r = replica(1, bootstrapping=True)
+    assert r.rebuilding and r.bootstrapping
+    r.tick(0.0)
+    assert any(isinstance(m, RebuildQuery) for m in _answers(r))
+    r.advance()
+    r.step(RebuildInfo(2, Ballot(0, 0), -1, rebuilding=True, fresh=True))
+    assert r.rebuilding, "one fresh answer of two is not enough"
+    r.step(Prepare(3, Ballot(1, 3)))
+    assert not [m for m in _answers(r) if isinstance(m, Promise)], "no vote while bootstrapping"
+    r.advance()
+    r.step(RebuildInfo(3, Ballot(0, 0), -1, rebuilding=False, fresh=True))
+    assert not r.rebuilding and not r.bootstrapping
+    ready = r.ready()
+    assert ready.persist.rebuilt == 0, "the end of the bootstrap is durable"
+
+
+def test_a_bootstrapping_node_that_meets_a_peer_with_state_rebuilds() -> None:
+    from pyxos.core.messages import RebuildInfo
+
+    r = replica(1, bootstrapping=True)
+    r.tick(0.0)
+    r.advance()
+    r.step(RebuildInfo(2, Ballot(3, 2), 7))  # a member holding state
+    assert r.rebuilding and not r.bootstrapping, "the cluster exists: rebuild"
+    r.step(RebuildInfo(3, Ballot(0, 0), -1, rebuilding=True, fresh=True))
+    assert r.rebuilding, "a peer bootstrapping too bounds nothing"
+    assert r.majority_lost, "node 1 and node 3 hold no state: a quorum"
+
+
+def test_a_member_answers_fresh_only_if_it_never_held_state() -> None:
+    from pyxos.core.messages import RebuildInfo, RebuildQuery
+
+    r = replica(2)
+    r.step(RebuildQuery(1))
+    (info,) = _answers(r)
+    assert isinstance(info, RebuildInfo) and info.fresh and not info.rebuilding
+    r.advance()
+    r.step(Prepare(3, Ballot(1, 3)))
+    r.advance()
+    r.step(RebuildQuery(1))
+    (info,) = _answers(r)
+    assert isinstance(info, RebuildInfo) and not info.fresh
+
+
+def test_a_member_that_finished_its_bootstrap_lets_the_others_finish_theirs() -> None:
+    from pyxos.core.messages import RebuildInfo, RebuildQuery
+
+    nodes = {i: replica(i, bootstrapping=True) for i in (1, 2, 3)}
+    # Node 1 hears both others bootstrapping and finishes first...
+    nodes[1].step(RebuildInfo(2, Ballot(0, 0), -1, rebuilding=True, fresh=True))
+    nodes[1].step(RebuildInfo(3, Ballot(0, 0), -1, rebuilding=True, fresh=True))
+    assert not nodes[1].rebuilding
+    nodes[1].advance()
+    # ...and node 2 then hears a member that has never held state: still a new cluster.
+    nodes[1].step(RebuildQuery(2))
+    (info,) = _answers(nodes[1])
+    nodes[2].step(info)  # type: ignore[arg-type]
+    nodes[2].step(RebuildInfo(3, Ballot(0, 0), -1, rebuilding=True, fresh=True))
+    assert not nodes[2].rebuilding
+
+
+def test_a_majority_without_state_is_detected_and_cleared_when_a_peer_recovers() -> None:
+    from pyxos.core.messages import RebuildInfo
+
+    r = replica(1, rebuilding=True)
+    r.tick(0.0)
+    r.advance()
+    assert not r.majority_lost, "nobody answered yet"
+    r.step(RebuildInfo(2, Ballot(0, 0), -1, rebuilding=True))
+    assert r.majority_lost, "node 1 and node 2 lost their state: no rebuild can finish"
+    assert r.peers_without_state() == {2} and r.peers_unanswered() == {3}
+    r.step(RebuildInfo(2, Ballot(2, 3), 4))
+    assert not r.majority_lost

@@ -187,3 +187,98 @@ def test_a_byte_budget_also_triggers_snapshots() -> None:
     r = run_kv(7, faults=frozenset(), trace=False, snapshot_every=10**9, snapshot_bytes=2000)
     assert r.violation is None
     assert r.stats["snapshots"] >= 3
+
+
+# -- the bootstrap flag on a wiped disk, and a lost majority ----------------------------
+
+
+@pytest.mark.parametrize(("seed", "nodes"), [(27, 3), (25, 3)])
+def test_wipe_init_seeds_that_broke_agreement(seed: int, nodes: int) -> None:
+    # Before the bootstrap check these seeds chose two values for one slot (a node
+    # wiped and restarted with the bootstrap flag voted with an empty state).
+    r = run_kv(seed, nodes=nodes, faults=DISK)
+    assert any(e[1] == "wipe-init" for e in r.trace), "the seed no longer wipes a node"
+    replay = kv_replay_command(seed, nodes, 4, DISK, None)
+    assert r.violation is None, f"{r.violation}\n  replay: {replay}"
+
+
+def _put_via_leader(sim: Simulator, client: int, seq: int, key: str, value: str) -> None:
+    cmd = enc.encode(Command(client, seq, "put", key, value))
+    sim.send_external(client, _leader(sim), ClientRequest(client, client, seq, cmd))
+
+
+def test_a_wiped_node_restarted_with_the_bootstrap_flag_loses_no_write() -> None:
+    sim = _cluster(11, snapshot_every=10**9)
+    lead = _leader(sim)
+    x, b = (i for i in (1, 2, 3) if i != lead)
+    sim.crash(b)  # only the leader and x hold what follows
+    for seq in range(1, 41):
+        _put_via_leader(sim, 100, seq, f"k{seq}", f"v{seq}")
+        sim.run(sim.now + 0.01)
+    sim.run(sim.now + 0.2)
+    assert _service(sim, lead).store.get_local("k40") == "v40"
+    sim.crash(x)
+    sim.procs[x].storage.wipe()
+    sim.crash(lead)
+    sim.restart(x)  # the bootstrap flag, as on its first start
+    sim.restart(b)
+    sim.run(sim.now + 1.0)
+    # x learned that the cluster exists (b holds state), and waits for the leader's
+    # answer before it votes: b alone is no quorum, so nothing is decided meanwhile.
+    assert _service(sim, x).replica.rebuilding
+    assert all(_service(sim, i).replica.role is not Role.LEADER for i in (x, b))
+    sim.restart(lead)
+    sim.run(sim.now + 2.0)
+    assert not _service(sim, x).replica.rebuilding
+    leader = _service(sim, _leader(sim))
+    for seq in range(1, 41):
+        assert leader.store.get_local(f"k{seq}") == f"v{seq}", f"k{seq} lost"
+    # Now the rebuilt node's copy is needed for every quorum.
+    sim.crash(lead)
+    sim.procs[lead].storage.corrupt(keep_snapshot=False)
+    sim.restart(lead)
+    sim.run(sim.now + 2.0)
+    for i in (1, 2, 3):
+        node = _service(sim, i)
+        assert not node.replica.rebuilding
+        assert [node.store.get_local(f"k{s}") for s in range(1, 41)] == [
+            f"v{s}" for s in range(1, 41)
+        ]
+
+
+def test_a_new_cluster_of_bootstrapping_nodes_starts_voting() -> None:
+    sim = Simulator(3)
+    config = ReplicaConfig(election_timeout=(0.1, 0.2), heartbeat_interval=0.04)
+    factory = service_node_factory(Majority([1, 2, 3]), config)
+    for i in (1, 2, 3):
+        sim.add_node(i, _bootstrapping(factory))
+    sim.run(1.0)
+    assert all(not _service(sim, i).replica.rebuilding for i in (1, 2, 3))
+    _put_via_leader(sim, 100, 1, "k", "v")
+    sim.run(sim.now + 0.5)
+    assert _service(sim, _leader(sim)).store.get_local("k") == "v"
+
+
+def _bootstrapping(factory):  # type: ignore[no-untyped-def]
+    def build(node_id, storage, rng, now):  # type: ignore[no-untyped-def]
+        if storage.writes == 0:
+            storage.bootstrapping = True  # a first start with the bootstrap flag
+        return factory(node_id, storage, rng, now)
+
+    return build
+
+
+def test_two_of_three_nodes_without_state_report_a_lost_majority() -> None:
+    sim = _cluster(12, snapshot_every=10**9)
+    _write(sim, 10, 0.3)
+    lead = _leader(sim)
+    lost = [i for i in (1, 2, 3) if i != lead]
+    for i in lost:
+        sim.crash(i)
+        sim.procs[i].storage.corrupt(keep_snapshot=False)
+        sim.restart(i)
+    sim.run(sim.now + 1.0)
+    for i in lost:
+        replica = _service(sim, i).replica
+        assert replica.rebuilding and replica.majority_lost
+        assert replica.peers_without_state() == {j for j in lost if j != i}

@@ -362,16 +362,20 @@ def _print_cluster(console: Console, local: Any, leader: int | None) -> None:
     from rich.table import Table
 
     table = Table(title=f"cluster {local.cluster_id} in {local.base_dir}")
-    for col in ("node", "pid", "client", "http", "role", "leader", "ballot", "applied"):
+    for col in ("node", "pid", "client", "http", "state", "role", "leader", "ballot", "applied"):
         table.add_column(col)
+    lost: dict[str, Any] | None = None
     for node_id, node in sorted(local.nodes.items()):
         st = local.node_status(node_id) or {}
+        if st.get("majority_lost"):
+            lost = st
         pid = local.pid(node_id)
         table.add_row(
             str(node_id),
             str(pid) if pid else "-",
             node.client_address,
             node.http_url,
+            str(st.get("state", "-")),
             str(st.get("role", "down")),
             str(st.get("leader", "-")),
             str(st.get("ballot", "-")),
@@ -380,6 +384,9 @@ def _print_cluster(console: Console, local: Any, leader: int | None) -> None:
     console.print(table)
     if leader is not None:
         console.print(f"leader: node {leader}")
+    if lost is not None:
+        console.print(f"[red]{lost.get('message', 'a majority lost its state')}[/red]")
+        console.print(f"recovery: {lost.get('recovery', 'see README.md')}")
 
 
 @main.group()

@@ -196,9 +196,11 @@ class LocalCluster:
             str(self.base_dir / f"node-{node_id}.toml"),
             *self.extra_args.get(node_id, []),
         ]
-        if not self._bootstrapped():
+        if not self._bootstrapped() and not self.has_run(node_id):
             # Only the first start of the cluster initializes empty directories: after
-            # that, an empty directory is a wiped disk, and the node must rebuild.
+            # that, an empty directory is a wiped disk, and the node must rebuild. (A
+            # node started with --init on a wiped disk would rebuild too, after asking
+            # its peers, but the restart path never relies on that.)
             cmd.append("--init")
         log = open(self.base_dir / f"node-{node_id}.log", "ab")  # noqa: SIM115
         with log:
@@ -212,13 +214,33 @@ class LocalCluster:
         self._pid_file(node_id).write_text(f"{proc.pid}\n")
         return proc.pid
 
+    def data_dir(self, node_id: int) -> Path:
+        """The data directory of one node."""
+        return self.base_dir / f"node-{node_id}"
+
+    def has_run(self, node_id: int) -> bool:
+        """True if the node's data directory exists and holds anything: it ran before."""
+        path = self.data_dir(node_id)
+        return path.is_dir() and any(path.iterdir())
+
+    def command_line(self, node_id: int) -> list[str] | None:
+        """The command line of a running node process (as ``ps`` shows it), or None."""
+        pid = self.pid(node_id)
+        if pid is None:
+            return None
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
     def wipe(self, node_id: int) -> None:
         """Delete a (stopped) node's data directory, as a lost disk would."""
         import shutil
 
         if self.pid(node_id) is not None:
             raise ClusterError(f"node {node_id} is running: stop it before wiping its disk")
-        shutil.rmtree(self.base_dir / f"node-{node_id}", ignore_errors=True)
+        shutil.rmtree(self.data_dir(node_id), ignore_errors=True)
 
     def start(self) -> None:
         """Start every node that is not running (the first time: bootstrap them)."""

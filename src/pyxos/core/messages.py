@@ -31,7 +31,8 @@ decree is slot 0.
   (pre-vote), so a node that was partitioned away cannot depose a healthy leader when
   it returns, and whether it is far behind them (then it must not lead).
 - ``RebuildQuery`` / ``RebuildInfo``: a node that lost its acceptor state (corrupt or
-  wiped disk) asks every peer for its promised ballot and the last slot it accepted.
+  wiped disk), or is bootstrapping, asks every peer for its promised ballot and the
+  last slot it accepted, and whether it ever held any state at all.
 - ``ClientRequest`` / ``ClientReply``: a client's command and its result.
 """
 
@@ -212,12 +213,15 @@ class RebuildQuery(msgspec.Struct, frozen=True, array_like=True, tag="rebuild-qu
 
 class RebuildInfo(msgspec.Struct, frozen=True, array_like=True, tag="rebuild-info"):
     """A peer's promised ballot and the highest slot it ever accepted (or its log start);
-    ``rebuilding``: the peer lost its own state too, and its figures bound nothing."""
+    ``rebuilding``: the peer lost its own state too (or is bootstrapping), and its
+    figures bound nothing; ``fresh``: the peer has never held any state (it is
+    bootstrapping, or a member that has promised, accepted and learned nothing)."""
 
     src: int
     promised: Ballot
     last_slot: int
     rebuilding: bool = False
+    fresh: bool = False
 
 
 class ClientRequest(msgspec.Struct, frozen=True, array_like=True, tag="req"):

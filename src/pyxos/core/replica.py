@@ -99,6 +99,46 @@ without their figures as long as the nodes without state contain no quorum (ever
 ballot that reached phase 2 was then promised, and every chosen slot accepted, by a
 node that kept its state).
 
+Losing a majority. When the nodes known to have lost their state (this one, and the
+peers that answer that they are rebuilding or bootstrapping) contain a phase-1 or a
+phase-2 quorum, no rebuild can ever finish: what a quorum promised or accepted may
+survive nowhere. The replica then sets ``majority_lost`` (cleared if a later answer
+shrinks that set) so the driver can say so; it never votes its way out by itself.
+
+Bootstrapping (``bootstrapping=True``: the node was started with the bootstrap flag on
+an empty disk). The disk cannot tell a brand-new node from a member whose disk was
+wiped and which an operator restarted with the command line it was first started
+with. So a bootstrapping node starts like a rebuilding one (no vote, learning only)
+and asks every peer (``RebuildQuery``) whether it has ever held state: ``fresh`` in
+``RebuildInfo`` is true for a peer that is bootstrapping too, or a member that has
+promised, accepted and learned nothing. If *every* peer answers fresh, the cluster is
+new: the node's empty state is the truth, and it votes at once (``Persist.rebuilt =
+0`` makes that durable). If any peer answers that it holds state, or that it is
+rebuilding, the cluster exists, and the node rebuilds exactly like a wiped one.
+
+Why every peer's fresh answer makes the empty state true. Suppose this node's lost
+disk had promised or accepted in some ballot ``b``. ``b``'s proposer promised ``b``
+durably before its Prepare left (its own promise comes first), so that proposer
+held state before the wipe, and hence before it answered this node's query (the query
+left after the restart that followed the wipe). A peer's state only grows until its
+own disk is lost, so the proposer can answer fresh only if it lost its state too; and
+the same holds for every peer whose vote counted for ``b`` with ours. A proposer that
+was this node itself needs a quorum besides; a quorum of nodes that all lost their
+state is the failure no protocol survives (``majority_lost``), and everything else
+leaves at least one peer that answers with state. Hence all peers fresh: nothing
+this node could have promised or accepted was ever promised or accepted by a live
+quorum, and an empty acceptor is a state it may truthfully be in.
+
+A quorum of fresh answers is not enough, not even a quorum of fresh *peers*. Five
+nodes X A B C D: D runs phase 1 for ``b`` and X promises ``b``; D's Prepare is still on
+its way to A. X is wiped and restarted with the bootstrap flag; A, B and C answer
+fresh, D is slow to answer. Counting those three, X votes with an empty state. C then
+runs phase 1 for ``b' < b`` with C, X and B and chooses ``v'`` with them; A promises
+``b``, so D's phase 1 completes with A and the promise X forgot, sees nothing
+accepted, and gets ``v`` accepted by D, A and X: two values chosen. Waiting for D's
+answer closes it: D holds its promise of ``b``. The price: a new cluster bootstraps
+only once every node is up (the same price a rebuild pays).
+
 Invariants are written on the fields that carry them.
 """
 
@@ -212,6 +252,7 @@ class Replica:
         now: float = 0.0,
         rebuilding: bool = False,
         rebuilt_from: int = 0,
+        bootstrapping: bool = False,
     ) -> None:
         if node_id not in quorum.members:
             raise ValueError(f"node {node_id} is not a member of {quorum.members}")
@@ -301,8 +342,15 @@ class Replica:
         message type: the paths that must ignore an older ballot, counted so that the
         simulator can show they ran."""
 
-        self.rebuilding = rebuilding
+        self.rebuilding = rebuilding or bootstrapping
         """True while this node's acceptor state cannot be trusted: it does not vote."""
+        self.bootstrapping = bootstrapping
+        """Started with the bootstrap flag on an empty disk, and not yet known whether
+        the cluster is new (every peer fresh) or exists (then this node rebuilds).
+        Invariant: ``bootstrapping`` implies ``rebuilding``."""
+        self.majority_lost = False
+        """The nodes known to have lost their state (this one, peers that answered that
+        they are rebuilding) contain a quorum: no rebuild can finish on its own."""
         self.rebuild_info: dict[int, RebuildInfo] = {}
         self.rebuild_query_due = now
         self.rebuild_caught_up = False
@@ -616,11 +664,31 @@ class Replica:
         if self.rebuilding:
             # Our own state is no bound for anyone; say so, so that the asker need
             # not wait for us (see _try_finish_rebuild).
-            self._send_now((msg.src,), RebuildInfo(self.node_id, ZERO, -1, rebuilding=True))
+            info = RebuildInfo(self.node_id, ZERO, -1, rebuilding=True, fresh=self.bootstrapping)
+            self._send_now((msg.src,), info)
             return
         last = max(max(self.acceptor.accepted, default=-1), self._acceptor_start() - 1)
-        info = RebuildInfo(self.node_id, self.acceptor.promised, last)
+        info = RebuildInfo(self.node_id, self.acceptor.promised, last, fresh=self._fresh())
         self._send_now((msg.src,), info)
+
+    def _fresh(self) -> bool:
+        """A member that has never held state: nothing promised, accepted or learned."""
+        return (
+            self.acceptor.promised == ZERO
+            and not self.acceptor.accepted
+            and self.first_unchosen == 0
+            and not self.chosen
+            and self._acceptor_start() == 0
+        )
+
+    def peers_unanswered(self) -> set[int]:
+        """While rebuilding or bootstrapping: the peers that have not answered yet."""
+        return {p for p in self.peers if p not in self.rebuild_info}
+
+    def peers_without_state(self) -> set[int]:
+        """While rebuilding or bootstrapping: the peers that answered that they are
+        rebuilding or bootstrapping too."""
+        return {p for p, i in self.rebuild_info.items() if i.rebuilding}
 
     def _rebuild_tick(self) -> None:
         self._try_finish_rebuild()
@@ -634,21 +702,43 @@ class Replica:
         self.rebuild_query_due = self.now + self.config.heartbeat_interval * 2
 
     def _try_finish_rebuild(self) -> None:
-        if not self.rebuilding or len(self.rebuild_info) < len(self.peers):
+        if not self.rebuilding:
             return
+        answers = self.rebuild_info
+        if self.bootstrapping:
+            if any(not i.fresh for i in answers.values()):
+                # Somebody holds (or held) state: the cluster exists, and our empty
+                # disk may be a wiped member's. Rebuild like one (see the notes).
+                self.bootstrapping = False
+            elif len(answers) < len(self.peers):
+                return
+            else:
+                self._finish_bootstrap()
+                return
         # Peers that lost their state too bound nothing. The rest bound everything as
         # long as the nodes without state contain no phase-1 and no phase-2 quorum:
         # then every ballot that reached phase 2 was promised durably by one of the
         # rest, and every chosen slot was accepted by one of them.
-        lost = {self.node_id} | {p for p, i in self.rebuild_info.items() if i.rebuilding}
-        if self.quorum.is_phase1_quorum(lost) or self.quorum.is_phase2_quorum(lost):
+        lost = {self.node_id} | {p for p, i in answers.items() if i.rebuilding}
+        self.majority_lost = self.quorum.is_phase1_quorum(lost) or self.quorum.is_phase2_quorum(
+            lost
+        )
+        if self.majority_lost or len(answers) < len(self.peers):
             return
-        infos = [i for i in self.rebuild_info.values() if not i.rebuilding]
+        infos = [i for i in answers.values() if not i.rebuilding]
         last = max((i.last_slot for i in infos), default=-1)
         self.commit_hint = max(self.commit_hint, last + 1)
         if self.first_unchosen <= last:
             return  # still learning what may have been chosen with our lost votes
         self.rebuild_caught_up = True
+
+    def _finish_bootstrap(self) -> None:
+        """Every peer answered fresh: a new cluster, and our empty state is the truth."""
+        self.bootstrapping = False
+        self.rebuilding = False
+        self.majority_lost = False
+        self._ready.persist.rebuilt = self.rebuilt_from
+        self.election_deadline = self.now + self._election_timeout()
 
     def finish_rebuild(self, snapshot_slot: int) -> None:
         """End a rebuild once a snapshot covering every slot below ``snapshot_slot`` is
@@ -668,6 +758,7 @@ class Replica:
         self._note_ballot(promised)
         self.rebuilt_from = snapshot_slot
         self.rebuilding = False
+        self.majority_lost = False
         self._ready.persist.rebuilt = snapshot_slot
         self.election_deadline = self.now + self._election_timeout()
 

@@ -55,6 +55,16 @@ class _StatusCollector(Collector):
                 "1 while this node rebuilds lost state (not voting).",
                 int(bool(s.get("rebuilding"))),
             ),
+            "pyxos_bootstrapping": (
+                "1 while this node, started with --init on an empty directory, asks its "
+                "peers whether the cluster is new (not voting).",
+                int(bool(s.get("bootstrapping"))),
+            ),
+            "pyxos_majority_lost": (
+                "1 while the nodes that lost their state contain a quorum: this cluster "
+                "cannot recover on its own (see /v1/status 'recovery').",
+                int(bool(s.get("majority_lost"))),
+            ),
             "pyxos_first_unchosen_slot": (
                 "First slot not known chosen.",
                 s.get("first_unchosen", 0),

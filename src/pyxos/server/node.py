@@ -126,6 +126,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CLIENT_ID_BASE",
+    "MAJORITY_LOST",
+    "MAJORITY_LOST_RECOVERY",
     "DataDirUnusable",
     "DriverStats",
     "NodeFailed",
@@ -141,6 +143,18 @@ logger = logging.getLogger("pyxos.server")
 
 CLIENT_ID_BASE = 1_000_000
 """Client connections get ids from here on, so they never collide with node ids."""
+
+MAJORITY_LOST = "a majority lost its state: this cluster cannot recover on its own"
+"""What status, metrics and the log say when the nodes without state contain a quorum."""
+
+MAJORITY_LOST_RECOVERY = (
+    "no node votes again by itself: whatever only the lost nodes held may be gone. "
+    "Bring back a node whose data directory survived (it may just be down), or restore "
+    "the lost data directories from a backup or a surviving node's copy; see README.md, "
+    "'Losing a majority' (a forced new cluster from the survivors, pyxos recover "
+    "--force-new-cluster, is planned: issue 11)"
+)
+"""The recovery path an operator is pointed to when a majority lost its state."""
 
 ReplySink = Callable[[ClientReply], None]
 """Where an in-process client (the HTTP API) receives its replies."""
@@ -259,6 +273,8 @@ class NodeServer:
         self._stopped: asyncio.Event | None = None
         self._closing = False
         self._fatal: BaseException | None = None
+        self._majority_lost_reported = False
+        """The log said that a majority lost its state (said once per occurrence)."""
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -313,6 +329,7 @@ class NodeServer:
             now=self._now(),
             rebuilding=state.needs_rebuild,
             rebuilt_from=max(state.rebuilt, 0),
+            bootstrapping=state.bootstrapping,
         )
         self.node = ServiceNode(
             replica,
@@ -331,7 +348,12 @@ class NodeServer:
             state.promised,
             len(state.accepted),
             state.chosen,
-            " (rebuilding: not voting)" if state.needs_rebuild else "",
+            " (rebuilding: not voting)"
+            if state.needs_rebuild
+            else " (bootstrapping: not voting until every peer has answered whether the "
+            "cluster is new)"
+            if state.bootstrapping
+            else "",
         )
         try:
             self.peer_server = await serve_peers(
@@ -470,11 +492,28 @@ class NodeServer:
         if node is None:
             return {"node_id": self.config.node_id, "state": "starting"}
         replica = node.replica
+        extra: dict[str, Any] = {}
+        if replica.majority_lost:
+            state = "majority_lost"
+            extra = {"message": MAJORITY_LOST, "recovery": MAJORITY_LOST_RECOVERY}
+        elif replica.bootstrapping:
+            state = "bootstrapping"
+        elif replica.rebuilding:
+            state = "rebuilding"
+        else:
+            state = "voting"
+        if replica.rebuilding:
+            extra["waiting_for_peers"] = sorted(replica.peers_unanswered())
+            extra["peers_without_state"] = sorted(replica.peers_without_state())
         return {
             "node_id": self.config.node_id,
             "cluster_id": self.config.cluster_id,
+            "state": state,
+            **extra,
             "role": replica.role.value,
             "rebuilding": replica.rebuilding,
+            "bootstrapping": replica.bootstrapping,
+            "majority_lost": replica.majority_lost,
             "elections": replica.elections,
             "leader_changes": replica.leader_changes,
             "queues": {
@@ -615,6 +654,8 @@ class NodeServer:
             self._start_fsync()
         # Snapshots are written off the event loop after advance(), as the simulator
         # does; compaction waits until the file is durable.
+        if node.replica.majority_lost != self._majority_lost_reported:
+            self._report_majority_lost(node.replica.majority_lost)
         snapshot = r.snapshot
         node.advance()
         if snapshot is not None:
@@ -639,6 +680,25 @@ class NodeServer:
         if self.clock_rate == 1.0:
             return node_time
         return self._clock_origin + (node_time - self._clock_origin) / self.clock_rate
+
+    def _report_majority_lost(self, lost: bool) -> None:
+        self._majority_lost_reported = lost
+        if lost:
+            assert self.node is not None
+            replica = self.node.replica
+            rebuilding = sorted({replica.node_id} | replica.peers_without_state())
+            logger.error(
+                "node %d: %s (nodes rebuilding: %s, no quorum kept its state). %s",
+                self.config.node_id,
+                MAJORITY_LOST,
+                ", ".join(map(str, rebuilding)),
+                MAJORITY_LOST_RECOVERY,
+            )
+        else:
+            logger.warning(
+                "node %d: a peer answers with its state again: the rebuild goes on",
+                self.config.node_id,
+            )
 
     def _save_snapshot(self, slot: int, data: bytes) -> None:
         """Write a snapshot durably in the snapshot thread, then let the node compact.

@@ -338,6 +338,7 @@ def service_node_factory(
             now=now,
             rebuilding=storage.needs_rebuild,
             rebuilt_from=storage.rebuilt_from,
+            bootstrapping=storage.bootstrapping,
         )
         node = ServiceNode(
             replica,

@@ -124,8 +124,10 @@ class UnpersistedPromiseReplica(Replica):
 class AmnesiacReplica(Replica):
     """After its log was corrupted or wiped, votes at once as if it were a new node."""
 
-    def __init__(self, *args: Any, rebuilding: bool = False, **kwargs: Any) -> None:
-        super().__init__(*args, rebuilding=False, **kwargs)
+    def __init__(
+        self, *args: Any, rebuilding: bool = False, bootstrapping: bool = False, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, rebuilding=False, bootstrapping=False, **kwargs)
 
 
 class UnconfirmedReadReplica(Replica):

@@ -9,7 +9,10 @@ node that sees both sides), heals, crashes a node and restarts it, and pauses a 
 view of the world, which is what leases must survive). With ``disk``, crashes keep a
 random prefix of the unsynced writes, an fsync fails now and then, which stops that
 node (it counts as crashed and restarts later), and a node's log is now and then
-corrupted or its disk wiped: it restarts in the rebuilding state. Probabilistic network
+corrupted or its disk wiped: it restarts in the rebuilding state. ``wipe-init`` (part of
+``disk``) is the operator's mistake: a node's data directory is wiped and the node
+restarted at once with the bootstrap flag it was first started with, so its disk looks
+like a brand-new node's. Probabilistic network
 faults (loss, duplication, long delays, reordering) are on for the same window. At
 ``until`` everything heals: partitions end, every crashed node restarts, paused nodes
 resume and the network stops losing and duplicating messages. Liveness checks start
@@ -50,6 +53,7 @@ FAULT_KINDS = (
     "disk",
     "clock",
     "clock-unsafe",
+    "wipe-init",
 )
 ALL_FAULTS = ("drop", "dup", "reorder", "delay", "partition", "crash", "pause")
 """What ``all`` means: every network, crash and pause fault (``disk``, ``clock`` and
@@ -79,6 +83,11 @@ def parse_faults(text: str, allowed: Iterable[str] = FAULT_KINDS) -> frozenset[s
         else:
             raise ValueError(f"unknown fault kind {part!r}; choose from {sorted(allowed_set)}")
     return frozenset(kinds)
+
+
+def kinds_wipe_init(kinds: frozenset[str]) -> bool:
+    """Whether the nemesis restarts wiped nodes with the bootstrap flag (``disk`` too)."""
+    return "wipe-init" in kinds or "disk" in kinds
 
 
 def network_faults(kinds: frozenset[str], *, stale: bool = True) -> NetworkFaults:
@@ -138,7 +147,7 @@ class Nemesis:
             sim.set_clock_rate(node, 1.0 + sim.rng.uniform(-spread, spread))
         if not drift:
             kinds = self.kinds = kinds - {"clock", "clock-unsafe"}
-        if kinds & {"partition", "crash", "pause", "disk", "clock", "clock-unsafe"}:
+        if kinds & {"partition", "crash", "pause", "disk", "clock", "clock-unsafe", "wipe-init"}:
             sim.call_at(self._next_time(), self._act)
         sim.call_at(until, self.heal_all)
 
@@ -156,6 +165,8 @@ class Nemesis:
             choices.append("clock")
             if rng.random() < 0.5:
                 self._aim_clocks()  # keep the leader's clock slow as leaders change
+        if kinds_wipe_init(self.kinds):
+            choices.append("wipe-init")
         kind = rng.choice(choices)
         minority = (len(self.servers) - 1) // 2
         if kind == "partition":
@@ -175,17 +186,29 @@ class Nemesis:
                 node = rng.choice(candidates)
                 self.crashed.add(node)
                 sim.crash(node)
-        elif kind == "corrupt":
-            # A node still rebuilding has no trustworthy state yet: it counts as down,
-            # so no more than a minority ever loses its acceptor state at once.
-            rebuilding = {n for n in self.servers if sim.procs[n].storage.needs_rebuild}
-            down = self.crashed | self.paused | rebuilding
+        elif kind in ("corrupt", "wipe-init"):
+            # A node still rebuilding (or bootstrapping after a wipe) has no trustworthy
+            # state yet: it counts as down, so no more than a minority ever loses its
+            # acceptor state at once.
+            lost = {
+                n
+                for n in self.servers
+                if sim.procs[n].storage.needs_rebuild or sim.procs[n].storage.bootstrapping
+            }
+            down = self.crashed | self.paused | lost
             if len(down) < minority:
                 node = rng.choice([n for n in self.servers if n not in down])
-                self.crashed.add(node)
                 sim.crash(node)
-                sim.procs[node].storage.corrupt(keep_snapshot=rng.random() < 0.5)
-                sim._log("corrupt", node, None, None)
+                if kind == "corrupt":
+                    self.crashed.add(node)
+                    sim.procs[node].storage.corrupt(keep_snapshot=rng.random() < 0.5)
+                    sim._log("corrupt", node, None, None)
+                else:
+                    # The operator wipes the disk and restarts the node with the very
+                    # command line it had (the bootstrap flag included) at once.
+                    sim.procs[node].storage.wipe()
+                    sim._log("wipe-init", node, None, None)
+                    self._restart(node)
         elif kind == "clock":
             self._change_clock()
         elif kind == "pause":

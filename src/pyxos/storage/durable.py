@@ -15,6 +15,11 @@ not be able to run code when read back):
   acceptor holds nothing trustworthy below that slot;
 - ``NEEDS_REBUILD`` (5): no payload; the first record of a log started over by
   ``open_for_rebuild``. Until a later ``REBUILT`` record, the node must not vote.
+- ``BOOTSTRAPPING`` (6): no payload; the first record of a log created by
+  ``open_for_bootstrap`` (the bootstrap flag, ``--init``, on an empty directory). Until
+  a later ``REBUILT`` record the node does not vote: it first asks its peers whether
+  the cluster is new (its empty state is then the truth) or exists (then its disk may
+  have been a wiped member's, and it rebuilds). See the notes in ``core/replica.py``.
 
 ``write`` only buffers (``WAL.append``: nothing touches the disk); ``sync`` writes and
 fsyncs everything buffered so far with one ``fdatasync`` (group commit). ``write`` may
@@ -80,6 +85,7 @@ from pyxos.storage.wal import (
 
 __all__ = [
     "ACCEPTED",
+    "BOOTSTRAPPING",
     "CHOSEN",
     "NEEDS_REBUILD",
     "PROMISED",
@@ -106,6 +112,8 @@ REBUILT = 4
 """WAL record type of a finished rebuild: nothing below this slot is trustworthy."""
 NEEDS_REBUILD = 5
 """WAL record type that starts a log over after its acceptor state was lost."""
+BOOTSTRAPPING = 6
+"""WAL record type that starts the log of a node started with the bootstrap flag."""
 
 _encoder = msgspec.msgpack.Encoder()
 _ballot_decoder = msgspec.msgpack.Decoder(Ballot)
@@ -144,6 +152,9 @@ class Recovered:
     needs_rebuild: bool = False
     """The log was started over (``open_for_rebuild``) and no rebuild has finished since:
     the node must rebuild its acceptor state from its peers before it votes."""
+    bootstrapping: bool = False
+    """The log was created by ``open_for_bootstrap`` and no bootstrap or rebuild has
+    finished since: the node asks its peers whether the cluster is new before it votes."""
     report: RecoveryReport | None = None
 
 
@@ -188,8 +199,12 @@ def _decode(index: int, rtype: int, payload: bytes, state: Recovered) -> None:
         elif rtype == REBUILT:
             state.rebuilt = max(state.rebuilt, _int_decoder.decode(payload))
             state.needs_rebuild = False
+            state.bootstrapping = False
         elif rtype == NEEDS_REBUILD:
             state.needs_rebuild = True
+            state.bootstrapping = False
+        elif rtype == BOOTSTRAPPING:
+            state.bootstrapping = True
         else:
             raise DurableStateError(f"WAL record {index} has unknown type {rtype}")
     except msgspec.DecodeError as e:
@@ -271,6 +286,32 @@ class DurableAcceptor:
             wal.close()
             raise
         return cls(wal), Recovered(needs_rebuild=True, report=report)
+
+    @classmethod
+    def open_for_bootstrap(
+        cls,
+        dirpath: str | os.PathLike[str],
+        *,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        fs: FileSystem = OS,
+        wal_class: type[WAL] = WAL,
+    ) -> tuple[DurableAcceptor, Recovered]:
+        """Create the log of a node started with the bootstrap flag on an empty
+        directory: a durable ``BOOTSTRAPPING`` record, so that the node keeps asking its
+        peers before it votes across restarts (with or without the flag) until a
+        ``REBUILT`` record follows. Raises ``DurableStateError`` if a log exists."""
+        path = Path(dirpath)
+        if wal_class.exists(path, fs=fs):
+            raise DurableStateError(f"{path} already holds a write-ahead log")
+        if not fs.is_dir(path):
+            fs.mkdir(path)
+        wal, report = wal_class.open(path, segment_bytes=segment_bytes, fs=fs)
+        try:
+            wal.append_and_sync([(BOOTSTRAPPING, b"")])
+        except BaseException:
+            wal.close()
+            raise
+        return cls(wal), Recovered(bootstrapping=True, report=report)
 
     def write(self, persist: Persist) -> None:
         """Buffer ``persist`` (not durable until a later ``sync`` returns)."""
@@ -367,8 +408,10 @@ def open_node_storage(
     The node marker (``pyxos.id``) guards against voting from the wrong or a wiped
     disk: a marker of another node or cluster raises ``WrongDataDirectory`` and a
     damaged one ``MarkerError``; no marker means a wiped disk unless ``initialize``
-    (``--init``: a node new to the cluster, whose empty state is the truth). No marker
-    without ``initialize``, a marker with no log, or a corrupt log
+    (``--init``) and the directory is empty: then the log starts with
+    ``open_for_bootstrap``, and the node asks its peers whether the cluster is new
+    before it votes (a wiped member restarted with its first command line looks the
+    same on disk). No marker without ``initialize``, a marker with no log, or a corrupt log
     (``AcceptorStateLost``) means promises may be lost: the log is started over with
     ``open_for_rebuild`` and the node must rebuild before it votes. The marker is
     written once the log is open. ``snapshot_dir`` defaults to ``data_dir/snapshots``.
@@ -382,7 +425,24 @@ def open_node_storage(
             f"{marker.cluster_id!r}, not node {node_id} of {cluster_id!r}"
         )
     lost: str | None = None
-    if marker is None and not initialize:
+    bootstrap = False
+    if marker is not None and initialize:
+        logger.info("node %d: %s was initialized before: --init has no effect", node_id, path)
+    if marker is None and initialize:
+        leftovers = WAL.exists(path, fs=fs) or (
+            fs.is_dir(snapshots) and bool(fs.listdir(snapshots))
+        )
+        if leftovers:
+            lost = (
+                f"{path} holds no node marker ({MARKER_FILENAME}) but does hold data: "
+                "--init applies only to an empty data directory"
+            )
+        else:
+            # The disk cannot tell a new node from a wiped member restarted with the
+            # command line it was first started with: the replica asks its peers
+            # before it votes (core/replica.py, "Bootstrapping").
+            bootstrap = True
+    elif marker is None:
         # Without --init an empty (or wiped) data directory is treated as lost state:
         # the node was a member before, so it must not vote until it has rebuilt.
         lost = (
@@ -390,7 +450,7 @@ def open_node_storage(
             "directory is new or was wiped (to bootstrap a new cluster, start every "
             "node once with --init)"
         )
-    elif marker is not None and not WAL.exists(path, fs=fs):
+    elif not WAL.exists(path, fs=fs):
         lost = "the write-ahead log is missing"
     else:
         try:
@@ -399,7 +459,11 @@ def open_node_storage(
             )
         except AcceptorStateLost as e:
             lost = str(e)
-    if lost is not None:
+    if bootstrap:
+        durable, state = DurableAcceptor.open_for_bootstrap(
+            path, segment_bytes=segment_bytes, fs=fs, wal_class=wal_class
+        )
+    elif lost is not None:
         logger.warning(
             "node %d: %s; its promises may be lost: it rebuilds from its peers and "
             "does not vote until then (the old log is kept in quarantine-N/)",

@@ -35,6 +35,10 @@ class MemoryStorage:
         self.needs_rebuild = False
         """Recovery found this node's acceptor state corrupt or wiped: it must rebuild
         from its peers before it votes again."""
+        self.bootstrapping = False
+        """The disk was wiped and the node started again with the bootstrap flag
+        (``--init``): the node asks its peers whether the cluster is new before it votes
+        (``Replica(bootstrapping=True)``). Cleared by a finished rebuild or bootstrap."""
         self.writes = 0
         self.syncs = 0
 
@@ -70,6 +74,13 @@ class MemoryStorage:
             self.snapshot = None
         self.needs_rebuild = True
 
+    def wipe(self) -> None:
+        """The whole data directory is gone, and the operator starts the node again
+        with the bootstrap flag: the disk looks exactly like a new node's."""
+        self.corrupt(keep_snapshot=False)
+        self.needs_rebuild = False
+        self.bootstrapping = True
+
     def save_snapshot(self, slot: int, data: bytes) -> None:
         """Durably store a snapshot (atomic, like rename after fsync)."""
         if self.snapshot is None or slot > self.snapshot[0]:
@@ -92,4 +103,5 @@ class MemoryStorage:
         self.chosen = max(self.chosen, record.chosen)
         if record.rebuilt >= 0:
             self.needs_rebuild = False
+            self.bootstrapping = False
             self.rebuilt_from = max(self.rebuilt_from, record.rebuilt)
