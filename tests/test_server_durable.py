@@ -194,3 +194,20 @@ def test_open_for_rebuild_quarantines_the_log_and_remembers_it(tmp_path: Path) -
     _, state = DurableAcceptor.open(tmp_path)
     assert not state.needs_rebuild
     assert state.rebuilt == 7
+
+
+def test_open_for_bootstrap_is_remembered_until_a_bootstrap_or_rebuild_ends(
+    tmp_path: Path,
+) -> None:
+    durable, state = DurableAcceptor.open_for_bootstrap(tmp_path)
+    assert state.bootstrapping and not state.needs_rebuild
+    durable.close()
+    with pytest.raises(DurableStateError, match="already holds"):
+        DurableAcceptor.open_for_bootstrap(tmp_path)
+    durable, state = DurableAcceptor.open(tmp_path)
+    assert state.bootstrapping, "a restart keeps asking the peers before it votes"
+    durable.write(Persist(rebuilt=0))
+    durable.sync()
+    durable.close()
+    _, state = DurableAcceptor.open(tmp_path)
+    assert not state.bootstrapping and not state.needs_rebuild

@@ -301,3 +301,43 @@ def test_init_starts_a_new_node_voting(tmp_path: Path) -> None:
         assert (config.data_dir / "pyxos.id").exists()
 
     asyncio.run(main())
+
+
+def test_init_on_an_empty_directory_asks_the_peers_before_voting(tmp_path: Path) -> None:
+    async def main() -> None:
+        config, _, _ = cluster_configs(tmp_path, 3)
+        node = NodeServer(config, initialize=True)
+        await node.startup()
+        try:
+            # Its peers are down: it cannot know whether the cluster is new.
+            status = node.status()
+            assert status["state"] == "bootstrapping" and status["rebuilding"] is True
+            assert status["waiting_for_peers"] == [2, 3]
+        finally:
+            await node.shutdown()
+        for initialize in (False, True):  # the flag no longer matters: it has run before
+            again = NodeServer(config, initialize=initialize)
+            await again.startup()
+            try:
+                assert again.status()["state"] == "bootstrapping"
+            finally:
+                await again.shutdown()
+
+    asyncio.run(main())
+
+
+def test_init_on_a_directory_with_data_but_no_marker_rebuilds(tmp_path: Path) -> None:
+    async def main() -> None:
+        config, _, _ = cluster_configs(tmp_path, 3)
+        node = NodeServer(config, initialize=True)
+        await node.startup()
+        await node.shutdown()
+        (config.data_dir / "pyxos.id").unlink()
+        again = NodeServer(config, initialize=True)
+        await again.startup()
+        try:
+            assert again.status()["state"] == "rebuilding"
+        finally:
+            await again.shutdown()
+
+    asyncio.run(main())

@@ -131,8 +131,8 @@ def test_sigkill_leader_failover_restart_and_catch_up(cluster: Cluster) -> None:
 
 
 def test_sigterm_stops_a_node_cleanly(cluster: Cluster) -> None:
-    cluster.start(1)
-    cluster.start(2)
+    for node in range(1, 4):  # a new cluster bootstraps once every node has answered
+        cluster.start(node)
     history: list[dict[str, object]] = []
     with Client(cluster.addresses(), cluster=CLUSTER, timeout=15.0, history=history.append) as c:
         c.put("a", "1")

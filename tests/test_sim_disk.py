@@ -4,16 +4,19 @@ corrupted or wiped logs, snapshots with compaction, InstallSnapshot, and rebuild
 A failure names its seed and the one command that replays it.
 """
 
+import random
+
 import msgspec
 import pytest
 
 from pyxos.core.messages import Accepted, ClientRequest, Promise
 from pyxos.core.quorum import Majority
+from pyxos.core.ready import Node
 from pyxos.core.replica import ReplicaConfig, Role
 from pyxos.sim.kv import kv_replay_command, run_kv, service_node_factory
 from pyxos.sim.mutants import REPLICA_MUTANTS
 from pyxos.sim.nemesis import parse_faults
-from pyxos.sim.world import Simulator
+from pyxos.sim.world import NodeFactory, Simulator
 from pyxos.statemachine.kv import Command
 from pyxos.statemachine.service import ServiceNode
 from pyxos.storage.memory import MemoryStorage
@@ -259,8 +262,8 @@ def test_a_new_cluster_of_bootstrapping_nodes_starts_voting() -> None:
     assert _service(sim, _leader(sim)).store.get_local("k") == "v"
 
 
-def _bootstrapping(factory):  # type: ignore[no-untyped-def]
-    def build(node_id, storage, rng, now):  # type: ignore[no-untyped-def]
+def _bootstrapping(factory: NodeFactory) -> NodeFactory:
+    def build(node_id: int, storage: MemoryStorage, rng: random.Random, now: float) -> Node:
         if storage.writes == 0:
             storage.bootstrapping = True  # a first start with the bootstrap flag
         return factory(node_id, storage, rng, now)
