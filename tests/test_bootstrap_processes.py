@@ -154,7 +154,7 @@ def test_two_wiped_data_directories_report_a_lost_majority(tmp_path: Path) -> No
             status = cluster.node_status(i)
             assert status is not None
             assert status["message"] == MAJORITY_LOST
-            assert "README.md" in status["recovery"]
+            assert "docs/operations.md" in status["recovery"]
             assert status["peers_without_state"] == [j for j in lost if j != i]
         out = CliRunner().invoke(main, ["status", "--dir", str(cluster.base_dir)]).output
         assert MAJORITY_LOST in " ".join(out.split()), out

@@ -55,8 +55,11 @@ Durable state: ``startup`` opens the WAL in the data directory and rebuilds the
 replica's promise and accepted entries from it. The directory's node marker
 (``pyxos.id``) guards against voting from the wrong or a wiped disk: a marker of
 another node or cluster refuses to start; no marker means a wiped disk unless the
-node is explicitly initialized (``initialize=True``, ``--init``: a node new to the cluster,
-whose empty state is the truth, at the bootstrap of a cluster). No marker without
+node is explicitly initialized (``initialize=True``, ``--init``) on an empty directory:
+then the log starts with ``BOOTSTRAPPING`` and the replica starts ``bootstrapping``:
+it votes only once every peer has answered that it never held state (a new cluster),
+and otherwise rebuilds, because a wiped member restarted with its first command line
+looks the same on disk (see ``core/replica.py``). No marker without
 ``--init``, a marker with a corrupt WAL (``AcceptorStateLost``) or a marker with no WAL
 at all means promises may be lost: the old segments go to quarantine,
 a fresh log records ``NEEDS_REBUILD``, and the replica starts ``rebuilding`` (it
@@ -68,6 +71,11 @@ starts from its newest valid snapshot, if any, and re-learns every later chosen 
 from its peers (the leader's commits and ``Fetch``). All of this decision is
 ``storage.durable.open_node_storage``, the very code the simulator runs over its
 simulated file system.
+
+A lost majority: when the replica reports ``majority_lost`` (the nodes without state
+contain a quorum), the driver logs it once per occurrence, and ``status`` (hence
+``/v1/status``, the ``pyxos_majority_lost`` metric and ``pyxos status``) says so with
+the recovery pointer ``MAJORITY_LOST_RECOVERY``.
 
 Snapshots: when the ``ServiceNode`` hands over a snapshot (``Ready.snapshot``, every
 ``snapshot_every`` applied slots, or one installed from a peer), the driver writes it
@@ -150,8 +158,8 @@ MAJORITY_LOST = "a majority lost its state: this cluster cannot recover on its o
 MAJORITY_LOST_RECOVERY = (
     "no node votes again by itself: whatever only the lost nodes held may be gone. "
     "Bring back a node whose data directory survived (it may just be down), or restore "
-    "the lost data directories from a backup or a surviving node's copy; see README.md, "
-    "'Losing a majority' (a forced new cluster from the survivors, pyxos recover "
+    "the lost data directories from a backup; see docs/operations.md, 'Losing a "
+    "majority' (a forced new cluster from the survivors, pyxos recover "
     "--force-new-cluster, is planned: issue 11)"
 )
 """The recovery path an operator is pointed to when a majority lost its state."""
