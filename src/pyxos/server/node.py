@@ -662,8 +662,9 @@ class NodeServer:
             self._start_fsync()
         # Snapshots are written off the event loop after advance(), as the simulator
         # does; compaction waits until the file is durable.
-        if node.replica.majority_lost != self._majority_lost_reported:
-            self._report_majority_lost(node.replica.majority_lost)
+        lost = bool(getattr(getattr(node, "replica", None), "majority_lost", False))
+        if lost != self._majority_lost_reported:  # (scripted test nodes have no replica)
+            self._report_majority_lost(lost)
         snapshot = r.snapshot
         node.advance()
         if snapshot is not None:
