@@ -195,10 +195,14 @@ def test_a_byte_budget_also_triggers_snapshots() -> None:
 # -- the bootstrap flag on a wiped disk, and a lost majority ----------------------------
 
 
-@pytest.mark.parametrize(("seed", "nodes"), [(27, 3), (25, 3)])
-def test_wipe_init_seeds_that_broke_agreement(seed: int, nodes: int) -> None:
-    # Before the bootstrap check these seeds chose two values for one slot (a node
-    # wiped and restarted with the bootstrap flag voted with an empty state).
+@pytest.mark.parametrize(("seed", "nodes"), [(86, 3), (145, 3), (196, 3)])
+def test_wipe_init_seeds_that_broke_safety(seed: int, nodes: int) -> None:
+    # Before the bootstrap check a node wiped and restarted with the bootstrap flag
+    # voted with an empty state: seed 145 chose two values for one slot, 86 and 196
+    # proposed two values in one ballot (the wiped node reused its own ballot).
+    # Measured on the code of main with this fault added, 300 seeds, 3 nodes; 5
+    # nodes had none in 300 seeds. (Seeds 25 and 27 did it before unrelated changes
+    # moved the simulator's random stream.)
     r = run_kv(seed, nodes=nodes, faults=DISK)
     assert any(e[1] == "wipe-init" for e in r.trace), "the seed no longer wipes a node"
     replay = kv_replay_command(seed, nodes, 4, DISK, None)
