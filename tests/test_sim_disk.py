@@ -195,14 +195,14 @@ def test_a_byte_budget_also_triggers_snapshots() -> None:
 # -- the bootstrap flag on a wiped disk, and a lost majority ----------------------------
 
 
-@pytest.mark.parametrize(("seed", "nodes"), [(86, 3), (145, 3), (196, 3)])
+@pytest.mark.parametrize(("seed", "nodes"), [(44, 3), (86, 3), (113, 3), (196, 3)])
 def test_wipe_init_seeds_that_broke_safety(seed: int, nodes: int) -> None:
     # Before the bootstrap check a node wiped and restarted with the bootstrap flag
-    # voted with an empty state: seed 145 chose two values for one slot, 86 and 196
-    # proposed two values in one ballot (the wiped node reused its own ballot).
-    # Measured on the code of main with this fault added, 300 seeds, 3 nodes; 5
-    # nodes had none in 300 seeds. (Seeds 25 and 27 did it before unrelated changes
-    # moved the simulator's random stream.)
+    # voted with an empty state: seeds 44 and 113 chose two values for one slot, 86
+    # and 196 proposed two values in one ballot (the wiped node reused its own
+    # ballot). Measured on main (351bd60) with this fault added, 300 seeds, 3 nodes; 5
+    # nodes had none in 300 seeds. Other changes to the simulator move its random
+    # stream: the first assertion says when a seed no longer wipes a node.
     r = run_kv(seed, nodes=nodes, faults=DISK)
     assert any(e[1] == "wipe-init" for e in r.trace), "the seed no longer wipes a node"
     replay = kv_replay_command(seed, nodes, 4, DISK, None)
