@@ -324,12 +324,10 @@ def test_a_member_answers_fresh_only_if_it_never_held_state() -> None:
     r.step(RebuildQuery(1))
     (info,) = _answers(r)
     assert isinstance(info, RebuildInfo) and info.fresh and not info.rebuilding
-    r.advance()
-    r.step(Prepare(3, Ballot(1, 3)))
-    r.advance()
-    r.step(RebuildQuery(1))
-    (info,) = _answers(r)
-    assert isinstance(info, RebuildInfo) and not info.fresh
+    held = replica(2, promised=Ballot(1, 3))  # a durable promise: it held state
+    held.step(RebuildQuery(1))
+    (info,) = _answers(held)
+    assert isinstance(info, RebuildInfo) and not info.fresh and not info.rebuilding
 
 
 def test_a_member_that_finished_its_bootstrap_lets_the_others_finish_theirs() -> None:

@@ -195,14 +195,15 @@ def test_a_byte_budget_also_triggers_snapshots() -> None:
 # -- the bootstrap flag on a wiped disk, and a lost majority ----------------------------
 
 
-@pytest.mark.parametrize(("seed", "nodes"), [(44, 3), (86, 3), (113, 3), (196, 3)])
+@pytest.mark.parametrize(("seed", "nodes"), [(0, 3), (9, 3), (227, 3), (284, 3)])
 def test_wipe_init_seeds_that_broke_safety(seed: int, nodes: int) -> None:
     # Before the bootstrap check a node wiped and restarted with the bootstrap flag
-    # voted with an empty state: seeds 44 and 113 chose two values for one slot, 86
-    # and 196 proposed two values in one ballot (the wiped node reused its own
-    # ballot). Measured on main (351bd60) with this fault added, 300 seeds, 3 nodes; 5
-    # nodes had none in 300 seeds. Other changes to the simulator move its random
-    # stream: the first assertion says when a seed no longer wipes a node.
+    # voted with an empty state: these seeds chose two values for one slot (earlier
+    # seeds also proposed two values in one ballot: the wiped node reused its own).
+    # Measured on main (b2a660b) with this fault added, 300 seeds, 3 nodes. Other
+    # changes to the simulator move its random stream (the seeds were 25 and 27, then
+    # 86, 145 and 196, then 44, 86, 113 and 196): the first assertion says when a
+    # seed no longer wipes a node.
     r = run_kv(seed, nodes=nodes, faults=DISK)
     assert any(e[1] == "wipe-init" for e in r.trace), "the seed no longer wipes a node"
     replay = kv_replay_command(seed, nodes, 4, DISK, None)
