@@ -3,6 +3,7 @@ acceptor recovering on it: what a power loss keeps, torn and reordered sectors, 
 fsync that fails and drops the pages, a full disk, bit rot, a wiped directory.
 """
 
+import contextlib
 import errno
 import random
 from pathlib import Path
@@ -16,7 +17,7 @@ from pyxos.storage.durable import AcceptorStateLost, DurableAcceptor, open_node_
 from pyxos.storage.fs import DirectoryLocked
 from pyxos.storage.simfs import SECTOR, SimFileSystem
 from pyxos.storage.snapshot import load_latest_snapshot, write_snapshot
-from pyxos.storage.wal import SEGMENT_HEADER_SIZE, WAL, WALCorruption, WALError
+from pyxos.storage.wal import SEGMENT_HEADER_SIZE, WAL, StorageError, WALCorruption, WALError
 
 D = Path("/node")
 F = D / "file"
@@ -282,3 +283,34 @@ def test_node_storage_rebuilds_after_a_wipe_or_corruption() -> None:
     assert wiped.lost is not None and wiped.state.needs_rebuild
     fs.power_loss(random.Random(0))
     assert open_node_storage(D, "c", 1, initialize=False, fs=fs).state.needs_rebuild
+
+
+def test_a_crash_at_any_point_of_starting_over_still_leaves_a_node_that_rebuilds() -> None:
+    # Found by the simulator running the real WAL on the simulated disk (branch simfs,
+    # the long compaction run of tests/test_sim_disk.py, seed 5): the fresh log became
+    # durable before its NEEDS_REBUILD record, a failed fsync came in between, and the
+    # next start found a valid empty log and voted with no memory.
+    for fault_at in range(1, 12):
+        fs = SimFileSystem()
+        opened = open_node_storage(D, "c", 1, initialize=True, fs=fs)
+        opened.durable.write(Persist(promised=Ballot(3, 2)))
+        opened.durable.sync()
+        opened.durable.write(Persist(accepted=[Entry(1, Ballot(3, 2), b"v")]))
+        opened.durable.sync()
+        segment = opened.durable.wal.segment_paths[0]
+        fs.stop()
+        fs.zero(segment, SEGMENT_HEADER_SIZE, 4)  # an intact record follows: corrupt
+        calls = [0]
+
+        def fault(path: Path, at: int = fault_at, calls: list[int] = calls) -> bool:
+            calls[0] += 1
+            return calls[0] >= at
+
+        fs.fsync_fault = fault
+        with contextlib.suppress(OSError, StorageError):  # the start over may fail here
+            open_node_storage(D, "c", 1, initialize=False, fs=fs)
+        fs.fsync_fault = None
+        fs.stop()
+        fs.power_loss(None)
+        again = open_node_storage(D, "c", 1, initialize=False, fs=fs)
+        assert again.lost is not None or again.state.needs_rebuild, fault_at

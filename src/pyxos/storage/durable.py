@@ -279,12 +279,19 @@ class DurableAcceptor:
                 fs.replace(path / name, quarantine / name)
             fs.fsync_dir(quarantine)
             fs.fsync_dir(path)
-        wal, report = wal_class.open(path, segment_bytes=segment_bytes, fs=fs)
-        try:
-            wal.append_and_sync([(NEEDS_REBUILD, b"")])
-        except BaseException:
-            wal.close()
-            raise
+        # The fresh log is created with its NEEDS_REBUILD record in one atomic write:
+        # were the record appended after the empty log became durable, a crash in
+        # between would leave a valid empty log, and the node would vote as if new.
+        existed = WAL.exists(path, fs=fs)  # only if the moves above left one behind
+        wal, report = wal_class.open(
+            path, segment_bytes=segment_bytes, fs=fs, initial=[(NEEDS_REBUILD, b"")]
+        )
+        if existed:
+            try:
+                wal.append_and_sync([(NEEDS_REBUILD, b"")])
+            except BaseException:
+                wal.close()
+                raise
         return cls(wal), Recovered(needs_rebuild=True, report=report)
 
     @classmethod

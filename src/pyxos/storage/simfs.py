@@ -336,6 +336,14 @@ class SimFileSystem(FileSystem):
         if offset < len(inode.data):
             inode.data[offset] ^= mask
 
+    def zero(self, path: Path, offset: int, length: int) -> None:
+        """Zero ``length`` bytes of a file on disk and in the cache (a lost sector)."""
+        inode = self._inode(str(path))
+        for buf in (inode.disk, inode.data):
+            end = min(len(buf), offset + length)
+            if end > offset:
+                buf[offset:end] = bytes(end - offset)
+
     def wipe(self, path: Path) -> None:
         """Remove the directory tree ``path``, durably (the machine should be down)."""
         key = str(path)

@@ -332,13 +332,16 @@ class WAL:
         *,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         fs: FileSystem = OS,
+        initial: Sequence[tuple[int, bytes]] = (),
     ) -> tuple[WAL, RecoveryReport]:
         """Open (creating if needed) the log in ``dirpath`` and recover it.
 
         Checks every record, truncates a torn tail (reported in the RecoveryReport)
         and raises ``WALCorruption`` on any other damage. Read the records with
         ``replay``. The directory is locked against a second opener (POSIX flock).
-        ``fs`` is the file system (the simulator passes a simulated one).
+        ``fs`` is the file system (the simulator passes a simulated one). If the log
+        is created now, its first segment holds the ``initial`` records from the
+        start: the new log never exists, not even after a crash, without them.
         """
         if segment_bytes <= SEGMENT_HEADER_SIZE:
             raise ValueError(f"segment_bytes must exceed {SEGMENT_HEADER_SIZE}")
@@ -350,7 +353,7 @@ class WAL:
         except DirectoryLocked:
             raise WALError(f"{path}: WAL is already open (by this or another process)") from None
         try:
-            segments, report = cls._recover(path, fs)
+            segments, report = cls._recover(path, fs, initial)
             active = fs.open_append(segments[-1].path)
         except BaseException:
             lock.close()
@@ -358,7 +361,9 @@ class WAL:
         return cls(path, lock, segments, active, segment_bytes, fs), report
 
     @staticmethod
-    def _recover(dirpath: Path, fs: FileSystem) -> tuple[list[_Segment], RecoveryReport]:
+    def _recover(
+        dirpath: Path, fs: FileSystem, initial: Sequence[tuple[int, bytes]] = ()
+    ) -> tuple[list[_Segment], RecoveryReport]:
         names = fs.listdir(dirpath)
         removed = tuple(sorted(dirpath / n for n in names if _SEGMENT_TMP_NAME.match(n)))
         for tmp in removed:
@@ -370,7 +375,8 @@ class WAL:
         )
         if not found:
             first = _segment_path(dirpath, 1)
-            fs.write_atomic(first, [_encode_segment_header(1)])
+            encoded = [encode_record(rtype, payload) for rtype, payload in initial]
+            fs.write_atomic(first, [_encode_segment_header(1), *encoded])
             found = [(1, first)]
         elif removed:
             fs.fsync_dir(dirpath)
