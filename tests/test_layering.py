@@ -12,6 +12,7 @@ ALLOWED = {
     "check": {"core", "statemachine", "check"},
     "net": {"core", "statemachine", "net"},
     "sim": {"core", "statemachine", "storage", "check", "sim"},
+    "model": {"core", "statemachine", "storage", "check", "sim", "model"},
     "server": {"core", "statemachine", "storage", "check", "net", "server"},
     "client": {"core", "statemachine", "net", "client"},
     "chaos": {"core", "statemachine", "check", "net", "client", "chaos"},

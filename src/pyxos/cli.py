@@ -259,6 +259,13 @@ def check_cmd(history: str, timeout: float | None) -> None:
     sys.exit(run_check(history, sys.stdout, timeout_s=timeout))
 
 
+# -- model checking (pyxos model) ----------------------------------------------------------
+
+from pyxos.model.command import model as _model_commands  # noqa: E402
+
+main.add_command(_model_commands)
+
+
 # -- the service ------------------------------------------------------------------------
 
 

@@ -191,10 +191,29 @@ class DriftBlindLeaseReplica(Replica):
             self.lease_until = max(before, sent + self.config.lease_seconds)
 
 
+class RebuildQuorumReplica(Replica):
+    """A rebuilding node that finishes once a quorum of its peers answered, instead of
+    every peer: the promise a peer it did not hear from holds may be above the maximum
+    it raises its own to (the worked counterexample in ``core/replica.py``)."""
+
+    def _try_finish_rebuild(self) -> None:
+        if not self.rebuilding:
+            return
+        answered = {p for p, i in self.rebuild_info.items() if not i.rebuilding}
+        if not self.quorum.is_phase1_quorum(answered):
+            return
+        last = max((self.rebuild_info[p].last_slot for p in answered), default=-1)
+        self.commit_hint = max(self.commit_hint, last + 1)
+        if self.first_unchosen <= last:
+            return
+        self.rebuild_caught_up = True
+
+
 REPLICA_MUTANTS: dict[str, type[Replica]] = {
     "drift-blind-lease": DriftBlindLeaseReplica,
     "wrong-drift-margin": WrongDriftMarginReplica,
     "heartbeat-deaf": HeartbeatDeafReplica,
+    "rebuild-quorum": RebuildQuorumReplica,
     "eternal-lease": EternalLeaseReplica,
     "unconfirmed-reads": UnconfirmedReadReplica,
     "amnesia": AmnesiacReplica,
