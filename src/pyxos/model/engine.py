@@ -141,7 +141,7 @@ class Budget:
     crashes: int = 0
     wipes: int = 0
     timeouts: int = 2
-    proposals: int = 2
+    proposals: int = 0
     reads: int = 0
 
 

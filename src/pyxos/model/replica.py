@@ -57,7 +57,9 @@ class ReplicaModel(Model):
         network: str = "duplicating",
         config: ReplicaConfig = MODEL_CONFIG,
     ) -> None:
-        super().__init__(nodes, proposers, budget or Budget(), symmetry=symmetry, network=network)
+        super().__init__(
+            nodes, proposers, budget or Budget(proposals=2), symmetry=symmetry, network=network
+        )
         if mutant is not None and mutant not in REPLICA_MUTANTS:
             raise ValueError(
                 f"unknown replica mutant {mutant!r}: choose from {sorted(REPLICA_MUTANTS)}"
