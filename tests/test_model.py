@@ -106,15 +106,17 @@ def test_the_count_is_deterministic() -> None:
     assert (a.states, a.transitions) == (b.states, b.transitions)
 
 
-# (scope, mutant, budget, seed, walks): the seed is the first of 0..11 that finds the
-# mutant fastest (measured when the test was written).
+# (scope, mutant, budget, seed, walks): a seed that finds the mutant within the walks
+# (the first of 0..11, measured on the code of this commit). Like the simulator's
+# seeds, they depend on the core: the walks choose among actions in the order of the
+# messages' encodings, so a change to the messages moves them; then re-pick.
 MUTANTS = [
     ("synod", "ignore-accepted", Budget(timeouts=2, proposals=1), 3, 150),
     ("synod", "ignore-promise", Budget(timeouts=2, proposals=1), 0, 150),
-    ("synod", "forget-promise", Budget(timeouts=2, proposals=1, crashes=1), 8, 150),
+    ("synod", "forget-promise", Budget(timeouts=2, proposals=1, crashes=1), 3, 200),
     ("replica", "no-repropose", Budget(timeouts=3, proposals=2), 6, 150),
     ("replica", "commit-index", Budget(timeouts=3, proposals=2), 0, 150),
-    ("replica", "unconfirmed-reads", Budget(timeouts=3, proposals=2, reads=1), 6, 150),
+    ("replica", "unconfirmed-reads", Budget(timeouts=3, proposals=2, reads=1), 4, 150),
 ]
 
 
