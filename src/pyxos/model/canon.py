@@ -48,7 +48,9 @@ CONSTANTS = frozenset(
 )
 """Attributes that are the same in every state of one scope (or driver scratch)."""
 
-STATISTICS = frozenset({"elections", "leader_changes", "rounds_started", "writes", "syncs"})
+STATISTICS = frozenset(
+    {"elections", "leader_changes", "rounds_started", "writes", "syncs", "stale_ballot"}
+)
 """Write-only counters: no transition and no checked property reads them."""
 
 _SKIP = CONSTANTS | STATISTICS
