@@ -16,6 +16,8 @@ A setting that comes to the same thing as another for a client count (N >= clien
 is run once.
 
 Run: ``python bench/bench_kv.py --clients 1,64,256 --connections 4,clients --seconds 4``.
+``pyxos bench kv`` is the entry point now (histogram percentiles, CPU, fsyncs,
+comparisons); this script stays for its several connection settings in one table.
 """
 
 from __future__ import annotations

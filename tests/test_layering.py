@@ -16,6 +16,8 @@ ALLOWED = {
     "server": {"core", "statemachine", "storage", "check", "net", "server"},
     "client": {"core", "statemachine", "net", "client"},
     "chaos": {"core", "statemachine", "check", "net", "client", "chaos"},
+    # Benchmarks start node processes (localcluster) but never import server or sim.
+    "bench": {"core", "statemachine", "storage", "check", "net", "client", "bench"},
 }
 CORE_FORBIDDEN = {"asyncio", "socket", "time", "random", "os", "threading", "select", "subprocess"}
 

@@ -241,6 +241,7 @@ async def run_kv_bench(
     warmup: float = WARMUP_SECONDS,
     seed: int = 0,
     nodes: int | None = None,
+    latency_sink: list[float] | None = None,
 ) -> BenchResult:
     """Run a closed-loop KV load against the cluster at ``addresses``; what it measured.
 
@@ -250,6 +251,8 @@ async def run_kv_bench(
     ``connections`` connections per node; otherwise each is its own ``AsyncClient``
     (one connection each). ``record`` names a file to write the history to (JSON
     lines, for ``pyxos check``); it is overwritten. ``nodes`` is only reported.
+    ``latency_sink``, when given, receives every measured latency in seconds (for a
+    histogram kept by the caller).
     """
     _check_load(clients, seconds, write_ratio, value_bytes, keys)
     if connections < 1:
@@ -267,6 +270,8 @@ async def run_kv_bench(
             AsyncClient(addresses, cluster=cluster_id, history=hook) for _ in range(clients)
         ]
     tally = _Tally()
+    if latency_sink is not None:
+        tally.latencies = latency_sink
     try:
         start = time.perf_counter()
         measure_from = start + warmup

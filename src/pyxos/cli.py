@@ -632,5 +632,175 @@ def bench_storage(base_dir: str | None, seconds: float, batches: tuple[int, ...]
     click.echo(format_table(rows))
 
 
+def _int_list(value: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected a comma list of numbers, not {value!r}") from None
+    if not counts or min(counts) < 1:
+        raise click.BadParameter("every count must be >= 1")
+    return counts
+
+
+@bench.command("kv")
+@click.option(
+    "--clients",
+    default="1,64,256",
+    show_default=True,
+    help="Client counts (a comma list = a sweep).",
+)
+@click.option(
+    "--connections",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Client connections the clients share (per node for the binary API).",
+)
+@click.option("--value-size", default=10, show_default=True, type=click.IntRange(1))
+@click.option("--read-ratio", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0))
+@click.option("--duration", default=5.0, show_default=True, help="Measured seconds per run.")
+@click.option("--api", type=click.Choice(["binary", "http"]), default="binary", show_default=True)
+@click.option(
+    "--repeat",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Interleaved runs per case (medians shown).",
+)
+@click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 9))
+@click.option("--keys", default=1000, show_default=True, type=click.IntRange(1))
+@click.option("--vs", default="", help="Compare with: a comma list of pysyncobj,etcd,ceiling.")
+@click.option(
+    "--ceiling-dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Where the ceiling's bench.py is (default: ../shared/ceiling).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Write every result, run and ratio as JSON.",
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Write throughput vs p99 over the sweep as a PNG (needs matplotlib).",
+)
+@click.option(
+    "--record",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Write pyxos's history (JSON lines) for `pyxos check`; one file per run.",
+)
+def bench_kv(
+    clients: str,
+    connections: int,
+    value_size: int,
+    read_ratio: float,
+    duration: float,
+    api: str,
+    repeat: int,
+    nodes: int,
+    keys: int,
+    vs: str,
+    ceiling_dir: str | None,
+    json_path: str | None,
+    plot_path: str | None,
+    record: str | None,
+) -> None:
+    """Closed-loop KV load on a local cluster of real processes, fsync on, side by side."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from pyxos.bench.kv import SYSTEMS, KvOptions, run_kv
+    from pyxos.bench.results import format_cases, format_ratios, plot, ratio_rows, write_json
+
+    others = tuple(dict.fromkeys(v.strip() for v in vs.split(",") if v.strip()))
+    if unknown := [v for v in others if v not in SYSTEMS]:
+        raise click.BadParameter(
+            f"unknown {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}", param_hint="--vs"
+        )
+    if duration <= 0:
+        raise click.BadParameter("must be > 0", param_hint="--duration")
+    if record is not None and api != "binary":
+        raise click.BadParameter("--record needs --api binary", param_hint="--record")
+    options = KvOptions(
+        clients=_int_list(clients),
+        connections=connections,
+        value_size=value_size,
+        read_ratio=read_ratio,
+        duration=duration,
+        api=api,
+        repeat=repeat,
+        nodes=nodes,
+        keys=keys,
+        vs=others,
+        ceiling_dir=ceiling_dir,
+        record=record,
+    )
+    err = Console(stderr=True)
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("measuring the disk's raw fsync rate", total=None)
+
+        def progress(description: str, done: int, total: int) -> None:
+            bar.update(task, description=description, completed=done, total=total)
+
+        try:
+            report = run_kv(options, progress)
+        except (RuntimeError, TimeoutError, ValueError) as e:
+            raise click.ClickException(f"the benchmark stopped: {e}") from None
+    click.echo(
+        f"pyxos bench kv: {nodes} nodes, fsync on, {value_size} B values, "
+        f"{read_ratio:.0%} reads, {connections} connections, api {api}, "
+        f"{duration:g} s per run, {repeat} run(s) per case"
+    )
+    raw = report.raw_fsync_per_s
+    click.echo(f"raw fsync rate of this disk, measured in this run: {raw:,.0f} fsyncs/s\n")
+    click.echo(format_cases(report.results))
+    rows = ratio_rows(report.results)
+    if rows:
+        click.echo(
+            "\nRatios, pyxos's figure / the other's (ops/s: above 1 is better; "
+            "latency and CPU: below 1 is better):\n"
+        )
+        click.echo(format_ratios(rows))
+    for name, reason in report.unavailable.items():
+        click.echo(f"\nskipped {name}: {reason}")
+    for note in report.notes:
+        click.echo(f"\nnote: {note}")
+    if json_path:
+        write_json(
+            json_path,
+            config=options.to_json(),
+            results=report.results,
+            runs=report.runs,
+            raw_fsync_per_s=raw,
+            unavailable=report.unavailable,
+        )
+        click.echo(f"\nwrote {json_path}")
+    if plot_path:
+        try:
+            plot(plot_path, report.results, title=f"pyxos bench kv ({api} API, {nodes} nodes)")
+        except RuntimeError as e:
+            raise click.ClickException(str(e)) from None
+        click.echo(f"wrote {plot_path}")
+
+
+@bench.command("embedded")
+def bench_embedded() -> None:
+    """Load generated inside the leader's process (not available yet)."""
+    raise click.ClickException("not available yet: needs embedded nodes (issue 10)")
+
+
 if __name__ == "__main__":
     main()

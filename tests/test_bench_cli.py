@@ -1,0 +1,177 @@
+"""``pyxos bench``: the histogram, the ratio table, and a 1-second ``bench kv`` run.
+
+No assertion on speed: the run's JSON is checked for its shape only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pyxos.bench.histogram import Histogram
+from pyxos.bench.kv import record_path
+from pyxos.bench.results import (
+    RATIO_FIGURES,
+    CaseResult,
+    format_ratios,
+    median_case,
+    ratio_rows,
+)
+from pyxos.cli import main
+
+
+def _exact(ordered: list[float], p: float) -> float:
+    """The nearest-rank percentile: the smallest value with >= p% at or below it."""
+    return ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_histogram_percentiles_within_one_percent_of_exact_ranks(seed: int) -> None:
+    rng = random.Random(seed)
+    shape = seed % 3
+    n = rng.randrange(1, 5000)
+    if shape == 0:
+        values = [rng.lognormvariate(-7, 1.5) for _ in range(n)]  # 1 us .. 1 s
+    elif shape == 1:
+        values = [rng.uniform(0.0001, 0.01) for _ in range(n)]
+    else:  # few distinct values, many ties, some tiny (exact buckets below 256 ns)
+        values = [rng.choice([5e-8, 1e-6, 2.5e-3, 0.9]) for _ in range(n)]
+    hist = Histogram(values)
+    ordered = sorted(values)
+    assert hist.count == n
+    for p in (0, 1, 25, 50, 90, 99, 99.9, 100):
+        exact = _exact(ordered, p)
+        assert hist.percentile(p) == pytest.approx(exact, rel=0.01, abs=1e-9), p
+    assert hist.max_ns == round(ordered[-1] * 1e9)
+    summary = hist.summary_ms()
+    assert list(summary) == ["p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"]
+    assert summary["p50_ms"] <= summary["p90_ms"] <= summary["p99_ms"] <= summary["p999_ms"]
+
+
+def test_histogram_merge_equals_one_histogram_of_everything() -> None:
+    rng = random.Random(7)
+    a = [rng.expovariate(1000) for _ in range(800)]
+    b = [rng.expovariate(100) for _ in range(300)]
+    merged = Histogram(a)
+    merged.merge(Histogram(b))
+    whole = Histogram(a + b)
+    assert merged.count == whole.count
+    for p in (1, 50, 99, 99.9):
+        assert merged.percentile(p) == whole.percentile(p)
+    assert (merged.min_ns, merged.max_ns) == (whole.min_ns, whole.max_ns)
+
+
+def test_empty_histogram_and_bad_percentile() -> None:
+    assert Histogram().percentile(99) == 0.0
+    with pytest.raises(ValueError):
+        Histogram([0.001]).percentile(101)
+
+
+def _case(system: str, clients: int, ops_per_s: float, p99: float, cpu: float | None) -> CaseResult:
+    return CaseResult(
+        system=system,
+        api="binary",
+        nodes=3,
+        clients=clients,
+        connections=4,
+        value_size=10,
+        read_ratio=0.0,
+        seconds=1.0,
+        ops=int(ops_per_s),
+        ops_per_s=ops_per_s,
+        p50_ms=p99 / 2,
+        p90_ms=p99 * 0.8,
+        p99_ms=p99,
+        p999_ms=p99 * 2,
+        max_ms=p99 * 3,
+        bytes_per_s=ops_per_s * 10,
+        cpu_s_per_1k_ops=cpu,
+    )
+
+
+def test_ratio_rows_divide_pyxos_by_each_other_system_per_client_count() -> None:
+    results = [
+        _case("pyxos", 1, 1000, 2.0, 0.5),
+        _case("etcd", 1, 500, 4.0, 1.0),
+        _case("ceiling", 1, 4000, 1.0, None),
+        _case("pyxos", 64, 30000, 6.0, 0.2),
+        _case("ceiling", 64, 60000, 3.0, 0.1),
+        _case("etcd", 256, 9000, 9.0, 1.0),  # no pyxos at 256: no row
+    ]
+    rows = ratio_rows(results)
+    assert [(r["clients"], r["vs"]) for r in rows] == [(1, "ceiling"), (1, "etcd"), (64, "ceiling")]
+    by = {(r["clients"], r["vs"]): r for r in rows}
+    assert by[1, "etcd"]["ops_per_s"] == pytest.approx(2.0)
+    assert by[1, "etcd"]["p99_ms"] == pytest.approx(0.5)
+    assert by[1, "etcd"]["cpu_s_per_1k_ops"] == pytest.approx(0.5)
+    assert by[1, "ceiling"]["ops_per_s"] == pytest.approx(0.25)
+    assert by[1, "ceiling"]["cpu_s_per_1k_ops"] is None  # the ceiling lacked it
+    assert by[64, "ceiling"]["p50_ms"] == pytest.approx(2.0)
+    assert set(RATIO_FIGURES) <= set(rows[0])
+    table = format_ratios(rows).splitlines()
+    assert len(table) == 2 + len(rows)
+    assert table[2].startswith("| 1 | ceiling | 0.25 |")
+    assert " - |" in table[2]
+
+
+def test_median_case_takes_field_medians_and_sums_errors() -> None:
+    runs = [
+        replace(_case("pyxos", 4, v, p, 0.3), errors=1)
+        for v, p in ((100, 5.0), (300, 1.0), (200, 3.0))
+    ]
+    m = median_case(runs)
+    assert (m.ops_per_s, m.p99_ms, m.errors) == (200, 3.0, 3)
+    assert "median of 3" in m.note
+
+
+def test_record_path_one_file_per_run() -> None:
+    assert record_path("h.jsonl", 4, 0, single=True) == "h.jsonl"
+    assert record_path("out/h.jsonl", 64, 2, single=False) == "out/h-c64-r2.jsonl"
+
+
+def test_bench_kv_one_second_writes_json_of_the_documented_shape(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    history = tmp_path / "h.jsonl"
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench", "kv", "--clients", "1,2", "--duration", "1", "--keys", "20",
+            "--json", str(out), "--record", str(history),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "raw fsync rate" in result.output
+    doc = json.loads(out.read_text())
+    assert set(doc) >= {"config", "raw_fsync_per_s", "results", "ratios", "runs", "unavailable"}
+    assert doc["config"]["clients"] == [1, 2]
+    assert doc["raw_fsync_per_s"] > 0
+    assert [(r["system"], r["clients"]) for r in doc["results"]] == [("pyxos", 1), ("pyxos", 2)]
+    for r in doc["results"]:
+        assert set(r) == set(doc["fields"])
+        assert r["ops"] > 0 and r["errors"] == 0 and r["unknown"] == 0
+        assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["p999_ms"] <= r["max_ms"]
+        assert r["cpu_s_per_1k_ops"] is None or r["cpu_s_per_1k_ops"] > 0
+        assert r["fsync"] is True
+    assert doc["ratios"] == []  # pyxos only
+    for clients in (1, 2):  # one history per run, each checkable by `pyxos check`
+        recorded = tmp_path / f"h-c{clients}-r0.jsonl"
+        checked = CliRunner().invoke(main, ["check", str(recorded)])
+        assert checked.exit_code == 0, checked.output
+
+
+def test_bench_embedded_says_it_is_not_available_yet() -> None:
+    result = CliRunner().invoke(main, ["bench", "embedded"])
+    assert result.exit_code != 0
+    assert "not available yet: needs embedded nodes (issue 10)" in result.output
+
+
+def test_bench_kv_refuses_an_unknown_system() -> None:
+    result = CliRunner().invoke(main, ["bench", "kv", "--vs", "zookeeper"])
+    assert result.exit_code == 2
+    assert "zookeeper" in result.output
