@@ -177,6 +177,14 @@ class PortGuard:
 
         return capped
 
+    def track(self, protocol: asyncio.Protocol) -> asyncio.Protocol:
+        """``protocol`` wrapped so that the guard hears when its connection is gone
+        (``closed``); it is not admitted here (``pyxos.net.tls.tls_acceptor`` hands a
+        slot over to it)."""
+        counted = _Counted(self)
+        counted.inner = protocol
+        return counted
+
     # -- bytes ------------------------------------------------------------------------
 
     def take(self, amount: int) -> bool:

@@ -53,6 +53,9 @@ Counters: a plain ``dict[str, int]`` shared by every connection of one owner
 - ``dropped_disconnected``, ``dropped_queue_full``, ``dropped_on_disconnect``: frames
   lost to a down link, a full queue, or a connection that died with them queued.
 - ``unexpected_messages``: messages received on an outgoing link nobody listens to.
+- ``tls_refused``: TLS handshakes that failed (``pyxos.net.tls``): on a listening port
+  a client without a certificate of the cluster CA (or not speaking TLS); on a dialer
+  a server whose certificate does not verify.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import cast
 
@@ -75,6 +79,7 @@ from pyxos.net.codec import (
     encode_hello,
 )
 from pyxos.net.limits import PortGuard, PortLimits, RefusedConnection
+from pyxos.net.tls import tls_acceptor
 
 __all__ = [
     "COUNTER_NAMES",
@@ -117,6 +122,7 @@ COUNTER_NAMES = (
     "dropped_queue_full",
     "dropped_on_disconnect",
     "unexpected_messages",
+    "tls_refused",
 )
 """Every counter the net layer increments (see the module notes)."""
 
@@ -496,6 +502,7 @@ class PeerLinks:
         connect_timeout: float = 2.0,
         counters: dict[str, int] | None = None,
         on_link: Callable[[int, bool], None] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if node_id < 1:
             raise ValueError(f"node_id must be >= 1, not {node_id}")
@@ -523,6 +530,7 @@ class PeerLinks:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._drain_timeout = 1.0
+        self._tls = tls
 
     @property
     def peers(self) -> tuple[int, ...]:
@@ -598,16 +606,31 @@ class PeerLinks:
                 label=label,
             )
 
+        tls = self._tls
         while not self._closed:
             try:
-                _, link = await asyncio.wait_for(
-                    loop.create_connection(factory, host, port), self._connect_timeout
-                )
+                if tls is None:
+                    connecting = loop.create_connection(factory, host, port)
+                else:
+                    connecting = loop.create_connection(
+                        factory,
+                        host,
+                        port,
+                        ssl=tls,
+                        server_hostname=host,
+                        ssl_handshake_timeout=self._connect_timeout,
+                    )
+                _, link = await asyncio.wait_for(connecting, self._connect_timeout)
             except (OSError, TimeoutError) as exc:
                 _count(self.counters, "connect_failures")
                 self._report(dst, False)
-                log = logger.info if attempt == 0 else logger.debug
-                log("%s: connect failed: %s", label, exc or type(exc).__name__)
+                if isinstance(exc, ssl.SSLError):
+                    _count(self.counters, "tls_refused")
+                    log = logger.warning if attempt == 0 else logger.debug
+                    log("%s: TLS handshake failed: %s", label, exc.reason or exc)
+                else:
+                    log = logger.info if attempt == 0 else logger.debug
+                    log("%s: connect failed: %s", label, exc or type(exc).__name__)
                 await asyncio.sleep(self._backoff(attempt))
                 attempt += 1
                 continue
@@ -704,13 +727,16 @@ async def serve_framed(
     limits: PortLimits | None = None,
     counters: dict[str, int] | None = None,
     name: str = "port",
+    tls: ssl.SSLContext | None = None,
 ) -> FramedServer:
     """Listen on ``host:port``; every accepted connection is ``factory(guard)``.
 
     The factory must pass ``guard`` on to its ``FramedProtocol``. The port's
     ``limits`` (defaults: ``PortLimits()``) apply: a connection over
     ``max_connections`` is closed at once without a protocol of its own (counted as
-    ``connections_refused``). ``port`` 0 binds a free port.
+    ``connections_refused``). ``port`` 0 binds a free port. With ``tls`` every
+    connection first does a TLS handshake (``pyxos.net.tls.TlsAccept``, holding a
+    connection slot meanwhile); one that fails is closed and counted (``tls_refused``).
     """
     counters = counters if counters is not None else new_counters()
     guard = PortGuard(limits, counters, name=name)
@@ -724,7 +750,17 @@ async def serve_framed(
         _count(counters, "connections_accepted")
         return connection
 
-    server = await asyncio.get_running_loop().create_server(accept, host, port)
+    if tls is not None:
+        protocols = tls_acceptor(
+            guard,
+            tls,
+            lambda: factory(guard),
+            on_accepted=lambda: _count(counters, "connections_accepted"),
+        )
+    else:
+        protocols = accept
+
+    server = await asyncio.get_running_loop().create_server(protocols, host, port)
     return FramedServer(server, guard, counters)
 
 
@@ -740,6 +776,7 @@ async def serve_peers(
     handshake_timeout: float = 10.0,
     counters: dict[str, int] | None = None,
     limits: PortLimits | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> PeerServer:
     """Listen for other nodes' links; deliver their messages as ``on_messages(node, msgs)``.
 
@@ -748,7 +785,9 @@ async def serve_peers(
     ``"peer"``, from a node id other than ``node_id`` and, if ``known_nodes`` is
     given, one of them. ``port`` 0 binds a free port (see ``PeerServer.port``). A new
     connection from a node closes its previous one (``connections_replaced``). The
-    port's ``limits`` apply as in ``serve_framed``.
+    port's ``limits`` apply as in ``serve_framed``. With ``tls`` (a context from
+    ``pyxos.net.tls.server_context(..., require_client_cert=True)``) a node must pass
+    the mutual TLS handshake before its ``Hello`` is read.
     """
     counters = counters if counters is not None else new_counters()
     # The newest handshaken connection from each node. The server never writes on
@@ -791,5 +830,11 @@ async def serve_peers(
         return connection
 
     return await serve_framed(
-        host, port, factory, limits=limits, counters=counters, name=f"node {node_id} peer port"
+        host,
+        port,
+        factory,
+        limits=limits,
+        counters=counters,
+        name=f"node {node_id} peer port",
+        tls=tls,
     )

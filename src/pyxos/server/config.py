@@ -30,6 +30,9 @@ and ``data_dir`` has a default)::
     max_buffered_bytes = 67108864   # per port: unfinished frames of all its connections
     frame_timeout = 10.0        # seconds a started frame (HTTP body) may take to arrive
     client_max_frame_bytes = 4194304  # largest client frame; longer: refused on its header
+    tls_ca = "/etc/pyxos/ca.pem"      # optional, all three or none: mutual TLS between
+    tls_cert = "/etc/pyxos/node1.pem" # nodes (and TLS on the client and HTTP ports);
+    tls_key = "/etc/pyxos/node1.key"  # `pyxos certs init` makes them
 
     [peers]                     # every member, this node included: id = "host:port"
     1 = "10.0.0.1:7001"
@@ -41,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -53,6 +57,7 @@ from pyxos.net.limits import (
     DEFAULT_MAX_BUFFERED_BYTES,
     DEFAULT_MAX_CONNECTIONS,
 )
+from pyxos.net.tls import TlsError, TlsFiles, client_context, server_context
 from pyxos.statemachine.kv import MAX_KEY_BYTES, MAX_VALUE_BYTES
 
 __all__ = [
@@ -144,9 +149,40 @@ class Config:
     """Largest frame a client may send, so also the most one client connection holds;
     a longer frame is refused on its 4-byte header before any of it is buffered
     (``oversized_frames``). Peers may send frames up to 16 MiB."""
+    tls_ca: Path | None = None
+    """PEM file of the cluster's CA certificate (TLS on: all three ``tls_*`` set)."""
+    tls_cert: Path | None = None
+    """PEM file of this node's certificate, signed by ``tls_ca``."""
+    tls_key: Path | None = None
+    """PEM file of the private key of ``tls_cert`` (keep it mode 0600)."""
 
     def __post_init__(self) -> None:
         _validate(self)
+
+    @property
+    def tls(self) -> TlsFiles | None:
+        """This node's TLS files, or None when TLS is off."""
+        if self.tls_ca is None:
+            return None
+        return TlsFiles(self.tls_ca, self.tls_cert, self.tls_key)
+
+    def tls_contexts(self) -> tuple[ssl.SSLContext, ssl.SSLContext, ssl.SSLContext] | None:
+        """(peer server, peer dialer, client/HTTP server) SSL contexts; None: TLS off.
+
+        The peer server requires a client certificate of the cluster CA (mutual TLS);
+        the client and HTTP ports accept clients without one (they use tokens).
+        """
+        files = self.tls
+        if files is None:
+            return None
+        try:
+            return (
+                server_context(files, require_client_cert=True),
+                client_context(files),
+                server_context(files, require_client_cert=False),
+            )
+        except TlsError as e:
+            raise ConfigError(f"tls: {e}") from None
 
     @property
     def host(self) -> str:
@@ -221,6 +257,9 @@ class Config:
         ):
             if key in raw:
                 values[key] = _typed(raw, key, int)
+        for key in ("tls_ca", "tls_cert", "tls_key"):
+            if raw.get(key) is not None:
+                values[key] = Path(_typed(raw, key, str))
         if "frame_timeout" in raw:
             if not _is_number(raw["frame_timeout"]):
                 raise ConfigError(f"frame_timeout: expected seconds, got {raw['frame_timeout']!r}")
@@ -313,6 +352,12 @@ def _validate(c: Config) -> None:
             f"[{MIN_CLIENT_FRAME_BYTES}, {MAX_FRAME_BYTES}] (the largest client request, "
             "a cas of two 1 MiB values, must fit)"
         )
+    tls_keys = {"tls_ca": c.tls_ca, "tls_cert": c.tls_cert, "tls_key": c.tls_key}
+    if any(v is not None for v in tls_keys.values()):
+        missing = [k for k, v in tls_keys.items() if v is None]
+        if missing:
+            raise ConfigError(f"{missing[0]}: TLS needs tls_ca, tls_cert and tls_key together")
+        c.tls_contexts()  # reads and checks the files now: a bad one fails at start
     if c.max_buffered_bytes < MAX_FRAME_BYTES + HEADER_BYTES:
         raise ConfigError(
             f"max_buffered_bytes: {c.max_buffered_bytes} must be >= "

@@ -73,6 +73,7 @@ from aiohttp import web
 
 from pyxos.core.messages import ClientReply, ClientRequest
 from pyxos.net.limits import PortGuard
+from pyxos.net.tls import tls_acceptor
 from pyxos.server.metrics import CONTENT_TYPE
 from pyxos.statemachine.kv import (
     DEFAULT_LIST_LIMIT,
@@ -185,9 +186,13 @@ class HttpApi:
         # Our own listening socket rather than a TCPSite, so that every connection
         # passes the port's connection cap (the guard wraps aiohttp's protocol).
         assert self._runner.server is not None
-        self._server = await asyncio.get_running_loop().create_server(
-            self.guard.wrap(self._runner.server), host, port
-        )
+        server = self._runner.server
+        tls = self.node.client_tls
+        if tls is None:
+            protocols = self.guard.wrap(server)
+        else:
+            protocols = tls_acceptor(self.guard, tls, lambda: self.guard.track(server()))
+        self._server = await asyncio.get_running_loop().create_server(protocols, host, port)
 
     async def stop(self) -> None:
         """Stop listening and fail every waiting request."""

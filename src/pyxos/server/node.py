@@ -95,6 +95,7 @@ import logging
 import os
 import random
 import signal
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -243,6 +244,8 @@ class NodeServer:
         self.client_server: FramedServer | None = None
         self.http: HttpApi | None = None
         """The HTTP API, when ``config.http_port`` is set."""
+        self.client_tls: ssl.SSLContext | None = None
+        """The client and HTTP ports' TLS context (None: TLS off)."""
         self.stats = DriverStats()
         self._drive_scheduled = False
         """A ``_drive`` is queued for the end of this event-loop pass."""
@@ -363,6 +366,8 @@ class NodeServer:
             if state.bootstrapping
             else "",
         )
+        tls = config.tls_contexts()
+        peer_tls, dial_tls, self.client_tls = tls if tls is not None else (None, None, None)
         try:
             self.peer_server = await serve_peers(
                 config.host,
@@ -373,6 +378,7 @@ class NodeServer:
                 known_nodes=tuple(config.peers),
                 counters=self.net_counters,
                 limits=self.port_limits,
+                tls=peer_tls,
             )
             self.client_server = await serve_framed(
                 config.host,
@@ -381,6 +387,7 @@ class NodeServer:
                 limits=self.port_limits,
                 counters=self.client_counters,
                 name=f"node {config.node_id} client port",
+                tls=self.client_tls,
             )
         except OSError as e:
             await self.shutdown()
@@ -402,6 +409,7 @@ class NodeServer:
             rng=random.Random(self.rng.getrandbits(64)),
             counters=self.net_counters,
             on_link=self._on_link,
+            tls=dial_tls,
         )
         # No link is up yet: nothing is forwarded to a peer before its link is.
         for peer in self.links.peers:
