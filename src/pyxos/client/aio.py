@@ -45,8 +45,10 @@ import builtins
 import contextlib
 import random
 import secrets
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
 
@@ -55,6 +57,7 @@ import msgspec
 from pyxos.core.messages import ClientReply, ClientRequest, Message
 from pyxos.net.codec import PROTOCOL_VERSION, Hello, encode_message
 from pyxos.net.link import FramedProtocol
+from pyxos.net.tls import TlsFiles, client_context
 from pyxos.statemachine.kv import DEFAULT_LIST_LIMIT, Command, Result, decode_result
 
 __all__ = [
@@ -69,6 +72,7 @@ __all__ = [
     "new_client_id",
     "next_attempt",
     "parse_address",
+    "tls_context",
 ]
 
 DEFAULT_CLUSTER = "pyxos"
@@ -94,6 +98,21 @@ class CommandRejected(ClientError):
 def new_client_id() -> int:
     """A random client id in ``[1, 2**63)``."""
     return secrets.randbits(63) or 1
+
+
+def tls_context(
+    ca: str | Path | None, cert: str | Path | None = None, key: str | Path | None = None
+) -> ssl.SSLContext | None:
+    """The SSL context of a client: trusts ``ca`` (the cluster's CA), presents ``cert``
+    and ``key`` if given; None (plain TCP) without ``ca``."""
+    if ca is None:
+        if cert is not None or key is not None:
+            raise ValueError("a client certificate needs the CA too (--ca)")
+        return None
+    files = TlsFiles(
+        Path(ca), Path(cert) if cert is not None else None, Path(key) if key is not None else None
+    )
+    return client_context(files)
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -250,6 +269,10 @@ class AsyncClient(KVOperations):
     ``attempt_timeout`` one try at one node. ``cluster`` must be the nodes'
     ``cluster_id``. ``history``, if given, receives every get/put/delete/cas as a
     history record for the linearizability checker. Use ``async with`` or ``close()``.
+
+    TLS (nodes with ``tls_*`` configured): ``ca`` is the cluster's CA certificate, which
+    the nodes' certificates must verify against; ``cert``/``key`` present a client
+    certificate. ``token``: the bearer token the nodes require (``tokens`` configured).
     """
 
     def __init__(
@@ -262,6 +285,10 @@ class AsyncClient(KVOperations):
         attempt_timeout: float = 1.0,
         connect_timeout: float = 1.0,
         history: Callable[[dict[str, Any]], None] | None = None,
+        ca: str | Path | None = None,
+        cert: str | Path | None = None,
+        key: str | Path | None = None,
+        token: str | None = None,
     ) -> None:
         if isinstance(addresses, Mapping):
             items = sorted(addresses.items())
@@ -272,6 +299,7 @@ class AsyncClient(KVOperations):
             self._index_of = {}
         if not self._addresses:
             raise ValueError("a client needs at least one node address")
+        self._tls = tls_context(ca, cert, key)
         if client_id is not None and not 0 < client_id < 2**63:
             raise ValueError(f"client_id must be in [1, 2**63), not {client_id}")
         self.client_id = client_id if client_id is not None else new_client_id()
@@ -295,7 +323,9 @@ class AsyncClient(KVOperations):
         follower that forwarded the command to the leader and relayed its reply."""
         self.leader = 0
         """The leader as the last answer named it (0: none yet)."""
-        self._hello = Hello(version=PROTOCOL_VERSION, cluster=cluster, node=0, role="client")
+        self._hello = Hello(
+            version=PROTOCOL_VERSION, cluster=cluster, node=0, role="client", token=token or ""
+        )
         self._target = 0
         self._conns: dict[int, FramedProtocol] = {}
         self._attempt: _Attempt | None = None
@@ -447,6 +477,8 @@ class AsyncClient(KVOperations):
             ),
             host,
             port,
+            ssl=self._tls,
+            server_hostname=host if self._tls is not None else None,
         )
         self._conns[index] = conn
         return conn

@@ -48,6 +48,7 @@ import builtins
 import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -63,6 +64,7 @@ from pyxos.client.aio import (
     new_client_id,
     next_attempt,
     parse_address,
+    tls_context,
 )
 from pyxos.core.messages import ClientReply, ClientRequest, Message
 from pyxos.net.codec import PROTOCOL_VERSION, Hello, encode_message
@@ -224,6 +226,7 @@ class ClientPool:
     over. ``timeout`` bounds a whole command (then ``OutcomeUnknown``),
     ``attempt_timeout`` one try at one node, ``connect_timeout`` one connect. ``history``
     is every new session's default history hook. Use ``async with`` or ``close()``.
+    ``ca``/``cert``/``key``/``token``: TLS and authentication, as for ``AsyncClient``.
     """
 
     def __init__(
@@ -236,7 +239,12 @@ class ClientPool:
         attempt_timeout: float = 1.0,
         connect_timeout: float = 1.0,
         history: History | None = None,
+        ca: str | Path | None = None,
+        cert: str | Path | None = None,
+        key: str | Path | None = None,
+        token: str | None = None,
     ) -> None:
+        self._tls = tls_context(ca, cert, key)
         if isinstance(addresses, Mapping):
             items = sorted(addresses.items())
             self._addresses = [parse_address(a) for _, a in items]
@@ -263,7 +271,9 @@ class ClientPool:
         """Connections opened over the pool's life (for tests and metrics)."""
         self.no_leader_replies = 0
         """Answers "no leader yet" (``ok=False, leader=0``) received by any session."""
-        self._hello = Hello(version=PROTOCOL_VERSION, cluster=cluster, node=0, role="client")
+        self._hello = Hello(
+            version=PROTOCOL_VERSION, cluster=cluster, node=0, role="client", token=token or ""
+        )
         # The address index where a session's next command starts: the leader named by
         # the last successful reply (when its address is known).
         self._target = 0
@@ -469,7 +479,14 @@ class ClientPool:
         conn: FramedProtocol
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(factory, host, port), self.connect_timeout
+                loop.create_connection(
+                    factory,
+                    host,
+                    port,
+                    ssl=self._tls,
+                    server_hostname=host if self._tls is not None else None,
+                ),
+                self.connect_timeout,
             )
         except (OSError, TimeoutError):
             return None

@@ -15,6 +15,7 @@ import asyncio
 import builtins
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -41,6 +42,10 @@ class Client:
         timeout: float = 5.0,
         attempt_timeout: float = 1.0,
         history: Callable[[dict[str, Any]], None] | None = None,
+        ca: str | Path | None = None,
+        cert: str | Path | None = None,
+        key: str | Path | None = None,
+        token: str | None = None,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -54,6 +59,10 @@ class Client:
             timeout=timeout,
             attempt_timeout=attempt_timeout,
             history=history,
+            ca=ca,
+            cert=cert,
+            key=key,
+            token=token,
         )
         self._closed = False
 

@@ -89,9 +89,31 @@ class Hello(msgspec.Struct, frozen=True, array_like=True, kw_only=True):
     ``node`` is the sender's node id (>= 1 for a peer, 0 for a client); ``role`` is
     ``"peer"`` or ``"client"``. Encoded as a msgpack array in field order, so the magic
     comes first; fields a later version appends are ignored by this one.
+
+    ``token`` (optional, appended later): a client's bearer token when the node
+    requires one (``pyxos.server.auth``); left out of the encoding when empty, so a
+    Hello without one is byte-for-byte what it was before, and never in ``repr``.
     """
 
     magic: str = MAGIC
+    version: int
+    cluster: str
+    node: int
+    role: str
+    token: str = ""
+
+    def __repr__(self) -> str:
+        token = ", token=<hidden>" if self.token else ""
+        return (
+            f"Hello(magic={self.magic!r}, version={self.version}, cluster={self.cluster!r}, "
+            f"node={self.node}, role={self.role!r}{token})"
+        )
+
+
+class _HelloWithoutToken(msgspec.Struct, frozen=True, array_like=True):
+    """A ``Hello`` as encoded without a token: the original five fields."""
+
+    magic: str
     version: int
     cluster: str
     node: int
@@ -162,7 +184,13 @@ def encode_frames(msgs: Iterable[Message], *, max_frame_bytes: int = MAX_FRAME_B
 def encode_hello(hello: Hello) -> bytes:
     """The handshake frame carrying ``hello``."""
     buffer = bytearray()
-    _append_frame(buffer, hello, MAX_HELLO_BYTES)
+    if hello.token:
+        _append_frame(buffer, hello, MAX_HELLO_BYTES)
+    else:
+        plain = _HelloWithoutToken(
+            hello.magic, hello.version, hello.cluster, hello.node, hello.role
+        )
+        _append_frame(buffer, plain, MAX_HELLO_BYTES)
     return bytes(buffer)
 
 

@@ -33,6 +33,8 @@ and ``data_dir`` has a default)::
     tls_ca = "/etc/pyxos/ca.pem"      # optional, all three or none: mutual TLS between
     tls_cert = "/etc/pyxos/node1.pem" # nodes (and TLS on the client and HTTP ports);
     tls_key = "/etc/pyxos/node1.key"  # `pyxos certs init` makes them
+    tokens = "/etc/pyxos/tokens.toml" # optional: client auth; or a table [tokens]
+                                      # "<sha256 of a token>" = "read" | "write"
 
     [peers]                     # every member, this node included: id = "host:port"
     1 = "10.0.0.1:7001"
@@ -58,6 +60,7 @@ from pyxos.net.limits import (
     DEFAULT_MAX_CONNECTIONS,
 )
 from pyxos.net.tls import TlsError, TlsFiles, client_context, server_context
+from pyxos.server.auth import TokenError, Tokens
 from pyxos.statemachine.kv import MAX_KEY_BYTES, MAX_VALUE_BYTES
 
 __all__ = [
@@ -155,6 +158,9 @@ class Config:
     """PEM file of this node's certificate, signed by ``tls_ca``."""
     tls_key: Path | None = None
     """PEM file of the private key of ``tls_cert`` (keep it mode 0600)."""
+    tokens: Tokens | None = None
+    """Client authentication (``pyxos.server.auth``): the SHA-256 hashes of the bearer
+    tokens and their roles; None: clients need no token."""
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -257,6 +263,17 @@ class Config:
         ):
             if key in raw:
                 values[key] = _typed(raw, key, int)
+        if raw.get("tokens") is not None:
+            source = raw["tokens"]
+            if isinstance(source, Tokens):
+                values["tokens"] = source
+            elif isinstance(source, str | Mapping):
+                try:
+                    values["tokens"] = Tokens.load(source)
+                except TokenError as e:
+                    raise ConfigError(str(e)) from None
+            else:
+                raise ConfigError("tokens: expected a file path or a table of hash = role")
         for key in ("tls_ca", "tls_cert", "tls_key"):
             if raw.get(key) is not None:
                 values[key] = Path(_typed(raw, key, str))

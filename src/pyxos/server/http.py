@@ -158,7 +158,10 @@ class HttpApi:
         )
         """The port's limits and their accounting (connections, body bytes being read)."""
         self._server: asyncio.Server | None = None
-        self.app = web.Application(client_max_size=_MAX_CAS_BODY, middlewares=[self._client_gone])
+        middlewares = [self._client_gone]
+        if node.config.tokens is not None:
+            middlewares.insert(0, self._authorize)
+        self.app = web.Application(client_max_size=_MAX_CAS_BODY, middlewares=middlewares)
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/v1/status", self._status)
         self.app.router.add_get("/metrics", self._metrics)
@@ -244,6 +247,34 @@ class HttpApi:
         finally:
             guard.give(reserved)
         return b"".join(chunks)
+
+    @web.middleware
+    async def _authorize(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        """With ``tokens`` configured (``pyxos.server.auth``): 401 without a valid bearer
+        token, 403 for a write with a read token; ``/healthz`` stays open. Decided on
+        the headers alone, before any body is read or anything is submitted."""
+        tokens = self.node.config.tokens
+        assert tokens is not None
+        if request.path == "/healthz":
+            return await handler(request)
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        role = tokens.role(token.strip()) if scheme.lower() == "bearer" else None
+        if role is None:
+            self.counters["auth_refused"] = self.counters.get("auth_refused", 0) + 1
+            return _json(
+                401,
+                {"error": "unauthorized: a valid bearer token is required"},
+                {"WWW-Authenticate": 'Bearer realm="pyxos"'},
+            )
+        if role != "write" and request.method not in ("GET", "HEAD"):
+            self.counters["auth_forbidden"] = self.counters.get("auth_forbidden", 0) + 1
+            return _json(403, {"error": f"forbidden: a {role} token may not {request.method}"})
+        return await handler(request)
 
     @web.middleware
     async def _client_gone(

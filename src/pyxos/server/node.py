@@ -121,9 +121,10 @@ from pyxos.net.link import (
     serve_framed,
     serve_peers,
 )
+from pyxos.server.auth import READ_OPS
 from pyxos.server.config import Config
 from pyxos.server.metrics import NodeMetrics
-from pyxos.statemachine.kv import KVStore
+from pyxos.statemachine.kv import Command, KVStore, Result, encode_result
 from pyxos.statemachine.service import ServiceNode
 from pyxos.storage.durable import DurableAcceptor, Recovered, open_node_storage
 from pyxos.storage.snapshot import Snapshot as StoredSnapshot
@@ -279,6 +280,9 @@ class NodeServer:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._clients: dict[int, FramedProtocol] = {}
+        # The role of each authenticated client connection (tokens configured);
+        # a connection absent from it presented no valid token.
+        self._client_roles: dict[int, str] = {}
         self._sinks: dict[int, ReplySink] = {}
         self._next_client = CLIENT_ID_BASE
         self._stopped: asyncio.Event | None = None
@@ -925,16 +929,31 @@ class NodeServer:
     def _client_protocol(self, guard: PortGuard) -> FramedProtocol:
         holder: list[FramedProtocol] = []
         cluster = self.config.cluster_id
+        tokens = self.config.tokens
 
         def accept_hello(hello: Hello) -> int:
             check_hello(hello, cluster, PROTOCOL_VERSION, expected_role="client")
             cid = self._new_client_id()
             self._clients[cid] = holder[0]
             self.stats.client_connections += 1
+            if tokens is not None:
+                role = tokens.role(hello.token)
+                if role is None:
+                    self.client_counters["auth_refused"] = (
+                        self.client_counters.get("auth_refused", 0) + 1
+                    )
+                    logger.warning(
+                        "node %d: %s %s a token: its requests are refused",
+                        self.config.node_id,
+                        holder[0].label,
+                        "presented an unknown" if hello.token else "did not present",
+                    )
+                else:
+                    self._client_roles[cid] = role
             return cid
 
         conn = FramedProtocol(
-            self._on_client_messages,
+            self._on_client_messages if tokens is None else self._on_client_messages_auth,
             counters=self.client_counters,
             accept_hello=accept_hello,
             handshake_timeout=min(5.0, self.config.frame_timeout),
@@ -945,9 +964,45 @@ class NodeServer:
         holder.append(conn)
         return conn
 
+    def _on_client_messages_auth(self, cid: int, msgs: list[Message]) -> None:
+        """``_on_client_messages`` behind the token check (``pyxos.server.auth``): a
+        connection without a valid token gets every request refused, one with a read
+        token its writes; a refused request never reaches the log."""
+        role = self._client_roles.get(cid)
+        if role == "write":
+            self._on_client_messages(cid, msgs)
+            return
+        allowed: list[Message] = []
+        conn = self._clients.get(cid)
+        for msg in msgs:
+            if not isinstance(msg, ClientRequest):
+                allowed.append(msg)
+                continue
+            if role is None:
+                error = "unauthorized: this node requires a valid token (--token)"
+                counter = "auth_refused"
+            else:
+                try:
+                    op = msgspec.msgpack.decode(msg.command, type=Command).op
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    op = "?"
+                if op in READ_OPS:
+                    allowed.append(msg)
+                    continue
+                error = f"forbidden: a read-only token may not {op}"
+                counter = "auth_forbidden"
+            self.client_counters[counter] = self.client_counters.get(counter, 0) + 1
+            if conn is not None:
+                result = encode_result(Result(ok=False, error=error))
+                reply = ClientReply(self.config.node_id, msg.client, msg.seq, True, result, 0)
+                conn.send(encode_message(reply))
+        if allowed:
+            self._on_client_messages(cid, allowed)
+
     def _on_client_lost(self, conn: FramedProtocol, exc: Exception | None) -> None:
         if self._clients.get(conn.peer_id) is conn:
             del self._clients[conn.peer_id]
+            self._client_roles.pop(conn.peer_id, None)
 
     def _on_client_messages(self, cid: int, msgs: list[Message]) -> None:
         requests: list[ClientRequest] = []
