@@ -235,12 +235,23 @@ def test_hello_is_passed_to_on_hello_before_later_frames_are_parsed() -> None:
 
 
 def test_a_hello_from_a_later_version_with_extra_fields_still_decodes() -> None:
-    body = msgspec.msgpack.encode(["pyxos", 2, "a", 3, "peer", "tls-please"])
+    # The sixth field is the (optional) token; fields after it are ignored.
+    body = msgspec.msgpack.encode(["pyxos", 2, "a", 3, "peer", "", "tls-please"])
     decoder = FrameDecoder(expect_hello=True)
     assert decoder.feed(frame(body)) == []
     assert decoder.hello == Hello(version=2, cluster="a", node=3, role="peer")
     with pytest.raises(HandshakeError, match="protocol version 2 != 1"):
         check_hello(decoder.hello, "a", PROTOCOL_VERSION)
+
+
+def test_a_hello_without_a_token_encodes_as_before_and_one_with_a_token_carries_it() -> None:
+    plain = Hello(version=1, cluster="a", node=0, role="client")
+    assert encode_hello(plain)[4:] == msgspec.msgpack.encode(["pyxos", 1, "a", 0, "client"])
+    with_token = Hello(version=1, cluster="a", node=0, role="client", token="s3cret")
+    decoder = FrameDecoder(expect_hello=True)
+    assert decoder.feed(encode_hello(with_token)) == []
+    assert decoder.hello == with_token
+    assert "s3cret" not in repr(with_token)
 
 
 def test_hello_is_encoded_magic_first() -> None:

@@ -289,11 +289,53 @@ def serve(config_path: str, init: bool, log_level: str, log_format: str) -> None
 
 
 @main.command("demo")
-def demo() -> None:
+@click.option("--tls", is_flag=True, help="Run the cluster with TLS (certificates made for it).")
+def demo(tls: bool) -> None:
     """Start a 3-node cluster, fail the leader over, catch a node up, shut down."""
     from pyxos.demo import run_demo
 
-    sys.exit(run_demo(Console()))
+    sys.exit(run_demo(Console(), tls=tls))
+
+
+@main.group()
+def certs() -> None:
+    """Certificates for TLS between nodes and clients."""
+
+
+@certs.command("init")
+@click.option("--dir", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--nodes", type=click.IntRange(1, 99), default=3, show_default=True)
+@click.option(
+    "--host",
+    "hosts",
+    multiple=True,
+    help="Another address or name for the certificates (127.0.0.1 and localhost always).",
+)
+def certs_init(out_dir: str, nodes: int, hosts: tuple[str, ...]) -> None:
+    """Make a CA, a certificate per node and a client certificate in --dir (keys 0600)."""
+    from pyxos.certs import init_certs
+
+    made = init_certs(out_dir, nodes, hosts=hosts)
+    click.echo(f"CA: {made.ca} (key {made.ca_key})")
+    for node, (cert, key) in sorted(made.nodes.items()):
+        click.echo(f"node {node}: tls_cert = {cert}, tls_key = {key}")
+    click.echo(f"client: --cert {made.client[0]} --key {made.client[1]}")
+
+
+@main.group()
+def token() -> None:
+    """Bearer tokens for client authentication."""
+
+
+@token.command("new")
+@click.option("--role", type=click.Choice(["read", "write"]), default="write", show_default=True)
+def token_new(role: str) -> None:
+    """Print a new token (give it to the client) and its config line (give it to nodes)."""
+    from pyxos.server.auth import hash_token, new_token
+
+    value = new_token()
+    click.echo(f"token: {value}")
+    click.echo(f'tokens file line: "{hash_token(value)}" = "{role}"')
 
 
 @main.group()
@@ -314,8 +356,9 @@ def _dir_option() -> Callable[[F], F]:
 
 @cluster.command("start")
 @click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True)
+@click.option("--tls", is_flag=True, help="A new cluster runs with TLS (certificates made).")
 @_dir_option()
-def cluster_start(nodes: int, base_dir: str) -> None:
+def cluster_start(nodes: int, base_dir: str, tls: bool) -> None:
     """Create (if new) and start a local cluster; wait for a leader."""
     from pathlib import Path
 
@@ -327,7 +370,7 @@ def cluster_start(nodes: int, base_dir: str) -> None:
         if (path / "cluster.json").exists():
             local = LocalCluster.load(path)
         else:
-            local = LocalCluster.create(path, nodes)
+            local = LocalCluster.create(path, nodes, tls=tls)
         local.start()
         leader = local.wait_for_leader(20.0)
     except ClusterError as e:
@@ -405,12 +448,30 @@ def _print_cluster(console: Console, local: Any, leader: int | None) -> None:
 @_dir_option()
 @click.option("--cluster", "cluster_id", default=None, help="Cluster id (default: the --dir's).")
 @click.option("--timeout", default=5.0, show_default=True, help="Seconds before 'outcome unknown'.")
+@click.option("--ca", default=None, help="CA certificate to verify TLS nodes (default: --dir's).")
+@click.option("--cert", default=None, help="Client certificate to present (TLS).")
+@click.option("--key", default=None, help="Key of --cert.")
+@click.option("--token", default=None, envvar="PYXOS_TOKEN", help="Bearer token (or $PYXOS_TOKEN).")
 @click.pass_context
 def kv(
-    ctx: click.Context, addr: str | None, base_dir: str, cluster_id: str | None, timeout: float
+    ctx: click.Context,
+    addr: str | None,
+    base_dir: str,
+    cluster_id: str | None,
+    timeout: float,
+    ca: str | None,
+    cert: str | None,
+    key: str | None,
+    token: str | None,
 ) -> None:
     """Use the replicated key-value store."""
-    ctx.obj = {"addr": addr, "dir": base_dir, "cluster": cluster_id, "timeout": timeout}
+    ctx.obj = {
+        "addr": addr,
+        "dir": base_dir,
+        "cluster": cluster_id,
+        "timeout": timeout,
+        "tls": {"ca": ca, "cert": cert, "key": key, "token": token},
+    }
 
 
 def _client(ctx: click.Context) -> Any:
@@ -421,6 +482,7 @@ def _client(ctx: click.Context) -> Any:
 
     addr = ctx.obj["addr"]
     cluster_id = ctx.obj["cluster"]
+    security = dict(ctx.obj["tls"])
     if addr:
         addresses = [a.strip() for a in addr.split(",") if a.strip()]
     else:
@@ -430,9 +492,14 @@ def _client(ctx: click.Context) -> Any:
             raise click.ClickException(f"{e}; pass --addr host:port") from None
         addresses = local.client_addresses()
         cluster_id = cluster_id or local.cluster_id
-    if cluster_id:
-        return Client(addresses, cluster=cluster_id, timeout=ctx.obj["timeout"])
-    return Client(addresses, timeout=ctx.obj["timeout"])
+        if security["ca"] is None and local.ca_file is not None:
+            security["ca"] = str(local.ca_file)
+    try:
+        if cluster_id:
+            return Client(addresses, cluster=cluster_id, timeout=ctx.obj["timeout"], **security)
+        return Client(addresses, timeout=ctx.obj["timeout"], **security)
+    except (ValueError, OSError) as e:
+        raise click.ClickException(f"TLS: {e}") from None
 
 
 def _run_kv(ctx: click.Context, op: Callable[[Any], Any]) -> Any:

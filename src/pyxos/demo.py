@@ -48,13 +48,18 @@ class _Narrator:
         return result
 
 
-def run_demo(console: Console | None = None, keep_dir: Path | None = None) -> int:
-    """Run the demo; the process exit code (0: every check held)."""
+def run_demo(
+    console: Console | None = None, keep_dir: Path | None = None, *, tls: bool = False
+) -> int:
+    """Run the demo; the process exit code (0: every check held).
+
+    ``tls``: the cluster runs with mutual TLS between nodes and TLS on the client and
+    HTTP ports (certificates made for it), and the client verifies the nodes."""
     console = console or Console()
     n = _Narrator(console)
     with tempfile.TemporaryDirectory(prefix="pyxos-demo-") as tmp:
         base = keep_dir or Path(tmp)
-        cluster = LocalCluster.create(base / "cluster", 3, cluster_id="pyxos-demo")
+        cluster = LocalCluster.create(base / "cluster", 3, cluster_id="pyxos-demo", tls=tls)
         try:
             return _script(cluster, n)
         except Exception as e:  # the demo reports any failure plainly
@@ -74,12 +79,17 @@ def run_demo(console: Console | None = None, keep_dir: Path | None = None) -> in
 
 def _script(cluster: LocalCluster, n: _Narrator) -> int:
     ports = ", ".join(f"{x.node_id}:{x.client_port}" for x in cluster.nodes.values())
-    n.step(f"starting a 3-node cluster on 127.0.0.1 (client ports {ports}) in {cluster.base_dir}")
+    tls = " with TLS (mutual between nodes)" if cluster.tls else ""
+    n.step(
+        f"starting a 3-node cluster on 127.0.0.1{tls} (client ports {ports}) in {cluster.base_dir}"
+    )
     cluster.start()
     leader = n.timed("a leader is elected", lambda: cluster.wait_for_leader(15.0))
     n.step(f"node {leader} leads")
 
-    client = Client(cluster.client_addresses(), cluster=cluster.cluster_id, timeout=10.0)
+    client = Client(
+        cluster.client_addresses(), cluster=cluster.cluster_id, timeout=10.0, ca=cluster.ca_file
+    )
     try:
         acknowledged: dict[str, str] = {}
         for i in range(1, 6):

@@ -10,6 +10,11 @@ as ``python -m pyxos.server`` in their own process group (``start_new_session``)
 they outlive the command that started them; ``stop`` finds them again by pid file.
 Readiness and roles come from each node's ``GET /v1/status``. Everything here only
 builds configurations and processes; the node itself is ``pyxos.server``.
+
+With ``tls=True`` (``pyxos cluster start --tls``) ``create`` also makes a CA and a
+certificate per node and one for clients in ``certs/`` (``pyxos.certs``) and writes
+``tls_ca``/``tls_cert``/``tls_key`` into every config: the nodes talk mutual TLS, and
+the client and HTTP ports speak TLS (``https``; ``ca_file`` is what clients trust).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -48,6 +54,8 @@ class LocalNode:
     http_port: int
     host: str = HOST
     """The address the node listens on (loopback, or its network namespace's)."""
+    tls: bool = False
+    """Whether the node's ports speak TLS (its HTTP API is ``https``)."""
 
     @property
     def client_address(self) -> str:
@@ -57,7 +65,7 @@ class LocalNode:
     @property
     def http_url(self) -> str:
         """Base URL of the HTTP API."""
-        return f"http://{self.host}:{self.http_port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.http_port}"
 
 
 def free_ports(count: int) -> list[int]:
@@ -85,6 +93,7 @@ class LocalCluster:
         """Per node, a command that runs the node process (e.g. ``ip netns exec NS``)."""
         self.extra_args: dict[int, list[str]] = {}
         """Per node, more arguments for ``pyxos.server`` (e.g. ``--chaos-clock 1.03``)."""
+        self._ssl: ssl.SSLContext | None = None
 
     # -- creation --------------------------------------------------------------------
 
@@ -99,10 +108,12 @@ class LocalCluster:
         heartbeat_interval: float = 0.05,
         snapshot_every: int = 10_000,
         hosts: Mapping[int, str] | None = None,
+        tls: bool = False,
     ) -> LocalCluster:
         """Write the configuration of a new ``size``-node cluster into ``base_dir``.
 
         ``hosts`` gives a node its own listening address (default: 127.0.0.1).
+        ``tls``: make certificates in ``base_dir/certs`` and turn TLS on (module notes).
         """
         if size < 1:
             raise ClusterError("a cluster needs at least one node")
@@ -113,10 +124,30 @@ class LocalCluster:
         where = hosts or {}
         nodes = [
             LocalNode(
-                i + 1, ports[3 * i], ports[3 * i + 1], ports[3 * i + 2], where.get(i + 1, HOST)
+                i + 1,
+                ports[3 * i],
+                ports[3 * i + 1],
+                ports[3 * i + 2],
+                where.get(i + 1, HOST),
+                tls,
             )
             for i in range(size)
         ]
+        tls_lines: dict[int, str] = {}
+        if tls:
+            from pyxos.certs import init_certs
+
+            certs = init_certs(
+                base_dir / "certs",
+                size,
+                hosts=sorted({n.host for n in nodes} - {HOST}),
+                cluster=cluster_id,
+            )
+            for n in nodes:
+                cert, key = certs.nodes[n.node_id]
+                tls_lines[n.node_id] = (
+                    f'tls_ca = "{certs.ca}"\ntls_cert = "{cert}"\ntls_key = "{key}"\n'
+                )
         cluster = cls(base_dir, nodes, cluster_id)
         peers = ", ".join(f'"{n.node_id}" = "{n.host}:{n.peer_port}"' for n in nodes)
         for n in nodes:
@@ -129,6 +160,7 @@ class LocalCluster:
                 f"election_timeout = [{election_timeout[0]}, {election_timeout[1]}]\n"
                 f"heartbeat_interval = {heartbeat_interval}\n"
                 f"snapshot_every = {snapshot_every}\n"
+                f"{tls_lines.get(n.node_id, '')}"
                 f"peers = {{ {peers} }}\n"
             )
         meta = {
@@ -140,6 +172,7 @@ class LocalCluster:
                     "client_port": n.client_port,
                     "http_port": n.http_port,
                     "host": n.host,
+                    "tls": n.tls,
                 }
                 for n in nodes
             ],
@@ -285,11 +318,35 @@ class LocalCluster:
 
     # -- status ----------------------------------------------------------------------
 
+    @property
+    def tls(self) -> bool:
+        """Whether the cluster runs with TLS on (``create(tls=True)``)."""
+        return any(n.tls for n in self.nodes.values())
+
+    @property
+    def ca_file(self) -> Path | None:
+        """The CA certificate clients must trust (None: TLS off)."""
+        return self.base_dir / "certs" / "ca.pem" if self.tls else None
+
+    @property
+    def client_cert(self) -> tuple[Path, Path] | None:
+        """A client certificate and key made with the cluster's (None: TLS off)."""
+        certs = self.base_dir / "certs"
+        return (certs / "client.pem", certs / "client.key") if self.tls else None
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self.ca_file is None:
+            return None
+        if self._ssl is None:
+            self._ssl = ssl.create_default_context(cafile=str(self.ca_file))
+        return self._ssl
+
     def node_status(self, node_id: int, timeout: float = 0.5) -> dict[str, Any] | None:
         """``GET /v1/status`` of one node, or None if it does not answer."""
         url = self.nodes[node_id].http_url + "/v1/status"
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
+            context = self._ssl_context()
+            with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
                 data = json.loads(resp.read())
         except (OSError, urllib.error.URLError, ValueError):
             return None

@@ -735,7 +735,7 @@ async def serve_framed(
     ``limits`` (defaults: ``PortLimits()``) apply: a connection over
     ``max_connections`` is closed at once without a protocol of its own (counted as
     ``connections_refused``). ``port`` 0 binds a free port. With ``tls`` every
-    connection first does a TLS handshake (``pyxos.net.tls.TlsAccept``, holding a
+    connection first does a TLS handshake (``pyxos.net.tls.tls_acceptor``, holding a
     connection slot meanwhile); one that fails is closed and counted (``tls_refused``).
     """
     counters = counters if counters is not None else new_counters()
@@ -750,6 +750,7 @@ async def serve_framed(
         _count(counters, "connections_accepted")
         return connection
 
+    protocols: Callable[[], asyncio.BaseProtocol]
     if tls is not None:
         protocols = tls_acceptor(
             guard,

@@ -15,15 +15,16 @@ signed by that CA (``tls_cert``) and the certificate's private key (``tls_key``)
 - **Client port and HTTP**: the server presents its certificate; client certificates
   are optional there (clients authenticate with bearer tokens).
 
-Accepted connections do the handshake with ``loop.start_tls`` rather than
-``create_server(ssl=...)``: asyncio swallows a failed server-side handshake of
-``create_server`` (only debug mode reports it), and the port's connection accounting
-would never hear of it. ``TlsAccept`` is the placeholder protocol of a connection
-whose handshake runs: it holds the port's connection slot (so handshakes in progress
-count against ``max_connections``), and on success hands the TLS transport to the
-real protocol (``set_protocol`` + ``connection_made``); on failure it counts
-``tls_refused`` and logs one WARNING line naming the peer address and OpenSSL's
-reason (never key material: the reason is OpenSSL's short text).
+Accepted connections do not use ``create_server(ssl=...)``: asyncio (and uvloop)
+swallow a failed server-side handshake there (only debug mode reports it), so the
+port could neither count nor log it, and its connection slot would leak; and uvloop's
+``start_tls`` fails server-side handshakes outright. Instead ``tls_acceptor`` puts
+asyncio's own TLS protocol (``asyncio.sslproto.SSLProtocol``, what ``create_server``
+uses inside) in front of each accepted connection with a waiter future of our own:
+the future reports the handshake's outcome, so a refusal frees the port's slot, counts
+``tls_refused`` and logs one WARNING line naming the peer's address and OpenSSL's
+reason (never key material: the reason is OpenSSL's short text). The real protocol
+gets ``connection_made`` only after a successful handshake.
 
 Nothing here runs on a connection without TLS: the non-TLS path is unchanged.
 """
@@ -31,17 +32,18 @@ Nothing here runs on a connection without TLS: the non-TLS path is unchanged.
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto as sslproto
 import logging
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from pyxos.net.limits import PortGuard, RefusedConnection
 
 __all__ = [
     "DEFAULT_TLS_HANDSHAKE_TIMEOUT",
-    "TlsAccept",
     "TlsError",
     "TlsFiles",
     "client_context",
@@ -127,153 +129,68 @@ def client_context(files: TlsFiles) -> ssl.SSLContext:
     return context
 
 
-class TlsAccept(asyncio.Protocol):
-    """An accepted connection doing its TLS handshake (see the module notes).
+class _ServerTls(sslproto.SSLProtocol):
+    """asyncio's TLS protocol, remembering the peer's address for the log line."""
 
-    ``make()`` builds the real protocol once the handshake succeeded; ``on_refused``
-    and ``on_gone`` are called (once) when the handshake failed or the connection
-    went before it finished, so the port can count and free its slot.
-    """
-
-    def __init__(
-        self,
-        context: ssl.SSLContext,
-        make: Callable[[], asyncio.Protocol],
-        *,
-        counters: dict[str, int],
-        on_done: Callable[[TlsAccept, asyncio.Protocol | None], None],
-        name: str,
-        handshake_timeout: float = DEFAULT_TLS_HANDSHAKE_TIMEOUT,
-    ) -> None:
-        self._context = context
-        self._make = make
-        self._counters = counters
-        self._on_done = on_done
-        self._name = name
-        self._timeout = handshake_timeout
-        self._done = False
-        self._early: list[bytes] = []
-        self._inner: asyncio.Protocol | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._transport: asyncio.BaseTransport | None = None
-
-    def close(self) -> None:
-        """Abandon the handshake and close the connection (the port is closing)."""
-        if self._inner is not None:
-            close = getattr(self._inner, "close", None)
-            if close is not None:
-                close()
-            return
-        if self._task is not None:
-            self._task.cancel()
-        if self._transport is not None:
-            self._transport.close()
-        self._finish(None)
-
-    async def shutdown(self, timeout: float = 1.0) -> None:
-        """``close`` and wait for the handshake task to end."""
-        self.close()
-        if self._task is not None:
-            await asyncio.wait([self._task], timeout=timeout)
+    peer = "?"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Start the handshake."""
-        self._transport = transport
-        self._task = asyncio.get_running_loop().create_task(
-            self._handshake(transport), name="pyxos-tls-accept"
-        )
-
-    async def _handshake(self, transport: asyncio.BaseTransport) -> None:
-        loop = asyncio.get_running_loop()
         peername = transport.get_extra_info("peername")
-        address = (
-            f"{peername[0]}:{peername[1]}"
-            if isinstance(peername, tuple) and len(peername) >= 2
-            else str(peername)
-        )
-        try:
-            tls_transport = await loop.start_tls(
-                transport,  # type: ignore[arg-type]
-                self,
-                self._context,
-                server_side=True,
-                ssl_handshake_timeout=self._timeout,
-            )
-        except asyncio.CancelledError:
-            transport.close()
-            self._finish(None)
-            raise
-        except (OSError, TimeoutError, ConnectionError, ValueError) as e:
-            transport.close()
-            reason = _reason(e) if isinstance(e, ssl.SSLError) else (str(e) or type(e).__name__)
-            self._counters["tls_refused"] = self._counters.get("tls_refused", 0) + 1
-            logger.warning("%s: refused TLS connection from %s: %s", self._name, address, reason)
-            self._finish(None)
-            return
-        if tls_transport is None or tls_transport.is_closing():
-            self._finish(None)
-            return
-        inner = self._make()
-        self._inner = inner
-        tls_transport.set_protocol(inner)
-        self._finish(inner)
-        inner.connection_made(tls_transport)
-        for data in self._early:
-            inner.data_received(data)
-        self._early = []
-
-    def _finish(self, inner: asyncio.Protocol | None) -> None:
-        if not self._done:
-            self._done = True
-            self._on_done(self, inner)
-
-    def data_received(self, data: bytes) -> None:
-        """Bytes decrypted before the real protocol took over: keep them for it."""
-        if self._inner is not None:
-            self._inner.data_received(data)
-        else:
-            self._early.append(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        """Gone during the handshake: free the slot (the handshake task reports it)."""
-        if self._inner is not None:
-            self._inner.connection_lost(exc)
-            return
-        if self._task is None:
-            self._finish(None)
+        if isinstance(peername, tuple) and len(peername) >= 2:
+            self.peer = f"{peername[0]}:{peername[1]}"
+        super().connection_made(transport)
 
 
 def tls_acceptor(
     guard: PortGuard,
     context: ssl.SSLContext,
-    make: Callable[[], asyncio.Protocol],
+    make: Callable[[], asyncio.BaseProtocol],
     *,
     on_accepted: Callable[[], None] | None = None,
-) -> Callable[[], asyncio.Protocol]:
+    handshake_timeout: float = DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+) -> Callable[[], asyncio.BaseProtocol]:
     """A ``create_server`` protocol factory doing TLS handshakes under ``guard``.
 
-    Each accepted connection holds a slot of the port (a ``TlsAccept``) while its
-    handshake runs; a refused one frees it, counts ``tls_refused`` in the guard's
-    counters and logs one WARNING line. On success ``make()`` builds the real
-    protocol, which takes the slot over and must tell the guard (``closed``) when it
-    is gone; ``on_accepted`` is called then.
+    Each accepted connection gets its real protocol (``make()``) at once, admitted to
+    the port (handshakes in progress count against ``max_connections``), behind a TLS
+    layer (see the module notes); the protocol's ``connection_made`` comes once the
+    handshake succeeded (then ``on_accepted``), and it must tell the guard when it is
+    gone. A failed handshake frees the slot, counts ``tls_refused`` in the guard's
+    counters and logs one WARNING line.
     """
 
-    def handed_over(placeholder: TlsAccept, connection: asyncio.Protocol | None) -> None:
-        guard.closed(placeholder)
-        if connection is not None:
-            guard.connections.add(connection)
-            if on_accepted is not None:
-                on_accepted()
-
-    def accept() -> asyncio.Protocol:
+    def accept() -> asyncio.BaseProtocol:
         if guard.full:
             guard.refuse()
             return RefusedConnection()
-        placeholder = TlsAccept(
-            context, make, counters=guard.counters, on_done=handed_over, name=guard.name
+        loop = asyncio.get_running_loop()
+        app = make()
+        guard.admit(app)
+        waiter: asyncio.Future[None] = loop.create_future()
+        layer = _ServerTls(
+            loop,
+            cast(asyncio.Protocol, app),
+            context,
+            waiter,
+            server_side=True,
+            ssl_handshake_timeout=handshake_timeout,  # type: ignore[arg-type]
         )
-        guard.admit(placeholder)
-        return placeholder
+
+        def done(future: asyncio.Future[None]) -> None:
+            error = None if future.cancelled() else future.exception()
+            if error is None and not future.cancelled():
+                if on_accepted is not None:
+                    on_accepted()
+                return
+            guard.closed(app)
+            guard.count("tls_refused")
+            if isinstance(error, ssl.SSLError):
+                reason = _reason(error)
+            else:
+                reason = str(error) or type(error).__name__ if error else "cancelled"
+            logger.warning("%s: refused TLS connection from %s: %s", guard.name, layer.peer, reason)
+
+        waiter.add_done_callback(done)
+        return layer
 
     return accept

@@ -191,6 +191,7 @@ class HttpApi:
         assert self._runner.server is not None
         server = self._runner.server
         tls = self.node.client_tls
+        protocols: Callable[[], asyncio.BaseProtocol]
         if tls is None:
             protocols = self.guard.wrap(server)
         else:
