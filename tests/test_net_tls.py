@@ -26,6 +26,13 @@ from pyxos.server.config import Config, ConfigError
 from test_net_link import GOOD_HELLO, HOST, accepted, eventually, run, with_server
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _needs_cryptography() -> None:
+    """Certificates are made with ``cryptography`` (a dependency since issue 12): a
+    virtualenv installed before it skips these tests until ``pip install -e .[dev]``."""
+    pytest.importorskip("cryptography")
+
+
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[CertFiles, CertFiles]:
     """The cluster's certificates and a stranger's (another CA)."""
