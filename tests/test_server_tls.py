@@ -115,11 +115,22 @@ def test_a_node_with_a_certificate_of_another_ca_cannot_join(
     ours, theirs = pki
 
     async def main() -> None:
-        configs = cluster_configs(tmp_path, 3, http_port=0)
-        configs = [with_tls(c, ours) for c in configs[:2]] + [with_tls(configs[2], theirs)]
+        # A new cluster votes only once every member answered (the bootstrap check), so
+        # node 3 first joins with the cluster's certificate, then comes back with one
+        # of another CA.
+        configs = [with_tls(c, ours) for c in cluster_configs(tmp_path, 3, http_port=0)]
         nodes = await start_nodes(configs)
-        good, rogue = nodes[:2], nodes[2]
+        good = nodes[:2]
         try:
+            await wait_for(
+                lambda: sum(n.is_leader for n in nodes) == 1 and all(n.leader for n in nodes),
+                10.0,
+                "a leader of all three",
+            )
+            await nodes[2].shutdown()
+            rogue = NodeServer(with_tls(configs[2], theirs))
+            nodes[2] = rogue
+            await rogue.startup()
             await wait_for(
                 lambda: (
                     all(n.net_counters["tls_refused"] >= 2 for n in good)
