@@ -167,7 +167,7 @@ def test_http_pages_and_client_iterators(tmp_path: Path) -> None:
                         body = await r.json()
                         assert body["stale"] is True and body["more"] is False
                         assert len(body["entries"]) == 25  # the default page is larger
-                    for bad in ("0", "-1", "x", "10001", "1e3", ""):
+                    for bad in ("0", "-1", "x", "10001", "1e3", "", "\u00b2", "\u0661\u0662", " 5"):
                         for stale in ("false", "true"):
                             params = {"prefix": "k/", "limit": bad, "stale": stale}
                             async with http.get(base, params=params) as r:

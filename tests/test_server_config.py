@@ -63,6 +63,8 @@ def test_overrides_win_and_none_is_ignored(tmp_path: Path) -> None:
         (('2 = "127.0.0.1:7002"', '2 = "127.0.0.1"'), "expected 'host:port'"),
         (("client_port = 7101", "client_port = -1"), "client_port: -1 is not a port"),
         (("client_port = 7101", 'client_port = "x"'), "client_port: expected int"),
+        (("client_port = 7101", 'client_port = "\u00b2"'), "client_port: expected int"),
+        (("client_port = 7101", 'client_port = "--5"'), "client_port: expected int"),
         (("client_port = 7101", "client_port = 7001"), "must differ"),
         (('2 = "127.0.0.1:7002"', '2 = "127.0.0.1:7001"'), "share the address"),
         (("heartbeat_interval = 0.05", "heartbeat_interval = 0.5"), "below the election"),

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import ssl
 import tomllib
 from collections.abc import Mapping
@@ -294,8 +295,10 @@ def _is_number(value: object) -> bool:
 
 def _typed(raw: Mapping[str, Any], key: str, kind: type) -> Any:
     value = raw[key]
-    if kind is int and isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        value = int(value)  # overrides from the command line arrive as text
+    if kind is int and isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]+\s*", value):
+        # Overrides from the command line arrive as text. ASCII digits only: "²" and
+        # "--5" pass str.isdigit() checks but int() rejects them.
+        value = int(value)
     if not isinstance(value, kind) or isinstance(value, bool):
         raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
     return value

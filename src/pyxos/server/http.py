@@ -485,7 +485,8 @@ class HttpApi:
         prefix = request.query.get("prefix", "")
         after = request.query.get("after")
         text = request.query.get("limit", str(DEFAULT_LIST_LIMIT))
-        limit = int(text) if text.isdigit() and len(text) <= 6 else -1
+        # ASCII digits only: str.isdigit() also holds for "²", which int() rejects.
+        limit = int(text) if text.isascii() and text.isdigit() and len(text) <= 6 else -1
         if not 1 <= limit <= MAX_LIST_ENTRIES:
             return _json(
                 400,
