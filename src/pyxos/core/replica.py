@@ -828,16 +828,21 @@ class Replica:
         if values:
             end = msg.slot + len(values)
             self.commit_hint = max(self.commit_hint, end)
-            # A reply arrived: the fetch is alive. The first message of a reply says
-            # where the reply ends: ask the same peer for what follows at once, so the
-            # next reply is on its way while this one is applied (pipelining).
-            self.fetch_due = self.now + self._fetch_timeout()
+            # The first message of a reply says where the reply ends: ask the same peer
+            # for what follows at once, so the next reply is on its way while this one
+            # is applied (pipelining).
             reply_end = max(msg.end, end)
             if reply_end > self.fetch_next:
                 self.fetch_next = reply_end
                 if self.commit_hint > reply_end:
-                    self._fetch(msg.src, reply_end)
+                    self._fetch(msg.src, reply_end, pipelined=True)
         self._emit_chosen()
+        if self.first_unchosen > first:
+            # The fetch is alive only while it fills the front of the gap. A Decided
+            # that lands further on (one before it was lost) keeps no timer alive:
+            # else, under load, pipelined replies would keep arriving and the lost
+            # slots would never be asked for again.
+            self.fetch_due = self.now + self._fetch_timeout()
 
     def _emit_chosen(self) -> None:
         start = self.first_unchosen
@@ -863,12 +868,16 @@ class Replica:
     def _fetch_timeout(self) -> float:
         return self.config.heartbeat_interval * 2
 
-    def _fetch(self, peer: int, start: int) -> None:
-        """Ask ``peer`` for every chosen value from ``start`` to ``commit_hint``."""
+    def _fetch(self, peer: int, start: int, *, pipelined: bool = False) -> None:
+        """Ask ``peer`` for every chosen value from ``start`` to ``commit_hint``.
+
+        A pipelined Fetch (for what follows a reply under way) does not restart the
+        timer that re-asks from ``first_unchosen``: only progress at the front does."""
         if peer == 0 or peer == self.node_id:
             return
         self._send_now((peer,), Fetch(self.node_id, start, self.commit_hint))
-        self.fetch_due = self.now + self._fetch_timeout()
+        if not pipelined:
+            self.fetch_due = self.now + self._fetch_timeout()
 
     def defer_fetch(self, until: float) -> None:
         """Send no Fetch before ``until`` (a snapshot that covers the gap is arriving)."""
