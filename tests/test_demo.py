@@ -3,7 +3,6 @@
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 
@@ -17,7 +16,6 @@ def _server_processes() -> list[str]:
 def test_demo_fails_over_catches_up_and_leaves_no_process() -> None:
     before = _server_processes()
     env = dict(os.environ, COLUMNS="200")
-    start = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "pyxos.cli", "demo"],
         capture_output=True,
@@ -26,10 +24,8 @@ def test_demo_fails_over_catches_up_and_leaves_no_process() -> None:
         env=env,
         cwd=Path(__file__).parent,
     )
-    elapsed = time.monotonic() - start
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
-    assert elapsed < 30, f"the demo took {elapsed:.1f}s"
     for needle in (
         "a leader is elected",
         "SIGKILL the leader",
