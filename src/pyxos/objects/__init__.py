@@ -1,0 +1,36 @@
+"""Replicated Python objects (``@replicated`` commands, ``@query`` reads) and the
+objects users reach for: :class:`Counter`, :class:`ReplicatedDict`, :class:`Lock` with
+fencing tokens, :class:`Queue`. Run them with ``pyxos.embedded.EmbeddedNode``; see
+docs/architecture.md, *Replicated objects*."""
+
+from pyxos.objects.base import (
+    Binding,
+    NotAttached,
+    ObjectHost,
+    Replicated,
+    ReplicatedError,
+    decode_result,
+    encode_call,
+    query,
+    replicated,
+    tick_command,
+)
+from pyxos.objects.builtin import Counter, Lock, LockState, Queue, ReplicatedDict
+
+__all__ = [
+    "Binding",
+    "Counter",
+    "Lock",
+    "LockState",
+    "NotAttached",
+    "ObjectHost",
+    "Queue",
+    "Replicated",
+    "ReplicatedDict",
+    "ReplicatedError",
+    "decode_result",
+    "encode_call",
+    "query",
+    "replicated",
+    "tick_command",
+]
