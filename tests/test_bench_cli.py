@@ -175,3 +175,14 @@ def test_bench_kv_refuses_an_unknown_system() -> None:
     result = CliRunner().invoke(main, ["bench", "kv", "--vs", "zookeeper"])
     assert result.exit_code == 2
     assert "zookeeper" in result.output
+
+
+def test_histogram_percentiles_never_exceed_the_maximum() -> None:
+    # Regression: p99.9 was (ns / 1e9) * 1e3 and max ns / 1e6, which differ in the last
+    # bit for some values (34.908567000000005 > 34.908567): the bench JSON test flaked.
+    from pyxos.bench.histogram import Histogram
+
+    for value in (0.034908567, 0.0012345678, 1.000000001, 0.000999):
+        s = Histogram([value]).summary_ms()
+        assert s["p50_ms"] <= s["p90_ms"] <= s["p99_ms"] <= s["p999_ms"] <= s["max_ms"]
+        assert s["p999_ms"] == s["max_ms"]

@@ -78,6 +78,9 @@ class Histogram:
 
     def percentile(self, p: float) -> float:
         """The nearest-rank ``p``-th percentile in seconds (0.0 when empty)."""
+        return self._percentile_ns(p) / 1e9
+
+    def _percentile_ns(self, p: float) -> float:
         if not 0.0 <= p <= 100.0:
             raise ValueError(f"percentile must be in [0, 100], not {p}")
         if self.count == 0:
@@ -89,15 +92,18 @@ class Histogram:
             if seen >= rank:
                 low, high = _bounds(i)
                 mid = (low + high - 1) / 2.0
-                return min(max(mid, self.min_ns), self.max_ns) / 1e9
-        return self.max_ns / 1e9  # pragma: no cover - the counts add up to count
+                return min(max(mid, self.min_ns), self.max_ns)
+        return self.max_ns  # pragma: no cover - the counts add up to count
 
     def summary_ms(self) -> dict[str, float]:
-        """p50, p90, p99, p99.9 and max in milliseconds, keyed ``p50_ms`` ... ``max_ms``."""
+        """p50, p90, p99, p99.9 and max in milliseconds, keyed ``p50_ms`` ... ``max_ms``.
+
+        Each is computed in nanoseconds and divided once, as ``max_ms`` is, so a
+        percentile clamped to the maximum equals ``max_ms`` exactly."""
         return {
-            "p50_ms": self.percentile(50) * 1e3,
-            "p90_ms": self.percentile(90) * 1e3,
-            "p99_ms": self.percentile(99) * 1e3,
-            "p999_ms": self.percentile(99.9) * 1e3,
+            "p50_ms": self._percentile_ns(50) / 1e6,
+            "p90_ms": self._percentile_ns(90) / 1e6,
+            "p99_ms": self._percentile_ns(99) / 1e6,
+            "p999_ms": self._percentile_ns(99.9) / 1e6,
             "max_ms": self.max_ns / 1e6,
         }
