@@ -91,12 +91,21 @@ def _node_main(self_addr: str, conf: dict[str, Any], partners: list[str]) -> Non
         def get(self, key: str) -> str | None:
             return self._data.get(key)
 
-    kv = KVStore()
+    workload = conf.pop("workload", "kv")
+    kv: Any
+    if workload == "counter":
+        # PySyncObj's own counter (pysyncobj.batteries.ReplCounter), ``inc`` replicated.
+        from pysyncobj.batteries import ReplCounter
+
+        kv = ReplCounter()
+        sync = SyncObj(self_addr, partners, SyncObjConf(**conf), consumers=[kv])
+    else:
+        kv = sync = KVStore()
     out = sys.stdout
     for line in sys.stdin:
         request = json.loads(line)
         if request["cmd"] == "status":
-            reply: dict[str, Any] = {"leader": bool(kv._isLeader()), "ready": kv.isReady()}
+            reply: dict[str, Any] = {"leader": bool(sync._isLeader()), "ready": sync.isReady()}
         elif request["cmd"] == "bench":
             reply = _load(kv, **request["load"])
         else:
@@ -116,8 +125,10 @@ def _load(
     value_bytes: int,
     keys: int,
     seed: int,
+    workload: str = "kv",
 ) -> dict[str, Any]:
-    """Run the closed-loop load on the local ``kv``; latencies and counters."""
+    """Run the closed-loop load on the local ``kv`` (``workload="counter"``: ``inc``
+    on the counter, every command a write); latencies and counters."""
     import random
 
     from pysyncobj import FAIL_REASON
@@ -131,6 +142,8 @@ def _load(
     lock = threading.Lock()
 
     def command(rng: random.Random, index: int, n: int) -> tuple[str, tuple[str, ...]]:
+        if workload == "counter":
+            return "inc", ()
         key = f"k{rng.randrange(keys)}"
         if rng.random() < write_ratio:
             return "set", (key, f"{index}.{n}.".ljust(value_bytes, "x"))
@@ -280,9 +293,11 @@ def _run_nodes(
     batch: bool,
     tick_period: float,
     seed: int,
+    workload: str = "kv",
 ) -> tuple[dict[str, Any], float]:
     """Start 3 nodes, run the load in one, stop them: its reply and the nodes' CPU s."""
-    conf = {
+    conf: dict[str, Any] = {
+        "workload": workload,
         "dynamicMembershipChange": False,
         "appendEntriesPeriod": append_entries_period,
         "appendEntriesUseBatch": batch,
@@ -313,6 +328,7 @@ def _run_nodes(
             "value_bytes": value_bytes,
             "keys": keys,
             "seed": seed,
+            "workload": workload,
         }
         pids = [n.proc.pid for n in nodes]
         cpu_before = cpu_seconds(pids)
@@ -428,6 +444,27 @@ def run_pysyncobj(
         fsync=False,
         note=NO_FSYNC_NOTE + "; load inside the leader; batch and tick every 1 ms",
     )
+
+
+def run_pysyncobj_counter(clients: int, *, seconds: float, seed: int = 0) -> dict[str, Any]:
+    """PySyncObj's own counter (``ReplCounter.inc``) on 3 processes, ``clients`` callback
+    chains in the leader (batch and tick every 1 ms, as ``run_pysyncobj``): the load's
+    reply (``ops``, latency percentiles in ms, ``errors``) and ``cpu_s`` of the nodes."""
+    reply, cpu = _run_nodes(
+        clients,
+        seconds=seconds,
+        write_ratio=1.0,
+        value_bytes=0,
+        keys=1,
+        mode="callbacks",
+        load_on="leader",
+        append_entries_period=0.001,
+        batch=True,
+        tick_period=0.001,
+        seed=seed,
+        workload="counter",
+    )
+    return {**reply, "cpu_s": cpu}
 
 
 def pysyncobj_available() -> bool:
