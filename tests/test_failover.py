@@ -13,7 +13,7 @@ from pathlib import Path
 import msgspec
 
 from pyxos.client import AsyncClient, ClientPool
-from pyxos.client.aio import RetryState, next_attempt
+from pyxos.client.engine import RetryState, next_attempt
 from pyxos.core.ballot import Ballot
 from pyxos.core.messages import ClientReply, ClientRequest, Commit
 from pyxos.core.quorum import Majority

@@ -2,35 +2,33 @@
 
 Theory of operation
 -------------------
-A client is one *session* of the state machine: a ``client_id`` (a random 63-bit
+A client is one *logical client* of the state machine: a ``client_id`` (a random 63-bit
 number unless given) and a sequence number ``seq`` that grows by one per command. The
 store remembers the last ``seq`` it applied per client and its result, so a command
 retried with the SAME ``(client_id, seq)`` is applied at most once, however many
 nodes and leaders it passes through. That is why a client runs one command at a time
 (``execute`` holds a lock): run several clients to have several commands in flight.
 
+What happens to a command that is not answered at the first try (leader discovery,
+redirects, "no leader yet", backoff, the deadline and ``OutcomeUnknown``) is the client
+engine's (``pyxos.client.engine``), shared with ``ClientPool`` sessions and the HTTP
+API; this module is its transport for one client with one connection per node, and
+the key-value operations (``KVOperations``) written once for every transport.
+
 Finding the leader: the client knows a list of node addresses. It sends a command to
 the node it believes leads (at first, the first address). A follower that knows the
 leader forwards the command there and relays the answer, which names the leader, so
-the client goes straight to it next time. A node that knows no leader (or does not
-forward) answers ``ClientReply(ok=False, leader=L)``; every reply names the node that sent it
+the client goes straight to it next time. Every reply names the node that sent it
 (``src``), so the client learns which address is which node as it goes (or is told
-up front, with a ``{node_id: "host:port"}`` mapping). A redirect to a leader whose
-address is known goes there at once; otherwise, and after a connection failure, a
-closed connection or a per-attempt timeout, the client tries the next address, with a
-short pause once it has gone round them all. A node that has no leader to hand the
-command to (an election is running, or it lost the leader) says so at once
-(``ok=False, leader=0``, "no leader yet"); the client then tries the next node after
-a jittered pause of a few milliseconds, growing to 50 ms (``next_attempt``), so the
-first command after a leader crash succeeds about when the election ends, not after an
-attempt timeout. A refusal is never an outcome: the command may still be chosen (it
-may have reached the old leader's log), so the retry carries the same ``(client, seq)``.
+up front, with a ``{node_id: "host:port"}`` mapping).
 
 Outcomes: when the overall ``timeout`` runs out the command may or may not have been
 applied (it may sit in a slot that will still be chosen), so the client raises
 :class:`OutcomeUnknown`, never a plain failure. A command the service refuses outright
 (invalid key or value, a stale seq) raises :class:`CommandRejected`; its effect is
-known: none. Any later command of this client is answered normally.
+known: none. Any later command of this client is answered normally. ``history``
+receives every get/put/delete/cas in the history format of docs/architecture.md
+("Histories"), with an unknown outcome for a command that timed out or was cancelled.
 
 The wire: the same framing as between nodes (``pyxos.net.codec``), a ``Hello`` with
 role ``"client"`` and node 0, then ``ClientRequest`` frames, each carrying the
@@ -43,17 +41,24 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import random
 import secrets
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Self
 
 import msgspec
 
+from pyxos.client.engine import (
+    Call,
+    ClientError,
+    CommandRejected,
+    OutcomeUnknown,
+    Route,
+    drive,
+)
 from pyxos.core.messages import ClientReply, ClientRequest, Message
 from pyxos.net.codec import PROTOCOL_VERSION, Hello, encode_message
 from pyxos.net.link import FramedProtocol
@@ -64,35 +69,28 @@ __all__ = [
     "DEFAULT_CLUSTER",
     "AsyncClient",
     "ClientError",
+    "Closeable",
     "CommandRejected",
+    "History",
     "KVOperations",
     "ListPage",
     "OutcomeUnknown",
-    "RetryState",
+    "check_client_id",
+    "describe",
     "new_client_id",
-    "next_attempt",
     "parse_address",
+    "route_of",
     "tls_context",
 ]
 
 DEFAULT_CLUSTER = "pyxos"
 """The cluster id a client announces unless told otherwise (it must match the nodes')."""
 
+History = Callable[[dict[str, Any]], None]
+"""Receives one history record (docs/architecture.md, "Histories") per get/put/delete/cas."""
+
 _command_encoder = msgspec.msgpack.Encoder()
-_jitter = random.Random()
 _HISTORY_OPS = frozenset({"get", "put", "delete", "cas"})
-
-
-class ClientError(Exception):
-    """Base class of the errors the client raises."""
-
-
-class OutcomeUnknown(ClientError):
-    """No answer in time: the command may or may not have taken effect."""
-
-
-class CommandRejected(ClientError):
-    """The service refused the command (invalid, or a stale seq); it had no effect."""
 
 
 def new_client_id() -> int:
@@ -125,66 +123,6 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class RetryState:
-    """What one command's retries have met so far (see ``next_attempt``)."""
-
-    __slots__ = ("misses", "refusals")
-
-    def __init__(self) -> None:
-        self.misses = 0
-        """Attempts in a row that got no answer at all (timeout, connection failed)."""
-        self.refusals = 0
-        """Attempts in a row that a node refused (no leader yet, or a redirect)."""
-
-
-def next_attempt(
-    index: int,
-    reply: ClientReply | None,
-    index_of: Mapping[int, int],
-    nodes: int,
-    state: RetryState,
-    rng: random.Random = _jitter,
-) -> tuple[int, float]:
-    """Where a command goes after an attempt at node ``index`` that did not succeed,
-    and how long to pause first: ``(node index, seconds)``. Shared by every client.
-
-    - A refusal naming a leader whose address is known: straight there (a redirect).
-    - "No leader yet" (``leader=0``; an election is running, or the node lost its
-      leader): the next node, after a short jittered pause that doubles per refusal in
-      a row, from about 5 ms up to 50 ms, so clients poll the cluster quickly through an
-      election without all retrying in step.
-    - No answer at all: the next node; once every node was tried without an answer,
-      a pause of 20 ms more per round, up to 200 ms.
-    """
-    if reply is None:
-        state.misses += 1
-        state.refusals = 0
-        pause = 0.0
-        if state.misses >= nodes:
-            # Gone round the nodes without an answer: wait a little before the next round.
-            pause = min(0.02 * (state.misses - nodes + 1), 0.2)
-        return (index + 1) % nodes, pause
-    state.misses = 0
-    state.refusals += 1
-    leader = index_of.get(reply.leader) if reply.leader else None
-    if leader is not None and leader != index and state.refusals <= nodes:
-        return leader, 0.0
-    # No leader yet, a leader we cannot reach, or redirects going round in circles.
-    backoff = min(0.005 * 2 ** min(state.refusals - 1, 4), 0.05)
-    return (index + 1) % nodes, backoff * rng.uniform(0.5, 1.0)
-
-
-class _Attempt:
-    """The reply one sent request is waiting for."""
-
-    __slots__ = ("future", "index", "seq")
-
-    def __init__(self, seq: int, index: int, future: asyncio.Future[ClientReply]) -> None:
-        self.seq = seq
-        self.index = index
-        self.future = future
-
-
 class ListPage(NamedTuple):
     """One page of a ``list``: its entries, and where the next page starts."""
 
@@ -196,8 +134,78 @@ class ListPage(NamedTuple):
     """The key to pass as ``after`` for the next page (None when there is no more)."""
 
 
+def route_of(addresses: Sequence[str] | Mapping[int, str]) -> tuple[list[tuple[str, int]], Route]:
+    """The ``(host, port)`` of each address, and the engine's ``Route`` over them: a
+    ``{node_id: "host:port"}`` mapping tells up front which node is at which index; a
+    plain list leaves that to the replies."""
+    if isinstance(addresses, Mapping):
+        items = sorted(addresses.items())
+        hosts = [parse_address(a) for _, a in items]
+        index_of = {node: i for i, (node, _) in enumerate(items)}
+    else:
+        hosts = [parse_address(a) for a in addresses]
+        index_of = {}
+    if not hosts:
+        raise ValueError("a client needs at least one node address")
+    return hosts, Route(len(hosts), index_of)
+
+
+def check_client_id(client_id: int | None) -> None:
+    """Raise ``ValueError`` unless ``client_id`` is None or in ``[1, 2**63)``."""
+    if client_id is not None and not 0 < client_id < 2**63:
+        raise ValueError(f"client_id must be in [1, 2**63), not {client_id}")
+
+
+def describe(command: Command) -> str:
+    """How an ``OutcomeUnknown`` names ``command``."""
+    return f"{command.op} {command.key!r} (client {command.client}, seq {command.seq})"
+
+
+class Closeable:
+    """``async with`` for anything with an ``async close()``."""
+
+    async def close(self) -> None:
+        """Close every connection."""
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
 class KVOperations:
-    """The key-value operations, written once over ``execute`` (which subclasses give)."""
+    """The key-value operations of one logical client, written once for every
+    transport: ``execute`` numbers the command, runs it through the subclass's
+    ``_call`` (the engine's retries over its connections) and records it in
+    ``history``; ``get``, ``put``, ``delete``, ``cas`` and ``list`` are built on it."""
+
+    client_id: int
+    """This logical client's id: with ``seq``, what makes a retry apply once."""
+    seq: int
+    """The seq of the last command issued (the next one gets ``seq + 1``)."""
+    history: History | None
+    """Called with one JSON-ready dict per get/put/delete/cas, in the history format of
+    docs/architecture.md ("Histories"); ``return`` and ``ok`` are None when the outcome
+    is unknown; commands the service refused are not recorded. ``call`` and ``return``
+    are ``time.monotonic_ns()``."""
+    _lock: asyncio.Lock
+
+    @property
+    def closed(self) -> bool:
+        """Whether this client refuses new commands (it, or its pool, was closed)."""
+        raise NotImplementedError
+
+    async def _call(self, seq: int, payload: bytes, command: Command) -> bytes:
+        """Send the request ``(client_id, seq, payload)`` until answered; the result
+        bytes, or the engine's ``OutcomeUnknown`` (the transport's part)."""
+        raise NotImplementedError
 
     async def execute(
         self,
@@ -209,8 +217,39 @@ class KVOperations:
         limit: int = 0,
         after: str | None = None,
     ) -> Result:
-        """Run one command; return its ``Result`` (see the subclasses)."""
-        raise NotImplementedError
+        """Run one command with a fresh seq and retries; return its ``Result``.
+
+        Raises ``OutcomeUnknown`` after the ``timeout`` without an answer,
+        ``CommandRejected`` if the service refused the command, and ``ClientError`` if
+        the client is closed.
+        """
+        if self.closed:
+            raise ClientError("the client is closed")
+        lock = self._lock
+        await lock.acquire()  # uncontended (the usual case): no Future, no suspension
+        try:
+            self.seq = seq = self.seq + 1
+            command = Command(self.client_id, seq, op, key, value, expected, limit, after)
+            history = self.history
+            call = time.monotonic_ns() if history is not None else 0
+            try:
+                result = decode_result(
+                    await self._call(seq, _command_encoder.encode(command), command)
+                )
+            except BaseException:
+                # Timed out, cancelled, closed under it or an undecodable answer: the
+                # command may or may not have taken effect. The history holds every
+                # call, so it is recorded with an unknown outcome.
+                if history is not None:
+                    _record(history, command, call, None, None)
+                raise
+            if history is not None:
+                _record(history, command, call, time.monotonic_ns(), result)
+        finally:
+            lock.release()
+        if result.error is not None:
+            raise CommandRejected(result.error)
+        return result
 
     async def get(self, key: str) -> str | None:
         """The value of ``key`` (``None`` if absent), linearizable (read-index at the leader)."""
@@ -261,7 +300,32 @@ class KVOperations:
         return [entry async for entry in self.iter_list(prefix)]
 
 
-class AsyncClient(KVOperations):
+def _record(
+    history: History, command: Command, call: int, ret: int | None, result: Result | None
+) -> None:
+    """Hand one operation to ``history`` (docs/architecture.md, "Histories")."""
+    if command.op not in _HISTORY_OPS:
+        return
+    if result is not None and result.error is not None:
+        # Refused by the service: it definitely had no effect, so it is no event of
+        # the history (recording it as ok=false would read as a failed cas compare).
+        return
+    history(
+        {
+            "client": command.client,
+            "op": command.op,
+            "key": command.key,
+            "value": command.value,
+            "expected": command.expected,
+            "call": call,
+            "return": ret,
+            "output": result.value if result is not None and command.op == "get" else None,
+            "ok": None if result is None else result.ok,
+        }
+    )
+
+
+class AsyncClient(KVOperations, Closeable):
     """A KV client over the binary protocol: ``get / put / delete / cas / list``.
 
     ``addresses`` lists the nodes' client addresses ``"host:port"``, or maps node ids to
@@ -284,150 +348,67 @@ class AsyncClient(KVOperations):
         timeout: float = 5.0,
         attempt_timeout: float = 1.0,
         connect_timeout: float = 1.0,
-        history: Callable[[dict[str, Any]], None] | None = None,
+        history: History | None = None,
         ca: str | Path | None = None,
         cert: str | Path | None = None,
         key: str | Path | None = None,
         token: str | None = None,
     ) -> None:
-        if isinstance(addresses, Mapping):
-            items = sorted(addresses.items())
-            self._addresses = [parse_address(a) for _, a in items]
-            self._index_of: dict[int, int] = {node: i for i, (node, _) in enumerate(items)}
-        else:
-            self._addresses = [parse_address(a) for a in addresses]
-            self._index_of = {}
-        if not self._addresses:
-            raise ValueError("a client needs at least one node address")
+        self._addresses, self.route = route_of(addresses)
         self._tls = tls_context(ca, cert, key)
-        if client_id is not None and not 0 < client_id < 2**63:
-            raise ValueError(f"client_id must be in [1, 2**63), not {client_id}")
+        check_client_id(client_id)
         self.client_id = client_id if client_id is not None else new_client_id()
-        """This client's session id: with ``seq``, what makes a retry apply once."""
         self.seq = 0
-        """The seq of the last command issued (the next one gets ``seq + 1``)."""
         self.cluster = cluster
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
         self.connect_timeout = connect_timeout
         self.retries = 0
         """Attempts beyond the first, over the client's life (for tests and metrics)."""
-        self.no_leader_replies = 0
-        """Answers "no leader yet" (``ok=False, leader=0``) received, over the client's life."""
         self.history = history
-        """Called with one JSON-ready dict per get/put/delete/cas, in the history
-        format of docs/architecture.md ("Histories"); ``return`` and ``ok`` are None when
-        the outcome is unknown. ``call`` and ``return`` are ``time.monotonic_ns()``."""
-        self.answered_by = 0
-        """The node id that answered the last command (0: none yet): the leader, or a
-        follower that forwarded the command to the leader and relayed its reply."""
-        self.leader = 0
-        """The leader as the last answer named it (0: none yet)."""
         self._hello = Hello(
             version=PROTOCOL_VERSION, cluster=cluster, node=0, role="client", token=token or ""
         )
-        self._target = 0
         self._conns: dict[int, FramedProtocol] = {}
         self._attempt: _Attempt | None = None
         self._lock = asyncio.Lock()
         self._closed = False
 
-    # -- the operations ---------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        """Whether ``close`` was called."""
+        return self._closed
 
-    async def execute(
-        self,
-        op: str,
-        key: str,
-        value: str | None = None,
-        expected: str | None = None,
-        *,
-        limit: int = 0,
-        after: str | None = None,
-    ) -> Result:
-        """Run one command with a fresh seq and retries; return its ``Result``.
+    @property
+    def leader(self) -> int:
+        """The leader as the last answer named it (0: none yet)."""
+        return self.route.leader
 
-        Raises ``OutcomeUnknown`` after ``timeout`` seconds without an answer and
-        ``CommandRejected`` if the service refused the command.
-        """
-        if self._closed:
-            raise ClientError("the client is closed")
-        async with self._lock:
-            self.seq += 1
-            command = Command(self.client_id, self.seq, op, key, value, expected, limit, after)
-            call = time.monotonic_ns()
-            try:
-                result = decode_result(await self._call(command))
-            except BaseException:
-                # Timed out, cancelled, closed under it or an undecodable answer: the
-                # command may or may not have taken effect. The history holds every
-                # call, so it is recorded with an unknown outcome.
-                self._record(command, call, None, None)
-                raise
-            self._record(command, call, time.monotonic_ns(), result)
-        if result.error is not None:
-            raise CommandRejected(result.error)
-        return result
+    @property
+    def answered_by(self) -> int:
+        """The node id that answered the last command (0: none yet): the leader, or a
+        follower that forwarded the command to the leader and relayed its reply."""
+        return self.route.answered_by
 
-    def _record(self, command: Command, call: int, ret: int | None, result: Result | None) -> None:
-        """Append one operation to ``history`` (docs/architecture.md, "Histories")."""
-        if self.history is None or command.op not in _HISTORY_OPS:
-            return
-        if result is not None and result.error is not None:
-            # Refused by the service: it definitely had no effect, so it is no event of
-            # the history (recording it as ok=false would read as a failed cas compare).
-            return
-        ok: bool | None = None if result is None else result.ok
-        self.history(
-            {
-                "client": command.client,
-                "op": command.op,
-                "key": command.key,
-                "value": command.value,
-                "expected": command.expected,
-                "call": call,
-                "return": ret,
-                "output": result.value if result is not None and command.op == "get" else None,
-                "ok": ok,
-            }
-        )
+    @property
+    def no_leader_replies(self) -> int:
+        """Answers "no leader yet" (``ok=False, leader=0``) received, over the client's life."""
+        return self.route.no_leader_replies
 
-    # -- retries and redirects --------------------------------------------------------
+    # -- the transport: one connection per node ----------------------------------------
 
-    async def _call(self, command: Command) -> bytes:
+    async def _call(self, seq: int, payload: bytes, command: Command) -> bytes:
         loop = asyncio.get_running_loop()
-        request = ClientRequest(0, command.client, command.seq, _command_encoder.encode(command))
-        frame = encode_message(request)
-        deadline = loop.time() + self.timeout
-        retry = RetryState()
-        first = True
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise OutcomeUnknown(
-                    f"no answer for {command.op} {command.key!r} (client {command.client}, "
-                    f"seq {command.seq}) within {self.timeout} s: it may or may not have "
-                    "taken effect"
-                )
-            if not first:
-                self.retries += 1
-            first = False
-            index = self._target
-            reply = await self._try(index, command.seq, frame, remaining)
-            if reply is not None and reply.ok:
-                self.answered_by = reply.src
-                self.leader = reply.leader or reply.src
-                # A follower relayed it: go to the leader itself next time.
-                direct = self._index_of.get(self.leader)
-                if direct is not None:
-                    self._target = direct
-                return reply.result
-            if reply is not None and reply.leader == 0:
-                self.no_leader_replies += 1
-            self._target, pause = next_attempt(
-                index, reply, self._index_of, len(self._addresses), retry
-            )
-            if pause > 0:
-                await asyncio.sleep(max(0.0, min(pause, deadline - loop.time())))
+        frame = encode_message(ClientRequest(0, self.client_id, seq, payload))
+
+        async def attempt(index: int, deadline: float) -> ClientReply | None:
+            return await self._try(index, seq, frame, deadline - loop.time())
+
+        call = Call(self.route, loop.time() + self.timeout, self.timeout, describe(command))
+        try:
+            return (await drive(call, attempt, self.route.target, None, False)).result
+        finally:
+            self.retries += call.retries
 
     async def _try(
         self, index: int, seq: int, frame: bytes, remaining: float
@@ -488,8 +469,7 @@ class AsyncClient(KVOperations):
         for msg in msgs:
             if not isinstance(msg, ClientReply):
                 continue
-            if msg.src >= 1:
-                self._index_of.setdefault(msg.src, index)
+            self.route.learn(msg.src, index)
             if (
                 attempt is not None
                 and msg.client == self.client_id
@@ -508,13 +488,13 @@ class AsyncClient(KVOperations):
             with contextlib.suppress(Exception):
                 await conn.shutdown(0.5)
 
-    async def __aenter__(self) -> AsyncClient:
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
+class _Attempt:
+    """The reply one sent request is waiting for."""
+
+    __slots__ = ("future", "index", "seq")
+
+    def __init__(self, seq: int, index: int, future: asyncio.Future[ClientReply]) -> None:
+        self.seq = seq
+        self.index = index
+        self.future = future

@@ -28,14 +28,14 @@ wherever it comes from); a refusal (``ok=False``, a redirect) only from the conn
 the current attempt used, so a late refusal from a node already left behind cannot
 send a session back there.
 
-Finding the leader is shared too: every reply names its sender (``src``), which teaches
-the pool which address is which node, and the leader named by the last successful reply
-becomes the pool's ``target``, where every session's next command starts. A session
-that gets no answer or a refusal moves on by itself by the same rules as
-``AsyncClient`` (``pyxos.client.aio.next_attempt``: to the named leader if its address
-is known; after "no leader yet", to the next node after a jittered pause of a few
-milliseconds; after silence from every node, a longer pause); its first success moves
-every session over.
+Finding the leader is shared too: the pool holds one ``Route`` of the client engine
+(``pyxos.client.engine``). Every reply names its sender (``src``), which teaches it
+which address is which node, and the leader named by the last successful reply becomes
+its ``target``, where every session's next command starts. A session that gets no
+answer or a refusal is handed to the engine (``drive``), which moves it on by the same
+rules as ``AsyncClient`` (to the named leader if its address is known; after "no
+leader yet", to the next node after a jittered pause of a few milliseconds; after
+silence from every node, a longer pause); its first success moves every session over.
 
 Connecting is the slow path and may use Tasks: one connect Task per (node, slot),
 shared by every session waiting for that slot, bounded by ``connect_timeout``.
@@ -46,38 +46,27 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any
-
-import msgspec
 
 from pyxos.client.aio import (
     DEFAULT_CLUSTER,
-    ClientError,
-    CommandRejected,
+    Closeable,
+    History,
     KVOperations,
-    OutcomeUnknown,
-    RetryState,
+    check_client_id,
+    describe,
     new_client_id,
-    next_attempt,
-    parse_address,
+    route_of,
     tls_context,
 )
+from pyxos.client.engine import Call, ClientError, drive
 from pyxos.core.messages import ClientReply, ClientRequest, Message
 from pyxos.net.codec import PROTOCOL_VERSION, Hello, encode_message
 from pyxos.net.link import FramedProtocol
-from pyxos.statemachine.kv import Command, Result, decode_result
+from pyxos.statemachine.kv import Command
 
 __all__ = ["ClientPool", "Session"]
-
-_command_encoder = msgspec.msgpack.Encoder()
-_HISTORY_OPS = frozenset({"get", "put", "delete", "cas"})
-
-History = Callable[[dict[str, Any]], None]
-"""Receives one history record (docs/architecture.md, "Histories") per get/put/delete/cas."""
 
 
 class _Pending:
@@ -125,63 +114,26 @@ class Session(KVOperations):
         self._slot = slot
         self._lock = asyncio.Lock()
 
-    # -- the operations ---------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        """Whether the pool was closed (the session then refuses new commands)."""
+        return self.pool.closed
 
-    async def execute(
-        self,
-        op: str,
-        key: str,
-        value: str | None = None,
-        expected: str | None = None,
-        *,
-        limit: int = 0,
-        after: str | None = None,
-    ) -> Result:
-        """Run one command with a fresh seq and retries; return its ``Result``.
-
-        Raises ``OutcomeUnknown`` after the pool's ``timeout`` without an answer,
-        ``CommandRejected`` if the service refused the command, and ``ClientError`` if
-        the pool is closed.
-        """
+    async def _call(self, seq: int, payload: bytes, command: Command) -> bytes:
+        """The first attempt, at the pool's target over an open connection; the engine
+        (``drive``) takes over if there is none or it got no answer. (The first attempt
+        is here rather than in the engine to keep one coroutine frame and the ``Call``
+        off every command's await chain.)"""
         pool = self.pool
-        if pool.closed:
-            raise ClientError("the client pool is closed")
-        lock = self._lock
-        await lock.acquire()  # uncontended (the usual case): no Future, no suspension
-        try:
-            self.seq += 1
-            command = Command(self.client_id, self.seq, op, key, value, expected, limit, after)
-            call = time.monotonic_ns() if self.history is not None else 0
-            try:
-                result = decode_result(await self._call(pool, command))
-            except BaseException:
-                # Timed out, cancelled, closed under it or an undecodable answer: the
-                # command may or may not have taken effect. The history holds every
-                # call, so it is recorded with an unknown outcome.
-                self._record(command, call, None, None)
-                raise
-            self._record(command, call, time.monotonic_ns(), result)
-        finally:
-            lock.release()
-        if result.error is not None:
-            raise CommandRejected(result.error)
-        return result
-
-    async def _call(self, pool: ClientPool, command: Command) -> bytes:
-        """The first attempt, at the pool's target over an open connection; the pool's
-        ``_retry`` takes over if there is none or it got no answer. (The first attempt
-        is here rather than in the pool to keep one coroutine frame off every
-        command's await chain.)"""
         loop = pool._loop
         if loop is None:
             loop = pool._loop = asyncio.get_running_loop()
-        key = (command.client, command.seq)
-        frame = encode_message(
-            ClientRequest(0, command.client, command.seq, _command_encoder.encode(command))
-        )
+        key = (self.client_id, seq)
+        frame = encode_message(ClientRequest(0, self.client_id, seq, payload))
         now = loop.time()
         deadline = now + pool.timeout
-        index = pool._target
+        route = pool.route
+        index = route.target
         conn = pool._conns.get((index, self._slot))
         reply: ClientReply | None = None
         tried = conn is not None and conn.is_open
@@ -193,32 +145,16 @@ class Session(KVOperations):
                 except BaseException:
                     pool._forget(key, future)
                     raise
-        if reply is not None and reply.ok:
-            return pool._answered(self, reply)
-        return await pool._retry(self, command, frame, deadline, index, reply, tried)
-
-    def _record(self, command: Command, call: int, ret: int | None, result: Result | None) -> None:
-        """Hand one operation to ``history`` (docs/architecture.md, "Histories")."""
-        if self.history is None or command.op not in _HISTORY_OPS:
-            return
-        if result is not None and result.error is not None:
-            return  # refused: no effect, so no event (ok=false would read as a failed cas)
-        self.history(
-            {
-                "client": command.client,
-                "op": command.op,
-                "key": command.key,
-                "value": command.value,
-                "expected": command.expected,
-                "call": call,
-                "return": ret,
-                "output": result.value if result is not None and command.op == "get" else None,
-                "ok": None if result is None else result.ok,
-            }
-        )
+        if reply is None or not reply.ok:
+            reply = await pool._retry(self, command, key, frame, deadline, index, reply, tried)
+        else:
+            route.answered(reply)
+        self.answered_by = reply.src
+        self.leader = route.leader
+        return reply.result
 
 
-class ClientPool:
+class ClientPool(Closeable):
     """A few connections per node, shared by many ``Session`` objects.
 
     ``addresses`` lists the nodes' client addresses ``"host:port"``, or maps node ids to
@@ -245,15 +181,9 @@ class ClientPool:
         token: str | None = None,
     ) -> None:
         self._tls = tls_context(ca, cert, key)
-        if isinstance(addresses, Mapping):
-            items = sorted(addresses.items())
-            self._addresses = [parse_address(a) for _, a in items]
-            self._index_of: dict[int, int] = {node: i for i, (node, _) in enumerate(items)}
-        else:
-            self._addresses = [parse_address(a) for a in addresses]
-            self._index_of = {}
-        if not self._addresses:
-            raise ValueError("a client pool needs at least one node address")
+        self._addresses, self.route = route_of(addresses)
+        """Where every session's next command starts, and which node is which address
+        (the engine's ``Route``, shared by the pool's sessions)."""
         if connections < 1:
             raise ValueError(f"connections must be >= 1, not {connections}")
         if timeout <= 0 or attempt_timeout <= 0 or connect_timeout <= 0:
@@ -265,18 +195,11 @@ class ClientPool:
         self.attempt_timeout = attempt_timeout
         self.connect_timeout = connect_timeout
         self.history = history
-        self.leader = 0
-        """The leader as the last successful answer named it (0: none yet)."""
         self.connects = 0
         """Connections opened over the pool's life (for tests and metrics)."""
-        self.no_leader_replies = 0
-        """Answers "no leader yet" (``ok=False, leader=0``) received by any session."""
         self._hello = Hello(
             version=PROTOCOL_VERSION, cluster=cluster, node=0, role="client", token=token or ""
         )
-        # The address index where a session's next command starts: the leader named by
-        # the last successful reply (when its address is known).
-        self._target = 0
         # (node index, slot) -> open connection. Invariant: only open connections (a
         # lost one is removed by its on_lost); at most ``connections`` per node.
         self._conns: dict[tuple[int, int], FramedProtocol] = {}
@@ -303,8 +226,7 @@ class ClientPool:
         """
         if self.closed:
             raise ClientError("the client pool is closed")
-        if client_id is not None and not 0 < client_id < 2**63:
-            raise ValueError(f"client_id must be in [1, 2**63), not {client_id}")
+        check_client_id(client_id)
         cid = client_id if client_id is not None else new_client_id()
         while client_id is None and cid in self._client_ids:
             cid = new_client_id()
@@ -314,6 +236,16 @@ class ClientPool:
         slot = self._sessions % self.connections
         self._sessions += 1
         return Session(self, cid, slot, history if history is not None else self.history)
+
+    @property
+    def leader(self) -> int:
+        """The leader as the last successful answer named it (0: none yet)."""
+        return self.route.leader
+
+    @property
+    def no_leader_replies(self) -> int:
+        """Answers "no leader yet" (``ok=False, leader=0``) received by any session."""
+        return self.route.no_leader_replies
 
     @property
     def open_connections(self) -> int:
@@ -348,68 +280,46 @@ class ClientPool:
         if pending is not None and pending.future is future:
             del self._pending[key]
 
-    def _answered(self, session: Session, reply: ClientReply) -> bytes:
-        """Learn from a successful reply (who answered, who leads); its result."""
-        session.answered_by = reply.src
-        session.leader = self.leader = reply.leader or reply.src
-        # A follower relayed it: every session goes to the leader itself next.
-        direct = self._index_of.get(self.leader)
-        if direct is not None:
-            self._target = direct
-        return reply.result
-
     async def _retry(
         self,
         session: Session,
         command: Command,
+        key: tuple[int, int],
         frame: bytes,
         deadline: float,
         index: int,
         reply: ClientReply | None,
         tried: bool,
-    ) -> bytes:
-        """Attempt after attempt until a node answers; its result bytes, or
-        OutcomeUnknown at ``deadline``. ``reply`` is what the attempt at node ``index``
-        got (None: nothing), if ``tried``; otherwise that attempt is yet to be made."""
+    ) -> ClientReply:
+        """The engine's retries after the session's first attempt (see ``drive``), over
+        the session's connection slot of each node."""
         loop = self._loop
         assert loop is not None
-        key = (command.client, command.seq)
-        n = len(self._addresses)
-        retry = RetryState()
-        while True:
-            if tried:
-                if reply is not None and reply.ok:
-                    return self._answered(session, reply)
-                if reply is not None and reply.leader == 0:
-                    self.no_leader_replies += 1
-                index, pause = next_attempt(index, reply, self._index_of, n, retry)
-                if pause > 0:
-                    # Never past the deadline.
-                    await asyncio.sleep(max(0.0, min(pause, deadline - loop.time())))
-            now = loop.time()
-            if now >= deadline:
-                raise OutcomeUnknown(
-                    f"no answer for {command.op} {command.key!r} (client {command.client}, "
-                    f"seq {command.seq}) within {self.timeout} s: it may or may not have "
-                    "taken effect"
-                )
+        slot = session._slot
+
+        async def attempt(index: int, deadline: float) -> ClientReply | None:
             if self.closed:
                 raise ClientError("the client pool is closed")
-            if tried:
-                session.retries += 1
-            tried = True
-            conn = self._conns.get((index, session._slot))
+            now = loop.time()
+            conn = self._conns.get((index, slot))
             if conn is None or not conn.is_open:
-                conn = await self._connect(index, session._slot, deadline - now)
-            reply = None
-            if conn is not None:
-                future = self._post(key, frame, conn, min(deadline, now + self.attempt_timeout))
-                if future is not None:
-                    try:
-                        reply = await future
-                    except BaseException:
-                        self._forget(key, future)
-                        raise
+                conn = await self._connect(index, slot, deadline - now)
+                if conn is None:
+                    return None
+            future = self._post(key, frame, conn, min(deadline, now + self.attempt_timeout))
+            if future is None:
+                return None
+            try:
+                return await future
+            except BaseException:
+                self._forget(key, future)
+                raise
+
+        call = Call(self.route, deadline, self.timeout, describe(command))
+        try:
+            return await drive(call, attempt, index, reply, tried)
+        finally:
+            session.retries += call.retries
 
     def _expire(self) -> None:
         """The periodic scan: resolve overdue attempts with None; re-arm while needed."""
@@ -503,12 +413,11 @@ class ClientPool:
     def _on_replies(self, index: int, conn: FramedProtocol, msgs: builtins.list[Message]) -> None:
         """Resolve the attempts these replies answer (see the module notes)."""
         pending = self._pending
-        index_of = self._index_of
+        learn = self.route.learn
         for msg in msgs:
             if not isinstance(msg, ClientReply):
                 continue
-            if msg.src >= 1 and msg.src not in index_of:
-                index_of[msg.src] = index
+            learn(msg.src, index)
             key = (msg.client, msg.seq)
             waiting = pending.get(key)
             if waiting is None or (not msg.ok and waiting.conn is not conn):
@@ -537,14 +446,3 @@ class ClientPool:
         for conn in conns:
             with contextlib.suppress(Exception):
                 await conn.shutdown(0.5)
-
-    async def __aenter__(self) -> ClientPool:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

@@ -19,10 +19,11 @@ Answers:
 
 - a command refused for want of a leader ("no leader yet": an election is running,
   or this node lost its leader), and any command unanswered for half a second, is
-  submitted again by the API itself with the same ``(client, seq)`` after a short
-  jittered pause (5 ms, doubling to 50 ms), so a request made during a failover
-  succeeds once the election ends. A refusal does not prove a write was not proposed
-  (it may have reached the old leader's log), and the store applies it at most once;
+  submitted again by the API itself with the same ``(client, seq)``, by the client
+  engine's rules (``pyxos.client.engine``: a jittered pause of 5 ms doubling to 50 ms
+  after a refusal), so a request made during a failover succeeds once the election
+  ends. A refusal does not prove a write was not proposed (it may have reached the old
+  leader's log), and the store applies it at most once;
 - a read still refused after about an election's time (``_READ_WAIT``): ``503`` with
   ``{"error": ..., "leader": id}`` (0 when unknown) and ``Retry-After``; a read has no
   effect, so the caller may simply retry;
@@ -63,7 +64,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -71,6 +71,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from aiohttp import web
 
+from pyxos.client.engine import Call, NoLeader, OutcomeUnknown, Route, drive
 from pyxos.core.messages import ClientReply, ClientRequest
 from pyxos.net.limits import PortGuard
 from pyxos.net.tls import tls_acceptor
@@ -98,16 +99,6 @@ _encoder = msgspec.msgpack.Encoder()
 _MAX_CAS_BODY = 2 * MAX_VALUE_BYTES + 4096
 
 
-class _NotLeader(Exception):
-    def __init__(self, leader: int) -> None:
-        self.leader = leader
-
-
-class _Unknown(Exception):
-    def __init__(self, leader: int) -> None:
-        self.leader = leader
-
-
 _BUSY = '{"error": "too many request bodies in flight on this port; retry"}'
 
 
@@ -118,8 +109,6 @@ def _closing(response: web.HTTPException) -> web.HTTPException:
 
 
 _READ_OPS = frozenset({"get", "list"})
-_RETRY_PAUSE = 0.005  # first pause after "no leader yet"; doubles per refusal in a row
-_RETRY_PAUSE_MAX = 0.05
 _READ_WAIT = 1.0  # seconds a refused read waits for a leader (about an election) before 503
 _ATTEMPT = 0.5  # seconds one submission waits before it is sent again
 
@@ -141,6 +130,8 @@ class HttpApi:
         self.timeout = timeout
         self._sessions: list[tuple[int, int]] = []  # idle (client id, last seq)
         self._waiting: dict[tuple[int, int], asyncio.Future[ClientReply]] = {}
+        # The client engine's address book: one address, this node (it forwards).
+        self._route = Route(1)
         self._sink = node.attach_sink(self._on_reply)
         self._runner: web.AppRunner | None = None
         self.counters: dict[str, int] = dict.fromkeys(
@@ -306,7 +297,7 @@ class HttpApi:
         if future is not None and not future.done():
             future.set_result(reply)
 
-    async def _execute(
+    async def _run(
         self,
         op: str,
         key: str,
@@ -315,7 +306,9 @@ class HttpApi:
         *,
         limit: int = 0,
         after: str | None = None,
-    ) -> Result:
+    ) -> Result | web.Response:
+        """Run one command as a client of our node (the client engine's retries); its
+        ``Result``, or the answer to give instead (503, 504; 400 raised)."""
         client, seq = self._sessions.pop() if self._sessions else (secrets.randbits(63) or 1, 0)
         seq += 1
         command = Command(client, seq, op, key, value, expected, limit, after)
@@ -327,44 +320,45 @@ class HttpApi:
                 text=json.dumps({"error": str(e)}), content_type="application/json"
             ) from None
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
         request = ClientRequest(self._sink, client, seq, _encoder.encode(command))
-        leader = 0
-        refusals = 0
-        read_deadline = loop.time() + min(self.timeout, _READ_WAIT)
+        waiting = self._waiting
+
+        async def attempt(_: int, deadline: float) -> ClientReply | None:
+            # One submission to our own node; it forwards to the leader itself. Lost on
+            # the way (a forward over a link still down, a leader that died): None.
+            future: asyncio.Future[ClientReply] = loop.create_future()
+            waiting[(client, seq)] = future
+            self.node.submit([request])
+            try:
+                return await asyncio.wait_for(
+                    future, max(0.0, min(deadline - loop.time(), _ATTEMPT))
+                )
+            except TimeoutError:
+                return None
+
+        now = loop.time()
+        call = Call(
+            self._route,
+            now + self.timeout,
+            self.timeout,
+            f"{op} {key!r} (client {client}, seq {seq})",
+            # A refused read had no effect: after about an election, say so (503).
+            refused_until=now + min(self.timeout, _READ_WAIT) if op in _READ_OPS else None,
+        )
         try:
-            while True:
-                future: asyncio.Future[ClientReply] = loop.create_future()
-                self._waiting[(client, seq)] = future
-                self.node.submit([request])
-                remaining = deadline - loop.time()
-                try:
-                    reply = await asyncio.wait_for(future, max(0.0, min(remaining, _ATTEMPT)))
-                except TimeoutError:
-                    # Lost on the way (a forward over a link still down, a leader that
-                    # died): resend the same (client, seq) while time remains.
-                    if loop.time() >= deadline:
-                        raise _Unknown(leader) from None
-                    continue
-                if reply.ok:
-                    break
-                leader = reply.leader
-                refusals += 1
-                if op in _READ_OPS and loop.time() >= read_deadline:
-                    raise _NotLeader(leader)  # a refused read had no effect
-                # No leader yet (an election is running, or our node lost the leader):
-                # ask again shortly, with jitter. A refused write may still sit in a slot
-                # that gets chosen: never give up on it with a definite answer; retry
-                # the SAME (client, seq), which the store applies at most once.
-                pause = min(_RETRY_PAUSE * 2 ** min(refusals - 1, 4), _RETRY_PAUSE_MAX)
-                pause *= random.uniform(0.5, 1.0)
-                await asyncio.sleep(min(pause, max(0.0, deadline - loop.time())))
-                if loop.time() >= deadline:
-                    if op in _READ_OPS:
-                        raise _NotLeader(leader)
-                    raise _Unknown(leader)
+            reply = await drive(call, attempt, 0, None, False)
+        except NoLeader as e:
+            body = {"error": "no leader to serve the read", "leader": e.leader}
+            return _json(503, body, {"Retry-After": "1"})
+        except OutcomeUnknown:
+            body = {
+                "error": f"no answer within {self.timeout} s",
+                "outcome": "unknown",
+                "leader": call.leader,
+            }
+            return _json(504, body)
         finally:
-            self._waiting.pop((client, seq), None)
+            waiting.pop((client, seq), None)
             # The seq is used up whatever happened: the next command of this session
             # gets a higher one, so a late apply of this one cannot be confused with it.
             self._sessions.append((client, seq))
@@ -374,29 +368,6 @@ class HttpApi:
                 text=json.dumps({"error": result.error}), content_type="application/json"
             )
         return result
-
-    async def _run(
-        self,
-        op: str,
-        key: str,
-        value: str | None = None,
-        expected: str | None = None,
-        *,
-        limit: int = 0,
-        after: str | None = None,
-    ) -> Result | web.Response:
-        try:
-            return await self._execute(op, key, value, expected, limit=limit, after=after)
-        except _NotLeader as e:
-            body = {"error": "no leader to serve the read", "leader": e.leader}
-            return _json(503, body, {"Retry-After": "1"})
-        except _Unknown as e:
-            body = {
-                "error": f"no answer within {self.timeout} s",
-                "outcome": "unknown",
-                "leader": e.leader,
-            }
-            return _json(504, body)
 
     # -- handlers ------------------------------------------------------------------------
 
