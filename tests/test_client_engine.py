@@ -16,6 +16,7 @@ from pyxos.client.engine import (
     Route,
     drive,
 )
+from pyxos.client.local import LocalClients
 from pyxos.client.mux import ClientPool, Session
 from pyxos.core.messages import ClientReply, ClientRequest, Message
 from pyxos.net.codec import encode_message
@@ -233,3 +234,60 @@ def test_a_command_refused_until_its_deadline_is_unknown_in_the_history(kind: st
     asyncio.run(main())
     assert len(seen) >= 2 and len({(c, s) for _, c, s, _ in seen}) == 1
     assert [(r["op"], r["return"], r["ok"]) for r in records] == [("put", None, None)]
+
+
+# --- the in-process transport (the HTTP API's) ----------------------------------------------
+
+
+def test_local_clients_resubmit_the_same_request_and_reuse_a_logical_client() -> None:
+    """A node that says "no leader yet", stays silent once, then answers: the three
+    submissions are the same (client, seq, bytes). The next call borrows the same
+    logical client with the next seq; an encoding that raises uses up no seq."""
+    submitted: list[ClientRequest] = []
+    script = ["refuse", "silent", "answer", "answer"]
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        def submit(requests: list[ClientRequest]) -> None:
+            (request,) = requests
+            submitted.append(request)
+            how = script.pop(0)
+            if how != "silent":
+                reply = ClientReply(1, request.client, request.seq, how == "answer", b"r", 0)
+                loop.call_soon(clients.on_reply, reply)
+
+        clients = LocalClients(submit, timeout=10.0, attempt_timeout=0.05)
+        clients.sink = 42
+        reply = await clients.call(lambda c, s: f"{c}/{s}".encode(), "put 'k'")
+        assert reply.ok and reply.result == b"r"
+        assert len({(r.src, r.client, r.seq, r.command) for r in submitted}) == 1
+        assert submitted[0].src == 42 and clients.route.no_leader_replies == 1
+
+        def refuse_to_encode(client: int, seq: int) -> bytes:
+            raise ValueError("bad key")
+
+        with pytest.raises(ValueError):
+            await clients.call(refuse_to_encode, "put 'bad'")
+        await clients.call(lambda c, s: b"x", "put 'k'")
+        first, last = submitted[0], submitted[-1]
+        assert (last.client, last.seq) == (first.client, first.seq + 1)
+
+    asyncio.run(main())
+
+
+def test_local_clients_end_a_refused_read_with_no_leader_and_a_write_with_unknown() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        def submit(requests: list[ClientRequest]) -> None:
+            for r in requests:
+                loop.call_soon(clients.on_reply, ClientReply(1, r.client, r.seq, False, b"", 0))
+
+        clients = LocalClients(submit, timeout=0.2, read_wait=0.05)
+        with pytest.raises(NoLeader):
+            await clients.call(lambda c, s: b"get", "get 'k'", read_only=True)
+        with pytest.raises(OutcomeUnknown):
+            await clients.call(lambda c, s: b"put", "put 'k'")
+
+    asyncio.run(main())

@@ -2,11 +2,16 @@
 
 Theory of operation
 -------------------
-``AsyncClient`` (``pyxos.client.aio``) speaks the binary protocol: leader discovery,
-redirects, retries with the same ``(client_id, seq)`` so a retried write applies once,
-and ``OutcomeUnknown`` when no answer comes in time. ``Client`` (``pyxos.client.sync``)
-wraps it for blocking code. ``HistoryFile`` writes the operations a client records as
-JSON lines for the linearizability checker.
+The client engine (``pyxos.client.engine``) decides what happens to a command that is
+not answered at once: leader discovery, redirects, backoff, retries with the same
+``(client_id, seq)`` so a retried write applies once, and ``OutcomeUnknown`` when no
+answer comes in time. ``AsyncClient`` (``pyxos.client.aio``, one connection per node)
+and ``ClientPool`` sessions (``pyxos.client.mux``, many logical clients over few
+connections) are its transports over the binary protocol; ``LocalClients``
+(``pyxos.client.local``) is its transport for code beside a node (the HTTP API).
+``Client`` (``pyxos.client.sync``) wraps ``AsyncClient`` for blocking code.
+``HistoryFile`` writes the operations a client records as JSON lines for the
+linearizability checker.
 """
 
 from pyxos.client.aio import (

@@ -156,9 +156,11 @@ def check_client_id(client_id: int | None) -> None:
         raise ValueError(f"client_id must be in [1, 2**63), not {client_id}")
 
 
-def describe(command: Command) -> str:
-    """How an ``OutcomeUnknown`` names ``command``."""
-    return f"{command.op} {command.key!r} (client {command.client}, seq {command.seq})"
+def describe(client: int, seq: int, command: Command | None) -> str:
+    """How an ``OutcomeUnknown`` names the command ``(client, seq)``: by its KV ``op``
+    and ``key``, or (``command`` None: opaque bytes) as "command"."""
+    what = "command" if command is None else f"{command.op} {command.key!r}"
+    return f"{what} (client {client}, seq {seq})"
 
 
 class Closeable:
@@ -202,9 +204,11 @@ class KVOperations:
         """Whether this client refuses new commands (it, or its pool, was closed)."""
         raise NotImplementedError
 
-    async def _call(self, seq: int, payload: bytes, command: Command) -> bytes:
+    async def _call(self, seq: int, payload: bytes, command: Command | None) -> bytes:
         """Send the request ``(client_id, seq, payload)`` until answered; the result
-        bytes, or the engine's ``OutcomeUnknown`` (the transport's part)."""
+        bytes, or the engine's ``OutcomeUnknown`` (the transport's part). ``payload``
+        is opaque to the transport and the engine (any application's command bytes);
+        ``command``, the KV command it encodes if any, only names it in errors."""
         raise NotImplementedError
 
     async def execute(
@@ -397,14 +401,19 @@ class AsyncClient(KVOperations, Closeable):
 
     # -- the transport: one connection per node ----------------------------------------
 
-    async def _call(self, seq: int, payload: bytes, command: Command) -> bytes:
+    async def _call(self, seq: int, payload: bytes, command: Command | None) -> bytes:
         loop = asyncio.get_running_loop()
         frame = encode_message(ClientRequest(0, self.client_id, seq, payload))
 
         async def attempt(index: int, deadline: float) -> ClientReply | None:
             return await self._try(index, seq, frame, deadline - loop.time())
 
-        call = Call(self.route, loop.time() + self.timeout, self.timeout, describe(command))
+        call = Call(
+            self.route,
+            loop.time() + self.timeout,
+            self.timeout,
+            describe(self.client_id, seq, command),
+        )
         try:
             return (await drive(call, attempt, self.route.target, None, False)).result
         finally:

@@ -77,7 +77,13 @@ class ClientError(Exception):
 
 
 class OutcomeUnknown(ClientError):
-    """No answer in time: the command may or may not have taken effect."""
+    """No answer in time: the command may or may not have taken effect.
+
+    ``leader``: the node the last refusal named (0: none, or no refusal)."""
+
+    def __init__(self, message: str, leader: int = 0) -> None:
+        super().__init__(message)
+        self.leader = leader
 
 
 class CommandRejected(ClientError):
@@ -254,7 +260,8 @@ class Call:
             raise NoLeader(self.leader)
         raise OutcomeUnknown(
             f"no answer for {self.what} within {self.timeout} s: it may or may not have "
-            "taken effect"
+            "taken effect",
+            self.leader,
         )
 
 

@@ -119,7 +119,7 @@ class Session(KVOperations):
         """Whether the pool was closed (the session then refuses new commands)."""
         return self.pool.closed
 
-    async def _call(self, seq: int, payload: bytes, command: Command) -> bytes:
+    async def _call(self, seq: int, payload: bytes, command: Command | None) -> bytes:
         """The first attempt, at the pool's target over an open connection; the engine
         (``drive``) takes over if there is none or it got no answer. (The first attempt
         is here rather than in the engine to keep one coroutine frame and the ``Call``
@@ -283,7 +283,7 @@ class ClientPool(Closeable):
     async def _retry(
         self,
         session: Session,
-        command: Command,
+        command: Command | None,
         key: tuple[int, int],
         frame: bytes,
         deadline: float,
@@ -315,7 +315,8 @@ class ClientPool(Closeable):
                 self._forget(key, future)
                 raise
 
-        call = Call(self.route, deadline, self.timeout, describe(command))
+        what = describe(key[0], key[1], command)
+        call = Call(self.route, deadline, self.timeout, what)
         try:
             return await drive(call, attempt, index, reply, tried)
         finally:

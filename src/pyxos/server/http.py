@@ -5,15 +5,10 @@ Theory of operation
 The HTTP API is an in-process client of its own node. Every KV request becomes a
 ``Command`` with its own ``(client, seq)`` and is submitted like a binary client's
 (``NodeServer.submit``): writes go through the log, reads through the leader's lease
-or read-index check, so HTTP reads and writes are linearizable too. The
-API registers one reply sink with the node (``attach_sink``); replies are matched to
-waiting requests by ``(client, seq)``.
-
-Sessions: the store allows one outstanding command per client id, so the API keeps a
-pool of session ids (random 63-bit), each used by one request at a time with a
-growing seq, and returns it to the pool afterwards. The pool grows with the number of
-concurrent requests, never with the number of requests, so it does not churn the
-store's bounded session table.
+or read-index check, so HTTP reads and writes are linearizable too. Submitting,
+matching replies by ``(client, seq)`` (the API registers one reply sink with the node,
+``attach_sink``), the pool of logical clients the requests borrow, and every retry are
+``pyxos.client.local.LocalClients``, the client engine's in-process transport.
 
 Answers:
 
@@ -64,15 +59,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 from aiohttp import web
 
-from pyxos.client.engine import Call, NoLeader, OutcomeUnknown, Route, drive
-from pyxos.core.messages import ClientReply, ClientRequest
+from pyxos.client.engine import NoLeader, OutcomeUnknown
+from pyxos.client.local import LocalClients
 from pyxos.net.limits import PortGuard
 from pyxos.net.tls import tls_acceptor
 from pyxos.server.metrics import CONTENT_TYPE
@@ -128,11 +122,11 @@ class HttpApi:
     def __init__(self, node: NodeServer, *, timeout: float = 5.0) -> None:
         self.node = node
         self.timeout = timeout
-        self._sessions: list[tuple[int, int]] = []  # idle (client id, last seq)
-        self._waiting: dict[tuple[int, int], asyncio.Future[ClientReply]] = {}
-        # The client engine's address book: one address, this node (it forwards).
-        self._route = Route(1)
-        self._sink = node.attach_sink(self._on_reply)
+        # Our logical clients of the node (the client engine's in-process transport).
+        self._clients = LocalClients(
+            node.submit, timeout=timeout, attempt_timeout=_ATTEMPT, read_wait=_READ_WAIT
+        )
+        self._clients.sink = self._sink = node.attach_sink(self._clients.on_reply)
         self._runner: web.AppRunner | None = None
         self.counters: dict[str, int] = dict.fromkeys(
             (
@@ -191,9 +185,7 @@ class HttpApi:
 
     async def stop(self) -> None:
         """Stop listening and fail every waiting request."""
-        for future in self._waiting.values():
-            if not future.done():
-                future.cancel()
+        self._clients.cancel()
         if self._server is not None:
             self._server.close()
         if self._runner is not None:
@@ -292,11 +284,6 @@ class HttpApi:
 
     # -- commands, as a client of the node --------------------------------------------
 
-    def _on_reply(self, reply: ClientReply) -> None:
-        future = self._waiting.get((reply.client, reply.seq))
-        if future is not None and not future.done():
-            future.set_result(reply)
-
     async def _run(
         self,
         op: str,
@@ -309,59 +296,30 @@ class HttpApi:
     ) -> Result | web.Response:
         """Run one command as a client of our node (the client engine's retries); its
         ``Result``, or the answer to give instead (503, 504; 400 raised)."""
-        client, seq = self._sessions.pop() if self._sessions else (secrets.randbits(63) or 1, 0)
-        seq += 1
-        command = Command(client, seq, op, key, value, expected, limit, after)
-        try:
-            validate_command(command)
-        except ValueError as e:
-            self._sessions.append((client, seq - 1))
-            raise web.HTTPBadRequest(
-                text=json.dumps({"error": str(e)}), content_type="application/json"
-            ) from None
-        loop = asyncio.get_running_loop()
-        request = ClientRequest(self._sink, client, seq, _encoder.encode(command))
-        waiting = self._waiting
 
-        async def attempt(_: int, deadline: float) -> ClientReply | None:
-            # One submission to our own node; it forwards to the leader itself. Lost on
-            # the way (a forward over a link still down, a leader that died): None.
-            future: asyncio.Future[ClientReply] = loop.create_future()
-            waiting[(client, seq)] = future
-            self.node.submit([request])
+        def encode(client: int, seq: int) -> bytes:
+            command = Command(client, seq, op, key, value, expected, limit, after)
             try:
-                return await asyncio.wait_for(
-                    future, max(0.0, min(deadline - loop.time(), _ATTEMPT))
-                )
-            except TimeoutError:
-                return None
+                validate_command(command)
+            except ValueError as e:
+                raise web.HTTPBadRequest(
+                    text=json.dumps({"error": str(e)}), content_type="application/json"
+                ) from None
+            return _encoder.encode(command)
 
-        now = loop.time()
-        call = Call(
-            self._route,
-            now + self.timeout,
-            self.timeout,
-            f"{op} {key!r} (client {client}, seq {seq})",
-            # A refused read had no effect: after about an election, say so (503).
-            refused_until=now + min(self.timeout, _READ_WAIT) if op in _READ_OPS else None,
-        )
+        clients = self._clients
         try:
-            reply = await drive(call, attempt, 0, None, False)
+            reply = await clients.call(encode, f"{op} {key!r}", read_only=op in _READ_OPS)
         except NoLeader as e:
             body = {"error": "no leader to serve the read", "leader": e.leader}
             return _json(503, body, {"Retry-After": "1"})
-        except OutcomeUnknown:
+        except OutcomeUnknown as e:
             body = {
                 "error": f"no answer within {self.timeout} s",
                 "outcome": "unknown",
-                "leader": call.leader,
+                "leader": e.leader,
             }
             return _json(504, body)
-        finally:
-            waiting.pop((client, seq), None)
-            # The seq is used up whatever happened: the next command of this session
-            # gets a higher one, so a late apply of this one cannot be confused with it.
-            self._sessions.append((client, seq))
         result = decode_result(reply.result)
         if result.error is not None:
             raise web.HTTPBadRequest(

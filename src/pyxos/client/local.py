@@ -1,0 +1,121 @@
+"""In-process clients of one node: the client engine's transport for code that runs
+beside the node (the HTTP API; an embedded application).
+
+Theory of operation
+-------------------
+Such a caller reaches the cluster through its own node's ``submit``: the node proposes
+the command if it leads, forwards it to the leader otherwise, and answers "no leader
+yet" when it has none to hand it to. Replies come back through the reply sink the
+node was given (``on_reply``), matched to the waiting call by ``(client, seq)``. So
+the engine (``pyxos.client.engine``) sees a route of one address, the node itself:
+a refusal means pause (5 ms doubling to 50 ms, jittered) and submit again; silence for
+``attempt_timeout`` (a forward lost over a link that went down, a leader that died)
+means submit again; both with the SAME ``(client, seq)``, which the store applies at
+most once; and at ``timeout``, ``OutcomeUnknown``. A read-only call (``read_only``)
+refused for ``read_wait`` seconds ends with ``NoLeader`` instead: a read has no effect.
+
+Sessions: the store allows one outstanding command per client id, so ``LocalClients``
+keeps a pool of logical clients (random 63-bit ids), each used by one call at a time
+with a growing seq and returned to the pool afterwards. The pool grows with the number
+of concurrent calls, never with the number of calls, so it does not churn the store's
+bounded session table. A seq is used up whatever happened to its call: the next call
+of that client gets a higher one, so a late apply of an abandoned command cannot be
+confused with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable
+
+from pyxos.client.engine import Call, Route, drive
+from pyxos.core.messages import ClientReply, ClientRequest
+
+__all__ = ["LocalClients"]
+
+
+class LocalClients:
+    """Logical clients of one node, reaching it through ``submit``.
+
+    ``submit`` hands requests to the node; the node's replies must be passed to
+    ``on_reply`` (register it as the node's reply sink, and set ``sink`` to the id the
+    node gave it: the ``src`` of every request). ``timeout`` bounds a whole call,
+    ``attempt_timeout`` one submission, ``read_wait`` the refusals of a read-only call.
+    """
+
+    def __init__(
+        self,
+        submit: Callable[[list[ClientRequest]], None],
+        *,
+        timeout: float = 5.0,
+        attempt_timeout: float = 0.5,
+        read_wait: float = 1.0,
+    ) -> None:
+        self.submit = submit
+        self.sink = 0
+        """The ``src`` this node knows our requests by (its reply sink's id)."""
+        self.timeout = timeout
+        self.attempt_timeout = attempt_timeout
+        self.read_wait = read_wait
+        self.route = Route(1)
+        """The engine's address book: one address, the node (it forwards)."""
+        # Idle logical clients: (client id, last seq used).
+        self._idle: list[tuple[int, int]] = []
+        self._waiting: dict[tuple[int, int], asyncio.Future[ClientReply]] = {}
+
+    def on_reply(self, reply: ClientReply) -> None:
+        """A reply of the node to one of our requests (the node's reply sink)."""
+        future = self._waiting.get((reply.client, reply.seq))
+        if future is not None and not future.done():
+            future.set_result(reply)
+
+    async def call(
+        self, encode: Callable[[int, int], bytes], what: str, *, read_only: bool = False
+    ) -> ClientReply:
+        """Run one command: ``encode(client, seq)`` gives its bytes for the logical
+        client and seq it gets (an exception from it uses up nothing and propagates).
+        Returns the node's successful reply; raises ``OutcomeUnknown`` at the timeout,
+        and ``NoLeader`` for a ``read_only`` call refused for ``read_wait`` seconds."""
+        client, seq = self._idle.pop() if self._idle else (secrets.randbits(63) or 1, 0)
+        try:
+            payload = encode(client, seq + 1)
+        except BaseException:
+            self._idle.append((client, seq))
+            raise
+        seq += 1
+        loop = asyncio.get_running_loop()
+        request = ClientRequest(self.sink, client, seq, payload)
+        key = (client, seq)
+        waiting = self._waiting
+
+        async def attempt(_: int, deadline: float) -> ClientReply | None:
+            future: asyncio.Future[ClientReply] = loop.create_future()
+            waiting[key] = future
+            self.submit([request])
+            wait = max(0.0, min(deadline - loop.time(), self.attempt_timeout))
+            try:
+                return await asyncio.wait_for(future, wait)
+            except TimeoutError:
+                return None
+
+        now = loop.time()
+        refused_until = now + min(self.timeout, self.read_wait) if read_only else None
+        call = Call(
+            self.route,
+            now + self.timeout,
+            self.timeout,
+            f"{what} (client {client}, seq {seq})",
+            refused_until=refused_until,
+        )
+        try:
+            return await drive(call, attempt, 0, None, False)
+        finally:
+            waiting.pop(key, None)
+            self._idle.append((client, seq))
+
+    def cancel(self) -> None:
+        """Fail every waiting call's current attempt (the node is going away)."""
+        for future in self._waiting.values():
+            if not future.done():
+                future.cancel()
