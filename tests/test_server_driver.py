@@ -147,7 +147,7 @@ def test_acceptor_replies_wait_for_the_fsync_and_fsyncs_group(tmp_path: Path) ->
             durable.gate.release()
             await wait_for(lambda: dsts(links) == [2, 3, 4, 5], 2.0, "the grouped replies")
             assert durable.synced_counts == [1, 2]
-            assert server._synced == server._written == 3
+            assert server.driver.synced == server.driver.written == 3
 
             # Nothing unsynced and nothing waiting: an acceptor reply leaves at once.
             node.script.append(Ready(send_after_sync=[nack(6)]))

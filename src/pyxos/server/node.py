@@ -3,32 +3,19 @@
 Theory of operation
 -------------------
 The protocol lives in a pure ``ServiceNode(Replica, KVStore)``; this module is only its
-driver, and it drives it exactly as the simulator's ``World._drive`` does, so every
-simulator result speaks for this process too. Each *input batch* (every message of one
-``data_received``, a timer firing, the messages a node sent itself) is fed as
+runtime. The order in which a ``Ready`` is carried out (persist, send before and after
+the fsync, apply, snapshot, group commit with one fsync in flight) is
+``pyxos.driver.ReadyDriver``, the very object the simulator drives its nodes with, so
+every simulator result speaks for this process too; this module supplies its effects
+(``_ServerEffects``: the WAL and its fsync in a worker thread, snapshot files in a
+thread of their own, sockets, the loop's timer). Each *input batch* (every message of
+one ``data_received``, a timer firing, the messages a node sent itself) is fed as
 ``tick(loop.time())`` followed by one ``step`` per message; at the end of the event-loop
 pass (``call_soon``) the driver runs ``ready()`` once for everything the pass brought,
-so batches grow with load by themselves and a lone client waits for nothing:
-
-1. ``persist`` is appended to the WAL (``DurableAcceptor.write``: buffered only) and
-   numbered ``written``;
-2. ``send_now`` leaves at once (encoded once, queued on the peer or client links);
-3. ``send_after_sync`` leaves at once only if everything written is already durable and
-   nothing older is waiting; otherwise it waits, tagged with ``written``, until an
-   fsync covering that record completes (FIFO, so replies never overtake each other);
-4. ``committed`` was already applied by the ``ServiceNode`` (its replies are in
-   ``send_now``);
-
-then ``advance()``, and the timer is re-armed on ``next_deadline()`` with
-``loop.call_at`` (only ever moved earlier; a timer that fires early just ticks).
-
-Group commit: at most ONE fsync is in flight (``DurableAcceptor.sync`` in a dedicated
-worker thread, via ``run_in_executor``). When it completes it covers every record
-written before it started, so ``synced`` becomes the ``written`` count captured at its
-start; the waiting sends up to there are released and, if more was written meanwhile,
-the next fsync starts at once, covering all of it. Under load each fsync thus covers
-whatever accumulated during the previous one. A failed fsync is fatal (the WAL refuses
-every later call): the node stops, and ``serve_forever`` raises ``NodeFailed``.
+so batches grow with load by themselves and a lone client waits for nothing. The timer
+is re-armed on ``next_deadline()`` with ``loop.call_at`` (only ever moved earlier; a
+timer that fires early just ticks). A failed fsync is fatal (the WAL refuses every
+later call): the node stops, and ``serve_forever`` raises ``NodeFailed``.
 
 Messages addressed to the node itself (a leader's own ``Accepted`` after its fsync,
 for instance) are not stepped re-entrantly: they are queued and delivered as one input
@@ -77,14 +64,10 @@ contain a quorum), the driver logs it once per occurrence, and ``status`` (hence
 ``/v1/status``, the ``pyxos_majority_lost`` metric and ``pyxos status``) says so with
 the recovery pointer ``MAJORITY_LOST_RECOVERY``.
 
-Snapshots: when the ``ServiceNode`` hands over a snapshot (``Ready.snapshot``, every
-``snapshot_every`` applied slots, or one installed from a peer), the driver writes it
-after ``advance()`` in a thread of its own (``storage.snapshot.write_snapshot``:
-temporary file, fsync, rename, directory fsync), keeps the newest two, and only then
-calls ``snapshot_durable(slot)`` so the node compacts below it. Then, if the WAL has a
-sealed segment, the whole acceptor state is written again as a checkpoint; once the
-fsync covering it completes, the segments before it are deleted
-(``DurableAcceptor.truncate_before``).
+Snapshots: the driver hands them over after ``advance()``; they are written in a
+thread of their own (``storage.snapshot.write_snapshot``: temporary file, fsync, rename,
+directory fsync), the newest two kept; compaction and the WAL checkpoint and
+truncation that follow are the driver's (``pyxos.driver``).
 """
 
 from __future__ import annotations
@@ -97,7 +80,6 @@ import random
 import signal
 import ssl
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -106,10 +88,11 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from pyxos.core.messages import ClientReply, ClientRequest, Message
+from pyxos.core.messages import ClientReply, ClientRequest, Entry, Message
 from pyxos.core.quorum import Majority
-from pyxos.core.ready import Send
+from pyxos.core.ready import Persist, Send
 from pyxos.core.replica import Replica, ReplicaConfig
+from pyxos.driver import DriverCounters, ReadyDriver
 from pyxos.net.codec import PROTOCOL_VERSION, Hello, check_hello, encode_message
 from pyxos.net.limits import PortGuard, PortLimits
 from pyxos.net.link import (
@@ -190,17 +173,12 @@ class NodeFailed(Exception):
 
 
 @dataclass(slots=True)
-class DriverStats:
-    """What the driver did (monotonic counters, for status and tests)."""
+class DriverStats(DriverCounters):
+    """What the driver did (monotonic counters, for status and tests): the Ready
+    driver's own (``readies``, ``fsyncs``, ``snapshots``) and the runtime's."""
 
     inputs: int = 0
     """Input batches fed (received chunks, timer ticks, self-deliveries)."""
-    readies: int = 0
-    """Non-empty ``Ready`` values carried out."""
-    fsyncs: int = 0
-    """Completed fsyncs (each covering every record written before it started)."""
-    snapshots: int = 0
-    """Snapshots written durably."""
     wal_segments_deleted: int = 0
     """WAL segments deleted by compaction."""
     client_connections: int = 0
@@ -237,8 +215,7 @@ class NodeServer:
         """Allow a data directory without a node marker to be initialized (see
         ``_open_storage``): only for a node that is new to the cluster."""
         self.rng = rng if rng is not None else random.Random()
-        self.node: ServiceNode | None = None
-        """The pure node being driven (set by ``startup``)."""
+        self._node: ServiceNode | None = None
         self.durable: DurableAcceptor | None = None
         self.links: PeerLinks | None = None
         self.peer_server: PeerServer | None = None
@@ -248,6 +225,9 @@ class NodeServer:
         self.client_tls: ssl.SSLContext | None = None
         """The client and HTTP ports' TLS context (None: TLS off)."""
         self.stats = DriverStats()
+        self.driver = ReadyDriver(_ServerEffects(self), counters=self.stats)
+        """The Ready driver (``pyxos.driver``): the order of persist, send, fsync,
+        apply and snapshot, shared with the simulator."""
         self._drive_scheduled = False
         """A ``_drive`` is queued for the end of this event-loop pass."""
         self.metrics = NodeMetrics(config.node_id, self.status)
@@ -263,20 +243,13 @@ class NodeServer:
         """What each listening port lets its connections hold (``pyxos.net.limits``)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: ThreadPoolExecutor | None = None
-        # Group commit. Invariant: synced <= written; fsync_in_flight iff a sync runs.
-        self._written = 0
-        self._synced = 0
-        self._fsync_in_flight: asyncio.Future[int] | None = None
-        self._waiting: deque[tuple[int, list[Send]]] = deque()
+        self._fsync_future: asyncio.Future[int] | None = None
+        """The fsync running in the worker thread (at most one: group commit)."""
         self._local: list[Message] = []
         self._local_scheduled = False
         self._snapshot_executor = ThreadPoolExecutor(
             1, thread_name_prefix=f"pyxos-snapshot-{config.node_id}"
         )
-        self._snapshot_in_flight = False
-        self._snapshot_next: tuple[int, bytes] | None = None
-        self._truncate: tuple[int, int] | None = None
-        """(write number of a checkpoint, its first WAL index): truncate once synced."""
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._clients: dict[int, FramedProtocol] = {}
@@ -292,6 +265,16 @@ class NodeServer:
         """The log said that a majority lost its state (said once per occurrence)."""
 
     # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def node(self) -> ServiceNode | None:
+        """The pure node being driven (set by ``startup``)."""
+        return self._node
+
+    @node.setter
+    def node(self, node: ServiceNode | None) -> None:
+        self._node = node
+        self.driver.node = node
 
     @property
     def client_port(self) -> int:
@@ -472,6 +455,7 @@ class NodeServer:
                 await self._stopped.wait()
             return
         self._closing = True
+        self.driver.close()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -492,9 +476,9 @@ class NodeServer:
         if self.client_server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.client_server.wait_closed(), 1.0)
-        if self._fsync_in_flight is not None:
+        if self._fsync_future is not None:
             with contextlib.suppress(Exception):
-                await self._fsync_in_flight
+                await self._fsync_future
         if self._executor is not None:
             self._executor.shutdown(wait=True)  # a queued truncation finishes first
         if self.durable is not None:
@@ -537,7 +521,7 @@ class NodeServer:
             "elections": replica.elections,
             "leader_changes": replica.leader_changes,
             "queues": {
-                "replies_waiting_for_fsync": sum(len(sends) for _, sends in self._waiting),
+                "replies_waiting_for_fsync": self.driver.waiting_sends(),
                 "slots_in_flight": len(replica.in_flight),
                 "proposals_queued": len(replica.queued),
                 "reads_pending": len(replica.pending_reads),
@@ -549,8 +533,8 @@ class NodeServer:
             "first_unchosen": replica.first_unchosen,
             "applied": node.store.applied_slot,
             "keys": len(node.store),
-            "written": self._written,
-            "synced": self._synced,
+            "written": self.driver.written,
+            "synced": self.driver.synced,
             "driver": asdict(self.stats),
             "client_connections": len(self._clients),
             "net": dict(self.net_counters),
@@ -639,54 +623,19 @@ class NodeServer:
         if self.node is None or self._closing or self._fatal is not None:
             return
         try:
-            self._drive()
+            self.driver.drive()
         except Exception as e:
             self._internal_error(e)
+            return
+        lost = bool(getattr(getattr(self.node, "replica", None), "majority_lost", False))
+        if lost != self._majority_lost_reported:  # (scripted test nodes have no replica)
+            self._report_majority_lost(lost)
 
     def _internal_error(self, e: Exception) -> None:
         # A bug in the core or the driver: stop (fail-stop) rather than run on from a
         # half-carried-out Ready. The WAL holds only what was written in order.
         logger.exception("node %d: internal error, stopping", self.config.node_id)
         self._fail(e)
-
-    def _drive(self) -> None:
-        node = self.node
-        durable = self.durable
-        assert node is not None and durable is not None and self._loop is not None
-        r = node.ready()
-        if r:
-            self.stats.readies += 1
-            if r.persist:
-                try:
-                    durable.write(r.persist)
-                except Exception as e:  # the WAL failed earlier: fatal
-                    self._fail(e)
-                    return
-                self._written += 1
-            for send in r.send_now:
-                self._send(send)
-            if r.send_after_sync:
-                if self._synced >= self._written and not self._waiting:
-                    for send in r.send_after_sync:
-                        self._send(send)
-                else:
-                    self._waiting.append((self._written, list(r.send_after_sync)))
-            self._start_fsync()
-        # Snapshots are written off the event loop after advance(), as the simulator
-        # does; compaction waits until the file is durable.
-        lost = bool(getattr(getattr(node, "replica", None), "majority_lost", False))
-        if lost != self._majority_lost_reported:  # (scripted test nodes have no replica)
-            self._report_majority_lost(lost)
-        snapshot = r.snapshot
-        node.advance()
-        if snapshot is not None:
-            self._save_snapshot(*snapshot)
-        deadline = node.next_deadline()
-        if deadline is not None and (self._timer_at is None or deadline < self._timer_at):
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer_at = deadline
-            self._timer = self._loop.call_at(self._loop_time(deadline), self._on_timer)
 
     def _now(self) -> float:
         """This node's clock: the loop's monotonic clock, at ``clock_rate``."""
@@ -721,128 +670,10 @@ class NodeServer:
                 self.config.node_id,
             )
 
-    def _save_snapshot(self, slot: int, data: bytes) -> None:
-        """Write a snapshot durably in the snapshot thread, then let the node compact.
-
-        One write at a time; a snapshot handed over meanwhile replaces any other
-        waiting one (the newest covers more). A failed write changes nothing: the node
-        takes another snapshot later.
-        """
-        self._snapshot_next = (slot, data)
-        if self._snapshot_in_flight or self._loop is None or self._closing:
-            return
-        slot, data = self._snapshot_next
-        self._snapshot_next = None
-        self._snapshot_in_flight = True
-        directory = self.snapshot_dir
-
-        def write() -> None:
-            write_snapshot(directory, slot, b"", data)
-            prune_snapshots(directory, keep=2)
-
-        future = self._loop.run_in_executor(self._snapshot_executor, write)
-        future.add_done_callback(lambda f: self._on_snapshot_saved(slot, f))
-
-    def _on_snapshot_saved(self, slot: int, future: asyncio.Future[None]) -> None:
-        self._snapshot_in_flight = False
-        if future.cancelled() or self._closing:
-            return
-        error = future.exception()
-        if error is not None:
-            logger.error(
-                "node %d: snapshot of slot %d not written: %s", self.config.node_id, slot, error
-            )
-        else:
-            self.stats.snapshots += 1
-            if self.node is not None:
-                self.node.snapshot_durable(slot)
-                self._checkpoint()
-        if self._snapshot_next is not None:
-            self._save_snapshot(*self._snapshot_next)
-
-    def _checkpoint(self) -> None:
-        """After compaction: rewrite the acceptor state, truncate the WAL behind it.
-
-        Only when there is a sealed segment to delete. The checkpoint is numbered like
-        any write, so the truncation runs after the fsync that covers it (``_on_synced``).
-        """
-        node, durable = self.node, self.durable
-        if node is None or durable is None or durable.segments < 2:
-            return
-        if self._truncate is not None:
-            return  # one at a time; the next snapshot tries again
-        acceptor = node.replica.acceptor
-        try:
-            first = durable.checkpoint(
-                acceptor.promised, acceptor.accepted.values(), node.replica.first_unchosen
-            )
-        except Exception as e:
-            self._fail(e)
-            return
-        self._written += 1
-        self._truncate = (self._written, first)
-        self._start_fsync()
-
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
         self._input(())
-
-    def _start_fsync(self) -> None:
-        if self._fsync_in_flight is not None or self._synced >= self._written:
-            return
-        assert self._loop is not None and self.durable is not None
-        target = self._written
-        future = self._loop.run_in_executor(self._executor, self._timed_sync)
-        self._fsync_in_flight = future
-        future.add_done_callback(lambda f: self._on_synced(target, f))
-
-    def _timed_sync(self) -> int:
-        assert self.durable is not None
-        start = time.perf_counter()
-        index = self.durable.sync()
-        self.metrics.fsync_seconds.observe(time.perf_counter() - start)
-        return index
-
-    def _on_synced(self, target: int, future: asyncio.Future[int]) -> None:
-        self._fsync_in_flight = None
-        if future.cancelled():
-            return
-        error = future.exception()
-        if error is not None:
-            self._fail(error)
-            return
-        self.stats.fsyncs += 1
-        self._synced = target
-        if self._truncate is not None and self._truncate[0] <= target:
-            index = self._truncate[1]
-            self._truncate = None
-            self._truncate_wal(index)
-        waiting = self._waiting
-        while waiting and waiting[0][0] <= target:
-            _, sends = waiting.popleft()
-            for send in sends:
-                self._send(send)
-        if not self._closing:
-            self._start_fsync()
-
-    def _truncate_wal(self, index: int) -> None:
-        durable = self.durable
-        if durable is None or self._loop is None or self._closing:
-            return
-
-        def done(future: asyncio.Future[int]) -> None:
-            if future.cancelled():
-                return
-            error = future.exception()
-            if error is not None:
-                self._fail(error)
-            else:
-                self.stats.wal_segments_deleted += future.result()
-
-        # The fsync thread: the WAL serializes truncation with sync anyway.
-        future = self._loop.run_in_executor(self._executor, durable.truncate_before, index)
-        future.add_done_callback(done)
 
     def _send(self, send: Send) -> None:
         """Deliver one ``Send``: to ourselves (next pass), a client, or a peer link."""
@@ -1014,6 +845,131 @@ class NodeServer:
         if requests:
             self.stats.client_requests += len(requests)
             self._input(requests)
+
+
+class _ServerEffects:
+    """The server's side of the Ready driver (``pyxos.driver.Effects``): the WAL and its
+    fsync in a worker thread, snapshots in a thread of their own, sockets, the loop's
+    timer. Completions come back to the driver on the event loop."""
+
+    def __init__(self, server: NodeServer) -> None:
+        self.server = server
+
+    def write(self, persist: Persist) -> None:
+        """Append to the WAL (buffered)."""
+        durable = self.server.durable
+        assert durable is not None
+        durable.write(persist)
+
+    def start_fsync(self) -> None:
+        """One fsync in the fsync thread; its end goes back to the driver."""
+        server = self.server
+        assert server._loop is not None and server.durable is not None
+        future = server._loop.run_in_executor(server._executor, self._timed_sync)
+        server._fsync_future = future
+        future.add_done_callback(self._on_synced)
+
+    def _timed_sync(self) -> int:
+        durable = self.server.durable
+        assert durable is not None
+        start = time.perf_counter()
+        index = durable.sync()
+        self.server.metrics.fsync_seconds.observe(time.perf_counter() - start)
+        return index
+
+    def _on_synced(self, future: asyncio.Future[int]) -> None:
+        server = self.server
+        server._fsync_future = None
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is not None:
+            server.driver.fsync_failed(error)
+        else:
+            server.driver.fsync_done()
+
+    def send(self, send: Send) -> None:
+        """To a peer, a client, or back to this node (next pass)."""
+        self.server._send(send)
+
+    def committed(self, entries: list[Entry]) -> None:
+        """Nothing to do: the service node applied them and queued the replies."""
+
+    def save_snapshot(self, slot: int, data: bytes) -> None:
+        """Write the snapshot (temporary file, fsync, rename, directory fsync) in the
+        snapshot thread, keep the newest two."""
+        server = self.server
+        loop = server._loop
+        assert loop is not None
+        directory = server.snapshot_dir
+
+        def write() -> None:
+            write_snapshot(directory, slot, b"", data)
+            prune_snapshots(directory, keep=2)
+
+        future = loop.run_in_executor(server._snapshot_executor, write)
+        future.add_done_callback(lambda f: self._on_snapshot_saved(slot, f))
+
+    def _on_snapshot_saved(self, slot: int, future: asyncio.Future[None]) -> None:
+        server = self.server
+        if future.cancelled() or server._closing:
+            server.driver.snapshot_failed(slot)
+            return
+        error = future.exception()
+        if error is not None:
+            logger.error(
+                "node %d: snapshot of slot %d not written: %s", server.config.node_id, slot, error
+            )
+            server.driver.snapshot_failed(slot)
+        else:
+            server.driver.snapshot_saved(slot)
+
+    def checkpoint(self) -> int | None:
+        """After compaction, when the WAL has a sealed segment to delete: rewrite the
+        acceptor state (buffered, like any write)."""
+        node, durable = self.server.node, self.server.durable
+        if node is None or durable is None or durable.segments < 2:
+            return None
+        acceptor = node.replica.acceptor
+        return durable.checkpoint(
+            acceptor.promised, acceptor.accepted.values(), node.replica.first_unchosen
+        )
+
+    def truncate(self, index: int) -> None:
+        """Delete the WAL segments before ``index`` in the fsync thread (the WAL
+        serializes truncation with sync anyway)."""
+        server = self.server
+        durable = server.durable
+        if durable is None or server._loop is None or server._closing:
+            return
+
+        def done(future: asyncio.Future[int]) -> None:
+            if future.cancelled():
+                return
+            error = future.exception()
+            if error is not None:
+                server._fail(error)
+            else:
+                server.stats.wal_segments_deleted += future.result()
+
+        future = server._loop.run_in_executor(server._executor, durable.truncate_before, index)
+        future.add_done_callback(done)
+
+    def wake_at(self, deadline: float | None) -> None:
+        """Re-arm the loop's timer, only ever earlier (a timer that fires early just
+        ticks)."""
+        server = self.server
+        loop = server._loop
+        assert loop is not None
+        if deadline is not None and (server._timer_at is None or deadline < server._timer_at):
+            if server._timer is not None:
+                server._timer.cancel()
+            server._timer_at = deadline
+            server._timer = loop.call_at(server._loop_time(deadline), server._on_timer)
+
+    def fail(self, error: BaseException) -> None:
+        """A storage error: the node stops."""
+        self.server._fail(error)
 
 
 def check_data_dir(path: Path) -> None:

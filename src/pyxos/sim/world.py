@@ -8,15 +8,18 @@ and the only random number generator; nodes receive their own ``random.Random`` 
 Everything that happens is an event in one priority queue ordered by (virtual time,
 sequence number), so a seed replays exactly, event for event.
 
-Driving a node after each input follows the core's contract, and models the overlap
-of fsync and sending faithfully:
+Driving a node after each input is the server's own Ready driver
+(:class:`~pyxos.driver.ReadyDriver`, one per node incarnation): the simulator only
+supplies its effects (``_SimEffects``), so every seed checks the driver the server
+runs, and models the overlap of fsync and sending faithfully:
 
 - ``persist`` is written to the node's :class:`~pyxos.storage.memory.MemoryStorage`
   as unsynced; one fsync at a time is in flight and covers every write issued before
   it started (group commit); it completes after a random disk latency.
 - ``send_now`` messages enter the network at once.
 - ``send_after_sync`` messages wait until every write issued up to their Ready is
-  durable; a crash before that drops them together with the unsynced writes.
+  durable; a crash before that drops them together with the unsynced writes (the
+  crash discards the driver and what waits in it).
 
 With disk faults on (``torn_writes``), a crash keeps a random *prefix* of the unsynced
 writes instead of none (a write that reached the platter, and a torn record that
@@ -52,11 +55,12 @@ import heapq
 import math
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pyxos.core.messages import Entry, Message
-from pyxos.core.ready import Node, Send
+from pyxos.core.ready import Node, Persist, Send
+from pyxos.driver import ReadyDriver
 from pyxos.storage.memory import MemoryStorage
 
 __all__ = ["NetworkFaults", "NodeClock", "NodeFactory", "Simulator", "TraceEvent", "format_trace"]
@@ -126,13 +130,8 @@ class _Process:
     tick_at: float | None = None
     paused_until: float = 0.0
     """While ``now`` is below this, the process is frozen: events for it wait."""
-    written: int = 0
-    """Writes issued in this incarnation."""
-    synced: int = 0
-    """Writes durable in this incarnation."""
-    fsync_in_flight: bool = False
-    waiting: list[tuple[int, list[Send]]] = field(default_factory=list)
-    """(writes that must be durable first, messages) in issue order."""
+    driver: ReadyDriver | None = None
+    """This incarnation's Ready driver (None while down)."""
     clock: NodeClock | None = None
     """This node's own clock (None: it reads virtual time exactly)."""
 
@@ -271,8 +270,7 @@ class Simulator:
         proc.node = None
         proc.incarnation += 1
         proc.storage.crash(keep=keep_unsynced)
-        proc.waiting.clear()
-        proc.fsync_in_flight = False
+        proc.driver = None  # with it, the sends waiting for an fsync
         proc.tick_at = None
         self._log("crash", node_id, None, None)
 
@@ -378,9 +376,9 @@ class Simulator:
         proc.node = proc.factory(proc.node_id, proc.storage, node_rng, local)
         proc.up = True
         proc.paused_until = 0.0
-        proc.written = proc.synced = 0
-        proc.fsync_in_flight = False
-        proc.waiting.clear()
+        proc.driver = ReadyDriver(
+            _SimEffects(self, proc), proc.node, ack_before_sync=self.ack_before_sync
+        )
         proc.tick_at = None
         proc.node.tick(local)
         self._drive(proc)
@@ -411,35 +409,10 @@ class Simulator:
         self._drive(proc)
 
     def _drive(self, proc: _Process) -> None:
-        node = proc.node
-        assert node is not None
-        r = node.ready()
-        if r:
-            src = proc.node_id
-            if r.persist:
-                proc.storage.write(r.persist)
-                proc.written += 1
-            for send in r.send_now:
-                for dst in send.to:
-                    self._transmit(src, dst, send.msg)
-            if r.send_after_sync:
-                if (proc.synced >= proc.written and not proc.waiting) or self.ack_before_sync:
-                    for send in r.send_after_sync:
-                        for dst in send.to:
-                            self._transmit(src, dst, send.msg)
-                else:
-                    proc.waiting.append((proc.written, list(r.send_after_sync)))
-            if r.committed:
-                self._log("commit", src, None, r.committed)
-                for observe in self.observers:
-                    observe(src, r.committed)
+        assert proc.driver is not None
+        proc.driver.drive()
 
-            self._start_fsync(proc)
-        snapshot = r.snapshot
-        node.advance()
-        if snapshot is not None:
-            self._save_snapshot(proc, *snapshot)
-        deadline = node.next_deadline()
+    def _wake_at(self, proc: _Process, deadline: float | None) -> None:
         if deadline is not None and proc.clock is not None:
             deadline = proc.clock.when(deadline)  # the node's time -> virtual time
         if deadline is not None and (proc.tick_at is None or deadline < proc.tick_at):
@@ -447,47 +420,40 @@ class Simulator:
             self._push(max(deadline, self.now), _TICK, proc.node_id, proc.incarnation, None)
 
     def _save_snapshot(self, proc: _Process, slot: int, data: bytes) -> None:
+        driver = proc.driver
+        assert driver is not None
         if self.torn_writes and self.rng.random() < 0.05:
             self._log("snapshot-fail", proc.node_id, None, slot)
-            return  # a failed snapshot write changes nothing: no compaction
+            driver.snapshot_failed(slot)  # changes nothing: no compaction
+            return
         proc.storage.save_snapshot(slot, data)
         proc.storage.compact(slot)
         self.stats["snapshots"] = self.stats.get("snapshots", 0) + 1
         self.stats["max_log_entries"] = max(
             self.stats.get("max_log_entries", 0), len(proc.storage.accepted)
         )
-        durable = getattr(proc.node, "snapshot_durable", None)
-        if durable is not None:
-            durable(slot)
+        driver.snapshot_saved(slot)
 
     def _start_fsync(self, proc: _Process) -> None:
-        if proc.fsync_in_flight or proc.synced >= proc.written:
-            return
-        proc.fsync_in_flight = True
+        assert proc.driver is not None
         latency = self.rng.uniform(*self.disk_latency)
-        self._push(self.now + latency, _FSYNC, proc.node_id, proc.incarnation, proc.written)
+        target = proc.driver.written
+        self._push(self.now + latency, _FSYNC, proc.node_id, proc.incarnation, target)
 
     def _on_fsync(self, node_id: int, incarnation: int, target: int) -> None:
         proc = self.procs[node_id]
-        if not proc.up or proc.incarnation != incarnation:
+        if not proc.up or proc.incarnation != incarnation or proc.driver is None:
             return
         if self.fsync_fault is not None and self.fsync_fault(node_id):
             self._log("fsync-fail", node_id, None, None)
             self.crash(node_id)
             return
-        proc.storage.sync(target - proc.synced)
-        proc.synced = target
+        proc.storage.sync(target - proc.driver.synced)
         entries = len(proc.storage.accepted)
         if entries > self.stats.get("max_log_entries", 0):
             self.stats["max_log_entries"] = entries
-        proc.fsync_in_flight = False
         self.stats["fsyncs"] += 1
-        while proc.waiting and proc.waiting[0][0] <= proc.synced:
-            _, sends = proc.waiting.pop(0)
-            for send in sends:
-                for dst in send.to:
-                    self._transmit(node_id, dst, send.msg)
-        self._start_fsync(proc)
+        proc.driver.fsync_done()
 
     def _transmit(self, src: int, dst: int, msg: Message) -> None:
         self.stats["sent"] += 1
@@ -531,6 +497,57 @@ class Simulator:
                 when = max(when, self._link_last.get(link, 0.0))
                 self._link_last[link] = when
             self._push(when, _DELIVER, dst, msg, incarnation)
+
+
+class _SimEffects:
+    """The simulator's side of the Ready driver (``pyxos.driver.Effects``) for one
+    node incarnation: its simulated disk, the simulated network, virtual timers."""
+
+    def __init__(self, sim: Simulator, proc: _Process) -> None:
+        self.sim = sim
+        self.proc = proc
+
+    def write(self, persist: Persist) -> None:
+        """Unsynced until the next fsync completes."""
+        self.proc.storage.write(persist)
+
+    def start_fsync(self) -> None:
+        """Completes after a random disk latency (an event)."""
+        self.sim._start_fsync(self.proc)
+
+    def send(self, send: Send) -> None:
+        """Onto the simulated network."""
+        src = self.proc.node_id
+        for dst in send.to:
+            self.sim._transmit(src, dst, send.msg)
+
+    def committed(self, entries: list[Entry]) -> None:
+        """To the safety checkers."""
+        sim = self.sim
+        src = self.proc.node_id
+        sim._log("commit", src, None, entries)
+        for observe in sim.observers:
+            observe(src, entries)
+
+    def save_snapshot(self, slot: int, data: bytes) -> None:
+        """Written at once (or failed, with disk faults on)."""
+        self.sim._save_snapshot(self.proc, slot, data)
+
+    def checkpoint(self) -> int | None:
+        """Nothing to truncate: the memory storage compacts as the snapshot lands."""
+        return None
+
+    def truncate(self, index: int) -> None:
+        """Never asked (no checkpoints)."""
+
+    def wake_at(self, deadline: float | None) -> None:
+        """A tick event at the virtual time the node's clock shows ``deadline``."""
+        self.sim._wake_at(self.proc, deadline)
+
+    def fail(self, error: BaseException) -> None:
+        """A storage error stops the node, as in the server."""
+        self.sim._log("storage-fail", self.proc.node_id, None, repr(error))
+        self.sim.crash(self.proc.node_id)
 
 
 def _stale_counts(node: Node | None) -> dict[str, int]:
