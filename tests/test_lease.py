@@ -218,8 +218,8 @@ def test_a_node_that_rebuilt_its_lost_log_still_holds_for_one_lease_from_its_sta
 
     r = _restarted(5.0, rebuilding=True)
     r.tick(5.01)
-    r.step(RebuildInfo(1, ZERO, -1))
-    r.step(RebuildInfo(3, ZERO, -1))
+    r.step(RebuildInfo(1, ZERO, -1, nonce=r.rebuild_nonce))
+    r.step(RebuildInfo(3, ZERO, -1, nonce=r.rebuild_nonce))
     assert r.rebuild_caught_up
     r.finish_rebuild(0)
     assert not r.rebuilding

@@ -293,12 +293,12 @@ def test_a_bootstrapping_node_votes_only_once_every_peer_answered_fresh() -> Non
     r.tick(0.0)
     assert any(isinstance(m, RebuildQuery) for m in _answers(r))
     r.advance()
-    r.step(RebuildInfo(2, Ballot(0, 0), -1, rebuilding=True, fresh=True))
+    r.step(RebuildInfo(2, Ballot(0, 0), -1, rebuilding=True, fresh=True, nonce=r.rebuild_nonce))
     assert r.rebuilding, "one fresh answer of two is not enough"
     r.step(Prepare(3, Ballot(1, 3)))
     assert not [m for m in _answers(r) if isinstance(m, Promise)], "no vote while bootstrapping"
     r.advance()
-    r.step(RebuildInfo(3, Ballot(0, 0), -1, rebuilding=False, fresh=True))
+    r.step(RebuildInfo(3, Ballot(0, 0), -1, rebuilding=False, fresh=True, nonce=r.rebuild_nonce))
     assert not r.rebuilding and not r.bootstrapping
     ready = r.ready()
     assert ready.persist.rebuilt == 0, "the end of the bootstrap is durable"
@@ -310,9 +310,9 @@ def test_a_bootstrapping_node_that_meets_a_peer_with_state_rebuilds() -> None:
     r = replica(1, bootstrapping=True)
     r.tick(0.0)
     r.advance()
-    r.step(RebuildInfo(2, Ballot(3, 2), 7))  # a member holding state
+    r.step(RebuildInfo(2, Ballot(3, 2), 7, nonce=r.rebuild_nonce))  # a member holding state
     assert r.rebuilding and not r.bootstrapping, "the cluster exists: rebuild"
-    r.step(RebuildInfo(3, Ballot(0, 0), -1, rebuilding=True, fresh=True))
+    r.step(RebuildInfo(3, Ballot(0, 0), -1, rebuilding=True, fresh=True, nonce=r.rebuild_nonce))
     assert r.rebuilding, "a peer bootstrapping too bounds nothing"
     assert r.majority_lost, "node 1 and node 3 hold no state: a quorum"
 
@@ -335,15 +335,21 @@ def test_a_member_that_finished_its_bootstrap_lets_the_others_finish_theirs() ->
 
     nodes = {i: replica(i, bootstrapping=True) for i in (1, 2, 3)}
     # Node 1 hears both others bootstrapping and finishes first...
-    nodes[1].step(RebuildInfo(2, Ballot(0, 0), -1, rebuilding=True, fresh=True))
-    nodes[1].step(RebuildInfo(3, Ballot(0, 0), -1, rebuilding=True, fresh=True))
+    nodes[1].step(
+        RebuildInfo(2, Ballot(0, 0), -1, rebuilding=True, fresh=True, nonce=nodes[1].rebuild_nonce)
+    )
+    nodes[1].step(
+        RebuildInfo(3, Ballot(0, 0), -1, rebuilding=True, fresh=True, nonce=nodes[1].rebuild_nonce)
+    )
     assert not nodes[1].rebuilding
     nodes[1].advance()
     # ...and node 2 then hears a member that has never held state: still a new cluster.
-    nodes[1].step(RebuildQuery(2))
+    nodes[1].step(RebuildQuery(2, nodes[2].rebuild_nonce))
     (info,) = _answers(nodes[1])
     nodes[2].step(info)  # type: ignore[arg-type]
-    nodes[2].step(RebuildInfo(3, Ballot(0, 0), -1, rebuilding=True, fresh=True))
+    nodes[2].step(
+        RebuildInfo(3, Ballot(0, 0), -1, rebuilding=True, fresh=True, nonce=nodes[2].rebuild_nonce)
+    )
     assert not nodes[2].rebuilding
 
 
@@ -354,8 +360,8 @@ def test_a_majority_without_state_is_detected_and_cleared_when_a_peer_recovers()
     r.tick(0.0)
     r.advance()
     assert not r.majority_lost, "nobody answered yet"
-    r.step(RebuildInfo(2, Ballot(0, 0), -1, rebuilding=True))
+    r.step(RebuildInfo(2, Ballot(0, 0), -1, rebuilding=True, nonce=r.rebuild_nonce))
     assert r.majority_lost, "node 1 and node 2 lost their state: no rebuild can finish"
     assert r.peers_without_state() == {2} and r.peers_unanswered() == {3}
-    r.step(RebuildInfo(2, Ballot(2, 3), 4))
+    r.step(RebuildInfo(2, Ballot(2, 3), 4, nonce=r.rebuild_nonce))
     assert not r.majority_lost

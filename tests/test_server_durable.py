@@ -8,7 +8,7 @@ import pytest
 
 from pyxos.core.ballot import ZERO, Ballot
 from pyxos.core.messages import Entry
-from pyxos.core.ready import Persist
+from pyxos.core.ready import Fence, FenceState, Persist
 from pyxos.storage.durable import (
     REBUILT,
     AcceptorStateLost,
@@ -158,18 +158,17 @@ def test_a_huge_persist_is_split_into_records_under_the_limit(tmp_path: Path) ->
 def test_every_persist_field_reaches_the_log(tmp_path: Path) -> None:
     """A non-empty Persist must never write nothing (a new field would be lost)."""
     fields = set(Persist.__struct_fields__)
-    assert fields <= {"promised", "accepted", "chosen", "rebuilt"}, fields
+    assert fields <= {"promised", "accepted", "chosen", "rebuilt", "fences"}, fields
     durable, _ = DurableAcceptor.open(tmp_path)
     persist = Persist()
-    if "rebuilt" in fields:
-        persist.rebuilt = 7  # type: ignore[attr-defined]
-        durable.write(persist)
-        durable.sync()
-        durable.close()
-        _, state = DurableAcceptor.open(tmp_path)
-        assert state.rebuilt == 7
-    else:
-        durable.close()
+    persist.rebuilt = 7
+    persist.fences = [Fence(2, 9), Fence(3, 4, Ballot(1, 3))]
+    durable.write(persist)
+    durable.sync()
+    durable.close()
+    _, state = DurableAcceptor.open(tmp_path)
+    assert state.rebuilt == 7
+    assert state.fences == {2: FenceState(up={9}), 3: FenceState(Ballot(1, 3))}
 
 
 def test_open_for_rebuild_quarantines_the_log_and_remembers_it(tmp_path: Path) -> None:

@@ -30,9 +30,15 @@ decree is slot 0.
   any promise to run for leader, it asks whether a quorum has lost its leader too
   (pre-vote), so a node that was partitioned away cannot depose a healthy leader when
   it returns, and whether it is far behind them (then it must not lead).
-- ``RebuildQuery`` / ``RebuildInfo``: a node that lost its acceptor state (corrupt or
-  wiped disk), or is bootstrapping, asks every peer for its promised ballot and the
-  last slot it accepted, and whether it ever held any state at all.
+- ``RebuildQuery(nonce)`` / ``RebuildInfo(nonce)``: a node that lost its acceptor
+  state (corrupt or wiped disk), or is bootstrapping, asks every peer for its promised
+  ballot and the last slot it accepted, and whether it ever held any state at all.
+  Before it answers, the peer durably fences every ballot the asker owns (fence
+  ``nonce``); the answer echoes the nonce, so an answer to an earlier incarnation's
+  query is not counted.
+- ``FenceLift(nonce, bound)``: the rebuilt node lifts fence ``nonce``: only its
+  ballots up to ``bound`` stay refused. ``Fenced(nonces)``: a refusal because those
+  fences are still up (the owner lifts them).
 - ``ClientRequest`` / ``ClientReply``: a client's command and its result.
 """
 
@@ -50,6 +56,9 @@ __all__ = [
     "Commit",
     "Decided",
     "Entry",
+    "Fence",
+    "FenceLift",
+    "Fenced",
     "Fetch",
     "Message",
     "Nack",
@@ -71,6 +80,20 @@ class Entry(msgspec.Struct, frozen=True, array_like=True):
     slot: int
     ballot: Ballot
     value: bytes
+
+
+class Fence(msgspec.Struct, frozen=True, array_like=True):
+    """One change to the fences this acceptor holds against ``owner``'s ballots.
+
+    ``bound=None`` puts up fence ``nonce``: every ballot ``owner`` owns is refused (the
+    answer to ``owner``'s rebuild query ``nonce`` leaves only once this is durable).
+    A ballot ``bound`` lifts fence ``nonce``: from then on only ``owner``'s ballots up to
+    ``bound`` are refused. See "Rebuilding" in ``core/replica.py``.
+    """
+
+    owner: int
+    nonce: int
+    bound: Ballot | None = None
 
 
 class Prepare(msgspec.Struct, frozen=True, array_like=True, tag="prepare"):
@@ -206,22 +229,46 @@ class PreVoteReply(msgspec.Struct, frozen=True, array_like=True, tag="prevote-re
 
 
 class RebuildQuery(msgspec.Struct, frozen=True, array_like=True, tag="rebuild-query"):
-    """From a node rebuilding lost acceptor state: report your promise and last slot."""
+    """From a node rebuilding lost acceptor state: report your promise and last slot,
+    once every ballot I own is durably fenced (fence ``nonce``, one per incarnation)."""
 
     src: int
+    nonce: int = 0
 
 
 class RebuildInfo(msgspec.Struct, frozen=True, array_like=True, tag="rebuild-info"):
     """A peer's promised ballot and the highest slot it ever accepted (or its log start);
     ``rebuilding``: the peer lost its own state too (or is bootstrapping), and its
     figures bound nothing; ``fresh``: the peer has never held any state (it is
-    bootstrapping, or a member that has promised, accepted and learned nothing)."""
+    bootstrapping, or a member that has promised, accepted and learned nothing);
+    ``nonce``: the query's, whose fence was durable before these figures were taken;
+    ``fences``: the fences the peer holds against every node's ballots (a rebuilding
+    asker adopts them: its own lost disk may have held some)."""
 
     src: int
     promised: Ballot
     last_slot: int
     rebuilding: bool = False
     fresh: bool = False
+    nonce: int = 0
+    fences: tuple[Fence, ...] = ()
+
+
+class FenceLift(msgspec.Struct, frozen=True, array_like=True, tag="fence-lift"):
+    """The sender's rebuild is over (or it votes again): lift fence ``nonce``; keep
+    refusing the sender's ballots up to ``bound`` (its old incarnations' ballots), and
+    no others."""
+
+    src: int
+    nonce: int
+    bound: Ballot
+
+
+class Fenced(msgspec.Struct, frozen=True, array_like=True, tag="fenced"):
+    """A ballot of yours was refused: fences ``nonces`` against you are still up."""
+
+    src: int
+    nonces: tuple[int, ...]
 
 
 class ClientRequest(msgspec.Struct, frozen=True, array_like=True, tag="req"):
@@ -262,6 +309,8 @@ Message = (
     | PreVoteReply
     | RebuildQuery
     | RebuildInfo
+    | FenceLift
+    | Fenced
     | ReadAck
     | ClientRequest
     | ClientReply

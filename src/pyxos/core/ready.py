@@ -34,10 +34,10 @@ from typing import Protocol
 
 import msgspec
 
-from pyxos.core.ballot import Ballot
-from pyxos.core.messages import Entry, Message
+from pyxos.core.ballot import ZERO, Ballot
+from pyxos.core.messages import Entry, Fence, Message
 
-__all__ = ["Node", "Persist", "Ready", "Rng", "Send"]
+__all__ = ["Fence", "FenceState", "Node", "Persist", "Ready", "Rng", "Send"]
 
 
 class Rng(Protocol):
@@ -52,13 +52,45 @@ class Rng(Protocol):
         ...
 
 
+@dataclass(slots=True)
+class FenceState:
+    """The fences an acceptor holds against one owner's ballots.
+
+    Invariant: a ballot of the owner is refused iff ``up`` is non-empty or it is at
+    most ``lifted``.
+    """
+
+    lifted: Ballot = ZERO
+    """The highest bound any lifted fence left: the owner's ballots up to it are dead."""
+    up: set[int] = field(default_factory=set)
+    """Nonces of fences put up and not lifted yet: every ballot of the owner is refused."""
+
+    def apply(self, fence: Fence) -> None:
+        """Apply one recorded change (recovery replays them in order)."""
+        if fence.bound is None:
+            self.up.add(fence.nonce)
+        else:
+            self.up.discard(fence.nonce)
+            self.lifted = max(self.lifted, fence.bound)
+
+    def refuses(self, ballot: Ballot) -> bool:
+        """True if a ballot of the owner must be neither promised nor accepted."""
+        return bool(self.up) or ballot <= self.lifted
+
+    def records(self, owner: int) -> list[Fence]:
+        """The changes that rebuild this state from nothing (for a checkpoint)."""
+        out = [Fence(owner, -1, self.lifted)] if self.lifted > ZERO else []
+        return out + [Fence(owner, n) for n in sorted(self.up)]
+
+
 class Persist(msgspec.Struct, array_like=True):
     """Acceptor state that must be durable before acceptor replies leave.
 
     ``promised`` is the new promised ballot (``None``: unchanged); ``accepted`` are the
     entries newly accepted; ``chosen`` the new first-unchosen slot (``-1``: unchanged;
     a watermark only, safe to lose); ``rebuilt`` marks the end of a rebuild (written
-    together with the raised promise).
+    together with the raised promise); ``fences`` are fences put up or lifted against
+    other nodes' ballots (in order).
     """
 
     promised: Ballot | None = None
@@ -67,6 +99,8 @@ class Persist(msgspec.Struct, array_like=True):
     rebuilt: int = -1
     """A rebuild finished: the acceptor holds nothing trustworthy below this slot, and
     the state written from here on can be trusted (``-1``: no rebuild finished)."""
+    fences: list[Fence] = msgspec.field(default_factory=list)
+    """Fences put up (before a rebuild answer leaves) or lifted, oldest first."""
 
     def __bool__(self) -> bool:
         return (
@@ -74,6 +108,7 @@ class Persist(msgspec.Struct, array_like=True):
             or bool(self.accepted)
             or self.chosen >= 0
             or self.rebuilt >= 0
+            or bool(self.fences)
         )
 
     def absorb(self, later: Persist) -> None:
@@ -83,6 +118,7 @@ class Persist(msgspec.Struct, array_like=True):
         self.accepted.extend(later.accepted)
         self.chosen = max(self.chosen, later.chosen)
         self.rebuilt = max(self.rebuilt, later.rebuilt)
+        self.fences.extend(later.fences)
 
 
 @dataclass(slots=True)

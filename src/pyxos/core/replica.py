@@ -75,15 +75,55 @@ Rebuilding (a node whose acceptor state is corrupt or was wiped). Such a node mu
 never contradict a promise or an acceptance it no longer remembers. It starts in
 ``rebuilding``: it neither promises, accepts, grants pre-votes nor runs for leader; it
 only learns. It asks *every* peer (``RebuildQuery``) for its promised ballot and the
-last slot it accepted. Every ballot this node could have promised was first promised
-durably by its own proposer, and every slot it could have accepted was first accepted
-by the leader that proposed it; so the maximum over all peers bounds both. Once every
-peer has answered and the node has learned every slot up to that last slot, it raises
-its promise to the maximum promise reported and treats the slots below its first
-unchosen one as compacted: the service layer first makes a snapshot of them durable
+last slot it accepted, and each peer, before it answers, **fences** the asker: it
+durably records that it will promise and accept no ballot the asker owns (the answer
+leaves only after that fsync). Once every peer has answered and the node has learned
+every slot up to the highest last slot reported, it raises its promise to the maximum
+promise reported, ``F``, and treats the slots below its first unchosen one as
+compacted: the service layer first makes a snapshot of them durable
 (``rebuild_caught_up``, then ``finish_rebuild``), so a new leader fetches those slots,
 from this node's snapshot if need be, instead of trusting its empty report for them.
-Then it votes again. A rule that waits
+Then it votes again, and asks its peers to lift the fence down to ``F``
+(``FenceLift``): they keep refusing its ballots up to ``F`` and accept the rest.
+
+Why that bounds what the lost state held. Every ballot this node could have promised
+was first promised durably by its own proposer; one of ours that reached phase 2 was
+also promised by a phase-1 quorum, which holds a peer that kept its state: all are at
+most ``F``. A slot it could have accepted in another leader's ballot was first
+accepted by that leader, a peer, so it is at most that peer's last slot. A slot it
+accepted in one of its *own* ballots is the exception: as leader it accepted the slot
+before its Accepts reached anybody, and they may still be in flight when its peers
+answer. Were one accepted after the answers, it would complete a quorum with the vote
+this node forgot, for a slot its rebuild did not cover, and a later leader, to whom
+nobody reports that slot, would choose another value there (the simulator on the real
+WAL found this: leader 2's Accept of slot 12 delayed 92 ms across its own wipe and
+rebuild; ``tests/test_rebuild_fence.py`` scripts it). The fence closes it: a vote of
+one of our old ballots at a peer was cast before that peer's answer (then the slot is
+at most its last slot, and we learn the slot before we vote) or is refused, for good,
+as the ballot is at most ``F``. Above every reported last slot, our old ballots hold
+votes only at nodes that lost their state, which contain no phase-2 quorum: nothing
+was, or ever will be, chosen there in them. Our old ballots above ``F`` never reached
+phase 2 (no Accept of theirs exists); a late Prepare of one only raises a promise.
+
+The fence's bookkeeping. Fences are per query: ``nonce`` is random per incarnation,
+a peer holds the nonces of fences still up against each owner, and a lift names the
+fence it lifts. So a late lift of an earlier incarnation never lowers a later one's
+fence, and an answer to an earlier incarnation's query is ignored (its fence may have
+been lifted since by the incarnation it belonged to). A peer that is rebuilding fences
+too (it will vote again one day), and a fence must outlive its holder's disk: a node
+that rebuilds adopts the fences its peers report (``RebuildInfo.fences``; every peer
+that answered the fenced node holds them, so one that kept its state reports them).
+Otherwise a peer wiped after answering could rebuild with a promise equal to the old
+ballot and accept its late Accept. A lift can be lost, and the node can crash before it
+sends one: a peer that refuses a ballot, or a pre-vote, of a node it still fences up
+says so (``Fenced``), and a node that votes answers with a lift to ``fence_bound``: the
+promise it started voting with, which is at least ``F`` (every fence against it
+belongs to its own finished rebuild or an earlier incarnation's) and below every
+ballot it runs. A ballot refused by a lifted fence gets a Nack carrying the bound, so
+its owner picks above it. The bootstrap path is the same (its ``F`` is ``ZERO`` when
+every answer is fresh: none of our ballots can have reached phase 2).
+
+A rule that waits
 only for one new phase 1 after the rebuild is not enough on its own: a ballot promised
 before the wipe can be higher than that new phase's ballot and still be in flight.
 Five nodes A B C D X: C runs phase 1 for b_old with promises from C, X and D (D's not
@@ -146,7 +186,7 @@ from __future__ import annotations
 
 import enum
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from pyxos.core.acceptor import Acceptor
@@ -157,6 +197,8 @@ from pyxos.core.messages import (
     Commit,
     Decided,
     Entry,
+    Fenced,
+    FenceLift,
     Fetch,
     Message,
     Nack,
@@ -169,7 +211,7 @@ from pyxos.core.messages import (
     RebuildQuery,
 )
 from pyxos.core.quorum import QuorumSystem
-from pyxos.core.ready import Ready, Rng, Send
+from pyxos.core.ready import Fence, FenceState, Ready, Rng, Send
 
 __all__ = ["NOOP", "Replica", "ReplicaConfig", "Role"]
 
@@ -253,6 +295,7 @@ class Replica:
         rebuilding: bool = False,
         rebuilt_from: int = 0,
         bootstrapping: bool = False,
+        fences: Mapping[int, FenceState] | None = None,
     ) -> None:
         if node_id not in quorum.members:
             raise ValueError(f"node {node_id} is not a member of {quorum.members}")
@@ -360,6 +403,21 @@ class Replica:
         """After a rebuild: our acceptor holds nothing below this slot (like compaction).
         Durable (``Persist.rebuilt``): a restart must not forget it, or the node would
         report an empty, "complete" history for slots it lost."""
+        self.fences: dict[int, FenceState] = {
+            owner: FenceState(f.lifted, set(f.up)) for owner, f in (fences or {}).items()
+        }
+        """owner -> the fences we hold against the owner's ballots: put up before we
+        answered its rebuild query, lifted once it rebuilt. Durable (``Persist.fences``).
+        Invariant: we promise and accept no ballot a fence refuses."""
+        self.fenced_refused = 0
+        """Prepare and Accept messages refused because a fence covers their ballot."""
+        self.rebuild_nonce = int(rng.random() * (1 << 53)) if self.rebuilding else 0
+        """This incarnation's rebuild query number: random, so another incarnation's
+        answers (which its fences did not precede) are told apart and ignored."""
+        self.fence_bound: Ballot = promised
+        """Every ballot of ours that an earlier incarnation of this node may have used
+        is at most this, and every ballot we run from now on is above it: the bound
+        we lift our peers' fences to (the promise we start voting with)."""
         self.elections = 0
         self.leader_changes = 0
         self._ready = Ready()
@@ -439,9 +497,13 @@ class Replica:
             case RebuildQuery():
                 self._on_rebuild_query(msg)
             case RebuildInfo():
-                if self.rebuilding:
+                if self.rebuilding and msg.nonce == self.rebuild_nonce:
                     self.rebuild_info[msg.src] = msg
                     self._try_finish_rebuild()
+            case FenceLift():
+                self._on_fence_lift(msg)
+            case Fenced():
+                self._on_fenced(msg)
             case _:
                 pass
 
@@ -527,6 +589,8 @@ class Replica:
         if self.rebuilding:
             self._note_ballot(msg.ballot)
             return  # no vote while our acceptor state cannot be trusted
+        if self._fence_refuses(msg.src, msg.ballot):
+            return
         if self._lease_held_against(msg.src) > self.now:
             # We granted a lease to another leader (or have just started and may have
             # forgotten one): promise nobody else until it ends.
@@ -548,6 +612,8 @@ class Replica:
         if self.rebuilding:
             self._heard_from_leader(msg.ballot)
             self._learn_commit(msg.ballot, msg.chosen)
+            return
+        if self._fence_refuses(msg.src, msg.ballot):
             return
         if not self.acceptor.on_accept(msg.ballot, msg.slot, msg.values):
             self._send_after_sync(
@@ -646,11 +712,16 @@ class Replica:
         # be refused anyway.
         recent = self.now - self.leader_contact < self.config.election_timeout[0]
         lagging = msg.first_unchosen + self.config.window < self.first_unchosen
+        fence = self.fences.get(msg.src)
+        if fence is not None and fence.up:
+            # Its ballots would be refused: have it lift our fences first.
+            self._send_now((msg.src,), Fenced(self.node_id, tuple(sorted(fence.up))))
         granted = (
             not (self.leader != 0 and recent)
             and not self.rebuilding
             and not lagging
             and self._lease_held_against(msg.src) <= self.now
+            and not (fence is not None and fence.up)
         )
         self._send_now((msg.src,), PreVoteReply(self.node_id, msg.ballot, granted, self.leader))
 
@@ -661,15 +732,75 @@ class Replica:
         return max(self.log_start, self.rebuilt_from)
 
     def _on_rebuild_query(self, msg: RebuildQuery) -> None:
+        if msg.src not in self.peers:
+            return
+        # Fence every ballot the asker owns before we answer (the answer waits for the
+        # fsync): a late Accept of its lost incarnation either reached us before, and
+        # is in the figures we report, or is refused from now on. A rebuilding node
+        # fences too: it will vote again one day.
+        fence = self.fences.setdefault(msg.src, FenceState())
+        if msg.nonce not in fence.up:
+            change = Fence(msg.src, msg.nonce)
+            fence.apply(change)
+            self._ready.persist.fences.append(change)
         if self.rebuilding:
             # Our own state is no bound for anyone; say so, so that the asker need
             # not wait for us (see _try_finish_rebuild).
-            info = RebuildInfo(self.node_id, ZERO, -1, rebuilding=True, fresh=self.bootstrapping)
-            self._send_now((msg.src,), info)
-            return
-        last = max(max(self.acceptor.accepted, default=-1), self._acceptor_start() - 1)
-        info = RebuildInfo(self.node_id, self.acceptor.promised, last, fresh=self._fresh())
-        self._send_now((msg.src,), info)
+            info = RebuildInfo(
+                self.node_id,
+                ZERO,
+                -1,
+                rebuilding=True,
+                fresh=self.bootstrapping,
+                nonce=msg.nonce,
+            )
+        else:
+            last = max(max(self.acceptor.accepted, default=-1), self._acceptor_start() - 1)
+            held = tuple(f for o, st in sorted(self.fences.items()) for f in st.records(o))
+            info = RebuildInfo(
+                self.node_id,
+                self.acceptor.promised,
+                last,
+                fresh=self._fresh(),
+                nonce=msg.nonce,
+                fences=held,
+            )
+        self._send_after_sync((msg.src,), info)
+
+    def _fence_refuses(self, src: int, ballot: Ballot) -> bool:
+        """True (and the sender is told) if a fence forbids promising or accepting
+        ``ballot``: a ballot of an incarnation of its owner that lost its state."""
+        owner = ballot.node
+        fence = self.fences.get(owner)
+        if fence is None or owner == self.node_id or not fence.refuses(ballot):
+            return False
+        self.fenced_refused += 1
+        self._note_ballot(ballot)
+        if fence.up:
+            # The owner rebuilt (or is rebuilding) and has not lifted them yet.
+            self._send_now((owner,), Fenced(self.node_id, tuple(sorted(fence.up))))
+        else:
+            # A ballot of a lost incarnation, or one the owner picked too low: make it
+            # pick above the bound.
+            above = max(self.acceptor.promised, fence.lifted)
+            self._send_after_sync((src,), Nack(self.node_id, ballot, above, self.leader))
+        return True
+
+    def _on_fence_lift(self, msg: FenceLift) -> None:
+        fence = self.fences.get(msg.src)
+        if fence is None or msg.nonce not in fence.up:
+            return  # lifted already, or a fence we never held: nothing to lower
+        change = Fence(msg.src, msg.nonce, msg.bound)
+        fence.apply(change)
+        self._ready.persist.fences.append(change)
+
+    def _on_fenced(self, msg: Fenced) -> None:
+        if self.rebuilding:
+            return  # our fences are lifted when the rebuild ends
+        # Every fence against us belongs to this incarnation's finished rebuild or to
+        # an earlier incarnation: fence_bound bounds the ballots of all of them.
+        for nonce in msg.nonces:
+            self._send_now((msg.src,), FenceLift(self.node_id, nonce, self.fence_bound))
 
     def _fresh(self) -> bool:
         """A member that has never held state: nothing promised, accepted or learned."""
@@ -698,7 +829,7 @@ class Replica:
         missing = tuple(
             p for p in self.peers if p not in self.rebuild_info or self.rebuild_info[p].rebuilding
         )
-        self._send_now(missing, RebuildQuery(self.node_id))
+        self._send_now(missing, RebuildQuery(self.node_id, self.rebuild_nonce))
         self.rebuild_query_due = self.now + self.config.heartbeat_interval * 2
 
     def _try_finish_rebuild(self) -> None:
@@ -739,6 +870,7 @@ class Replica:
         self.majority_lost = False
         self._ready.persist.rebuilt = self.rebuilt_from
         self.election_deadline = self.now + self._election_timeout()
+        self._lift_fences()
 
     def finish_rebuild(self, snapshot_slot: int) -> None:
         """End a rebuild once a snapshot covering every slot below ``snapshot_slot`` is
@@ -756,11 +888,27 @@ class Replica:
             self.acceptor.promised = promised
             self.acceptor.pending.promised = promised
         self._note_ballot(promised)
+        # Fences our lost disk held: every peer that kept its state holds them too.
+        for info in self.rebuild_info.values():
+            for fence in info.fences:
+                if fence.owner != self.node_id and fence.owner in self.members:
+                    held = self.fences.setdefault(fence.owner, FenceState())
+                    held.apply(fence)
+                    self._ready.persist.fences.append(fence)
         self.rebuilt_from = snapshot_slot
         self.rebuilding = False
         self.majority_lost = False
         self._ready.persist.rebuilt = snapshot_slot
         self.election_deadline = self.now + self._election_timeout()
+        self._lift_fences()
+
+    def _lift_fences(self) -> None:
+        """The rebuild is over: our peers may lift the fences our query put up. Our old
+        incarnations' ballots stay fenced up to the promise we vote with; ours are
+        above it. A lost FenceLift is sent again when a peer says it still fences us."""
+        self.fence_bound = self.acceptor.promised
+        lift = FenceLift(self.node_id, self.rebuild_nonce, self.fence_bound)
+        self._send_after_sync(self.peers, lift)
 
     # -- learning --------------------------------------------------------------------------
 

@@ -49,7 +49,15 @@ CONSTANTS = frozenset(
 """Attributes that are the same in every state of one scope (or driver scratch)."""
 
 STATISTICS = frozenset(
-    {"elections", "leader_changes", "rounds_started", "writes", "syncs", "stale_ballot"}
+    {
+        "elections",
+        "leader_changes",
+        "rounds_started",
+        "writes",
+        "syncs",
+        "stale_ballot",
+        "fenced_refused",
+    }
 )
 """Write-only counters: no transition and no checked property reads them."""
 

@@ -85,6 +85,7 @@ class ReplicaModel(Model):
             now=now,
             rebuilding=storage.needs_rebuild,
             rebuilt_from=storage.rebuilt_from,
+            fences=storage.fences,
         )
         if storage.snapshot is not None:
             slot = storage.snapshot[0]

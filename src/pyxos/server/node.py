@@ -328,6 +328,7 @@ class NodeServer:
             rebuilding=state.needs_rebuild,
             rebuilt_from=max(state.rebuilt, 0),
             bootstrapping=state.bootstrapping,
+            fences=state.fences,
         )
         self.node = ServiceNode(
             replica,

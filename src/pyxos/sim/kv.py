@@ -338,6 +338,7 @@ def service_node_factory(
             now=now,
             rebuilding=storage.needs_rebuild,
             rebuilt_from=storage.rebuilt_from,
+            fences=storage.fences,
             bootstrapping=storage.bootstrapping,
         )
         node = ServiceNode(

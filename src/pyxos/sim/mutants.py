@@ -209,11 +209,22 @@ class RebuildQuorumReplica(Replica):
         self.rebuild_caught_up = True
 
 
+class RebuildNoFenceReplica(Replica):
+    """A peer that answers a rebuild query without fencing the asker's ballots: a late
+    Accept of the wiped leader's old ballot, still in flight, can then complete a
+    quorum with the vote the rebuilt node forgot, for a slot its rebuild did not cover
+    (the gap the simulator found on the real WAL, seed 224)."""
+
+    def _fence_refuses(self, src: int, ballot: Ballot) -> bool:
+        return False
+
+
 REPLICA_MUTANTS: dict[str, type[Replica]] = {
     "drift-blind-lease": DriftBlindLeaseReplica,
     "wrong-drift-margin": WrongDriftMarginReplica,
     "heartbeat-deaf": HeartbeatDeafReplica,
     "rebuild-quorum": RebuildQuorumReplica,
+    "rebuild-no-fence": RebuildNoFenceReplica,
     "eternal-lease": EternalLeaseReplica,
     "unconfirmed-reads": UnconfirmedReadReplica,
     "amnesia": AmnesiacReplica,

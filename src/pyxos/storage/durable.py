@@ -20,6 +20,11 @@ not be able to run code when read back):
   a later ``REBUILT`` record the node does not vote: it first asks its peers whether
   the cluster is new (its empty state is then the truth) or exists (then its disk may
   have been a wiped member's, and it rebuilds). See the notes in ``core/replica.py``.
+- ``FENCE`` (7): one ``Fence(owner, nonce, bound)``: a fence against ``owner``'s
+  ballots put up (``bound`` nil) before this node answered ``owner``'s rebuild query,
+  or lifted down to ``bound``. Replayed in order into one ``FenceState`` per owner.
+  Logs written before fences existed simply hold none (every older log stays
+  readable); a log holding one is refused by older code (unknown record type).
 
 ``write`` only buffers (``WAL.append``: nothing touches the disk); ``sync`` writes and
 fsyncs everything buffered so far with one ``fdatasync`` (group commit). ``write`` may
@@ -33,7 +38,8 @@ torn tail is truncated by the WAL and reported in ``RecoveryReport``: those reco
 were never synced, so nothing that depended on them ever left the node.
 
 Compaction: after a durable snapshot at slot ``S``, the driver ``checkpoint``s the
-whole acceptor state (promise, the entries it still keeps, the chosen watermark) and,
+whole acceptor state (promise, the entries it still keeps, the chosen watermark, and
+the fences, which this object tracks from what it recovered and writes) and,
 once that is synced, deletes the WAL segments entirely before the checkpoint
 (``truncate_before``). Whatever those segments held is either repeated in the
 checkpoint or covered by the snapshot.
@@ -67,7 +73,7 @@ import msgspec
 
 from pyxos.core.ballot import ZERO, Ballot
 from pyxos.core.messages import Entry
-from pyxos.core.ready import Persist
+from pyxos.core.ready import Fence, FenceState, Persist
 from pyxos.storage.fs import OS, FileSystem
 from pyxos.storage.snapshot import Snapshot, load_latest_snapshot
 from pyxos.storage.wal import (
@@ -87,6 +93,7 @@ __all__ = [
     "ACCEPTED",
     "BOOTSTRAPPING",
     "CHOSEN",
+    "FENCE",
     "NEEDS_REBUILD",
     "PROMISED",
     "REBUILT",
@@ -114,11 +121,14 @@ NEEDS_REBUILD = 5
 """WAL record type that starts a log over after its acceptor state was lost."""
 BOOTSTRAPPING = 6
 """WAL record type that starts the log of a node started with the bootstrap flag."""
+FENCE = 7
+"""WAL record type of a fence put up or lifted against another node's ballots."""
 
 _encoder = msgspec.msgpack.Encoder()
 _ballot_decoder = msgspec.msgpack.Decoder(Ballot)
 _entries_decoder = msgspec.msgpack.Decoder(list[Entry])
 _int_decoder = msgspec.msgpack.Decoder(int)
+_fence_decoder = msgspec.msgpack.Decoder(Fence)
 
 
 class DurableStateError(Exception):
@@ -155,6 +165,8 @@ class Recovered:
     bootstrapping: bool = False
     """The log was created by ``open_for_bootstrap`` and no bootstrap or rebuild has
     finished since: the node asks its peers whether the cluster is new before it votes."""
+    fences: dict[int, FenceState] = field(default_factory=dict)
+    """owner -> the fences this node holds against that node's ballots."""
     report: RecoveryReport | None = None
 
 
@@ -184,6 +196,7 @@ def encode_persist(persist: Persist) -> list[tuple[int, bytes]]:
     rebuilt: int = getattr(persist, "rebuilt", -1)
     if rebuilt >= 0:
         records.append((REBUILT, _encoder.encode(rebuilt)))
+    records += [(FENCE, _encoder.encode(f)) for f in getattr(persist, "fences", ())]
     return records
 
 
@@ -205,6 +218,9 @@ def _decode(index: int, rtype: int, payload: bytes, state: Recovered) -> None:
             state.bootstrapping = False
         elif rtype == BOOTSTRAPPING:
             state.bootstrapping = True
+        elif rtype == FENCE:
+            fence = _fence_decoder.decode(payload)
+            state.fences.setdefault(fence.owner, FenceState()).apply(fence)
         else:
             raise DurableStateError(f"WAL record {index} has unknown type {rtype}")
     except msgspec.DecodeError as e:
@@ -214,9 +230,13 @@ def _decode(index: int, rtype: int, payload: bytes, state: Recovered) -> None:
 class DurableAcceptor:
     """One node's acceptor state on a WAL; create it with ``DurableAcceptor.open``."""
 
-    def __init__(self, wal: WAL) -> None:
+    def __init__(self, wal: WAL, fences: dict[int, FenceState] | None = None) -> None:
         """Internal: use ``open``."""
         self.wal = wal
+        self.fences: dict[int, FenceState] = {
+            owner: FenceState(f.lifted, set(f.up)) for owner, f in (fences or {}).items()
+        }
+        """The fences as of the last ``write`` (a ``checkpoint`` repeats them)."""
         self.writes = 0
         """``Persist`` records written (non-empty ones)."""
         self.syncs = 0
@@ -248,7 +268,7 @@ class DurableAcceptor:
         except BaseException:
             wal.close()
             raise
-        return cls(wal), state
+        return cls(wal, state.fences), state
 
     @classmethod
     def open_for_rebuild(
@@ -326,6 +346,8 @@ class DurableAcceptor:
         if records:
             self.wal.append(records)
             self.writes += 1
+        for fence in getattr(persist, "fences", ()):
+            self.fences.setdefault(fence.owner, FenceState()).apply(fence)
 
     def sync(self) -> int:
         """Write and fsync everything buffered (one fsync); return the durable index.
@@ -351,6 +373,8 @@ class DurableAcceptor:
         if entries:
             records += _accepted_records(entries)
         records.append((CHOSEN, _encoder.encode(chosen)))
+        for owner, fence in sorted(self.fences.items()):
+            records += [(FENCE, _encoder.encode(f)) for f in fence.records(owner)]
         last = self.wal.append(records)
         self.writes += 1
         return last - len(records) + 1

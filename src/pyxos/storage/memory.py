@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pyxos.core.ballot import ZERO, Ballot
 from pyxos.core.messages import Entry
-from pyxos.core.ready import Persist
+from pyxos.core.ready import FenceState, Persist
 
 __all__ = ["MemoryStorage"]
 
@@ -39,6 +39,8 @@ class MemoryStorage:
         """The disk was wiped and the node started again with the bootstrap flag
         (``--init``): the node asks its peers whether the cluster is new before it votes
         (``Replica(bootstrapping=True)``). Cleared by a finished rebuild or bootstrap."""
+        self.fences: dict[int, FenceState] = {}
+        """owner -> the fences this node holds against that node's ballots."""
         self.writes = 0
         self.syncs = 0
 
@@ -70,6 +72,7 @@ class MemoryStorage:
         self.unsynced.clear()
         self.chosen = 0
         self.rebuilt_from = 0
+        self.fences = {}
         if not keep_snapshot:
             self.snapshot = None
         self.needs_rebuild = True
@@ -105,3 +108,5 @@ class MemoryStorage:
             self.needs_rebuild = False
             self.bootstrapping = False
             self.rebuilt_from = max(self.rebuilt_from, record.rebuilt)
+        for fence in record.fences:
+            self.fences.setdefault(fence.owner, FenceState()).apply(fence)

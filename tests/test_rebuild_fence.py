@@ -1,0 +1,252 @@
+"""The rebuild rule's fence: a wiped leader's late Accept must not complete a quorum.
+
+The simulator, run on the real WAL, found this (kv seed 224, 3 nodes, ``all,disk``):
+leader L accepts slot s itself; its Accept to A is delayed; L's disk is wiped and it
+restarts; A and B answer its RebuildQuery with ``last_slot = s - 1``, so the rebuild
+covers slots up to s - 1 and finishes; the late Accept then reaches A, which accepts
+it (a quorum with L's forgotten vote: chosen); B and the rebuilt L then choose another
+value at s. The fix: a peer fences every ballot of the asker before it answers, and
+lifts the fence only down to the rebuilt node's bound (``core/replica.py``,
+"Rebuilding"). The scenario below is that schedule, scripted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import msgspec
+import pytest
+
+from pyxos.check.invariants import ChosenMonitor, SafetyMonitor, Violation
+from pyxos.core.ballot import Ballot
+from pyxos.core.messages import (
+    Accept,
+    ClientRequest,
+    Fenced,
+    FenceLift,
+    Message,
+    Prepare,
+    PreVote,
+    RebuildInfo,
+    RebuildQuery,
+)
+from pyxos.core.quorum import Majority
+from pyxos.core.ready import FenceState
+from pyxos.core.replica import Replica, ReplicaConfig, Role
+from pyxos.sim.kv import service_node_factory
+from pyxos.sim.mutants import REPLICA_MUTANTS
+from pyxos.sim.world import Simulator
+from pyxos.statemachine.kv import Command
+from pyxos.statemachine.service import ServiceNode
+
+enc = msgspec.msgpack.Encoder()
+IDS = [1, 2, 3]
+
+
+def _replica(sim: Simulator, node_id: int) -> Replica:
+    node = sim.node(node_id)
+    assert isinstance(node, ServiceNode)
+    return node.replica
+
+
+def _put(sim: Simulator, to: int, seq: int, value: str) -> None:
+    cmd = enc.encode(Command(100, seq, "put", "k", value))
+    sim.send_external(100, to, ClientRequest(100, 100, seq, cmd))
+
+
+def wiped_leader_late_accept(seed: int, mutant: str | None = None) -> Simulator:
+    """Run the schedule; the monitors raise ``Violation`` if a slot is chosen twice."""
+    sim = Simulator(seed)
+    quorum = Majority(IDS)
+    config = ReplicaConfig(election_timeout=(0.1, 0.2), heartbeat_interval=0.04)
+    variant = REPLICA_MUTANTS[mutant] if mutant else Replica
+    factory = service_node_factory(
+        quorum, config, snapshot_every=1000, snapshot_chunk=1 << 20, replica_factory=variant
+    )
+    for i in IDS:
+        sim.add_node(i, factory)
+    sim.observers.append(SafetyMonitor().observe)
+    sim.send_observers.append(ChosenMonitor(quorum).observe)
+    transmit = sim._transmit
+    rules: list[Callable[[int, int, Message], bool]] = []
+
+    def filtered(src: int, dst: int, msg: Message) -> None:
+        if not any(rule(src, dst, msg) for rule in rules):
+            transmit(src, dst, msg)
+
+    sim._transmit = filtered  # type: ignore[method-assign]
+
+    sim.run(0.5)
+    (lead,) = [i for i in IDS if _replica(sim, i).role is Role.LEADER]
+    a, b = [i for i in IDS if i != lead]
+    for seq in range(1, 4):
+        _put(sim, lead, seq, f"a{seq}")
+        sim.run(sim.now + 0.05)
+    old_ballot = _replica(sim, lead).ballot
+    s = _replica(sim, lead).next_slot
+
+    # The leader's Accepts of slot s: the one to A is held back, the one to B lost.
+    held: list[Message] = []
+
+    def hold(src: int, dst: int, msg: Message) -> bool:
+        if src == lead and isinstance(msg, Accept) and msg.ballot == old_ballot:
+            if dst == a and msg.slot == s and not held:
+                held.append(msg)
+            return True
+        return False
+
+    rules.append(hold)
+    _put(sim, lead, 4, "v")
+    sim.run(sim.now + 0.01)
+    assert held, "the leader sent no Accept for slot s"
+    assert s in _replica(sim, lead).acceptor.accepted, "the leader did not accept s itself"
+
+    # No election among A and B while the wiped leader rebuilds (in seed 224 the
+    # rebuild was faster than their election timeout).
+    def no_election(src: int, dst: int, msg: Message) -> bool:
+        return isinstance(msg, (PreVote, Prepare))
+
+    rules.append(no_election)
+    sim.crash(lead)
+    sim.procs[lead].storage.corrupt(keep_snapshot=False)  # the disk was wiped
+    sim.restart(lead)
+    assert _replica(sim, lead).rebuilding
+    sim.run(sim.now + 2.0, stop=lambda: not _replica(sim, lead).rebuilding)
+    assert not _replica(sim, lead).rebuilding, "the rebuild did not finish"
+    assert _replica(sim, lead).first_unchosen == s, "the rebuild covered slot s"
+
+    # The late Accept reaches A; then A is cut off and B or the rebuilt node leads.
+    transmit(lead, a, held[0])
+    sim.run(sim.now + 0.05)
+    rules.remove(no_election)
+    sim.partition([[a], [lead, b]])
+    for seq in range(5, 8):
+        _put(sim, b, seq, f"w{seq}")
+        _put(sim, lead, seq, f"w{seq}")
+        sim.run(sim.now + 0.5)
+    assert any(_replica(sim, i).first_unchosen > s for i in (lead, b)), "slot s never chosen"
+    return sim
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_a_wiped_leaders_late_accept_completes_no_quorum(seed: int) -> None:
+    sim = wiped_leader_late_accept(seed)
+    assert sum(_replica(sim, i).fenced_refused for i in IDS) >= 1, "the late Accept was not refused"
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_without_the_fence_the_slot_is_chosen_twice(seed: int) -> None:
+    with pytest.raises(Violation, match="agreement"):
+        wiped_leader_late_accept(seed, mutant="rebuild-no-fence")
+
+
+def _node(node_id: int, **kwargs: object) -> Replica:
+    import random
+
+    return Replica(node_id, Majority(IDS), random.Random(node_id), **kwargs)  # type: ignore[arg-type]
+
+
+def _sent(r: Replica) -> list[Message]:
+    ready = r.ready()
+    r.advance()
+    return [s.msg for s in ready.send_now + ready.send_after_sync]
+
+
+def test_the_answer_leaves_only_after_the_fence_is_durable() -> None:
+    p = _node(2, promised=Ballot(3, 1))
+    p.step(RebuildQuery(1, nonce=77))
+    ready = p.ready()
+    assert [f.nonce for f in ready.persist.fences] == [77]
+    assert not any(isinstance(s.msg, RebuildInfo) for s in ready.send_now)
+    (info,) = [s.msg for s in ready.send_after_sync if isinstance(s.msg, RebuildInfo)]
+    assert info.nonce == 77 and info.promised == Ballot(3, 1)
+
+
+def test_a_fence_refuses_every_ballot_of_its_owner_until_lifted_to_a_bound() -> None:
+    p = _node(2)
+    p.step(RebuildQuery(1, nonce=5))
+    _sent(p)
+    p.step(Accept(1, Ballot(9, 1), 0, (b"late",)))  # even far above anything we saw
+    assert 0 not in p.acceptor.accepted
+    assert any(isinstance(m, Fenced) and m.nonces == (5,) for m in _sent(p))
+    p.step(FenceLift(1, 4, Ballot(9, 1)))  # another incarnation's nonce: ignored
+    assert p.fences[1].up == {5}
+    p.step(FenceLift(1, 5, Ballot(9, 1)))
+    assert p.ready().persist.fences[-1].bound == Ballot(9, 1)
+    p.advance()
+    p.step(Accept(1, Ballot(9, 1), 0, (b"late",)))  # the old incarnation's ballot
+    assert 0 not in p.acceptor.accepted
+    p.step(Accept(3, Ballot(9, 3), 0, (b"other",)))  # another owner: not fenced
+    p.step(Accept(1, Ballot(10, 1), 1, (b"new",)))  # the rebuilt node's ballot
+    assert p.acceptor.accepted[1].value == b"new"
+
+
+def test_an_answer_to_another_incarnations_query_is_not_counted() -> None:
+    x = _node(1, rebuilding=True)
+    nonce = x.rebuild_nonce
+    x.step(RebuildInfo(2, Ballot(1, 2), 5, nonce=nonce + 1))
+    assert 2 not in x.rebuild_info
+    x.step(RebuildInfo(2, Ballot(1, 2), 5, nonce=nonce))
+    assert 2 in x.rebuild_info
+
+
+def test_a_lost_lift_is_sent_again_when_a_peer_says_it_still_fences() -> None:
+    x = _node(1, promised=Ballot(4, 2))
+    x.step(Fenced(2, (11, 12)))
+    lifts = [m for m in _sent(x) if isinstance(m, FenceLift)]
+    assert [(m.nonce, m.bound) for m in lifts] == [(11, Ballot(4, 2)), (12, Ballot(4, 2))]
+    rebuilding = _node(1, rebuilding=True)
+    rebuilding.step(Fenced(2, (11,)))
+    assert not [m for m in _sent(rebuilding) if isinstance(m, FenceLift)]
+
+
+def test_fences_survive_a_restart_and_a_checkpoint(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from pyxos.core.ready import Fence, Persist
+    from pyxos.storage.durable import DurableAcceptor
+
+    path = Path(str(tmp_path)) / "wal"
+    d, _ = DurableAcceptor.open(path)
+    d.write(Persist(fences=[Fence(1, 5), Fence(1, 6), Fence(3, 7)]))
+    d.write(Persist(fences=[Fence(1, 5, Ballot(2, 1))]))
+    d.sync()
+    d.close()
+    d, state = DurableAcceptor.open(path)
+    assert state.fences == {1: FenceState(Ballot(2, 1), {6}), 3: FenceState(up={7})}
+    first = d.checkpoint(Ballot(2, 1), [], 0)
+    d.sync()
+    d.close()
+    from pyxos.storage.durable import Recovered, _decode, _replay
+
+    d, _ = DurableAcceptor.open(path)
+    replayed = Recovered()
+    for record in _replay(d.wal):
+        if record.index >= first:
+            _decode(record.index, record.rtype, record.payload, replayed)
+    d.close()
+    assert replayed.fences == state.fences
+
+
+def test_a_rebuilt_node_adopts_the_fences_its_peers_hold() -> None:
+    """A peer wiped after it answered must not forget the fence (it could otherwise
+    rebuild with a promise equal to the old ballot and accept its late Accept)."""
+    from pyxos.core.messages import Fence
+
+    q = _node(3, promised=Ballot(2, 1))
+    q.step(RebuildQuery(1, nonce=5))
+    _sent(q)
+    q.step(FenceLift(1, 5, Ballot(2, 1)))
+    q.step(RebuildQuery(2, nonce=8))  # node 2 was wiped after it answered node 1
+    (info,) = [m for m in _sent(q) if isinstance(m, RebuildInfo)]
+    assert Fence(1, -1, Ballot(2, 1)) in info.fences
+    p = _node(2, rebuilding=True)
+    p.step(RebuildInfo(1, Ballot(2, 1), -1, nonce=p.rebuild_nonce))
+    p.step(info.__class__(**{**msgspec.structs.asdict(info), "nonce": p.rebuild_nonce}))
+    assert p.rebuild_caught_up
+    p.finish_rebuild(0)
+    assert p.acceptor.promised == Ballot(2, 1)
+    assert p.ready().persist.fences, "the adopted fence is durable with the rebuild's end"
+    p.advance()
+    p.step(Accept(1, Ballot(2, 1), 0, (b"late",)))  # node 1's old leader's late Accept
+    assert 0 not in p.acceptor.accepted
