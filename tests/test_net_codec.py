@@ -64,6 +64,9 @@ class _Examples:
             case msgspec.inspect.VarTupleType() | msgspec.inspect.ListType():
                 count = 2 if self.rich else 1
                 return tuple(self.value(t.item_type) for _ in range(count))
+            case msgspec.inspect.UnionType():  # an optional field: rich examples fill it
+                some = [x for x in t.types if not isinstance(x, msgspec.inspect.NoneType)]
+                return self.value(some[0]) if self.rich or len(some) == len(t.types) else None
         raise AssertionError(f"teach _Examples to build a {t}")
 
     def build(self, cls: type) -> typing.Any:

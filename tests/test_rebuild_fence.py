@@ -250,3 +250,55 @@ def test_a_rebuilt_node_adopts_the_fences_its_peers_hold() -> None:
     p.advance()
     p.step(Accept(1, Ballot(2, 1), 0, (b"late",)))  # node 1's old leader's late Accept
     assert 0 not in p.acceptor.accepted
+
+
+# The same gap in pyxos model's smallest scope (3 replicas, the real core objects):
+# leader 1 accepts slot 0 itself, is wiped and rebuilds before its Accept reaches
+# node 3; node 2 then leads with the rebuilt node 1.
+WIPED_LEADER_SCENARIO = [
+    "timeout 1",
+    "PreVote 1 2",
+    "PreVoteReply 2 1",
+    "Prepare 1 2",
+    "Promise 2 1",
+    "propose 1",  # leader 1 accepts w1 at slot 0; its Accepts are in flight
+    "wipe 1",  # its disk is wiped: it restarts rebuilding
+    "RebuildQuery 1 2",
+    "RebuildQuery 1 3",
+    "RebuildInfo 2 1",
+    "RebuildInfo 3 1",  # both answer last_slot -1: the rebuild ends at once
+    "Accept 1 3",  # the late Accept of ballot 1.1 reaches node 3
+    "timeout 2",
+    "PreVote 2 1",
+    "PreVoteReply 1 2",
+    "Prepare 2 1",
+    "Promise 1 2",  # nobody reports slot 0 to node 2's phase 1
+    "propose 2",
+    "Accept 2 1",  # w2 chosen at slot 0 by 1 and 2 in 2.2
+]
+
+
+def _wiped_leader_model(mutant: str | None) -> object:
+    from pyxos.model.engine import Budget
+    from pyxos.model.replica import ReplicaModel
+
+    budget = Budget(timeouts=2, proposals=2, wipes=1)
+    return ReplicaModel(3, 2, budget, mutant=mutant, network="exact")
+
+
+def test_model_scope_the_late_accept_is_refused() -> None:
+    from pyxos.model.engine import scripted
+
+    actions, w, violation = scripted(_wiped_leader_model(None), WIPED_LEADER_SCENARIO)  # type: ignore[arg-type]
+    assert violation is None and len(actions) == len(WIPED_LEADER_SCENARIO)
+    assert 0 not in w.procs[3].node.acceptor.accepted
+    assert w.procs[3].node.fenced_refused == 1
+
+
+def test_model_scope_without_the_fence_two_values_are_chosen() -> None:
+    from pyxos.model.engine import scripted
+
+    model = _wiped_leader_model("rebuild-no-fence")
+    _, _, violation = scripted(model, WIPED_LEADER_SCENARIO)  # type: ignore[arg-type]
+    assert violation is not None and violation.check == "agreement"
+    assert "b'w1' and b'w2' were both chosen" in violation.detail
