@@ -16,6 +16,7 @@ import pytest
 from pyxos.objects import (
     Counter,
     Lock,
+    LockHolder,
     LockState,
     NotAttached,
     ObjectHost,
@@ -86,6 +87,7 @@ def test_queue_is_fifo_and_compacts() -> None:
     assert isinstance(q, Queue)
     assert len(q.items) < 3000  # popped items were dropped in bulk
     assert call(h, "q", "size") == 500
+    assert call(h, "q", "contents") == list(range(2500, 3000))
     for i in range(2500, 3000):
         assert call(h, "q", "get") == i
     assert call(h, "q", "get") is None
@@ -94,29 +96,33 @@ def test_queue_is_fifo_and_compacts() -> None:
 
 def test_lock_fencing_and_expiry_by_log_time() -> None:
     h = fresh()
-    t1 = call(h, "l", "acquire", "a", 3)  # log time 1, expires at 4
+    t1 = call(h, "l", "acquire", "a", 3)  # the lock's time 1: holds through 4
     assert t1 == 1
-    assert call(h, "l", "acquire", "b", 3) is None  # log time 2: held by a
-    assert call(h, "l", "acquire", "a", 3) == t1  # the holder renews: same token, exp 6
-    st = call(h, "l", "state")
-    assert st == LockState(holder="a", token=1, expires=6, now=3)
-    h.apply(tick_command())  # 4
+    assert call(h, "l", "acquire", "b", 3) is None  # time 2: held by a
+    assert call(h, "l", "acquire", "a", 3) == t1  # time 3: a renews, same token, through 6
+    assert call(h, "l", "state") == LockState(holder="a", token=1, expires=6, now=3)
+    call(h, "c", "incr")  # another object's command does not age the lock
+    h.apply(tick_command())  # a tick does: time 4
     h.apply(tick_command())  # 5
-    # Log time 6 = the grant's expiry: a's grant is over, b gets the next token.
-    assert call(h, "l", "acquire", "b", 2) == 2
-    assert call(h, "l", "state") == LockState(holder="b", token=2, expires=8, now=6)
+    assert call(h, "l", "acquire", "b", 2) is None  # time 6: still a's (through 6)
+    assert call(h, "l", "holder") == LockHolder("a", 1)
+    assert call(h, "l", "acquire", "b", 2) == 2  # time 7: expired, b gets the next token
+    assert call(h, "l", "holder") == LockHolder("b", 2)
+    assert call(h, "l", "state") == LockState(holder="b", token=2, expires=9, now=7)
 
 
-def test_lock_expiry_exact_boundary() -> None:
+def test_lock_release_renew_and_tokens() -> None:
     h = fresh()
-    assert call(h, "l", "acquire", "a", 2) == 1  # at log time 1: held while time < 3
-    assert call(h, "l", "acquire", "b", 5) is None  # time 2: still a's
-    assert call(h, "l", "acquire", "b", 5) == 2  # time 3: expired, b gets token 2
-    assert call(h, "l", "renew", "a", 1, 5) is False  # a's grant is gone
-    assert call(h, "l", "release", "a", 1) is False
+    assert call(h, "l", "acquire", "a", 2) == 1  # time 1, through 3
+    assert call(h, "l", "acquire", "b", 5) is None  # 2
+    assert call(h, "l", "acquire", "b", 5) is None  # 3
+    assert call(h, "l", "acquire", "b", 5) == 2  # 4: expired
+    assert call(h, "l", "release", "a", 1) is False  # a's grant is gone
+    assert call(h, "l", "renew", "a", 1, 5) is False
     assert call(h, "l", "renew", "b", 2, 5) is True
     assert call(h, "l", "release", "b", 2) is True
-    assert call(h, "l", "state").holder is None
+    assert call(h, "l", "holder") is None
+    assert call(h, "l", "release", "b", 2) is False  # twice: no
     assert call(h, "l", "acquire", "a", 1) == 3  # tokens only ever increase
     with pytest.raises(ValueError, match="ttl"):
         call(h, "l", "acquire", "a", 0)

@@ -15,12 +15,13 @@ from pyxos.objects.base import (
     replicated,
     tick_command,
 )
-from pyxos.objects.builtin import Counter, Lock, LockState, Queue, ReplicatedDict
+from pyxos.objects.builtin import Counter, Lock, LockHolder, LockState, Queue, ReplicatedDict
 
 __all__ = [
     "Binding",
     "Counter",
     "Lock",
+    "LockHolder",
     "LockState",
     "NotAttached",
     "ObjectHost",

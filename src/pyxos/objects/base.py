@@ -44,8 +44,9 @@ objects' state.
 
 Log time: the host counts the commands it applies (every command of every object it
 holds, and the ticks a node submits; see ``pyxos.embedded``); a command reads the count
-as ``self.log_time``. It is the same on every replica at the same point of the log, so
-expiry measured in it (the lock's) is deterministic, which wall clocks are not.
+as ``self.log_time``, and a tick also calls every object's ``on_log_tick()``. Both are
+the same on every replica at the same point of the log, so expiry measured in them
+(the lock keeps its own clock this way) is deterministic, which wall clocks are not.
 """
 
 from __future__ import annotations
@@ -149,6 +150,9 @@ class _Method(Generic[S, P, R]):
         for p in self._params:
             if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
                 raise TypeError(f"{self.name}: *args and **kwargs cannot be replicated")
+        self._defaults = tuple(
+            _MISSING if p.default is p.empty else p.default for p in self._params
+        )
         self._args_decoder: msgspec.msgpack.Decoder[Any] | None = None
         self._result_type: Any = None
 
@@ -202,6 +206,11 @@ class _Method(Generic[S, P, R]):
 
     def encode(self, obj_name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bytes:
         """The call's bytes; ``TypeError`` if the arguments do not fit the signature."""
+        if not kwargs and len(args) <= len(self._params):
+            # The common case: positional arguments, the defaults for the rest.
+            tail = self._defaults[len(args) :]
+            if _MISSING not in tail:
+                return _encoder.encode((obj_name, self.name, (*args, *tail)))
         bound = self._signature.bind(None, *args, **kwargs)
         bound.apply_defaults()
         values = list(bound.arguments.values())[1:]
@@ -323,6 +332,10 @@ class Replicated:
         self._pyxos_name = ""
         self._pyxos_host: ObjectHost | None = None
 
+    def on_log_tick(self) -> None:
+        """Called on every replica when a tick is applied (``pyxos.embedded``); a
+        subclass may override it (deterministically) to age its state."""
+
     @property
     def log_time(self) -> int:
         """Commands applied by this object's host so far (0 when not hosted)."""
@@ -417,8 +430,9 @@ class ObjectHost:
         for obj in self.objects.values():
             obj._pyxos_binding = None
 
-    def _resolve(self, data: bytes, kind: str) -> tuple[Replicated, _Method[Any, Any, Any], Any]:
-        name, method, raw = _call_decoder.decode(data)
+    def _resolve(
+        self, name: str, method: str, raw: msgspec.Raw, kind: str
+    ) -> tuple[Replicated, _Method[Any, Any, Any], Any]:
         obj = self.objects.get(name)
         if obj is None:
             raise LookupError(f"no replicated object {name!r} here")
@@ -432,9 +446,9 @@ class ObjectHost:
     def validate(self, command: bytes) -> str | None:
         """Why ``command`` must not enter the log, or None if it may."""
         try:
-            if _call_decoder.decode(command)[0] == TICK_OBJECT:
-                return None
-            self._resolve(command, "command")
+            name, method, raw = _call_decoder.decode(command)
+            if name != TICK_OBJECT:
+                self._resolve(name, method, raw, "command")
         except (msgspec.DecodeError, LookupError) as e:
             return f"bad call: {e}"
         return None
@@ -443,9 +457,12 @@ class ObjectHost:
         """Run one command on its object; the result (or the exception) as bytes."""
         self.log_time += 1
         try:
-            if _call_decoder.decode(command)[0] == TICK_OBJECT:
+            name, method, raw = _call_decoder.decode(command)
+            if name == TICK_OBJECT:
+                for obj in self.objects.values():
+                    obj.on_log_tick()
                 return _ok(self.log_time)
-            obj, m, args = self._resolve(command, "command")
+            obj, m, args = self._resolve(name, method, raw, "command")
         except (msgspec.DecodeError, LookupError) as e:
             return _fail("Refused", f"bad call: {e}")
         try:
@@ -457,7 +474,7 @@ class ObjectHost:
     def query(self, q: bytes) -> bytes:
         """Run one query on its object (it must not change the state)."""
         try:
-            obj, m, args = self._resolve(q, "query")
+            obj, m, args = self._resolve(*_call_decoder.decode(q), "query")
         except (msgspec.DecodeError, LookupError) as e:
             return _fail("Refused", f"bad query: {e}")
         try:

@@ -13,17 +13,23 @@ The lock (:class:`Lock`) hands out *fencing tokens* and expires by *log time*:
   makes a paused holder harmless: a holder that stalls past its expiry, while another
   was granted the lock, still believes it holds it; its late writes carry a lower token
   and are refused (Kleppmann's argument against locks without fencing).
-- Expiry: a grant lasts ``ttl`` units of *log time*, the host's count of applied
-  commands (``Replicated.log_time``), not seconds on any clock. Every replica applies
-  the same commands in the same order, so every replica agrees at which point of the
-  log a grant ran out; a wall-clock expiry would be decided by each replica's own
-  clock, and replicas whose clocks differ would disagree about who holds the lock (the
-  state would diverge). Log time advances with every command of the node's objects,
-  and, so that an abandoned lock also expires on a quiet cluster, with the ticks the
-  leader's embedded node submits every ``tick_interval`` seconds (``pyxos.embedded``).
-  So ``ttl`` bounds the lock's life by activity *and* (with ticks on) roughly by
-  ``ttl * tick_interval`` seconds, whichever comes first; safety never depends on it,
-  only on the fencing tokens.
+- Expiry: a grant lasts ``ttl`` units of the lock's *log time*: the number of
+  commands applied to the lock (``acquire``, ``renew``, ``release``, whatever their
+  outcome) plus the ticks applied while it exists; a grant made at log time ``t``
+  holds through ``t + ttl``. Every replica applies the same commands in the same
+  order, so every replica agrees at which point of the log a grant ran out; a
+  wall-clock expiry would be decided by each replica's own clock, and replicas whose
+  clocks differ would disagree about who holds the lock (the state would diverge).
+  Without ticks a lock ages only by the commands on it (the attempts of those waiting
+  for it age it); so that an abandoned lock also expires on a quiet cluster, the
+  leader's embedded node submits a tick every ``tick_interval`` seconds
+  (``pyxos.embedded``), and each tick moves every lock's clock by one. ``ttl`` thus
+  bounds a grant by activity *and* (with ticks on) by about ``ttl * tick_interval``
+  seconds, whichever comes first; safety never depends on it, only on the tokens.
+
+The lock's operations and their semantics are those of the checker's lock model
+(``pyxos.check``): ``acquire(owner, ttl) -> token | None``, ``release(owner, token) ->
+bool`` and the ``holder()`` query; ``renew`` and ``state()`` are extras.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import msgspec
 
 from pyxos.objects.base import Replicated, query, replicated
 
-__all__ = ["Counter", "Lock", "LockState", "Queue", "ReplicatedDict"]
+__all__ = ["Counter", "Lock", "LockHolder", "LockState", "Queue", "ReplicatedDict"]
 
 
 class Counter(Replicated):
@@ -137,69 +143,98 @@ class ReplicatedDict(Replicated):
         return len(self.data)
 
 
+class LockHolder(msgspec.Struct, frozen=True):
+    """Who holds a lock, with the fencing token of the grant."""
+
+    owner: str
+    token: int
+
+
 class LockState(msgspec.Struct, frozen=True):
     """What a lock looks like at one point of the log."""
 
     holder: str | None
     """Who holds it (None: free, or the last grant expired)."""
     token: int
-    """The fencing token of the current (or last) grant; 0 before the first."""
+    """The fencing token of the last grant; 0 before the first."""
     expires: int
-    """The log time at which the current grant runs out."""
+    """The last log time of the lock at which the current grant still holds."""
     now: int
-    """The log time of this answer."""
+    """The lock's log time: the commands applied to it so far, ticks included."""
 
 
 class Lock(Replicated):
-    """A lease lock with fencing tokens, expiring by log time (see the module notes)."""
+    """A lease lock with fencing tokens, expiring by log time (see the module notes).
 
-    holder: str | None = None
+    The semantics are those of the lock model of the linearizability checker
+    (``pyxos.check``): ``acquire``, ``release`` and the ``holder`` query, with the lock's
+    own log time.
+    """
+
+    holder_: str | None = None
     token: int = 0
     expires: int = 0
+    now: int = 0
 
-    def _held(self) -> bool:
-        return self.holder is not None and self.log_time < self.expires
+    def _advance(self) -> None:
+        """One command on this lock: its clock moves, and an expired grant ends."""
+        self.now += 1
+        if self.holder_ is not None and self.now > self.expires:
+            self.holder_ = None
+
+    def on_log_tick(self) -> None:
+        """A tick moves this lock's clock like a command does."""
+        self._advance()
 
     @replicated
     def acquire(self, owner: str, ttl: int) -> int | None:
-        """Take the lock for ``ttl`` units of log time: the fencing token of the grant,
-        or None if someone else holds it. The holder calling again extends its grant
-        and keeps its token."""
+        """Take the lock for the next ``ttl`` units of its log time: the fencing token
+        of the grant, or None if someone else holds it. The holder calling again renews
+        its grant and keeps its token."""
         if ttl < 1:
             raise ValueError(f"ttl must be at least 1, not {ttl}")
-        if self._held() and self.holder != owner:
-            return None
-        if not self._held():
+        self._advance()
+        if self.holder_ is None:
             self.token += 1
-            self.holder = owner
-        self.expires = self.log_time + ttl
+            self.holder_ = owner
+        elif self.holder_ != owner:
+            return None
+        self.expires = self.now + ttl
         return self.token
 
     @replicated
     def renew(self, owner: str, token: int, ttl: int) -> bool:
-        """Extend the grant ``token`` of ``owner`` by ``ttl`` from now; False if that
+        """Extend the grant ``token`` of ``owner`` to ``ttl`` from now; False if that
         grant is no longer the current one (it expired, or was released)."""
         if ttl < 1:
             raise ValueError(f"ttl must be at least 1, not {ttl}")
-        if not self._held() or self.holder != owner or self.token != token:
+        self._advance()
+        if self.holder_ != owner or self.token != token:
             return False
-        self.expires = self.log_time + ttl
+        self.expires = self.now + ttl
         return True
 
     @replicated
     def release(self, owner: str, token: int) -> bool:
         """Give back the grant ``token``; False if it was no longer current."""
-        if not self._held() or self.holder != owner or self.token != token:
+        self._advance()
+        if self.holder_ != owner or self.token != token:
             return False
-        self.holder = None
-        self.expires = self.log_time
+        self.holder_ = None
         return True
 
     @query
+    def holder(self) -> LockHolder | None:
+        """The holder and its token as of the last command on the lock (a grant whose
+        time ran out shows until the next command or tick), or None if free."""
+        if self.holder_ is None:
+            return None
+        return LockHolder(self.holder_, self.token)
+
+    @query
     def state(self) -> LockState:
-        """The lock now (linearizable): holder, token, expiry and log time."""
-        holder = self.holder if self._held() else None
-        return LockState(holder, self.token, self.expires, self.log_time)
+        """The whole lock: holder, token, expiry and the lock's log time."""
+        return LockState(self.holder_, self.token, self.expires, self.now)
 
 
 class Queue(Replicated):
@@ -236,3 +271,8 @@ class Queue(Replicated):
     def size(self) -> int:
         """The number of items."""
         return len(self.items) - self.head
+
+    @query
+    def contents(self) -> list[Any]:
+        """Every item, first to last, without removing any."""
+        return self.items[self.head :]
