@@ -218,11 +218,11 @@ def test_chaos_clock_runs_the_node_clock_at_its_rate(tmp_path: Path) -> None:
     )
     server = NodeServer(config, clock_rate=1.04)
     loop = _StubLoop()
-    server._loop = loop  # type: ignore[assignment]
-    server._clock_origin = loop.now
+    server.clock.loop = loop  # type: ignore[assignment]
+    server.clock.origin = loop.now
     loop.now = 110.0  # ten real seconds
-    assert server._now() == pytest.approx(110.4)
-    assert server._loop_time(server._now()) == pytest.approx(110.0)
+    assert server.clock.now() == pytest.approx(110.4)
+    assert server.clock.loop_time(server.clock.now()) == pytest.approx(110.0)
     with pytest.raises(ValueError, match="clock_rate"):
         NodeServer(config, clock_rate=3.0)
 

@@ -1,17 +1,16 @@
 """The node driver's ordering, checked with a scripted node, a gated fsync and fake links.
 
-The rules are the simulator's ``_drive``: persist is written first, ``send_now`` leaves
-at once, ``send_after_sync`` only after an fsync covering the persist of its Ready
-(and never ahead of older waiting sends), one fsync in flight covers everything
-written meanwhile, and messages to ourselves come back through ``step`` in a later
-pass.
+The rules are ``pyxos.driver.ReadyDriver``'s, run here by the server: persist is
+written first, ``send_now`` leaves at once, ``send_after_sync`` only after an fsync
+covering the persist of its Ready (and never ahead of older waiting sends), one fsync
+in flight covers everything written meanwhile, and messages to ourselves come back
+through ``step`` in a later pass.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -98,18 +97,18 @@ def make(tmp_path: Path) -> tuple[NodeServer, ScriptedNode, GatedDurable, FakeLi
     (config,) = cluster_configs(tmp_path, 1)
     server = NodeServer(config)
     node, durable, links = ScriptedNode(), GatedDurable(), FakeLinks()
-    server._loop = asyncio.get_running_loop()
+    loop = asyncio.get_running_loop()
+    server._loop = server.router.loop = loop
+    server.clock.start(loop)
     server._stopped = asyncio.Event()
-    server._executor = ThreadPoolExecutor(1)
+    server.effects.open(loop, durable)  # type: ignore[arg-type]
     server.node = node  # type: ignore[assignment]
-    server.durable = durable  # type: ignore[assignment]
-    server.links = links  # type: ignore[assignment]
+    server.links = server.router.links = links  # type: ignore[assignment]
     return server, node, durable, links
 
 
 def stop(server: NodeServer) -> None:
-    if server._executor is not None:
-        server._executor.shutdown(wait=False)
+    server.effects.executor.shutdown(wait=False)
 
 
 async def feed(server: NodeServer) -> None:
@@ -222,12 +221,12 @@ def test_peer_messages_naming_another_sender_are_dropped(tmp_path: Path) -> None
         try:
             good = Commit(2, B, 0)
             forwarded = ClientRequest(2, 1, 1, b"")  # a follower forwarding a request
-            server._on_peer_messages(
+            server.router.on_peer_messages(
                 2, [good, Commit(3, B, 0), forwarded, ClientRequest(3, 1, 1, b"")]
             )
             assert node.stepped == [good, forwarded]
             assert server.stats.dropped_peer_messages == 2
-            server._on_peer_messages(2, [good])
+            server.router.on_peer_messages(2, [good])
             assert node.stepped[-1] == good
         finally:
             stop(server)
@@ -263,8 +262,8 @@ def test_an_internal_error_stops_the_node(tmp_path: Path) -> None:
         server, _, _, _ = make(tmp_path)
         broken = Broken()
         server.node = broken  # type: ignore[assignment]
-        server._on_peer_messages(2, [Commit(2, B, 0)])
-        server._on_peer_messages(2, [Commit(2, B, 0)])  # ignored: the node is failing
+        server.router.on_peer_messages(2, [Commit(2, B, 0)])
+        server.router.on_peer_messages(2, [Commit(2, B, 0)])  # ignored: the node is failing
         with pytest.raises(NodeFailed, match="core bug"):
             await asyncio.wait_for(server.serve_forever(), 5.0)
         assert server.stats.inputs == 1

@@ -310,7 +310,7 @@ def test_the_file_limit_is_raised_for_the_connection_caps_or_a_warning_says_so()
         "import logging, resource, sys\n"
         "logging.basicConfig(level='WARNING')\n"
         "from pyxos.server.config import Config\n"
-        "from pyxos.server.node import ensure_file_limit\n"
+        "from pyxos.server.disk import ensure_file_limit\n"
         "soft, hard = int(sys.argv[1]), int(sys.argv[2])\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))\n"
         "config = Config.from_mapping({'cluster_id': 'c', 'node_id': 1, 'client_port': 1,\n"

@@ -12,7 +12,8 @@ programmatic entry point and what ``python -m pyxos.server`` calls.
 """
 
 from pyxos.server.config import Config, ConfigError
-from pyxos.server.node import CLIENT_ID_BASE, NodeFailed, NodeServer, NodeStartupError, run
+from pyxos.server.node import CLIENT_ID_BASE, NodeFailed, NodeServer, NodeStartupError
+from pyxos.server.process import run
 from pyxos.storage.durable import AcceptorStateLost, DurableAcceptor, DurableStateError
 
 __all__ = [

@@ -19,13 +19,9 @@ import sys
 from collections.abc import Sequence
 
 from pyxos.server.config import Config, ConfigError
-from pyxos.server.node import (
-    DataDirUnusable,
-    NodeFailed,
-    NodeStartupError,
-    PortUnavailable,
-    run,
-)
+from pyxos.server.disk import DataDirUnusable, NodeStartupError, PortUnavailable
+from pyxos.server.node import NodeFailed
+from pyxos.server.process import run
 from pyxos.storage.durable import DurableStateError
 from pyxos.storage.wal import StorageError
 

@@ -60,7 +60,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -69,6 +69,7 @@ from pyxos.client.engine import NoLeader, OutcomeUnknown
 from pyxos.client.local import LocalClients
 from pyxos.net.limits import PortGuard
 from pyxos.net.tls import tls_acceptor
+from pyxos.server.clients import NodeHandle
 from pyxos.server.metrics import CONTENT_TYPE
 from pyxos.statemachine.kv import (
     DEFAULT_LIST_LIMIT,
@@ -81,9 +82,6 @@ from pyxos.statemachine.kv import (
     decode_result,
     validate_command,
 )
-
-if TYPE_CHECKING:
-    from pyxos.server.node import NodeServer
 
 __all__ = ["HttpApi"]
 
@@ -117,9 +115,10 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
 
 
 class HttpApi:
-    """The HTTP API of one ``NodeServer``: ``await start(host, port)``, ``await stop()``."""
+    """The HTTP API of one node (``NodeServer``, seen as a ``NodeHandle``): ``await
+    start(host, port)``, ``await stop()``."""
 
-    def __init__(self, node: NodeServer, *, timeout: float = 5.0) -> None:
+    def __init__(self, node: NodeHandle, *, timeout: float = 5.0) -> None:
         self.node = node
         self.timeout = timeout
         # Our logical clients of the node (the client engine's in-process transport).

@@ -1,0 +1,224 @@
+"""The server's side of the Ready driver: a real WAL, its fsync thread, snapshot files.
+
+Theory of operation
+-------------------
+The order in which a ``Ready`` is carried out is ``pyxos.driver.ReadyDriver``'s, the
+same object the simulator runs (docs/architecture.md, *The core's contract*). This
+module is only its effects (``pyxos.driver.Effects``) on real storage:
+
+- ``write`` appends to the WAL (``DurableAcceptor.write``: buffered only);
+- ``start_fsync`` runs ``DurableAcceptor.sync`` in the node's one fsync thread
+  (``run_in_executor``); at most one is in flight (group commit), and its end goes
+  back to the driver on the event loop (``fsync_done`` or, fatally, ``fsync_failed``:
+  the WAL then refuses every later call and the node stops);
+- ``save_snapshot`` writes the file in a thread of its own
+  (``storage.snapshot.write_snapshot``: temporary file, fsync, rename, directory
+  fsync), keeps the newest two, and reports back (``snapshot_saved`` /
+  ``snapshot_failed``);
+- ``checkpoint`` rewrites the whole acceptor state once the WAL has a sealed segment,
+  and ``truncate`` deletes the segments before it in the fsync thread once the driver
+  saw the checkpoint durable (``DurableAcceptor.truncate_before``);
+- ``send``, ``wake_at`` and ``fail`` are the node runtime's (sockets, the loop's timer,
+  a fail-stop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyxos.core.messages import Entry
+from pyxos.core.ready import Persist, Send
+from pyxos.driver import DriverCounters, ReadyDriver
+from pyxos.server.metrics import NodeMetrics
+from pyxos.storage.durable import DurableAcceptor
+from pyxos.storage.snapshot import prune_snapshots, write_snapshot
+
+__all__ = ["DriverStats", "ServerEffects"]
+
+logger = logging.getLogger("pyxos.server")
+
+
+@dataclass(slots=True)
+class DriverStats(DriverCounters):
+    """What the driver did (monotonic counters, for status and tests): the Ready
+    driver's own (``readies``, ``fsyncs``, ``snapshots``) and the runtime's."""
+
+    inputs: int = 0
+    """Input batches fed (received chunks, timer ticks, self-deliveries)."""
+    wal_segments_deleted: int = 0
+    """WAL segments deleted by compaction."""
+    client_connections: int = 0
+    """Client connections accepted (handshake passed)."""
+    client_requests: int = 0
+    """Client requests received on the binary port."""
+    unexpected_client_messages: int = 0
+    """Frames on the client port that were not ``ClientRequest`` (ignored)."""
+    oversized_dropped: int = 0
+    """Outgoing messages over the frame limit, dropped instead of sent."""
+    dropped_peer_messages: int = 0
+    """Peer messages naming another sender than the peer (ignored)."""
+
+
+class ServerEffects:
+    """The Ready driver's effects on this node's WAL, fsync thread and snapshot files.
+
+    ``open(loop, durable)`` once the storage is open; ``close()`` at shutdown. The node
+    runtime supplies ``send`` (sockets), ``wake`` (its timer) and ``fail`` (stop).
+    """
+
+    def __init__(
+        self,
+        node_id: int,
+        snapshot_dir: Path,
+        stats: DriverStats,
+        metrics: NodeMetrics,
+        *,
+        send: Callable[[Send], None],
+        wake: Callable[[float | None], None],
+        fail: Callable[[BaseException], None],
+    ) -> None:
+        self.node_id = node_id
+        self.snapshot_dir = snapshot_dir
+        self.stats = stats
+        self.metrics = metrics
+        self._send = send
+        self._wake = wake
+        self._fail = fail
+        self.driver: ReadyDriver | None = None
+        """The driver these effects serve (set right after both exist)."""
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.durable: DurableAcceptor | None = None
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"pyxos-fsync-{node_id}")
+        """The fsync thread (opening the storage and truncating the WAL run there too)."""
+        self._snapshot_executor = ThreadPoolExecutor(
+            1, thread_name_prefix=f"pyxos-snapshot-{node_id}"
+        )
+        self.fsync_future: asyncio.Future[int] | None = None
+        """The fsync running in the fsync thread (at most one: group commit)."""
+
+    def open(self, loop: asyncio.AbstractEventLoop, durable: DurableAcceptor) -> None:
+        """The storage is open: effects may run."""
+        self.loop = loop
+        self.durable = durable
+
+    async def close(self) -> None:
+        """Let the fsync in flight finish, stop the threads (a queued truncation
+        finishes first), close the WAL."""
+        if self.fsync_future is not None:
+            with contextlib.suppress(Exception):
+                await self.fsync_future
+        self.executor.shutdown(wait=True)
+        if self.durable is not None:
+            self.durable.close()
+        self._snapshot_executor.shutdown(wait=True)
+
+    @property
+    def _driver(self) -> ReadyDriver:
+        assert self.driver is not None
+        return self.driver
+
+    def write(self, persist: Persist) -> None:
+        """Append to the WAL (buffered)."""
+        assert self.durable is not None
+        self.durable.write(persist)
+
+    def start_fsync(self) -> None:
+        """One fsync in the fsync thread; its end goes back to the driver."""
+        assert self.loop is not None and self.durable is not None
+        future = self.loop.run_in_executor(self.executor, self._timed_sync)
+        self.fsync_future = future
+        future.add_done_callback(self._on_synced)
+
+    def _timed_sync(self) -> int:
+        assert self.durable is not None
+        start = time.perf_counter()
+        index = self.durable.sync()
+        self.metrics.fsync_seconds.observe(time.perf_counter() - start)
+        return index
+
+    def _on_synced(self, future: asyncio.Future[int]) -> None:
+        self.fsync_future = None
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is not None:
+            self._driver.fsync_failed(error)
+        else:
+            self._driver.fsync_done()
+
+    def send(self, send: Send) -> None:
+        """To a peer, a client, or back to this node (next pass)."""
+        self._send(send)
+
+    def committed(self, entries: list[Entry]) -> None:
+        """Nothing to do: the service node applied them and queued the replies."""
+
+    def save_snapshot(self, slot: int, data: bytes) -> None:
+        """Write the snapshot in the snapshot thread, keep the newest two."""
+        assert self.loop is not None
+        directory = self.snapshot_dir
+
+        def write() -> None:
+            write_snapshot(directory, slot, b"", data)
+            prune_snapshots(directory, keep=2)
+
+        future = self.loop.run_in_executor(self._snapshot_executor, write)
+        future.add_done_callback(lambda f: self._on_snapshot_saved(slot, f))
+
+    def _on_snapshot_saved(self, slot: int, future: asyncio.Future[None]) -> None:
+        driver = self._driver
+        if future.cancelled() or driver.closed:
+            driver.snapshot_failed(slot)
+            return
+        error = future.exception()
+        if error is not None:
+            logger.error("node %d: snapshot of slot %d not written: %s", self.node_id, slot, error)
+            driver.snapshot_failed(slot)
+        else:
+            driver.snapshot_saved(slot)
+
+    def checkpoint(self) -> int | None:
+        """After compaction, when the WAL has a sealed segment to delete: rewrite the
+        acceptor state (buffered, like any write)."""
+        replica = getattr(self._driver.node, "replica", None)
+        durable = self.durable
+        if replica is None or durable is None or durable.segments < 2:
+            return None
+        acceptor = replica.acceptor
+        return durable.checkpoint(
+            acceptor.promised, acceptor.accepted.values(), replica.first_unchosen
+        )
+
+    def truncate(self, index: int) -> None:
+        """Delete the WAL segments before ``index`` in the fsync thread (the WAL
+        serializes truncation with sync anyway)."""
+        durable, loop = self.durable, self.loop
+        if durable is None or loop is None or self._driver.closed:
+            return
+
+        def done(future: asyncio.Future[int]) -> None:
+            if future.cancelled():
+                return
+            error = future.exception()
+            if error is not None:
+                self._fail(error)
+            else:
+                self.stats.wal_segments_deleted += future.result()
+
+        future = loop.run_in_executor(self.executor, durable.truncate_before, index)
+        future.add_done_callback(done)
+
+    def wake_at(self, deadline: float | None) -> None:
+        """The node runtime's timer."""
+        self._wake(deadline)
+
+    def fail(self, error: BaseException) -> None:
+        """A storage error: the node stops."""
+        self._fail(error)

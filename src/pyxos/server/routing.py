@@ -1,0 +1,114 @@
+"""Where what a node sends goes: back to itself, to a client, or to a peer.
+
+Theory of operation
+-------------------
+A ``Send`` names node ids; the router encodes its message once for every destination
+(a frame over the limit is dropped, counted and logged: the protocol tolerates a lost
+message, an exception would abandon the Ready half done) and hands it on:
+
+- to this node itself: queued and delivered as one input batch at the end of the
+  event-loop pass (``call_soon``), never stepped re-entrantly, as the simulator
+  delivers it as a separate event (a leader's own ``Accepted`` after its fsync);
+- to a client id (``>= CLIENT_ID_BASE``): the client port (``server.clients``);
+- to a peer: its link (``pyxos.net.link.PeerLinks``); not a member: dropped.
+
+Messages from a peer link are fed to the node only if they name that peer as their
+sender; the others are dropped and counted (docs/architecture.md, *Network*).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from pyxos.core.messages import Message
+from pyxos.core.ready import Send
+from pyxos.net.codec import encode_message
+from pyxos.net.link import PeerLinks
+from pyxos.server.clients import CLIENT_ID_BASE, ClientPort
+from pyxos.server.effects import DriverStats
+
+__all__ = ["Router"]
+
+logger = logging.getLogger("pyxos.server")
+
+
+class Router:
+    """Routes a node's ``Send`` values; ``feed`` hands messages back to the node."""
+
+    def __init__(
+        self,
+        node_id: int,
+        stats: DriverStats,
+        clients: ClientPort,
+        feed: Callable[[list[Message]], None],
+    ) -> None:
+        self.node_id = node_id
+        self.stats = stats
+        self.clients = clients
+        self.feed = feed
+        self.links: PeerLinks | None = None
+        """The peer links (set once they exist)."""
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._local: list[Message] = []
+        self._local_scheduled = False
+
+    def send(self, send: Send) -> None:
+        """Deliver one ``Send``: to ourselves (next pass), a client, or a peer link."""
+        me = self.node_id
+        msg = send.msg
+        frame: bytes | None = None  # encoded once, for every destination
+
+        def encoded() -> bytes:
+            nonlocal frame
+            if frame is None:
+                frame = self.encode(msg)
+            return frame
+
+        for dst in send.to:
+            if dst == me:
+                self._local.append(msg)
+                if not self._local_scheduled and self.loop is not None:
+                    self._local_scheduled = True
+                    self.loop.call_soon(self._deliver_local)
+            elif dst >= CLIENT_ID_BASE:
+                self.clients.deliver(dst, msg, encoded)
+            elif self.links is not None:
+                data = encoded()
+                if data:
+                    with contextlib.suppress(KeyError):  # not a member: dropped
+                        self.links.send(dst, data)
+
+    def encode(self, msg: Message) -> bytes:
+        """The frame of ``msg``; empty (dropped, counted, logged) if it is over the limit.
+
+        The protocol tolerates a lost message; an exception here would abandon the
+        Ready half done.
+        """
+        try:
+            return encode_message(msg)
+        except ValueError as e:
+            self.stats.oversized_dropped += 1
+            logger.error("node %d: dropped a message: %s", self.node_id, e)
+            return b""
+
+    def _deliver_local(self) -> None:
+        self._local_scheduled = False
+        msgs, self._local = self._local, []
+        if msgs:
+            self.feed(msgs)
+
+    def on_peer_messages(self, peer: int, msgs: list[Message]) -> None:
+        """Messages from a peer link: a peer speaks only for itself."""
+        # A peer speaks only for itself: a message naming another sender is dropped and
+        # counted, never stepped. (Client requests and replies do come from peers: a
+        # follower forwards its clients' requests to the leader and relays the reply.)
+        if all(m.src == peer for m in msgs):
+            self.feed(msgs)
+            return
+        good = [m for m in msgs if m.src == peer]
+        self.stats.dropped_peer_messages += len(msgs) - len(good)
+        if good:
+            self.feed(good)
