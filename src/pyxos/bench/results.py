@@ -83,11 +83,7 @@ class CaseResult:
             seconds=seconds,
             value_size=value_size,
             bytes_per_s=ops_per_s * value_size,
-            p50_ms=hist.percentile(50) * 1e3,
-            p90_ms=hist.percentile(90) * 1e3,
-            p99_ms=hist.percentile(99) * 1e3,
-            p999_ms=hist.percentile(99.9) * 1e3,
-            max_ms=hist.max_ns / 1e6,
+            **hist.summary_ms(),  # computed like max_ms: never above it by a rounding
             **kw,
         )
 
