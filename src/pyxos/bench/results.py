@@ -77,13 +77,18 @@ class CaseResult:
     ) -> CaseResult:
         """A result whose ops and percentiles come from ``hist``."""
         ops_per_s = hist.count / seconds
+        ms = hist.summary_ms()  # computed like max_ms: never above it by a rounding
         return cls(
             ops=hist.count,
             ops_per_s=ops_per_s,
             seconds=seconds,
             value_size=value_size,
             bytes_per_s=ops_per_s * value_size,
-            **hist.summary_ms(),  # computed like max_ms: never above it by a rounding
+            p50_ms=ms["p50_ms"],
+            p90_ms=ms["p90_ms"],
+            p99_ms=ms["p99_ms"],
+            p999_ms=ms["p999_ms"],
+            max_ms=ms["max_ms"],
             **kw,
         )
 
