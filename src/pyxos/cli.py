@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
 
 from pyxos import __version__
 from pyxos.sim.nemesis import parse_faults
+
+if TYPE_CHECKING:
+    from pyxos.sim.traceout import TraceRecorder
 
 __all__ = ["main"]
 
@@ -59,6 +62,13 @@ def sim() -> None:
 @_faults_option("drop,dup,reorder,delay,partition,crash")
 @click.option("--mutant", default=None, help="Run a deliberately broken variant.")
 @click.option("--trace", is_flag=True, help="Print the full trace of every run.")
+@click.option(
+    "--trace-out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the run's trace as JSON lines for `pyxos view` (of the last seed; "
+    "format: docs/trace-format.md).",
+)
 @_stop_on_first_option()
 def sim_synod(
     seeds: int,
@@ -68,6 +78,7 @@ def sim_synod(
     faults: frozenset[str],
     mutant: str | None,
     trace: bool,
+    trace_out: str | None,
     stop_on_first: bool,
 ) -> None:
     """Single-decree Paxos: agreement, validity and termination under faults."""
@@ -85,7 +96,20 @@ def sim_synod(
     seed_list = [seed] if seed is not None else list(range(first_seed, first_seed + seeds))
 
     def one(s: int) -> SynodResult:
-        return run_synod(s, nodes=nodes, faults=faults, variant=variant)
+        recorder = _recorder("sim synod", s, nodes, faults, mutant) if trace_out else None
+        r = run_synod(
+            s,
+            nodes=nodes,
+            faults=faults,
+            variant=variant,
+            on_sim=recorder.attach if recorder else None,
+        )
+        if recorder is not None and trace_out is not None:
+            recorder.finish(
+                violation=r.violation, replay=synod_replay_command(s, nodes, faults, mutant)
+            )
+            recorder.write_file(trace_out)
+        return r
 
     results = run_seeds(
         seed_list,
@@ -153,6 +177,13 @@ def sim_synod(
     help="Write the client history (JSON lines) of the run (of the last seed).",
 )
 @click.option("--trace", is_flag=True, help="Print the full trace of every run.")
+@click.option(
+    "--trace-out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the run's trace as JSON lines for `pyxos view` (of the last seed; "
+    "format: docs/trace-format.md).",
+)
 @_stop_on_first_option()
 def sim_kv(
     seeds: int,
@@ -167,6 +198,7 @@ def sim_kv(
     mutant: str | None,
     history_path: str | None,
     trace: bool,
+    trace_out: str | None,
     stop_on_first: bool,
 ) -> None:
     """The replicated KV store: agreement, validity, replica divergence,
@@ -181,7 +213,8 @@ def sim_kv(
     seed_list = [seed] if seed is not None else list(range(first_seed, first_seed + seeds))
 
     def one(s: int) -> KVResult:
-        return run_kv(
+        recorder = _recorder("sim kv", s, nodes, faults, mutant) if trace_out else None
+        r = run_kv(
             s,
             nodes=nodes,
             clients=clients,
@@ -191,7 +224,12 @@ def sim_kv(
             faults=faults,
             mutant=mutant,
             trace=trace or len(seed_list) == 1,
+            on_sim=recorder.attach if recorder else None,
         )
+        if recorder is not None and trace_out is not None:
+            recorder.finish(history=r.history, violation=r.violation, replay=r.replay)
+            recorder.write_file(trace_out)
+        return r
 
     results = run_seeds(
         seed_list,
@@ -234,6 +272,24 @@ def sim_kv(
         click.echo(r.violation.detail)
         click.echo(f"replay: {r.replay}")
     sys.exit(1 if bad else 0)
+
+
+def _recorder(
+    source: str, seed: int, nodes: int, faults: frozenset[str], mutant: str | None
+) -> TraceRecorder:
+    """A trace recorder for one simulated seed (``--trace-out``)."""
+    from pyxos.core.quorum import Majority
+    from pyxos.sim.traceout import TraceRecorder, kv_value_text, plain_value_text
+
+    ids = list(range(1, nodes + 1))
+    return TraceRecorder(
+        source=source,
+        seed=seed,
+        replicas=ids,
+        quorum=Majority(ids),
+        value_text=kv_value_text if source == "sim kv" else plain_value_text,
+        meta={"faults": sorted(faults), "mutant": mutant},
+    )
 
 
 def _stale_rows(counts: list[dict[str, int]]) -> list[tuple[str, str]]:

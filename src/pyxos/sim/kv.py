@@ -372,6 +372,7 @@ def run_kv(
     store_factory: StoreFactory = KVStore,
     config: ReplicaConfig | None = None,
     trace: bool = True,
+    on_sim: Callable[[Simulator], None] | None = None,
     check_linearizability: bool = True,
     check_divergence: bool = True,
     ack_before_sync: bool = False,
@@ -394,6 +395,8 @@ def run_kv(
     ack_before_sync = ack_before_sync or m_early
     sim = Simulator(seed, trace=trace)
     sim.ack_before_sync = ack_before_sync
+    if on_sim is not None:
+        on_sim(sim)
     ids = list(range(1, nodes + 1))
     quorum = Majority(ids)
     config = config or ReplicaConfig()

@@ -71,9 +71,12 @@ def run_synod(
     variant: SynodVariant = SynodNode,
     repropose: int = 2,
     trace: bool = True,
+    on_sim: Callable[[Simulator], None] | None = None,
 ) -> SynodResult:
     """Simulate one seed of single-decree Paxos and check it."""
     sim = Simulator(seed, trace=trace)
+    if on_sim is not None:
+        on_sim(sim)
     ids = list(range(1, nodes + 1))
     quorum = Majority(ids)
     proposed: set[bytes] = set()

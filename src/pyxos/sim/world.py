@@ -160,6 +160,10 @@ class Simulator:
         """Directed (src, dst) pairs whose messages the network drops (partitions)."""
         self.tracing = trace
         self.trace: list[TraceEvent] = []
+        self.tap: Callable[[TraceEvent], None] | None = None
+        """Given every trace event as it happens (tracing on or off), and besides them
+        ``send``, ``dup``, ``tick``, ``persist`` and ``ready`` (a node was just driven):
+        what a trace file needs (``pyxos.sim.traceout``). None: nothing is given."""
         self.observers: list[Callable[[int, list[Entry]], None]] = []
         """Called with (node id, committed entries) after every Ready that has any."""
         self.send_observers: list[Callable[[int, Message], None]] = []
@@ -369,6 +373,8 @@ class Simulator:
     def _log(self, kind: str, a: Any, b: Any, detail: Any) -> None:
         if self.tracing:
             self.trace.append((self.now, kind, a, b, detail))
+        if self.tap is not None:
+            self.tap((self.now, kind, a, b, detail))
 
     def _start(self, proc: _Process) -> None:
         node_rng = random.Random(self.rng.getrandbits(64))
@@ -405,12 +411,16 @@ class Simulator:
         if not proc.up or proc.node is None or proc.incarnation != incarnation:
             return
         proc.tick_at = None
+        if self.tap is not None:
+            self.tap((self.now, "tick", node_id, None, None))
         proc.node.tick(self._local(proc))
         self._drive(proc)
 
     def _drive(self, proc: _Process) -> None:
         assert proc.driver is not None
         proc.driver.drive()
+        if self.tap is not None:
+            self.tap((self.now, "ready", proc.node_id, None, None))
 
     def _wake_at(self, proc: _Process, deadline: float | None) -> None:
         if deadline is not None and proc.clock is not None:
@@ -457,6 +467,8 @@ class Simulator:
 
     def _transmit(self, src: int, dst: int, msg: Message) -> None:
         self.stats["sent"] += 1
+        if self.tap is not None:
+            self.tap((self.now, "send", src, dst, msg))
         for observe in self.send_observers:
             observe(src, msg)
         proc = self.procs.get(dst)
@@ -478,6 +490,8 @@ class Simulator:
         if f.dup and rng.random() < f.dup:
             copies = 2
             self.stats["duplicated"] += 1
+            if self.tap is not None:
+                self.tap((self.now, "dup", src, dst, msg))
         for copy in range(copies):
             delay = rng.uniform(f.min_delay, f.max_delay)
             if f.long_delay and rng.random() < f.long_delay:
@@ -510,6 +524,8 @@ class _SimEffects:
     def write(self, persist: Persist) -> None:
         """Unsynced until the next fsync completes."""
         self.proc.storage.write(persist)
+        if self.sim.tap is not None:
+            self.sim.tap((self.sim.now, "persist", self.proc.node_id, None, persist))
 
     def start_fsync(self) -> None:
         """Completes after a random disk latency (an event)."""
