@@ -303,6 +303,28 @@ def _stale_rows(counts: list[dict[str, int]]) -> list[tuple[str, str]]:
     return rows
 
 
+@main.command("view")
+@click.argument("trace", type=click.Path(exists=True, dir_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, help="Port (default: any).")
+@click.option("--no-open", is_flag=True, help="Do not open a browser; only print the URL.")
+def view_cmd(trace: str, host: str, port: int, no_open: bool) -> None:
+    """Show a trace (`pyxos sim ... --trace-out FILE`) in the browser: the message
+    sequence diagram, every node's state at each moment, the logs; a failing seed
+    opens at its violation. Serves a local page until Ctrl-C."""
+    from pathlib import Path
+
+    from pyxos.view.server import TraceError, read_header, run_view
+
+    path = Path(trace)
+    try:
+        read_header(path)
+    except TraceError as e:
+        click.echo(f"pyxos view: {e}", err=True)
+        sys.exit(2)
+    run_view(path, host=host, port=port, open_browser=not no_open)
+
+
 @main.command("check")
 @click.argument("history", type=click.Path(exists=True, dir_okay=False))
 @click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
@@ -346,11 +368,17 @@ def serve(config_path: str, init: bool, log_level: str, log_format: str) -> None
 
 @main.command("demo")
 @click.option("--tls", is_flag=True, help="Run the cluster with TLS (certificates made for it).")
-def demo(tls: bool) -> None:
+@click.option(
+    "--web",
+    is_flag=True,
+    help="Show the live cluster page and wait for Enter before the failover and the end.",
+)
+@click.option("--no-open", is_flag=True, help="With --web: print the page's URL, open nothing.")
+def demo(tls: bool, web: bool, no_open: bool) -> None:
     """Start a 3-node cluster, fail the leader over, catch a node up, shut down."""
     from pyxos.demo import run_demo
 
-    sys.exit(run_demo(Console(), tls=tls))
+    sys.exit(run_demo(Console(), tls=tls, web=web, open_browser=not no_open))
 
 
 @main.group()

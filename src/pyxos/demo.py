@@ -14,6 +14,7 @@ stopped in any case.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import signal
 import tempfile
@@ -49,19 +50,26 @@ class _Narrator:
 
 
 def run_demo(
-    console: Console | None = None, keep_dir: Path | None = None, *, tls: bool = False
+    console: Console | None = None,
+    keep_dir: Path | None = None,
+    *,
+    tls: bool = False,
+    web: bool = False,
+    open_browser: bool = True,
 ) -> int:
     """Run the demo; the process exit code (0: every check held).
 
     ``tls``: the cluster runs with mutual TLS between nodes and TLS on the client and
-    HTTP ports (certificates made for it), and the client verifies the nodes."""
+    HTTP ports (certificates made for it), and the client verifies the nodes.
+    ``web``: show the live cluster page and wait for Enter before the failover and
+    before the end (``open_browser``: open it in a browser too)."""
     console = console or Console()
     n = _Narrator(console)
     with tempfile.TemporaryDirectory(prefix="pyxos-demo-") as tmp:
         base = keep_dir or Path(tmp)
         cluster = LocalCluster.create(base / "cluster", 3, cluster_id="pyxos-demo", tls=tls)
         try:
-            return _script(cluster, n)
+            return _script(cluster, n, web=web, open_browser=open_browser)
         except Exception as e:  # the demo reports any failure plainly
             n.step(f"[red]demo failed: {type(e).__name__}: {e}[/red]")
             for node_id in cluster.nodes:
@@ -77,7 +85,27 @@ def run_demo(
                 n.step(f"stopped nodes {sorted(stopped)} with SIGTERM; processes left: {len(left)}")
 
 
-def _script(cluster: LocalCluster, n: _Narrator) -> int:
+def _wait_for_enter(n: _Narrator, what: str) -> None:
+    n.step(f"[bold]press Enter to {what}[/bold]")
+    with contextlib.suppress(EOFError):  # no input: go on at once
+        input()
+
+
+def _show_page(cluster: LocalCluster, n: _Narrator, leader: int, open_browser: bool) -> None:
+    follower = min(i for i in cluster.nodes if i != leader)
+    members = ",".join(f"{x.host}:{x.http_port}" for x in cluster.nodes.values())
+    url = f"{cluster.nodes[follower].http_url}/?members={members}"
+    n.step("live cluster page (every member's stream; the leader is killed next):")
+    n.console.print(f"  {url}", soft_wrap=True, markup=False, highlight=False)
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(url)
+
+
+def _script(
+    cluster: LocalCluster, n: _Narrator, *, web: bool = False, open_browser: bool = True
+) -> int:
     ports = ", ".join(f"{x.node_id}:{x.client_port}" for x in cluster.nodes.values())
     tls = " with TLS (mutual between nodes)" if cluster.tls else ""
     n.step(
@@ -105,6 +133,9 @@ def _script(cluster: LocalCluster, n: _Narrator) -> int:
         if got != "v1b":
             raise AssertionError(f"read {got!r}, expected 'v1b'")
 
+        if web:
+            _show_page(cluster, n, leader, open_browser)
+            _wait_for_enter(n, f"SIGKILL the leader, node {leader}")
         n.step(f"[bold]SIGKILL the leader, node {leader}[/bold]")
         killed_at = time.monotonic()
         cluster.kill(leader, signal.SIGKILL)
@@ -144,6 +175,8 @@ def _script(cluster: LocalCluster, n: _Narrator) -> int:
         if dict(listed) != acknowledged:
             raise AssertionError(f"list returned {listed}, expected {sorted(acknowledged.items())}")
         n.step(f"list config/ -> {len(listed)} keys, all as acknowledged")
+        if web:
+            _wait_for_enter(n, "stop the cluster")
     finally:
         client.close()
     n.step("[green]demo passed[/green]: failover, no acknowledged write lost, catch-up")

@@ -70,6 +70,7 @@ from pyxos.client.local import LocalClients
 from pyxos.net.limits import PortGuard
 from pyxos.net.tls import tls_acceptor
 from pyxos.server.clients import NodeHandle
+from pyxos.server.dashboard import register_dashboard
 from pyxos.server.metrics import CONTENT_TYPE
 from pyxos.statemachine.kv import (
     DEFAULT_LIST_LIMIT,
@@ -154,6 +155,7 @@ class HttpApi:
         self.app.router.add_get("/v1/kv/{key:.+}", self._get)
         self.app.router.add_put("/v1/kv/{key:.+}", self._put)
         self.app.router.add_delete("/v1/kv/{key:.+}", self._delete)
+        register_dashboard(self.app, node)  # GET /: the live cluster page (dashboard.py)
 
     @property
     def port(self) -> int:

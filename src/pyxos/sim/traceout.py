@@ -70,15 +70,19 @@ def plain_value_text(value: bytes) -> str:
 
 
 def kv_value_text(value: bytes) -> str:
-    """A KV slot value (a batch of commands) as text, e.g. ``put k1=c1001-3``."""
-    from pyxos.statemachine.kv import decode_batch
+    """A KV slot value (a batch of commands) or a client request's command as text,
+    e.g. ``put k1=c1001-3``."""
+    from pyxos.statemachine.kv import Command, decode_batch
 
     if not value:
         return "no-op"
     try:
         commands = decode_batch(value)
     except (msgspec.DecodeError, ValueError, TypeError):
-        return plain_value_text(value)
+        try:  # a client request carries one command, not a batch
+            commands = [msgspec.msgpack.decode(value, type=Command)]
+        except (msgspec.DecodeError, ValueError, TypeError):
+            return plain_value_text(value)
     parts = []
     for c in commands:
         if c.op == "put":
