@@ -191,7 +191,15 @@ def test_the_replay_of_a_time_limited_run_is_the_same_run(tmp_path: Path) -> Non
 
 
 def test_the_replay_command_names_every_option_that_shapes_a_run() -> None:
-    not_shaping = {"seeds", "seed", "first_seed", "history_path", "trace", "stop_on_first"}
+    not_shaping = {
+        "seeds",
+        "seed",
+        "first_seed",
+        "history_path",
+        "trace",
+        "trace_out",
+        "stop_on_first",
+    }
     replay = kv_replay_command(1, 3, 4, ALL, "double-apply", ops=7, keys=2, snapshot_every=9)
     for param in sim_kv.params:
         if param.name in not_shaping:

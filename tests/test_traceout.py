@@ -129,3 +129,10 @@ def test_the_shipped_trace_is_current() -> None:
     assert header["version"] == TRACE_VERSION and header["events"] == len(records)
     leaders = [rec["node"] for rec in records if rec["kind"] == "state" and rec["role"] == "leader"]
     assert len(set(leaders)) >= 2
+
+
+def test_recording_a_trace_does_not_change_the_run() -> None:
+    # The replay command leaves --trace-out out: the recorder only reads (no RNG).
+    recorded = _record(6, clients=2, ops_per_client=6, faults=frozenset({"drop", "crash"}))[1]
+    plain = run_kv(6, nodes=3, clients=2, ops_per_client=6, faults=frozenset({"drop", "crash"}))
+    assert recorded.history == plain.history and recorded.stats == plain.stats
