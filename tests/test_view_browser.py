@@ -99,7 +99,17 @@ def test_a_leader_change_step_by_step(browser: Any) -> None:
         assert second > first
         assert _card(page, 1) == {"role": "leader", "ballot": "2.1", "leader": "n1"}
         assert _card(page, 3)["role"] == "leader"  # on its side of the partition
+        page.screenshot(path=str(ARTIFACTS / "view-leader-change-all.png"))
+        # without client traffic and heartbeats: fewer rows, the same moment
+        rows = page.evaluate("window.pyxosView.rows()")
+        page.click("#show-clients")
+        page.click("#show-heartbeats")
+        assert page.evaluate("window.pyxosView.rows()") < rows
+        assert _cursor(page) == second
         page.screenshot(path=str(ARTIFACTS / "view-leader-change.png"))
+        page.click("#show-clients")
+        page.click("#show-heartbeats")
+        assert page.evaluate("window.pyxosView.rows()") == rows
 
         page.keyboard.press("ArrowLeft")
         assert _cursor(page) == second - 1 and _card(page, 1)["role"] != "leader"

@@ -304,25 +304,26 @@ def _stale_rows(counts: list[dict[str, int]]) -> list[tuple[str, str]]:
 
 
 @main.command("view")
-@click.argument("trace", type=click.Path(exists=True, dir_okay=False))
+@click.argument("traces", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=0, help="Port (default: any).")
 @click.option("--no-open", is_flag=True, help="Do not open a browser; only print the URL.")
-def view_cmd(trace: str, host: str, port: int, no_open: bool) -> None:
-    """Show a trace (`pyxos sim ... --trace-out FILE`) in the browser: the message
-    sequence diagram, every node's state at each moment, the logs; a failing seed
-    opens at its violation. Serves a local page until Ctrl-C."""
+def view_cmd(traces: tuple[str, ...], host: str, port: int, no_open: bool) -> None:
+    """Show a trace (`pyxos sim ... --trace-out FILE`, or the files of real nodes,
+    `pyxos serve --trace FILE`, merged) in the browser: the message sequence diagram,
+    every node's state at each moment, the logs; a failing seed opens at its violation.
+    Serves a local page until Ctrl-C."""
     from pathlib import Path
 
-    from pyxos.view.server import TraceError, read_header, run_view
+    from pyxos.view.server import TraceError, make_app, run_view
 
-    path = Path(trace)
+    paths = [Path(t) for t in traces]
     try:
-        read_header(path)
+        make_app(paths)  # every check before anything is served
     except TraceError as e:
         click.echo(f"pyxos view: {e}", err=True)
         sys.exit(2)
-    run_view(path, host=host, port=port, open_browser=not no_open)
+    run_view(paths, host=host, port=port, open_browser=not no_open)
 
 
 @main.command("check")
@@ -354,7 +355,24 @@ main.add_command(_model_commands)
 @click.option(
     "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
-def serve(config_path: str, init: bool, log_level: str, log_format: str) -> None:
+@click.option(
+    "--trace",
+    "trace_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write this node's side of the run to FILE (pyxos view merges the nodes' files).",
+)
+@click.option(
+    "--trace-max-mb", type=float, default=64.0, show_default=True, help="Bound of the trace file."
+)
+def serve(
+    config_path: str,
+    init: bool,
+    log_level: str,
+    log_format: str,
+    trace_path: str | None,
+    trace_max_mb: float,
+) -> None:
     """Run one node from a TOML config file until SIGTERM/SIGINT.
 
     Exit code 2 on an invalid configuration or a busy port, 1 if the node cannot start."""
@@ -363,6 +381,8 @@ def serve(config_path: str, init: bool, log_level: str, log_format: str) -> None
     args = ["--config", config_path, "--log-level", log_level, "--log-format", log_format]
     if init:
         args.append("--init")
+    if trace_path is not None:
+        args += ["--trace", trace_path, "--trace-max-mb", str(trace_max_mb)]
     sys.exit(server_main(args))
 
 

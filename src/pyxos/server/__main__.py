@@ -22,6 +22,7 @@ from pyxos.server.config import Config, ConfigError
 from pyxos.server.disk import DataDirUnusable, NodeStartupError, PortUnavailable
 from pyxos.server.node import NodeFailed
 from pyxos.server.process import run
+from pyxos.server.tracefile import NodeTracer
 from pyxos.storage.durable import DurableStateError
 from pyxos.storage.wal import StorageError
 
@@ -63,6 +64,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="RATE",
         help="testing only: this node's clock runs at RATE times real time (0.5-2)",
     )
+    parser.add_argument(
+        "--trace",
+        default=None,
+        metavar="FILE",
+        help="write this node's side of the run to FILE (docs/trace-format.md; pyxos view)",
+    )
+    parser.add_argument(
+        "--trace-max-mb",
+        type=float,
+        default=64.0,
+        metavar="MB",
+        help="stop writing the trace after this many megabytes (default 64)",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     parser.add_argument(
         "--log-format",
@@ -91,7 +105,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not 0.5 <= args.chaos_clock <= 2.0:
             raise ConfigError(f"--chaos-clock must lie in [0.5, 2], not {args.chaos_clock}")
-        run(config, initialize=args.init, clock_rate=args.chaos_clock)
+        tracer = None
+        if args.trace is not None:
+            if not args.trace_max_mb > 0:
+                raise ConfigError(f"--trace-max-mb must be positive, not {args.trace_max_mb}")
+            try:
+                tracer = NodeTracer(
+                    args.trace,
+                    config.node_id,
+                    config.peers,
+                    max_bytes=int(args.trace_max_mb * 1024 * 1024),
+                )
+            except OSError as e:
+                raise ConfigError(f"--trace {args.trace}: {e.strerror or e}") from e
+        run(config, initialize=args.init, clock_rate=args.chaos_clock, trace=tracer)
     except (PortUnavailable, DataDirUnusable, ConfigError) as e:
         print(f"pyxos: configuration error: {e}", file=sys.stderr)
         return 2

@@ -37,6 +37,7 @@ from pyxos.core.messages import Entry
 from pyxos.core.ready import Persist, Send
 from pyxos.driver import DriverCounters, ReadyDriver
 from pyxos.server.metrics import NodeMetrics
+from pyxos.server.tracefile import NodeTracer
 from pyxos.storage.durable import DurableAcceptor
 from pyxos.storage.snapshot import prune_snapshots, write_snapshot
 
@@ -93,6 +94,8 @@ class ServerEffects:
         self._fail = fail
         self.driver: ReadyDriver | None = None
         """The driver these effects serve (set right after both exist)."""
+        self.tracer: NodeTracer | None = None
+        """Writes this node's side of the run (``pyxos serve --trace``); None: off."""
         self.loop: asyncio.AbstractEventLoop | None = None
         self.durable: DurableAcceptor | None = None
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"pyxos-fsync-{node_id}")
@@ -128,6 +131,8 @@ class ServerEffects:
         """Append to the WAL (buffered)."""
         assert self.durable is not None
         self.durable.write(persist)
+        if self.tracer is not None:
+            self.tracer.persisted(persist)
 
     def start_fsync(self) -> None:
         """One fsync in the fsync thread; its end goes back to the driver."""
@@ -155,10 +160,15 @@ class ServerEffects:
 
     def send(self, send: Send) -> None:
         """To a peer, a client, or back to this node (next pass)."""
+        if self.tracer is not None:
+            self.tracer.sent(send)
         self._send(send)
 
     def committed(self, entries: list[Entry]) -> None:
-        """Nothing to do: the service node applied them and queued the replies."""
+        """Nothing to do: the service node applied them and queued the replies (a
+        trace, if one is written, records them)."""
+        if self.tracer is not None:
+            self.tracer.committed(entries)
 
     def save_snapshot(self, slot: int, data: bytes) -> None:
         """Write the snapshot in the snapshot thread, keep the newest two."""

@@ -388,6 +388,8 @@ class NodeServer:
         if node is None or loop is None or self._closing or self._fatal is not None:
             return
         self.stats.inputs += 1
+        if (tracer := self.effects.tracer) is not None:  # pyxos serve --trace
+            tracer.received(msgs := list(msgs))
         try:
             node.tick(self.clock.now())
             for msg in msgs:
@@ -408,6 +410,8 @@ class NodeServer:
         except Exception as e:
             self._internal_error(e)
             return
+        if self.effects.tracer is not None:
+            self.effects.tracer.driven(self.node)
         self._majority_lost.observe(self.node)
 
     def _internal_error(self, e: Exception) -> None:

@@ -16,12 +16,16 @@ import signal
 from pyxos.server.config import Config
 from pyxos.server.disk import ensure_file_limit
 from pyxos.server.node import NodeServer
+from pyxos.server.tracefile import NodeTracer
 
 __all__ = ["run"]
 
 
-async def _serve(config: Config, initialize: bool, clock_rate: float = 1.0) -> None:
+async def _serve(
+    config: Config, initialize: bool, clock_rate: float = 1.0, trace: NodeTracer | None = None
+) -> None:
     server = NodeServer(config, initialize=initialize, clock_rate=clock_rate)
+    server.effects.tracer = trace
     await server.startup()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -30,19 +34,30 @@ async def _serve(config: Config, initialize: bool, clock_rate: float = 1.0) -> N
     await server.serve_forever()
 
 
-def run(config: Config, *, initialize: bool = False, clock_rate: float = 1.0) -> None:
+def run(
+    config: Config,
+    *,
+    initialize: bool = False,
+    clock_rate: float = 1.0,
+    trace: NodeTracer | None = None,
+) -> None:
     """Run one node until SIGTERM or SIGINT (the programmatic API and the CLI's).
 
     ``initialize`` allows an empty data directory to be set up for this node (see
     ``NodeServer``); ``clock_rate`` is for chaos tests only. Uses uvloop when it is
     installed. Raises the process's limit on open files, if it must and may, so the
     three ports' connection caps are reached before the node runs out of file
-    descriptors (see ``ensure_file_limit``).
+    descriptors (see ``ensure_file_limit``). ``trace``: this node's side of the run is
+    written there (``pyxos serve --trace``); the file is closed when the node stops.
     """
     ensure_file_limit(config)
     try:
-        import uvloop
-    except ImportError:
-        asyncio.run(_serve(config, initialize, clock_rate))
-    else:
-        uvloop.run(_serve(config, initialize, clock_rate))
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(_serve(config, initialize, clock_rate, trace))
+        else:
+            uvloop.run(_serve(config, initialize, clock_rate, trace))
+    finally:
+        if trace is not None:
+            trace.close()

@@ -9,7 +9,8 @@ top of ``assets/viewer.js``). So the server is small: ``/`` is the page, ``/asse
 its script and style sheet (package data, shipped in the wheel; no CDN, no build
 step), ``/trace.jsonl`` the file as it is on disk. The header line is checked before
 anything is served, so a file that is not a trace, or of a newer version, is a clear
-error at the command line instead of a blank page.
+error at the command line instead of a blank page. Real nodes' files (``pyxos serve
+--trace``, one per node) are merged into one run first (``pyxos.view.merge``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from aiohttp import web
 
 from pyxos.sim.traceout import TRACE_FORMAT, TRACE_VERSION
+from pyxos.view.merge import merge_node_traces
 
 __all__ = ["TraceError", "make_app", "read_header", "run_view", "start_view"]
 
@@ -63,11 +65,28 @@ def _asset(name: str) -> bytes:
     return (resources.files("pyxos.view") / "assets" / name).read_bytes()
 
 
-def make_app(trace: Path) -> web.Application:
-    """The viewer's application for the trace file ``trace``."""
-    header = read_header(trace)
+def make_app(trace: Path | list[Path]) -> web.Application:
+    """The viewer's application for the trace file ``trace`` (or the files of several
+    real nodes, merged)."""
+    traces = trace if isinstance(trace, list) else [trace]
+    if not traces:
+        raise TraceError("no trace file given")
+    headers = [read_header(path) for path in traces]
+    merged: bytes | None = None
+    if len(traces) > 1 or headers[0].get("source") == "serve":
+        if any(h.get("source") != "serve" for h in headers):
+            raise TraceError("only real nodes' traces (pyxos serve --trace) can be merged")
+        try:
+            merged = merge_node_traces(traces)
+        except (ValueError, OSError) as e:
+            raise TraceError(str(e)) from e
+        header = json.loads(merged.split(b"\n", 1)[0])
+    else:
+        header = headers[0]
+    name = ", ".join(path.name for path in traces)
     page = _asset("index.html").replace(
-        b"{{title}}", f"pyxos view: {trace.name}".encode().replace(b"<", b"&lt;")
+        b"{{title}}",
+        f"pyxos view: {name}".encode().replace(b"&", b"&amp;").replace(b"<", b"&lt;"),
     )
 
     async def index(request: web.Request) -> web.Response:
@@ -81,10 +100,12 @@ def make_app(trace: Path) -> web.Application:
         return web.Response(body=_asset(name), content_type=kind, charset="utf-8")
 
     async def trace_file(request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(trace, headers={"Content-Type": "application/x-ndjson"})
+        if merged is not None:
+            return web.Response(body=merged, content_type="application/x-ndjson")
+        return web.FileResponse(traces[0], headers={"Content-Type": "application/x-ndjson"})
 
     async def info(request: web.Request) -> web.Response:
-        return web.json_response({"file": trace.name, "header": header})
+        return web.json_response({"file": name, "header": header})
 
     app = web.Application()
     app.router.add_get("/", index)
@@ -95,7 +116,7 @@ def make_app(trace: Path) -> web.Application:
 
 
 async def start_view(
-    trace: Path, host: str = "127.0.0.1", port: int = 0
+    trace: Path | list[Path], host: str = "127.0.0.1", port: int = 0
 ) -> tuple[web.AppRunner, str]:
     """Start serving ``trace``; return the runner (``await runner.cleanup()`` stops it)
     and the page's URL."""
@@ -109,7 +130,7 @@ async def start_view(
     return runner, f"http://{host}:{bound}/"
 
 
-def run_view(trace: Path, *, host: str, port: int, open_browser: bool) -> None:
+def run_view(trace: Path | list[Path], *, host: str, port: int, open_browser: bool) -> None:
     """Serve ``trace`` until interrupted, opening the page in a browser if asked."""
 
     async def main() -> None:

@@ -174,7 +174,7 @@
     }
     for (const msg of D.sends) {
       const last = Math.max(msg.e, msg.e2);
-      if ((last < 0 ? end : last) - msg.s > LONG) D.long.push(msg);
+      if (last >= 0 && last - msg.s > LONG) D.long.push(msg);
     }
     D.leaderSet = new Set(D.leaders);
     D.columns = layoutColumns();
@@ -393,6 +393,7 @@
       case "call": return `${label(r.client)} call ${r.op} ${r.key}` + (r.value ? "=" + r.value : "");
       case "return": return `${label(r.client)} return ${r.op} ${r.key} ` + (r.ok === false ? "failed" : r.output !== null && r.output !== undefined ? "→ " + r.output : "ok");
       case "violation": return `VIOLATION ${r.check}: ${r.detail}`;
+      case "truncated": return `TRACE TRUNCATED at ${r.max_bytes} bytes`;
       default: return `${r.kind} ${r.node !== undefined ? label(r.node) : ""}`;
     }
   }
@@ -551,13 +552,22 @@
     const color = COLORS[msg.type] || "#6b7280";
     const y0 = rowY(msg.s);
     for (const [e, kind, dup] of ends) {
-      const last = e < 0 ? view.records.length : e;
-      if (last < firstRec) continue;
-      const y1 = e < 0 ? rowY(view.records.length) + 40 : rowY(e);
+      if (e < 0) {
+        // no receipt in the trace (still in flight at the end, or its receiver was
+        // not traced): a short dotted stub toward the receiver
+        const xs = x0 + (x1 - x0) * 0.3, ys = y0 + ROW * 1.5;
+        ctx.strokeStyle = color; ctx.lineWidth = 1.2; ctx.setLineDash([2, 3]);
+        ctx.beginPath(); ctx.moveTo(x0, y0); ctx.lineTo(xs, ys); ctx.stroke();
+        ctx.setLineDash([]);
+        ctx.beginPath(); ctx.arc(xs, ys, 2.5, 0, 7); ctx.stroke();
+        continue;
+      }
+      if (e < firstRec) continue;
+      const y1 = rowY(e);
       ctx.strokeStyle = color;
       ctx.fillStyle = color;
       ctx.lineWidth = msg.type === "Commit" ? 1 : 1.6;
-      ctx.setLineDash(dup ? [5, 3] : e < 0 ? [2, 3] : []);
+      ctx.setLineDash(dup ? [5, 3] : []);
       if (kind === "drop") {
         const xm = x0 + (x1 - x0) * 0.55, ym = y0 + (y1 - y0) * 0.55;
         ctx.globalAlpha = 0.75;
@@ -819,7 +829,10 @@
   function setup() {
     const h = view.header;
     const n = view.records.length;
-    const bits = [`<b>${esc(h.source)}</b>`, `seed ${h.seed}`, `${h.replicas.length} nodes`];
+    const bits = [`<b>${esc(h.source)}</b>`];
+    if (h.seed !== null && h.seed !== undefined) bits.push(`seed ${h.seed}`);
+    if (h.files) bits.push(esc(h.files.join(", ")));
+    bits.push(`${h.replicas.length} nodes`);
     if (h.clients && h.clients.length) bits.push(`${h.clients.length} clients`);
     if (h.faults) bits.push("faults " + (h.faults.length ? h.faults.join(",") : "none"));
     if (h.mutant) bits.push(`mutant <b>${esc(h.mutant)}</b>`);
@@ -871,6 +884,7 @@
       else if (e.key === "End") { seek(n - 1); e.preventDefault(); }
     });
     view.seek = seek;
+    view.rows = () => recOfRow.length;
     view.derived = D;
   }
 
