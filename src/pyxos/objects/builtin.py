@@ -27,9 +27,10 @@ The lock (:class:`Lock`) hands out *fencing tokens* and expires by *log time*:
   bounds a grant by activity *and* (with ticks on) by about ``ttl * tick_interval``
   seconds, whichever comes first; safety never depends on it, only on the tokens.
 
-The lock's operations and their semantics are those of the checker's lock model
-(``pyxos.check``): ``acquire(owner, ttl) -> token | None``, ``release(owner, token) ->
-bool`` and the ``holder()`` query; ``renew`` and ``state()`` are extras.
+The lock's operations and their semantics are those of the lock model being written
+for the linearizability checker (issue 10, item 4): ``acquire(owner, ttl) -> token |
+None``, ``release(owner, token) -> bool`` and the ``holder()`` query; ``renew`` and
+``state()`` are extras.
 """
 
 from __future__ import annotations
@@ -166,9 +167,8 @@ class LockState(msgspec.Struct, frozen=True):
 class Lock(Replicated):
     """A lease lock with fencing tokens, expiring by log time (see the module notes).
 
-    The semantics are those of the lock model of the linearizability checker
-    (``pyxos.check``): ``acquire``, ``release`` and the ``holder`` query, with the lock's
-    own log time.
+    The semantics are those of the checker's lock model (issue 10, item 4):
+    ``acquire``, ``release`` and the ``holder`` query, with the lock's own log time.
     """
 
     holder_: str | None = None
