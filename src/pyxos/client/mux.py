@@ -119,7 +119,7 @@ class Session(KVOperations):
         """Whether the pool was closed (the session then refuses new commands)."""
         return self.pool.closed
 
-    async def _call(self, seq: int, payload: bytes, command: Command | None) -> bytes:
+    async def _request(self, request: ClientRequest, what: Command | str) -> ClientReply:
         """The first attempt, at the pool's target over an open connection; the engine
         (``drive``) takes over if there is none or it got no answer. (The first attempt
         is here rather than in the engine to keep one coroutine frame and the ``Call``
@@ -128,8 +128,8 @@ class Session(KVOperations):
         loop = pool._loop
         if loop is None:
             loop = pool._loop = asyncio.get_running_loop()
-        key = (self.client_id, seq)
-        frame = encode_message(ClientRequest(0, self.client_id, seq, payload))
+        key = (request.client, request.seq)
+        frame = encode_message(request)
         now = loop.time()
         deadline = now + pool.timeout
         route = pool.route
@@ -146,12 +146,12 @@ class Session(KVOperations):
                     pool._forget(key, future)
                     raise
         if reply is None or not reply.ok:
-            reply = await pool._retry(self, command, key, frame, deadline, index, reply, tried)
+            reply = await pool._retry(self, request, what, frame, deadline, index, reply, tried)
         else:
             route.answered(reply)
         self.answered_by = reply.src
         self.leader = route.leader
-        return reply.result
+        return reply
 
 
 class ClientPool(Closeable):
@@ -283,8 +283,8 @@ class ClientPool(Closeable):
     async def _retry(
         self,
         session: Session,
-        command: Command | None,
-        key: tuple[int, int],
+        request: ClientRequest,
+        what: Command | str,
         frame: bytes,
         deadline: float,
         index: int,
@@ -296,6 +296,7 @@ class ClientPool(Closeable):
         loop = self._loop
         assert loop is not None
         slot = session._slot
+        key = (request.client, request.seq)
 
         async def attempt(index: int, deadline: float) -> ClientReply | None:
             if self.closed:
@@ -315,8 +316,7 @@ class ClientPool(Closeable):
                 self._forget(key, future)
                 raise
 
-        what = describe(key[0], key[1], command)
-        call = Call(self.route, deadline, self.timeout, what)
+        call = Call(self.route, deadline, self.timeout, describe(request, what))
         try:
             return await drive(call, attempt, index, reply, tried)
         finally:
@@ -356,7 +356,7 @@ class ClientPool(Closeable):
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if task.cancelled() and (current is None or not current.cancelling()):
-                return None  # the pool closed under us: _call then says so
+                return None  # the pool closed under us: _retry then says so
             raise
 
     async def _open(self, index: int, slot: int) -> FramedProtocol | None:
