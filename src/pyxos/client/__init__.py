@@ -23,7 +23,9 @@ from pyxos.client.aio import (
     OutcomeUnknown,
     new_client_id,
 )
+from pyxos.client.engine import NoLeader
 from pyxos.client.history import HistoryFile
+from pyxos.client.local import LocalClients
 from pyxos.client.mux import ClientPool, Session
 from pyxos.client.sync import Client
 
@@ -36,6 +38,8 @@ __all__ = [
     "CommandRejected",
     "HistoryFile",
     "ListPage",
+    "LocalClients",
+    "NoLeader",
     "OutcomeUnknown",
     "Session",
     "new_client_id",
