@@ -402,16 +402,26 @@ class AsyncClient(KVOperations, Closeable):
     # -- the transport: one connection per node ----------------------------------------
 
     async def _request(self, request: ClientRequest, what: Command | str) -> ClientReply:
+        """The first attempt, at the route's target; the engine (``drive``) takes over
+        if it got no answer or a refusal. (The first attempt is here rather than in the
+        engine to keep the ``Call`` and a coroutine frame off the usual path.)"""
         loop = asyncio.get_running_loop()
         frame = encode_message(request)
         seq = request.seq
+        deadline = loop.time() + self.timeout
+        route = self.route
+        index = route.target
+        reply = await self._try(index, seq, frame, self.timeout)
+        if reply is not None and reply.ok:
+            route.answered(reply)
+            return reply
 
         async def attempt(index: int, deadline: float) -> ClientReply | None:
             return await self._try(index, seq, frame, deadline - loop.time())
 
-        call = Call(self.route, loop.time() + self.timeout, self.timeout, describe(request, what))
+        call = Call(route, deadline, self.timeout, describe(request, what))
         try:
-            return await drive(call, attempt, self.route.target, None, False)
+            return await drive(call, attempt, index, reply, True)
         finally:
             self.retries += call.retries
 
@@ -420,12 +430,14 @@ class AsyncClient(KVOperations, Closeable):
     ) -> ClientReply | None:
         """Send to node ``index`` and wait for its reply; None if none came."""
         loop = asyncio.get_running_loop()
-        try:
-            conn = await asyncio.wait_for(
-                self._connect(index), min(remaining, self.connect_timeout)
-            )
-        except (OSError, TimeoutError):
-            return None
+        conn = self._conns.get(index)
+        if conn is None or not conn.is_open:
+            try:
+                conn = await asyncio.wait_for(
+                    self._connect(index), min(remaining, self.connect_timeout)
+                )
+            except (OSError, TimeoutError):
+                return None
         future: asyncio.Future[ClientReply] = loop.create_future()
         self._attempt = _Attempt(seq, index, future)
         try:
