@@ -156,11 +156,11 @@ def check_client_id(client_id: int | None) -> None:
         raise ValueError(f"client_id must be in [1, 2**63), not {client_id}")
 
 
-def describe(request: ClientRequest, what: Command | str) -> str:
-    """How an ``OutcomeUnknown`` names ``request``: by its KV command's ``op`` and
-    ``key``, or by ``what`` (opaque bytes: "command", "query")."""
-    name = what if isinstance(what, str) else f"{what.op} {what.key!r}"
-    return f"{name} (client {request.client}, seq {request.seq})"
+def describe(client: int, seq: int, command: Command | None) -> str:
+    """How an ``OutcomeUnknown`` names the command ``(client, seq)``: by its KV ``op``
+    and ``key``, or (``command`` None: opaque bytes) as "command"."""
+    what = "command" if command is None else f"{command.op} {command.key!r}"
+    return f"{what} (client {client}, seq {seq})"
 
 
 class Closeable:
@@ -185,7 +185,7 @@ class Closeable:
 class KVOperations:
     """The key-value operations of one logical client, written once for every
     transport: ``execute`` numbers the command, runs it through the subclass's
-    ``_request`` (the engine's retries over its connections) and records it in
+    ``_call`` (the engine's retries over its connections) and records it in
     ``history``; ``get``, ``put``, ``delete``, ``cas`` and ``list`` are built on it."""
 
     client_id: int
@@ -204,12 +204,12 @@ class KVOperations:
         """Whether this client refuses new commands (it, or its pool, was closed)."""
         raise NotImplementedError
 
-    async def _request(self, request: ClientRequest, what: Command | str) -> ClientReply:
-        """Send ``request`` (of this client, with a seq the caller took under ``_lock``)
-        until a node answers it; that reply, or the engine's ``OutcomeUnknown`` (the
-        transport's part). The request's command is opaque to the transport and the
-        engine (any application's bytes); ``what`` (the KV command it encodes, or a
-        word) only names it in errors."""
+    async def _call(self, seq: int, payload: bytes, command: Command | None) -> ClientReply:
+        """Send the request ``(client_id, seq, payload)`` until a node answers it (the
+        caller took ``seq`` under ``_lock``); that reply, or the engine's
+        ``OutcomeUnknown`` (the transport's part). ``payload`` is opaque to the
+        transport and the engine (any application's command bytes); ``command``, the KV
+        command it encodes if any, only names it in errors."""
         raise NotImplementedError
 
     async def execute(
@@ -237,9 +237,9 @@ class KVOperations:
             command = Command(self.client_id, seq, op, key, value, expected, limit, after)
             history = self.history
             call = time.monotonic_ns() if history is not None else 0
-            request = ClientRequest(0, self.client_id, seq, _command_encoder.encode(command))
             try:
-                result = decode_result((await self._request(request, command)).result)
+                reply = await self._call(seq, _command_encoder.encode(command), command)
+                result = decode_result(reply.result)
             except BaseException:
                 # Timed out, cancelled, closed under it or an undecodable answer: the
                 # command may or may not have taken effect. The history holds every
@@ -401,13 +401,12 @@ class AsyncClient(KVOperations, Closeable):
 
     # -- the transport: one connection per node ----------------------------------------
 
-    async def _request(self, request: ClientRequest, what: Command | str) -> ClientReply:
+    async def _call(self, seq: int, payload: bytes, command: Command | None) -> ClientReply:
         """The first attempt, at the route's target; the engine (``drive``) takes over
         if it got no answer or a refusal. (The first attempt is here rather than in the
         engine to keep the ``Call`` and a coroutine frame off the usual path.)"""
         loop = asyncio.get_running_loop()
-        frame = encode_message(request)
-        seq = request.seq
+        frame = encode_message(ClientRequest(0, self.client_id, seq, payload))
         deadline = loop.time() + self.timeout
         route = self.route
         index = route.target
@@ -419,7 +418,7 @@ class AsyncClient(KVOperations, Closeable):
         async def attempt(index: int, deadline: float) -> ClientReply | None:
             return await self._try(index, seq, frame, deadline - loop.time())
 
-        call = Call(route, deadline, self.timeout, describe(request, what))
+        call = Call(route, deadline, self.timeout, describe(self.client_id, seq, command))
         try:
             return await drive(call, attempt, index, reply, True)
         finally:

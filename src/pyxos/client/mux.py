@@ -119,7 +119,7 @@ class Session(KVOperations):
         """Whether the pool was closed (the session then refuses new commands)."""
         return self.pool.closed
 
-    async def _request(self, request: ClientRequest, what: Command | str) -> ClientReply:
+    async def _call(self, seq: int, payload: bytes, command: Command | None) -> ClientReply:
         """The first attempt, at the pool's target over an open connection; the engine
         (``drive``) takes over if there is none or it got no answer. (The first attempt
         is here rather than in the engine to keep one coroutine frame and the ``Call``
@@ -128,8 +128,8 @@ class Session(KVOperations):
         loop = pool._loop
         if loop is None:
             loop = pool._loop = asyncio.get_running_loop()
-        key = (request.client, request.seq)
-        frame = encode_message(request)
+        key = (self.client_id, seq)
+        frame = encode_message(ClientRequest(0, self.client_id, seq, payload))
         now = loop.time()
         deadline = now + pool.timeout
         route = pool.route
@@ -146,7 +146,7 @@ class Session(KVOperations):
                     pool._forget(key, future)
                     raise
         if reply is None or not reply.ok:
-            reply = await pool._retry(self, request, what, frame, deadline, index, reply, tried)
+            reply = await pool._retry(self, command, key, frame, deadline, index, reply, tried)
         else:
             route.answered(reply)
         self.answered_by = reply.src
@@ -283,8 +283,8 @@ class ClientPool(Closeable):
     async def _retry(
         self,
         session: Session,
-        request: ClientRequest,
-        what: Command | str,
+        command: Command | None,
+        key: tuple[int, int],
         frame: bytes,
         deadline: float,
         index: int,
@@ -296,7 +296,6 @@ class ClientPool(Closeable):
         loop = self._loop
         assert loop is not None
         slot = session._slot
-        key = (request.client, request.seq)
 
         async def attempt(index: int, deadline: float) -> ClientReply | None:
             if self.closed:
@@ -316,7 +315,8 @@ class ClientPool(Closeable):
                 self._forget(key, future)
                 raise
 
-        call = Call(self.route, deadline, self.timeout, describe(request, what))
+        what = describe(key[0], key[1], command)
+        call = Call(self.route, deadline, self.timeout, what)
         try:
             return await drive(call, attempt, index, reply, tried)
         finally:
