@@ -40,7 +40,8 @@ _OK = encode_result(Result(ok=True))
 
 
 async def stub(port: int) -> None:
-    """Answer every request ok at once, as node 1 and leader, on ``port``."""
+    """Answer every request ok at once, as node 1 and leader, on ``port`` (0: any free
+    port); print ``ready PORT`` once listening."""
 
     def factory() -> FramedProtocol:
         def on_messages(_: int, msgs: list[Message]) -> None:
@@ -52,7 +53,7 @@ async def stub(port: int) -> None:
         return conn
 
     server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", port)
-    print("ready", flush=True)
+    print("ready", server.sockets[0].getsockname()[1], flush=True)
     async with server:
         await server.serve_forever()
 
@@ -102,7 +103,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=256)
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--port", type=int, default=47390)
+    parser.add_argument("--port", type=int, default=0, help="the stub's port (0: any free)")
     parser.add_argument("--stub", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     with contextlib.suppress(ImportError):
@@ -120,9 +121,10 @@ def main() -> None:
     )
     try:
         assert child.stdout is not None
-        if child.stdout.readline().strip() != "ready":
+        ready, _, port = child.stdout.readline().strip().partition(" ")
+        if ready != "ready":
             raise SystemExit("the stub node did not start")
-        line = asyncio.run(load(args.port, args.kind, args.clients, args.connections, args.seconds))
+        line = asyncio.run(load(int(port), args.kind, args.clients, args.connections, args.seconds))
         print(line)
     finally:
         child.terminate()
