@@ -12,7 +12,7 @@ from pyxos.core.ready import Node
 from pyxos.core.replica import Replica, ReplicaConfig, Role
 from pyxos.sim.kv import service_node_factory
 from pyxos.sim.mutants import REPLICA_MUTANTS
-from pyxos.sim.world import Simulator
+from pyxos.sim.world import DATA_DIR, Simulator
 from pyxos.statemachine.kv import Command, decode_result
 from pyxos.statemachine.service import ServiceNode
 from sim_helpers import RecordingClient
@@ -157,7 +157,7 @@ def _stale_read_after_an_acceptor_restarts(wipe: bool = False) -> str | bool | N
     sim.partition([[old], [x, y]])  # L is cut off from X too; clients still reach it
     sim.crash(x)
     if wipe:
-        sim.procs[x].storage.corrupt(keep_snapshot=False)
+        sim.procs[x].fs.wipe(DATA_DIR)
     sim.restart(x)
 
     def run_for_leader(node: Node) -> None:

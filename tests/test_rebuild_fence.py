@@ -35,7 +35,7 @@ from pyxos.core.ready import FenceState
 from pyxos.core.replica import Replica, ReplicaConfig, Role
 from pyxos.sim.kv import service_node_factory
 from pyxos.sim.mutants import REPLICA_MUTANTS
-from pyxos.sim.world import Simulator
+from pyxos.sim.world import DATA_DIR, Simulator
 from pyxos.statemachine.kv import Command
 from pyxos.statemachine.service import ServiceNode
 
@@ -108,7 +108,7 @@ def wiped_leader_late_accept(seed: int, mutant: str | None = None) -> Simulator:
 
     rules.append(no_election)
     sim.crash(lead)
-    sim.procs[lead].storage.corrupt(keep_snapshot=False)  # the disk was wiped
+    sim.procs[lead].fs.wipe(DATA_DIR)  # the disk was wiped
     sim.restart(lead)
     assert _replica(sim, lead).rebuilding
     sim.run(sim.now + 2.0, stop=lambda: not _replica(sim, lead).rebuilding)

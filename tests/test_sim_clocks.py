@@ -19,7 +19,7 @@ from pyxos.sim.kv import kv_replay_command, run_kv
 from pyxos.sim.mutants import REPLICA_MUTANTS
 from pyxos.sim.nemesis import parse_faults, rate_bound
 from pyxos.sim.world import NetworkFaults, NodeClock, Simulator
-from pyxos.storage.memory import MemoryStorage
+from pyxos.storage.durable import NodeStorage
 
 CLOCK = parse_faults("all,clock")
 UNSAFE = parse_faults("all,clock-unsafe")
@@ -69,7 +69,7 @@ def test_timers_run_on_the_node_clock() -> None:
     sim = Simulator(1)
     nodes: dict[int, _Ticker] = {}
 
-    def factory(node_id: int, storage: MemoryStorage, rng: random.Random, now: float) -> _Ticker:
+    def factory(node_id: int, storage: NodeStorage, rng: random.Random, now: float) -> _Ticker:
         nodes[node_id] = _Ticker(node_id, now)
         return nodes[node_id]
 

@@ -102,6 +102,25 @@ def open_storage(
         # Whatever else the file system refuses (an I/O error, a file of the log
         # that cannot be read): one line, not a traceback.
         raise NodeStartupError(f"cannot open the data directory {config.data_dir}: {e}") from e
+    node_id = config.node_id
+    if opened.lost is not None:
+        logger.warning(
+            "node %d: %s; its promises may be lost: it rebuilds from its peers and "
+            "does not vote until then (the old log is kept in quarantine-N/)",
+            node_id,
+            opened.lost,
+        )
+    if opened.snapshots is not None:
+        for skipped in opened.snapshots.skipped:
+            logger.warning("skipping damaged snapshot %s: %s", skipped.path, skipped.reason)
+        for temp in opened.snapshots.temp_files:
+            logger.warning("ignoring unfinished snapshot %s", temp)
+    if opened.initialized:
+        logger.info("node %d: initialized %s", node_id, config.data_dir)
+    elif initialize:
+        logger.info(
+            "node %d: %s was initialized before: --init has no effect", node_id, config.data_dir
+        )
     return opened.durable, opened.state, opened.snapshot
 
 

@@ -51,12 +51,13 @@ from pyxos.core.quorum import Majority, QuorumSystem
 from pyxos.core.ready import Node, Ready, Send
 from pyxos.core.replica import Replica, ReplicaConfig, Role
 from pyxos.sim.leases import LeaseMonitor
-from pyxos.sim.mutants import REPLICA_MUTANTS, STORE_MUTANTS
+from pyxos.sim.mutants import REPLICA_MUTANTS, STORE_MUTANTS, WAL_MUTANTS
 from pyxos.sim.nemesis import Nemesis
 from pyxos.sim.world import NodeFactory, Simulator, TraceEvent, format_trace
 from pyxos.statemachine.kv import Command, KVStore, decode_batch, decode_result
 from pyxos.statemachine.service import SNAPSHOT_CHUNK, ServiceNode
-from pyxos.storage.memory import MemoryStorage
+from pyxos.storage.durable import NodeStorage
+from pyxos.storage.wal import WAL
 
 __all__ = [
     "KV_MUTANTS",
@@ -73,7 +74,7 @@ CLIENT_BASE = 1000
 ReplicaFactory = Callable[..., Replica]
 StoreFactory = Callable[[], KVStore]
 
-KV_MUTANTS = sorted([*REPLICA_MUTANTS, *STORE_MUTANTS, "early-ack"])
+KV_MUTANTS = sorted([*REPLICA_MUTANTS, *STORE_MUTANTS, *WAL_MUTANTS, "early-ack"])
 """Every name ``run_kv(mutant=...)`` and ``pyxos sim kv --mutant`` take."""
 
 DEFAULT_OPS = 40
@@ -150,6 +151,8 @@ def _mutant_parts(name: str | None) -> tuple[ReplicaFactory | None, StoreFactory
         return REPLICA_MUTANTS[name], None, False
     if name in STORE_MUTANTS:
         return None, STORE_MUTANTS[name], False
+    if name in WAL_MUTANTS:
+        return None, None, False  # run_kv takes its WAL from WAL_MUTANTS
     raise ValueError(f"unknown mutant {name!r}; choose from {', '.join(KV_MUTANTS)}")
 
 
@@ -322,24 +325,25 @@ def service_node_factory(
     snapshot_chunk: int = SNAPSHOT_CHUNK,
     catchup_snapshot_slots: int = 40,
 ) -> NodeFactory:
-    """Builds a :class:`ServiceNode` from a node's durable storage, as a restart does:
-    the acceptor state, the rebuild flags, and the latest snapshot. A node that lags by
-    ``catchup_snapshot_slots`` gets a snapshot (small here, so that the short simulated
-    runs exercise it)."""
+    """Builds a :class:`ServiceNode` from what a node's storage recovered, as the
+    server's startup does: the acceptor state, the rebuild flags, the latest snapshot.
+    A node that lags by ``catchup_snapshot_slots`` gets a snapshot (small here, so that
+    the short simulated runs exercise it)."""
 
-    def build(node_id: int, storage: MemoryStorage, rng: random.Random, now: float) -> Node:
+    def build(node_id: int, storage: NodeStorage, rng: random.Random, now: float) -> Node:
+        state = storage.state
         replica = replica_factory(
             node_id,
             quorum,
             rng,
             config=config,
-            promised=storage.promised,
-            accepted=storage.accepted.values(),
+            promised=state.promised,
+            accepted=state.accepted.values(),
             now=now,
-            rebuilding=storage.needs_rebuild,
-            rebuilt_from=storage.rebuilt_from,
-            fences=storage.fences,
-            bootstrapping=storage.bootstrapping,
+            rebuilding=state.needs_rebuild,
+            rebuilt_from=max(state.rebuilt, 0),
+            fences=state.fences,
+            bootstrapping=state.bootstrapping,
         )
         node = ServiceNode(
             replica,
@@ -350,7 +354,7 @@ def service_node_factory(
             catchup_snapshot_slots=catchup_snapshot_slots,
         )
         if storage.snapshot is not None:
-            node.restore_snapshot(*storage.snapshot)
+            node.restore_snapshot(storage.snapshot.slot, storage.snapshot.data)
         return node
 
     return build
@@ -380,21 +384,26 @@ def run_kv(
     snapshot_bytes: int = 64 * 1024 * 1024,
     drifting_clocks: bool = True,
     stale_messages: bool = True,
+    wal_class: type[WAL] = WAL,
 ) -> KVResult:
     """Simulate one seed of the replicated KV store and check it.
 
-    ``mutant`` names a deliberately broken variant (:data:`KV_MUTANTS`); it overrides
-    ``replica_factory``, ``store_factory`` or ``ack_before_sync`` accordingly.
-    ``drifting_clocks=False`` and ``stale_messages=False`` turn off per-node clock drift
-    and the messages held back for several election timeouts (see
-    :class:`~pyxos.sim.nemesis.Nemesis`), to show what a mutant needs them for.
+    Every replica runs the real WAL (``wal_class``), durable acceptor and snapshot
+    files over its own simulated file system. ``mutant`` names a deliberately broken
+    variant (:data:`KV_MUTANTS`); it overrides ``replica_factory``, ``store_factory``,
+    ``ack_before_sync`` or ``wal_class`` accordingly. ``drifting_clocks=False`` and
+    ``stale_messages=False`` turn off per-node clock drift and the messages held back
+    for several election timeouts (see :class:`~pyxos.sim.nemesis.Nemesis`), to show
+    what a mutant needs them for.
     """
     m_replica, m_store, m_early = _mutant_parts(mutant)
+    wal_class = WAL_MUTANTS.get(mutant or "", wal_class)
     replica_factory = m_replica or replica_factory
     store_factory = m_store or store_factory
     ack_before_sync = ack_before_sync or m_early
     sim = Simulator(seed, trace=trace)
     sim.ack_before_sync = ack_before_sync
+    sim.wal_class = wal_class
     if on_sim is not None:
         on_sim(sim)
     ids = list(range(1, nodes + 1))
@@ -436,13 +445,13 @@ def run_kv(
         snapshot_bytes=snapshot_bytes,
     )
 
-    def replica_node(node_id: int, storage: MemoryStorage, rng: random.Random, now: float) -> Node:
+    def replica_node(node_id: int, storage: NodeStorage, rng: random.Random, now: float) -> Node:
         node = build_node(node_id, storage, rng, now)
         if check_divergence and isinstance(node, ServiceNode):
             node.audit_with(divergence.observe)
         return node
 
-    def client_node(client_id: int, storage: MemoryStorage, rng: random.Random, now: float) -> Node:
+    def client_node(client_id: int, storage: NodeStorage, rng: random.Random, now: float) -> Node:
         return SimClient(
             client_id,
             ids,

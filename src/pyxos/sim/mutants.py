@@ -11,8 +11,10 @@ can replay a failing seed of a mutant exactly.
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -26,8 +28,17 @@ from pyxos.core.replica import NOOP, Replica
 from pyxos.core.synod import Proposer, SynodNode
 from pyxos.statemachine.base import Applied
 from pyxos.statemachine.kv import KVStore, KVStoreWithoutDedup, decode_batch
+from pyxos.storage.fs import FileSystem
+from pyxos.storage.wal import (
+    SEGMENT_HEADER_SIZE,
+    WAL,
+    RecoveryReport,
+    WALCorruption,
+    _find_intact_record,
+    _Segment,
+)
 
-__all__ = ["REPLICA_MUTANTS", "STORE_MUTANTS", "SYNOD_MUTANTS"]
+__all__ = ["REPLICA_MUTANTS", "STORE_MUTANTS", "SYNOD_MUTANTS", "WAL_MUTANTS"]
 
 
 class _PromiseIgnoringAcceptor(Acceptor):
@@ -279,3 +290,54 @@ STORE_MUTANTS: dict[str, type[KVStore]] = {
     "fresh-only": FreshOnlyStore,
 }
 """Broken state machines, by the name ``pyxos sim kv --mutant`` takes."""
+
+
+class SkipDamagedRecordWAL(WAL):
+    """Recovery that cuts a damaged record out of the log and carries on with the
+    records after it, instead of reporting corruption: a "salvage" that silently
+    forgets whatever promise or acceptance that record held."""
+
+    @staticmethod
+    def _recover(
+        dirpath: Path, fs: FileSystem, initial: Sequence[tuple[int, bytes]] = ()
+    ) -> tuple[list[_Segment], RecoveryReport]:
+        for _ in range(64):
+            try:
+                return WAL._recover(dirpath, fs, initial)
+            except WALCorruption as e:
+                data = fs.read_bytes(e.path)
+                start = max(e.offset, SEGMENT_HEADER_SIZE)
+                follower = _find_intact_record(data, start + 1, len(data))
+                if e.offset < SEGMENT_HEADER_SIZE or follower is None:
+                    raise
+                fs.truncate(e.path, e.offset)
+                f = fs.open_append(e.path)
+                try:
+                    f.write(data[follower:])
+                    f.sync()
+                finally:
+                    f.close()
+        return WAL._recover(dirpath, fs, initial)
+
+
+class SwallowFsyncErrorWAL(WAL):
+    """A WAL that ignores a failed fsync ("the next one will succeed"): after Linux
+    dropped the dirty pages, it reports the records durable and the node acknowledges
+    what a power loss then takes."""
+
+    def _write_group(self, segment: _Segment, group: list[bytes]) -> None:
+        data = b"".join(group)
+        self._active.write(data)
+        with contextlib.suppress(OSError):
+            self._active.sync()
+        with self._lock:
+            segment.count += len(group)
+            segment.size += len(data)
+
+
+WAL_MUTANTS: dict[str, type[WAL]] = {
+    "wal-skip-damaged": SkipDamagedRecordWAL,
+    "wal-swallow-fsync-error": SwallowFsyncErrorWAL,
+}
+"""Broken write-ahead logs, by the name ``pyxos sim kv --mutant`` takes (they matter
+with ``--faults ...,disk``)."""

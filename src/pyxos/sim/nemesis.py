@@ -6,13 +6,21 @@ During the fault window ``[0, until)`` the nemesis acts at random intervals: it 
 the cluster (random halves, majority/minority, an isolated node or leader, a bridge
 node that sees both sides), heals, crashes a node and restarts it, and pauses a node
 (frozen with its memory kept, like a GC pause or SIGSTOP: it then acts on a stale
-view of the world, which is what leases must survive). With ``disk``, crashes keep a
-random prefix of the unsynced writes, an fsync fails now and then, which stops that
-node (it counts as crashed and restarts later), and a node's log is now and then
-corrupted or its disk wiped: it restarts in the rebuilding state. ``wipe-init`` (part of
-``disk``) is the operator's mistake: a node's data directory is wiped and the node
-restarted at once with the bootstrap flag it was first started with, so its disk looks
-like a brand-new node's. Probabilistic network
+view of the world, which is what leases must survive). With ``disk``, the nodes' real
+WAL and snapshot files on their simulated file systems get what disks do: a crash (a
+power loss) keeps a random part of the unsynced writes, torn and reordered at sector
+granularity; a disk starts failing now and then (every fsync on it fails with the
+pages dropped, until the machine loses power shortly after: the real WAL stops the
+node at the first failure); a disk fills up for a while (``ENOSPC``); and a crashed
+node's disk is damaged (the leader's, half the time: that is where the newest votes
+are, and an election follows): a bit flips or a sector is lost (zeros) among the
+newest WAL records (never in the last one, whose damage is indistinguishable from a
+torn write), or a bit flips in the newest snapshot, or its log or its whole data
+directory is wiped. Recovery must tell each apart: a
+corrupt or lost log makes the node rebuild. ``wipe-init`` (part of ``disk``) is the
+operator's mistake: a node's data directory is wiped and the node restarted at once
+with the bootstrap flag it was first started with, so its disk looks like a brand-new
+node's. Probabilistic network
 faults (loss, duplication, long delays, reordering) are on for the same window. At
 ``until`` everything heals: partitions end, every crashed node restarts, paused nodes
 resume and the network stops losing and duplicating messages. Liveness checks start
@@ -36,9 +44,13 @@ timeouts, and with ``dup`` some duplicates are replayed that much later (see
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
-from pyxos.sim.world import NetworkFaults, Simulator
+from pyxos.sim.world import DATA_DIR, SNAPSHOT_DIR, NetworkFaults, Simulator
+from pyxos.storage.simfs import SECTOR, SimFileSystem
+from pyxos.storage.wal import SEGMENT_HEADER_SIZE, record_offsets
 
 __all__ = ["ALL_FAULTS", "FAULT_KINDS", "Nemesis", "parse_faults"]
 
@@ -131,6 +143,8 @@ class Nemesis:
         self.interval = interval
         self.crashed: set[int] = set()
         self.paused: set[int] = set()
+        self.dying: set[int] = set()
+        """Nodes whose disk fails every fsync until their power goes."""
         self.actions = 0
         self.drift = drift
         sim.faults = network_faults(kinds, stale=stale)
@@ -160,7 +174,7 @@ class Nemesis:
             return
         choices: list[str] = [k for k in ("partition", "crash", "pause") if k in self.kinds]
         if "disk" in self.kinds:
-            choices += ["crash", "corrupt"]
+            choices += ["crash", "corrupt", "full"]
         if self.kinds & {"clock", "clock-unsafe"}:
             choices.append("clock")
             if rng.random() < 0.5:
@@ -173,15 +187,15 @@ class Nemesis:
             self._partition()
         elif kind == "crash":
             down = self.crashed | self.paused
-            if self.crashed and (len(down) >= minority or rng.random() < 0.5):
-                node = rng.choice(sorted(self.crashed))
-                self.crashed.discard(node)
-                self._restart(node)
+            # A node whose disk is dying stays down until its machine lost power.
+            restartable = sorted(self.crashed - self.dying)
+            if restartable and (len(down) >= minority or rng.random() < 0.5):
+                self._restart(rng.choice(restartable))
             elif len(down) < minority:
                 candidates = [n for n in self.servers if n not in down]
                 if "disk" in self.kinds:
                     # Power fails where it hurts: prefer a node with writes in flight.
-                    dirty = [n for n in candidates if sim.procs[n].storage.unsynced]
+                    dirty = [n for n in candidates if sim.writes_in_flight(n)]
                     candidates = dirty or candidates
                 node = rng.choice(candidates)
                 self.crashed.add(node)
@@ -190,27 +204,33 @@ class Nemesis:
             # A node still rebuilding (or bootstrapping after a wipe) has no trustworthy
             # state yet: it counts as down, so no more than a minority ever loses its
             # acceptor state at once.
-            lost = {
-                n
-                for n in self.servers
-                if sim.procs[n].storage.needs_rebuild or sim.procs[n].storage.bootstrapping
-            }
-            down = self.crashed | self.paused | lost
+            rebuilding = {n for n in self.servers if sim.rebuilding(n)}
+            down = self.crashed | self.paused | rebuilding
             if len(down) < minority:
-                node = rng.choice([n for n in self.servers if n not in down])
+                candidates = [n for n in self.servers if n not in down]
+                node = rng.choice(candidates)
+                leader = self.leader()
+                if leader in candidates and rng.random() < 0.5:
+                    node = leader  # where it hurts: the newest votes, an election
                 sim.crash(node)
                 if kind == "corrupt":
                     self.crashed.add(node)
-                    sim.procs[node].storage.corrupt(keep_snapshot=rng.random() < 0.5)
-                    sim._log("corrupt", node, None, None)
+                    sim._log("corrupt", node, None, damage_disk(sim.procs[node].fs, rng))
                 else:
                     # The operator wipes the disk and restarts the node with the very
                     # command line it had (the bootstrap flag included) at once.
-                    sim.procs[node].storage.wipe()
-                    sim._log("wipe-init", node, None, None)
+                    sim.wipe_init(node)
                     self._restart(node)
         elif kind == "clock":
             self._change_clock()
+        elif kind == "full":
+            down = self.crashed | self.paused
+            if len(down) < minority:
+                node = rng.choice([n for n in self.servers if n not in down])
+                fs = sim.procs[node].fs
+                fs.capacity = fs.used() + rng.randint(0, 4096)
+                self.crashed.add(node)  # it stops at its next write; it counts as down
+                sim._log("disk-full", node, None, fs.capacity)
         elif kind == "pause":
             down = self.crashed | self.paused
             if len(down) < minority:
@@ -270,13 +290,6 @@ class Nemesis:
             self.sim.set_clock_rate(node, 1.0 - off if node == leader else 1.0 + off)
         return True
 
-    def _restart(self, node: int) -> None:
-        sim = self.sim
-        if self.kinds & {"clock", "clock-unsafe"} and sim.rng.random() < 0.5:
-            # The machine rebooted: its monotonic clock starts over from anywhere.
-            sim.reboot_clock(node, sim.rng.uniform(0.0, 1000.0))
-        sim.restart(node)
-
     def _pause(self, node: int, duration: float) -> None:
         self.paused.add(node)
         duration = min(duration, self.until - self.sim.now)
@@ -287,14 +300,38 @@ class Nemesis:
 
         self.sim.call_at(self.sim.now + duration, resumed)
 
-    def _fsync_fault(self, node: int) -> bool:
+    def _restart(self, node: int) -> None:
         sim = self.sim
-        if sim.now >= self.until or sim.rng.random() >= 0.01:
+        self.crashed.discard(node)
+        self.dying.discard(node)
+        sim.procs[node].fs.capacity = None  # the operator made room
+        if sim.procs[node].up:
+            return
+        if self.kinds & {"clock", "clock-unsafe"} and sim.rng.random() < 0.5:
+            # The machine rebooted: its monotonic clock starts over from anywhere.
+            sim.reboot_clock(node, sim.rng.uniform(0.0, 1000.0))
+        sim.restart(node)
+
+    def _fsync_fault(self, node: int, path: Path) -> bool:
+        if node in self.dying:
+            return True
+        sim = self.sim
+        if node not in self.servers or sim.now >= self.until or sim.rng.random() >= 0.01:
             return False
         minority = (len(self.servers) - 1) // 2
-        if node not in self.servers or len(self.crashed | self.paused) >= minority:
+        if len(self.crashed | self.paused) >= minority:
             return False
+        # The disk is dying: this and every later fsync fail until the power goes.
         self.crashed.add(node)
+        self.dying.add(node)
+        sim._log("disk-dying", node, None, str(path))
+
+        def power_off() -> None:
+            if node in self.dying:
+                self.dying.discard(node)
+                sim.crash(node)
+
+        sim.call_at(sim.now + sim.rng.uniform(0.005, 0.05), power_off)
         return True
 
     def heal_all(self) -> None:
@@ -303,9 +340,72 @@ class Nemesis:
         sim.heal()
         sim.resume_all()
         self.paused.clear()
-        for node in sorted(self.crashed):
-            self._restart(node)
+        sim.fsync_fault = None
+        for node in sorted(self.dying):
+            sim.crash(node)  # the dying disk's machine goes down before it restarts
+        self.dying.clear()
+        for node in self.servers:
+            sim.procs[node].fs.capacity = None
+            self._restart(node)  # also a node whose storage stopped it
         self.crashed.clear()
         sim.faults = self._calm
-        sim.fsync_fault = None
         sim.disk_latency = self._calm_disk
+
+
+def damage_disk(fs: SimFileSystem, rng: random.Random) -> str:
+    """Damage a crashed node's data directory; return what was done.
+
+    A bit flip or a lost (zeroed) sector lands among the newest WAL records but never
+    in the very last one (damage there looks exactly like a torn write, and the WAL
+    cannot tell them apart: see ``storage/wal.py``); or a bit flips in the newest
+    snapshot; or the WAL segments, or the whole data directory, are wiped. The damage
+    itself is the fault: the disk's injected fsync failures do not apply to it.
+    """
+    hook, fs.fsync_fault = fs.fsync_fault, None
+    try:
+        return _damage(fs, rng)
+    finally:
+        fs.fsync_fault = hook
+
+
+def _damage(fs: SimFileSystem, rng: random.Random) -> str:
+    roll = rng.random()
+    if not fs.is_dir(DATA_DIR):
+        return "nothing to damage"
+    if roll < 0.15:
+        fs.wipe(DATA_DIR)
+        return "wiped the data directory"
+    if roll < 0.3:
+        for name in fs.listdir(DATA_DIR):
+            if name.startswith("wal-"):
+                fs.unlink(DATA_DIR / name)
+        fs.fsync_dir(DATA_DIR)
+        return "wiped the WAL"
+    if roll < 0.45 and fs.is_dir(SNAPSHOT_DIR):
+        snaps = sorted(n for n in fs.listdir(SNAPSHOT_DIR) if n.endswith(".snap"))
+        if snaps:
+            path = SNAPSHOT_DIR / snaps[-1]
+            offset = rng.randrange(fs.size(path))
+            fs.flip_bit(path, offset, rng.randrange(8))
+            return f"flipped a bit of {path.name} at {offset}"
+    segments = sorted(
+        n for n in fs.listdir(DATA_DIR) if n.startswith("wal-") and n.endswith(".log")
+    )
+    if not segments:
+        return "nothing to damage"
+    path = DATA_DIR / segments[-1]
+    offsets = record_offsets(fs.read_bytes(path))
+    if len(offsets) < 2:
+        start, end = 0, offsets[0] if offsets else fs.size(path)  # the segment header
+    else:
+        k = rng.randrange(max(0, len(offsets) - 8), len(offsets) - 1)
+        start, end = offsets[k], offsets[k + 1]
+    offset = rng.randrange(start, end) if end > start else start
+    if rng.random() < 0.5 or len(offsets) < 2:
+        fs.flip_bit(path, offset, rng.randrange(8))
+        return f"flipped a bit of {path.name} at {offset}"
+    # A lost sector: zeros from its start, but never into the last record.
+    sector = max(offset - offset % SECTOR, SEGMENT_HEADER_SIZE)
+    length = min(sector + SECTOR, offsets[-1]) - sector
+    fs.zero(path, sector, length)
+    return f"zeroed {length} bytes of {path.name} at {sector}"

@@ -26,7 +26,7 @@ from pyxos.core.ready import Node
 from pyxos.core.synod import SynodNode
 from pyxos.sim.nemesis import Nemesis
 from pyxos.sim.world import Simulator, TraceEvent, format_trace
-from pyxos.storage.memory import MemoryStorage
+from pyxos.storage.durable import NodeStorage
 
 __all__ = ["SynodResult", "SynodVariant", "run_synod", "synod_replay_command"]
 
@@ -95,7 +95,7 @@ def run_synod(
     monitor = SafetyMonitor(is_valid=lambda v: v in proposed)
     rounds_before_first = [0]
 
-    def factory(node_id: int, storage: MemoryStorage, rng: random.Random, now: float) -> Node:
+    def factory(node_id: int, storage: NodeStorage, rng: random.Random, now: float) -> Node:
         return variant(
             node_id,
             quorum,
@@ -103,8 +103,8 @@ def run_synod(
             # A restarted node only accepts and learns until asked to propose again.
             value=fresh_value(node_id) if now == 0.0 else None,
             start_at=starts[node_id],
-            promised=storage.promised,
-            accepted=storage.accepted.values(),
+            promised=storage.state.promised,
+            accepted=storage.state.accepted.values(),
         )
 
     def observe(node_id: int, entries: list) -> None:  # type: ignore[type-arg]

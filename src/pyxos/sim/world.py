@@ -8,26 +8,37 @@ and the only random number generator; nodes receive their own ``random.Random`` 
 Everything that happens is an event in one priority queue ordered by (virtual time,
 sequence number), so a seed replays exactly, event for event.
 
-Driving a node after each input is the server's own Ready driver
+Storage is the real thing: every process has a data directory on its own
+:class:`~pyxos.storage.simfs.SimFileSystem`, opened at each start with
+:func:`~pyxos.storage.durable.open_node_storage`, exactly as the server opens its own
+(node marker; the WAL recovered, or started over for a rebuild when it is corrupt or
+gone; the newest valid snapshot). The node factory builds the node from what that
+recovered. Driving a node after each input is the server's own Ready driver
 (:class:`~pyxos.driver.ReadyDriver`, one per node incarnation): the simulator only
 supplies its effects (``_SimEffects``), so every seed checks the driver the server
 runs, and models the overlap of fsync and sending faithfully:
 
-- ``persist`` is written to the node's :class:`~pyxos.storage.memory.MemoryStorage`
-  as unsynced; one fsync at a time is in flight and covers every write issued before
-  it started (group commit); it completes after a random disk latency.
+- ``persist`` is appended to the node's :class:`~pyxos.storage.durable.DurableAcceptor`
+  (buffered); one ``sync`` at a time is in flight and covers every write issued
+  before it started (group commit). It *starts* at once (the WAL writes and fsyncs
+  inside the file system's ``deferred`` mode) and completes after a random disk
+  latency (``settle``); a crash in between may keep any part of it.
 - ``send_now`` messages enter the network at once.
 - ``send_after_sync`` messages wait until every write issued up to their Ready is
   durable; a crash before that drops them together with the unsynced writes (the
   crash discards the driver and what waits in it).
-
-With disk faults on (``torn_writes``), a crash keeps a random *prefix* of the unsynced
-writes instead of none (a write that reached the platter, and a torn record that
-recovery truncates, which is the same as losing it), and an fsync may fail: the node
-then stops at once, as it must (after fsyncgate: never carry on as if durable), with
-a random prefix of its unsynced writes on disk. ``ack_before_sync`` is a deliberately
-broken driver, for the mutation test: it sends acceptor replies before the fsync.
 - ``committed`` entries go to the observers (the safety checkers) at once.
+- a snapshot is written to the data directory's ``snapshots/`` (temporary file,
+  fsync, rename, directory fsync) before the node may compact; then, if the WAL has
+  a sealed segment, the driver checkpoints the acceptor state and the segments before
+  it are deleted once the checkpoint is durable, as in the server.
+
+A crash is a power loss: the file system keeps what was durable, and with disk faults
+on (``torn_writes``) a random part of the rest (torn, reordered sectors). A storage
+error (a failed fsync or write, a full disk) stops the node, as it must after
+fsyncgate: the process ends, the machine and its page cache stay up.
+``ack_before_sync`` is a deliberately broken driver, for the mutation test: it sends
+acceptor replies before the fsync.
 
 The network delivers each message after a random delay and, when the faults are on,
 drops, duplicates, delays for long, reorders (no FIFO per link) and blocks messages
@@ -56,17 +67,38 @@ import math
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pyxos.core.messages import Entry, Message
 from pyxos.core.ready import Node, Persist, Send
 from pyxos.driver import ReadyDriver
-from pyxos.storage.memory import MemoryStorage
+from pyxos.storage.durable import DurableAcceptor, DurableStateError, NodeStorage, open_node_storage
+from pyxos.storage.simfs import SimFileSystem
+from pyxos.storage.snapshot import prune_snapshots, write_snapshot
+from pyxos.storage.wal import WAL, StorageError
 
-__all__ = ["NetworkFaults", "NodeClock", "NodeFactory", "Simulator", "TraceEvent", "format_trace"]
+__all__ = [
+    "DATA_DIR",
+    "SNAPSHOT_DIR",
+    "NetworkFaults",
+    "NodeClock",
+    "NodeFactory",
+    "Simulator",
+    "TraceEvent",
+    "format_trace",
+]
 
-NodeFactory = Callable[[int, MemoryStorage, random.Random, float], Node]
-"""Builds a node from (node id, durable storage, its RNG, the time of its start)."""
+NodeFactory = Callable[[int, NodeStorage, random.Random, float], Node]
+"""Builds a node from (node id, what its storage recovered, its RNG, its start time)."""
+
+DATA_DIR = Path("/data")
+"""Every simulated node's data directory, on its own simulated file system."""
+SNAPSHOT_DIR = DATA_DIR / "snapshots"
+CLUSTER_ID = "sim"
+SEGMENT_BYTES = 32 * 1024
+"""Small WAL segments, so that a run rolls, checkpoints and truncates its logs."""
+_STORAGE_ERRORS = (OSError, StorageError, DurableStateError)
 
 TraceEvent = tuple[float, str, Any, Any, Any]
 """(time, kind, a, b, detail): one line of a run's trace."""
@@ -122,7 +154,14 @@ class NodeClock:
 class _Process:
     node_id: int
     factory: NodeFactory
-    storage: MemoryStorage
+    fs: SimFileSystem
+    durable: DurableAcceptor | None = None
+    storage: NodeStorage | None = None
+    """What the storage recovered at the last start."""
+    initialize: bool = True
+    """The next start may initialize an empty data directory (``--init``)."""
+    rebuilding: bool = False
+    """The node was rebuilding its acceptor state when last seen."""
     node: Node | None = None
     up: bool = False
     incarnation: int = 0
@@ -184,11 +223,13 @@ class Simulator:
         self._link_last: dict[tuple[int, int], float] = {}
         self.stopped = False
         self.torn_writes = False
-        """Crashes keep a random prefix of the unsynced writes (disk faults)."""
-        self.fsync_fault: Callable[[int], bool] | None = None
-        """Asked at each fsync completion; True makes that fsync fail (the node stops)."""
+        """Crashes keep a random part of the unsynced writes (disk faults)."""
+        self.fsync_fault: Callable[[int, Path], bool] | None = None
+        """Asked with (node, path) at every fsync; True makes that fsync fail (EIO)."""
         self.ack_before_sync = False
         """Broken driver for the mutation test: replies leave before the fsync."""
+        self.wal_class: type[WAL] = WAL
+        """The WAL implementation every node runs (the storage mutants replace it)."""
 
     # -- setup ---------------------------------------------------------------------
 
@@ -196,9 +237,17 @@ class Simulator:
         """Add a process and start it now."""
         if node_id in self.procs:
             raise ValueError(f"node {node_id} exists")
-        proc = _Process(node_id, factory, MemoryStorage(), crashable=crashable)
+        fs = SimFileSystem()
+        fs.fsync_fault = self._fsync_hook(node_id)
+        proc = _Process(node_id, factory, fs, crashable=crashable)
         self.procs[node_id] = proc
         self._start(proc)
+
+    def _fsync_hook(self, node_id: int) -> Callable[[Path], bool]:
+        def hook(path: Path) -> bool:
+            return self.fsync_fault is not None and self.fsync_fault(node_id, path)
+
+        return hook
 
     def node(self, node_id: int) -> Node | None:
         """The live node object of ``node_id`` (None while it is down)."""
@@ -257,26 +306,62 @@ class Simulator:
 
     # -- faults --------------------------------------------------------------------
 
-    def crash(self, node_id: int, keep_unsynced: int | None = None) -> None:
-        """Crash a node: it loses its memory, its unsynced writes and pending sends.
-
-        ``keep_unsynced`` writes of the unsynced ones survive (default: none, or a random
-        prefix when ``torn_writes`` is on)."""
+    def crash(self, node_id: int) -> None:
+        """Power loss: the node loses its memory, its pending sends and whatever its
+        disk had not made durable (with ``torn_writes``, a random part of that
+        survives, torn and reordered). Also for a node that is already down."""
         proc = self.procs[node_id]
-        if not proc.up:
-            return
-        if keep_unsynced is None:
-            pending = len(proc.storage.unsynced)
-            keep_unsynced = self.rng.randint(0, pending) if self.torn_writes and pending else 0
-        for name, count in _stale_counts(proc.node).items():
+        if proc.up:
+            self._stop(proc, power_loss=True)
+            self._log("crash", node_id, None, None)
+        proc.fs.power_loss(self.rng if self.torn_writes else None)
+
+    def wipe_init(self, node_id: int) -> None:
+        """The operator wipes a down node's whole data directory; its next start has the
+        bootstrap flag (``--init``), the command line it was first started with, so its
+        disk looks exactly like a brand-new node's."""
+        proc = self.procs[node_id]
+        if proc.up:
+            raise ValueError("wipe the data directory of a node that is down")
+        proc.fs.wipe(DATA_DIR)
+        proc.initialize = True
+        self._log("wipe-init", node_id, None, None)
+
+    def writes_in_flight(self, node_id: int) -> bool:
+        """True if the node issued writes that are not durable yet."""
+        driver = self.procs[node_id].driver
+        return driver is not None and driver.synced < driver.written
+
+    def rebuilding(self, node_id: int) -> bool:
+        """True if the node is rebuilding its acceptor state or bootstrapping (as last
+        seen, when down): it has no trustworthy acceptor state and does not vote."""
+        proc = self.procs[node_id]
+        replica = getattr(proc.node, "replica", None)
+        if replica is not None:
+            proc.rebuilding = bool(replica.rebuilding)
+        return proc.rebuilding
+
+    def _stop(self, proc: _Process, *, power_loss: bool = False) -> None:
+        """The process ends; unless the power goes too, its machine, disk and page cache
+        stay (and the fsyncs it started complete)."""
+        self.rebuilding(proc.node_id)
+        for name, count in _stale_counts(proc.node).items():  # the incarnation's counts
             self.stale_ballot[name] = self.stale_ballot.get(name, 0) + count
         proc.up = False
         proc.node = None
+        proc.durable = None
+        proc.storage = None
         proc.incarnation += 1
-        proc.storage.crash(keep=keep_unsynced)
         proc.driver = None  # with it, the sends waiting for an fsync
         proc.tick_at = None
-        self._log("crash", node_id, None, None)
+        if not power_loss:
+            proc.fs.stop()
+
+    def _fail(self, proc: _Process, error: BaseException) -> None:
+        """A storage error is fatal: the node stops (it restarts and recovers later)."""
+        self._log("disk-fail", proc.node_id, None, repr(error))
+        self.stats["disk_failures"] = self.stats.get("disk_failures", 0) + 1
+        self._stop(proc)
 
     def restart(self, node_id: int) -> None:
         """Restart a crashed node from its durable storage."""
@@ -379,11 +464,37 @@ class Simulator:
     def _start(self, proc: _Process) -> None:
         node_rng = random.Random(self.rng.getrandbits(64))
         local = self._local(proc)
-        proc.node = proc.factory(proc.node_id, proc.storage, node_rng, local)
+        try:
+            storage = open_node_storage(
+                DATA_DIR,
+                CLUSTER_ID,
+                proc.node_id,
+                initialize=proc.initialize,
+                snapshot_dir=SNAPSHOT_DIR,
+                segment_bytes=SEGMENT_BYTES,
+                fs=proc.fs,
+                wal_class=self.wal_class,
+            )
+        except _STORAGE_ERRORS as e:
+            self._log("start-fail", proc.node_id, None, repr(e))
+            proc.fs.stop()
+            return
+        if storage.lost is not None:
+            self._log("rebuild", proc.node_id, None, storage.lost)
+        elif storage.state.report is not None and storage.state.report.torn_tail:
+            self.stats["torn_tails"] = self.stats.get("torn_tails", 0) + 1
+        proc.initialize = False
+        proc.storage = storage
+        proc.durable = storage.durable
+        proc.rebuilding = storage.state.needs_rebuild or storage.state.bootstrapping
+        proc.node = proc.factory(proc.node_id, storage, node_rng, local)
         proc.up = True
         proc.paused_until = 0.0
         proc.driver = ReadyDriver(
-            _SimEffects(self, proc), proc.node, ack_before_sync=self.ack_before_sync
+            _SimEffects(self, proc),
+            proc.node,
+            fatal=_STORAGE_ERRORS,
+            ack_before_sync=self.ack_before_sync,
         )
         proc.tick_at = None
         proc.node.tick(local)
@@ -432,37 +543,59 @@ class Simulator:
     def _save_snapshot(self, proc: _Process, slot: int, data: bytes) -> None:
         driver = proc.driver
         assert driver is not None
-        if self.torn_writes and self.rng.random() < 0.05:
-            self._log("snapshot-fail", proc.node_id, None, slot)
-            driver.snapshot_failed(slot)  # changes nothing: no compaction
+        try:
+            write_snapshot(SNAPSHOT_DIR, slot, b"", data, fs=proc.fs)
+            prune_snapshots(SNAPSHOT_DIR, keep=2, fs=proc.fs)
+        except _STORAGE_ERRORS as e:
+            # As in the server: a failed snapshot changes nothing (no compaction).
+            self._log("snapshot-fail", proc.node_id, None, repr(e))
+            driver.snapshot_failed(slot)
             return
-        proc.storage.save_snapshot(slot, data)
-        proc.storage.compact(slot)
         self.stats["snapshots"] = self.stats.get("snapshots", 0) + 1
-        self.stats["max_log_entries"] = max(
-            self.stats.get("max_log_entries", 0), len(proc.storage.accepted)
-        )
         driver.snapshot_saved(slot)
+        self._note_log_size(proc)
+
+    def _checkpoint(self, proc: _Process) -> int | None:
+        replica = getattr(proc.node, "replica", None)
+        durable = proc.durable
+        if replica is None or durable is None or durable.segments < 2:
+            return None
+        acceptor = replica.acceptor
+        first: int = durable.checkpoint(
+            acceptor.promised, acceptor.accepted.values(), replica.first_unchosen
+        )
+        return first
+
+    def _truncate(self, proc: _Process, index: int) -> None:
+        assert proc.durable is not None
+        deleted = proc.durable.truncate_before(index)
+        self.stats["wal_segments_deleted"] = self.stats.get("wal_segments_deleted", 0) + deleted
+
+    def _note_log_size(self, proc: _Process) -> None:
+        replica = getattr(proc.node, "replica", None)
+        acceptor = getattr(replica if replica is not None else proc.node, "acceptor", None)
+        if acceptor is not None:
+            entries = len(acceptor.accepted)
+            if entries > self.stats.get("max_log_entries", 0):
+                self.stats["max_log_entries"] = entries
 
     def _start_fsync(self, proc: _Process) -> None:
-        assert proc.driver is not None
+        """The WAL writes and fsyncs at once, inside the file system's ``deferred``
+        mode (a failure raises here: fatal); the fsync completes after a random disk
+        latency."""
+        assert proc.driver is not None and proc.durable is not None
+        with proc.fs.deferred():
+            proc.durable.sync()
         latency = self.rng.uniform(*self.disk_latency)
-        target = proc.driver.written
-        self._push(self.now + latency, _FSYNC, proc.node_id, proc.incarnation, target)
+        self._push(self.now + latency, _FSYNC, proc.node_id, proc.incarnation, None)
 
-    def _on_fsync(self, node_id: int, incarnation: int, target: int) -> None:
+    def _on_fsync(self, node_id: int, incarnation: int, _: Any) -> None:
         proc = self.procs[node_id]
         if not proc.up or proc.incarnation != incarnation or proc.driver is None:
             return
-        if self.fsync_fault is not None and self.fsync_fault(node_id):
-            self._log("fsync-fail", node_id, None, None)
-            self.crash(node_id)
-            return
-        proc.storage.sync(target - proc.driver.synced)
-        entries = len(proc.storage.accepted)
-        if entries > self.stats.get("max_log_entries", 0):
-            self.stats["max_log_entries"] = entries
+        proc.fs.settle()
         self.stats["fsyncs"] += 1
+        self._note_log_size(proc)
         proc.driver.fsync_done()
 
     def _transmit(self, src: int, dst: int, msg: Message) -> None:
@@ -522,8 +655,9 @@ class _SimEffects:
         self.proc = proc
 
     def write(self, persist: Persist) -> None:
-        """Unsynced until the next fsync completes."""
-        self.proc.storage.write(persist)
+        """Appended to the node's real WAL (buffered)."""
+        assert self.proc.durable is not None
+        self.proc.durable.write(persist)
         if self.sim.tap is not None:
             self.sim.tap((self.sim.now, "persist", self.proc.node_id, None, persist))
 
@@ -546,15 +680,16 @@ class _SimEffects:
             observe(src, entries)
 
     def save_snapshot(self, slot: int, data: bytes) -> None:
-        """Written at once (or failed, with disk faults on)."""
+        """Written at once to the simulated disk (temporary file, fsync, rename)."""
         self.sim._save_snapshot(self.proc, slot, data)
 
     def checkpoint(self) -> int | None:
-        """Nothing to truncate: the memory storage compacts as the snapshot lands."""
-        return None
+        """The acceptor state written again once the WAL has a sealed segment."""
+        return self.sim._checkpoint(self.proc)
 
     def truncate(self, index: int) -> None:
-        """Never asked (no checkpoints)."""
+        """The WAL segments before ``index`` deleted."""
+        self.sim._truncate(self.proc, index)
 
     def wake_at(self, deadline: float | None) -> None:
         """A tick event at the virtual time the node's clock shows ``deadline``."""
@@ -562,8 +697,7 @@ class _SimEffects:
 
     def fail(self, error: BaseException) -> None:
         """A storage error stops the node, as in the server."""
-        self.sim._log("storage-fail", self.proc.node_id, None, repr(error))
-        self.sim.crash(self.proc.node_id)
+        self.sim._fail(self.proc, error)
 
 
 def _stale_counts(node: Node | None) -> dict[str, int]:

@@ -63,7 +63,6 @@ Every function takes ``fs``, the file system (``pyxos.storage.fs.OS`` by default
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -75,7 +74,7 @@ from pyxos.core.ballot import ZERO, Ballot
 from pyxos.core.messages import Entry
 from pyxos.core.ready import Fence, FenceState, Persist
 from pyxos.storage.fs import OS, FileSystem
-from pyxos.storage.snapshot import Snapshot, load_latest_snapshot
+from pyxos.storage.snapshot import Snapshot, SnapshotScan, scan_snapshots
 from pyxos.storage.wal import (
     DEFAULT_SEGMENT_BYTES,
     MARKER_FILENAME,
@@ -107,7 +106,6 @@ __all__ = [
     "open_node_storage",
 ]
 
-logger = logging.getLogger(__name__)
 
 PROMISED = 1
 """WAL record type of a promised ballot."""
@@ -421,6 +419,10 @@ class NodeStorage:
     snapshot: Snapshot | None
     lost: str | None = None
     """Why the acceptor state was found lost (the node rebuilds), None if it was not."""
+    snapshots: SnapshotScan | None = None
+    """The snapshot scan: damaged snapshots skipped, unfinished ones found."""
+    initialized: bool = False
+    """The marker was written now (an empty directory was initialized)."""
 
 
 def open_node_storage(
@@ -446,6 +448,7 @@ def open_node_storage(
     (``AcceptorStateLost``) means promises may be lost: the log is started over with
     ``open_for_rebuild`` and the node must rebuild before it votes. The marker is
     written once the log is open. ``snapshot_dir`` defaults to ``data_dir/snapshots``.
+    Nothing is logged here: the result says what was found, the caller reports it.
     """
     path = Path(data_dir)
     snapshots = Path(snapshot_dir) if snapshot_dir is not None else path / "snapshots"
@@ -457,8 +460,6 @@ def open_node_storage(
         )
     lost: str | None = None
     bootstrap = False
-    if marker is not None and initialize:
-        logger.info("node %d: %s was initialized before: --init has no effect", node_id, path)
     if marker is None and initialize:
         leftovers = WAL.exists(path, fs=fs) or (
             fs.is_dir(snapshots) and bool(fs.listdir(snapshots))
@@ -495,21 +496,14 @@ def open_node_storage(
             path, segment_bytes=segment_bytes, fs=fs, wal_class=wal_class
         )
     elif lost is not None:
-        logger.warning(
-            "node %d: %s; its promises may be lost: it rebuilds from its peers and "
-            "does not vote until then (the old log is kept in quarantine-N/)",
-            node_id,
-            lost,
-        )
         durable, state = DurableAcceptor.open_for_rebuild(
             path, segment_bytes=segment_bytes, fs=fs, wal_class=wal_class
         )
     try:
-        snapshot = load_latest_snapshot(snapshots, fs=fs)
+        scan = scan_snapshots(snapshots, fs=fs)
         if marker is None:
             write_marker(path, cluster_id, node_id, fs=fs)
-            logger.info("node %d: initialized %s", node_id, path)
     except BaseException:
         durable.close()
         raise
-    return NodeStorage(durable, state, snapshot, lost)
+    return NodeStorage(durable, state, scan.latest, lost, scan, marker is None)

@@ -34,8 +34,9 @@ The simulator keeps one fsync in flight over virtual time. Inside ``deferred()``
 fsync only *starts*: the data stays dirty and the call returns, so the caller goes
 on as the real code would once the fsync returned; ``settle()`` completes every
 started fsync (the simulator calls it when the fsync's latency has elapsed). A power
-loss before then picks how many of the started fsyncs completed, in order; the writes
-issued after the first one that did not were never issued at all, and the rest are
+loss before then picks how many of the started fsyncs completed, in order (never the
+last one: had it returned, the caller would have settled it); the writes issued after
+the first one that did not complete were never issued at all, and the rest are
 unsynced. ``stop()`` models a process that dies without the machine: started fsyncs
 complete, the page cache stays, locks are released.
 
@@ -303,7 +304,9 @@ class SimFileSystem(FileSystem):
             self._journal = []
             self._reset_to_disk()
             return
-        completed = rng.randint(0, len(started))
+        # The power went before the last started fsync returned (or the caller would
+        # have settled it); the earlier ones may have completed.
+        completed = rng.randint(0, len(started) - 1) if started else 0
         for seq, inode in started[:completed]:
             self._complete(seq, inode)
         cut = started[completed][0] if completed < len(started) else self._seq

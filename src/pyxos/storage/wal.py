@@ -123,6 +123,7 @@ __all__ = [
     "fdatasync",
     "fsync_directory",
     "read_marker",
+    "record_offsets",
     "write_marker",
 ]
 
@@ -270,6 +271,20 @@ def _find_intact_record(data: bytes, start: int, end: int) -> int | None:
             return zero - 3
         zero = data.find(0, zero + 1, end)
     return None
+
+
+def record_offsets(data: bytes) -> list[int]:
+    """Where the intact records of a segment's bytes start, up to the first damage."""
+    view = memoryview(data)
+    offsets: list[int] = []
+    pos = SEGMENT_HEADER_SIZE
+    while pos < len(data):
+        result = _check_record(view, pos, len(data))
+        if isinstance(result, str):
+            break
+        offsets.append(pos)
+        pos = result
+    return offsets
 
 
 def _check_segment_header(path: Path, data: bytes, first_index: int) -> None:
