@@ -100,16 +100,22 @@ class LocalClients:
                 return None
 
         now = loop.time()
-        refused_until = now + min(self.timeout, self.read_wait) if read_only else None
-        call = Call(
-            self.route,
-            now + self.timeout,
-            self.timeout,
-            f"{what} (client {client}, seq {seq})",
-            refused_until=refused_until,
-        )
+        deadline = now + self.timeout
         try:
-            return await drive(call, attempt, 0, None, False)
+            # The first attempt here, the engine only after it failed (as the other
+            # transports do): no Call and no extra coroutine frame on the usual path.
+            reply = await attempt(0, deadline)
+            if reply is not None and reply.ok:
+                self.route.answered(reply)
+                return reply
+            call = Call(
+                self.route,
+                deadline,
+                self.timeout,
+                f"{what} (client {client}, seq {seq})",
+                refused_until=now + min(self.timeout, self.read_wait) if read_only else None,
+            )
+            return await drive(call, attempt, 0, reply, True)
         finally:
             waiting.pop(key, None)
             self._idle.append((client, seq))
