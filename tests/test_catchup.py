@@ -208,13 +208,13 @@ def test_a_large_gap_is_closed_by_a_snapshot_not_by_replaying_the_log() -> None:
 
     drops.append(count)
     sim.restart(lagging)
-    target = _svc(sim, leader).store.applied_slot
+    target = _svc(sim, leader).state.applied_slot
     assert target >= 250
-    assert _run_until(sim, lambda: _svc(sim, lagging).store.applied_slot >= target, 5.0)
+    assert _run_until(sim, lambda: _svc(sim, lagging).state.applied_slot >= target, 5.0)
     node = _svc(sim, lagging)
     assert node.snapshots_installed == 1
     assert replayed[0] < 40, f"{replayed[0]} slots replayed instead of a snapshot"
-    assert node.store.get_local("k3") == _svc(sim, leader).store.get_local("k3")
+    assert node.app.get_local("k3") == _svc(sim, leader).app.get_local("k3")
 
 
 def test_a_node_catching_up_does_not_win_the_next_election() -> None:
@@ -251,5 +251,5 @@ def test_a_node_catching_up_does_not_win_the_next_election() -> None:
     # Once its catch-up is let through, the node that was behind catches up.
     drops.clear()
     _write(sim, other, 5, 1000)
-    target = _svc(sim, other).store.applied_slot
-    assert _run_until(sim, lambda: _svc(sim, lagging).store.applied_slot >= target, 5.0)
+    target = _svc(sim, other).state.applied_slot
+    assert _run_until(sim, lambda: _svc(sim, lagging).state.applied_slot >= target, 5.0)

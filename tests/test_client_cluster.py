@@ -131,13 +131,13 @@ def test_killing_the_leader_a_new_one_serves_within_3s(tmp_path: Path) -> None:
                 await wait_for(
                     lambda: (
                         restarted.node is not None
-                        and restarted.node.store.get_local("after") == "failover"
+                        and restarted.node.app.get_local("after") == "failover"
                     ),
                     5.0,
                     "the restarted node to catch up",
                 )
                 assert restarted.node is not None
-                assert restarted.node.store.get_local("key7") == "value7"
+                assert restarted.node.app.get_local("key7") == "value7"
         finally:
             await stop_nodes(nodes)
 

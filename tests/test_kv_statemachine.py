@@ -16,7 +16,8 @@ from pyxos.statemachine import (
     Applied,
     Command,
     KVStore,
-    KVStoreWithoutDedup,
+    ReplicatedApp,
+    ReplicatedAppWithoutDedup,
     Result,
     StateMachine,
     decode_batch,
@@ -27,6 +28,12 @@ from pyxos.statemachine import (
 )
 
 _seqs: dict[int, int] = {}
+
+
+def kv(*, max_sessions: int = 100_000) -> ReplicatedApp[KVStore]:
+    """The KV store as the service runs it: inside the replication layer, which holds
+    the slots, batches and client sessions."""
+    return ReplicatedApp(KVStore(), max_sessions=max_sessions)
 
 
 def cmd(
@@ -50,14 +57,14 @@ def _fresh_seqs() -> None:
     _seqs.clear()
 
 
-def run(store: KVStore, *commands: Command) -> list[Result]:
+def run(store: ReplicatedApp[KVStore], *commands: Command) -> list[Result]:
     """Apply ``commands`` as one batch at the next slot; return the decoded results."""
     applied = store.apply(store.applied_slot, encode_batch(commands))
     assert [(a.client, a.seq) for a in applied] == [(c.client, c.seq) for c in commands]
     return [decode_result(a.result) for a in applied]
 
 
-def run1(store: KVStore, command: Command) -> Result:
+def run1(store: ReplicatedApp[KVStore], command: Command) -> Result:
     """Apply one command alone in a slot."""
     [result] = run(store, command)
     return result
@@ -67,11 +74,11 @@ def run1(store: KVStore, command: Command) -> Result:
 
 
 def test_get_of_a_missing_key_is_ok_with_no_value() -> None:
-    assert run1(KVStore(), cmd("get", "k")) == Result(ok=True, value=None)
+    assert run1(kv(), cmd("get", "k")) == Result(ok=True, value=None)
 
 
 def test_put_then_get_returns_the_value_and_put_overwrites() -> None:
-    s = KVStore()
+    s = kv()
     assert run1(s, cmd("put", "k", "v1")) == Result(ok=True)
     assert run1(s, cmd("get", "k")) == Result(ok=True, value="v1")
     assert run1(s, cmd("put", "k", "v2")) == Result(ok=True)
@@ -79,7 +86,7 @@ def test_put_then_get_returns_the_value_and_put_overwrites() -> None:
 
 
 def test_delete_returns_the_deleted_value_or_none() -> None:
-    s = KVStore()
+    s = kv()
     run1(s, cmd("put", "k", "v"))
     assert run1(s, cmd("delete", "k")) == Result(ok=True, value="v")
     assert run1(s, cmd("get", "k")) == Result(ok=True, value=None)
@@ -87,35 +94,35 @@ def test_delete_returns_the_deleted_value_or_none() -> None:
 
 
 def test_cas_sets_the_value_when_the_current_value_is_the_expected_one() -> None:
-    s = KVStore()
+    s = kv()
     run1(s, cmd("put", "k", "old"))
     assert run1(s, cmd("cas", "k", "new", "old")) == Result(ok=True)
-    assert s.get_local("k") == "new"
+    assert s.app.get_local("k") == "new"
 
 
 def test_cas_fails_with_the_current_value_when_it_is_not_the_expected_one() -> None:
-    s = KVStore()
+    s = kv()
     run1(s, cmd("put", "k", "current"))
     assert run1(s, cmd("cas", "k", "new", "other")) == Result(ok=False, value="current")
-    assert s.get_local("k") == "current"
+    assert s.app.get_local("k") == "current"
 
 
 def test_cas_with_expected_none_means_the_key_must_be_absent() -> None:
-    s = KVStore()
+    s = kv()
     assert run1(s, cmd("cas", "k", "first", None)) == Result(ok=True)
-    assert s.get_local("k") == "first"
+    assert s.app.get_local("k") == "first"
     assert run1(s, cmd("cas", "k", "second", None)) == Result(ok=False, value="first")
-    assert s.get_local("k") == "first"
+    assert s.app.get_local("k") == "first"
 
 
 def test_cas_on_an_absent_key_expecting_a_value_fails_with_no_value() -> None:
-    s = KVStore()
+    s = kv()
     assert run1(s, cmd("cas", "k", "new", "old")) == Result(ok=False, value=None)
-    assert s.get_local("k") is None
+    assert s.app.get_local("k") is None
 
 
 def test_list_returns_the_keys_with_the_prefix_sorted_by_key() -> None:
-    s = KVStore()
+    s = kv()
     run(s, *(cmd("put", k, k.upper()) for k in ["b/2", "a", "b/1", "ba", "b/10", "c"]))
     assert run1(s, cmd("list", "b/")) == Result(
         ok=True, values=[("b/1", "B/1"), ("b/10", "B/10"), ("b/2", "B/2")]
@@ -127,7 +134,7 @@ def test_list_returns_the_keys_with_the_prefix_sorted_by_key() -> None:
 
 
 def test_list_returns_at_most_max_list_entries_the_first_in_key_order() -> None:
-    s = KVStore()
+    s = kv()
     n = MAX_LIST_ENTRIES + 5
     run(s, *(cmd("put", f"k{i:06d}", "v", client=i) for i in reversed(range(n))))
     result = run1(s, cmd("list", "k"))
@@ -136,12 +143,12 @@ def test_list_returns_at_most_max_list_entries_the_first_in_key_order() -> None:
     assert len(values) == MAX_LIST_ENTRIES
     assert values == [(f"k{i:06d}", "v") for i in range(MAX_LIST_ENTRIES)]
     assert result.more is True  # said, not silently cut off
-    assert s.list_page("k") == (values, True)
-    assert len(s.list_local("k")) == n
+    assert s.app.list_page("k") == (values, True)
+    assert len(s.app.list_local("k")) == n
 
 
 def test_a_batch_gives_one_result_per_command_in_order() -> None:
-    s = KVStore()
+    s = kv()
     results = run(
         s,
         cmd("put", "k", "1", client=1),
@@ -159,7 +166,7 @@ def test_a_batch_gives_one_result_per_command_in_order() -> None:
 
 def test_commands_the_store_cannot_carry_out_get_an_error_not_a_crash() -> None:
     # validate_command would reject these; a replica still must not crash on them.
-    s = KVStore()
+    s = kv()
     bad = [
         Command(1, 1, "frobnicate", "k"),
         Command(2, 1, "put", "k"),
@@ -168,18 +175,18 @@ def test_commands_the_store_cannot_carry_out_get_an_error_not_a_crash() -> None:
     results = run(s, *bad)
     assert all(not r.ok and r.error for r in results)
     assert results[0].error == "unknown op 'frobnicate'"
-    assert len(s) == 0
+    assert len(s.app) == 0
     # ... and the error is the recorded result of a retry
     assert run1(s, bad[0]) == results[0]
 
 
 def test_local_reads_see_applied_state_and_touch_no_session() -> None:
-    s = KVStore()
+    s = kv()
     run1(s, cmd("put", "a/x", "1"))
     before = s.snapshot()
-    assert s.get_local("a/x") == "1"
-    assert s.get_local("nope") is None
-    assert s.list_local("a/") == [("a/x", "1")]
+    assert s.app.get_local("a/x") == "1"
+    assert s.app.get_local("nope") is None
+    assert s.app.list_local("a/") == [("a/x", "1")]
     assert s.snapshot() == before
 
 
@@ -187,17 +194,17 @@ def test_local_reads_see_applied_state_and_touch_no_session() -> None:
 
 
 def test_a_retry_returns_the_stored_result_and_is_not_applied_twice() -> None:
-    s = KVStore()
+    s = kv()
     first = cmd("put", "k", "from-1", client=1)
     assert run1(s, first) == Result(ok=True)
     run1(s, cmd("put", "k", "from-2", client=2))
     applied = s.apply(s.applied_slot, encode_batch([first]))  # the retry, in a later slot
     assert applied == [Applied(1, first.seq, encode_result(Result(ok=True)))]
-    assert s.get_local("k") == "from-2"
+    assert s.app.get_local("k") == "from-2"
 
 
 def test_a_retried_read_returns_the_value_it_read_the_first_time() -> None:
-    s = KVStore()
+    s = kv()
     run1(s, cmd("put", "k", "old", client=2))
     read = cmd("get", "k", client=1)
     assert run1(s, read) == Result(ok=True, value="old")
@@ -206,30 +213,30 @@ def test_a_retried_read_returns_the_value_it_read_the_first_time() -> None:
 
 
 def test_a_retry_in_the_same_batch_is_answered_from_the_session() -> None:
-    s = KVStore()
+    s = kv()
     c = cmd("cas", "k", "v", None)
     assert run(s, c, c) == [Result(ok=True), Result(ok=True)]
 
 
 def test_a_stale_seq_is_refused_without_applying() -> None:
-    s = KVStore()
+    s = kv()
     run1(s, cmd("put", "k", "5", seq=5))
     assert run1(s, cmd("put", "k", "3", seq=3)) == Result(
         ok=False, error="stale request: seq 3 already superseded"
     )
-    assert s.get_local("k") == "5"
+    assert s.app.get_local("k") == "5"
     assert s.session(1) == (5, encode_result(Result(ok=True)))
 
 
 def test_a_higher_seq_applies_even_after_a_gap_in_seqs() -> None:
-    s = KVStore()
+    s = kv()
     run1(s, cmd("put", "k", "1", seq=1))
     assert run1(s, cmd("put", "k", "9", seq=9)) == Result(ok=True)
-    assert s.get_local("k") == "9"
+    assert s.app.get_local("k") == "9"
 
 
 def test_sessions_evict_the_least_recently_used_client() -> None:
-    s = KVStore(max_sessions=2)
+    s = kv(max_sessions=2)
     run1(s, cmd("put", "k", "1", client=1))
     run1(s, cmd("put", "k", "2", client=2))
     run1(s, cmd("get", "k", client=1, seq=1))  # a retry still counts as a use
@@ -239,64 +246,64 @@ def test_sessions_evict_the_least_recently_used_client() -> None:
     assert s.session(3) is not None
     # The documented cost: a retry of an evicted client is applied again.
     run1(s, cmd("put", "k", "2", client=2, seq=1))
-    assert s.get_local("k") == "2"
+    assert s.app.get_local("k") == "2"
     assert s.session(1) is None
 
 
 def test_max_sessions_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_sessions"):
-        KVStore(max_sessions=0)
+        kv(max_sessions=0)
 
 
 def test_the_broken_variant_really_applies_a_retry_twice() -> None:
-    s = KVStoreWithoutDedup()
-    assert isinstance(s, KVStore)
+    s = ReplicatedAppWithoutDedup(KVStore())
+    assert isinstance(s, ReplicatedApp)
     first = cmd("put", "k", "from-1", client=1)
     run1(s, first)
     run1(s, cmd("put", "k", "from-2", client=2))
     run1(s, first)
-    assert s.get_local("k") == "from-1"
+    assert s.app.get_local("k") == "from-1"
     run1(s, cmd("put", "k", "stale", seq=0))
-    assert s.get_local("k") == "stale"
+    assert s.app.get_local("k") == "stale"
 
 
 # --- slots -----------------------------------------------------------------------------
 
 
 def test_kv_store_is_a_state_machine() -> None:
-    s: StateMachine = KVStore()
+    s: StateMachine = kv()
     assert isinstance(s, StateMachine)
     assert s.applied_slot == 0
 
 
 def test_an_empty_value_is_a_no_op_that_consumes_its_slot() -> None:
-    s = KVStore()
+    s = kv()
     before = s.snapshot()
     assert s.apply(0, b"") == []
     assert s.applied_slot == 1
-    assert s.get_local("k") is None
+    assert s.app.get_local("k") is None
     run1(s, cmd("put", "k", "v"))
     assert s.applied_slot == 2
     assert s.snapshot() != before
 
 
 def test_an_empty_batch_applies_nothing() -> None:
-    s = KVStore()
+    s = kv()
     assert s.apply(0, encode_batch([])) == []
     assert s.applied_slot == 1
 
 
 @pytest.mark.parametrize("slot", [1, 5])
 def test_applying_past_a_gap_raises(slot: int) -> None:
-    s = KVStore()
+    s = kv()
     with pytest.raises(ValueError, match="a gap: the next slot to apply is 0"):
         s.apply(slot, encode_batch([cmd("put", "k", "v")]))
     assert s.applied_slot == 0
-    assert s.get_local("k") is None
+    assert s.app.get_local("k") is None
 
 
 def test_applying_a_slot_again_raises_and_changes_nothing() -> None:
-    s = KVStore()
+    s = kv()
     value = encode_batch([cmd("put", "k", "v")])
     s.apply(0, value)
     before = s.snapshot()
@@ -317,7 +324,7 @@ def test_applying_a_slot_again_raises_and_changes_nothing() -> None:
     ],
 )
 def test_a_malformed_batch_is_counted_and_consumes_its_slot(value: bytes) -> None:
-    s = KVStore()
+    s = kv()
     assert s.apply(0, value) == []
     assert s.malformed == 1
     assert s.applied_slot == 1
@@ -390,25 +397,25 @@ def test_invalid_commands_are_refused_with_a_clear_message(command: Command, mes
 
 
 def test_snapshot_restore_round_trips_exactly() -> None:
-    s = KVStore()
+    s = kv()
     run(s, cmd("put", "a", "1", client=1), cmd("put", "b", "2", client=2))
     run1(s, cmd("delete", "a", client=3))
     s.apply(s.applied_slot, b"")
-    t = KVStore()
+    t = kv()
     t.restore(s.snapshot())
     assert t.snapshot() == s.snapshot()
     assert t.applied_slot == s.applied_slot == 3
-    assert t.get_local("b") == "2"
+    assert t.app.get_local("b") == "2"
     assert t.session(2) == s.session(2)
 
 
 def test_restore_replaces_the_whole_state() -> None:
-    empty = KVStore().snapshot()
-    s = KVStore()
+    empty = kv().snapshot()
+    s = kv()
     run1(s, cmd("put", "k", "v"))
     s.restore(empty)
     assert s.snapshot() == empty
-    assert s.get_local("k") is None
+    assert s.app.get_local("k") is None
     assert s.session(1) is None
 
 
@@ -424,7 +431,7 @@ def test_restore_replaces_the_whole_state() -> None:
     ],
 )
 def test_restore_refuses_what_is_not_a_snapshot_and_keeps_the_state(data: bytes) -> None:
-    s = KVStore()
+    s = kv()
     run1(s, cmd("put", "k", "v"))
     before = s.snapshot()
     with pytest.raises(ValueError, match="snapshot"):
@@ -433,9 +440,9 @@ def test_restore_refuses_what_is_not_a_snapshot_and_keeps_the_state(data: bytes)
 
 
 def test_restore_evicts_sessions_beyond_max_sessions_least_recent_first() -> None:
-    s = KVStore()
+    s = kv()
     run(s, *(cmd("put", "k", "v", client=c) for c in [1, 2, 3]))
-    t = KVStore(max_sessions=2)
+    t = kv(max_sessions=2)
     t.restore(s.snapshot())
     assert t.session(1) is None
     assert t.session(2) is not None
@@ -482,20 +489,20 @@ def test_restoring_a_snapshot_and_continuing_equals_never_snapshotting(
     values: list[bytes], cut: int, max_sessions: int
 ) -> None:
     cut = min(cut, len(values))
-    straight = KVStore(max_sessions=max_sessions)
+    straight = kv(max_sessions=max_sessions)
     expected = [straight.apply(slot, v) for slot, v in enumerate(values)]
 
-    first = KVStore(max_sessions=max_sessions)
+    first = kv(max_sessions=max_sessions)
     for slot, v in enumerate(values[:cut]):
         first.apply(slot, v)
-    resumed = KVStore(max_sessions=max_sessions)
+    resumed = kv(max_sessions=max_sessions)
     resumed.restore(first.snapshot())
     assert resumed.applied_slot == cut
     after = [resumed.apply(slot, v) for slot, v in enumerate(values) if slot >= cut]
 
     assert after == expected[cut:]
     assert resumed.snapshot() == straight.snapshot()
-    assert resumed.list_local("") == straight.list_local("")
+    assert resumed.app.list_local("") == straight.app.list_local("")
 
 
 def _model(commands: list[Command]) -> list[Result]:
@@ -538,7 +545,7 @@ def _model(commands: list[Command]) -> list[Result]:
 @settings(max_examples=200, deadline=None)
 @given(batches=st.lists(st.lists(commands, max_size=5), max_size=20))
 def test_results_match_a_plain_model_of_the_semantics(batches: list[list[Command]]) -> None:
-    s = KVStore()
+    s = kv()
     got = [r for batch in batches for r in run(s, *batch)]
     assert got == _model([c for batch in batches for c in batch])
 
@@ -555,19 +562,19 @@ def test_results_match_a_plain_model_of_the_semantics(batches: list[list[Command
 def test_the_tracked_digest_equals_the_digest_computed_from_scratch(
     values: list[bytes], cut: int, max_sessions: int
 ) -> None:
-    tracked = KVStore(max_sessions=max_sessions)
+    tracked = kv(max_sessions=max_sessions)
     tracked.track_digest()
-    plain = KVStore(max_sessions=max_sessions)
+    plain = kv(max_sessions=max_sessions)
     for slot, v in enumerate(values):
         tracked.apply(slot, v)
         plain.apply(slot, v)
         assert tracked.state_digest() == plain.state_digest()
     # A restored snapshot has the digest of the state it came from.
     cut = min(cut, len(values))
-    first = KVStore(max_sessions=max_sessions)
+    first = kv(max_sessions=max_sessions)
     for slot, v in enumerate(values[:cut]):
         first.apply(slot, v)
-    resumed = KVStore(max_sessions=max_sessions)
+    resumed = kv(max_sessions=max_sessions)
     resumed.track_digest()
     resumed.restore(first.snapshot())
     assert resumed.state_digest() == first.state_digest()
@@ -578,20 +585,20 @@ def test_the_tracked_digest_equals_the_digest_computed_from_scratch(
 
 
 def test_the_digest_covers_the_data_and_the_session_table() -> None:
-    a, b = KVStore(), KVStore()
+    a, b = kv(), kv()
     for s in (a, b):
         s.track_digest()
     assert a.state_digest() == b.state_digest()
     run1(a, cmd("put", "k", "v", client=1, seq=1))
     run1(b, cmd("put", "k", "w", client=1, seq=1))
     assert a.state_digest() != b.state_digest()  # data
-    c, d = KVStore(), KVStore()
+    c, d = kv(), kv()
     run1(c, cmd("put", "k", "v", client=1, seq=1))
     run1(d, cmd("put", "k", "v", client=2, seq=1))
     assert c.snapshot() != d.snapshot()
     assert c.state_digest() != d.state_digest()  # same data, other sessions
     # Same sessions and data reached by different paths: same digest.
-    e, f = KVStore(), KVStore()
+    e, f = kv(), kv()
     e.track_digest()
     run1(e, cmd("put", "k", "x", client=1, seq=1))
     run1(e, cmd("put", "k", "v", client=1, seq=2))

@@ -13,7 +13,7 @@ from pyxos.core.replica import Replica, ReplicaConfig, Role
 from pyxos.sim.kv import service_node_factory
 from pyxos.sim.mutants import REPLICA_MUTANTS
 from pyxos.sim.world import DATA_DIR, Simulator
-from pyxos.statemachine.kv import Command, decode_result
+from pyxos.statemachine.kv import QUERY_OPS, Command, decode_result
 from pyxos.statemachine.service import ServiceNode
 from sim_helpers import RecordingClient
 
@@ -49,7 +49,7 @@ _seq = [0]
 def _ask(sim: Simulator, to: int, op: str, key: str, value: str | None = None) -> int:
     _seq[0] += 1
     cmd = enc.encode(Command(100, _seq[0], op, key, value))
-    sim.send_external(100, to, ClientRequest(100, 100, _seq[0], cmd))
+    sim.send_external(100, to, ClientRequest(100, 100, _seq[0], cmd, op in QUERY_OPS))
     return _seq[0]
 
 

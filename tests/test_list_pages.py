@@ -23,6 +23,7 @@ from pyxos.statemachine.kv import (
     encode_batch,
     validate_command,
 )
+from pyxos.statemachine.replicated import ReplicatedApp
 from test_server_harness import (
     CLUSTER,
     client_addresses,
@@ -33,14 +34,16 @@ from test_server_harness import (
 )
 
 
-def _store(keys: list[str], value: str = "v") -> KVStore:
-    s = KVStore()
+def _store(keys: list[str], value: str = "v") -> ReplicatedApp[KVStore]:
+    s = ReplicatedApp(KVStore())
     commands = [Command(i + 1, 1, "put", k, value) for i, k in enumerate(keys)]
     s.apply(0, encode_batch(commands))
     return s
 
 
-def _list(s: KVStore, prefix: str, limit: int = 0, after: str | None = None) -> Result:
+def _list(
+    s: ReplicatedApp[KVStore], prefix: str, limit: int = 0, after: str | None = None
+) -> Result:
     cmd = Command(10**9, s.applied_slot + 1, "list", prefix, limit=limit, after=after)
     validate_command(cmd)
     (applied,) = s.apply(s.applied_slot, encode_batch([cmd]))
@@ -89,9 +92,9 @@ def test_a_page_of_large_values_stops_at_the_byte_bound_but_never_empty() -> Non
     page = _list(s, "p", limit=100)
     assert page.values is not None and [k for k, _ in page.values] == ["p1", "p2"]
     assert page.more is True
-    huge = KVStore()
+    huge = ReplicatedApp(KVStore())
     huge.restore(s.snapshot())
-    assert huge.list_page("p", 1, "p3") == ([("p4", big)], False)
+    assert huge.app.list_page("p", 1, "p3") == ([("p4", big)], False)
 
 
 @pytest.mark.parametrize(

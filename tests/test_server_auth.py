@@ -76,7 +76,7 @@ def test_http_without_a_valid_token_is_401_and_a_read_token_writing_is_403(
                     assert r.status == 200 and "v1" in await r.text()
                 async with http.get(f"{base}/healthz") as r:
                     assert r.status == 200
-            assert node.node is not None and node.node.store.get_local("k") == "v1"
+            assert node.node is not None and node.node.app.get_local("k") == "v1"
             assert node.http is not None
             assert node.http.counters["auth_refused"] == 9
             assert node.http.counters["auth_forbidden"] == 3
@@ -114,11 +114,11 @@ def test_binary_clients_need_a_token_and_a_read_token_cannot_write(tmp_path: Pat
                 await pool.session().put("p", "pooled")
             for node in nodes:
                 await wait_for(
-                    lambda n=node: n.node is not None and n.node.store.get_local("p") == "pooled",
+                    lambda n=node: n.node is not None and n.node.app.get_local("p") == "pooled",
                     5.0,
                     "p applied",
                 )
-                assert node.node is not None and node.node.store.get_local("k") == "v1"
+                assert node.node is not None and node.node.app.get_local("k") == "v1"
             assert sum(n.client_counters.get("auth_forbidden", 0) for n in nodes) >= 3
             assert sum(n.client_counters.get("auth_refused", 0) for n in nodes) >= 2
         finally:
@@ -189,11 +189,11 @@ def test_a_tls_cluster_with_tokens_serves_both_apis_and_leaks_no_secret(
                             texts.append(await r.text())
             for node in nodes:
                 await wait_for(
-                    lambda n=node: n.node is not None and n.node.store.get_local("http3") == "yes",
+                    lambda n=node: n.node is not None and n.node.app.get_local("http3") == "yes",
                     5.0,
                     "writes applied",
                 )
-                assert node.node is not None and node.node.store.get_local("x") is None
+                assert node.node is not None and node.node.app.get_local("x") is None
         finally:
             await stop_nodes(nodes)
         texts.append(caplog.text)

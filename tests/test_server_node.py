@@ -12,7 +12,7 @@ from pyxos.core.messages import ClientReply, ClientRequest
 from pyxos.net.codec import PROTOCOL_VERSION, FrameDecoder, Hello, encode_hello, encode_message
 from pyxos.server.config import Config
 from pyxos.server.node import CLIENT_ID_BASE, NodeServer, NodeStartupError
-from pyxos.statemachine.kv import Command, Result, decode_result
+from pyxos.statemachine.kv import QUERY_OPS, Command, Result, decode_result
 from test_server_harness import (
     CLUSTER,
     cluster_configs,
@@ -41,7 +41,7 @@ class RawClient:
 
     async def call(self, cmd: Command, timeout: float = 3.0) -> ClientReply:
         body = msgspec.msgpack.encode(cmd)
-        req = ClientRequest(0, cmd.client, cmd.seq, body)
+        req = ClientRequest(0, cmd.client, cmd.seq, body, cmd.op in QUERY_OPS)
         self.writer.write(encode_message(req))
         await self.writer.drain()
         return await asyncio.wait_for(self._reply(cmd.client, cmd.seq), timeout)
@@ -104,9 +104,7 @@ def test_three_nodes_elect_and_a_follower_forwards_or_redirects(
             reply = await c.call(Command(9, 1, "put", "a", "1"))
             assert reply.ok
             await wait_for(
-                lambda: all(
-                    n.node is not None and n.node.store.get_local("a") == "1" for n in nodes
-                ),
+                lambda: all(n.node is not None and n.node.app.get_local("a") == "1" for n in nodes),
                 3.0,
                 "every replica to apply the put",
             )
@@ -177,7 +175,7 @@ def test_restart_recovers_promise_and_rejoins(tmp_path: Path) -> None:
             assert nodes[i].node is not None
             assert nodes[i].node.replica.acceptor.promised == promised
             await wait_for(
-                lambda: nodes[i].node is not None and nodes[i].node.store.get_local("k5") == "5",
+                lambda: nodes[i].node is not None and nodes[i].node.app.get_local("k5") == "5",
                 5.0,
                 "the restarted node to catch up",
             )
@@ -229,7 +227,7 @@ def test_a_corrupt_or_lost_log_rebuilds_from_peers(tmp_path: Path, damage: str) 
                 lambda: (
                     back.node is not None
                     and not back.node.replica.rebuilding
-                    and back.node.store.get_local("k5") == "5"
+                    and back.node.app.get_local("k5") == "5"
                 ),
                 5.0,
                 "the rebuild to finish and catch up",

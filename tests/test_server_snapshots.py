@@ -52,15 +52,15 @@ def test_snapshots_compact_and_a_restart_restores_then_catches_up(tmp_path: Path
                 restarted = nodes[i] = NodeServer(configs[i])
                 await restarted.startup()
                 assert restarted.node is not None
-                assert restarted.node.store.applied_slot > 0  # restored, before any input
+                assert restarted.node.state.applied_slot > 0  # restored, before any input
                 await wait_for(
                     lambda: (
-                        restarted.node is not None and restarted.node.store.get_local("k39") == "39"
+                        restarted.node is not None and restarted.node.app.get_local("k39") == "39"
                     ),
                     5.0,
                     "the restarted follower to catch up",
                 )
-                assert restarted.node.store.get_local("k0") == "0" + "." * 200
+                assert restarted.node.app.get_local("k0") == "0" + "." * 200
         finally:
             await stop_nodes(nodes)
 
@@ -87,7 +87,7 @@ def test_a_node_far_behind_installs_a_snapshot(tmp_path: Path) -> None:
             back = nodes[i] = NodeServer(configs[i])
             await back.startup()
             await wait_for(
-                lambda: back.node is not None and back.node.store.get_local("k39") == "39",
+                lambda: back.node is not None and back.node.app.get_local("k39") == "39",
                 5.0,
                 "the lagging node to install a snapshot and catch up",
             )

@@ -51,7 +51,7 @@ def with_tls(config: Config, certs: CertFiles) -> Config:
 
 def applied(node: NodeServer, key: str) -> str | None:
     """``key``'s value in ``node``'s applied state."""
-    return None if node.node is None else node.node.store.get_local(key)
+    return None if node.node is None else node.node.app.get_local(key)
 
 
 async def tls_client(port: int, ca: Path) -> RawClient:

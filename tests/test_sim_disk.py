@@ -130,8 +130,8 @@ def test_install_snapshot_brings_a_far_behind_replica_up_to_date() -> None:
     sim.run(sim.now + 1.0)
     lagging = _service(sim, behind)
     assert lagging.snapshots_installed >= 1
-    assert lagging.store.applied_slot == leader.store.applied_slot
-    assert lagging.store.list_local("") == leader.store.list_local("")
+    assert lagging.state.applied_slot == leader.state.applied_slot
+    assert lagging.app.list_local("") == leader.app.list_local("")
 
 
 def test_a_corrupted_log_leads_to_rebuilding_not_to_a_vote() -> None:
@@ -158,7 +158,7 @@ def test_a_corrupted_log_leads_to_rebuilding_not_to_a_vote() -> None:
         if t0 <= e[0] < rebuilt_at and e[2] == victim and isinstance(e[4], (Promise, Accepted))
     ]
     assert votes_while_rebuilding == []
-    assert node.store.list_local("") == _service(sim, _leader(sim)).store.list_local("")
+    assert node.app.list_local("") == _service(sim, _leader(sim)).app.list_local("")
     assert node.replica.rebuilt_from > 0
     sim.crash(victim)
     sim.restart(victim)
@@ -224,7 +224,7 @@ def test_a_wiped_node_restarted_with_the_bootstrap_flag_loses_no_write() -> None
         _put_via_leader(sim, 100, seq, f"k{seq}", f"v{seq}")
         sim.run(sim.now + 0.01)
     sim.run(sim.now + 0.2)
-    assert _service(sim, lead).store.get_local("k40") == "v40"
+    assert _service(sim, lead).app.get_local("k40") == "v40"
     sim.crash(x)
     sim.wipe_init(x)
     sim.crash(lead)
@@ -240,7 +240,7 @@ def test_a_wiped_node_restarted_with_the_bootstrap_flag_loses_no_write() -> None
     assert not _service(sim, x).replica.rebuilding
     leader = _service(sim, _leader(sim))
     for seq in range(1, 41):
-        assert leader.store.get_local(f"k{seq}") == f"v{seq}", f"k{seq} lost"
+        assert leader.app.get_local(f"k{seq}") == f"v{seq}", f"k{seq} lost"
     # Now the rebuilt node's copy is needed for every quorum.
     sim.crash(lead)
     sim.procs[lead].fs.wipe(DATA_DIR)
@@ -249,7 +249,7 @@ def test_a_wiped_node_restarted_with_the_bootstrap_flag_loses_no_write() -> None
     for i in (1, 2, 3):
         node = _service(sim, i)
         assert not node.replica.rebuilding
-        assert [node.store.get_local(f"k{s}") for s in range(1, 41)] == [
+        assert [node.app.get_local(f"k{s}") for s in range(1, 41)] == [
             f"v{s}" for s in range(1, 41)
         ]
 
@@ -265,7 +265,7 @@ def test_a_new_cluster_of_bootstrapping_nodes_starts_voting() -> None:
     assert all(not _service(sim, i).replica.rebuilding for i in (1, 2, 3))
     _put_via_leader(sim, 100, 1, "k", "v")
     sim.run(sim.now + 0.5)
-    assert _service(sim, _leader(sim)).store.get_local("k") == "v"
+    assert _service(sim, _leader(sim)).app.get_local("k") == "v"
 
 
 def test_two_of_three_nodes_without_state_report_a_lost_majority() -> None:

@@ -99,9 +99,9 @@ def test_reproposal_scenario_keeps_the_write_that_reached_a_quorum() -> None:
     assert new != old
     node = sim.node(new)
     assert isinstance(node, ServiceNode)
-    assert node.store.get_local("a") == "1", "the accepted write was re-proposed and chosen"
+    assert node.app.get_local("a") == "1", "the accepted write was re-proposed and chosen"
     sim.restart(old)
     sim.run(1.6)
     restarted = sim.node(old)
     assert isinstance(restarted, ServiceNode)
-    assert restarted.store.get_local("a") == "1", "the restarted node caught up"
+    assert restarted.app.get_local("a") == "1", "the restarted node caught up"

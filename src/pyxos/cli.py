@@ -351,6 +351,12 @@ main.add_command(_model_commands)
 @main.command("serve", context_settings={"ignore_unknown_options": True})
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--init", is_flag=True, help="Initialize an empty data directory (a new node).")
+@click.option(
+    "--app",
+    default=None,
+    help="The application, module:Factory (overrides the config's app; default: the KV "
+    "store). The current directory is on the import path.",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option(
     "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
@@ -370,15 +376,19 @@ def serve(
     init: bool,
     log_level: str,
     log_format: str,
+    app: str | None,
     trace_path: str | None,
     trace_max_mb: float,
 ) -> None:
     """Run one node from a TOML config file until SIGTERM/SIGINT.
 
-    Exit code 2 on an invalid configuration or a busy port, 1 if the node cannot start."""
+    Exit code 2 on an invalid configuration (a bad --app included) or a busy port, 1 if
+    the node cannot start."""
     from pyxos.server.__main__ import main as server_main
 
     args = ["--config", config_path, "--log-level", log_level, "--log-format", log_format]
+    if app is not None:
+        args += ["--app", app]
     if init:
         args.append("--init")
     if trace_path is not None:
@@ -461,20 +471,35 @@ def _dir_option() -> Callable[[F], F]:
 @cluster.command("start")
 @click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True)
 @click.option("--tls", is_flag=True, help="A new cluster runs with TLS (certificates made).")
+@click.option(
+    "--app",
+    default=None,
+    help="A new cluster's application, module:Factory, imported from the current "
+    "directory (default: the KV store).",
+)
 @_dir_option()
-def cluster_start(nodes: int, base_dir: str, tls: bool) -> None:
+def cluster_start(nodes: int, base_dir: str, tls: bool, app: str | None) -> None:
     """Create (if new) and start a local cluster; wait for a leader."""
+    import os
     from pathlib import Path
 
     from pyxos.localcluster import ClusterError, LocalCluster
+    from pyxos.statemachine.loader import load_factory
 
     console = Console()
     path = Path(base_dir)
+    if app is not None:
+        # Checked here, with the import path the nodes will have (the current directory).
+        sys.path.insert(0, os.getcwd())
+        try:
+            load_factory(app)
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
     try:
         if (path / "cluster.json").exists():
             local = LocalCluster.load(path)
         else:
-            local = LocalCluster.create(path, nodes, tls=tls)
+            local = LocalCluster.create(path, nodes, tls=tls, app=app)
         local.start()
         leader = local.wait_for_leader(20.0)
     except ClusterError as e:
@@ -616,6 +641,58 @@ def _run_kv(ctx: click.Context, op: Callable[[Any], Any]) -> Any:
         raise click.ClickException(f"{type(e).__name__}: {e}") from None
     finally:
         client.close()
+
+
+@main.group("app")
+@click.option(
+    "--addr",
+    default=None,
+    help="Comma list of client addresses host:port (default: the cluster in --dir).",
+)
+@_dir_option()
+@click.option("--cluster", "cluster_id", default=None, help="Cluster id (default: the --dir's).")
+@click.option("--timeout", default=5.0, show_default=True, help="Seconds before 'outcome unknown'.")
+@click.option("--ca", default=None, help="CA certificate to verify TLS nodes (default: --dir's).")
+@click.option("--cert", default=None, help="Client certificate to present (TLS).")
+@click.option("--key", default=None, help="Key of --cert.")
+@click.option("--token", default=None, envvar="PYXOS_TOKEN", help="Bearer token (or $PYXOS_TOKEN).")
+@click.pass_context
+def app_group(
+    ctx: click.Context,
+    addr: str | None,
+    base_dir: str,
+    cluster_id: str | None,
+    timeout: float,
+    ca: str | None,
+    cert: str | None,
+    key: str | None,
+    token: str | None,
+) -> None:
+    """Send opaque commands and queries to any application (pyxos serve --app)."""
+    kv.callback(addr, base_dir, cluster_id, timeout, ca, cert, key, token)  # type: ignore[misc]
+
+
+def _echo_bytes(data: bytes) -> None:
+    try:
+        click.echo(data.decode())
+    except UnicodeDecodeError:
+        click.echo(repr(data))
+
+
+@app_group.command("command")
+@click.argument("data")
+@click.pass_context
+def app_command(ctx: click.Context, data: str) -> None:
+    """Send DATA (UTF-8) as a command through the log; print its result."""
+    _echo_bytes(_run_kv(ctx, lambda c: c.command(data.encode())))
+
+
+@app_group.command("query")
+@click.argument("data")
+@click.pass_context
+def app_query(ctx: click.Context, data: str) -> None:
+    """Ask DATA (UTF-8) as a read-only query (linearizable); print the answer."""
+    _echo_bytes(_run_kv(ctx, lambda c: c.query(data.encode())))
 
 
 @kv.command("get")

@@ -109,10 +109,13 @@ class LocalCluster:
         snapshot_every: int = 10_000,
         hosts: Mapping[int, str] | None = None,
         tls: bool = False,
+        app: str | None = None,
     ) -> LocalCluster:
         """Write the configuration of a new ``size``-node cluster into ``base_dir``.
 
         ``hosts`` gives a node its own listening address (default: 127.0.0.1).
+        ``app``: the application every node serves, ``"module:Factory"`` (default: the
+        KV store); the nodes import it from the directory they are started in.
         ``tls``: make certificates in ``base_dir/certs`` and turn TLS on (module notes).
         """
         if size < 1:
@@ -161,7 +164,8 @@ class LocalCluster:
                 f"heartbeat_interval = {heartbeat_interval}\n"
                 f"snapshot_every = {snapshot_every}\n"
                 f"{tls_lines.get(n.node_id, '')}"
-                f"peers = {{ {peers} }}\n"
+                + (f"app = {json.dumps(app)}\n" if app is not None else "")
+                + f"peers = {{ {peers} }}\n"
             )
         meta = {
             "cluster_id": cluster_id,

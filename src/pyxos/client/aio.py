@@ -63,7 +63,13 @@ from pyxos.core.messages import ClientReply, ClientRequest, Message
 from pyxos.net.codec import PROTOCOL_VERSION, Hello, encode_message
 from pyxos.net.link import FramedProtocol
 from pyxos.net.tls import TlsFiles, client_context
-from pyxos.statemachine.kv import DEFAULT_LIST_LIMIT, Command, Result, decode_result
+from pyxos.statemachine.kv import (
+    DEFAULT_LIST_LIMIT,
+    QUERY_OPS,
+    Command,
+    Result,
+    decode_result,
+)
 
 __all__ = [
     "DEFAULT_CLUSTER",
@@ -204,13 +210,41 @@ class KVOperations:
         """Whether this client refuses new commands (it, or its pool, was closed)."""
         raise NotImplementedError
 
-    async def _call(self, seq: int, payload: bytes, command: Command | None) -> ClientReply:
-        """Send the request ``(client_id, seq, payload)`` until a node answers it (the
+    async def _call(
+        self, seq: int, payload: bytes, command: Command | None, query: bool = False
+    ) -> ClientReply:
+        """Send the request ``(client_id, seq, payload)`` (a query if ``query``: lease or
+        read-index, never the log) until a node answers it (the
         caller took ``seq`` under ``_lock``); that reply, or the engine's
         ``OutcomeUnknown`` (the transport's part). ``payload`` is opaque to the
         transport and the engine (any application's command bytes); ``command``, the KV
         command it encodes if any, only names it in errors."""
         raise NotImplementedError
+
+    async def command(self, command: bytes) -> bytes:
+        """Send the application's ``command`` bytes through the log; return its result
+        bytes once it is chosen, durable and applied, exactly once however often it is
+        retried. Works with any application (``pyxos serve --app``).
+
+        Raises ``CommandRejected`` if the application refused it (``validate``) or its
+        ``apply`` raised, ``OutcomeUnknown`` if no answer came within the timeout.
+        """
+        return await self._opaque(command, query=False)
+
+    async def query(self, q: bytes) -> bytes:
+        """Ask the application the read-only question ``q`` (linearizable, without the
+        log); return its answer bytes. Raises as ``command`` does."""
+        return await self._opaque(q, query=True)
+
+    async def _opaque(self, data: bytes, *, query: bool) -> bytes:
+        if self.closed:
+            raise ClientError("the client is closed")
+        async with self._lock:
+            self.seq = seq = self.seq + 1
+            reply = await self._call(seq, data, None, query)
+        if reply.error is not None:
+            raise CommandRejected(reply.error)
+        return reply.result
 
     async def execute(
         self,
@@ -238,7 +272,9 @@ class KVOperations:
             history = self.history
             call = time.monotonic_ns() if history is not None else 0
             try:
-                reply = await self._call(seq, _command_encoder.encode(command), command)
+                reply = await self._call(
+                    seq, _command_encoder.encode(command), command, op in QUERY_OPS
+                )
                 result = decode_result(reply.result)
             except BaseException:
                 # Timed out, cancelled, closed under it or an undecodable answer: the
@@ -401,12 +437,14 @@ class AsyncClient(KVOperations, Closeable):
 
     # -- the transport: one connection per node ----------------------------------------
 
-    async def _call(self, seq: int, payload: bytes, command: Command | None) -> ClientReply:
+    async def _call(
+        self, seq: int, payload: bytes, command: Command | None, query: bool = False
+    ) -> ClientReply:
         """The first attempt, at the route's target; the engine (``drive``) takes over
         if it got no answer or a refusal. (The first attempt is here rather than in the
         engine to keep the ``Call`` and a coroutine frame off the usual path.)"""
         loop = asyncio.get_running_loop()
-        frame = encode_message(ClientRequest(0, self.client_id, seq, payload))
+        frame = encode_message(ClientRequest(0, self.client_id, seq, payload, query))
         deadline = loop.time() + self.timeout
         route = self.route
         index = route.target

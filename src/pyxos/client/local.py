@@ -76,7 +76,9 @@ class LocalClients:
         """Run one command: ``encode(client, seq)`` gives its bytes for the logical
         client and seq it gets (an exception from it uses up nothing and propagates).
         Returns the node's successful reply; raises ``OutcomeUnknown`` at the timeout,
-        and ``NoLeader`` for a ``read_only`` call refused for ``read_wait`` seconds."""
+        and ``NoLeader`` for a ``read_only`` call refused for ``read_wait`` seconds. A
+        ``read_only`` call is sent as a query (``ClientRequest.query``): it takes the
+        read-index/lease path and never enters the log."""
         client, seq = self._idle.pop() if self._idle else (secrets.randbits(63) or 1, 0)
         try:
             payload = encode(client, seq + 1)
@@ -85,7 +87,7 @@ class LocalClients:
             raise
         seq += 1
         loop = asyncio.get_running_loop()
-        request = ClientRequest(self.sink, client, seq, payload)
+        request = ClientRequest(self.sink, client, seq, payload, read_only)
         key = (client, seq)
         waiting = self._waiting
 

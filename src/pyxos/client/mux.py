@@ -119,7 +119,9 @@ class Session(KVOperations):
         """Whether the pool was closed (the session then refuses new commands)."""
         return self.pool.closed
 
-    async def _call(self, seq: int, payload: bytes, command: Command | None) -> ClientReply:
+    async def _call(
+        self, seq: int, payload: bytes, command: Command | None, query: bool = False
+    ) -> ClientReply:
         """The first attempt, at the pool's target over an open connection; the engine
         (``drive``) takes over if there is none or it got no answer. (The first attempt
         is here rather than in the engine to keep one coroutine frame and the ``Call``
@@ -129,7 +131,7 @@ class Session(KVOperations):
         if loop is None:
             loop = pool._loop = asyncio.get_running_loop()
         key = (self.client_id, seq)
-        frame = encode_message(ClientRequest(0, self.client_id, seq, payload))
+        frame = encode_message(ClientRequest(0, self.client_id, seq, payload, query))
         now = loop.time()
         deadline = now + pool.timeout
         route = pool.route

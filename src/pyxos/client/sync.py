@@ -120,6 +120,14 @@ class Client:
         """Every ``(key, value)`` whose key starts with ``prefix``, all pages."""
         return self._run(self._client.list(prefix))
 
+    def command(self, command: bytes) -> bytes:
+        """Send the application's ``command`` bytes; its result bytes (``AsyncClient.command``)."""
+        return self._run(self._client.command(command))
+
+    def query(self, q: bytes) -> bytes:
+        """Ask the application the read-only ``q``; its answer bytes (``AsyncClient.query``)."""
+        return self._run(self._client.query(q))
+
     def close(self) -> None:
         """Close the connections and stop the client's thread."""
         if self._closed:

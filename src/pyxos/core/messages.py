@@ -272,18 +272,26 @@ class Fenced(msgspec.Struct, frozen=True, array_like=True, tag="fenced"):
 
 
 class ClientRequest(msgspec.Struct, frozen=True, array_like=True, tag="req"):
-    """A client's command: ``(client, seq)`` makes retries idempotent."""
+    """A client's command: ``(client, seq)`` makes retries idempotent.
+
+    ``command`` is the application's command bytes, or, with ``query``, a read-only
+    question answered without the log (lease or read-index).
+    """
 
     src: int
     client: int
     seq: int
     command: bytes
+    query: bool = False
 
 
 class ClientReply(msgspec.Struct, frozen=True, array_like=True, tag="rep"):
     """The result of ``(client, seq)``, or a redirect when ``ok`` is false.
 
     ``leader`` is the replying node's best guess of the leader (0 when unknown).
+    ``error`` (with ``ok``) says the command or query was refused or failed: it did not
+    pass the application's ``validate``, or raised; ``result`` then holds the
+    application's own encoding of the refusal, if it has one.
     """
 
     src: int
@@ -292,6 +300,7 @@ class ClientReply(msgspec.Struct, frozen=True, array_like=True, tag="rep"):
     ok: bool
     result: bytes = b""
     leader: int = 0
+    error: str | None = None
 
 
 Message = (

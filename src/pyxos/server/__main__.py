@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -52,6 +53,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None, help="override data_dir")
     parser.add_argument("--client-port", type=int, default=None, help="override client_port")
     parser.add_argument("--http-port", type=int, default=None, help="override http_port")
+    parser.add_argument(
+        "--app",
+        default=None,
+        help="override app: the application as module:Factory (default: the KV store); "
+        "the current directory is on the import path",
+    )
     parser.add_argument(
         "--init",
         action="store_true",
@@ -92,8 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     try:
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            # Like uvicorn's --app-dir ".": `--app examples.counter:Counter` finds the
+            # module where the node was started, whatever the entry point.
+            sys.path.insert(0, os.getcwd())
         config = Config.load(
             args.config,
+            app=args.app,
             node_id=args.node_id,
             data_dir=args.data_dir,
             client_port=args.client_port,

@@ -220,6 +220,9 @@ class ClientPort:
             if not isinstance(msg, ClientRequest):
                 allowed.append(msg)
                 continue
+            if role is not None and msg.query:
+                allowed.append(msg)  # a query changes nothing: a read token may ask it
+                continue
             if role is None:
                 error = "unauthorized: this node requires a valid token (--token)"
                 counter = "auth_refused"
@@ -236,7 +239,9 @@ class ClientPort:
             self.counters[counter] = self.counters.get(counter, 0) + 1
             if conn is not None:
                 result = encode_result(Result(ok=False, error=error))
-                reply = ClientReply(self.config.node_id, msg.client, msg.seq, True, result, 0)
+                reply = ClientReply(
+                    self.config.node_id, msg.client, msg.seq, True, result, 0, error
+                )
                 conn.send(encode_message(reply))
         if allowed:
             self._on_messages(cid, allowed)

@@ -35,6 +35,8 @@ and ``data_dir`` has a default)::
     tls_key = "/etc/pyxos/node1.key"  # `pyxos certs init` makes them
     tokens = "/etc/pyxos/tokens.toml" # optional: client auth; or a table [tokens]
                                       # "<sha256 of a token>" = "read" | "write"
+    app = "examples.counter:Counter"  # optional: the application, "module:Factory"
+                                      # (default: the key-value store)
 
     [peers]                     # every member, this node included: id = "host:port"
     1 = "10.0.0.1:7001"
@@ -63,6 +65,7 @@ from pyxos.net.limits import (
 from pyxos.net.tls import TlsError, TlsFiles, client_context, server_context
 from pyxos.server.auth import TokenError, Tokens
 from pyxos.statemachine.kv import MAX_KEY_BYTES, MAX_VALUE_BYTES
+from pyxos.statemachine.loader import DEFAULT_APP, load_factory
 
 __all__ = [
     "DEFAULT_CLIENT_MAX_FRAME_BYTES",
@@ -162,6 +165,10 @@ class Config:
     tokens: Tokens | None = None
     """Client authentication (``pyxos.server.auth``): the SHA-256 hashes of the bearer
     tokens and their roles; None: clients need no token."""
+    app: str = DEFAULT_APP
+    """The replicated application, as ``"module:Factory"`` (docs/architecture.md,
+    *The application contract*); checked when the configuration is built: a path that
+    does not import, or names no application, is a ``ConfigError``."""
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -282,6 +289,8 @@ class Config:
             if not _is_number(raw["frame_timeout"]):
                 raise ConfigError(f"frame_timeout: expected seconds, got {raw['frame_timeout']!r}")
             values["frame_timeout"] = float(raw["frame_timeout"])
+        if raw.get("app") is not None:
+            values["app"] = _typed(raw, "app", str)
         if "forward_requests" in raw and not isinstance(raw["forward_requests"], bool):
             raise ConfigError(
                 f"forward_requests: expected true or false, got {raw['forward_requests']!r}"
@@ -356,6 +365,10 @@ def _validate(c: Config) -> None:
         )
     if c.window < 1:
         raise ConfigError(f"window: {c.window} must be >= 1")
+    try:
+        load_factory(c.app)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if c.snapshot_every < 1:
         raise ConfigError(f"snapshot_every: {c.snapshot_every} must be >= 1")
     if c.snapshot_bytes < 1:

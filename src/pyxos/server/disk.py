@@ -43,7 +43,7 @@ from pathlib import Path
 from pyxos.core.quorum import Majority
 from pyxos.core.replica import Replica, ReplicaConfig
 from pyxos.server.config import Config
-from pyxos.statemachine.kv import KVStore
+from pyxos.statemachine.loader import make_app
 from pyxos.statemachine.service import ServiceNode
 from pyxos.storage.durable import DurableAcceptor, Recovered, open_node_storage
 from pyxos.storage.snapshot import Snapshot as StoredSnapshot
@@ -154,7 +154,7 @@ def build_node(
     )
     node = ServiceNode(
         replica,
-        KVStore(),
+        make_app(config.app),
         snapshot_every=config.snapshot_every,
         snapshot_bytes=config.snapshot_bytes,
         forward=config.forward_requests,

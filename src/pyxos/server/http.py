@@ -156,6 +156,8 @@ class HttpApi:
         self.app.router.add_put("/v1/kv/{key:.+}", self._put)
         self.app.router.add_delete("/v1/kv/{key:.+}", self._delete)
         register_dashboard(self.app, node)  # GET /: the live cluster page (dashboard.py)
+        self.app.router.add_post("/v1/app/command", self._app_command)
+        self.app.router.add_post("/v1/app/query", self._app_query)
 
     @property
     def port(self) -> int:
@@ -256,7 +258,8 @@ class HttpApi:
                 {"error": "unauthorized: a valid bearer token is required"},
                 {"WWW-Authenticate": 'Bearer realm="pyxos"'},
             )
-        if role != "write" and request.method not in ("GET", "HEAD"):
+        read_only = request.method in ("GET", "HEAD") or request.path == "/v1/app/query"
+        if role != "write" and not read_only:
             self.counters["auth_forbidden"] = self.counters.get("auth_forbidden", 0) + 1
             return _json(403, {"error": f"forbidden: a {role} token may not {request.method}"})
         return await handler(request)
@@ -297,6 +300,18 @@ class HttpApi:
     ) -> Result | web.Response:
         """Run one command as a client of our node (the client engine's retries); its
         ``Result``, or the answer to give instead (503, 504; 400 raised)."""
+
+        service = self.node.node
+        if service is not None and not isinstance(service.app, KVStore):
+            raise web.HTTPNotFound(
+                text=json.dumps(
+                    {
+                        "error": f"this node serves {self.node.config.app}, not the KV store: "
+                        "use /v1/app/command and /v1/app/query"
+                    }
+                ),
+                content_type="application/json",
+            )
 
         def encode(client: int, seq: int) -> bytes:
             command = Command(client, seq, op, key, value, expected, limit, after)
@@ -346,25 +361,82 @@ class HttpApi:
     async def _status(self, request: web.Request) -> web.Response:
         return _json(200, self.node.status())
 
+    async def _app_command(self, request: web.Request) -> web.Response:
+        return await self._app_call(request, query=False)
+
+    async def _app_query(self, request: web.Request) -> web.Response:
+        return await self._app_call(request, query=True)
+
+    async def _app_call(self, request: web.Request, *, query: bool) -> web.Response:
+        """``POST /v1/app/command`` and ``/v1/app/query``: the body is a JSON document
+        the application's codec turns into command (query) bytes; the answer is
+        ``{"result": <its json_result>}``, ``400 {"error"}`` if the application refused
+        it (or cannot read the document), 503/504 as for the KV endpoints, 404 for an
+        application without a JSON codec."""
+        service = self.node.node
+        if service is None:
+            raise web.HTTPServiceUnavailable(text='{"error": "starting"}')
+        app = service.app
+        to_bytes = getattr(app, "json_query" if query else "json_command", None)
+        from_bytes = getattr(app, "json_result", None)
+        if to_bytes is None or from_bytes is None:
+            error = (
+                f"the application ({self.node.config.app}) declares no JSON codec "
+                "(json_command, json_query, json_result): use the binary client"
+            )
+            return _json(404, {"error": error})
+        body = await self._body(request, self.node.config.client_max_frame_bytes)
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            return _json(400, {"error": f"the body is not JSON: {e}"})
+        try:
+            data = to_bytes(doc)
+        except Exception as e:  # the application's codec refused the document
+            return _json(400, {"error": str(e) or type(e).__name__})
+        if not isinstance(data, bytes):
+            return _json(500, {"error": "the application's JSON codec did not return bytes"})
+        what = "query" if query else "command"
+        try:
+            reply = await self._clients.call(lambda _c, _s: data, what, read_only=query)
+        except NoLeader as e:
+            return _json(503, {"error": "no leader to serve the query", "leader": e.leader})
+        except OutcomeUnknown as e:
+            unknown = {"error": f"no answer within {self.timeout} s", "outcome": "unknown"}
+            return _json(504, {**unknown, "leader": e.leader})
+        if reply.error is not None:
+            return _json(400, {"error": reply.error})
+        try:
+            result = from_bytes(reply.result)
+        except Exception as e:  # the application's codec failed on its own result
+            return _json(500, {"error": f"the application's json_result failed: {e}"})
+        return _json(200, {"result": result})
+
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.node.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     def _stale(self, request: web.Request) -> bool:
         return request.query.get("stale", "").lower() in ("1", "true", "yes")
 
-    def _local_store(self) -> KVStore:
+    def _local_store(self) -> tuple[KVStore, int]:
+        """This replica's KV store and its applied slot (a stale read)."""
         service = self.node.node
         if service is None:
             raise web.HTTPServiceUnavailable(text='{"error": "starting"}')
-        return service.store
+        if not isinstance(service.app, KVStore):
+            raise web.HTTPNotFound(
+                text=json.dumps({"error": "this node's application is not the KV store"}),
+                content_type="application/json",
+            )
+        return service.app, service.state.applied_slot
 
     async def _get(self, request: web.Request) -> web.Response:
         key = self._key(request)
         if self._stale(request):
             # Asked for: this replica's applied state, possibly behind the leader.
-            store = self._local_store()
+            store, applied = self._local_store()
             value = store.get_local(key)
-            body = {"key": key, "value": value, "stale": True, "applied": store.applied_slot}
+            body = {"key": key, "value": value, "stale": True, "applied": applied}
             return _json(200 if value is not None else 404, body)
         result = await self._run("get", key)
         if isinstance(result, web.Response):
@@ -427,7 +499,7 @@ class HttpApi:
                 validate_command(Command(0, 0, "list", prefix, limit=limit, after=after))
             except ValueError as e:
                 return _json(400, {"error": str(e)})
-            entries, more = self._local_store().list_page(prefix, limit, after)
+            entries, more = self._local_store()[0].list_page(prefix, limit, after)
             return _json(200, _page(entries, more) | {"stale": True})
         result = await self._run("list", prefix, limit=limit, after=after)
         if isinstance(result, web.Response):

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-The protocol lives in a pure ``ServiceNode(Replica, KVStore)``; this module is only its
+The protocol lives in a pure ``ServiceNode(Replica, application)``; this module is only its
 runtime. The order in which a ``Ready`` is carried out (persist, send before and after
 the fsync, apply, snapshot, group commit with one fsync in flight) is
 ``pyxos.driver.ReadyDriver``, the very object the simulator drives its nodes with, so

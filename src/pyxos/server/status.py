@@ -19,6 +19,7 @@ from pyxos.net.limits import PortGuard
 from pyxos.net.link import PeerLinks
 from pyxos.server.config import Config
 from pyxos.server.effects import DriverStats
+from pyxos.statemachine.kv import KVStore
 from pyxos.statemachine.service import ServiceNode
 
 __all__ = ["MAJORITY_LOST", "MAJORITY_LOST_RECOVERY", "MajorityLostReport", "node_status"]
@@ -89,8 +90,9 @@ def node_status(
         "ballot": str(replica.ballot),
         "promised": str(replica.acceptor.promised),
         "first_unchosen": replica.first_unchosen,
-        "applied": node.store.applied_slot,
-        "keys": len(node.store),
+        "applied": node.state.applied_slot,
+        "app": config.app,
+        "keys": len(node.app) if isinstance(node.app, KVStore) else 0,
         "written": driver.written,
         "synced": driver.synced,
         "driver": asdict(stats),

@@ -259,13 +259,13 @@ def _node_state(node: Any) -> dict[str, Any]:
     replica = getattr(node, "replica", None)
     if replica is None:
         return {}
-    store = getattr(node, "store", None)
+    state = getattr(node, "state", None)
     return {
         "role": replica.role.value,
         "ballot": str(replica.ballot),
         "leader": replica.leader,
         "promised": str(replica.acceptor.promised),
         "chosen": replica.first_unchosen,
-        "applied": getattr(store, "applied_slot", 0),
+        "applied": getattr(state, "applied_slot", 0),
         "rebuilding": bool(replica.rebuilding),
     }

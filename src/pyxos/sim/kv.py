@@ -55,6 +55,7 @@ from pyxos.sim.mutants import REPLICA_MUTANTS, STORE_MUTANTS, WAL_MUTANTS
 from pyxos.sim.nemesis import Nemesis
 from pyxos.sim.world import NodeFactory, Simulator, TraceEvent, format_trace
 from pyxos.statemachine.kv import Command, KVStore, decode_batch, decode_result
+from pyxos.statemachine.replicated import ReplicatedApp
 from pyxos.statemachine.service import SNAPSHOT_CHUNK, ServiceNode
 from pyxos.storage.durable import NodeStorage
 from pyxos.storage.wal import WAL
@@ -72,7 +73,9 @@ CLIENT_BASE = 1000
 """Client process ids start here (replica ids are 1..n)."""
 
 ReplicaFactory = Callable[..., Replica]
-StoreFactory = Callable[[], KVStore]
+StoreFactory = Callable[[], KVStore | ReplicatedApp[KVStore]]
+"""Makes a simulated node's application (the KV store) or its whole replicated
+state (a mutant of the replication layer)."""
 
 KV_MUTANTS = sorted([*REPLICA_MUTANTS, *STORE_MUTANTS, *WAL_MUTANTS, "early-ack"])
 """Every name ``run_kv(mutant=...)`` and ``pyxos sim kv --mutant`` take."""
@@ -279,7 +282,7 @@ class SimClient:
     def _send(self) -> None:
         cur = self.current
         assert cur is not None
-        req = ClientRequest(self.node_id, cur.client, cur.seq, self.encoded)
+        req = ClientRequest(self.node_id, cur.client, cur.seq, self.encoded, cur.op == "get")
         self._out.append(Send((self.target,), req))
         self.retry_at = self.now + self.request_timeout
         # The next attempt goes elsewhere unless a reply names the leader first.
@@ -560,7 +563,7 @@ def _check_convergence(sim: Simulator, ids: list[int], divergence: DivergenceMon
 
     def converged() -> bool:
         t = target()
-        return all(n.store.applied_slot == t for n in _applied(sim, ids).values())
+        return all(n.state.applied_slot == t for n in _applied(sim, ids).values())
 
     done = [converged()]
     deadline = sim.now + CONVERGE_BOUND
@@ -575,7 +578,7 @@ def _check_convergence(sim: Simulator, ids: list[int], divergence: DivergenceMon
         sim.run(deadline, stop=lambda: done[0])
     live = _applied(sim, ids)
     divergence.check_converged(
-        {i: (n.store.applied_slot, n.store.state_digest()) for i, n in live.items()}, target()
+        {i: (n.state.applied_slot, n.state.state_digest()) for i, n in live.items()}, target()
     )
 
 

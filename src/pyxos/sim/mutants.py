@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,12 @@ from pyxos.core.ready import Ready, Rng
 from pyxos.core.replica import NOOP, Replica
 from pyxos.core.synod import Proposer, SynodNode
 from pyxos.statemachine.base import Applied
-from pyxos.statemachine.kv import KVStore, KVStoreWithoutDedup, decode_batch
+from pyxos.statemachine.kv import KVStore
+from pyxos.statemachine.replicated import (
+    ReplicatedApp,
+    ReplicatedAppWithoutDedup,
+    decode_batch,
+)
 from pyxos.storage.fs import FileSystem
 from pyxos.storage.wal import (
     SEGMENT_HEADER_SIZE,
@@ -246,8 +251,9 @@ REPLICA_MUTANTS: dict[str, type[Replica]] = {
 """Broken Multi-Paxos variants, by the name ``pyxos sim kv --mutant`` takes."""
 
 
-class SessionlessSnapshotStore(KVStore):
-    """A state machine whose snapshot leaves out the session table (keeps the data).
+class SessionlessSnapshotStore(ReplicatedApp[KVStore]):
+    """A replication layer whose snapshot leaves out the session table (keeps the
+    application's state).
 
     A replica that restores such a snapshot (after a restart, or by InstallSnapshot)
     has forgotten which commands it already applied: a retry of one of them, chosen
@@ -263,9 +269,10 @@ class SessionlessSnapshotStore(KVStore):
             self._sessions = sessions
 
 
-class FreshOnlyStore(KVStore):
-    """A state machine that asserts every command it applies is new: it forgets that a
-    retry of a command that was already chosen is chosen again and reaches ``apply``.
+class FreshOnlyStore(ReplicatedApp[KVStore]):
+    """A replication layer that asserts every command it applies is new: it forgets
+    that a retry of a command that was already chosen is chosen again and reaches
+    ``apply``.
 
     The assertion trips inside a node during a run; the simulator must report that as a
     violation with the seed and its replay command, not die with a traceback.
@@ -273,23 +280,27 @@ class FreshOnlyStore(KVStore):
 
     def apply(self, slot: int, value: bytes) -> list[Applied]:
         try:
-            commands = decode_batch(value) if value else []
+            entries = decode_batch(value) if value else []
         except msgspec.DecodeError:
-            commands = []
-        for cmd in commands:
-            session = self.session(cmd.client)
-            assert session is None or cmd.seq > session[0], (
-                f"client {cmd.client} seq {cmd.seq} applied twice (slot {slot})"
+            entries = []
+        for client, seq, _ in entries:
+            session = self.session(client)
+            assert session is None or seq > session[0], (
+                f"client {client} seq {seq} applied twice (slot {slot})"
             )
         return super().apply(slot, value)
 
 
-STORE_MUTANTS: dict[str, type[KVStore]] = {
-    "double-apply": KVStoreWithoutDedup,
-    "sessionless-snapshot": SessionlessSnapshotStore,
-    "fresh-only": FreshOnlyStore,
+StoreFactory = Callable[[], ReplicatedApp[KVStore]]
+"""Makes the replicated state of one simulated KV node (a mutant's, or the real one)."""
+
+STORE_MUTANTS: dict[str, StoreFactory] = {
+    "double-apply": lambda: ReplicatedAppWithoutDedup(KVStore()),
+    "sessionless-snapshot": lambda: SessionlessSnapshotStore(KVStore()),
+    "fresh-only": lambda: FreshOnlyStore(KVStore()),
 }
-"""Broken state machines, by the name ``pyxos sim kv --mutant`` takes."""
+"""Broken replication layers around the KV store, by the name ``pyxos sim kv
+--mutant`` takes."""
 
 
 class SkipDamagedRecordWAL(WAL):

@@ -1,38 +1,21 @@
-"""The replicated key-value store: commands, results, client sessions and snapshots.
+"""The replicated key-value store: one application of the contract in ``base``.
 
 Theory of operation
 -------------------
-A client command is a ``Command(client, seq, op, key, value, expected)``. The leader
-checks each command with ``validate_command`` when it is proposed, encodes the commands
-that arrived together once with ``encode_batch``, and proposes those bytes as one slot
-value. ``KVStore.apply`` decodes a chosen batch once and runs its commands in order,
-returning one ``Applied(client, seq, result)`` per command with the result already
-encoded (``encode_result``), ready for the reply.
+A KV command is a ``Command(client, seq, op, key, value, expected, limit, after)``
+encoded with msgpack; those bytes are the application's command (``put``, ``delete``,
+``cas``, and ``get``/``list`` when sent through the log) and query (``get`` and
+``list``) bytes. The ``(client, seq)`` inside it only mirror the request's: the
+replication layer's session table (``statemachine.replicated``), keyed by the
+request's ``(client, seq)``, is what makes a retry apply once. ``KVStore.validate``
+runs ``validate_command`` on the leader, so a command that breaks a limit never
+reaches the log; ``KVStore.reject`` encodes a refusal as ``Result(ok=False, error)``,
+which is what KV clients have always decoded.
 
-Validity is the proposer's job, not the replica's. ``apply`` does not re-run
-``validate_command``: if it did, replicas of two versions with different limits could
-disagree about the same chosen batch. It only refuses what it cannot carry out (an op
-it does not know, a put or cas without a value) with an error result, the same on every
-replica. A slot value that does not decode at all cannot come from a correct leader,
-which only proposes batches it encoded; ``apply`` consumes the slot, returns no results
-(there is nobody known to answer) and counts it in ``KVStore.malformed``. It never
-raises on a chosen value: a replica that crashed on one would crash again on restart.
-
-Exactly once: every client numbers its commands ``seq = 1, 2, ...`` and has at most
-one outstanding at a time (run several logical clients to pipeline). Per client, the
-store keeps the last seq applied and its encoded result (the client's *session*):
-
-- ``seq`` above the last: apply, record ``(seq, result)``;
-- ``seq`` equal to the last: a retry of a command that was already chosen (perhaps in
-  an earlier slot under an earlier leader); answer the recorded result, apply nothing;
-- ``seq`` below the last: the client has moved on, so this is a stale duplicate;
-  answer an error, apply nothing.
-
-The sessions table keeps at most ``max_sessions`` clients and evicts the least recently
-used one (by slot order of their commands, so every replica evicts the same one). An
-evicted client that retries is treated as new: its retry is applied again. Keep
-``max_sessions`` well above the number of clients active within a retry timeout, and
-configure it the same on every replica.
+``apply`` does not re-run ``validate_command``: replicas of two versions with different
+limits must not disagree about a chosen command. It only refuses what it cannot carry
+out (an op it does not know, a put or cas without a value, bytes that are not a
+command) with an error result, the same on every replica, and never raises.
 
 ``list`` is paginated, as etcd's range is: a command names a ``limit`` (0: the
 largest page, ``MAX_LIST_ENTRIES``) and a key to start ``after`` (exclusive; ``None``:
@@ -42,47 +25,45 @@ very large values still makes progress), and its result says ``more`` when entri
 follow; the caller continues with ``after`` = the last key of the page. Nothing is
 ever cut off silently.
 
-A snapshot is the msgpack encoding of the keys and values, the sessions in LRU order
-and ``applied_slot`` (never pickle: a snapshot arrives from peers). Restoring it and
-applying the following slots gives the same state and the same results, byte for byte,
-as never having snapshotted.
+A snapshot is the msgpack encoding of the keys and values (never pickle: a snapshot
+arrives from peers); the layer wraps it with the sessions and the applied slot.
 
-State digest: ``state_digest()`` is a 64-bit fingerprint of the keys and values *and*
-the session table (each session's client, last seq and result), so that the simulator
-can compare replicas at every applied slot. It is the sum, modulo 2**64, of one
-BLAKE2b hash per key and per session: order-independent, so each write updates it in
-O(1) (subtract the old entry's hash, add the new one's) once ``track_digest()`` has
-been called; untracked, ``state_digest()`` computes it from scratch and ``apply`` pays
-nothing. The sessions' LRU order is not hashed; an order that differs between replicas
-shows up as soon as it evicts different sessions. ``applied_slot`` is not hashed
-either: digests are compared at equal applied slots.
+State digest: ``state_digest()`` is a 64-bit fingerprint of the keys and values, the
+sum modulo 2**64 of one BLAKE2b hash per key: order-independent, so each write updates
+it in O(1) once ``track_digest()`` has been called; untracked, it is computed from
+scratch and ``apply`` pays nothing.
+
+JSON codec (``POST /v1/app/command`` and ``/v1/app/query``): a command or query is the
+object ``{"op", "key", "value", "expected", "limit", "after"}`` (only ``op`` and
+``key`` required), a result the object of ``Result``'s fields.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections import OrderedDict
 from collections.abc import Sequence
 from hashlib import blake2b
-from typing import ClassVar, Final
+from typing import Any, Final
 
 import msgspec
 
-from pyxos.statemachine.base import Applied
+from pyxos.core.messages import ClientRequest
+from pyxos.statemachine import replicated
 
 __all__ = [
     "DEFAULT_LIST_LIMIT",
-    "DEFAULT_MAX_SESSIONS",
     "MAX_KEY_BYTES",
     "MAX_LIST_BYTES",
     "MAX_LIST_ENTRIES",
     "MAX_VALUE_BYTES",
     "OPS",
+    "QUERY_OPS",
     "Command",
     "KVStore",
-    "KVStoreWithoutDedup",
     "Result",
+    "client_request",
     "decode_batch",
+    "decode_command",
     "decode_result",
     "encode_batch",
     "encode_result",
@@ -105,13 +86,10 @@ MAX_LIST_BYTES: Final = 4 * 1024 * 1024
 """A ``list`` page stops growing once its keys and values hold this many UTF-8 bytes
 (it has at least one entry), so that a page always fits in one reply frame."""
 
-DEFAULT_MAX_SESSIONS: Final = 100_000
-"""Default bound on the client sessions a ``KVStore`` remembers."""
-
 OPS: Final = frozenset({"get", "put", "delete", "cas", "list"})
 """Every op a ``Command`` may carry."""
 
-SNAPSHOT_VERSION: Final = 1
+SNAPSHOT_VERSION: Final = 2
 
 
 class Command(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -158,16 +136,14 @@ class Result(msgspec.Struct, frozen=True, array_like=True):
 
 
 class _KVSnapshot(msgspec.Struct, frozen=True, array_like=True, tag="kv"):
-    """Snapshot format: ``sessions`` are ``(client, seq, result)``, least recent first."""
+    """Snapshot format of the application's state: the keys and values."""
 
     version: int
-    applied_slot: int
     values: dict[str, str]
-    sessions: list[tuple[int, int, bytes]]
 
 
 _encoder = msgspec.msgpack.Encoder()
-_batch_decoder = msgspec.msgpack.Decoder(list[Command])
+_command_decoder = msgspec.msgpack.Decoder(Command)
 _result_decoder = msgspec.msgpack.Decoder(Result)
 _snapshot_decoder = msgspec.msgpack.Decoder(_KVSnapshot)
 
@@ -184,23 +160,23 @@ def _value_hash(key: str, value: str) -> int:
     return int.from_bytes(h.digest(), "little")
 
 
-def _session_hash(client: int, seq: int, result: bytes) -> int:
-    """One client session's share of the state digest."""
-    h = blake2b(_encoder.encode((client, seq, result)), digest_size=8, person=b"kv-sess")
-    return int.from_bytes(h.digest(), "little")
-
-
 def encode_batch(commands: Sequence[Command]) -> bytes:
-    """Encode ``commands`` as one slot value (commands are not validated here)."""
-    if not isinstance(commands, list | tuple):
-        commands = list(commands)
-    return _encoder.encode(commands)
+    """Encode KV ``commands`` as one slot value of the replication layer (each as
+    ``(client, seq, its encoding)``; commands are not validated here)."""
+    encode = _encoder.encode
+    return replicated.encode_batch([(c.client, c.seq, encode(c)) for c in commands])
 
 
 def decode_batch(data: bytes) -> list[Command]:
-    """Decode a slot value made by ``encode_batch``; raise ``msgspec.DecodeError`` if
-    ``data`` is not one."""
-    return _batch_decoder.decode(data)
+    """Decode a slot value made by ``encode_batch`` into its KV commands; raise
+    ``msgspec.DecodeError`` if ``data`` is not one."""
+    decode = _command_decoder.decode
+    return [decode(command) for _, _, command in replicated.decode_batch(data)]
+
+
+def decode_command(data: bytes) -> Command:
+    """Decode one KV command; ``msgspec.DecodeError`` if ``data`` is not one."""
+    return _command_decoder.decode(data)
 
 
 def encode_result(result: Result) -> bytes:
@@ -270,116 +246,40 @@ def validate_command(cmd: Command) -> None:
         raise ValueError(f"{op}: takes no limit or start-after key (only list does)")
 
 
-def _stale(seq: int) -> bytes:
-    return _encoder.encode(Result(ok=False, error=f"stale request: seq {seq} already superseded"))
+QUERY_OPS: Final = frozenset({"get", "list"})
+"""The ops clients send as queries (``ClientRequest.query``): answered without the log."""
+
+
+def client_request(command: Command, src: int = 0) -> ClientRequest:
+    """The request that carries ``command`` (from ``src``; clients send 0): get and
+    list as queries, everything else as a command through the log."""
+    return ClientRequest(
+        src, command.client, command.seq, _encoder.encode(command), command.op in QUERY_OPS
+    )
 
 
 class KVStore:
-    """An in-memory key-value ``StateMachine`` with client sessions for exactly-once.
+    """The in-memory key-value store, an ``Application`` (see the module notes).
 
-    See the module notes. ``max_sessions`` bounds the client sessions kept (least
-    recently used evicted first) and must be the same on every replica.
+    Wrap it in a :class:`~pyxos.statemachine.replicated.ReplicatedApp` (the service
+    does) to get slots, batches and exactly-once sessions.
     """
 
-    # Read once per batch, so the deliberately broken subclass costs the real one
-    # nothing per command.
-    _dedup: ClassVar[bool] = True
-
-    def __init__(self, *, max_sessions: int = DEFAULT_MAX_SESSIONS) -> None:
-        if max_sessions < 1:
-            raise ValueError(f"max_sessions must be at least 1, not {max_sessions}")
-        self.max_sessions: Final = max_sessions
+    def __init__(self) -> None:
         # key -> value; every key and value was validated by the proposer.
         self._values: dict[str, str] = {}
-        # client -> (last seq applied, its encoded result); least recently used first.
-        # len(self._sessions) <= self.max_sessions.
-        self._sessions: OrderedDict[int, tuple[int, bytes]] = OrderedDict()
-        # Every slot < _applied_slot is applied, none >= it.
-        self._applied_slot = 0
-        self.malformed = 0
-        """Slot values that did not decode as a batch (local counter, not in snapshots)."""
-        # The state digest kept up to date by every write, or None when not tracked.
+        # The digest of the keys and values kept up to date by every write, or None.
         self._digest: int | None = None
 
-    def track_digest(self) -> None:
-        """Keep ``state_digest()`` up to date on every write from now on (O(1) each)."""
-        self._digest = self._full_digest()
+    # -- the application contract ------------------------------------------------------
 
-    def state_digest(self) -> int:
-        """The 64-bit digest of the keys, values and sessions (see the module notes)."""
-        return self._digest if self._digest is not None else self._full_digest()
-
-    def _full_digest(self) -> int:
-        total = sum(_value_hash(k, v) for k, v in self._values.items())
-        total += sum(_session_hash(c, s, r) for c, (s, r) in self._sessions.items())
-        return total & _DIGEST_MASK
-
-    @property
-    def applied_slot(self) -> int:
-        """The next slot to apply: every slot below it has been applied, none above."""
-        return self._applied_slot
-
-    def apply(self, slot: int, value: bytes) -> list[Applied]:
-        """Apply the chosen batch ``value`` of ``slot``; see ``StateMachine.apply``."""
-        if slot != self._applied_slot:
-            kind = "a repeat" if slot < self._applied_slot else "a gap"
-            raise ValueError(
-                f"apply(slot={slot}) is {kind}: the next slot to apply is {self._applied_slot}"
-            )
-        self._applied_slot = slot + 1
-        if not value:
-            return []
+    def apply(self, command: bytes) -> bytes:
+        """Carry out one encoded ``Command``; return its encoded ``Result``."""
+        # One function per command on the hot path: decoding and the ops inline.
         try:
-            commands = _batch_decoder.decode(value)
-        except msgspec.DecodeError:
-            self.malformed += 1
-            return []
-        sessions = self._sessions
-        dedup = self._dedup
-        execute = self._execute
-        applied: list[Applied] = []
-        for cmd in commands:
-            client = cmd.client
-            seq = cmd.seq
-            session = sessions.get(client)
-            if session is None:
-                result = execute(cmd)
-                sessions[client] = (seq, result)
-                if self._digest is not None:
-                    self._digest += _session_hash(client, seq, result)
-                if len(sessions) > self.max_sessions:
-                    evicted, (old_seq, old_result) = sessions.popitem(last=False)
-                    if self._digest is not None:
-                        self._digest -= _session_hash(evicted, old_seq, old_result)
-            else:
-                sessions.move_to_end(client)
-                last_seq = session[0]
-                if seq > last_seq or not dedup:
-                    result = execute(cmd)
-                    sessions[client] = (seq, result)
-                    if self._digest is not None:
-                        self._digest += _session_hash(client, seq, result) - _session_hash(
-                            client, last_seq, session[1]
-                        )
-                elif seq == last_seq:
-                    result = session[1]
-                else:
-                    result = _stale(seq)
-            applied.append(Applied(client, seq, result))
-        if self._digest is not None:
-            self._digest &= _DIGEST_MASK
-        return applied
-
-    def _value_written(self, key: str, old: str | None, new: str | None) -> None:
-        """Update the tracked digest for ``key`` going from ``old`` to ``new``."""
-        assert self._digest is not None
-        if old is not None:
-            self._digest -= _value_hash(key, old)
-        if new is not None:
-            self._digest += _value_hash(key, new)
-
-    def _execute(self, cmd: Command) -> bytes:
-        """Carry out ``cmd`` on the keys and values; return its encoded result."""
+            cmd = _command_decoder.decode(command)
+        except msgspec.DecodeError as e:
+            return _encoder.encode(Result(ok=False, error=f"not a KV command: {e}"))
         values = self._values
         op = cmd.op
         key = cmd.key
@@ -412,6 +312,93 @@ class KVStore:
             entries, more = self.list_page(key, cmd.limit, cmd.after)
             return _encoder.encode(Result(ok=True, values=entries, more=more))
         return _encoder.encode(Result(ok=False, error=f"unknown op {op!r}"))
+
+    def query(self, q: bytes) -> bytes:
+        """Answer an encoded ``get`` or ``list`` ``Command`` from the applied state."""
+        try:
+            cmd = _command_decoder.decode(q)
+        except msgspec.DecodeError as e:
+            return _encoder.encode(Result(ok=False, error=f"not a KV query: {e}"))
+        if cmd.op == "get":
+            value = self._values.get(cmd.key)
+            return _OK if value is None else _encoder.encode(Result(ok=True, value=value))
+        if cmd.op == "list":
+            entries, more = self.list_page(cmd.key, cmd.limit, cmd.after)
+            return _encoder.encode(Result(ok=True, values=entries, more=more))
+        return _encoder.encode(Result(ok=False, error=f"{cmd.op!r} is not a query"))
+
+    def validate(self, command: bytes) -> str | None:
+        """Why the encoded command must not be proposed (``validate_command``), or None."""
+        try:
+            validate_command(_command_decoder.decode(command))
+        except (msgspec.DecodeError, ValueError) as e:
+            return str(e)
+        return None
+
+    def reject(self, error: str) -> bytes:
+        """A refusal as KV clients read it: ``Result(ok=False, error=error)``."""
+        return _encoder.encode(Result(ok=False, error=error))
+
+    def snapshot(self) -> bytes:
+        """The keys and values as msgpack."""
+        return _encoder.encode(_KVSnapshot(version=SNAPSHOT_VERSION, values=self._values))
+
+    def restore(self, data: bytes) -> None:
+        """Replace the keys and values with a ``snapshot()``; ``ValueError`` if it is
+        not one (the state is then left as it was)."""
+        try:
+            snap = _snapshot_decoder.decode(data)
+        except msgspec.DecodeError as e:
+            raise ValueError(f"not a KV store snapshot: {e}") from None
+        if snap.version != SNAPSHOT_VERSION:
+            raise ValueError(
+                f"KV store snapshot version {snap.version}; this version reads only "
+                f"{SNAPSHOT_VERSION}"
+            )
+        self._values = snap.values
+        if self._digest is not None:
+            self._digest = self._full_digest()
+
+    def track_digest(self) -> None:
+        """Keep ``state_digest()`` up to date on every write from now on (O(1) each)."""
+        self._digest = self._full_digest()
+
+    def state_digest(self) -> int:
+        """The 64-bit digest of the keys and values (see the module notes)."""
+        return self._digest if self._digest is not None else self._full_digest()
+
+    # -- the JSON codec (HTTP) ---------------------------------------------------------
+
+    def json_command(self, doc: Any) -> bytes:
+        """An encoded command from ``{"op", "key", ...}``; ``ValueError`` if it is not one."""
+        return _encoder.encode(_from_json(doc))
+
+    def json_query(self, doc: Any) -> bytes:
+        """An encoded ``get`` or ``list`` from ``{"op", "key", ...}``."""
+        cmd = _from_json(doc)
+        if cmd.op not in QUERY_OPS:
+            raise ValueError(f"a query is a get or a list, not {cmd.op!r}")
+        validate_command(cmd)
+        return _encoder.encode(cmd)
+
+    def json_result(self, result: bytes) -> Any:
+        """The ``Result`` as a JSON object."""
+        return msgspec.to_builtins(msgspec.structs.asdict(_result_decoder.decode(result)))
+
+    # -- local reads -------------------------------------------------------------------
+
+    def _full_digest(self) -> int:
+        return sum(_value_hash(k, v) for k, v in self._values.items()) & _DIGEST_MASK
+
+    def _value_written(self, key: str, old: str | None, new: str | None) -> None:
+        """Update the tracked digest for ``key`` going from ``old`` to ``new``."""
+        digest = self._digest
+        assert digest is not None
+        if old is not None:
+            digest -= _value_hash(key, old)
+        if new is not None:
+            digest += _value_hash(key, new)
+        self._digest = digest & _DIGEST_MASK
 
     def get_local(self, key: str) -> str | None:
         """The value of ``key`` in this replica's state, ``None`` if absent.
@@ -459,65 +446,23 @@ class KVStore:
         values = self._values
         return [(k, values[k]) for k in sorted(k for k in values if k.startswith(prefix))]
 
-    def session(self, client: int) -> tuple[int, bytes] | None:
-        """``(last seq applied, its encoded result)`` for ``client``, or ``None``.
-
-        Lets a driver answer a retry of an already applied command without proposing
-        it again. Does not count as a use of the session.
-        """
-        return self._sessions.get(client)
-
     def __len__(self) -> int:
         """The number of keys stored."""
         return len(self._values)
 
-    def snapshot(self) -> bytes:
-        """The whole state (keys, sessions in LRU order, ``applied_slot``) as msgpack."""
-        return _encoder.encode(
-            _KVSnapshot(
-                version=SNAPSHOT_VERSION,
-                applied_slot=self._applied_slot,
-                values=self._values,
-                sessions=[(c, s, r) for c, (s, r) in self._sessions.items()],
-            )
-        )
 
-    def restore(self, data: bytes) -> None:
-        """Replace the whole state with a ``snapshot()``; ``ValueError`` if it is not one.
-
-        On error the state is left as it was. ``malformed`` is a local counter and is
-        kept. Sessions beyond ``max_sessions`` are evicted, least recently used first.
-        """
-        try:
-            snap = _snapshot_decoder.decode(data)
-        except msgspec.DecodeError as e:
-            raise ValueError(f"not a KV store snapshot: {e}") from None
-        if snap.version != SNAPSHOT_VERSION:
-            raise ValueError(
-                f"KV store snapshot version {snap.version}; this version reads only "
-                f"{SNAPSHOT_VERSION}"
-            )
-        if snap.applied_slot < 0:
-            raise ValueError(f"KV store snapshot has a negative applied slot {snap.applied_slot}")
-        sessions = OrderedDict((c, (s, r)) for c, s, r in snap.sessions)
-        while len(sessions) > self.max_sessions:
-            sessions.popitem(last=False)
-        self._values = snap.values
-        self._sessions = sessions
-        self._applied_slot = snap.applied_slot
-        if self._digest is not None:
-            self._digest = self._full_digest()
+class _JsonCommand(msgspec.Struct, forbid_unknown_fields=True):
+    op: str
+    key: str
+    value: str | None = None
+    expected: str | None = None
+    limit: int = 0
+    after: str | None = None
 
 
-class _NoDedupKVStore(KVStore):
-    """DELIBERATELY BROKEN: applies every command, retries and stale duplicates too.
-
-    Exists only so the simulator can prove its linearizability check catches a state
-    machine that applies a retried command twice. Never use it to serve clients.
-    """
-
-    _dedup = False
-
-
-KVStoreWithoutDedup = _NoDedupKVStore
-"""The deliberately broken ``KVStore`` that does not deduplicate retries (mutation tests)."""
+def _from_json(doc: Any) -> Command:
+    try:
+        c = msgspec.convert(doc, _JsonCommand)
+    except msgspec.ValidationError as e:
+        raise ValueError(f"not a KV command: {e}") from None
+    return Command(0, 0, c.op, c.key, c.value, c.expected, c.limit, c.after)

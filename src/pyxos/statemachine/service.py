@@ -21,24 +21,24 @@ real server drive it identically. It adds what sits between clients and the log:
   forwarded to a leader that then died may sit in a slot the next leader re-proposes.
   So a refusal is never an outcome: the client retries, elsewhere, with the SAME
   ``(client, seq)``, and the session table applies it at most once either way.
-  At the leader, the command is decoded once (to validate it; garbage gets an error
-  reply and never reaches the log) and its original bytes join the batch of this pass.
-  A duplicate of a request in flight here only updates where the reply goes. Any other
-  retry goes through the log like a new command: exactly-once lives in one place, the
-  state machine's session table, which answers a retry with the stored result instead
-  of applying it again.
-- **Reads.** ``get`` and ``list`` do not go through the log: the replica releases them
-  (under its lease, or once a quorum confirmed the leadership after the read arrived,
-  and in both cases once every slot below the read index is applied), and they are
-  answered from local state. Reads need no session entry: they change nothing.
+  At the leader, the application's ``validate`` (if it has one) looks at the command
+  once (garbage gets an error reply and never reaches the log) and its bytes join the
+  batch of this pass. A duplicate of a request in flight here only updates where the
+  reply goes. Any other retry goes through the log like a new command: exactly-once
+  lives in one place, the session table of the ``ReplicatedApp``, which answers a retry
+  with the stored result instead of applying it again.
+- **Queries** (``ClientRequest.query``) do not go through the log: the replica releases
+  them (under its lease, or once a quorum confirmed the leadership after the query
+  arrived, and in both cases once every slot below the read index is applied), and the
+  application's ``query`` answers them from local state. They need no session entry:
+  they change nothing.
 - **Batching.** Everything that arrived since the last ``ready()`` becomes *one* slot
-  value: a msgpack array whose elements are the clients' own encoded commands
-  (``msgspec.Raw``), so nothing is re-encoded. Batches grow with load by themselves;
-  a lone client pays no wait.
-- **Applying.** ``ready()`` applies the replica's newly chosen slots to the state
-  machine in slot order, exactly once, and answers every request this node is holding
-  with the encoded result (``send_now``: a chosen value is already durable on a
-  quorum).
+  value: a msgpack array of ``(client, seq, command)``, the command bytes as the
+  client sent them. Batches grow with load by themselves; a lone client pays no wait.
+- **Applying.** ``ready()`` applies the replica's newly chosen slots to the
+  ``ReplicatedApp`` in slot order, exactly once, and answers every request this node
+  is holding with the result bytes (``send_now``: a chosen value is already durable on
+  a quorum).
 - **Snapshots and compaction.** Every ``snapshot_every`` applied slots, or every
   ``snapshot_bytes`` bytes of applied slot values, whichever comes first, the node hands
   the driver a snapshot (``Ready.snapshot``); once the driver reports it durable
@@ -56,7 +56,8 @@ real server drive it identically. It adds what sits between clients and the log:
   Fetch meanwhile, restores it, and catches up the log after it.
 - **Audit.** With ``audit_with(fn)`` (the simulator's divergence check), the node
   reports, after every slot it applies, ``fn(node, applied_slot, state_digest,
-  results_digest)``: the store's incremental state digest and a digest of the results
+  results_digest)``: the digest of the sessions and the application's state (see
+  ``statemachine.replicated``) and a digest of the results
   that slot produced; after a snapshot is restored, the same with ``results_digest``
   None. Replicas that reached the same ``applied_slot`` must report the same digests.
   Without an auditor nothing is hashed.
@@ -66,7 +67,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from hashlib import blake2b
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 import msgspec
 
@@ -80,8 +81,8 @@ from pyxos.core.messages import (
 )
 from pyxos.core.ready import Ready, Send
 from pyxos.core.replica import Replica, Role
-from pyxos.statemachine.base import Applied
-from pyxos.statemachine.kv import Command, KVStore, Result, encode_result, validate_command
+from pyxos.statemachine.base import Application, Applied
+from pyxos.statemachine.replicated import DEFAULT_MAX_SESSIONS, ReplicatedApp, encode_batch
 
 __all__ = ["AuditFn", "ServiceNode", "results_digest"]
 
@@ -109,17 +110,13 @@ class _Transfer:
         self.retry_at = retry_at
 
 
-_command_decoder = msgspec.msgpack.Decoder(Command)
-_READ_OPS = frozenset({"get", "list"})
-
-
 class _ReadToken(NamedTuple):
-    """A read waiting for the replica's read-index check: who asked, and what."""
+    """A query waiting for the replica's read-index check: who asked, and what."""
 
     dst: int
     client: int
     seq: int
-    cmd: Command
+    query: bytes
 
 
 _raw_encoder = msgspec.msgpack.Encoder()
@@ -127,7 +124,7 @@ _raw_encoder = msgspec.msgpack.Encoder()
 
 def results_digest(applied: Sequence[Applied]) -> int:
     """A 64-bit digest of the results one slot produced, in order (the audit's)."""
-    data = _raw_encoder.encode([(a.client, a.seq, a.result) for a in applied])
+    data = _raw_encoder.encode(list(applied))
     return int.from_bytes(blake2b(data, digest_size=8, person=b"kv-results").digest(), "little")
 
 
@@ -137,25 +134,31 @@ class ServiceNode:
     def __init__(
         self,
         replica: Replica,
-        store: KVStore,
+        app: Application | ReplicatedApp[Any],
         *,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
         max_batch: int = 4096,
         snapshot_every: int = 10_000,
         snapshot_bytes: int = 64 * 1024 * 1024,
         snapshot_chunk: int = SNAPSHOT_CHUNK,
         on_applied: Callable[[int, int], None] | None = None,
-        linearizable_reads: bool = True,
         forward: bool = True,
         on_batch: Callable[[int], None] | None = None,
         catchup_snapshot_slots: int = CATCHUP_SNAPSHOT_SLOTS,
     ) -> None:
         self.replica = replica
-        self.store: KVStore = store
+        state = (
+            app if isinstance(app, ReplicatedApp) else ReplicatedApp(app, max_sessions=max_sessions)
+        )
+        self.state: ReplicatedApp[Any] = state
+        """The applied state: the application, the client sessions, the applied slot."""
+        self.app: Any = state.app
+        """The application (typed ``Any``: its own type, e.g. ``KVStore``, for local reads)."""
         self.max_batch = max_batch
         self.waiting: dict[tuple[int, int], int] = {}
         """(client, seq) -> where to send its reply. Only requests this node proposed
         (or was asked about while they were in flight) are here."""
-        self.batch: list[msgspec.Raw] = []
+        self.batch: list[tuple[int, int, bytes]] = []
         self.on_applied = on_applied
         self.on_batch = on_batch
         """Called with the number of commands of every batch proposed (metrics)."""
@@ -172,8 +175,6 @@ class ServiceNode:
         back when the leader was lost), for tests and metrics."""
         self._forwarding_to = 0
         """The usable leader as of the last ``ready()``: a change fails back forwards."""
-        self.linearizable_reads = linearizable_reads
-        """Serve get/list by read-index (True) or through the log like writes (False)."""
         if snapshot_every < 1 or snapshot_chunk < 1 or snapshot_bytes < 1:
             raise ValueError("snapshot_every, snapshot_bytes and snapshot_chunk must be >= 1")
         self.snapshot_every = snapshot_every
@@ -196,25 +197,25 @@ class ServiceNode:
         """A snapshot taken from the applied state to serve a lagging node (not durable:
         it need not be, it only holds chosen slots)."""
         self.snapshots_served = 0
-        if store.applied_slot > replica.first_unchosen:
-            replica.skip_to(store.applied_slot)
+        if state.applied_slot > replica.first_unchosen:
+            replica.skip_to(state.applied_slot)
 
     def audit_with(self, fn: AuditFn) -> None:
         """Report digests to ``fn`` from now on (see "Audit"), starting with the state
         this node holds now if it has applied or restored anything."""
         self.audit = fn
-        self.store.track_digest()
-        if self.store.applied_slot > 0:
-            fn(self.node_id, self.store.applied_slot, self.store.state_digest(), None)
+        self.state.track_digest()
+        if self.state.applied_slot > 0:
+            fn(self.node_id, self.state.applied_slot, self.state.state_digest(), None)
 
     def restore_snapshot(self, slot: int, data: bytes) -> None:
         """Start from a durable snapshot (at startup, before any input)."""
-        self.store.restore(data)
+        self.state.restore(data)
         self.snapshot = (slot, data)
         self.replica.skip_to(slot)
         self.replica.compact(slot)
         if self.audit is not None:
-            self.audit(self.node_id, self.store.applied_slot, self.store.state_digest(), None)
+            self.audit(self.node_id, self.state.applied_slot, self.state.state_digest(), None)
 
     def snapshot_durable(self, slot: int) -> None:
         """The driver made the snapshot of ``slot`` durable: compact below it."""
@@ -306,7 +307,7 @@ class ServiceNode:
                 chunk, self.batch = self.batch[: self.max_batch], self.batch[self.max_batch :]
                 if self.on_batch is not None:
                     self.on_batch(len(chunk))
-                if not replica.propose(_raw_encoder.encode(chunk)):
+                if not replica.propose(encode_batch(chunk)):
                     self._redirect_pending()
                     self.batch.clear()
         if self.waiting and not replica.is_leader:
@@ -322,7 +323,7 @@ class ServiceNode:
         # once another ``snapshot_every`` slots have been applied since it was taken.
         since = self._last_taken[0] if self._last_taken is not None else self._snapshot_slot()
         due_slots = (
-            self.store.applied_slot - max(since, self._snapshot_slot()) >= self.snapshot_every
+            self.state.applied_slot - max(since, self._snapshot_slot()) >= self.snapshot_every
         )
         if due_slots or self.log_bytes_since_snapshot >= self.snapshot_bytes:
             self._take_snapshot()
@@ -357,7 +358,7 @@ class ServiceNode:
 
     def _take_snapshot(self) -> None:
         self.log_bytes_since_snapshot = 0
-        taken = (self.store.applied_slot, self.store.snapshot())
+        taken = (self.state.applied_slot, self.state.snapshot())
         self._last_taken = taken
         self._snapshot_out = taken
 
@@ -367,7 +368,7 @@ class ServiceNode:
         if msg.slot < self.replica.log_start:
             return True
         gap = self.catchup_snapshot_slots
-        return gap > 0 and self.store.applied_slot - msg.slot >= gap
+        return gap > 0 and self.state.applied_slot - msg.slot >= gap
 
     def _newest_snapshot(self) -> tuple[int, bytes] | None:
         candidates = [s for s in (self.snapshot, self.serving) if s is not None]
@@ -375,11 +376,11 @@ class ServiceNode:
 
     def _announce_snapshot(self, dst: int) -> None:
         newest = self._newest_snapshot()
-        applied = self.store.applied_slot
+        applied = self.state.applied_slot
         gap = self.catchup_snapshot_slots
         if gap > 0 and applied > 0 and (newest is None or applied - newest[0] >= gap):
             # Ours is far behind the applied state: take one now, from that state.
-            newest = self.serving = (applied, self.store.snapshot())
+            newest = self.serving = (applied, self.state.snapshot())
             self.snapshots_served += 1
         if newest is None:
             return
@@ -423,11 +424,11 @@ class ServiceNode:
     def _install(self, t: _Transfer) -> None:
         data = bytes(t.buf)
         self.transfer = None
-        self.store.restore(data)
+        self.state.restore(data)
         self.replica.skip_to(t.slot)
         self.snapshots_installed += 1
         if self.audit is not None:
-            self.audit(self.node_id, self.store.applied_slot, self.store.state_digest(), None)
+            self.audit(self.node_id, self.state.applied_slot, self.state.state_digest(), None)
         # Serve it to others at once (the replica no longer serves slots below it),
         # and keep it durably too, so a restart does not need the transfer again.
         self.snapshot = (t.slot, data)
@@ -450,28 +451,38 @@ class ServiceNode:
             elif self.forward and msg.src not in replica.members:
                 # Forward once (never a request another node forwarded: no loops).
                 self.forwarded[(msg.client, msg.seq)] = (msg.src, replica.now, leader)
-                replica.post(
-                    (leader,), ClientRequest(self.node_id, msg.client, msg.seq, msg.command)
-                )
+                forwarded = ClientRequest(self.node_id, msg.client, msg.seq, msg.command, msg.query)
+                replica.post((leader,), forwarded)
                 return
             self._reply(msg.src, msg, False)
             return
-        try:
-            cmd = _command_decoder.decode(msg.command)
-            validate_command(cmd)
-            if cmd.client != msg.client or cmd.seq != msg.seq:
-                raise ValueError("request and command disagree on (client, seq)")
-        except (msgspec.DecodeError, ValueError) as e:
-            self.rejected += 1
-            self._reply(msg.src, msg, True, encode_result(Result(ok=False, error=str(e))))
-            return
-        if cmd.op in _READ_OPS and self.linearizable_reads:
-            if not self.replica.read(_ReadToken(msg.src, msg.client, msg.seq, cmd)):
+        if msg.query:
+            if not self.replica.read(_ReadToken(msg.src, msg.client, msg.seq, msg.command)):
                 self._reply(msg.src, msg, False)
             return
+        validate = self.state.validate
+        if validate is not None:
+            try:
+                error = validate(msg.command)
+            except Exception as e:  # the application's bug is a refusal
+                error = f"validate raised {type(e).__name__}: {e}"
+            if error is not None:
+                self.rejected += 1
+                refused = self.state.failure(msg.client, msg.seq, error)
+                reply = ClientReply(
+                    self.node_id,
+                    msg.client,
+                    msg.seq,
+                    True,
+                    refused.result,
+                    self.usable_leader(),
+                    error,
+                )
+                replica.post((msg.src,), reply)
+                return
         key = (msg.client, msg.seq)
         if key not in self.waiting:
-            self.batch.append(msgspec.Raw(msg.command))
+            self.batch.append((msg.client, msg.seq, msg.command))
         self.waiting[key] = msg.src
 
     def _relay(self, msg: ClientReply) -> None:
@@ -479,7 +490,9 @@ class ServiceNode:
         if entry is not None:
             # A refusal names the leader as the refuser knows it (0: none yet).
             leader = msg.leader if not msg.ok else self.usable_leader()
-            relayed = ClientReply(self.node_id, msg.client, msg.seq, msg.ok, msg.result, leader)
+            relayed = ClientReply(
+                self.node_id, msg.client, msg.seq, msg.ok, msg.result, leader, msg.error
+            )
             self.replica.post((entry[0],), relayed)
 
     def _fail_forwarded(self, lost: Callable[[int], bool]) -> None:
@@ -502,17 +515,14 @@ class ServiceNode:
     def _serve_reads(self, r: Ready) -> None:
         me = self.node_id
         leader = self.usable_leader()
+        query = self.state.query
         for token, ok in r.reads:
-            dst, client, seq, cmd = cast(_ReadToken, token)
+            dst, client, seq, q = cast(_ReadToken, token)
             if not ok:
                 r.send_now.append(Send((dst,), ClientReply(me, client, seq, False, b"", leader)))
                 continue
-            if cmd.op == "get":
-                result = Result(ok=True, value=self.store.get_local(cmd.key))
-            else:
-                entries, more = self.store.list_page(cmd.key, cmd.limit, cmd.after)
-                result = Result(ok=True, values=entries, more=more)
-            reply = ClientReply(me, client, seq, True, encode_result(result), leader)
+            answer = query(q)
+            reply = ClientReply(me, client, seq, True, answer.result, leader, answer.error)
             r.send_now.append(Send((dst,), reply))
 
     def _redirect_pending(self) -> None:
@@ -523,25 +533,25 @@ class ServiceNode:
         self.waiting.clear()
 
     def _apply(self, r: Ready) -> None:
-        store = self.store
+        state = self.state
         waiting = self.waiting
         me = self.node_id
         leader = self.usable_leader()
         sends = r.send_now
         audit = self.audit
         for entry in r.committed:
-            if entry.slot < store.applied_slot:
+            if entry.slot < state.applied_slot:
                 continue  # covered by a restored snapshot
             self.log_bytes_since_snapshot += len(entry.value)
-            results = store.apply(entry.slot, entry.value)
+            results = state.apply(entry.slot, entry.value)
             for applied in results:
                 dst = waiting.pop((applied.client, applied.seq), None)
                 if dst is not None:
                     reply = ClientReply(
-                        me, applied.client, applied.seq, True, applied.result, leader
+                        me, applied.client, applied.seq, True, applied.result, leader, applied.error
                     )
                     sends.append(Send((dst,), reply))
             if audit is not None:
-                audit(me, store.applied_slot, store.state_digest(), results_digest(results))
+                audit(me, state.applied_slot, state.state_digest(), results_digest(results))
             if self.on_applied is not None:
                 self.on_applied(me, entry.slot)

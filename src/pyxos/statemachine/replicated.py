@@ -1,0 +1,298 @@
+"""The replication layer's state machine: batches, client sessions and snapshots
+around any :class:`~pyxos.statemachine.base.Application`.
+
+Theory of operation
+-------------------
+A slot value is a *batch*: the msgpack array of ``(client, seq, command)`` triples the
+leader collected in one pass (``encode_batch``), encoded once; the same bytes go to the
+WAL and to every acceptor. ``b""`` is the no-op a new leader fills a gap with.
+:meth:`ReplicatedApp.apply` decodes a chosen batch once and hands each command's bytes
+to the application's ``apply``; it returns one ``Applied(client, seq, result)`` per
+command, ready for the reply.
+
+Exactly once: every client numbers its commands ``seq = 1, 2, ...`` and has at most
+one outstanding at a time. Per client, the layer keeps the last ``Applied`` (the
+client's *session*):
+
+- ``seq`` above the last: apply, record the new ``Applied``;
+- ``seq`` equal to the last: a retry of a command already chosen (perhaps in an earlier
+  slot under an earlier leader); answer the recorded result, apply nothing;
+- ``seq`` below the last: a stale duplicate (the client moved on); answer an error,
+  apply nothing.
+
+The table keeps at most ``max_sessions`` clients and evicts the least recently used
+(in slot order of their commands, so every replica evicts the same one). An evicted
+client that retries is treated as new. Keep ``max_sessions`` well above the number of
+clients active within a retry timeout, and the same on every replica.
+
+Validity is the proposer's job (``validate`` on the leader), not the learner's: a
+replica of another version must not refuse a chosen command its leader accepted. A slot
+value that does not decode as a batch cannot come from a correct leader; it consumes
+its slot, produces no results and is counted in ``malformed``. Nothing here raises on a
+chosen value: a replica that crashed on one would crash again on every restart. An
+exception from the application's ``apply`` becomes that command's error answer
+(recorded in the session like any result).
+
+One snapshot blob holds both halves (never pickle: it arrives from peers): the
+``applied_slot``, the sessions in LRU order, and the application's own ``snapshot()``
+bytes. Restoring it and applying the following slots gives the same state and the same
+results, byte for byte, as never having snapshotted.
+
+State digest (the simulator's divergence check, docs/architecture.md, *Evidence*):
+``state_digest()`` covers the session table *and* the application. The sessions' part
+is the sum modulo 2**64 of one BLAKE2b hash per session, updated in O(1) per command
+once ``track_digest()`` was called; the application's part is its ``state_digest()``
+if it has one, else a hash of its ``snapshot()``. LRU order and ``applied_slot`` are not
+hashed: digests are compared at equal applied slots, and an LRU order that differs
+shows up as soon as it evicts different sessions.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from hashlib import blake2b
+from typing import ClassVar, Final, Generic, TypeVar
+
+import msgspec
+
+from pyxos.statemachine.base import Application, Applied
+
+__all__ = [
+    "DEFAULT_MAX_SESSIONS",
+    "ReplicatedApp",
+    "ReplicatedAppWithoutDedup",
+    "decode_batch",
+    "encode_batch",
+]
+
+DEFAULT_MAX_SESSIONS: Final = 100_000
+"""Default bound on the client sessions the layer remembers."""
+
+SNAPSHOT_VERSION: Final = 2
+
+A = TypeVar("A", bound=Application)
+
+BatchEntry = tuple[int, int, bytes]
+"""One command of a batch: ``(client, seq, command bytes)``."""
+
+
+class _Snapshot(msgspec.Struct, frozen=True, array_like=True, tag="app"):
+    """Snapshot format: ``sessions`` least recently used first; ``app`` is the
+    application's own ``snapshot()``."""
+
+    version: int
+    applied_slot: int
+    sessions: list[Applied]
+    app: bytes
+
+
+_encoder = msgspec.msgpack.Encoder()
+_batch_decoder = msgspec.msgpack.Decoder(list[BatchEntry])
+_snapshot_decoder = msgspec.msgpack.Decoder(_Snapshot)
+_DIGEST_MASK: Final = (1 << 64) - 1
+
+
+def encode_batch(entries: Sequence[BatchEntry]) -> bytes:
+    """Encode ``(client, seq, command)`` triples as one slot value."""
+    if not isinstance(entries, list | tuple):
+        entries = list(entries)
+    return _encoder.encode(entries)
+
+
+def decode_batch(value: bytes) -> list[BatchEntry]:
+    """Decode a slot value made by ``encode_batch``; ``msgspec.DecodeError`` if it is not."""
+    return _batch_decoder.decode(value)
+
+
+def _session_hash(applied: Applied) -> int:
+    h = blake2b(_encoder.encode(applied), digest_size=8, person=b"app-sess")
+    return int.from_bytes(h.digest(), "little")
+
+
+class ReplicatedApp(Generic[A]):
+    """An application plus what replication adds: the applied slot, batches, sessions.
+
+    Implements :class:`~pyxos.statemachine.base.StateMachine`; see the module notes.
+    ``max_sessions`` must be the same on every replica.
+    """
+
+    # Read once per batch, so the deliberately broken subclass costs nothing per command.
+    _dedup: ClassVar[bool] = True
+
+    def __init__(self, app: A, *, max_sessions: int = DEFAULT_MAX_SESSIONS) -> None:
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be at least 1, not {max_sessions}")
+        self.app: Final[A] = app
+        """The application (its state, its ``apply`` and ``query``)."""
+        self.max_sessions: Final = max_sessions
+        # client -> its last Applied; least recently used first;
+        # len(self._sessions) <= self.max_sessions.
+        self._sessions: OrderedDict[int, Applied] = OrderedDict()
+        # Every slot < _applied_slot is applied, none >= it.
+        self._applied_slot = 0
+        self.malformed = 0
+        """Slot values that did not decode as a batch (local counter, not in snapshots)."""
+        # The sessions' digest kept up to date by every command, or None (not tracked).
+        self._digest: int | None = None
+        self._apply_one: Callable[[bytes], bytes] = app.apply
+        self._reject: Callable[[str], bytes] | None = getattr(app, "reject", None)
+        self.validate: Callable[[bytes], str | None] | None = getattr(app, "validate", None)
+        """The application's ``validate``, or None if it has none."""
+
+    # -- the StateMachine contract -----------------------------------------------------
+
+    @property
+    def applied_slot(self) -> int:
+        """The next slot to apply: every slot below it has been applied, none above."""
+        return self._applied_slot
+
+    def apply(self, slot: int, value: bytes) -> list[Applied]:
+        """Apply the chosen batch ``value`` of ``slot``; see ``StateMachine.apply``."""
+        if slot != self._applied_slot:
+            kind = "a repeat" if slot < self._applied_slot else "a gap"
+            raise ValueError(
+                f"apply(slot={slot}) is {kind}: the next slot to apply is {self._applied_slot}"
+            )
+        self._applied_slot = slot + 1
+        if not value:
+            return []
+        try:
+            entries = _batch_decoder.decode(value)
+        except msgspec.DecodeError:
+            self.malformed += 1
+            return []
+        sessions = self._sessions
+        dedup = self._dedup
+        apply_one = self._apply_one
+        digest = self._digest
+        max_sessions = self.max_sessions
+        applied: list[Applied] = []
+        for client, seq, command in entries:
+            session = sessions.get(client)
+            if session is not None:
+                sessions.move_to_end(client)
+                if seq <= session.seq and dedup:
+                    applied.append(session if seq == session.seq else self._stale(client, seq))
+                    continue
+            try:
+                done = Applied(client, seq, apply_one(command))
+            except Exception as e:  # the application's bug becomes an answer
+                done = self.failure(client, seq, f"apply raised {type(e).__name__}: {e}")
+            sessions[client] = done
+            applied.append(done)
+            if digest is not None:
+                digest += _session_hash(done)
+                if session is not None:
+                    digest -= _session_hash(session)
+            if session is None and len(sessions) > max_sessions:
+                _, evicted = sessions.popitem(last=False)
+                if digest is not None:
+                    digest -= _session_hash(evicted)
+        if digest is not None:
+            self._digest = digest & _DIGEST_MASK
+        return applied
+
+    def failure(self, client: int, seq: int, error: str) -> Applied:
+        """The answer to ``(client, seq)`` that could not be carried out: ``error``,
+        and the result bytes the application's ``reject`` makes of it (if it has one)."""
+        reject = self._reject
+        return Applied(client, seq, reject(error) if reject is not None else b"", error)
+
+    def _stale(self, client: int, seq: int) -> Applied:
+        return self.failure(client, seq, f"stale request: seq {seq} already superseded")
+
+    def query(self, q: bytes) -> Applied:
+        """Answer the read-only question ``q`` from the applied state (client and seq
+        0: the caller addresses the reply). An exception becomes an error answer."""
+        try:
+            return Applied(0, 0, self.app.query(q))
+        except Exception as e:  # the application's bug becomes an answer
+            return self.failure(0, 0, f"query raised {type(e).__name__}: {e}")
+
+    def session(self, client: int) -> tuple[int, bytes] | None:
+        """``(last seq applied, its result)`` for ``client``, or ``None``.
+
+        Does not count as a use of the session.
+        """
+        s = self._sessions.get(client)
+        return None if s is None else (s.seq, s.result)
+
+    @property
+    def sessions(self) -> int:
+        """The number of client sessions held."""
+        return len(self._sessions)
+
+    def snapshot(self) -> bytes:
+        """One blob: ``applied_slot``, the sessions in LRU order, the application's state."""
+        return _encoder.encode(
+            _Snapshot(
+                version=SNAPSHOT_VERSION,
+                applied_slot=self._applied_slot,
+                sessions=list(self._sessions.values()),
+                app=self.app.snapshot(),
+            )
+        )
+
+    def restore(self, data: bytes) -> None:
+        """Replace the whole state with a ``snapshot()``; ``ValueError`` if it is not one.
+
+        On error the layer's state is left as it was (the application's ``restore`` is
+        called last). Sessions beyond ``max_sessions`` are evicted, least recent first.
+        """
+        try:
+            snap = _snapshot_decoder.decode(data)
+        except msgspec.DecodeError as e:
+            raise ValueError(f"not a pyxos snapshot: {e}") from None
+        if snap.version != SNAPSHOT_VERSION:
+            raise ValueError(
+                f"snapshot version {snap.version}; this version reads only {SNAPSHOT_VERSION}"
+            )
+        if snap.applied_slot < 0:
+            raise ValueError(f"snapshot has a negative applied slot {snap.applied_slot}")
+        sessions = OrderedDict((a.client, a) for a in snap.sessions)
+        while len(sessions) > self.max_sessions:
+            sessions.popitem(last=False)
+        self.app.restore(snap.app)
+        self._sessions = sessions
+        self._applied_slot = snap.applied_slot
+        if self._digest is not None:
+            self._digest = self._sessions_digest()
+
+    # -- the state digest (simulator) --------------------------------------------------
+
+    def track_digest(self) -> None:
+        """Keep the sessions' digest up to date on every command from now on, and ask
+        the application to do the same with its own if it can."""
+        self._digest = self._sessions_digest()
+        track = getattr(self.app, "track_digest", None)
+        if track is not None:
+            track()
+
+    def state_digest(self) -> int:
+        """The 64-bit digest of the sessions and the application (see the module notes)."""
+        sessions = self._digest if self._digest is not None else self._sessions_digest()
+        app_digest = getattr(self.app, "state_digest", None)
+        if app_digest is not None:
+            app = int(app_digest())
+        else:
+            h = blake2b(self.app.snapshot(), digest_size=8, person=b"app-state")
+            app = int.from_bytes(h.digest(), "little")
+        return (sessions + app) & _DIGEST_MASK
+
+    def _sessions_digest(self) -> int:
+        return sum(_session_hash(a) for a in self._sessions.values()) & _DIGEST_MASK
+
+
+class _NoDedupReplicatedApp(ReplicatedApp[A]):
+    """DELIBERATELY BROKEN: applies every command, retries and stale duplicates too.
+
+    Exists only so the simulator can prove its linearizability check catches a layer
+    that applies a retried command twice. Never use it to serve clients.
+    """
+
+    _dedup = False
+
+
+ReplicatedAppWithoutDedup = _NoDedupReplicatedApp
+"""The deliberately broken ``ReplicatedApp`` that does not deduplicate retries."""
