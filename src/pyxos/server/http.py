@@ -69,6 +69,7 @@ from pyxos.client.engine import NoLeader, OutcomeUnknown
 from pyxos.client.local import LocalClients
 from pyxos.net.limits import PortGuard
 from pyxos.net.tls import tls_acceptor
+from pyxos.server.app_http import kv_store, register_app_endpoints, require_kv
 from pyxos.server.clients import NodeHandle
 from pyxos.server.dashboard import register_dashboard
 from pyxos.server.metrics import CONTENT_TYPE
@@ -78,7 +79,6 @@ from pyxos.statemachine.kv import (
     MAX_LIST_ENTRIES,
     MAX_VALUE_BYTES,
     Command,
-    KVStore,
     Result,
     decode_result,
     validate_command,
@@ -156,8 +156,8 @@ class HttpApi:
         self.app.router.add_put("/v1/kv/{key:.+}", self._put)
         self.app.router.add_delete("/v1/kv/{key:.+}", self._delete)
         register_dashboard(self.app, node)  # GET /: the live cluster page (dashboard.py)
-        self.app.router.add_post("/v1/app/command", self._app_command)
-        self.app.router.add_post("/v1/app/query", self._app_query)
+        # POST /v1/app/command and /v1/app/query (app_http.py)
+        register_app_endpoints(self.app, node, self._clients, self._body, timeout)
 
     @property
     def port(self) -> int:
@@ -301,17 +301,7 @@ class HttpApi:
         """Run one command as a client of our node (the client engine's retries); its
         ``Result``, or the answer to give instead (503, 504; 400 raised)."""
 
-        service = self.node.node
-        if service is not None and not isinstance(service.app, KVStore):
-            raise web.HTTPNotFound(
-                text=json.dumps(
-                    {
-                        "error": f"this node serves {self.node.config.app}, not the KV store: "
-                        "use /v1/app/command and /v1/app/query"
-                    }
-                ),
-                content_type="application/json",
-            )
+        require_kv(self.node)  # 404 when the node serves another application
 
         def encode(client: int, seq: int) -> bytes:
             command = Command(client, seq, op, key, value, expected, limit, after)
@@ -361,80 +351,17 @@ class HttpApi:
     async def _status(self, request: web.Request) -> web.Response:
         return _json(200, self.node.status())
 
-    async def _app_command(self, request: web.Request) -> web.Response:
-        return await self._app_call(request, query=False)
-
-    async def _app_query(self, request: web.Request) -> web.Response:
-        return await self._app_call(request, query=True)
-
-    async def _app_call(self, request: web.Request, *, query: bool) -> web.Response:
-        """``POST /v1/app/command`` and ``/v1/app/query``: the body is a JSON document
-        the application's codec turns into command (query) bytes; the answer is
-        ``{"result": <its json_result>}``, ``400 {"error"}`` if the application refused
-        it (or cannot read the document), 503/504 as for the KV endpoints, 404 for an
-        application without a JSON codec."""
-        service = self.node.node
-        if service is None:
-            raise web.HTTPServiceUnavailable(text='{"error": "starting"}')
-        app = service.app
-        to_bytes = getattr(app, "json_query" if query else "json_command", None)
-        from_bytes = getattr(app, "json_result", None)
-        if to_bytes is None or from_bytes is None:
-            error = (
-                f"the application ({self.node.config.app}) declares no JSON codec "
-                "(json_command, json_query, json_result): use the binary client"
-            )
-            return _json(404, {"error": error})
-        body = await self._body(request, self.node.config.client_max_frame_bytes)
-        try:
-            doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as e:
-            return _json(400, {"error": f"the body is not JSON: {e}"})
-        try:
-            data = to_bytes(doc)
-        except Exception as e:  # the application's codec refused the document
-            return _json(400, {"error": str(e) or type(e).__name__})
-        if not isinstance(data, bytes):
-            return _json(500, {"error": "the application's JSON codec did not return bytes"})
-        what = "query" if query else "command"
-        try:
-            reply = await self._clients.call(lambda _c, _s: data, what, read_only=query)
-        except NoLeader as e:
-            return _json(503, {"error": "no leader to serve the query", "leader": e.leader})
-        except OutcomeUnknown as e:
-            unknown = {"error": f"no answer within {self.timeout} s", "outcome": "unknown"}
-            return _json(504, {**unknown, "leader": e.leader})
-        if reply.error is not None:
-            return _json(400, {"error": reply.error})
-        try:
-            result = from_bytes(reply.result)
-        except Exception as e:  # the application's codec failed on its own result
-            return _json(500, {"error": f"the application's json_result failed: {e}"})
-        return _json(200, {"result": result})
-
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.node.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     def _stale(self, request: web.Request) -> bool:
         return request.query.get("stale", "").lower() in ("1", "true", "yes")
 
-    def _local_store(self) -> tuple[KVStore, int]:
-        """This replica's KV store and its applied slot (a stale read)."""
-        service = self.node.node
-        if service is None:
-            raise web.HTTPServiceUnavailable(text='{"error": "starting"}')
-        if not isinstance(service.app, KVStore):
-            raise web.HTTPNotFound(
-                text=json.dumps({"error": "this node's application is not the KV store"}),
-                content_type="application/json",
-            )
-        return service.app, service.state.applied_slot
-
     async def _get(self, request: web.Request) -> web.Response:
         key = self._key(request)
         if self._stale(request):
             # Asked for: this replica's applied state, possibly behind the leader.
-            store, applied = self._local_store()
+            store, applied = kv_store(self.node)
             value = store.get_local(key)
             body = {"key": key, "value": value, "stale": True, "applied": applied}
             return _json(200 if value is not None else 404, body)
@@ -499,7 +426,7 @@ class HttpApi:
                 validate_command(Command(0, 0, "list", prefix, limit=limit, after=after))
             except ValueError as e:
                 return _json(400, {"error": str(e)})
-            entries, more = self._local_store()[0].list_page(prefix, limit, after)
+            entries, more = kv_store(self.node)[0].list_page(prefix, limit, after)
             return _json(200, _page(entries, more) | {"stale": True})
         result = await self._run("list", prefix, limit=limit, after=after)
         if isinstance(result, web.Response):
