@@ -165,10 +165,26 @@ def test_bench_kv_one_second_writes_json_of_the_documented_shape(tmp_path: Path)
         assert checked.exit_code == 0, checked.output
 
 
-def test_bench_embedded_says_it_is_not_available_yet() -> None:
-    result = CliRunner().invoke(main, ["bench", "embedded"])
-    assert result.exit_code != 0
-    assert "not available yet: needs embedded nodes (issue 10)" in result.output
+def test_bench_embedded_runs_the_counter_and_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "embedded.json"
+    result = CliRunner().invoke(
+        main,
+        ["bench", "embedded", "--clients", "4", "--duration", "0.5", "--repeat", "1",
+         "--vs", "", "--json", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "pyxos embedded ops/s" in result.output
+    doc = json.loads(out.read_text())
+    (run,) = doc["runs"]["pyxos"]["4"]
+    assert run["ops"] > 0 and run["errors"] == 0 and run["unknown"] == 0
+    assert run["value"] >= run["ops"]  # every acknowledged increment is in the counter
+    assert doc["counter_below_acknowledged"] == []
+
+
+def test_bench_embedded_refuses_an_unknown_system() -> None:
+    result = CliRunner().invoke(main, ["bench", "embedded", "--vs", "etcd"])
+    assert result.exit_code == 2
+    assert "etcd" in result.output
 
 
 def test_bench_kv_refuses_an_unknown_system() -> None:

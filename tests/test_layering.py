@@ -21,6 +21,9 @@ ALLOWED = {
     "client": {"core", "statemachine", "net", "client"},
     # Replicated objects are a pure application: they import nothing else of pyxos.
     "objects": {"objects"},
+    # Embedded nodes: the server runtime in the user's process, the objects it hosts,
+    # and the client engine's retry rule for the calls it submits in-process.
+    "embedded": {"core", "statemachine", "client", "server", "objects", "embedded"},
     "chaos": {"core", "statemachine", "check", "net", "client", "chaos"},
     # Benchmarks start node processes (localcluster) but never import server or sim.
     "bench": {"core", "statemachine", "storage", "check", "net", "client", "bench"},

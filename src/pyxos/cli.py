@@ -1045,9 +1045,53 @@ def bench_kv(
 
 
 @bench.command("embedded")
-def bench_embedded() -> None:
-    """Load generated inside the leader's process (not available yet)."""
-    raise click.ClickException("not available yet: needs embedded nodes (issue 10)")
+@click.option("--clients", default="1,64,256", show_default=True, help="Comma list of counts.")
+@click.option("--duration", default=4.0, show_default=True, help="Measured seconds per round.")
+@click.option("--repeat", default=3, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--vs", default="pysyncobj", show_default=True, help="pysyncobj, or '' for pyxos alone."
+)
+@click.option("--json", "json_path", default=None, help="Write every round and the medians.")
+def bench_embedded(
+    clients: str, duration: float, repeat: int, vs: str, json_path: str | None
+) -> None:
+    """A replicated counter in 3 embedded-node processes (await counter.incr() in the
+    leader's), fsync on, beside PySyncObj's own counter in the same run."""
+    import json as json_module
+
+    from pyxos.bench.embedded import format_table, run_embedded_bench
+    from pyxos.bench.pysyncobj import pysyncobj_available
+
+    try:
+        counts = [int(c) for c in clients.split(",") if c.strip()]
+    except ValueError:
+        raise click.BadParameter(f"not a comma list of numbers: {clients!r}") from None
+    if not counts or min(counts) < 1:
+        raise click.BadParameter("client counts must be at least 1")
+    others = {v.strip() for v in vs.split(",") if v.strip()}
+    if others - {"pysyncobj"}:
+        raise click.BadParameter(f"unknown system(s) {sorted(others - {'pysyncobj'})}")
+    with_pysyncobj = "pysyncobj" in others
+    if with_pysyncobj and not pysyncobj_available():
+        click.echo("PySyncObj is not importable here (pip install pysyncobj): pyxos alone")
+        with_pysyncobj = False
+    try:
+        doc = run_embedded_bench(
+            counts,
+            seconds=duration,
+            repeat=repeat,
+            vs_pysyncobj=with_pysyncobj,
+            progress=lambda line: click.echo(line, err=True),
+        )
+    except (TimeoutError, RuntimeError) as e:
+        raise click.ClickException(f"the benchmark stopped: {e}") from None
+    click.echo(format_table(doc))
+    if json_path is not None:
+        with open(json_path, "w", encoding="utf-8") as f:
+            json_module.dump(doc, f, indent=1)
+        click.echo(f"wrote {json_path}")
+    if doc["counter_below_acknowledged"]:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

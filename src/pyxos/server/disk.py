@@ -43,6 +43,7 @@ from pathlib import Path
 from pyxos.core.quorum import Majority
 from pyxos.core.replica import Replica, ReplicaConfig
 from pyxos.server.config import Config
+from pyxos.statemachine.base import Application
 from pyxos.statemachine.loader import make_app
 from pyxos.statemachine.service import ServiceNode
 from pyxos.storage.durable import DurableAcceptor, Recovered, open_node_storage
@@ -132,9 +133,11 @@ def build_node(
     rng: random.Random,
     now: float,
     on_batch: Callable[[int], None] | None = None,
+    app: Application | None = None,
 ) -> ServiceNode:
     """The pure node, from what the storage recovered: the acceptor state, the rebuild
-    and bootstrap flags, the newest snapshot."""
+    and bootstrap flags, the newest snapshot; ``app`` is the application instance to
+    replicate (None: the one ``config.app`` names)."""
     replica = Replica(
         config.node_id,
         Majority(config.peers),
@@ -154,7 +157,7 @@ def build_node(
     )
     node = ServiceNode(
         replica,
-        make_app(config.app),
+        app if app is not None else make_app(config.app),
         snapshot_every=config.snapshot_every,
         snapshot_bytes=config.snapshot_bytes,
         forward=config.forward_requests,

@@ -99,8 +99,10 @@ class NodeServer:
         initialize: bool = False,
         rng: random.Random | None = None,
         clock_rate: float = 1.0,
+        app: Any = None,  # an Application (statemachine.base) instance
     ) -> None:
         self.config = config
+        self.app = app  # the application to replicate (None: config.app's; pyxos.embedded)
         self.clock = NodeClock(clock_rate, lambda: self._input(()))
         """This node's clock and its timer (``server.clock``)."""
         self.initialize = initialize
@@ -226,6 +228,7 @@ class NodeServer:
             rng=self.rng,
             now=self.clock.now(),
             on_batch=self.metrics.batch_commands.observe,
+            app=self.app,
         )
         tls = config.tls_contexts()
         peer_tls, dial_tls, self.client_tls = tls if tls is not None else (None, None, None)

@@ -1,0 +1,220 @@
+"""``pyxos bench embedded``: a replicated counter in embedded nodes beside PySyncObj's.
+
+Theory of operation
+-------------------
+Three pyxos node processes (``python -m pyxos.embedded.benchnode``), each an
+:class:`~pyxos.embedded.EmbeddedNode` hosting one :class:`~pyxos.objects.Counter`, with
+its own data directory and fsync on as always; the load runs inside the leader's
+process: ``clients`` asyncio tasks, each ``await counter.incr()`` in a closed loop (a
+command is acknowledged once chosen, fsynced on a quorum and applied). Beside it, in
+the same run and interleaved round by round, PySyncObj's own counter
+(``pysyncobj.batteries.ReplCounter``, ``inc``) on three processes, its load inside its
+leader too, as callback chains (``pyxos.bench.pysyncobj``; batch and tick every 1 ms,
+its best configuration here; PySyncObj does not fsync). Both count the commands that
+complete within ``duration`` seconds after a 0.5 s warm-up; each round starts fresh
+processes (and, for pyxos, fresh data directories). The table shows, per client
+count, the median over the rounds of committed ops/s and latency.
+
+The raw fsync rate of the disk is measured once per round (100-byte writes, one
+``fdatasync`` each): on a shared disk it moves a lot, and one client's ops/s follows it.
+
+After each pyxos round the counter is read once more (linearizably): it must be at
+least the number of increments acknowledged in the round; the report says if not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from pyxos.bench.loadgen import cpu_seconds
+from pyxos.localcluster import free_ports
+from pyxos.storage.bench import measure_raw_fsync
+
+__all__ = ["WARMUP_SECONDS", "format_table", "run_embedded_bench", "run_pyxos_counter"]
+
+WARMUP_SECONDS = 0.5
+
+
+class _Proc:
+    """One node process spoken to one JSON line at a time (killed with its group)."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, *argv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            text=True,
+        )
+
+    def ask(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            raise TimeoutError(f"node pid {self.proc.pid} did not answer {request['cmd']}")
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"node pid {self.proc.pid} exited")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def kill(self) -> None:
+        if self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(5.0)
+
+
+def run_pyxos_counter(clients: int, *, seconds: float) -> dict[str, Any]:
+    """One round: 3 embedded-node processes, ``clients`` tasks of ``incr`` in the
+    leader's; the leader's reply (``ops``, ``p50_ms``... ``errors``, ``unknown``,
+    ``value``) and ``cpu_s`` of the three processes over the load."""
+    ports = free_ports(3)
+    peers = {str(i + 1): f"127.0.0.1:{p}" for i, p in enumerate(ports)}
+    with tempfile.TemporaryDirectory(prefix="pyxos-bench-embedded-") as tmp:
+        procs = [
+            _Proc(
+                [
+                    "-m",
+                    "pyxos.embedded.benchnode",
+                    node,
+                    json.dumps(peers),
+                    os.path.join(tmp, f"n{node}"),
+                ]
+            )
+            for node in peers
+        ]
+        try:
+            deadline = time.monotonic() + 30.0
+            leader: _Proc | None = None
+            while leader is None:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the embedded nodes elected no leader within 30 s")
+                statuses = [p.ask({"cmd": "status"}, 10.0) for p in procs]
+                leaders = [i for i, s in enumerate(statuses) if s["leader"]]
+                if len(leaders) == 1 and all(s["ready"] for s in statuses):
+                    leader = procs[leaders[0]]
+                else:
+                    time.sleep(0.05)
+            pids = [p.proc.pid for p in procs]
+            before = cpu_seconds(pids)
+            request = {"cmd": "bench", "clients": clients, "seconds": seconds}
+            request["warmup"] = WARMUP_SECONDS
+            reply = leader.ask(request, seconds + WARMUP_SECONDS + 60.0)
+            cpu = (cpu_seconds(pids) - before) * seconds / (seconds + WARMUP_SECONDS)
+        finally:
+            for p in procs:
+                p.kill()
+    return {**reply, "cpu_s": cpu}
+
+
+def _median(rounds: list[dict[str, Any]], key: str) -> float:
+    return float(statistics.median(float(r[key]) for r in rounds))
+
+
+def run_embedded_bench(
+    clients: Sequence[int],
+    *,
+    seconds: float,
+    repeat: int,
+    vs_pysyncobj: bool,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Every round of every case, interleaved; the medians per system and client count."""
+    systems = ["pyxos", "pysyncobj"] if vs_pysyncobj else ["pyxos"]
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {
+        s: {c: [] for c in clients} for s in systems
+    }
+    raw_fsync: list[float] = []
+    for rep in range(repeat):
+        with tempfile.TemporaryDirectory(prefix="pyxos-bench-fsync-") as tmp:
+            raw_fsync.append(measure_raw_fsync(tmp, 0.5))
+        for c in clients:
+            for system in systems:
+                if system == "pyxos":
+                    r = run_pyxos_counter(c, seconds=seconds)
+                else:
+                    from pyxos.bench.pysyncobj import run_pysyncobj_counter
+
+                    r = run_pysyncobj_counter(c, seconds=seconds, seed=rep)
+                r["ops_per_s"] = r["ops"] / seconds
+                runs[system][c].append(r)
+                if progress is not None:
+                    progress(
+                        f"round {rep + 1}/{repeat}: {system} {c} clients: "
+                        f"{r['ops_per_s']:,.0f} ops/s"
+                    )
+    medians = {
+        s: {
+            c: {
+                key: _median(runs[s][c], key)
+                for key in ("ops_per_s", "p50_ms", "p99_ms", "errors", "cpu_s")
+            }
+            for c in clients
+        }
+        for s in systems
+    }
+    lost = [
+        (c, r["value"], r["ops"])
+        for c in clients
+        for r in runs["pyxos"][c]
+        if r.get("value", 0) < r["ops"]
+    ]
+    return {
+        "config": {"clients": list(clients), "seconds": seconds, "repeat": repeat},
+        "runs": {s: {str(c): runs[s][c] for c in clients} for s in systems},
+        "medians": {s: {str(c): medians[s][c] for c in clients} for s in systems},
+        "counter_below_acknowledged": lost,
+        "raw_fsync_per_s": raw_fsync,
+    }
+
+
+def format_table(doc: dict[str, Any]) -> str:
+    """The side-by-side table of the medians."""
+    med = doc["medians"]
+    has_other = "pysyncobj" in med
+    head = "| clients | pyxos embedded ops/s | pyxos p50 / p99 ms |"
+    rule = "|---:|---:|---|"
+    if has_other:
+        head += " PySyncObj ops/s | PySyncObj p50 / p99 ms | pyxos / PySyncObj |"
+        rule += "---:|---|---:|"
+    lines = [head, rule]
+    for c in doc["config"]["clients"]:
+        p = med["pyxos"][str(c)]
+        line = f"| {c} | {p['ops_per_s']:,.0f} | {p['p50_ms']:.2f} / {p['p99_ms']:.2f} |"
+        if has_other:
+            o = med["pysyncobj"][str(c)]
+            ratio = p["ops_per_s"] / o["ops_per_s"] if o["ops_per_s"] else float("nan")
+            line += (
+                f" {o['ops_per_s']:,.0f} | {o['p50_ms']:.2f} / {o['p99_ms']:.2f} | {ratio:.2f}x |"
+            )
+        lines.append(line)
+    cfg = doc["config"]
+    lines.append("")
+    lines.append(
+        f"medians of {cfg['repeat']} interleaved rounds, {cfg['seconds']:g} s each after a "
+        f"{WARMUP_SECONDS} s warm-up; pyxos fsyncs on every node before acknowledging"
+        + ("; PySyncObj does not fsync (in-memory journal)" if has_other else "")
+    )
+    lines.append(
+        "raw fsync rate of this disk in the same run (one per round): "
+        + ", ".join(f"{r:,.0f}/s" for r in doc["raw_fsync_per_s"])
+    )
+    if doc["counter_below_acknowledged"]:
+        lines.append(f"COUNTER BELOW ACKNOWLEDGED INCREMENTS: {doc['counter_below_acknowledged']}")
+    return "\n".join(lines)
