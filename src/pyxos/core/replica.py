@@ -383,7 +383,7 @@ class Replica:
         self.stale_ballot: dict[str, int] = {}
         """Messages received whose ballot is below the highest this node has seen, by
         message type: the paths that must ignore an older ballot, counted so that the
-        simulator can show they ran."""
+        simulator can show they ran ("Accept (fenced)": refused by a fence)."""
 
         self.rebuilding = rebuilding or bootstrapping
         """True while this node's acceptor state cannot be trusted: it does not vote."""
@@ -589,7 +589,7 @@ class Replica:
         if self.rebuilding:
             self._note_ballot(msg.ballot)
             return  # no vote while our acceptor state cannot be trusted
-        if self._fence_refuses(msg.src, msg.ballot):
+        if self._fence_refuses(msg):
             return
         if self._lease_held_against(msg.src) > self.now:
             # We granted a lease to another leader (or have just started and may have
@@ -613,7 +613,7 @@ class Replica:
             self._heard_from_leader(msg.ballot)
             self._learn_commit(msg.ballot, msg.chosen)
             return
-        if self._fence_refuses(msg.src, msg.ballot):
+        if self._fence_refuses(msg):
             return
         if not self.acceptor.on_accept(msg.ballot, msg.slot, msg.values):
             self._send_after_sync(
@@ -767,14 +767,17 @@ class Replica:
             )
         self._send_after_sync((msg.src,), info)
 
-    def _fence_refuses(self, src: int, ballot: Ballot) -> bool:
+    def _fence_refuses(self, msg: Prepare | Accept) -> bool:
         """True (and the sender is told) if a fence forbids promising or accepting
-        ``ballot``: a ballot of an incarnation of its owner that lost its state."""
+        ``msg.ballot``: a ballot of an incarnation of its owner that lost its state."""
+        src, ballot = msg.src, msg.ballot
         owner = ballot.node
         fence = self.fences.get(owner)
         if fence is None or owner == self.node_id or not fence.refuses(ballot):
             return False
         self.fenced_refused += 1
+        name = f"{type(msg).__name__} (fenced)"  # shown with the stale-ballot counts
+        self.stale_ballot[name] = self.stale_ballot.get(name, 0) + 1
         self._note_ballot(ballot)
         if fence.up:
             # The owner rebuilt (or is rebuilding) and has not lifted them yet.

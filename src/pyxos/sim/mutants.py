@@ -21,7 +21,7 @@ import msgspec
 
 from pyxos.core.acceptor import Acceptor
 from pyxos.core.ballot import ZERO, Ballot
-from pyxos.core.messages import Commit, Entry, ReadAck
+from pyxos.core.messages import Accept, Commit, Entry, Prepare, ReadAck
 from pyxos.core.quorum import QuorumSystem
 from pyxos.core.ready import Ready, Rng
 from pyxos.core.replica import NOOP, Replica
@@ -231,7 +231,7 @@ class RebuildNoFenceReplica(Replica):
     quorum with the vote the rebuilt node forgot, for a slot its rebuild did not cover
     (the gap the simulator found on the real WAL, seed 224)."""
 
-    def _fence_refuses(self, src: int, ballot: Ballot) -> bool:
+    def _fence_refuses(self, msg: Prepare | Accept) -> bool:
         return False
 
 
