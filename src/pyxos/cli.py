@@ -328,14 +328,23 @@ def view_cmd(traces: tuple[str, ...], host: str, port: int, no_open: bool) -> No
 
 @main.command("check")
 @click.argument("history", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--model",
+    "model_spec",
+    default="kv",
+    show_default=True,
+    help="The sequential specification: kv, counter, queue, lock, or module:attr "
+    "(an object with init/step/parse, see pyxos.check.models).",
+)
 @click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
-def check_cmd(history: str, timeout: float | None) -> None:
-    """Check a client history (JSON lines) for linearizability: exit 0 if linearizable,
-    1 if not (naming the first failing key and the smallest window), 2 on bad input
-    (a malformed line, a line lacking a field its operation needs, an empty history)."""
-    from pyxos.check.linearizability import run_check
+def check_cmd(history: str, model_spec: str, timeout: float | None) -> None:
+    """Check a client history (JSON lines) for linearizability against a model: exit 0
+    if linearizable, 1 if not (naming the first failing key or partition and the
+    operations that show it), 2 on bad input (an unknown model, a malformed line, a
+    line lacking a field its operation needs, an empty history), 3 on timeout."""
+    from pyxos.check.generic import run_model_check
 
-    sys.exit(run_check(history, sys.stdout, timeout_s=timeout))
+    sys.exit(run_model_check(history, model_spec, sys.stdout, timeout_s=timeout))
 
 
 # -- model checking (pyxos model) ----------------------------------------------------------

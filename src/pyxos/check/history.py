@@ -1,6 +1,19 @@
-"""Client histories of the key-value store, as the linearizability checker reads them.
+"""Client histories, as the linearizability checker reads them.
 
-A history is JSON lines, one operation a line (see docs/architecture.md, "Histories")::
+A history is JSON lines, one operation a line (see docs/architecture.md, "Histories").
+Two kinds of line exist: the key-value store's (:class:`Operation`, below) and an
+*application operation* of any application (:class:`AppOperation`), which carries the
+operation's name and its input and output as JSON::
+
+    {"client": 3, "op": "add", "input": 5, "output": 12,
+     "call": 1200, "return": 1850, "ok": true}
+
+What ``input`` and ``output`` hold is the model's business (pyxos.check.models documents
+each shipped model's); a model refuses a line that lacks what it needs. ``ok`` and
+``return`` mean the same on both kinds (below). A line is an application operation
+exactly when it has an ``input`` field.
+
+A key-value line::
 
     {"client": 3, "op": "cas", "key": "k", "value": "b", "expected": "a",
      "call": 1200, "return": 1850, "output": null, "ok": true}
@@ -34,12 +47,16 @@ from typing import Any, Literal
 import msgspec
 
 __all__ = [
+    "AppOperation",
     "HistoryError",
     "OpKind",
     "Operation",
+    "app_op_to_json",
     "dump_history",
+    "is_app_line",
     "load_history",
     "op_to_json",
+    "parse_app_line",
     "parse_line",
 ]
 
@@ -146,6 +163,98 @@ def parse_line(line: bytes | str) -> Operation:
     return op
 
 
+class AppOperation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One operation of any application, completed or with an unknown outcome.
+
+    ``op`` names the operation; ``input`` and ``output`` are JSON values whose meaning
+    the model defines (``msgspec.UNSET`` when the line lacks the field: a model that
+    needs it refuses the line, a null is never assumed). ``return: null`` or ``ok: null``
+    means the outcome is unknown (the operation may have taken effect at any moment
+    after its call, or never; its output is not read). ``ok: false`` with a return is
+    a definite failure: the operation did not take effect (a refusal the application
+    *answers*, such as a lock that is held, is an output with ``ok: true``).
+    """
+
+    client: int
+    op: str
+    input: Any = msgspec.UNSET
+    output: Any = msgspec.UNSET
+    call: int
+    return_: int | None = msgspec.field(name="return")
+    ok: bool | None
+
+    def __post_init__(self) -> None:
+        if self.call < 0:
+            raise ValueError("call must be >= 0")
+        if self.return_ is not None and self.return_ < self.call:
+            raise ValueError(f"return ({self.return_}) is before call ({self.call})")
+        if not self.op:
+            raise ValueError("op must name the operation")
+
+    @property
+    def unknown(self) -> bool:
+        """Whether the outcome is unknown (``return`` or ``ok`` is null)."""
+        return self.return_ is None or self.ok is None
+
+    @property
+    def answered(self) -> bool:
+        """Whether the operation returned an output (it completed with ``ok: true``);
+        only then is ``output`` read."""
+        return self.return_ is not None and self.ok is True
+
+
+class _Probe(msgspec.Struct):
+    """Whether a line carries ``input`` (an application operation)."""
+
+    input: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+
+
+_app_decoder = msgspec.json.Decoder(AppOperation)
+_probe_decoder = msgspec.json.Decoder(_Probe)
+
+
+def is_app_line(line: bytes | str) -> bool:
+    """Whether ``line`` is an application operation (has ``input``); False also for a
+    line that is not a JSON object (its parser then says what is wrong)."""
+    try:
+        return _probe_decoder.decode(line).input is not msgspec.UNSET
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return False
+
+
+def parse_app_line(line: bytes | str) -> AppOperation:
+    """Decode one JSON line into an :class:`AppOperation`; :class:`HistoryError` (no
+    line number) if it is malformed. Whether ``input`` and ``output`` hold what the
+    operation needs is the model's check (``Model.parse``)."""
+    if not is_app_line(line):
+        try:
+            parse_line(line)
+        except HistoryError:
+            pass
+        else:
+            raise HistoryError(
+                'a key-value line (no "input"): check a key-value history with --model kv'
+            )
+    try:
+        op = _app_decoder.decode(line)
+    except msgspec.ValidationError as e:
+        raise HistoryError(str(e)) from None
+    except msgspec.DecodeError as e:
+        raise HistoryError(f"invalid JSON: {e}") from None
+    if op.input is msgspec.UNSET:
+        raise HistoryError(
+            'an application operation needs "input" (null where it takes none); '
+            "the field is missing"
+        )
+    return op
+
+
+def app_op_to_json(op: AppOperation) -> dict[str, Any]:
+    """The JSON object of ``op`` (fields left UNSET are left out)."""
+    result: dict[str, Any] = msgspec.to_builtins(op)
+    return result
+
+
 def load_history(path: str | Path) -> list[Operation]:
     """Read a JSON-lines history file. Blank lines are skipped.
 
@@ -170,7 +279,7 @@ def op_to_json(op: Operation) -> dict[str, Any]:
     return result
 
 
-def dump_history(ops: Iterable[Operation], path: str | Path) -> None:
+def dump_history(ops: Iterable[Operation | AppOperation], path: str | Path) -> None:
     """Write ``ops`` to ``path`` as JSON lines, one operation a line."""
     with open(path, "wb") as f:
         for op in ops:

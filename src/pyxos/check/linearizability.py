@@ -70,7 +70,8 @@ from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from pyxos.check.history import HistoryError, Operation, load_history
+from pyxos.check.generic import load_kv_history
+from pyxos.check.history import HistoryError, Operation
 
 __all__ = ["CheckResult", "check_history", "run_check"]
 
@@ -954,13 +955,17 @@ def check_history(ops: Sequence[Operation], timeout_s: float | None = None) -> C
 
 
 def run_check(path: str, out: TextIO, timeout_s: float | None = None) -> int:
-    """Check the history file at ``path`` and print the verdict to ``out``.
+    """Check the key-value history file at ``path`` and print the verdict to ``out``.
+
+    Its lines may be key-value lines or application operations of the ``kv`` model
+    (pyxos.check.models.KV); ``pyxos check --model`` judges other applications
+    (pyxos.check.generic).
 
     Returns the exit code: 0 linearizable, 1 not linearizable (the failing key and the
     window are printed), 2 unreadable, malformed or empty file, 3 timed out.
     """
     try:
-        ops = load_history(path)
+        ops = load_kv_history(path)
     except HistoryError as e:
         print(f"error: bad history: {e}", file=out)
         return _EXIT_BAD_INPUT
