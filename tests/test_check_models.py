@@ -74,6 +74,8 @@ def verdict(model: Model, lines: list[dict[str, Any]]) -> bool:
 def to_json(model: Model, output: Any) -> Any:
     """A model output back as the JSON an application writes."""
     if isinstance(model, Lock) and isinstance(output, tuple):
+        if len(output) == 2:
+            return {"owner": output[0], "token": output[1]}
         return dict(zip(("holder", "token", "expires", "now"), output, strict=True))
     return output
 
@@ -101,8 +103,14 @@ def inputs(model: Model) -> st.SearchStrategy[tuple[str, Any]]:
             st.builds(
                 lambda o, t, d: ("renew", {"owner": o, "token": t, "ttl": d}), owners, tokens, ttls
             ),
+            st.just(("holder", {})),
             st.just(("state", {})),
             st.just(("tick", None)),
+            st.builds(
+                lambda o, n: ("acquire", {"owner": o, "ttl": 2, "lock": n}),
+                owners,
+                st.sampled_from(["m", "n"]),
+            ),
         )
     assert isinstance(model, KV)
     keys = st.sampled_from(["x", "y"])
@@ -136,7 +144,9 @@ def outputs(model: Model, op: str) -> st.SearchStrategy[Any]:
         if op in ("release", "renew"):
             return st.booleans()
         if op == "tick":
-            return st.integers(1, 6)
+            return st.none()
+        if op == "holder":
+            return st.sampled_from([None, {"owner": "a", "token": 1}, {"owner": "b", "token": 2}])
         return st.builds(
             lambda h, t, e, n: {"holder": h, "token": t, "expires": e, "now": n},
             st.sampled_from([None, "a", "b"]),
@@ -435,79 +445,92 @@ def state(holder: str | None, token: int, expires: int, now: int, call: int, ret
     return line(9, "state", {}, out, call, ret)
 
 
-def test_lock_expires_by_log_time() -> None:
-    # a is granted at log time 1 with ttl 3: held while log time < 4. b is refused at
+def holder(owner: str | None, token: int, call: int, ret: int) -> Any:
+    out = None if owner is None else {"owner": owner, "token": token}
+    return line(9, "holder", {}, out, call, ret)
+
+
+def test_lock_expires_after_ttl_commands_of_log_time() -> None:
+    # a acquires at log time 1 with ttl 2: held through log time 3. b is refused at
     # times 2 and 3 and granted token 2 at time 4.
     ops = [
-        acq(1, "a", 3, 1, 0, 1),
+        acq(1, "a", 2, 1, 0, 1),
         acq(2, "b", 5, None, 2, 3),
         acq(2, "b", 5, None, 4, 5),
         acq(2, "b", 5, 2, 6, 7),
     ]
     assert verdict(L, ops)
     assert not verdict(L, [ops[0], ops[1], acq(2, "b", 5, 2, 4, 5)])  # one command too soon
-    # a's grant expired: its release with token 1 is refused, and b still holds.
-    assert verdict(L, [*ops, rel(1, "a", 1, False, 8, 9), state("b", 2, 9, 5, 10, 11)])
+    # a's lock expired: its release with token 1 is refused, and b still holds.
+    assert verdict(L, [*ops, rel(1, "a", 1, False, 8, 9), holder("b", 2, 10, 11)])
     assert not verdict(L, [*ops, rel(1, "a", 1, True, 8, 9)])
-    # Ticks are commands: they move log time too.
-    ticks = [line(5, "tick", None, 2, 2, 3), line(5, "tick", None, 3, 4, 5)]
+    # Ticks move the clock like commands.
+    ticks = [line(5, "tick", None, None, 2, 3), line(5, "tick", {}, None, 4, 5)]
     assert verdict(L, [ops[0], *ticks, acq(2, "b", 5, 2, 6, 7)])
     assert not verdict(L, [ops[0], ticks[0], acq(2, "b", 5, 2, 6, 7)])
 
 
-def test_lock_renewal_keeps_the_token_and_extends_the_grant() -> None:
-    grant = acq(1, "a", 2, 1, 0, 1)  # time 1, held while time < 3
-    refused = acq(2, "b", 1, None, 2, 3)  # time 2
-    # At time 3 the grant expired: a second acquire by a is a new grant, a new token.
-    assert verdict(L, [grant, refused, acq(1, "a", 2, 2, 4, 5)])
-    assert not verdict(L, [grant, refused, acq(1, "a", 2, 1, 4, 5)])
-    # Renewed at time 2 (by acquire or renew), it holds while time < 4.
-    for renewal in (
+def test_lock_renewal_keeps_the_token_and_extends_the_lease() -> None:
+    ops = [
+        acq(1, "a", 1, 1, 0, 1),  # time 1, held through 2
+        acq(2, "b", 1, None, 2, 3),  # time 2: refused
+        acq(1, "a", 2, 1, 4, 5),  # time 3: expired, so a new grant... with a new token
+    ]
+    assert not verdict(L, ops)
+    ops[2] = acq(1, "a", 2, 2, 4, 5)
+    assert verdict(L, ops)
+    renewals = (
         acq(1, "a", 2, 1, 2, 3),
         line(1, "renew", {"owner": "a", "token": 1, "ttl": 2}, True, 2, 3),
-    ):
-        assert verdict(L, [grant, renewal, acq(2, "b", 1, None, 4, 5), acq(2, "b", 1, 2, 6, 7)])
-        assert not verdict(L, [grant, renewal, acq(2, "b", 1, 2, 4, 5)])
-    # A renew of a grant that is not current does nothing.
+    )
+    for renewal in renewals:  # at time 2: held through 4
+        renew = [acq(1, "a", 2, 1, 0, 1), renewal, acq(2, "b", 1, None, 4, 5)]
+        assert verdict(L, [*renew, acq(2, "b", 1, None, 6, 7), acq(2, "b", 1, 2, 8, 9)])
+        assert not verdict(L, [*renew, acq(2, "b", 1, 2, 6, 7)])
+    # A renew of a grant that is not current does nothing (and is false).
     stale = line(1, "renew", {"owner": "a", "token": 1, "ttl": 9}, False, 4, 5)
-    assert verdict(L, [grant, refused, stale, acq(2, "b", 1, 2, 6, 7)])
+    assert verdict(L, [*ops, stale, holder("a", 2, 6, 7)])
 
 
 def test_lock_mutual_exclusion_and_fencing() -> None:
     # Overlapping acquires, both granted, while the first cannot have expired.
     assert not verdict(L, [acq(1, "a", 5, 1, 0, 10), acq(2, "b", 5, 2, 5, 15)])
-    # A lock without fencing: a new holder gets the old token.
-    ops = [acq(1, "a", 2, 1, 0, 1), acq(2, "b", 1, None, 2, 3), acq(2, "b", 1, 1, 4, 5)]
+    # A lock without fencing: a new holder with the old token.
+    ops = [acq(1, "a", 1, 1, 0, 1), acq(2, "b", 1, None, 2, 3), acq(2, "b", 1, 1, 4, 5)]
     assert not verdict(L, ops)
     # A release with a stale token must not free the new holder's lock.
-    ok = [acq(1, "a", 2, 1, 0, 1), acq(2, "b", 1, None, 2, 3), acq(2, "b", 5, 2, 4, 5)]
+    ok = [acq(1, "a", 1, 1, 0, 1), acq(2, "b", 1, None, 2, 3), acq(2, "b", 3, 2, 4, 5)]
     assert verdict(L, [*ok, rel(1, "a", 1, False, 6, 7), acq(3, "c", 1, None, 8, 9)])
     assert not verdict(L, [*ok, rel(1, "a", 1, True, 6, 7)])
-    # After a release the next grant gets a new token.
+    # After a release the next grant gets the next token.
     assert verdict(L, [*ok, rel(2, "b", 2, True, 6, 7), acq(3, "c", 1, 3, 8, 9)])
 
 
-def test_lock_unknown_command_moves_log_time_if_it_took_effect() -> None:
-    # a holds while time < 3 (granted at 1, ttl 2). A grant to b at time 2 needs the
-    # lock expired: possible only if c's unknown release (false, a no-op on the lock)
-    # took effect between, at time 2.
-    base = [acq(1, "a", 2, 1, 0, 1), rel(3, "c", 7, False, 2, None)]
+def test_lock_unknown_command_moves_the_log_clock_if_it_took_effect() -> None:
+    # a holds through time 2 (ttl 1). A grant to b needs the lock expired at b's time:
+    # possible only if c's unknown release (false, a no-op) took effect between, at 2.
+    base = [acq(1, "a", 1, 1, 0, 1), rel(3, "c", 7, False, 2, None)]
     assert verdict(L, [*base, acq(2, "b", 1, 2, 10, 11)])
     assert not verdict(L, [base[0], acq(2, "b", 1, 2, 10, 11)])
 
 
-def test_lock_state_query_does_not_move_log_time() -> None:
+def test_lock_queries_do_not_move_the_clock_and_locks_are_independent() -> None:
     ops = [
-        acq(1, "a", 2, 1, 0, 1),
-        state("a", 1, 3, 1, 2, 3),
-        state("a", 1, 3, 1, 4, 5),
+        acq(1, "a", 1, 1, 0, 1),
+        holder("a", 1, 2, 3),
+        state("a", 1, 2, 1, 4, 5),
         acq(2, "b", 1, None, 6, 7),  # time 2: still held, the queries did not count
-        state("a", 1, 3, 2, 8, 9),
+        line(1, "acquire", {"owner": "b", "ttl": 1, "lock": "other"}, 1, 8, 9),
+        # Expired at time 3 but shown until the next command on the lock.
+        holder("a", 1, 10, 11),
+        state("a", 1, 2, 2, 12, 13),
     ]
     assert verdict(L, ops)
-    assert not verdict(L, [*ops[:3], acq(2, "b", 1, 2, 6, 7)])
-    # Once expired, the state shows no holder (and the last token).
-    assert verdict(L, [*ops, line(5, "tick", None, 3, 10, 11), state(None, 1, 3, 3, 12, 13)])
+    assert verdict(L, [*ops, line(5, "tick", None, None, 14, 15), state(None, 1, 2, 3, 16, 17)])
+    ops.append(line(1, "acquire", {"owner": "c", "ttl": 1, "lock": "other"}, 1, 20, 21))
+    result = check_model(L, parse(L, ops))
+    assert not result.ok and result.partition == "other"
+    assert "NOT linearizable (lock) partition 'other'" in result.describe(L)
 
 
 # --- the history format and the CLI ----------------------------------------------------
@@ -545,7 +568,8 @@ def run(path: str, model: str) -> tuple[int, str]:
         ("lock", line(1, "release", {"owner": "a", "token": 1}, 1, 0, 1), "true or false"),
         ("lock", line(1, "renew", {"owner": "a", "token": 1}, True, 0, 1), '"ttl"'),
         ("lock", line(1, "state", {}, {"holder": "a"}, 0, 1), "state outputs"),
-        ("lock", line(1, "tick", None, None, 0, 1), "log time"),
+        ("lock", line(1, "holder", {}, {"owner": "a"}, 0, 1), "holder outputs"),
+        ("lock", line(1, "tick", None, 3, 0, 1), "null"),
         ("lock", {"client": 1, "op": "state", "input": {}, "call": 0, "ok": True}, "return"),
         ("kv", line(1, "cas", {"key": "k", "value": "v"}, True, 0, 1), '"expected"'),
         ("kv", line(1, "get", {"key": "k"}, 1, 0, 1), "string or null"),

@@ -402,46 +402,50 @@ class FifoQueue(SequentialModel):
 
 class Lock(SequentialModel):
     """A lease lock with fencing tokens and expiry by log time: the semantics of
-    :class:`pyxos.objects.builtin.Lock`.
+    :class:`pyxos.objects.builtin.Lock`. Locks are checked independently, by name.
 
-    *Log time* is the number of commands applied so far, counted in the log (by the
-    application that holds the lock, :class:`pyxos.objects.base.ObjectHost`): the
-    command applied when the count reads ``t`` runs at log time ``t + 1``. No wall clock
-    enters, so every replica sees the same time at the same point of the log. A query
-    (``state``) is not in the log and does not move it; neither does a retry answered
-    from the session table or a command refused before it reached the log. Every
-    command of the host counts, so a history checked with this model must record every
-    command of that host: the lock's own, and the ``tick`` commands (a command that only
-    advances log time, outputting the time it ran at) of a host with ticks on. A host
-    holding other objects too needs their commands recorded as ticks.
+    *Log time.* Each lock has its own clock, counted in the log: the number of commands
+    on that lock (``acquire``, ``renew``, ``release``, whatever their outcome) and of
+    ticks applied so far. The command applied when the clock reads ``t`` runs at log
+    time ``t + 1``. No wall clock enters: every replica applies the same commands in the
+    same order, so every replica sees the same times. A query (``holder``, ``state``) is
+    not in the log and does not move the clock; neither does a retry answered from the
+    session table, a command refused before it reached the log, or a command on another
+    lock. A *tick* (a command that only moves every lock's clock by one, submitted by a
+    leader so that an abandoned lock also expires on a quiet cluster) must be in the
+    history, once per lock, as a ``tick`` operation.
 
-    *Expiry.* A grant at log time ``t`` with ``ttl`` (an integer >= 1) holds while log
-    time is below ``t + ttl``: the next ``ttl - 1`` commands find it held, the one at
-    ``t + ttl`` finds it free. A holder that calls ``acquire`` again while it holds the
-    lock extends the grant the same way and keeps its token.
+    *Expiry.* A grant at log time ``t`` with ``ttl`` (an integer >= 1) holds through log
+    time ``t + ttl``: the next ``ttl`` commands on the lock find it held; a command at a
+    later time first ends the grant (expired), then does what it does. So a holder that
+    stops renewing loses the lock after ``ttl`` further commands or ticks: the attempts
+    of those waiting for it are what age it, and ticks.
 
-    *Fencing tokens.* Each grant to a new holder gets the next token: 1, 2, 3..., never
-    reused. A holder whose grant expired may still believe it holds the lock; the token
-    it carries is then below the current holder's, which is how a resource guarded by
-    the lock refuses the stale holder. ``renew`` and ``release`` with a token that is
-    not the current grant's do nothing and output false.
+    *Fencing tokens.* Every grant to a new holder gets the next token: 1, 2, 3..., never
+    reused. A holder that calls ``acquire`` again while it holds the lock renews it
+    (held through ``now + ttl``) and keeps its token; so does ``renew`` with the
+    current token. A holder whose grant expired may still believe it holds the lock;
+    the token it carries is then below the current holder's, which is how a resource
+    guarded by the lock tells a stale holder from the current one.
 
-    History JSON (``op``: ``input`` -> ``output``):
+    History JSON (``op``: ``input`` -> ``output``); every input may name the lock with
+    ``"lock": str`` (default ``""``):
 
-    - ``acquire``: ``{"owner": str, "ttl": int}`` -> the token (an integer) of the grant
-      if the lock was free or held by ``owner``, null if another owner holds it;
-    - ``renew``: ``{"owner": str, "token": int, "ttl": int}`` -> true if that grant is
-      current (now held through ``now + ttl``), false otherwise;
-    - ``release``: ``{"owner": str, "token": int}`` -> true if that grant was current
-      (the lock is now free), false otherwise;
+    - ``acquire``: ``{"owner": str, "ttl": int}`` -> the token (an integer) if the lock
+      was free (or expired) or held by ``owner`` (renewal); null if another owner holds it;
+    - ``renew``: ``{"owner": str, "token": int, "ttl": int}`` -> true if ``owner`` holds
+      the lock with that token (now held through ``now + ttl``), false otherwise;
+    - ``release``: ``{"owner": str, "token": int}`` -> true if ``owner`` held the lock
+      with that token (it is now free), false otherwise (nothing changes but the clock);
+    - ``holder``: ``{}`` (or null) -> ``{"owner": str, "token": int}`` as of the last
+      command or tick, or null if free (a grant whose time ran out shows until the next
+      command or tick);
     - ``state``: ``{}`` (or null) -> ``{"holder": str | null, "token": int, "expires":
-      int, "now": int}``: the holder (null if free or expired), the last grant's token
-      (0 before the first), the log time the grant runs out at, and the log time as of
-      the last command applied;
-    - ``tick``: null -> the log time it ran at.
+      int, "now": int}``: the same holder, the last grant's token (0 before the first),
+      the last log time the grant holds through, and the lock's log time;
+    - ``tick``: ``{}`` (or null) -> null.
 
-    The state: ``(now, holder, token, expires)``; ``holder`` is kept after expiry, as
-    the object does, and ``held`` is ``holder is not None and now < expires``.
+    The state of one lock: ``(now, holder, token, expires)``.
     """
 
     name = "lock"
@@ -451,59 +455,68 @@ class Lock(SequentialModel):
         return (0, None, 0, 0)
 
     def step(
-        self, state: tuple[int, str | None, int, int], input: tuple[str, str, int, int]
+        self, state: tuple[int, str | None, int, int], input: tuple[str, str, str, int, int]
     ) -> tuple[tuple[int, str | None, int, int], Any]:
         """Apply one lock operation (see the class notes)."""
-        kind, owner, token_in, ttl = input
+        kind, _, owner, token_in, ttl = input
         now, holder, token, expires = state
+        if kind == "holder":
+            return state, None if holder is None else (owner_pair(holder, token))
         if kind == "state":
-            held = holder is not None and now < expires
-            return state, (holder if held else None, token, expires, now)
+            return state, (holder, token, expires, now)
         now += 1
-        if kind == "tick":
-            return (now, holder, token, expires), now
-        held = holder is not None and now < expires
+        if holder is not None and now > expires:
+            holder = None  # the grant expired
         if kind == "acquire":
-            if held and holder != owner:
-                return (now, holder, token, expires), None
-            if not held:
+            if holder is None:
                 token += 1
                 holder = owner
+            elif holder != owner:
+                return (now, holder, token, expires), None
             return (now, holder, token, now + ttl), token
-        if not held or holder != owner or token != token_in:
+        if kind == "tick":
+            return (now, holder, token, expires), None
+        if holder != owner or token != token_in:
             return (now, holder, token, expires), False
         if kind == "renew":
             return (now, holder, token, now + ttl), True
-        return (now, None, token, now), True  # release
+        return (now, None, token, expires), True  # release
 
-    def readonly(self, input: tuple[str, str, int, int]) -> bool:
-        """A state query."""
-        return input[0] == "state"
+    def partition(self, input: tuple[str, str, str, int, int]) -> Hashable:
+        """The lock's name."""
+        return input[1]
+
+    def readonly(self, input: tuple[str, str, str, int, int]) -> bool:
+        """A query (holder, state)."""
+        return input[0] in ("holder", "state")
 
     def parse(self, op: AppOperation) -> tuple[Any, Any]:
-        """Read an acquire, renew, release, state or tick line (see the class notes)."""
-        out = _need_output(op)
-        if op.op == "tick":
-            _no_input(op)
-            if op.answered and not _is_int(out):
-                raise ValueError(f"a tick outputs the log time (an integer), not {_json(out)}")
-            return ("tick", "", 0, 0), out
+        """Read an acquire, renew, release, holder, state or tick line (see the class
+        notes)."""
         doc = _need_input(op)
-        if doc is None and op.op == "state":
+        if doc is None and op.op in ("holder", "state", "tick"):
             doc = {}
         if not isinstance(doc, dict):
             raise ValueError(f"{op.op!r} takes an object as input, not {_json(doc)}")
+        name = doc.get("lock", "")
+        if not isinstance(name, str):
+            raise ValueError(f'{op.op}: input "lock" must be a string, not {_json(name)}')
+        out = _need_output(op)
         if op.op == "acquire":
-            _only_fields(op, doc, {"owner", "ttl"})
+            _only_fields(op, doc, {"lock", "owner", "ttl"})
             owner = _field(op, doc, "owner", "str")
             ttl = _field(op, doc, "ttl", "int")
             if ttl < 1:
                 raise ValueError(f"an acquire needs a ttl of at least 1, not {ttl}")
             if op.answered and not (out is None or _is_int(out)):
                 raise ValueError(f"an acquire outputs a token (integer) or null, not {_json(out)}")
-            return ("acquire", owner, 0, ttl), out
+            return ("acquire", name, owner, 0, ttl), out
         if op.op in ("renew", "release"):
-            fields = {"owner", "token", "ttl"} if op.op == "renew" else {"owner", "token"}
+            fields = (
+                {"lock", "owner", "token", "ttl"}
+                if op.op == "renew"
+                else {"lock", "owner", "token"}
+            )
             _only_fields(op, doc, fields)
             owner = _field(op, doc, "owner", "str")
             token = _field(op, doc, "token", "int")
@@ -512,14 +525,27 @@ class Lock(SequentialModel):
                 raise ValueError(f"a renew needs a ttl of at least 1, not {ttl}")
             if op.answered and type(out) is not bool:
                 raise ValueError(f"{op.op!r} outputs true or false, not {_json(out)}")
-            return (op.op, owner, token, ttl), out
-        if op.op == "state":
-            _only_fields(op, doc, set())
-            if op.answered:
-                keys = {"holder", "token", "expires", "now"}
+            return (op.op, name, owner, token, ttl), out
+        if op.op == "holder":
+            _only_fields(op, doc, {"lock"})
+            if op.answered and out is not None:
                 if (
                     not isinstance(out, dict)
-                    or set(out) != keys
+                    or set(out) != {"owner", "token"}
+                    or not isinstance(out["owner"], str)
+                    or not _is_int(out["token"])
+                ):
+                    raise ValueError(
+                        f'a holder outputs {{"owner": str, "token": int}} or null, not {_json(out)}'
+                    )
+                out = owner_pair(out["owner"], out["token"])
+            return ("holder", name, "", 0, 0), out
+        if op.op == "state":
+            _only_fields(op, doc, {"lock"})
+            if op.answered:
+                if (
+                    not isinstance(out, dict)
+                    or set(out) != {"holder", "token", "expires", "now"}
                     or not (out["holder"] is None or isinstance(out["holder"], str))
                     or not all(_is_int(out[k]) for k in ("token", "expires", "now"))
                 ):
@@ -528,19 +554,28 @@ class Lock(SequentialModel):
                         f' "now": int}}, not {_json(out)}'
                     )
                 out = (out["holder"], out["token"], out["expires"], out["now"])
-            return ("state", "", 0, 0), out
-        raise _unknown_op(op, "lock", "acquire, renew, release, state, tick")
+            return ("state", name, "", 0, 0), out
+        if op.op == "tick":
+            _only_fields(op, doc, {"lock"})
+            return ("tick", name, "", 0, 0), _null_output(op, out)
+        raise _unknown_op(op, "lock", "acquire, renew, release, holder, state, tick")
 
-    def describe(self, input: tuple[str, str, int, int], output: Any) -> str:
+    def describe(self, input: tuple[str, str, str, int, int], output: Any) -> str:
         """``acquire 'a' ttl 3 => 2``..."""
-        kind, owner, token, ttl = input
+        kind, name, owner, token, ttl = input
+        lock = f"[{name}] " if name else ""
         if kind == "acquire":
-            return f"acquire {owner!r} ttl {ttl} => {output!r}"
+            return f"{lock}acquire {owner!r} ttl {ttl} => {output!r}"
         if kind == "renew":
-            return f"renew {owner!r} token {token} ttl {ttl} => {output!r}"
+            return f"{lock}renew {owner!r} token {token} ttl {ttl} => {output!r}"
         if kind == "release":
-            return f"release {owner!r} token {token} => {output!r}"
-        return f"{kind} => {output!r}"
+            return f"{lock}release {owner!r} token {token} => {output!r}"
+        return f"{lock}{kind} => {output!r}"
+
+
+def owner_pair(owner: str, token: int) -> tuple[str, int]:
+    """The model's form of a ``holder`` output."""
+    return (owner, token)
 
 
 MODELS: dict[str, Model] = {
