@@ -127,8 +127,8 @@ def main() -> int:
                 return 1
         assert result is not None
         print(
-            f"{name:8} {len(ops)} ops, {args.clients} clients: median {statistics.median(times) * 1000:.0f} ms,"
-            f" {result.configs} configurations"
+            f"{name:8} {len(ops)} ops, {args.clients} clients:"
+            f" median {statistics.median(times) * 1000:.0f} ms, {result.configs} configurations"
         )
     return 0
 

@@ -222,7 +222,7 @@ def replay(model: Model, lines: list[dict[str, Any]]) -> bool:
 
 @pytest.mark.parametrize("model", ALL, ids=IDS)
 def test_histories_of_real_executions_pass(model: Model) -> None:
-    @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(executions(model))
     def run(lines: list[dict[str, Any]]) -> None:
         assert verdict(model, lines), check_model(model, parse(model, lines)).describe(model)
@@ -233,19 +233,25 @@ def test_histories_of_real_executions_pass(model: Model) -> None:
 # --- mutated sequential histories: the replay is the oracle -----------------------------
 
 FAILING_CASES: dict[str, int] = {}
+RUNS: dict[str, int] = {}
 
 
 def _mutants(model: Model, kind: str) -> Callable[[], None]:
-    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(
+        max_examples=50,
+        derandomize=True,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
     @given(sequential(model), st.data())
     def run(lines: list[dict[str, Any]], data: st.DataObject) -> None:
         assert verdict(model, lines)
-        i, j = sorted(
-            data.draw(st.lists(st.integers(0, len(lines) - 1), min_size=2, max_size=2, unique=True))
-        )
+        i = data.draw(st.integers(0, len(lines) - 1))
         if kind == "swap":
             # Swap the outputs of two ops of the same kind.
-            assume(lines[i]["op"] == lines[j]["op"])
+            same = [k for k, d in enumerate(lines) if d["op"] == lines[i]["op"] and k != i]
+            assume(same)
+            j = data.draw(st.sampled_from(same))
             lines[i]["output"], lines[j]["output"] = lines[j]["output"], lines[i]["output"]
         elif kind == "change":
             new = data.draw(outputs(model, lines[i]["op"]))
@@ -253,12 +259,14 @@ def _mutants(model: Model, kind: str) -> Callable[[], None]:
             lines[i]["output"] = new
         else:
             # Reorder: op j now happens where op i did, and ops i..j-1 one slot later.
+            i, j = sorted((i, data.draw(st.integers(0, len(lines) - 1).filter(lambda k: k != i))))
             times = [(d["call"], d["return"]) for d in lines[i : j + 1]]
             moved = [lines[j], *lines[i:j]]
             for d, (c, r) in zip(moved, times, strict=True):
                 d["call"], d["return"] = c, r
         expected = replay(model, lines)
         assert verdict(model, lines) == expected
+        RUNS[f"{model.name}/{kind}"] = RUNS.get(f"{model.name}/{kind}", 0) + 1
         if not expected:
             FAILING_CASES[f"{model.name}/{kind}"] = FAILING_CASES.get(f"{model.name}/{kind}", 0) + 1
 
@@ -271,7 +279,10 @@ def test_mutated_sequential_histories_get_the_replays_verdict(model: Model, kind
     before = FAILING_CASES.get(f"{model.name}/{kind}", 0)
     _mutants(model, kind)()
     # The mutations must have produced histories that fail, not only harmless ones.
-    assert FAILING_CASES.get(f"{model.name}/{kind}", 0) - before >= 10
+    failing = FAILING_CASES.get(f"{model.name}/{kind}", 0) - before
+    runs = RUNS.get(f"{model.name}/{kind}", 0)
+    print(f"{model.name}/{kind}: {failing} of {runs} mutated histories not linearizable")
+    assert failing >= 3
 
 
 # --- small concurrent histories against brute force ------------------------------------
@@ -327,7 +338,12 @@ def small_histories(draw: st.DrawFn, model: Model) -> list[dict[str, Any]]:
 def test_verdict_agrees_with_brute_force(model: Model) -> None:
     seen = {True: 0, False: 0}
 
-    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(
+        max_examples=150,
+        derandomize=True,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
     @given(small_histories(model))
     def run(lines: list[dict[str, Any]]) -> None:
         ops = parse(model, lines)
@@ -336,10 +352,11 @@ def test_verdict_agrees_with_brute_force(model: Model) -> None:
         seen[expected] += 1
 
     run()
-    assert seen[True] >= 20 and seen[False] >= 20, seen
+    print(f"{model.name}: brute force agrees; linearizable {seen[True]}, not {seen[False]}")
+    assert seen[True] >= 10 and seen[False] >= 10, seen
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(small_histories(MODELS["kv"]), executions(MODELS["kv"], 30)))
 def test_kv_model_agrees_with_the_register_checker(lines: list[dict[str, Any]]) -> None:
     """The generic search with the KV model and the specialised register checker are
