@@ -8,6 +8,7 @@ state: then re-measure, read why, and update them in the same commit.
 """
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -139,8 +140,14 @@ def test_mutant_is_caught_with_a_counterexample_that_replays(
     steps = list(replay(_model(scope, mutant, budget), cex.actions))
     assert len(steps) == len(cex.actions)
     last = steps[-1][2]
-    assert last is not None and str(last) == str(cex.violation)
+    # The same violation, but for the checker's wall-clock time ("in 0.004 s"), which
+    # differs between two runs of the same search on a busy machine.
+    assert last is not None and _untimed(str(last)) == _untimed(str(cex.violation))
     assert all(v is None for _, _, v in steps[:-1])
+
+
+def _untimed(text: str) -> str:
+    return re.sub(r" in \d+\.\d+ s\b", " in _ s", text)
 
 
 def test_the_real_code_survives_the_walks_that_catch_the_mutants() -> None:
