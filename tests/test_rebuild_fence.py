@@ -374,10 +374,13 @@ LOST_FENCE_SCENARIO = [
 ]
 
 
-def _scripted_newest(model: object, script: list[str]) -> object:
+def _scripted_newest(
+    model: object, script: list[str], optional: frozenset[str] = frozenset()
+) -> tuple[object, object]:
     """Like ``engine.scripted``, but a ``MESSAGE SRC DST`` line delivers the newest such
     message in flight (the duplicating network keeps every message ever sent, and an
-    old Prepare of the same pair would come first)."""
+    old Prepare of the same pair would come first), and a line in ``optional`` is
+    skipped when nothing of it is in flight. Returns the last state and the violation."""
     from pyxos.model.engine import _try
 
     w = model.initial()  # type: ignore[attr-defined]
@@ -397,24 +400,91 @@ def _scripted_newest(model: object, script: list[str]) -> object:
                 and e[2].src == src
                 and e[1] == dst
             ]
+        if not found and line in optional:
+            continue
         assert found, f"not enabled: {line!r}"
         r = _try(model, w, found[-1])  # type: ignore[arg-type]
         if isinstance(r, Violation):
-            return r
+            return w, r
         w = r
-    return None
+    return w, None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a fence is lost when its holder is wiped after answering and rebuilds "
-    "before any other peer holds it (RebuildInfo.fences adopts nothing); the late "
-    "Accept of the wiped leader's old ballot then completes a quorum in 5 nodes",
-)
 def test_model_scope_a_fence_lost_with_its_holders_disk_is_not_a_gap() -> None:
+    """Nodes 2 and 3 lost the fence they put up against node 1 with their disks; each
+    fences node 1's ballots up to the promise it rebuilt with, as node 1 answered it
+    that it was rebuilding (before the fix: agreement violated at slot 0)."""
     from pyxos.model.engine import Budget
     from pyxos.model.replica import ReplicaModel
 
     model = ReplicaModel(5, 2, Budget(timeouts=2, proposals=2, wipes=3))
-    violation = _scripted_newest(model, LOST_FENCE_SCENARIO)
+    late = LOST_FENCE_SCENARIO.index("Accept 1 3") + 1
+    w, violation = _scripted_newest(model, LOST_FENCE_SCENARIO[:late])
+    assert violation is None, violation
+    for peer in (2, 3):
+        node = w.procs[peer].node  # type: ignore[attr-defined]
+        assert node.fenced_refused == 1 and 0 not in node.acceptor.accepted
+    _, violation = _scripted_newest(
+        model, LOST_FENCE_SCENARIO, optional=frozenset({"Accepted 2 1", "Accepted 3 1"})
+    )
+    assert violation is None, violation
+
+
+# The same loss, but the wiped peers ask node 1 only once its rebuild has ended: it
+# answers them as a voting node, with the bound its own old ballots are fenced to.
+LOST_FENCE_LATE_ASK_SCENARIO = [
+    *LOST_FENCE_SCENARIO[: LOST_FENCE_SCENARIO.index("wipe 1") + 1],
+    "RebuildQuery 1 2",
+    "RebuildInfo 2 1",  # node 2 fences node 1, then answers
+    "wipe 2",
+    "RebuildQuery 2 3",
+    "RebuildQuery 2 4",
+    "RebuildQuery 2 5",
+    "RebuildInfo 3 2",
+    "RebuildInfo 4 2",
+    "RebuildInfo 5 2",  # answers taken before any of them fenced node 1
+    "RebuildQuery 1 3",
+    "RebuildInfo 3 1",
+    "wipe 3",
+    "RebuildQuery 3 2",
+    "RebuildQuery 3 4",
+    "RebuildQuery 3 5",
+    "RebuildInfo 2 3",
+    "RebuildInfo 4 3",
+    "RebuildInfo 5 3",
+    "RebuildQuery 1 4",
+    "RebuildQuery 1 5",
+    "RebuildInfo 4 1",
+    "RebuildInfo 5 1",  # node 1's rebuild ends below slot 0
+    "RebuildQuery 2 1",
+    "RebuildInfo 1 2",
+    "RebuildQuery 3 1",
+    "RebuildInfo 1 3",  # nodes 2 and 3 end their rebuilds, promise 1.1
+    "Accept 1 2",  # the late Accepts of 1.1
+    "Accept 1 3",
+    "Accepted 2 1",
+    "Accepted 3 1",
+    *LOST_FENCE_SCENARIO[LOST_FENCE_SCENARIO.index("FenceLift 1 4") :],
+]
+
+
+def test_model_scope_a_fence_lost_with_its_holders_disk_late_ask() -> None:
+    """As above, but node 1 answers the wiped peers after its rebuild: its answer
+    carries the bound of its own old ballots, which they adopt (before the fix:
+    agreement violated at slot 0)."""
+    from pyxos.model.engine import Budget
+    from pyxos.model.replica import ReplicaModel
+
+    model = ReplicaModel(5, 2, Budget(timeouts=2, proposals=2, wipes=3))
+    script = LOST_FENCE_LATE_ASK_SCENARIO
+    late = script.index("Accept 1 3") + 1
+    w, violation = _scripted_newest(model, script[:late])
+    assert violation is None, violation
+    for peer in (2, 3):
+        node = w.procs[peer].node  # type: ignore[attr-defined]
+        assert not node.rebuilding
+        assert node.fenced_refused == 1 and 0 not in node.acceptor.accepted
+    _, violation = _scripted_newest(
+        model, script, optional=frozenset({"Accepted 2 1", "Accepted 3 1"})
+    )
     assert violation is None, violation

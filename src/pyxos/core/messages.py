@@ -242,8 +242,9 @@ class RebuildInfo(msgspec.Struct, frozen=True, array_like=True, tag="rebuild-inf
     figures bound nothing; ``fresh``: the peer has never held any state (it is
     bootstrapping, or a member that has promised, accepted and learned nothing);
     ``nonce``: the query's, whose fence was durable before these figures were taken;
-    ``fences``: the fences the peer holds against every node's ballots (a rebuilding
-    asker adopts them: its own lost disk may have held some)."""
+    ``fences``: the fences the peer holds against every node's ballots, and one
+    against its own earlier incarnations' ballots (a rebuilding asker adopts them:
+    its own lost disk may have held some)."""
 
     src: int
     promised: Ballot

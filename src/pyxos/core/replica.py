@@ -110,11 +110,23 @@ a peer holds the nonces of fences still up against each owner, and a lift names 
 fence it lifts. So a late lift of an earlier incarnation never lowers a later one's
 fence, and an answer to an earlier incarnation's query is ignored (its fence may have
 been lifted since by the incarnation it belonged to). A peer that is rebuilding fences
-too (it will vote again one day), and a fence must outlive its holder's disk: a node
-that rebuilds adopts the fences its peers report (``RebuildInfo.fences``; every peer
-that answered the fenced node holds them, so one that kept its state reports them).
-Otherwise a peer wiped after answering could rebuild with a promise equal to the old
-ballot and accept its late Accept. A lift can be lost, and the node can crash before it
+too (it will vote again one day), and a fence must outlive its holder's disk:
+otherwise a peer wiped after answering could rebuild with a promise equal to the old
+ballot and accept its late Accept. A node that rebuilds adopts the fences its peers
+report (``RebuildInfo.fences``). That alone is not enough: the fenced node X may not
+have asked the other peers yet when they answer the wiped one, P (5 nodes: X's old
+leader ballot promised by X, P and R; P and R answer X, are wiped one after the other
+and rebuild from peers X has not asked; both accept X's late Accept, a quorum with X's
+forgotten vote, and X's rebuild, which counts their earlier answers, misses the slot;
+``tests/test_rebuild_fence.py``). But P hears from X itself, which every rebuild
+waits for. If X answers that it is rebuilding, P fences X's ballots up to the promise
+P votes with: the fence P lost guarded the ballots of X's incarnations before the one
+that asked P, all of them over before P's wipe; those that reached phase 2 were
+promised by a phase-1 quorum by then, so by a peer that answered P's rebuild, and are
+at most that promise (a later incarnation asks P again, and meets the fence P keeps
+on its new disk). If X votes, its answer carries a lifted fence against its own
+ballots up to its ``fence_bound``, which bounds every ballot of its earlier
+incarnations. A lift can be lost, and the node can crash before it
 sends one: a peer that refuses a ballot, or a pre-vote, of a node it still fences up
 says so (``Fenced``), and a node that votes answers with a lift to ``fence_bound``: the
 promise it started voting with, which is at least ``F`` (every fence against it
@@ -757,6 +769,10 @@ class Replica:
         else:
             last = max(max(self.acceptor.accepted, default=-1), self._acceptor_start() - 1)
             held = tuple(f for o, st in sorted(self.fences.items()) for f in st.records(o))
+            if self.fence_bound > ZERO:
+                # Our own earlier incarnations' ballots, in case the asker held a fence
+                # against them that it lost with its disk (see "Rebuilding").
+                held += (Fence(self.node_id, -1, self.fence_bound),)
             info = RebuildInfo(
                 self.node_id,
                 self.acceptor.promised,
@@ -898,6 +914,16 @@ class Replica:
                     held = self.fences.setdefault(fence.owner, FenceState())
                     held.apply(fence)
                     self._ready.persist.fences.append(fence)
+        # A fence we held may have been lost with our disk before any peer that
+        # answered us held it too. A peer that answered that it is rebuilding lost its
+        # state since its old incarnations' Accepts left: those of their ballots that
+        # reached phase 2 are at most what we vote with (see "Rebuilding").
+        bound = self.acceptor.promised
+        for peer, info in sorted(self.rebuild_info.items()):
+            if info.rebuilding and bound > ZERO and peer in self.members:
+                change = Fence(peer, -1, bound)
+                self.fences.setdefault(peer, FenceState()).apply(change)
+                self._ready.persist.fences.append(change)
         self.rebuilt_from = snapshot_slot
         self.rebuilding = False
         self.majority_lost = False
