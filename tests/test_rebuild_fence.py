@@ -488,3 +488,28 @@ def test_model_scope_a_fence_lost_with_its_holders_disk_late_ask() -> None:
         model, script, optional=frozenset({"Accepted 2 1", "Accepted 3 1"})
     )
     assert violation is None, violation
+
+
+def test_a_peer_that_crashes_between_the_fence_and_the_answer() -> None:
+    """The fence was durable, the answer never left: after the restart the recovered
+    fence still refuses the old ballot, and the asker's repeated query (same nonce)
+    is answered without a second fence record."""
+    from pyxos.storage.memory import MemoryStorage
+
+    disk = MemoryStorage()
+    p = _node(2, promised=Ballot(3, 1))
+    p.step(RebuildQuery(1, nonce=41))
+    ready = p.ready()
+    disk.write(ready.persist)
+    disk.sync()
+    # Crash before the driver sends the answer: a new incarnation from the disk.
+    p = _node(2, promised=disk.promised, fences=disk.fences)
+    assert p.fences[1].up == {41}
+    p.step(Accept(1, Ballot(3, 1), 0, (b"late",)))
+    assert 0 not in p.acceptor.accepted
+    _sent(p)
+    p.step(RebuildQuery(1, nonce=41))
+    ready = p.ready()
+    assert not ready.persist.fences
+    (info,) = [s.msg for s in ready.send_after_sync if isinstance(s.msg, RebuildInfo)]
+    assert info.nonce == 41 and info.last_slot == -1
