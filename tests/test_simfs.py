@@ -17,7 +17,14 @@ from pyxos.storage.durable import AcceptorStateLost, DurableAcceptor, open_node_
 from pyxos.storage.fs import DirectoryLocked
 from pyxos.storage.simfs import SECTOR, SimFileSystem
 from pyxos.storage.snapshot import load_latest_snapshot, write_snapshot
-from pyxos.storage.wal import SEGMENT_HEADER_SIZE, WAL, StorageError, WALCorruption, WALError
+from pyxos.storage.wal import (
+    SEGMENT_HEADER_SIZE,
+    WAL,
+    StorageError,
+    WALCorruption,
+    WALDiskFull,
+    WALError,
+)
 
 D = Path("/node")
 F = D / "file"
@@ -236,16 +243,18 @@ def test_wal_surfaces_a_full_disk_cleanly_and_recovers_after_it() -> None:
     wal.append_and_sync([(1, b"a" * 100)])
     fs.capacity = fs.used() + 150
     wal.append([(1, b"b" * 100), (1, b"c" * 100)])
-    with pytest.raises(WALError) as info:
+    with pytest.raises(WALDiskFull) as info:
         wal.sync()
     assert isinstance(info.value.__cause__, OSError)
     assert info.value.__cause__.errno == errno.ENOSPC
-    assert wal.failed
+    assert not wal.failed, "a full disk is not fatal"
+    assert wal.durable_index == 1 and wal.last_index == 3
     fs.stop()  # the process stops; the machine keeps its page cache
     fs.capacity = None
+    wal.close()
     wal, report = WAL.open(D, fs=fs)
-    assert report.torn_tail, "the partial write is a torn tail"
-    assert _records(wal) == [b"a" * 100, b"b" * 100]
+    assert not report.torn_tail, "the partial write was cut off at once"
+    assert _records(wal) == [b"a" * 100]
     wal.append_and_sync([(1, b"d")])
     assert _records(wal)[-1] == b"d"
 

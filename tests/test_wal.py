@@ -446,10 +446,10 @@ def test_a_failed_directory_fsync_during_a_roll_fails_the_wal(
 def test_a_failed_write_fails_the_wal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     wal, _ = WAL.open(tmp_path)
 
-    def no_space(fd: int, data: object) -> int:
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def io_error(fd: int, data: object) -> int:
+        raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(os, "write", no_space)
+    monkeypatch.setattr(os, "write", io_error)
     with pytest.raises(WALError):
         wal.append_and_sync([(1, b"x")])
     monkeypatch.undo()

@@ -20,6 +20,7 @@ operating system reports it; the callers decide what is fatal.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from abc import ABC, abstractmethod
@@ -119,15 +120,22 @@ class FileSystem(ABC):
 
         Writes ``path + ".tmp"``, fsyncs it, renames it over ``path`` and fsyncs the
         directory: after a crash the file holds either its old content or the new one.
+        If writing the temporary file fails (a full disk, say), it is removed again, so
+        a failed attempt does not keep holding the space it took.
         """
         tmp = path.with_name(path.name + ".tmp")
         f = self.create(tmp)
         try:
-            for chunk in chunks:
-                f.write(chunk)
-            f.sync()
-        finally:
-            f.close()
+            try:
+                for chunk in chunks:
+                    f.write(chunk)
+                f.sync()
+            finally:
+                f.close()
+        except OSError:
+            with contextlib.suppress(OSError):
+                self.unlink(tmp)
+            raise
         self.replace(tmp, path)
         self.fsync_dir(path.parent)
 

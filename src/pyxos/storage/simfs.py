@@ -21,7 +21,8 @@ Faults, each decided by the caller's seeded RNG, so a seed replays exactly:
   512-byte sector boundary, or (rarely) kept sector by sector at random, so a later
   sector may reach the disk while an earlier one does not (writeback is unordered).
   Sectors are atomic. Then every process view is reset to the disk and locks go.
-- a failing fsync (``fsync_fault(path)`` returns True): the call raises ``EIO`` and,
+- a failing fsync (``fsync_fault(path)`` returns True): the call raises ``EIO`` (or
+  ``fsync_errno``: ``ENOSPC`` for a file system that allocates at writeback) and,
   as Linux does, the file's dirty pages are dropped *and marked clean*: the page
   cache still shows the data, the disk never gets it, and the next fsync succeeds.
   Whoever carries on after such an error believes in data that a power loss takes.
@@ -48,6 +49,7 @@ per sector happens only at a power loss.
 from __future__ import annotations
 
 import errno
+import os
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -159,6 +161,8 @@ class SimFileSystem(FileSystem):
         self.capacity = capacity
         """Bytes the files may hold in all; None for no limit."""
         self.fsync_fault: Callable[[Path], bool] | None = None
+        self.fsync_errno = errno.EIO
+        """The error a failing fsync raises (``ENOSPC`` models a full disk at writeback)."""
         """Asked at every fsync (file or directory); True makes it fail with EIO."""
         self.fsyncs = 0
         self.failed_fsyncs = 0
@@ -406,7 +410,8 @@ class SimFileSystem(FileSystem):
                 # Linux drops the dirty pages of a failed writeback and marks them
                 # clean: the cache still shows them, the disk never gets them.
                 inode.dirty = []
-            raise OSError(errno.EIO, "Input/output error (simulated fsync failure)", str(path))
+            reason = os.strerror(self.fsync_errno)
+            raise OSError(self.fsync_errno, f"{reason} (simulated fsync failure)", str(path))
 
     def _fsync(self, inode: _Inode, path: Path) -> None:
         self._check_fsync(path, inode)

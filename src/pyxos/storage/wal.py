@@ -23,6 +23,19 @@ enters the failed state and every later call raises ``WALError``. The caller mus
 stop the node; reopening the log in the same process is not safe either, because the
 page cache may still show bytes that never reached the disk.
 
+One failure is not fatal: a full disk (``ENOSPC``, or ``EDQUOT`` over a quota) during
+``sync``, at the write, the fsync or a segment roll. Nothing written since the last
+successful fsync is treated as durable (its pages may be dropped, or the write stopped
+mid-record): the active segment is cut back to its last durable length with
+``truncate`` (an ``ftruncate`` that removes those pages from the cache, then an
+fsync), a half-created next segment is removed, and the records that were not made
+durable go back, in order and with their indexes, in front of the buffer. ``sync``
+raises ``WALDiskFull`` and the WAL stays usable: the next ``sync`` writes them again
+from scratch, so a retry after space returns makes them durable exactly as if the
+first attempt never happened (no partial record is left between two records). If the
+cut itself fails with ``ENOSPC`` the WAL stays usable and the next ``sync`` tries it
+first; any other error there is fatal as above.
+
 Recovery (``WAL.open``) reads every segment and checks every checksum:
 
 - A damaged record in the LAST segment that no intact record follows (the file ends
@@ -79,6 +92,7 @@ runtime should use it.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -104,6 +118,7 @@ from pyxos.storage.fs import (
 
 __all__ = [
     "DEFAULT_SEGMENT_BYTES",
+    "DISK_FULL_ERRNOS",
     "FORMAT_VERSION",
     "MARKER_FILENAME",
     "MAX_PAYLOAD_BYTES",
@@ -117,11 +132,13 @@ __all__ = [
     "RecoveryReport",
     "StorageError",
     "WALCorruption",
+    "WALDiskFull",
     "WALError",
     "atomic_write_file",
     "encode_record",
     "fdatasync",
     "fsync_directory",
+    "is_disk_full",
     "read_marker",
     "record_offsets",
     "write_marker",
@@ -152,6 +169,29 @@ class StorageError(Exception):
 
 class WALError(StorageError):
     """The WAL cannot do what was asked: it failed, was closed, or is locked."""
+
+
+class WALDiskFull(WALError):
+    """``sync`` ran out of disk space (``ENOSPC``/``EDQUOT``); the WAL is still usable.
+
+    Nothing buffered was lost and nothing written since the last successful sync is
+    counted as durable: the records stay buffered and the next ``sync`` writes them
+    again (see the module notes).
+    """
+
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""The ``OSError`` numbers that mean "no space" (recoverable, see ``WALDiskFull``)."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """True if ``error`` (or what caused it) is a full disk or an exceeded quota."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in DISK_FULL_ERRNOS:
+            return True
+        seen = seen.__cause__
+    return False
 
 
 class WALCorruption(WALError):
@@ -331,6 +371,11 @@ class WAL:
         self._sync_lock = threading.Lock()  # one sync / truncate / close at a time
         self._failed: BaseException | None = None
         self._closed = False
+        # After a full disk: the active segment may hold bytes past its durable size
+        # (and a next segment may be half made) until _repair has cut them off.
+        self._needs_repair = False
+        self.disk_full_errors = 0
+        """How many ``sync`` calls ended with ``WALDiskFull``."""
 
     # -- opening and recovery --------------------------------------------------------
 
@@ -508,17 +553,50 @@ class WAL:
         """
         with self._sync_lock:
             self._check_usable()
+            if self._needs_repair:
+                self._repair()
             with self._lock:
                 pending, self._pending = self._pending, []
             if pending:
+                progress = [0]
                 try:
-                    self._write_out(pending)
+                    self._write_out(pending, progress)
+                except OSError as exc:
+                    if exc.errno not in DISK_FULL_ERRNOS:
+                        self._failed = exc
+                        raise WALError(f"WAL write or fsync failed: {exc}") from exc
+                    with self._lock:  # not durable: buffered again, indexes unchanged
+                        self._pending[:0] = pending[progress[0] :]
+                    self.disk_full_errors += 1
+                    self._needs_repair = True
+                    self._repair()
+                    raise WALDiskFull(f"WAL sync failed, disk full: {exc}") from exc
                 except BaseException as exc:
                     self._failed = exc
-                    if isinstance(exc, OSError):
-                        raise WALError(f"WAL write or fsync failed: {exc}") from exc
                     raise
             return self.durable_index
+
+    def _repair(self) -> None:
+        """Cut off what a sync that ran out of space may have left (module notes)."""
+        fs = self._fs
+        segment = self._segments[-1]
+        try:
+            following = _segment_path(self._dir, segment.first_index + segment.count)
+            tmp = following.with_name(following.name + ".tmp")
+            removed = False
+            for path in (tmp, following):
+                if path != segment.path and fs.exists(path):
+                    fs.unlink(path)
+                    removed = True
+            if removed:
+                fs.fsync_dir(self._dir)
+            fs.truncate(segment.path, segment.size)
+        except OSError as exc:
+            if exc.errno in DISK_FULL_ERRNOS:
+                raise WALDiskFull(f"WAL repair after a full disk failed: {exc}") from exc
+            self._failed = exc
+            raise WALError(f"WAL repair after a full disk failed: {exc}") from exc
+        self._needs_repair = False
 
     def append_and_sync(self, records: Sequence[tuple[int, bytes]]) -> int:
         """``append`` then ``sync``; return the index of the last record appended."""
@@ -526,7 +604,8 @@ class WAL:
         self.sync()
         return last
 
-    def _write_out(self, pending: list[bytes]) -> None:
+    def _write_out(self, pending: list[bytes], progress: list[int]) -> None:
+        """Write and fsync ``pending``; ``progress[0]`` counts the records made durable."""
         segment = self._segments[-1]
         size = segment.size
         group: list[bytes] = []
@@ -534,6 +613,7 @@ class WAL:
             if size + len(record) > self._segment_bytes and (segment.count or group):
                 if group:
                     self._write_group(segment, group)
+                    progress[0] += len(group)
                     group = []
                 segment = self._roll()
                 size = segment.size
@@ -541,6 +621,7 @@ class WAL:
             size += len(record)
         if group:
             self._write_group(segment, group)
+            progress[0] += len(group)
 
     def _write_group(self, segment: _Segment, group: list[bytes]) -> None:
         data = b"".join(group)
