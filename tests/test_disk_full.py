@@ -9,14 +9,25 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
+import os
 import random
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from pyxos.client import Client
 from pyxos.storage.simfs import SimFileSystem
 from pyxos.storage.snapshot import load_latest_snapshot, write_snapshot
 from pyxos.storage.wal import WAL, WALDiskFull, is_disk_full
+from test_server_harness import CLUSTER, free_ports
 
 D = Path("/node")
 
@@ -134,3 +145,202 @@ def test_a_snapshot_that_does_not_fit_leaves_no_temporary_file() -> None:
     write_snapshot(snaps, 20, b"", b"t" * 100, fs=fs)
     latest = load_latest_snapshot(snaps, fs=fs)
     assert latest is not None and latest.slot == 20
+
+
+# -- a real node process whose disk fills --------------------------------------------
+
+
+class TmpfsCluster:
+    """Three node processes, each with its data directory on a small tmpfs of its own."""
+
+    def __init__(self, tmp_path: Path, size: str = "4m") -> None:
+        self.tmp_path = tmp_path
+        ports = free_ports(9)
+        self.client_ports = {i: ports[2 + i] for i in (1, 2, 3)}
+        self.http_ports = {i: ports[5 + i] for i in (1, 2, 3)}
+        peers = "\n".join(f'{i} = "127.0.0.1:{ports[i - 1]}"' for i in (1, 2, 3))
+        self.config = tmp_path / "cluster.toml"
+        self.config.write_text(
+            f'cluster_id = "{CLUSTER}"\nnode_id = 1\nclient_port = 0\n'
+            f'data_dir = "{tmp_path}/unused"\nelection_timeout = [0.15, 0.3]\n'
+            f"heartbeat_interval = 0.03\n\n[peers]\n{peers}\n"
+        )
+        self.mounts: list[Path] = []
+        for i in (1, 2, 3):
+            disk = tmp_path / f"disk{i}"
+            disk.mkdir()
+            done = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
+                capture_output=True,
+                text=True,
+            )
+            if done.returncode != 0:
+                self.unmount()
+                pytest.skip(f"cannot mount a size-capped tmpfs here: {done.stderr.strip()}")
+            self.mounts.append(disk)
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    def disk(self, node: int) -> Path:
+        return self.tmp_path / f"disk{node}"
+
+    def start(self, node: int, *, init: bool) -> None:
+        log = (self.tmp_path / f"node{node}.log").open("ab")
+        self.procs[node] = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pyxos.server",
+                "--config",
+                str(self.config),
+                "--node-id",
+                str(node),
+                "--data-dir",
+                str(self.disk(node) / "data"),
+                "--client-port",
+                str(self.client_ports[node]),
+                "--http-port",
+                str(self.http_ports[node]),
+                *(["--init"] if init else []),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def status(self, node: int) -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(self.url(node, "/v1/status"), timeout=2) as r:
+                status: dict[str, Any] = json.load(r)
+                return status
+        except OSError:
+            return None
+
+    def url(self, node: int, path: str) -> str:
+        return f"http://127.0.0.1:{self.http_ports[node]}{path}"
+
+    def addresses(self) -> list[str]:
+        return [f"127.0.0.1:{port}" for port in self.client_ports.values()]
+
+    def log(self, node: int) -> str:
+        return (self.tmp_path / f"node{node}.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.kill()
+            proc.wait(timeout=10)
+        self.procs.clear()
+        self.unmount()
+
+    def unmount(self) -> None:
+        for disk in self.mounts:
+            subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+        self.mounts.clear()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def fill(disk: Path) -> Path:
+    """Take every free byte of ``disk`` with one file (until ``ENOSPC``)."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    chunk = b"\0" * 65536
+    try:
+        while True:
+            try:
+                os.write(fd, chunk)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC, e
+                if len(chunk) == 1:
+                    return filler
+                chunk = chunk[: len(chunk) // 2]
+    finally:
+        os.close(fd)
+
+
+def http(method: str, url: str, body: bytes | None = None) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, data=body, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+@pytest.mark.skipif(sys.platform != "linux" or os.geteuid() != 0, reason="needs root: mounts tmpfs")
+def test_a_leader_whose_disk_fills_refuses_loses_nothing_and_resumes_by_itself(
+    tmp_path: Path,
+) -> None:
+    cluster = TmpfsCluster(tmp_path)
+    try:
+        for node in (1, 2, 3):
+            cluster.start(node, init=True)
+        leader = wait_for(
+            lambda: next(
+                (n for n in (1, 2, 3) if (s := cluster.status(n)) and s["role"] == "leader"),
+                None,
+            ),
+            30,
+            "a leader",
+        )
+        acknowledged: dict[str, str] = {}
+        with Client(cluster.addresses(), cluster=CLUSTER, timeout=30) as client:
+            for i in range(20):
+                client.put(f"before-{i}", str(i))
+                acknowledged[f"before-{i}"] = str(i)
+            filler = fill(cluster.disk(leader))
+            # The leader's next sync runs out of space: it says so, and the others go on.
+            i = 0
+            while not (cluster.status(leader) or {}).get("disk_full"):
+                client.put(f"during-{i}", str(i))
+                acknowledged[f"during-{i}"] = str(i)
+                i += 1
+                assert i < 2000, "the leader never noticed its full disk"
+            status = cluster.status(leader)
+            assert status is not None and "disk full" in status["disk_full_reason"]
+            code, body = http("PUT", cluster.url(leader, "/v1/kv/refused"), b"x")
+            assert code == 507 and "disk full" in body["error"], (code, body)
+            code, _ = http("GET", cluster.url(leader, "/v1/kv/before-1?stale=true"))
+            assert code == 200, "a stale read is still served"
+            with urllib.request.urlopen(cluster.url(leader, "/metrics"), timeout=5) as r:
+                assert "pyxos_disk_full 1.0" in r.read().decode()
+            for j in range(20):  # the two others elect a leader and serve
+                client.put(f"after-{j}", str(j))
+                acknowledged[f"after-{j}"] = str(j)
+            assert "disk full on node" in cluster.log(leader)
+            status = cluster.status(leader)  # still full: every retry ran out of space
+            assert status is not None and status["disk_full"], status
+            assert "wal: " in status["disk_full_reason"], status
+            filler.unlink()  # space returns: no restart
+            wait_for(
+                lambda: (s := cluster.status(leader)) is not None and not s["disk_full"],
+                30,
+                "the node to notice the space",
+            )
+            client.put("resumed", "yes")
+            acknowledged["resumed"] = "yes"
+            target = max((cluster.status(n) or {}).get("applied", 0) for n in (1, 2, 3))
+            wait_for(
+                lambda: (cluster.status(leader) or {}).get("applied", 0) >= target,
+                30,
+                "the node to catch up",
+            )
+            for key, value in acknowledged.items():
+                code, body = http("GET", cluster.url(leader, f"/v1/kv/{key}?stale=true"))
+                assert (code, body.get("value")) == (200, value), key
+            # Its log is sound on disk: it restarts from it (no corruption, no rebuild).
+            cluster.procs.pop(leader).kill()
+            cluster.start(leader, init=False)
+            status = wait_for(lambda: cluster.status(leader), 30, "the restarted node")
+            assert status["state"] == "voting", status
+            assert client.get("refused") is None
+            for key, value in acknowledged.items():
+                assert client.get(key) == value, key
+    finally:
+        cluster.stop()

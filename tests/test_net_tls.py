@@ -179,3 +179,80 @@ def test_bad_tls_files_are_one_line_config_errors(
     with pytest.raises(TlsError):
         server_context(TlsFiles(ours.ca), require_client_cert=True)
     assert isinstance(client_context(TlsFiles(ours.ca)), ssl.SSLContext)
+
+
+def test_a_node_claiming_another_nodes_id_than_its_certificate_is_refused(
+    pki: tuple[CertFiles, CertFiles], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A valid certificate of the cluster CA for node 2, presented by a node that says
+    # in its Hello that it is node 3: the signature proves membership, not identity.
+    ours, _ = pki
+    caplog.set_level(logging.INFO, logger="pyxos.net")
+
+    async def main() -> None:
+        tls = server_context(node_files(ours, 1), require_client_cert=True)
+
+        async def body(server, inbox) -> None:  # type: ignore[no-untyped-def]
+            impostor = PeerLinks(
+                3,
+                "a",
+                {1: (HOST, server.port)},
+                tls=client_context(node_files(ours, 2)),
+                rng=random.Random(1),
+                backoff_cap=0.1,
+            )
+            impostor.start()
+            for i in range(10):
+                impostor.send(1, accepted(i, src=3))
+            await eventually(
+                lambda: server.counters["tls_identity_refused"] >= 2, what="refusals counted"
+            )
+            await impostor.close()
+            await eventually(lambda: not server.connections, what="refused connections freed")
+            assert inbox.messages == []
+            honest = PeerLinks(
+                2, "a", {1: (HOST, server.port)}, tls=client_context(node_files(ours, 2))
+            )
+            honest.start()
+            await eventually(lambda: honest.is_connected(1), what="the honest node's link")
+            await honest.close()
+
+        await with_server(body, tls=tls, known_nodes={2, 3})
+
+    run(main)
+    refusals = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("claims to be node 3" in m and "names node 2" in m for m in refusals), refusals
+
+
+def test_a_dialer_refuses_a_listener_holding_another_nodes_certificate(
+    pki: tuple[CertFiles, CertFiles], caplog: pytest.LogCaptureFixture
+) -> None:
+    ours, _ = pki
+    caplog.set_level(logging.INFO, logger="pyxos.net")
+
+    async def main() -> None:
+        # The listener is node 1 by its Hello checks, but holds node 2's certificate.
+        tls = server_context(node_files(ours, 2), require_client_cert=True)
+
+        async def body(server, inbox) -> None:  # type: ignore[no-untyped-def]
+            links = PeerLinks(
+                3,
+                "a",
+                {1: (HOST, server.port)},
+                tls=client_context(node_files(ours, 3)),
+                rng=random.Random(1),
+                backoff_cap=0.1,
+            )
+            links.start()
+            await eventually(
+                lambda: links.counters["tls_identity_refused"] >= 2, what="refusals counted"
+            )
+            assert not links.is_connected(1)
+            links.send(1, accepted(1, src=3))
+            await links.close()
+            assert inbox.messages == []
+
+        await with_server(body, tls=tls)
+
+    run(main)
+    assert "names node 2" in caplog.text and "not node 1" in caplog.text

@@ -47,7 +47,11 @@ to write changes nothing; the node takes another later.
 Failure: an error of a storage effect (``write``, ``start_fsync``, ``checkpoint``,
 ``truncate``, or a failed fsync reported by the host) is fatal. After fsyncgate a node
 must never carry on as if the write were durable: the driver stops (``failed``),
-calls ``Effects.fail`` once and does nothing more.
+calls ``Effects.fail`` once and does nothing more. One exception: a log that ran out
+of space keeps every record it could not make durable (``storage/wal.py``,
+``WALDiskFull``); the host then reports ``fsync_postponed`` (nothing more is durable,
+nothing waiting leaves) and later ``retry_fsync`` (the server's disk-full handling,
+``server/diskfull.py``).
 
 ``ack_before_sync`` is a deliberately broken driver for the simulator's mutation test
 (acceptor replies leave before the fsync): the checks must catch it.
@@ -235,6 +239,16 @@ class ReadyDriver:
         """The fsync in flight failed: fatal (the pages may have been dropped)."""
         self.fsync_in_flight = False
         self._fail(error)
+
+    def fsync_postponed(self) -> None:
+        """The fsync in flight could not complete, but the log kept every record to
+        write again (a full disk): nothing more is durable and nothing waiting leaves;
+        the next ``retry_fsync`` (or any later fsync) covers it all."""
+        self.fsync_in_flight = False
+
+    def retry_fsync(self) -> None:
+        """Start the fsync a ``fsync_postponed`` left undone (if none is in flight)."""
+        self._start_fsync()
 
     def snapshot_saved(self, slot: int) -> None:
         """The snapshot of ``slot`` is durable: the node may compact below it."""

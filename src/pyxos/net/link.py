@@ -65,7 +65,7 @@ import logging
 import random
 import ssl
 from collections.abc import Callable, Collection, Iterable, Mapping
-from typing import cast
+from typing import Any, cast
 
 from pyxos.core.messages import Message
 from pyxos.net.codec import (
@@ -79,7 +79,7 @@ from pyxos.net.codec import (
     encode_hello,
 )
 from pyxos.net.limits import PortGuard, PortLimits, RefusedConnection
-from pyxos.net.tls import tls_acceptor
+from pyxos.net.tls import certificate_mismatch, tls_acceptor
 
 __all__ = [
     "COUNTER_NAMES",
@@ -123,6 +123,7 @@ COUNTER_NAMES = (
     "dropped_on_disconnect",
     "unexpected_messages",
     "tls_refused",
+    "tls_identity_refused",
 )
 """Every counter the net layer increments (see the module notes)."""
 
@@ -352,6 +353,14 @@ class FramedProtocol(asyncio.Protocol):
             self._on_lost(self, exc)
 
     # -- sending ----------------------------------------------------------------------
+
+    @property
+    def peer_certificate(self) -> dict[str, Any] | None:
+        """The remote side's verified TLS certificate (``getpeercert()``), if any."""
+        if self._transport is None:
+            return None
+        cert = self._transport.get_extra_info("peercert")
+        return cert if isinstance(cert, dict) else None
 
     @property
     def is_open(self) -> bool:
@@ -634,6 +643,16 @@ class PeerLinks:
                 await asyncio.sleep(self._backoff(attempt))
                 attempt += 1
                 continue
+            if tls is not None:  # the node reached must hold the dialed node's certificate
+                mismatch = certificate_mismatch(link.peer_certificate, dst)
+                if mismatch is not None:
+                    _count(self.counters, "tls_identity_refused")
+                    log = logger.warning if attempt == 0 else logger.debug
+                    log("%s: refused: %s", label, mismatch)
+                    link.close()
+                    await asyncio.sleep(self._backoff(attempt))
+                    attempt += 1
+                    continue
             _count(self.counters, "connects")
             logger.info("%s up", label)
             self._links[dst] = link
@@ -796,12 +815,19 @@ async def serve_peers(
     # FIN; the node's next connection (after it restarts) retires the old one instead.
     by_node: dict[int, FramedProtocol] = {}
 
-    def check_peer(hello: Hello) -> int:
+    def check_peer(hello: Hello, connection: FramedProtocol) -> int:
         check_hello(hello, cluster, PROTOCOL_VERSION, expected_role="peer")
         if hello.node == node_id:
             raise HandshakeError(f"peer claims node id {hello.node}, which is this node's id")
         if known_nodes is not None and hello.node not in known_nodes:
             raise HandshakeError(f"node {hello.node} is not a member of cluster {cluster!r}")
+        if tls is not None:  # the certificate must name the node the Hello claims
+            mismatch = certificate_mismatch(connection.peer_certificate, hello.node)
+            if mismatch is not None:
+                raise HandshakeError(
+                    f"peer claims to be node {hello.node}, but {mismatch}",
+                    counter="tls_identity_refused",
+                )
         return hello.node
 
     def on_lost(connection: FramedProtocol, _: Exception | None) -> None:
@@ -810,7 +836,7 @@ async def serve_peers(
 
     def factory(guard: PortGuard) -> FramedProtocol:
         def accept_hello(hello: Hello) -> int:
-            node = check_peer(hello)
+            node = check_peer(hello, connection)
             previous = by_node.get(node)
             if previous is not None and previous.is_open:
                 _count(counters, "connections_replaced")

@@ -26,6 +26,14 @@ the future reports the handshake's outcome, so a refusal frees the port's slot, 
 reason (never key material: the reason is OpenSSL's short text). The real protocol
 gets ``connection_made`` only after a successful handshake.
 
+A certificate also says *which* node it belongs to: its common name ends in
+``node N`` (``pyxos certs init`` writes ``"<cluster> node N"``). The CA's signature
+only proves membership, so on the peer port a node's ``Hello`` must claim the id its
+certificate names, and a dialer checks that the node it reached holds the certificate
+of the node it dialed (``certificate_mismatch``): otherwise any member could speak as
+any other (a valid certificate for node 2 claiming to be node 3). A mismatch closes
+the connection, counts ``tls_identity_refused`` and logs one WARNING line.
+
 Nothing here runs on a connection without TLS: the non-TLS path is unchanged.
 """
 
@@ -34,11 +42,12 @@ from __future__ import annotations
 import asyncio
 import asyncio.sslproto as sslproto
 import logging
+import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from pyxos.net.limits import PortGuard, RefusedConnection
 
@@ -46,6 +55,8 @@ __all__ = [
     "DEFAULT_TLS_HANDSHAKE_TIMEOUT",
     "TlsError",
     "TlsFiles",
+    "certificate_mismatch",
+    "certificate_node_id",
     "client_context",
     "server_context",
     "tls_acceptor",
@@ -98,6 +109,38 @@ def _base(purpose: ssl.Purpose, files: TlsFiles) -> ssl.SSLContext:
                 f"unencrypted key ({_reason(e)})"
             ) from None
     return context
+
+
+_NODE_NAME = re.compile(r"(?:^|\s)node (\d+)$")
+
+
+def _common_name(peercert: dict[str, Any] | None) -> str | None:
+    """The subject's common name in ``SSLObject.getpeercert()``'s format."""
+    if not peercert:
+        return None
+    for rdn in peercert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
+def certificate_node_id(peercert: dict[str, Any] | None) -> int | None:
+    """The node id a (verified) peer certificate names: common name ``"... node N"``."""
+    name = _common_name(peercert)
+    match = _NODE_NAME.search(name) if name is not None else None
+    return int(match.group(1)) if match is not None else None
+
+
+def certificate_mismatch(peercert: dict[str, Any] | None, node_id: int) -> str | None:
+    """Why a certificate does not belong to node ``node_id``; None if it does."""
+    named = certificate_node_id(peercert)
+    if named == node_id:
+        return None
+    name = _common_name(peercert)
+    if named is None:
+        return f"its TLS certificate ({name!r}) names no node, not node {node_id}"
+    return f"its TLS certificate names node {named} ({name!r}), not node {node_id}"
 
 
 def _reason(e: BaseException) -> str:

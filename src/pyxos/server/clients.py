@@ -132,6 +132,8 @@ class ClientPort:
         self._roles: dict[int, str] = {}
         self._sinks: dict[int, ReplySink] = {}
         self._next_client = CLIENT_ID_BASE
+        self.refusal: Callable[[], str | None] = lambda: None
+        """Why the node takes no request now (a full disk: ``server.diskfull``), or None."""
 
     def new_client_id(self) -> int:
         """A fresh client id (never a node id)."""
@@ -163,6 +165,23 @@ class ClientPort:
             data = frame()
             if data:
                 conn.send(data)
+
+    def submit(self, requests: list[ClientRequest]) -> None:
+        """Feed requests of connections or sinks to the node, or, while ``refusal``
+        says why it takes none, refuse each at once with that reason: a connection gets
+        a refusal (``ok=False``, no leader: the client tries another node, as a
+        refusal is never an outcome), a sink (the HTTP API) the definite answer that
+        the command had no effect."""
+        reason = self.refusal()
+        if reason is None:
+            self.feed(list(requests))
+            return
+        result = encode_result(Result(ok=False, error=reason))
+        self.counters["refused"] = self.counters.get("refused", 0) + len(requests)
+        for r in requests:
+            sink = r.src in self._sinks
+            reply = ClientReply(self.config.node_id, r.client, r.seq, sink, result, 0)
+            self.deliver(r.src, reply, lambda reply=reply: encode_message(reply))  # type: ignore[misc]
 
     def abort_all(self) -> None:
         """Close every client connection at once (shutdown)."""
@@ -252,7 +271,7 @@ class ClientPort:
             self._roles.pop(conn.peer_id, None)
 
     def _on_messages(self, cid: int, msgs: list[Message]) -> None:
-        requests: list[Message] = []
+        requests: list[ClientRequest] = []
         for msg in msgs:
             if isinstance(msg, ClientRequest):
                 requests.append(msg if msg.src == cid else msgspec.structs.replace(msg, src=cid))
@@ -260,4 +279,4 @@ class ClientPort:
                 self.stats.unexpected_client_messages += 1
         if requests:
             self.stats.client_requests += len(requests)
-            self.feed(requests)
+            self.submit(requests)

@@ -20,6 +20,11 @@ module is only its effects (``pyxos.driver.Effects``) on real storage:
   saw the checkpoint durable (``DurableAcceptor.truncate_before``);
 - ``send``, ``wake_at`` and ``fail`` are the node runtime's (sockets, the loop's timer,
   a fail-stop).
+
+A full disk is the one storage error that is not fatal: an fsync that ran out of space
+with the WAL still usable is ``fsync_postponed``, a snapshot that did not fit is
+failed; both mark ``disk_full`` (``server.diskfull``), which pauses the node and
+retries them until space returns.
 """
 
 from __future__ import annotations
@@ -36,10 +41,12 @@ from pathlib import Path
 from pyxos.core.messages import Entry
 from pyxos.core.ready import Persist, Send
 from pyxos.driver import DriverCounters, ReadyDriver
+from pyxos.server.diskfull import DiskFull
 from pyxos.server.metrics import NodeMetrics
 from pyxos.server.tracefile import NodeTracer
 from pyxos.storage.durable import DurableAcceptor
 from pyxos.storage.snapshot import prune_snapshots, write_snapshot
+from pyxos.storage.wal import is_disk_full
 
 __all__ = ["DriverStats", "ServerEffects"]
 
@@ -84,6 +91,7 @@ class ServerEffects:
         send: Callable[[Send], None],
         wake: Callable[[float | None], None],
         fail: Callable[[BaseException], None],
+        resume: Callable[[], None] = lambda: None,
     ) -> None:
         self.node_id = node_id
         self.snapshot_dir = snapshot_dir
@@ -105,6 +113,13 @@ class ServerEffects:
         )
         self.fsync_future: asyncio.Future[int] | None = None
         """The fsync running in the fsync thread (at most one: group commit)."""
+        self.disk_full = DiskFull(
+            node_id,
+            resume=resume,
+            retry_fsync=lambda: self._driver.retry_fsync(),
+            rewrite_snapshot=self.save_snapshot,
+        )
+        """Whether the disk is full; ``resume`` feeds the node again (``server.diskfull``)."""
 
     def open(self, loop: asyncio.AbstractEventLoop, durable: DurableAcceptor) -> None:
         """The storage is open: effects may run."""
@@ -114,6 +129,7 @@ class ServerEffects:
     async def close(self) -> None:
         """Let the fsync in flight finish, stop the threads (a queued truncation
         finishes first), close the WAL."""
+        self.disk_full.cancel()
         if self.fsync_future is not None:
             with contextlib.suppress(Exception):
                 await self.fsync_future
@@ -153,10 +169,15 @@ class ServerEffects:
         if future.cancelled():
             return
         error = future.exception()
-        if error is not None:
+        wal = getattr(self.durable, "wal", None)
+        if error is not None and is_disk_full(error) and wal is not None and not wal.failed:
+            self._driver.fsync_postponed()  # the WAL kept the records: retried later
+            self.disk_full.enter("wal", error)
+        elif error is not None:
             self._driver.fsync_failed(error)
         else:
             self._driver.fsync_done()
+            self.disk_full.clear("wal")
 
     def send(self, send: Send) -> None:
         """To a peer, a client, or back to this node (next pass)."""
@@ -180,19 +201,23 @@ class ServerEffects:
             prune_snapshots(directory, keep=2)
 
         future = self.loop.run_in_executor(self._snapshot_executor, write)
-        future.add_done_callback(lambda f: self._on_snapshot_saved(slot, f))
+        future.add_done_callback(lambda f: self._on_snapshot_saved(slot, f, data))
 
-    def _on_snapshot_saved(self, slot: int, future: asyncio.Future[None]) -> None:
+    def _on_snapshot_saved(self, slot: int, future: asyncio.Future[None], data: bytes) -> None:
         driver = self._driver
         if future.cancelled() or driver.closed:
             driver.snapshot_failed(slot)
             return
         error = future.exception()
-        if error is not None:
+        if error is not None and is_disk_full(error):
+            driver.snapshot_failed(slot)
+            self.disk_full.enter("snapshot", error, (slot, data))
+        elif error is not None:
             logger.error("node %d: snapshot of slot %d not written: %s", self.node_id, slot, error)
             driver.snapshot_failed(slot)
         else:
             driver.snapshot_saved(slot)
+            self.disk_full.clear("snapshot")
 
     def checkpoint(self) -> int | None:
         """After compaction, when the WAL has a sealed segment to delete: rewrite the

@@ -24,6 +24,7 @@ Answers:
   effect, so the caller may simply retry;
 - no answer within ``timeout``: ``504`` with ``"outcome": "unknown"``: the write may
   or may not have taken effect;
+- while the node's disk is full: ``507`` (a write), ``503`` (a read) (``server.diskfull``);
 - a command the store refuses (bad key, too large): ``400``; a body over the value
   limit: ``413`` (checked from ``Content-Length`` and while reading, before decoding).
 
@@ -33,7 +34,8 @@ Limits (``pyxos.net.limits``, from the node's config): the port accepts at most
 ``max_buffered_bytes`` (over it: ``503`` and the connection closed,
 ``buffer_budget_exceeded``) and must arrive within ``frame_timeout`` seconds (else
 ``408`` and the connection closed, ``frame_timeouts``). Headers are bounded by
-aiohttp's own limits (8190-byte lines, 128 fields).
+aiohttp's own limits (8190-byte lines, 128 fields) and by time (a slowloris): a request
+head must be complete ``frame_timeout`` after the connection opened or last answered.
 
 Reads are linearizable (read-index at the leader; a follower forwards them) unless
 ``?stale=true`` asks for this replica's own applied state, which may lag.
@@ -72,6 +74,7 @@ from pyxos.net.tls import tls_acceptor
 from pyxos.server.app_http import kv_store, register_app_endpoints, require_kv
 from pyxos.server.clients import NodeHandle
 from pyxos.server.dashboard import register_dashboard
+from pyxos.server.diskfull import http_refusal
 from pyxos.server.metrics import CONTENT_TYPE
 from pyxos.statemachine.kv import (
     DEFAULT_LIST_LIMIT,
@@ -171,7 +174,11 @@ class HttpApi:
         # the rest of the body so the client sees the answer; 1 s, not 10, so a slow
         # body closed for the port's limits does not hold its connection long.
         self._runner = web.AppRunner(
-            self.app, access_log=None, shutdown_timeout=1.0, lingering_time=1.0
+            self.app,
+            access_log=None,
+            shutdown_timeout=1.0,
+            lingering_time=1.0,
+            keepalive_timeout=self.guard.limits.frame_timeout,
         )
         await self._runner.setup()
         # Our own listening socket rather than a TCPSite, so that every connection
@@ -327,10 +334,8 @@ class HttpApi:
             }
             return _json(504, body)
         result = decode_result(reply.result)
-        if result.error is not None:
-            raise web.HTTPBadRequest(
-                text=json.dumps({"error": result.error}), content_type="application/json"
-            )
+        if result.error is not None:  # 400; 507/503 while the disk is full
+            raise http_refusal(result.error, read=op in _READ_OPS)
         return result
 
     # -- handlers ------------------------------------------------------------------------

@@ -65,6 +65,11 @@ class _StatusCollector(Collector):
                 "cannot recover on its own (see /v1/status 'recovery').",
                 int(bool(s.get("majority_lost"))),
             ),
+            "pyxos_disk_full": (
+                "1 while the disk is full: the node refuses clients, takes part in nothing "
+                "and retries until space returns (see /v1/status 'disk_full_reason').",
+                int(bool(s.get("disk_full"))),
+            ),
             "pyxos_first_unchosen_slot": (
                 "First slot not known chosen.",
                 s.get("first_unchosen", 0),

@@ -15,7 +15,8 @@ pass (``call_soon``) the driver runs ``ready()`` once for everything the pass br
 so batches grow with load by themselves and a lone client waits for nothing. The timer
 is re-armed on ``next_deadline()`` with ``loop.call_at`` (only ever moved earlier; a
 timer that fires early just ticks). A failed fsync is fatal (the WAL refuses every
-later call): the node stops, and ``serve_forever`` raises ``NodeFailed``.
+later call): the node stops, and ``serve_forever`` raises ``NodeFailed``; a full disk
+pauses it until space returns (``server.diskfull``).
 
 Messages addressed to the node itself (a leader's own ``Accepted`` after its fsync,
 for instance) are not stepped re-entrantly: they are queued and delivered as one input
@@ -125,12 +126,14 @@ class NodeServer:
             send=self._route,
             wake=self.clock.wake_at,
             fail=self._fail,
+            resume=lambda: self._input(()),
         )
         self.driver = ReadyDriver(self.effects, counters=self.stats)
         """The Ready driver (``pyxos.driver``): the order of persist, send, fsync,
         apply and snapshot, shared with the simulator."""
         self.effects.driver = self.driver
         self.clients = ClientPort(config, self.stats, self._input)
+        self.clients.refusal = lambda: self.effects.disk_full.reason
         """Client connections and in-process clients (``server.clients``)."""
         self.router = Router(config.node_id, self.stats, self.clients, self._input)
         """Where what the node sends goes (``server.routing``)."""
@@ -331,7 +334,7 @@ class NodeServer:
     def status(self) -> dict[str, Any]:
         """A JSON-ready summary of this node (role, leader, slots, counters)."""
         http = self.http
-        return node_status(
+        return self.effects.disk_full.status() | node_status(
             self.config,
             self.node,
             self.driver,
@@ -378,7 +381,7 @@ class NodeServer:
     def submit(self, requests: list[ClientRequest]) -> None:
         """Feed requests of in-process clients (their ``src`` is their sink id)."""
         if requests and not self._closing:
-            self._input(requests)
+            self.clients.submit(requests)
 
     # -- feeding the node -----------------------------------------------------------------
 
@@ -389,6 +392,8 @@ class NodeServer:
         node = self.node
         loop = self._loop
         if node is None or loop is None or self._closing or self._fatal is not None:
+            return
+        if self.effects.disk_full.paused(msgs):  # a full disk (server.diskfull)
             return
         self.stats.inputs += 1
         if (tracer := self.effects.tracer) is not None:  # pyxos serve --trace
