@@ -106,3 +106,51 @@ def test_demo_tls_runs_to_the_end() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "with TLS" in proc.stdout
     assert "demo passed" in proc.stdout
+
+
+def test_status_over_https_takes_the_ca_and_the_token(tmp_path: Path) -> None:
+    import asyncio
+    import dataclasses
+    import threading
+
+    from pyxos.certs import init_certs
+    from test_server_harness import cluster_configs, start_nodes, stop_nodes
+
+    certs = init_certs(tmp_path / "certs", nodes=1)
+    token = "status-token-0123456789abcdef"
+    (config,) = cluster_configs(tmp_path, 1, http_port=0, tokens={hash_token(token): "read"})
+    config = dataclasses.replace(
+        config, tls_ca=certs.ca, tls_cert=certs.nodes[1][0], tls_key=certs.nodes[1][1]
+    )
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    (node,) = asyncio.run_coroutine_threadsafe(start_nodes([config]), loop).result(30)
+    try:
+        address = f"127.0.0.1:{node.http_port}"
+        runner = CliRunner()
+        ok = runner.invoke(
+            main, ["status", "--http", address, "--ca", str(certs.ca), "--token", token]
+        )
+        assert ok.exit_code == 0, ok.output
+        assert json.loads(ok.output)["node_id"] == 1
+        assert token not in ok.output
+        env = {"PYXOS_TOKEN": token}  # the token from the environment, as for `pyxos kv`
+        ok = runner.invoke(main, ["status", "--http", address, "--ca", str(certs.ca)], env=env)
+        assert ok.exit_code == 0 and json.loads(ok.output)["node_id"] == 1, ok.output
+        client_cert, client_key = certs.client
+        ok = runner.invoke(
+            main,
+            ["status", "--http", address, "--ca", str(certs.ca), "--cert", str(client_cert)]
+            + ["--key", str(client_key), "--token", token],
+        )
+        assert ok.exit_code == 0, ok.output
+        no_token = runner.invoke(main, ["status", "--http", address, "--ca", str(certs.ca)])
+        assert no_token.exit_code != 0 and "401" in no_token.output, no_token.output
+        assert "--token" in no_token.output
+        no_ca = runner.invoke(main, ["status", "--http", f"https://{address}", "--token", token])
+        assert no_ca.exit_code != 0 and "--ca" in no_ca.output, no_ca.output
+    finally:
+        asyncio.run_coroutine_threadsafe(stop_nodes([node]), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)

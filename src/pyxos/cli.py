@@ -533,7 +533,8 @@ def cluster_stop(base_dir: str) -> None:
 
 @cluster.command("status")
 @_dir_option()
-def cluster_status(base_dir: str) -> None:
+@click.option("--token", default=None, envvar="PYXOS_TOKEN", help="Bearer token (or $PYXOS_TOKEN).")
+def cluster_status(base_dir: str, token: str | None) -> None:
     """Show every node of a local cluster: pid, ports, role, leader, slots."""
     from pathlib import Path
 
@@ -543,6 +544,7 @@ def cluster_status(base_dir: str) -> None:
         local = LocalCluster.load(Path(base_dir))
     except ClusterError as e:
         raise click.ClickException(str(e)) from None
+    local.token = token
     _print_cluster(Console(), local, local.leader())
 
 
@@ -768,29 +770,107 @@ def kv_list(ctx: click.Context, prefix: str, page_size: int) -> None:
     _run_kv(ctx, walk)
 
 
+def _http_open(
+    url: str,
+    *,
+    ca: str | None,
+    cert: str | None,
+    key: str | None,
+    token: str | None,
+    timeout: float = 5.0,
+) -> Any:
+    """GET ``url`` as the CLI's HTTP client: TLS verified against ``ca`` (and ``cert``/
+    ``key`` presented) when given, ``token`` as a bearer token; a ClickException that
+    says what went wrong (the server's own error for 401/403) otherwise."""
+    import json
+    import ssl
+    import urllib.error
+    import urllib.request
+    from pathlib import Path
+
+    from pyxos.net.tls import TlsError, TlsFiles, client_context
+
+    context: ssl.SSLContext | None = None
+    if ca is not None:
+        try:
+            files = TlsFiles(Path(ca), Path(cert) if cert else None, Path(key) if key else None)
+            context = client_context(files)
+        except (TlsError, OSError) as e:
+            raise click.ClickException(f"TLS: {e}") from None
+    elif cert is not None or key is not None:
+        raise click.ClickException("--cert/--key need --ca (the CA to verify the node with)")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        try:
+            detail = json.loads(e.read()).get("error", e.reason)
+        except (ValueError, AttributeError):
+            detail = e.reason
+        hint = " (pass --token, or set $PYXOS_TOKEN)" if e.code == 401 else ""
+        raise click.ClickException(f"{url}: HTTP {e.code}: {detail}{hint}") from None
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        hint = " (a TLS node: pass --ca)" if isinstance(reason, ssl.SSLError) else ""
+        raise click.ClickException(f"cannot reach {url}: {reason}{hint}") from None
+
+
+def _http_security_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--ca/--cert/--key/--token`` for commands that talk to a node's HTTP API."""
+    for option in reversed(
+        [
+            click.option("--ca", default=None, help="CA certificate to verify a TLS node (https)."),
+            click.option("--cert", default=None, help="Client certificate to present (TLS)."),
+            click.option("--key", default=None, help="Key of --cert."),
+            click.option(
+                "--token",
+                default=None,
+                envvar="PYXOS_TOKEN",
+                help="Bearer token (or $PYXOS_TOKEN).",
+            ),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
 @main.command("status")
 @click.option("--http", "url", default=None, help="A node's HTTP address, e.g. 127.0.0.1:8101.")
 @_dir_option()
-def status_cmd(url: str | None, base_dir: str) -> None:
-    """Show a node's status (JSON), or every node of the local cluster in --dir."""
+@_http_security_options
+def status_cmd(
+    url: str | None,
+    base_dir: str,
+    ca: str | None,
+    cert: str | None,
+    key: str | None,
+    token: str | None,
+) -> None:
+    """Show a node's status (JSON), or every node of the local cluster in --dir.
+
+    With --ca the node is reached over https (verified against that CA); --token is
+    sent as a bearer token (a node with tokens configured answers 401 without one).
+    """
     import json
-    import urllib.request
     from pathlib import Path
 
     from pyxos.localcluster import ClusterError, LocalCluster
 
     if url:
-        full = url if url.startswith("http") else f"http://{url}"
-        try:
-            with urllib.request.urlopen(full.rstrip("/") + "/v1/status", timeout=2.0) as r:
-                click.echo(json.dumps(json.loads(r.read()), indent=2))
-        except OSError as e:
-            raise click.ClickException(f"cannot reach {full}: {e}") from None
+        if url.startswith(("http://", "https://")):
+            full = url
+        else:
+            full = f"{'https' if ca else 'http'}://{url}"
+        status = _http_open(full.rstrip("/") + "/v1/status", ca=ca, cert=cert, key=key, token=token)
+        click.echo(json.dumps(status, indent=2))
         return
     try:
         local = LocalCluster.load(Path(base_dir))
     except ClusterError as e:
         raise click.ClickException(f"{e}; pass --http host:port") from None
+    local.token = token
     _print_cluster(Console(), local, local.leader())
 
 

@@ -94,6 +94,8 @@ class LocalCluster:
         self.extra_args: dict[int, list[str]] = {}
         """Per node, more arguments for ``pyxos.server`` (e.g. ``--chaos-clock 1.03``)."""
         self._ssl: ssl.SSLContext | None = None
+        self.token: str | None = None
+        """A bearer token sent with every status request (nodes with ``tokens`` set)."""
 
     # -- creation --------------------------------------------------------------------
 
@@ -348,9 +350,11 @@ class LocalCluster:
     def node_status(self, node_id: int, timeout: float = 0.5) -> dict[str, Any] | None:
         """``GET /v1/status`` of one node, or None if it does not answer."""
         url = self.nodes[node_id].http_url + "/v1/status"
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:
             context = self._ssl_context()
-            with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
+            request = urllib.request.Request(url, headers=headers)
+            with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:
                 data = json.loads(resp.read())
         except (OSError, urllib.error.URLError, ValueError):
             return None
