@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import socket
 import struct
 import subprocess
@@ -53,6 +54,9 @@ def test_partitions_cut_off_a_minority_at_most_on_one_side() -> None:
 def test_parse_kinds() -> None:
     assert parse_kinds("all") == KINDS
     assert parse_kinds("kill, pause") == ("kill", "pause")
+    assert "disk-full" not in KINDS  # root only: never part of "all"
+    assert parse_kinds("all,disk-full") == (*KINDS, "disk-full")
+    assert parse_kinds("disk-full,kill") == ("disk-full", "kill")
     with pytest.raises(ValueError, match="unknown nemesis"):
         parse_kinds("kill,meteor")
 
@@ -153,6 +157,25 @@ def test_a_minute_of_every_nemesis_on_three_real_nodes(tmp_path: Path) -> None:
     assert (tmp_path / "history.jsonl").stat().st_size > 0
     assert (tmp_path / "report.txt").read_text().rstrip().endswith("verdict: PASS")
     assert report.plot_path is not None and report.plot_path.stat().st_size > 10_000
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux" or os.geteuid() != 0, reason="disk-full needs root (it mounts tmpfs)"
+)
+def test_full_disks_on_real_nodes_lose_nothing_and_the_nodes_resume(tmp_path: Path) -> None:
+    schedule = make_schedule(6, 25.0, [1, 2, 3], ("disk-full", "kill"))
+    assert [f.kind for f in schedule].count("disk-full") >= 2, schedule
+    options = ChaosOptions(
+        nodes=3, seconds=25.0, clients=4, seed=6, nemesis=("disk-full", "kill"), out_dir=tmp_path
+    )
+    report = main_sync(options)
+    print(report.text())
+    assert report.passed, report.text()
+    assert report.ok > 100
+    logs = "".join(p.read_text() for p in (tmp_path / "cluster").glob("node-*.log"))
+    full = logs.count("writes are refused until space returns")
+    assert full >= 1 and logs.count("disk space is back") == full, logs[-3000:]
+    assert "fatal error" not in logs
 
 
 # -- network namespaces (root only) --------------------------------------------------------

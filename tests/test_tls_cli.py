@@ -141,8 +141,10 @@ def test_status_over_https_takes_the_ca_and_the_token(tmp_path: Path) -> None:
         client_cert, client_key = certs.client
         ok = runner.invoke(
             main,
-            ["status", "--http", address, "--ca", str(certs.ca), "--cert", str(client_cert)]
-            + ["--key", str(client_key), "--token", token],
+            [
+                *("status", "--http", address, "--ca", str(certs.ca)),
+                *("--cert", str(client_cert), "--key", str(client_key), "--token", token),
+            ],
         )
         assert ok.exit_code == 0, ok.output
         no_token = runner.invoke(main, ["status", "--http", address, "--ca", str(certs.ca)])

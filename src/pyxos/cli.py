@@ -884,7 +884,8 @@ def status_cmd(
     "--nemesis",
     default="all",
     show_default=True,
-    help="all, or a comma-separated subset of kill,pause,partition,loss,delay,wipe.",
+    help="all, or a comma-separated subset of kill,pause,partition,loss,delay,wipe,clock; "
+    "disk-full (root) only when named, e.g. all,disk-full.",
 )
 @click.option(
     "--net",
@@ -912,6 +913,7 @@ def chaos(
     out_dir: str | None,
 ) -> None:
     """Real node processes under a nemesis; exit 0 only if the verdict is PASS."""
+    import os
     from pathlib import Path
 
     from pyxos.chaos.netns import netns_available
@@ -924,6 +926,8 @@ def chaos(
         kinds = parse_kinds(nemesis)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--nemesis") from None
+    if "disk-full" in kinds and getattr(os, "geteuid", lambda: -1)() != 0:
+        raise click.UsageError("--nemesis disk-full needs root (it mounts a tmpfs per node)")
     options = ChaosOptions(
         nodes=nodes,
         seconds=seconds,

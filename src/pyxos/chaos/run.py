@@ -13,8 +13,11 @@ One run, all in one event loop of the harness process:
    (docs/architecture.md, "Histories"): a timed-out or unanswered write is recorded
    with an unknown outcome, never as a failure.
 3. The nemesis plays the schedule of ``pyxos.chaos.schedule`` from ``seed``: kills and
-   restarts with the same command line, SIGSTOP pauses, partitions, loss, delay and a
-   wiped data directory. Each start and end is logged with the history's clock.
+   restarts with the same command line, SIGSTOP pauses, partitions, loss, delay, a
+   wiped data directory and (root, ``disk-full``) a full disk: every node's data
+   directory is then a tmpfs of ``DISK_SIZE`` of its own, and the fault fills one to
+   the last byte with a file of zeros and deletes it at its end. Each start and end is
+   logged with the history's clock.
 4. After the last fault is healed: every node is resumed and restarted, the harness
    waits until every node has applied the same slot, reads every key once more
    (recorded: a lost acknowledged write shows up as a linearizability violation),
@@ -60,6 +63,12 @@ from pyxos.localcluster import LocalCluster, free_ports
 __all__ = ["ChaosOptions", "ChaosReport", "replay_command", "run_chaos"]
 
 ELECTION_TIMEOUT = (0.3, 0.6)
+
+DISK_SIZE = "128m"
+"""The size of each node's tmpfs under the ``disk-full`` nemesis (WAL segments of
+``DISK_WAL_SEGMENT_BYTES`` then, so compaction keeps a node far below it)."""
+DISK_WAL_SEGMENT_BYTES = 4 * 1024 * 1024
+FILLER = "chaos-disk-filler"
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,6 +389,10 @@ class _Nemesis:
                 self.mesh.set(fault.pairs, LinkFaults(loss=fault.amount))
         elif fault.kind == "delay":
             self.mesh.set(fault.pairs, LinkFaults(delay=(fault.amount / 4, fault.amount)))
+        elif fault.kind == "disk-full":
+            node = await self._resolve(fault.target)
+            hit = [node]
+            await asyncio.to_thread(fill_disk, self.cluster.data_dir(node))
         return FaultRecord(fault, hit, time.monotonic_ns())  # from when it took effect
 
     async def _wait_rebuilt(self, timeout: float = 30.0) -> None:
@@ -401,6 +414,9 @@ class _Nemesis:
             for node in record.hit:
                 self.cluster.kill(node, signal.SIGCONT)
                 self.paused.discard(node)
+        elif kind == "disk-full":
+            for node in record.hit:
+                free_disk(self.cluster.data_dir(node))
         else:
             await self._heal_network()
 
@@ -411,12 +427,63 @@ class _Nemesis:
 
     async def heal_all(self) -> None:
         await self._heal_network()
+        for node in self.cluster.nodes:
+            free_disk(self.cluster.data_dir(node))
         for node in list(self.paused):
             self.cluster.kill(node, signal.SIGCONT)
         self.paused.clear()
         for node in list(self.down):
             await asyncio.to_thread(self.cluster.start_node, node)
         self.down.clear()
+
+
+def fill_disk(data_dir: Path) -> int:
+    """Take every free byte of ``data_dir``'s file system with one file; its size."""
+    fd = os.open(data_dir / FILLER, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    written, chunk = 0, b"\0" * (1 << 20)
+    try:
+        while chunk:
+            try:
+                written += os.write(fd, chunk)
+            except OSError:  # ENOSPC: try smaller pieces down to one byte
+                chunk = chunk[: len(chunk) // 2]
+    finally:
+        os.close(fd)
+    return written
+
+
+def free_disk(data_dir: Path) -> None:
+    """Delete the file ``fill_disk`` made (if any)."""
+    with contextlib.suppress(FileNotFoundError):
+        (data_dir / FILLER).unlink()
+
+
+def mount_disks(cluster: LocalCluster) -> list[Path]:
+    """Every node's data directory becomes a tmpfs of ``DISK_SIZE`` (root only)."""
+    import subprocess
+
+    mounted: list[Path] = []
+    for node in sorted(cluster.nodes):
+        path = cluster.data_dir(node)
+        path.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={DISK_SIZE},mode=0700", "tmpfs", str(path)],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            unmount_disks(mounted)
+            raise RuntimeError(f"disk-full: cannot mount a tmpfs on {path}: {done.stderr.strip()}")
+        mounted.append(path)
+    return mounted
+
+
+def unmount_disks(paths: list[Path]) -> None:
+    """Undo ``mount_disks`` (lazily: a node process may still be going away)."""
+    import subprocess
+
+    for path in paths:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 def _create_cluster(
@@ -456,6 +523,8 @@ def _create_cluster(
             f"peers = {{ {peers} }}" if line.startswith("peers = ") else line
             for line in path.read_text().splitlines()
         ]
+        if "disk-full" in nemesis:  # small segments: compaction keeps the tmpfs roomy
+            lines.insert(0, f"wal_segment_bytes = {DISK_WAL_SEGMENT_BYTES}")
         path.write_text("\n".join(lines) + "\n")
     return cluster, ports, proxy_host
 
@@ -563,7 +632,10 @@ async def _run(
     loop = asyncio.get_running_loop()
     workload = _Workload(cluster, options)
     nemesis = _Nemesis(cluster, mesh, faults, loop.time(), netns)
+    disks: list[Path] = []
     try:
+        if "disk-full" in options.nemesis:
+            disks = await asyncio.to_thread(mount_disks, cluster)
         await asyncio.to_thread(cluster.start)
         await asyncio.to_thread(cluster.wait_for_leader, 20.0)
         say(f"cluster up in {base}; {len(faults)} faults scheduled")
@@ -597,6 +669,7 @@ async def _run(
     finally:
         await asyncio.to_thread(cluster.stop)
         await mesh.close()
+        unmount_disks(disks)
     for record in nemesis.records:
         record.next_write_s = _next_write_after(workload.history, record.start_ns)
     report.faults = nemesis.records
@@ -653,7 +726,7 @@ def _plot(report: ChaosReport, history: list[dict[str, Any]], path: Path) -> Pat
     ax2.set_yscale("log")
     ax2.set_xlabel("seconds")
     colors = {"kill": "red", "wipe": "black", "pause": "orange", "partition": "purple",
-              "loss": "green", "delay": "blue", "clock": "brown"}  # fmt: skip
+              "loss": "green", "delay": "blue", "clock": "brown", "disk-full": "gray"}  # fmt: skip
     for r in report.faults:
         start = (r.start_ns - t0) / 1e9
         end = ((r.end_ns or r.start_ns) - t0) / 1e9

@@ -30,6 +30,10 @@ Fault kinds (``KINDS``):
 - ``clock``: clock-rate skew within the drift bound. With it every node runs its
   clock at a rate drawn from ``1 ± CLOCK_SKEW`` (``pyxos serve --chaos-clock``), and
   the fault restarts a node (often the leader) with a newly drawn rate.
+- ``disk-full`` (root only, ``ROOT_KINDS``; not in ``all``, so the schedules of
+  ``all`` stay what they were): every node's data directory is a small tmpfs of its
+  own; the fault fills one node's (often the leader's) to the last byte, then frees the
+  space again. The node must refuse writes, lose nothing and resume by itself.
 """
 
 from __future__ import annotations
@@ -38,14 +42,18 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["CLOCK_SKEW", "KINDS", "Fault", "make_schedule", "parse_kinds"]
+__all__ = ["CLOCK_SKEW", "KINDS", "ROOT_KINDS", "Fault", "make_schedule", "parse_kinds"]
 
 CLOCK_SKEW = 0.04
 """Clock rates stay within ``1 ± CLOCK_SKEW``: two nodes' rates then differ by less
 than the replica's default drift bound (``ReplicaConfig.clock_drift`` = 0.1)."""
 
 KINDS = ("kill", "pause", "partition", "loss", "delay", "wipe", "clock")
-"""Every nemesis that works without root privileges."""
+"""Every nemesis that works without root privileges (``all``)."""
+
+ROOT_KINDS = ("disk-full",)
+"""Nemeses that need root (they mount file systems); named explicitly, e.g.
+``--nemesis all,disk-full``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,14 +93,18 @@ class Fault:
 
 
 def parse_kinds(text: str) -> tuple[str, ...]:
-    """``"all"`` or a comma-separated subset of ``KINDS``; ValueError on anything else."""
-    if text.strip() == "all":
-        return KINDS
-    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
-    unknown = [k for k in kinds if k not in KINDS]
+    """A comma-separated list of ``KINDS`` and ``ROOT_KINDS``, where ``all`` stands for
+    ``KINDS``; ValueError on anything else."""
+    kinds: list[str] = []
+    for k in (k.strip() for k in text.split(",")):
+        for kind in KINDS if k == "all" else (k,) if k else ():
+            if kind not in kinds:
+                kinds.append(kind)
+    known = KINDS + ROOT_KINDS
+    unknown = [k for k in kinds if k not in known]
     if unknown or not kinds:
-        raise ValueError(f"unknown nemesis {unknown[0] if unknown else text!r}; known: {KINDS}")
-    return kinds
+        raise ValueError(f"unknown nemesis {unknown[0] if unknown else text!r}; known: {known}")
+    return tuple(kinds)
 
 
 def make_schedule(
@@ -164,6 +176,9 @@ def make_schedule(
             target = "leader" if rng.random() < 0.5 else rng.choice(ids)
             rate = 1.0 + rng.uniform(-CLOCK_SKEW, CLOCK_SKEW)
             faults.append(Fault("clock", t, rng.uniform(0.0, 0.5), target, amount=rate))
+        elif kind == "disk-full":
+            target = "leader" if rng.random() < 0.5 else rng.choice(ids)
+            faults.append(Fault("disk-full", t, hold, target))
         else:  # wipe
             faults.append(Fault("wipe", t, rng.uniform(0.0, 2.0), rng.choice(ids)))
         t += faults[-1].duration + rng.uniform(1.0, 3.0)
