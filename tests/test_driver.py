@@ -184,6 +184,22 @@ def test_a_failed_fsync_is_fatal_and_the_waiting_replies_never_leave() -> None:
     assert ("send", 3) not in effects.log and effects.log[-1][0] == "fail"
 
 
+def test_a_postponed_fsync_keeps_the_replies_waiting_until_a_retry_completes() -> None:
+    # A full disk (server/diskfull.py): not fatal, nothing more durable, nothing leaves.
+    driver, node, effects = make()
+    node.script.append(Ready(Persist(promised=B), send_after_sync=[nack(3)]))
+    driver.drive()
+    driver.fsync_postponed()
+    assert driver.failed is None and not driver.fsync_in_flight and driver.synced == 0
+    assert ("send", 3) not in effects.log
+    driver.retry_fsync()
+    assert [k for k, _ in effects.log].count("fsync") == 2 and driver.fsync_in_flight
+    driver.retry_fsync()  # one in flight at a time
+    assert [k for k, _ in effects.log].count("fsync") == 2
+    driver.fsync_done()
+    assert ("send", 3) in effects.log and driver.synced == driver.written == 1
+
+
 def test_snapshot_after_advance_then_compaction_then_checkpoint_and_truncation() -> None:
     driver, node, effects = make()
     effects.checkpoint_at = 17
