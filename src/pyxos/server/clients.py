@@ -48,6 +48,7 @@ from pyxos.net.limits import PortGuard, PortLimits
 from pyxos.net.link import FramedProtocol, FramedServer, new_counters
 from pyxos.server.auth import READ_OPS
 from pyxos.server.config import Config
+from pyxos.server.diskfull import DiskFull
 from pyxos.server.effects import DriverStats
 from pyxos.server.metrics import NodeMetrics
 from pyxos.statemachine.kv import Command, Result, encode_result
@@ -117,7 +118,11 @@ class ClientPort:
     """
 
     def __init__(
-        self, config: Config, stats: DriverStats, feed: Callable[[list[Message]], None]
+        self,
+        config: Config,
+        stats: DriverStats,
+        feed: Callable[[list[Message]], None],
+        disk_full: DiskFull | None = None,
     ) -> None:
         self.config = config
         self.stats = stats
@@ -132,8 +137,8 @@ class ClientPort:
         self._roles: dict[int, str] = {}
         self._sinks: dict[int, ReplySink] = {}
         self._next_client = CLIENT_ID_BASE
-        self.refusal: Callable[[], str | None] = lambda: None
-        """Why the node takes no request now (a full disk: ``server.diskfull``), or None."""
+        self.disk_full = disk_full
+        """While it is active the node takes no request (``server.diskfull``)."""
 
     def new_client_id(self) -> int:
         """A fresh client id (never a node id)."""
@@ -167,12 +172,12 @@ class ClientPort:
                 conn.send(data)
 
     def submit(self, requests: list[ClientRequest]) -> None:
-        """Feed requests of connections or sinks to the node, or, while ``refusal``
-        says why it takes none, refuse each at once with that reason: a connection gets
+        """Feed requests of connections or sinks to the node, or, while its disk is
+        full, refuse each at once with the reason: a connection gets
         a refusal (``ok=False``, no leader: the client tries another node, as a
         refusal is never an outcome), a sink (the HTTP API) the definite answer that
         the command had no effect."""
-        reason = self.refusal()
+        reason = self.disk_full.reason if self.disk_full is not None else None
         if reason is None:
             self.feed(list(requests))
             return

@@ -15,8 +15,7 @@ pass (``call_soon``) the driver runs ``ready()`` once for everything the pass br
 so batches grow with load by themselves and a lone client waits for nothing. The timer
 is re-armed on ``next_deadline()`` with ``loop.call_at`` (only ever moved earlier; a
 timer that fires early just ticks). A failed fsync is fatal (the WAL refuses every
-later call): the node stops, and ``serve_forever`` raises ``NodeFailed``; a full disk
-pauses it until space returns (``server.diskfull``).
+later call): the node stops, and ``serve_forever`` raises ``NodeFailed``.
 
 Messages addressed to the node itself (a leader's own ``Accepted`` after its fsync,
 for instance) are not stepped re-entrantly: they are queued and delivered as one input
@@ -132,8 +131,7 @@ class NodeServer:
         """The Ready driver (``pyxos.driver``): the order of persist, send, fsync,
         apply and snapshot, shared with the simulator."""
         self.effects.driver = self.driver
-        self.clients = ClientPort(config, self.stats, self._input)
-        self.clients.refusal = lambda: self.effects.disk_full.reason
+        self.clients = ClientPort(config, self.stats, self._input, self.effects.disk_full)
         """Client connections and in-process clients (``server.clients``)."""
         self.router = Router(config.node_id, self.stats, self.clients, self._input)
         """Where what the node sends goes (``server.routing``)."""
