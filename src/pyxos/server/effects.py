@@ -91,7 +91,6 @@ class ServerEffects:
         send: Callable[[Send], None],
         wake: Callable[[float | None], None],
         fail: Callable[[BaseException], None],
-        resume: Callable[[], None] = lambda: None,
     ) -> None:
         self.node_id = node_id
         self.snapshot_dir = snapshot_dir
@@ -115,7 +114,7 @@ class ServerEffects:
         """The fsync running in the fsync thread (at most one: group commit)."""
         self.disk_full = DiskFull(
             node_id,
-            resume=resume,
+            resume=lambda: wake(0.0),  # the timer fires at once: the node ticks again
             retry_fsync=lambda: self._driver.retry_fsync(),
             rewrite_snapshot=self.save_snapshot,
         )

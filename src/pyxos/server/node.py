@@ -125,7 +125,6 @@ class NodeServer:
             send=self._route,
             wake=self.clock.wake_at,
             fail=self._fail,
-            resume=lambda: self._input(()),
         )
         self.driver = ReadyDriver(self.effects, counters=self.stats)
         """The Ready driver (``pyxos.driver``): the order of persist, send, fsync,
@@ -384,11 +383,9 @@ class NodeServer:
     # -- feeding the node -----------------------------------------------------------------
 
     def _input(self, msgs: Iterable[Message]) -> None:
-        """Feed one input batch: tick and step every message now; drive once at the
-        end of this event-loop pass, so every input of the pass (every connection's
-        chunk, every timer) shares one Ready: one batch, one WAL write, one Accept."""
-        node = self.node
-        loop = self._loop
+        """Feed one input batch: tick, step every message; drive once at the end of this
+        loop pass, so all its inputs share one Ready (one batch, WAL write, Accept)."""
+        node, loop = self.node, self._loop
         if node is None or loop is None or self._closing or self._fatal is not None:
             return
         if self.effects.disk_full.paused(msgs):  # a full disk (server.diskfull)
