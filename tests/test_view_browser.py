@@ -208,3 +208,26 @@ def test_a_100k_event_trace_opens_and_steps(browser: Any, tmp_path: Path) -> Non
         (ARTIFACTS / "view-timings.json").write_text(json.dumps(timings, indent=1) + "\n")
         print("\n100k-event trace:", timings)
         page.close()
+
+
+def test_a_trace_cut_off_mid_line_shows_the_rest_and_a_bad_line_says_where(
+    browser: Any, tmp_path: Path
+) -> None:
+    lines = TRACE.read_text().splitlines(keepends=True)
+    cut = tmp_path / "cut.jsonl"  # what a node killed mid-write leaves
+    cut.write_text("".join(lines[:40]) + lines[40][: len(lines[40]) // 2])
+    with view_server(cut) as url:
+        page = _open(browser, url)  # it opens (ready == "1")
+        assert page.evaluate("window.pyxosView.records.length") == 39
+        assert page.evaluate("window.pyxosView.cutOff") is True
+        assert page.errors == []  # type: ignore[attr-defined]
+        page.close()
+    bad = tmp_path / "bad.jsonl"  # damage in the middle is an error that names the line
+    bad.write_text("".join(lines[:10]) + "{not json\n" + "".join(lines[10:20]))
+    with view_server(bad) as url:
+        page = browser.new_page()
+        page.goto(url)
+        page.wait_for_function("document.body.dataset.ready", timeout=60_000)
+        assert page.evaluate("document.body.dataset.ready") == "error"
+        assert "line 11 is not JSON" in page.locator("#run-info").inner_text()
+        page.close()

@@ -70,7 +70,17 @@
     const records = new Array(Math.max(0, lines.length - 1));
     let n = 0;
     for (let i = 1; i < lines.length; i++) {
-      if (lines[i]) records[n++] = JSON.parse(lines[i]);
+      if (!lines[i]) continue;
+      let record;
+      try {
+        record = JSON.parse(lines[i]);
+      } catch (e) {
+        // A node killed mid-write (SIGKILL) leaves its last line cut off: show the rest.
+        if (i === lines.length - 1) { view.cutOff = true; break; }
+        fail(`line ${i + 1} is not JSON (${e.message})`);
+        return;
+      }
+      records[n++] = record;
     }
     records.length = n;
     view.header = header;
