@@ -48,6 +48,8 @@ Counters: a plain ``dict[str, int]`` shared by every connection of one owner
 - ``buffer_budget_exceeded``, ``frame_timeouts``: connections closed because their
   unfinished frame would take the port over its buffered bytes, or took too long.
 - ``handshake_refused``, ``handshake_timeouts``: connections refused at the ``Hello``.
+- ``idle_timeouts``: handshaken connections closed after ``idle_timeout`` seconds
+  without a frame (the client port's; see ``FramedProtocol``).
 - ``connections_accepted``, ``connections_replaced``: server side.
 - ``connects``, ``connect_failures``, ``disconnects``: dialer side.
 - ``dropped_disconnected``, ``dropped_queue_full``, ``dropped_on_disconnect``: frames
@@ -62,6 +64,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import ssl
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -84,6 +87,7 @@ from pyxos.net.tls import certificate_mismatch, tls_acceptor
 __all__ = [
     "COUNTER_NAMES",
     "DEFAULT_MAX_QUEUE_FRAMES",
+    "IDLE_CHECKS",
     "FramedProtocol",
     "FramedServer",
     "OnMessages",
@@ -113,6 +117,7 @@ COUNTER_NAMES = (
     "frame_timeouts",
     "handshake_refused",
     "handshake_timeouts",
+    "idle_timeouts",
     "connections_accepted",
     "connections_replaced",
     "connects",
@@ -150,6 +155,12 @@ def backoff_delay(
     return ceiling / 2 + rng.uniform(0.0, ceiling / 2)
 
 
+IDLE_CHECKS = 4
+"""How many quiet checks in a row close an idle connection: one check every
+``idle_timeout / IDLE_CHECKS`` seconds, so it goes between ``idle_timeout`` and
+``idle_timeout * (1 + 1 / IDLE_CHECKS)`` seconds after its last frame."""
+
+
 class FramedProtocol(asyncio.Protocol):
     """One framed connection: decodes received frames, coalesces writes.
 
@@ -165,6 +176,13 @@ class FramedProtocol(asyncio.Protocol):
     unfinished frame are reserved in the port's budget (the connection is closed if
     they do not fit), a frame that takes longer than the port's ``frame_timeout``
     closes the connection, and the guard is told when the connection is gone.
+
+    With ``idle_timeout`` (server side, after the ``Hello``) a connection on which no
+    frame arrives for that many seconds is closed (``idle_timeouts``), so connections
+    that say ``Hello`` and then nothing cannot hold the port's slots for ever. The
+    check costs nothing per frame: a timer every ``idle_timeout / IDLE_CHECKS``
+    seconds compares the decoder's frame count (see ``IDLE_CHECKS``). A frame that is
+    arriving is not idleness: ``frame_timeout`` governs it.
     """
 
     def __init__(
@@ -181,9 +199,12 @@ class FramedProtocol(asyncio.Protocol):
         label: str | None = None,
         on_lost: Callable[[FramedProtocol, Exception | None], None] | None = None,
         guard: PortGuard | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         if max_queue_frames < 1:
             raise ValueError(f"max_queue_frames must be >= 1, not {max_queue_frames}")
+        if idle_timeout is not None and not 0 < idle_timeout < math.inf:
+            raise ValueError(f"idle_timeout must be finite and > 0, not {idle_timeout}")
         self.counters: dict[str, int] = counters if counters is not None else new_counters()
         """Shared counters (see the module notes)."""
         self.peer_id = peer_id
@@ -225,6 +246,13 @@ class FramedProtocol(asyncio.Protocol):
         self._frames_seen = 0
         self._frame_started: float | None = None
         self._frame_timer: asyncio.TimerHandle | None = None
+        # With _idle_timeout: _idle_timer runs from the Hello until the connection is
+        # gone; _idle_quiet checks in a row saw the decoder's frame count stay at
+        # _idle_frames with no frame arriving.
+        self._idle_timeout = idle_timeout
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_frames = 0
+        self._idle_quiet = 0
 
     @property
     def buffered(self) -> int:
@@ -343,6 +371,9 @@ class FramedProtocol(asyncio.Protocol):
             self._lost_waiter.set_result(None)
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         self._release()
         if self._guard is not None:
             self._guard.closed(self)
@@ -457,6 +488,31 @@ class FramedProtocol(asyncio.Protocol):
             self._handshake_timer = None
         self.peer_id = self._accept_hello(hello)
         self.label = f"{self.label} (node {self.peer_id})"
+        if self._idle_timeout is not None:
+            self._idle_frames = self._decoder.frames
+            self._arm_idle_check(self._idle_timeout)
+
+    def _arm_idle_check(self, idle_timeout: float) -> None:
+        assert self._loop is not None
+        self._idle_timer = self._loop.call_later(idle_timeout / IDLE_CHECKS, self._check_idle)
+
+    def _check_idle(self) -> None:
+        self._idle_timer = None
+        idle_timeout = self._idle_timeout
+        if not self._open or idle_timeout is None:
+            return
+        decoder = self._decoder
+        if decoder.frames != self._idle_frames or decoder.buffered:
+            self._idle_frames = decoder.frames
+            self._idle_quiet = 0
+        else:
+            self._idle_quiet += 1
+            if self._idle_quiet >= IDLE_CHECKS:
+                _count(self.counters, "idle_timeouts")
+                logger.debug("closed %s: no frame for %.1f s (idle)", self.label, idle_timeout)
+                self.close()
+                return
+        self._arm_idle_check(idle_timeout)
 
     def _handshake_timed_out(self) -> None:
         self._handshake_timer = None

@@ -19,12 +19,14 @@ per frame; a client frame is refused on its header beyond ``client_max_frame_byt
 Whatever an attacker sends, the buffered bytes of the three ports stay under three
 times ``max_buffered_bytes``, and the client port keeps serving the others.
 
-Every listening port (client, peer, HTTP) enforces the config's limits on what its
-connections may make the node hold (``pyxos.net.limits``): ``max_connections`` open at
-once, ``max_buffered_bytes`` of unfinished frames together, ``frame_timeout`` seconds
-per frame; a client frame is refused on its header beyond ``client_max_frame_bytes``.
-Whatever an attacker sends, the buffered bytes of the three ports stay under three
-times ``max_buffered_bytes``, and the client port keeps serving the others.
+A client connection that sends no frame for ``client_idle_timeout`` seconds after its
+``Hello`` is closed (``idle_timeouts``): without it, connections that said ``Hello``
+and nothing more held their slots for ever, and ``max_connections`` of them locked
+every new client out. The client reconnects on its next command, with the same
+``(client, seq)`` if it was retrying, so nothing is lost or applied twice. At the
+cap a new connection is refused (closed at once, ``connections_refused``), as
+PostgreSQL, Redis and ZooKeeper do, rather than evicting an idle one: eviction would
+let a flood of new connections close established clients' connections too.
 
 In-process clients (the HTTP API) register a reply sink (``attach_sink``) and get an
 id from the same range; their requests are fed with ``submit``, and their replies go
@@ -226,6 +228,7 @@ class ClientPort:
             max_frame_bytes=self.config.client_max_frame_bytes,
             on_lost=self._on_lost,
             guard=guard,
+            idle_timeout=self.config.client_idle_timeout,
         )
         holder.append(conn)
         return conn

@@ -29,6 +29,7 @@ and ``data_dir`` has a default)::
     max_connections = 1024      # per port (client, peer, HTTP); more are closed at once
     max_buffered_bytes = 67108864   # per port: unfinished frames of all its connections
     frame_timeout = 10.0        # seconds a started frame (HTTP body) may take to arrive
+    client_idle_timeout = 300.0 # seconds a client connection may send nothing after Hello
     client_max_frame_bytes = 4194304  # largest client frame; longer: refused on its header
     tls_ca = "/etc/pyxos/ca.pem"      # optional, all three or none: mutual TLS between
     tls_cert = "/etc/pyxos/node1.pem" # nodes (and TLS on the client and HTTP ports);
@@ -68,6 +69,7 @@ from pyxos.statemachine.kv import MAX_KEY_BYTES, MAX_VALUE_BYTES
 from pyxos.statemachine.loader import DEFAULT_APP, load_factory
 
 __all__ = [
+    "DEFAULT_CLIENT_IDLE_TIMEOUT",
     "DEFAULT_CLIENT_MAX_FRAME_BYTES",
     "MIN_CLIENT_FRAME_BYTES",
     "Config",
@@ -82,6 +84,13 @@ expected value of ``MAX_VALUE_BYTES`` each), with room for its encoding."""
 DEFAULT_CLIENT_MAX_FRAME_BYTES = 4 * 1024 * 1024
 """Default limit on a client frame: above every legitimate request, far below the
 peer frame limit, so an unfinished client frame cannot hold much."""
+
+
+DEFAULT_CLIENT_IDLE_TIMEOUT = 300.0
+"""Seconds a binary client connection may stay silent after its ``Hello`` before the
+node closes it (the client reconnects when it next sends; ZooKeeper's longest session
+timeout is 40 s, HAProxy's usual client timeout a minute: five minutes keeps an idle
+pool's connections without letting abandoned ones pile up to ``max_connections``)."""
 
 
 class ConfigError(ValueError):
@@ -152,6 +161,10 @@ class Config:
     frame_timeout: float = DEFAULT_FRAME_TIMEOUT
     """Seconds a frame (an HTTP request body) may take to arrive once it has started;
     then its connection is closed and counted (``frame_timeouts``)."""
+    client_idle_timeout: float = DEFAULT_CLIENT_IDLE_TIMEOUT
+    """Seconds a binary client connection may send no frame after its ``Hello``; then
+    it is closed and counted (``idle_timeouts``). Clients reconnect on their next
+    command. (HTTP: an idle keep-alive connection gets ``frame_timeout``.)"""
     client_max_frame_bytes: int = DEFAULT_CLIENT_MAX_FRAME_BYTES
     """Largest frame a client may send, so also the most one client connection holds;
     a longer frame is refused on its 4-byte header before any of it is buffered
@@ -285,10 +298,11 @@ class Config:
         for key in ("tls_ca", "tls_cert", "tls_key"):
             if raw.get(key) is not None:
                 values[key] = Path(_typed(raw, key, str))
-        if "frame_timeout" in raw:
-            if not _is_number(raw["frame_timeout"]):
-                raise ConfigError(f"frame_timeout: expected seconds, got {raw['frame_timeout']!r}")
-            values["frame_timeout"] = float(raw["frame_timeout"])
+        for key in ("frame_timeout", "client_idle_timeout"):
+            if key in raw:
+                if not _is_number(raw[key]):
+                    raise ConfigError(f"{key}: expected seconds, got {raw[key]!r}")
+                values[key] = float(raw[key])
         if raw.get("app") is not None:
             values["app"] = _typed(raw, "app", str)
         if "forward_requests" in raw and not isinstance(raw["forward_requests"], bool):
@@ -379,6 +393,10 @@ def _validate(c: Config) -> None:
         raise ConfigError(f"max_connections: {c.max_connections} must be >= 1")
     if not 0 < c.frame_timeout < math.inf:
         raise ConfigError(f"frame_timeout: {c.frame_timeout} must be a finite number > 0 seconds")
+    if not 0 < c.client_idle_timeout < math.inf:
+        raise ConfigError(
+            f"client_idle_timeout: {c.client_idle_timeout} must be a finite number > 0 seconds"
+        )
     if not MIN_CLIENT_FRAME_BYTES <= c.client_max_frame_bytes <= MAX_FRAME_BYTES:
         raise ConfigError(
             f"client_max_frame_bytes: {c.client_max_frame_bytes} must be in "
