@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from pyxos.cli import main as pyxos_cli
-from pyxos.client import AsyncClient, CommandRejected, OutcomeUnknown
+from pyxos.client import AsyncClient, CommandRejected, NotKeyValue, OutcomeUnknown
 from pyxos.localcluster import LocalCluster
 from pyxos.server.config import Config, ConfigError
 from pyxos.statemachine import Application, ReplicatedApp, load_factory
@@ -183,6 +183,37 @@ def test_the_tiny_counter_on_an_in_process_cluster(tmp_path: Path) -> None:
                 lambda: all(n.node is not None and n.node.app.n == 11 for n in nodes),
                 what="every replica applied every increment",
             )
+        finally:
+            await stop_nodes(nodes)
+
+    asyncio.run(main())
+
+
+def test_the_kv_client_pointed_at_another_application_says_so(tmp_path: Path) -> None:
+    """The key-value client against the counter: a clear error naming the mistake, not
+    a msgpack decode error; a refused put is no event of the history (no effect), an
+    answered get an unknown one; the counter is untouched and keeps serving."""
+
+    async def main() -> None:
+        configs = cluster_configs(tmp_path, app="test_app_contract:TinyCounter")
+        nodes = await start_nodes(configs)
+        try:
+            await wait_leader(nodes)
+            history: list[dict[str, object]] = []
+            async with AsyncClient(
+                client_addresses(configs), cluster=configs[0].cluster_id, history=history.append
+            ) as c:
+                assert await c.command(b"3") == b"3"
+                with pytest.raises(NotKeyValue, match="another application") as refused:
+                    await c.put("k", "v")  # the counter's apply raises: a refusal
+                assert refused.value.refused
+                assert "put 'k' was refused: apply raised ValueError" in str(refused.value)
+                with pytest.raises(NotKeyValue, match="another application") as answered:
+                    await c.get("k")  # the counter's query answers its value
+                assert not answered.value.refused
+                assert "get 'k' was answered with b'3'" in str(answered.value)
+                assert await c.query(b"") == b"3"
+            assert [(h["op"], h["ok"]) for h in history] == [("get", None)]
         finally:
             await stop_nodes(nodes)
 

@@ -20,6 +20,7 @@ from pyxos.client.aio import (
     ClientError,
     CommandRejected,
     ListPage,
+    NotKeyValue,
     OutcomeUnknown,
     new_client_id,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "ListPage",
     "LocalClients",
     "NoLeader",
+    "NotKeyValue",
     "OutcomeUnknown",
     "Session",
     "new_client_id",

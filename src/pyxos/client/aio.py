@@ -26,7 +26,9 @@ Outcomes: when the overall ``timeout`` runs out the command may or may not have 
 applied (it may sit in a slot that will still be chosen), so the client raises
 :class:`OutcomeUnknown`, never a plain failure. A command the service refuses outright
 (invalid key or value, a stale seq) raises :class:`CommandRejected`; its effect is
-known: none. Any later command of this client is answered normally. ``history``
+known: none. A key-value operation sent to nodes that serve another application
+raises :class:`NotKeyValue`, saying so. Any later command of this client is answered
+normally. ``history``
 receives every get/put/delete/cas in the history format of docs/architecture.md
 ("Histories"), with an unknown outcome for a command that timed out or was cancelled.
 
@@ -80,6 +82,7 @@ __all__ = [
     "History",
     "KVOperations",
     "ListPage",
+    "NotKeyValue",
     "OutcomeUnknown",
     "check_client_id",
     "describe",
@@ -275,7 +278,13 @@ class KVOperations:
                 reply = await self._call(
                     seq, _command_encoder.encode(command), command, op in QUERY_OPS
                 )
-                result = decode_result(reply.result)
+                result = _kv_result(reply, command)
+            except NotKeyValue as e:
+                # The node serves another application. If it refused the command, the
+                # command had no effect (no event); otherwise who knows what it did.
+                if history is not None and not e.refused:
+                    _record(history, command, call, None, None)
+                raise
             except BaseException:
                 # Timed out, cancelled, closed under it or an undecodable answer: the
                 # command may or may not have taken effect. The history holds every
@@ -338,6 +347,41 @@ class KVOperations:
         """Every ``(key, value)`` whose key starts with ``prefix``, sorted by key: all
         pages of ``iter_list`` (see there)."""
         return [entry async for entry in self.iter_list(prefix)]
+
+
+class NotKeyValue(ClientError):
+    """A key-value operation got an answer that is not a key-value result: the nodes
+    serve another application (``pyxos serve --app``). Its own commands and queries go
+    through ``command()`` and ``query()`` (``pyxos app command|query``).
+
+    ``refused``: the application refused the command (it had no effect); otherwise
+    it answered, and what the command did to it is its own business."""
+
+    def __init__(self, message: str, *, refused: bool) -> None:
+        super().__init__(message)
+        self.refused = refused
+
+
+def _kv_result(reply: ClientReply, command: Command) -> Result:
+    """The KV ``Result`` of ``reply``; ``NotKeyValue`` if it holds none (the key-value
+    store always answers with one, refusals included)."""
+    try:
+        return decode_result(reply.result)
+    except msgspec.DecodeError:
+        pass
+    what = f"{command.op} {command.key!r}"
+    hint = (
+        "the nodes serve another application than the key-value store (pyxos serve "
+        "--app); send it its own commands with command()/query() (pyxos app command|query)"
+    )
+    if reply.error is not None:
+        raise NotKeyValue(f"{what} was refused: {reply.error}; {hint}", refused=True)
+    shown = reply.result[:40]
+    more = "..." if len(reply.result) > 40 else ""
+    raise NotKeyValue(
+        f"{what} was answered with {shown!r}{more}, which is not a key-value result; {hint}",
+        refused=False,
+    )
 
 
 def _record(
