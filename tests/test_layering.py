@@ -13,7 +13,8 @@ ALLOWED = {
     "net": {"core", "statemachine", "net"},
     # The Ready driver: pure like the core, shared by the server and the simulator.
     "driver": {"core", "statemachine", "storage", "driver"},
-    "sim": {"core", "statemachine", "storage", "check", "driver", "sim"},
+    # The simulator drives the built-in replicated objects (pyxos sim app).
+    "sim": {"core", "statemachine", "storage", "check", "driver", "objects", "sim"},
     # The trace viewer reads the simulator's trace format; it never touches a server.
     "view": {"core", "statemachine", "check", "sim", "view"},
     "model": {"core", "statemachine", "storage", "check", "driver", "sim", "model"},

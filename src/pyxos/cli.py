@@ -148,52 +148,60 @@ def sim_synod(
     sys.exit(1 if bad else 0)
 
 
-@sim.command("kv")
-@click.option("--seeds", default=100, show_default=True, help="How many seeds to run.")
-@click.option("--seed", type=int, default=None, help="Run this one seed (replay).")
-@click.option("--first-seed", default=0, show_default=True, help="First seed of the range.")
-@click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True)
-@click.option("--clients", type=click.IntRange(1, 64), default=4, show_default=True)
-@click.option(
-    "--ops", type=click.IntRange(0), default=40, show_default=True, help="Operations per client."
-)
-@click.option(
-    "--keys", type=click.IntRange(1), default=3, show_default=True, help="Keys the clients share."
-)
-@click.option(
-    "--snapshot-every",
-    type=click.IntRange(1),
-    default=25,
-    show_default=True,
-    help="Snapshot every this many applied slots.",
-)
-@_faults_option("all")
-@click.option("--mutant", default=None, help="Run a deliberately broken variant.")
-@click.option(
-    "--history",
-    "history_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Write the client history (JSON lines) of the run (of the last seed).",
-)
-@click.option("--trace", is_flag=True, help="Print the full trace of every run.")
-@click.option(
-    "--trace-out",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Write the run's trace as JSON lines for `pyxos view` (of the last seed; "
-    "format: docs/trace-format.md).",
-)
-@_stop_on_first_option()
-def sim_kv(
-    seeds: int,
-    seed: int | None,
-    first_seed: int,
+def _service_options(fn: F) -> F:
+    """The options every service simulation takes (``sim kv``, ``sim app``)."""
+    options = [
+        click.option("--seeds", default=100, show_default=True, help="How many seeds to run."),
+        click.option("--seed", type=int, default=None, help="Run this one seed (replay)."),
+        click.option("--first-seed", default=0, show_default=True, help="First seed of the range."),
+        click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True),
+        click.option("--clients", type=click.IntRange(1, 64), default=4, show_default=True),
+        click.option(
+            "--ops",
+            type=click.IntRange(0),
+            default=40,
+            show_default=True,
+            help="Operations per client.",
+        ),
+        click.option(
+            "--snapshot-every",
+            type=click.IntRange(1),
+            default=25,
+            show_default=True,
+            help="Snapshot every this many applied slots.",
+        ),
+        _faults_option("all"),
+        click.option("--mutant", default=None, help="Run a deliberately broken variant."),
+        click.option(
+            "--history",
+            "history_path",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="Write the client history (JSON lines) of the run (of the last seed).",
+        ),
+        click.option("--trace", is_flag=True, help="Print the full trace of every run."),
+        click.option(
+            "--trace-out",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="Write the run's trace as JSON lines for `pyxos view` (of the last seed; "
+            "format: docs/trace-format.md).",
+        ),
+        _stop_on_first_option(),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _service_sweep(
+    command: str,
+    label: str,
+    seed_list: list[int],
+    run_one: Callable[[int, Any], Any],
+    *,
     nodes: int,
     clients: int,
-    ops: int,
-    keys: int,
-    snapshot_every: int,
     faults: frozenset[str],
     mutant: str | None,
     history_path: str | None,
@@ -201,31 +209,17 @@ def sim_kv(
     trace_out: str | None,
     stop_on_first: bool,
 ) -> None:
-    """The replicated KV store: agreement, validity, replica divergence,
-    linearizability, liveness and convergence."""
+    """Run a service simulation's seeds (``run_one(seed, on_sim)`` returns a
+    ``pyxos.sim.service.ServiceResult``), print the summary and each failing seed with
+    its replay command, and exit 1 if any seed failed."""
     from pyxos.check.history import dump_history
-    from pyxos.sim.kv import KV_MUTANTS, KVResult, run_kv
     from pyxos.sim.report import percentile, run_seeds, summary_table
 
     console = Console()
-    if mutant is not None and mutant not in KV_MUTANTS:
-        raise click.BadParameter(f"choose from {KV_MUTANTS}", param_hint="--mutant")
-    seed_list = [seed] if seed is not None else list(range(first_seed, first_seed + seeds))
 
-    def one(s: int) -> KVResult:
-        recorder = _recorder("sim kv", s, nodes, faults, mutant) if trace_out else None
-        r = run_kv(
-            s,
-            nodes=nodes,
-            clients=clients,
-            ops_per_client=ops,
-            keys=keys,
-            snapshot_every=snapshot_every,
-            faults=faults,
-            mutant=mutant,
-            trace=trace or len(seed_list) == 1,
-            on_sim=recorder.attach if recorder else None,
-        )
+    def one(s: int) -> Any:
+        recorder = _recorder(command, s, nodes, faults, mutant) if trace_out else None
+        r = run_one(s, recorder.attach if recorder else None)
         if recorder is not None and trace_out is not None:
             recorder.finish(history=r.history, violation=r.violation, replay=r.replay)
             recorder.write_file(trace_out)
@@ -236,7 +230,7 @@ def sim_kv(
         one,
         lambda r: r.violation is not None,
         console,
-        label=f"kv n={nodes}",
+        label=label,
         stop_on_failure=stop_on_first,
     )
     if history_path is not None and results:
@@ -265,7 +259,7 @@ def sim_kv(
         ("latency p99 (sim)", f"{percentile(latencies, 0.99) * 1000:.1f} ms"),
         ("violations", str(len(bad))),
     ]
-    console.print(summary_table("pyxos sim kv", rows))
+    console.print(summary_table(f"pyxos {command}", rows))
     for r in bad[:10]:
         assert r.violation is not None
         console.print(f"[red]seed {r.seed}: {r.violation.check} violated[/red]")
@@ -274,12 +268,164 @@ def sim_kv(
     sys.exit(1 if bad else 0)
 
 
+@sim.command("kv")
+@_service_options
+@click.option(
+    "--keys", type=click.IntRange(1), default=3, show_default=True, help="Keys the clients share."
+)
+def sim_kv(
+    seeds: int,
+    seed: int | None,
+    first_seed: int,
+    nodes: int,
+    clients: int,
+    ops: int,
+    keys: int,
+    snapshot_every: int,
+    faults: frozenset[str],
+    mutant: str | None,
+    history_path: str | None,
+    trace: bool,
+    trace_out: str | None,
+    stop_on_first: bool,
+) -> None:
+    """The replicated KV store: agreement, validity, replica divergence,
+    linearizability, liveness and convergence."""
+    from pyxos.sim.kv import KV_MUTANTS, run_kv
+
+    if mutant is not None and mutant not in KV_MUTANTS:
+        raise click.BadParameter(f"choose from {KV_MUTANTS}", param_hint="--mutant")
+    seed_list = [seed] if seed is not None else list(range(first_seed, first_seed + seeds))
+
+    def one(s: int, on_sim: Any) -> Any:
+        return run_kv(
+            s,
+            nodes=nodes,
+            clients=clients,
+            ops_per_client=ops,
+            keys=keys,
+            snapshot_every=snapshot_every,
+            faults=faults,
+            mutant=mutant,
+            trace=trace or len(seed_list) == 1,
+            on_sim=on_sim,
+        )
+
+    _service_sweep(
+        "sim kv",
+        f"kv n={nodes}",
+        seed_list,
+        one,
+        nodes=nodes,
+        clients=clients,
+        faults=faults,
+        mutant=mutant,
+        history_path=history_path,
+        trace=trace,
+        trace_out=trace_out,
+        stop_on_first=stop_on_first,
+    )
+
+
+@sim.command("app")
+@click.option(
+    "--app",
+    "app_spec",
+    required=True,
+    help="The application: counter, queue, lock or dict (pyxos.objects), or "
+    "module:Factory (a class or function making an application, or a Replicated class).",
+)
+@click.option(
+    "--model",
+    default=None,
+    help="The model its history is checked against: kv, counter, queue, lock or "
+    "module:attr (default: the application's own).",
+)
+@click.option(
+    "--workload",
+    default=None,
+    help="module:function (rng, client) -> SimOp choosing the clients' operations "
+    "(default: the application's own; see pyxos.sim.workload).",
+)
+@_service_options
+def sim_app(
+    app_spec: str,
+    model: str | None,
+    workload: str | None,
+    seeds: int,
+    seed: int | None,
+    first_seed: int,
+    nodes: int,
+    clients: int,
+    ops: int,
+    snapshot_every: int,
+    faults: frozenset[str],
+    mutant: str | None,
+    history_path: str | None,
+    trace: bool,
+    trace_out: str | None,
+    stop_on_first: bool,
+) -> None:
+    """Any application: agreement, validity, replica divergence, linearizability
+    against its model, liveness and convergence (identical snapshot bytes)."""
+    from pyxos.sim.app import ALL_APP_MUTANTS, app_variant, run_app
+    from pyxos.sim.workload import resolve_app
+
+    if mutant is not None and mutant not in ALL_APP_MUTANTS:
+        raise click.BadParameter(f"choose from {ALL_APP_MUTANTS}", param_hint="--mutant")
+    if "" not in sys.path:
+        sys.path.insert(0, "")  # --app and --workload from the current directory
+    try:
+        resolved = resolve_app(app_spec, model, workload)
+        app_variant(resolved, mutant)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    seed_list = [seed] if seed is not None else list(range(first_seed, first_seed + seeds))
+
+    def one(s: int, on_sim: Any) -> Any:
+        return run_app(
+            s,
+            app_spec,
+            model=model,
+            workload=workload,
+            resolved=resolved,
+            nodes=nodes,
+            clients=clients,
+            ops_per_client=ops,
+            snapshot_every=snapshot_every,
+            faults=faults,
+            mutant=mutant,
+            trace=trace or len(seed_list) == 1,
+            on_sim=on_sim,
+        )
+
+    _service_sweep(
+        "sim app",
+        f"{app_spec} n={nodes}",
+        seed_list,
+        one,
+        nodes=nodes,
+        clients=clients,
+        faults=faults,
+        mutant=mutant,
+        history_path=history_path,
+        trace=trace,
+        trace_out=trace_out,
+        stop_on_first=stop_on_first,
+    )
+
+
 def _recorder(
     source: str, seed: int, nodes: int, faults: frozenset[str], mutant: str | None
 ) -> TraceRecorder:
     """A trace recorder for one simulated seed (``--trace-out``)."""
     from pyxos.core.quorum import Majority
-    from pyxos.sim.traceout import TraceRecorder, kv_value_text, plain_value_text
+    from pyxos.sim.traceout import (
+        TraceRecorder,
+        app_value_text,
+        kv_value_text,
+        plain_value_text,
+    )
 
     ids = list(range(1, nodes + 1))
     return TraceRecorder(
@@ -287,7 +433,9 @@ def _recorder(
         seed=seed,
         replicas=ids,
         quorum=Majority(ids),
-        value_text=kv_value_text if source == "sim kv" else plain_value_text,
+        value_text={"sim kv": kv_value_text, "sim app": app_value_text}.get(
+            source, plain_value_text
+        ),
         meta={"faults": sorted(faults), "mutant": mutant},
     )
 

@@ -118,11 +118,14 @@ class ModelCheckResult:
     configs: int = 0
     elapsed_s: float = 0.0
 
-    def describe(self, model: Model | None = None, tail: int = 10) -> str:
-        """A human-readable explanation of the verdict (several lines for a violation)."""
+    def describe(self, model: Model | None = None, tail: int = 10, *, timing: bool = True) -> str:
+        """A human-readable explanation of the verdict (several lines for a violation).
+        ``timing=False`` leaves out the wall-clock time the search took (so that a
+        replayed simulation prints the same words)."""
+        took = f"in {self.elapsed_s:.3f} s " if timing else ""
         scope = (
             f"{self.ops_checked} operations in {self.partitions_checked} partition(s) "
-            f"in {self.elapsed_s:.3f} s ({self.configs} configurations)"
+            f"{took}({self.configs} configurations)"
         )
         if self.ok:
             return f"linearizable ({self.model}): checked {scope}"

@@ -2,15 +2,17 @@
 
 Theory of operation
 -------------------
-``run_kv(seed, ...)`` builds ``nodes`` :class:`~pyxos.statemachine.service.ServiceNode`
-replicas and ``clients`` :class:`SimClient` s in one :class:`~pyxos.sim.world.Simulator`.
-Each client runs one operation at a time (get, put, delete or cas on a few shared keys),
-sends it to the node it believes leads, follows redirects, retries the same
-``(client, seq)`` on a timeout, and after ``give_up`` seconds records the operation
-with an unknown outcome. Everything is recorded in the history format of
-docs/architecture.md ("Histories"), with virtual-time nanoseconds.
+``run_kv(seed, ...)`` is :func:`pyxos.sim.service.run_service` with the KV store as the
+application and ``clients`` :class:`SimClient` s: each runs one operation at a time (get,
+put, delete or cas on a few shared keys), sends it to the node it believes leads,
+follows redirects, retries the same ``(client, seq)`` on a timeout, and after
+``give_up`` seconds records the operation with an unknown outcome. Everything is
+recorded in the history format of docs/architecture.md ("Histories"), with
+virtual-time nanoseconds; the history is judged by the register checker
+(``pyxos.check.linearizability``). ``pyxos.sim.app`` runs any other application the
+same way.
 
-Checked in every run:
+Checked in every run (``pyxos.sim.service``):
 
 - agreement per slot across replicas, and on what acceptors *chose* (omniscient);
 - validity: every applied slot is a no-op or a batch of commands clients really sent;
@@ -38,29 +40,32 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import msgspec
 
 from pyxos.check.history import Operation
-from pyxos.check.invariants import ChosenMonitor, DivergenceMonitor, SafetyMonitor, Violation
+from pyxos.check.invariants import Violation
 from pyxos.check.linearizability import check_history
-from pyxos.core.messages import ClientReply, ClientRequest, Entry, Message
-from pyxos.core.quorum import Majority, QuorumSystem
-from pyxos.core.ready import Node, Ready, Send
-from pyxos.core.replica import Replica, ReplicaConfig, Role
-from pyxos.sim.leases import LeaseMonitor
+from pyxos.core.messages import ClientReply
+from pyxos.core.replica import Replica, ReplicaConfig
 from pyxos.sim.mutants import REPLICA_MUTANTS, STORE_MUTANTS, WAL_MUTANTS
-from pyxos.sim.nemesis import Nemesis
-from pyxos.sim.world import NodeFactory, Simulator, TraceEvent, format_trace
+from pyxos.sim.service import (
+    CLIENT_BASE,
+    ReplicaFactory,
+    RunOptions,
+    ServiceClient,
+    ServiceResult,
+    run_service,
+    service_node_factory,
+)
+from pyxos.sim.world import Simulator
 from pyxos.statemachine.kv import Command, KVStore, decode_batch, decode_result
 from pyxos.statemachine.replicated import ReplicatedApp
-from pyxos.statemachine.service import SNAPSHOT_CHUNK, ServiceNode
-from pyxos.storage.durable import NodeStorage
 from pyxos.storage.wal import WAL
 
 __all__ = [
+    "CLIENT_BASE",
     "KV_MUTANTS",
     "KVResult",
     "SimClient",
@@ -69,10 +74,6 @@ __all__ = [
     "service_node_factory",
 ]
 
-CLIENT_BASE = 1000
-"""Client process ids start here (replica ids are 1..n)."""
-
-ReplicaFactory = Callable[..., Replica]
 StoreFactory = Callable[[], KVStore | ReplicatedApp[KVStore]]
 """Makes a simulated node's application (the KV store) or its whole replicated
 state (a mutant of the replication layer)."""
@@ -83,41 +84,11 @@ KV_MUTANTS = sorted([*REPLICA_MUTANTS, *STORE_MUTANTS, *WAL_MUTANTS, "early-ack"
 DEFAULT_OPS = 40
 DEFAULT_KEYS = 3
 DEFAULT_SNAPSHOT_EVERY = 25
-CONVERGE_BOUND = 2.0
-"""Seconds (virtual) the live replicas get, after the clients finish, to converge."""
 _command_encoder = msgspec.msgpack.Encoder()
 OpName = Literal["get", "put", "cas", "delete"]
 
-
-@dataclass(slots=True)
-class KVResult:
-    """What one seed of the KV simulation did."""
-
-    seed: int
-    nodes: int
-    clients: int
-    violation: Violation | None = None
-    history: list[Operation] = field(default_factory=list)
-    calls: int = 0
-    """Operations the clients called; the history holds every one of them."""
-    ok: int = 0
-    failed: int = 0
-    unknown: int = 0
-    leader_changes: int = 0
-    slots: int = 0
-    latencies: list[float] = field(default_factory=list)
-    stats: dict[str, int] = field(default_factory=dict)
-    stale_ballot: dict[str, int] = field(default_factory=dict)
-    """Messages of an older ballot the replicas received, per message type."""
-    trace: list[TraceEvent] = field(default_factory=list)
-    replay: str = ""
-    """The one command that replays this run exactly (every option it depends on)."""
-    audits: int = 0
-    """Digest reports the divergence check compared."""
-
-    def trace_text(self, limit: int | None = None) -> str:
-        """The run's trace as readable lines."""
-        return format_trace(self.trace, limit)
+KVResult = ServiceResult[Operation]
+"""What one seed of the KV simulation did."""
 
 
 def kv_replay_command(
@@ -159,7 +130,7 @@ def _mutant_parts(name: str | None) -> tuple[ReplicaFactory | None, StoreFactory
     raise ValueError(f"unknown mutant {name!r}; choose from {', '.join(KV_MUTANTS)}")
 
 
-class SimClient:
+class SimClient(ServiceClient[Operation]):
     """A closed-loop KV client: one operation at a time, retries, honest unknowns."""
 
     def __init__(
@@ -177,49 +148,26 @@ class SimClient:
         give_up: float = 1.0,
         think: tuple[float, float] = (0.0, 0.06),
     ) -> None:
-        self._node_id = client_id
-        self.servers = servers
-        self.rng = rng
         self.keys = [f"k{i}" for i in range(keys)]
-        self.ops_left = ops
-        self.record = record
         self.issued = issued
-        self.request_timeout = request_timeout
-        self.give_up = give_up
-        self.think = think
-        self.now = now
-        self.seq = 0
-        self.target = rng.choice(servers)
         self.current: Command | None = None
-        self.encoded = b""
-        self.call_time = 0.0
-        self.retry_at: float | None = None
-        self.next_op_at: float | None = now + rng.uniform(*think)
         self.last_values: list[str] = []
-        self._out: list[Send] = []
+        super().__init__(
+            client_id,
+            servers,
+            rng,
+            ops=ops,
+            now=now,
+            record=record,
+            request_timeout=request_timeout,
+            give_up=give_up,
+            think=think,
+        )
 
-    @property
-    def node_id(self) -> int:
-        """This client's process id."""
-        return self._node_id
-
-    @property
-    def busy(self) -> bool:
-        """True while an operation is outstanding."""
-        return self.current is not None
-
-    def step(self, msg: Message) -> None:
-        """Handle a reply (redirects and stale replies included)."""
+    def _answered(self, reply: ClientReply) -> None:
         cur = self.current
-        if not isinstance(msg, ClientReply) or cur is None or msg.seq != cur.seq:
-            return
-        if not msg.ok:
-            # A redirect: try the leader it names, or another node, soon.
-            self.target = msg.leader if msg.leader else self.rng.choice(self.servers)
-            self.retry_at = min(self.retry_at or self.now, self.now + 0.01)
-            return
-        self.target = msg.src  # it answered: it leads
-        result = decode_result(msg.result)
+        assert cur is not None
+        result = decode_result(reply.result)
         if result.error is not None:
             self._finish(ok=False, output=None, failed=True)
             return
@@ -229,36 +177,8 @@ class SimClient:
             self.last_values.append(result.value)
         self._finish(ok=ok, output=output)
 
-    def tick(self, now: float) -> None:
-        """Start the next operation, retry, or give up, as time says."""
-        self.now = now
-        if self.current is None:
-            if self.next_op_at is not None and now >= self.next_op_at:
-                self._start()
-        elif self.retry_at is not None and now >= self.retry_at:
-            if now - self.call_time >= self.give_up:
-                self._finish(ok=None, output=None, unknown=True)
-            else:
-                self._send()
-
-    def ready(self) -> Ready:
-        """Requests to send."""
-        r = Ready(send_now=self._out)
-        self._out = []
-        return r
-
-    def advance(self) -> None:
-        """Nothing to acknowledge: a client has no durable state."""
-
-    def next_deadline(self) -> float | None:
-        """When to start, retry or give up."""
-        if self.current is None:
-            return self.next_op_at
-        return self.retry_at
-
-    def _start(self) -> None:
+    def _begin(self) -> None:
         rng = self.rng
-        self.seq += 1
         key = rng.choice(self.keys)
         roll = rng.random()
         value = f"c{self.node_id}-{self.seq}"
@@ -275,31 +195,13 @@ class SimClient:
             cmd = Command(self.node_id, self.seq, "cas", key, value, expected)
         self.current = cmd
         self.encoded = _command_encoder.encode(cmd)
+        self.query = cmd.op == "get"
         self.issued.add(self.encoded)
-        self.call_time = self.now
-        self._send()
 
-    def _send(self) -> None:
+    def _operation(self, *, ok: bool | None, output: Any, unknown: bool, failed: bool) -> Operation:
         cur = self.current
         assert cur is not None
-        req = ClientRequest(self.node_id, cur.client, cur.seq, self.encoded, cur.op == "get")
-        self._out.append(Send((self.target,), req))
-        self.retry_at = self.now + self.request_timeout
-        # The next attempt goes elsewhere unless a reply names the leader first.
-        self.target = self.rng.choice(self.servers)
-
-    def abandon(self) -> None:
-        """The run is over: record the operation in flight, if any, as unknown (it may
-        or may not have taken effect), so the history holds every call."""
-        if self.current is not None:
-            self._finish(ok=None, output=None, unknown=True)
-
-    def _finish(
-        self, *, ok: bool | None, output: str | None, unknown: bool = False, failed: bool = False
-    ) -> None:
-        cur = self.current
-        assert cur is not None
-        op = Operation(
+        return Operation(
             client=cur.client,
             op=cast(OpName, cur.op),
             key=cur.key,
@@ -310,57 +212,51 @@ class SimClient:
             output=output,
             ok=None if unknown else (False if failed else ok),
         )
-        self.record(op)
-        self.current = None
-        self.retry_at = None
-        self.ops_left -= 1
-        self.next_op_at = self.now + self.rng.uniform(*self.think) if self.ops_left > 0 else None
 
 
-def service_node_factory(
-    quorum: QuorumSystem,
-    config: ReplicaConfig,
-    *,
-    replica_factory: ReplicaFactory = Replica,
-    store_factory: StoreFactory = KVStore,
-    snapshot_every: int = 25,
-    snapshot_bytes: int = 64 * 1024 * 1024,
-    snapshot_chunk: int = SNAPSHOT_CHUNK,
-    catchup_snapshot_slots: int = 40,
-) -> NodeFactory:
-    """Builds a :class:`ServiceNode` from what a node's storage recovered, as the
-    server's startup does: the acceptor state, the rebuild flags, the latest snapshot.
-    A node that lags by ``catchup_snapshot_slots`` gets a snapshot (small here, so that
-    the short simulated runs exercise it)."""
+class _KVService:
+    """The KV store as a simulated service: its clients, validity, the register check."""
 
-    def build(node_id: int, storage: NodeStorage, rng: random.Random, now: float) -> Node:
-        state = storage.state
-        replica = replica_factory(
-            node_id,
-            quorum,
+    def __init__(self, keys: int, ops: int) -> None:
+        self.keys = keys
+        self.ops = ops
+        self.issued: set[bytes] = set()
+
+    def client(
+        self,
+        client_id: int,
+        servers: list[int],
+        rng: random.Random,
+        now: float,
+        record: Callable[[Operation], None],
+    ) -> SimClient:
+        return SimClient(
+            client_id,
+            servers,
             rng,
-            config=config,
-            promised=state.promised,
-            accepted=state.accepted.values(),
+            keys=self.keys,
+            ops=self.ops,
             now=now,
-            rebuilding=state.needs_rebuild,
-            rebuilt_from=max(state.rebuilt, 0),
-            fences=state.fences,
-            bootstrapping=state.bootstrapping,
+            record=record,
+            issued=self.issued,
         )
-        node = ServiceNode(
-            replica,
-            store_factory(),
-            snapshot_every=snapshot_every,
-            snapshot_bytes=snapshot_bytes,
-            snapshot_chunk=snapshot_chunk,
-            catchup_snapshot_slots=catchup_snapshot_slots,
-        )
-        if storage.snapshot is not None:
-            node.restore_snapshot(storage.snapshot.slot, storage.snapshot.data)
-        return node
 
-    return build
+    def valid(self, value: bytes) -> bool:
+        if not value:
+            return True
+        try:
+            commands = decode_batch(value)
+        except msgspec.DecodeError:
+            return False
+        return all(_command_encoder.encode(c) in self.issued for c in commands)
+
+    def check_history(self, history: list[Operation]) -> None:
+        verdict = check_history(history)
+        if not verdict.ok:
+            raise Violation("linearizability", verdict.describe())
+
+    def failed(self, op: Operation) -> bool:
+        return op.ok is False and op.op != "cas"
 
 
 def run_kv(
@@ -400,18 +296,6 @@ def run_kv(
     what a mutant needs them for.
     """
     m_replica, m_store, m_early = _mutant_parts(mutant)
-    wal_class = WAL_MUTANTS.get(mutant or "", wal_class)
-    replica_factory = m_replica or replica_factory
-    store_factory = m_store or store_factory
-    ack_before_sync = ack_before_sync or m_early
-    sim = Simulator(seed, trace=trace)
-    sim.ack_before_sync = ack_before_sync
-    sim.wal_class = wal_class
-    if on_sim is not None:
-        on_sim(sim)
-    ids = list(range(1, nodes + 1))
-    quorum = Majority(ids)
-    config = config or ReplicaConfig()
     result = KVResult(seed, nodes, clients)
     result.replay = kv_replay_command(
         seed,
@@ -423,179 +307,25 @@ def run_kv(
         keys=keys,
         snapshot_every=snapshot_every,
     )
-    history = result.history
-    issued: set[bytes] = set()
-    client_ids = [CLIENT_BASE + i for i in range(1, clients + 1)]
-
-    def valid(value: bytes) -> bool:
-        if not value:
-            return True
-        try:
-            commands = decode_batch(value)
-        except msgspec.DecodeError:
-            return False
-        return all(_command_encoder.encode(c) in issued for c in commands)
-
-    monitor = SafetyMonitor(is_valid=valid)
-    divergence = DivergenceMonitor()
-
-    build_node = service_node_factory(
-        quorum,
-        config,
-        replica_factory=replica_factory,
-        store_factory=store_factory,
+    options = RunOptions(
+        nodes=nodes,
+        clients=clients,
+        faults=faults,
+        fault_until=fault_until,
+        settle=settle,
+        liveness_bound=liveness_bound,
+        replica_factory=m_replica or replica_factory,
+        store_factory=m_store or store_factory,
+        config=config,
+        trace=trace,
+        on_sim=on_sim,
+        check_linearizability=check_linearizability,
+        check_divergence=check_divergence,
+        ack_before_sync=ack_before_sync or m_early,
         snapshot_every=snapshot_every,
         snapshot_bytes=snapshot_bytes,
+        drifting_clocks=drifting_clocks,
+        stale_messages=stale_messages,
+        wal_class=WAL_MUTANTS.get(mutant or "", wal_class),
     )
-
-    def replica_node(node_id: int, storage: NodeStorage, rng: random.Random, now: float) -> Node:
-        node = build_node(node_id, storage, rng, now)
-        if check_divergence and isinstance(node, ServiceNode):
-            node.audit_with(divergence.observe)
-        return node
-
-    def client_node(client_id: int, storage: NodeStorage, rng: random.Random, now: float) -> Node:
-        return SimClient(
-            client_id,
-            ids,
-            rng,
-            keys=keys,
-            ops=ops_per_client,
-            now=now,
-            record=history.append,
-            issued=issued,
-        )
-
-    def observe(node_id: int, entries: list[Entry]) -> None:
-        monitor.observe(node_id, entries)
-
-    def clients_done() -> bool:
-        return all(not _client(sim, c).busy and _client(sim, c).ops_left <= 0 for c in client_ids)
-
-    end = fault_until + settle + liveness_bound
-    try:
-        for i in ids:
-            sim.add_node(i, replica_node)
-        for c in client_ids:
-            sim.add_node(c, client_node, crashable=False)
-        sim.observers.append(observe)
-        sim.send_observers.append(ChosenMonitor(quorum).observe)
-        sim.send_observers.append(LeaseMonitor(sim, quorum, ids).observe)
-
-        def leader() -> int | None:
-            for i in ids:
-                node = sim.node(i)
-                if isinstance(node, ServiceNode) and node.replica.role is Role.LEADER:
-                    return i
-            return None
-
-        Nemesis(
-            sim,
-            faults,
-            ids,
-            fault_until,
-            leader=leader,
-            clock_drift=config.clock_drift,
-            drift=drifting_clocks,
-            stale=stale_messages,
-        )
-        sim.run(end, stop=clients_done)
-        calm = int((fault_until + settle) * 1e9)
-        late_unknown = [op for op in history if op.return_ is None and op.call >= calm]
-        stuck = [c for c in client_ids if _client(sim, c).busy or _client(sim, c).ops_left > 0]
-        _abandon_in_flight(sim, client_ids)
-        if check_linearizability:
-            verdict = check_history(history)
-            if not verdict.ok:
-                raise Violation("linearizability", verdict.describe())
-        if late_unknown or stuck:
-            raise Violation(
-                "liveness",
-                f"after the faults healed at {fault_until}s: {len(late_unknown)} operations "
-                f"called after {fault_until + settle}s ended unknown; clients still working "
-                f"at {end}s: {stuck}",
-            )
-        if check_divergence:
-            _check_convergence(sim, ids, divergence)
-    except Violation as v:
-        result.violation = v
-    except Exception as e:  # a crash is a verdict too, with its seed and replay
-        result.violation = Violation.from_exception(e, sim.now)
-    _abandon_in_flight(sim, client_ids)
-    result.calls = sum(_client(sim, c).seq for c in client_ids if sim.node(c) is not None)
-    result.ok = sum(
-        1 for op in history if op.ok is not None and op.return_ is not None and not _failed(op)
-    )
-    result.unknown = sum(1 for op in history if op.return_ is None)
-    result.failed = len(history) - result.ok - result.unknown
-    result.latencies = [(op.return_ - op.call) / 1e9 for op in history if op.return_ is not None]
-    result.slots = max((len(monitor.first),), default=0)
-    result.leader_changes = _leader_changes(sim, ids)
-    result.stats = dict(sim.stats)
-    result.stale_ballot = sim.stale_ballot_counts()
-    result.audits = divergence.reports
-    result.trace = sim.trace
-    return result
-
-
-def _abandon_in_flight(sim: Simulator, client_ids: list[int]) -> None:
-    for c in client_ids:
-        node = sim.node(c)
-        if isinstance(node, SimClient):
-            node.abandon()
-
-
-def _applied(sim: Simulator, ids: list[int]) -> dict[int, ServiceNode]:
-    live: dict[int, ServiceNode] = {}
-    for i in ids:
-        node = sim.node(i)
-        if isinstance(node, ServiceNode):
-            live[i] = node
-    return live
-
-
-def _check_convergence(sim: Simulator, ids: list[int], divergence: DivergenceMonitor) -> None:
-    """Run on (faults healed, clients done) until every live replica applied every chosen
-    slot, for at most ``CONVERGE_BOUND`` seconds; then they must all hold one state."""
-
-    def target() -> int:
-        return max((n.replica.first_unchosen for n in _applied(sim, ids).values()), default=0)
-
-    def converged() -> bool:
-        t = target()
-        return all(n.state.applied_slot == t for n in _applied(sim, ids).values())
-
-    done = [converged()]
-    deadline = sim.now + CONVERGE_BOUND
-
-    def poll() -> None:
-        done[0] = converged()
-        if not done[0] and sim.now < deadline:
-            sim.call_at(sim.now + 0.01, poll)
-
-    if not done[0]:
-        sim.call_at(sim.now + 0.01, poll)
-        sim.run(deadline, stop=lambda: done[0])
-    live = _applied(sim, ids)
-    divergence.check_converged(
-        {i: (n.state.applied_slot, n.state.state_digest()) for i, n in live.items()}, target()
-    )
-
-
-def _failed(op: Operation) -> bool:
-    return op.ok is False and op.op != "cas"
-
-
-def _client(sim: Simulator, client_id: int) -> SimClient:
-    node = sim.node(client_id)
-    assert isinstance(node, SimClient)
-    return node
-
-
-def _leader_changes(sim: Simulator, ids: list[int]) -> int:
-    total = 0
-    for i in ids:
-        node = sim.node(i)
-        if isinstance(node, ServiceNode):
-            total = max(total, node.replica.elections)
-    return total
+    return run_service(seed, _KVService(keys, ops_per_client), result, options)

@@ -15,7 +15,7 @@ import contextlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -26,7 +26,8 @@ from pyxos.core.quorum import QuorumSystem
 from pyxos.core.ready import Ready, Rng
 from pyxos.core.replica import NOOP, Replica
 from pyxos.core.synod import Proposer, SynodNode
-from pyxos.statemachine.base import Applied
+from pyxos.objects import Lock, replicated
+from pyxos.statemachine.base import Application, Applied
 from pyxos.statemachine.kv import KVStore
 from pyxos.statemachine.replicated import (
     ReplicatedApp,
@@ -43,7 +44,16 @@ from pyxos.storage.wal import (
     _Segment,
 )
 
-__all__ = ["REPLICA_MUTANTS", "STORE_MUTANTS", "SYNOD_MUTANTS", "WAL_MUTANTS"]
+__all__ = [
+    "APP_MUTANTS",
+    "LAYER_MUTANTS",
+    "REPLICA_MUTANTS",
+    "STORE_MUTANTS",
+    "SYNOD_MUTANTS",
+    "WAL_MUTANTS",
+    "NoFenceLock",
+    "WallClockApp",
+]
 
 
 class _PromiseIgnoringAcceptor(Acceptor):
@@ -251,7 +261,10 @@ REPLICA_MUTANTS: dict[str, type[Replica]] = {
 """Broken Multi-Paxos variants, by the name ``pyxos sim kv --mutant`` takes."""
 
 
-class SessionlessSnapshotStore(ReplicatedApp[KVStore]):
+A = TypeVar("A", bound=Application)
+
+
+class SessionlessSnapshotStore(ReplicatedApp[A]):
     """A replication layer whose snapshot leaves out the session table (keeps the
     application's state).
 
@@ -269,7 +282,7 @@ class SessionlessSnapshotStore(ReplicatedApp[KVStore]):
             self._sessions = sessions
 
 
-class FreshOnlyStore(ReplicatedApp[KVStore]):
+class FreshOnlyStore(ReplicatedApp[A]):
     """A replication layer that asserts every command it applies is new: it forgets
     that a retry of a command that was already chosen is chosen again and reaches
     ``apply``.
@@ -301,6 +314,13 @@ STORE_MUTANTS: dict[str, StoreFactory] = {
 }
 """Broken replication layers around the KV store, by the name ``pyxos sim kv
 --mutant`` takes."""
+
+LAYER_MUTANTS: dict[str, Callable[[Application], ReplicatedApp[Any]]] = {
+    "double-apply": ReplicatedAppWithoutDedup,
+    "sessionless-snapshot": SessionlessSnapshotStore,
+    "fresh-only": FreshOnlyStore,
+}
+"""The same broken replication layers around any application (``pyxos sim app``)."""
 
 
 class SkipDamagedRecordWAL(WAL):
@@ -352,3 +372,103 @@ WAL_MUTANTS: dict[str, type[WAL]] = {
 }
 """Broken write-ahead logs, by the name ``pyxos sim kv --mutant`` takes (they matter
 with ``--faults ...,disk``)."""
+
+
+# -- broken applications (pyxos sim app) ------------------------------------------------------
+
+
+class WallClockApp:
+    """DELIBERATELY BROKEN: an application that stamps its state with the replica's
+    clock on every command, as ``self.updated = time.time()`` would.
+
+    Wraps any application; its answers are the wrapped one's (the history stays
+    linearizable), but the state (the stamp is part of its snapshot) depends on which
+    replica applied the command. ``clock_offset`` is this replica's clock (the
+    simulator gives each replica process its own, deterministically, so a seed
+    replays). Exists so the simulator can prove its divergence check catches a
+    non-deterministic application; its ``state_digest`` is deliberately the default
+    hash of the snapshot.
+    """
+
+    _FORWARDED = frozenset({"validate", "reject", "json_command", "json_query", "json_result"})
+
+    def __init__(self, app: Application, *, clock_offset: float) -> None:
+        self.app = app
+        self.clock_offset = clock_offset
+        self.applied = 0
+        self.updated = 0.0
+        """When the last command was applied, by this replica's clock."""
+
+    def __getattr__(self, name: str) -> Any:
+        # The wrapped application's optional hooks, but not its state digest.
+        if name in WallClockApp._FORWARDED:
+            return getattr(self.app, name)
+        raise AttributeError(name)
+
+    def apply(self, command: bytes) -> bytes:
+        """The wrapped application's ``apply``, then the stamp."""
+        result = self.app.apply(command)
+        self.applied += 1
+        self.updated = self.clock_offset + self.applied / 1000
+        return result
+
+    def query(self, q: bytes) -> bytes:
+        """The wrapped application's ``query``."""
+        return self.app.query(q)
+
+    def snapshot(self) -> bytes:
+        """The stamp and the wrapped application's snapshot."""
+        return msgspec.msgpack.encode((self.updated, self.app.snapshot()))
+
+    def restore(self, data: bytes) -> None:
+        """Back from ``snapshot()``."""
+        try:
+            updated, inner = msgspec.msgpack.decode(data, type=tuple[float, bytes])
+        except msgspec.DecodeError as e:
+            raise ValueError(f"not a wall-clock snapshot: {e}") from None
+        self.app.restore(inner)
+        self.updated = updated
+
+
+class NoFenceLock(Lock):
+    """DELIBERATELY BROKEN: a lock without fencing tokens. Every grant carries token 1,
+    and ``release`` and ``renew`` look only at the owner, so a holder whose grant
+    expired cannot be told from the current one. Exists so the simulator can prove the
+    lock model's linearizability check catches it (``pyxos sim app --app lock
+    --mutant no-fence``)."""
+
+    @replicated
+    def acquire(self, owner: str, ttl: int) -> int | None:
+        """Take the lock; token 1, always."""
+        self._advance()
+        if self.holder_ is None:
+            self.token = 1
+            self.holder_ = owner
+        elif self.holder_ != owner:
+            return None
+        self.expires = self.now + ttl
+        return self.token
+
+    @replicated
+    def renew(self, owner: str, token: int, ttl: int) -> bool:
+        """Extend the grant of ``owner``, whatever the token."""
+        self._advance()
+        if self.holder_ != owner:
+            return False
+        self.expires = self.now + ttl
+        return True
+
+    @replicated
+    def release(self, owner: str, token: int) -> bool:
+        """Free the lock if ``owner`` holds it, whatever the token."""
+        self._advance()
+        if self.holder_ != owner:
+            return False
+        self.holder_ = None
+        return True
+
+
+APP_MUTANTS: tuple[str, ...] = ("wall-clock", "no-fence")
+"""Broken applications, by the name ``pyxos sim app --mutant`` takes: ``wall-clock``
+wraps any application in :class:`WallClockApp`; ``no-fence`` runs
+:class:`NoFenceLock` in place of the lock."""

@@ -40,6 +40,7 @@ from typing import IO, Any
 
 import msgspec
 
+from pyxos.check.history import AppOperation
 from pyxos.core.ballot import Ballot
 from pyxos.core.messages import Accept, Accepted, Entry, Message
 from pyxos.core.quorum import QuorumSystem
@@ -93,6 +94,35 @@ def kv_value_text(value: bytes) -> str:
             parts.append(f"{c.op} {c.key}")
     text = "; ".join(parts)
     return text if len(text) <= _VALUE_WIDTH else text[: _VALUE_WIDTH - 1] + "…"
+
+
+def app_value_text(value: bytes) -> str:
+    """A slot value of any application (a batch of ``(client, seq, command)``) or a
+    client request's command as text: each command msgpack-decoded when it is msgpack
+    (a replicated object's call reads ``lock.acquire('c1001', 3)``), else as
+    :func:`plain_value_text` shows bytes."""
+    from pyxos.statemachine.replicated import decode_batch
+
+    if not value:
+        return "no-op"
+    try:
+        commands = [command for _, _, command in decode_batch(value)]
+    except (msgspec.DecodeError, ValueError, TypeError):
+        commands = [value]
+    text = "; ".join(_command_text(c) for c in commands)
+    return text if len(text) <= _VALUE_WIDTH else text[: _VALUE_WIDTH - 1] + "…"
+
+
+def _command_text(command: bytes) -> str:
+    try:
+        call = msgspec.msgpack.decode(command)
+    except (msgspec.DecodeError, ValueError, TypeError):
+        return plain_value_text(command)
+    match call:
+        case [str(name), str(method), list(args)]:
+            return f"{name}.{method}({', '.join(map(repr, args))})"
+        case _:
+            return repr(call)
 
 
 def _ballot(b: Ballot | None) -> str | None:
@@ -337,22 +367,24 @@ class TraceRecorder:
         replay: str | None = None,
         end: float | None = None,
     ) -> None:
-        """Merge in the client history (``Operation`` s) and the verdict."""
+        """Merge in the client history (KV ``Operation`` s, or ``AppOperation`` s of
+        any application, whose calls carry ``input`` instead of ``key``, ``value`` and
+        ``expected``) and the verdict."""
         if replay:
             self.header["replay"] = replay
         calls: list[tuple[float, int, dict[str, Any]]] = []
         for n, op in enumerate(history):
-            what = {
-                "client": op.client,
-                "op": op.op,
-                "key": op.key,
-                "value": op.value,
-                "expected": op.expected,
-                "op_id": n,
-            }
+            what: dict[str, Any] = {"client": op.client, "op": op.op}
+            if isinstance(op, AppOperation):
+                what["input"] = None if op.input is msgspec.UNSET else op.input
+                output = None if op.output is msgspec.UNSET else op.output
+            else:
+                what.update(key=op.key, value=op.value, expected=op.expected)
+                output = op.output
+            what["op_id"] = n
             calls.append((op.call / 1e9, 0, {"kind": "call", **what}))
             if op.return_ is not None:
-                result = {"ok": op.ok, "output": op.output}
+                result = {"ok": op.ok, "output": output}
                 calls.append((op.return_ / 1e9, 1, {"kind": "return", **what, **result}))
         if calls:
             self._merge(calls)

@@ -350,6 +350,9 @@
   // ---------------------------------------------------------------- text
 
   function label(id) { return isClient(id) ? "c" + id : "n" + id; }
+  // What a client operation works on: a KV key, or an application operation's input.
+  function opArgs(r) { return r.key !== undefined ? r.key : r.input === null || r.input === undefined ? "" : shown(r.input); }
+  function shown(v) { return typeof v === "string" ? v : JSON.stringify(v); }
 
   function msgText(msg) {
     const f = [];
@@ -400,8 +403,8 @@
       case "clock": return `${label(r.node)} clock rate ${r.rate}`;
       case "partition": return "PARTITION " + r.groups.map((g) => "[" + g.join(",") + "]").join(" | ");
       case "heal": return "HEAL";
-      case "call": return `${label(r.client)} call ${r.op} ${r.key}` + (r.value ? "=" + r.value : "");
-      case "return": return `${label(r.client)} return ${r.op} ${r.key} ` + (r.ok === false ? "failed" : r.output !== null && r.output !== undefined ? "→ " + r.output : "ok");
+      case "call": return `${label(r.client)} call ${r.op} ${opArgs(r)}` + (r.value ? "=" + r.value : "");
+      case "return": return `${label(r.client)} return ${r.op} ${opArgs(r)} ` + (r.ok === false ? "failed" : r.output !== null && r.output !== undefined ? "→ " + shown(r.output) : "ok");
       case "violation": return `VIOLATION ${r.check}: ${r.detail}`;
       case "truncated": return `TRACE TRUNCATED at ${r.max_bytes} bytes`;
       default: return `${r.kind} ${r.node !== undefined ? label(r.node) : ""}`;
