@@ -195,26 +195,23 @@ def _service_options(fn: F) -> F:
 
 
 def _service_sweep(
-    command: str,
-    label: str,
-    seed_list: list[int],
-    run_one: Callable[[int, Any], Any],
-    *,
-    nodes: int,
-    clients: int,
-    faults: frozenset[str],
-    mutant: str | None,
-    history_path: str | None,
-    trace: bool,
-    trace_out: str | None,
-    stop_on_first: bool,
+    command: str, label: str, seed_list: list[int], run_one: Callable[[int, Any], Any]
 ) -> None:
     """Run a service simulation's seeds (``run_one(seed, on_sim)`` returns a
-    ``pyxos.sim.service.ServiceResult``), print the summary and each failing seed with
-    its replay command, and exit 1 if any seed failed."""
+    ``pyxos.sim.service.ServiceResult``) as the command's :func:`_service_options` say,
+    print the summary and each failing seed with its replay command, and exit 1 if any
+    seed failed."""
     from pyxos.check.history import dump_history
     from pyxos.sim.report import percentile, run_seeds, summary_table
 
+    params = click.get_current_context().params
+    nodes: int = params["nodes"]
+    clients: int = params["clients"]
+    faults: frozenset[str] = params["faults"]
+    mutant: str | None = params["mutant"]
+    history_path: str | None = params["history_path"]
+    trace: bool = params["trace"]
+    trace_out: str | None = params["trace_out"]
     console = Console()
 
     def one(s: int) -> Any:
@@ -231,7 +228,7 @@ def _service_sweep(
         lambda r: r.violation is not None,
         console,
         label=label,
-        stop_on_failure=stop_on_first,
+        stop_on_failure=params["stop_on_first"],
     )
     if history_path is not None and results:
         dump_history(results[-1].history, history_path)
@@ -311,20 +308,7 @@ def sim_kv(
             on_sim=on_sim,
         )
 
-    _service_sweep(
-        "sim kv",
-        f"kv n={nodes}",
-        seed_list,
-        one,
-        nodes=nodes,
-        clients=clients,
-        faults=faults,
-        mutant=mutant,
-        history_path=history_path,
-        trace=trace,
-        trace_out=trace_out,
-        stop_on_first=stop_on_first,
-    )
+    _service_sweep("sim kv", f"kv n={nodes}", seed_list, one)
 
 
 @sim.command("app")
@@ -399,20 +383,7 @@ def sim_app(
             on_sim=on_sim,
         )
 
-    _service_sweep(
-        "sim app",
-        f"{app_spec} n={nodes}",
-        seed_list,
-        one,
-        nodes=nodes,
-        clients=clients,
-        faults=faults,
-        mutant=mutant,
-        history_path=history_path,
-        trace=trace,
-        trace_out=trace_out,
-        stop_on_first=stop_on_first,
-    )
+    _service_sweep("sim app", f"{app_spec} n={nodes}", seed_list, one)
 
 
 def _recorder(
