@@ -181,21 +181,8 @@ def test_retries_reach_a_node_that_leads_again_after_losing_a_proposal(seed: int
 
 @pytest.mark.parametrize("seed", [3, 4, 7])
 def test_two_nodes_rebuilding_at_once_both_finish(seed: int) -> None:
-    from pyxos.sim import kv as kvmod
-
     sims: list[Simulator] = []
-    original = kvmod.Simulator
-
-    class Capturing(Simulator):
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-            sims.append(self)
-
-    kvmod.Simulator = Capturing  # type: ignore[misc]
-    try:
-        r = run_kv(seed, nodes=5, faults=parse_faults("all,disk"), trace=False)
-    finally:
-        kvmod.Simulator = original  # type: ignore[misc]
+    r = run_kv(seed, nodes=5, faults=parse_faults("all,disk"), trace=False, on_sim=sims.append)
     assert r.violation is None
     sim = sims[-1]
     sim.run(sim.now + 10.0)
