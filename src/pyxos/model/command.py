@@ -67,7 +67,13 @@ def _scope_options(f: Any) -> Any:
         ),
         click.option("--timeouts", default=1, show_default=True, help="Timer firings, in all."),
         click.option("--crashes", default=0, show_default=True),
-        click.option("--drops", default=0, show_default=True, help="(--network exact)"),
+        click.option(
+            "--drops",
+            default=0,
+            show_default=True,
+            help="(--network exact) Losses; subsumption prunes each (a message never "
+            "delivered does the same) unless --no-subsumption.",
+        ),
         click.option("--dups", default=0, show_default=True, help="(--network exact)"),
         click.option(
             "--network",
@@ -81,6 +87,12 @@ def _scope_options(f: Any) -> Any:
         click.option("--max-states", type=int, default=None, help="Stop after K states."),
         click.option("--max-depth", type=int, default=None, help="Every state within D actions."),
         click.option("--no-symmetry", is_flag=True, help="No value-symmetry reduction."),
+        click.option(
+            "--no-subsumption",
+            is_flag=True,
+            help="Keep successors their predecessor subsumes (lost messages, ignored "
+            "deliveries); the same verdicts, more states.",
+        ),
         click.option(
             "--search",
             type=click.Choice(["bfs", "random"]),
@@ -151,14 +163,18 @@ def _run(scope: str, opts: dict[str, Any]) -> None:
             click.echo(f"  depth {depth}: {states} states, {transitions} transitions", err=True)
 
         r = explore(
-            m, max_states=opts["max_states"], max_depth=opts["max_depth"], progress=progress
+            m,
+            max_states=opts["max_states"],
+            max_depth=opts["max_depth"],
+            progress=progress,
+            subsumption=not opts["no_subsumption"],
         )
         bound = "complete" if r.complete else "bounded"
         if opts["max_depth"] is not None and r.counterexample is None:
             bound += f" to depth {opts['max_depth']}"
         click.echo(
             f"states: {r.states} distinct ({bound}), transitions: {r.transitions}, "
-            f"depth: {r.depth}, time: {r.seconds:.2f} s"
+            f"subsumed: {r.subsumed}, depth: {r.depth}, time: {r.seconds:.2f} s"
         )
         cex = r.counterexample
     else:

@@ -57,6 +57,12 @@ exact and deterministic, and the tests assert it. Reductions applied, each sound
   a state and its renamings have isomorphic futures. The fingerprint is the least
   digest over all renamings of the values proposed so far.
 - *Write-only statistics* are left out of the fingerprint (see ``canon``).
+- *Subsumption*: a successor its own predecessor can simulate (the same nodes and
+  records, a network holding all its messages, no larger budget) is not kept: a lost
+  message, a stale message delivered and ignored (see :func:`explore`). The states
+  kept render (but for network and budgets) exactly as those of the unreduced search,
+  and counterexamples stay shortest; in the duplicating network it only saves the
+  fingerprints of successors that are their predecessor again.
 - *Time* is each node's own logical clock, advanced only by its ``timeout`` action;
   clocks are part of the state, so no two states with different clocks are merged.
   No reduction is made on time, and none is needed: the budgets bound it. Timing
@@ -187,6 +193,9 @@ class World:
     clock: int = 0
     owned: set[int] = field(default_factory=set)
     """Procs this world copied for itself (the others are shared with its parent)."""
+    text: str | None = None
+    """The canonical rendering but for the network and budgets (a cache, set once the
+    state is complete)."""
 
     def child(self) -> World:
         """A successor sharing the unchanged node objects with this state."""
@@ -237,6 +246,9 @@ class ModelResult:
     complete: bool
     """Every reachable state of the scope was explored (no ``max_states`` cut)."""
     counterexample: Counterexample | None = None
+    subsumed: int = 0
+    """Successors pruned because the state they came from subsumes them (see
+    :func:`explore`); not counted in ``states``."""
 
 
 _msg_decoder = msgspec.json.Decoder(Message)
@@ -545,6 +557,39 @@ class Model:
             for op in w.ops
         )
 
+    def _text(self, w: World) -> str:
+        """The canonical rendering of ``w`` but for its network and its budgets."""
+        if w.text is None:
+            nodes = []
+            for i in self.ids:
+                proc = w.procs[i]
+                if proc.text is None:
+                    proc.text = repr((i, canon(proc.node), canon(proc.storage), proc.register))
+                nodes.append(proc.text)
+            rest = repr(
+                (
+                    canon(w.votes),
+                    canon(w.proposed),
+                    canon(w.chosen),
+                    canon(w.learned),
+                    self._canon_ops(w),
+                    len(w.values),
+                )
+            )
+            w.text = "\n".join([*nodes, rest])
+        return w.text
+
+    def subsumed(self, c: World, w: World) -> bool:
+        """Whether ``w`` can do everything ``c`` can: the same nodes and records, a
+        network holding every message of ``c``'s (with at least as many copies) and at
+        least as much of every budget left (see :func:`explore`)."""
+        if any(n > w.left[k] for k, n in c.left.items()):
+            return False
+        net = w.net
+        if any(net.get(key, 0) < n for key, n in c.net.items()):
+            return False
+        return self._text(c) == self._text(w)
+
     def fingerprint(self, w: World) -> bytes:
         """The least digest of ``w`` over every renaming of its proposed values.
 
@@ -554,24 +599,7 @@ class Model:
         value, so the renamed text is the rendering of the renamed state once the
         network's messages (sorted by their text) are sorted again.
         """
-        nodes = []
-        for i in self.ids:
-            proc = w.procs[i]
-            if proc.text is None:
-                proc.text = repr((i, canon(proc.node), canon(proc.storage), proc.register))
-            nodes.append(proc.text)
-        rest = repr(
-            (
-                sorted(w.left.items()),
-                canon(w.votes),
-                canon(w.proposed),
-                canon(w.chosen),
-                canon(w.learned),
-                self._canon_ops(w),
-                len(w.values),
-            )
-        )
-        body = "\n".join([*nodes, rest])
+        body = self._text(w) + "\n" + repr(sorted(w.left.items()))
         net = self._canon_net(w)
         texts = [(body, net)]
         if self.symmetry and len(w.values) > 1:
@@ -606,19 +634,37 @@ def explore(
     max_states: int | None = None,
     max_depth: int | None = None,
     progress: Callable[[int, int, int], None] | None = None,
+    subsumption: bool = True,
+    visit: Callable[[World], None] | None = None,
 ) -> ModelResult:
     """Breadth-first search of every state of ``model`` (see the module docstring).
 
     Stops at the first violation (with a shortest counterexample), once ``max_states``
     distinct states have been seen, or (``max_depth``) after every state reachable in
     at most that many actions: the search is then complete for that bound.
+
+    Subsumption (``subsumption``, on by default): a successor ``c`` of ``w`` is not
+    kept when ``w`` subsumes it (:meth:`Model.subsumed`): the same nodes, storage and
+    records, every message of ``c``'s network in ``w``'s, and no budget larger. That
+    is a lost message (always), and a delivery or duplicate that changed nothing but
+    the network and the budgets (a stale message ignored). It is sound for every check,
+    and keeps counterexamples shortest: every action enabled in ``c`` is enabled in
+    ``w`` (its messages are there, its budgets suffice; node and client actions read
+    only node state and budgets), and leads from ``w`` to a state that again subsumes
+    the one it leads to from ``c``, with the same records, hence the same verdicts. So
+    whatever ``c`` reaches in ``k`` actions, ``w``, one action closer to the initial
+    state and already kept, reaches in ``k`` too. (For safety, a message never
+    delivered is as good as a lost one.) ``visit`` is called with every state kept.
     """
     t0 = time.perf_counter()
     init = model.initial()
     fp0 = model.fingerprint(init)
+    if visit is not None:
+        visit(init)
     parent: dict[bytes, tuple[bytes, Action] | None] = {fp0: None}
     queue: deque[tuple[World, bytes, int]] = deque([(init, fp0, 0)])
     transitions = 0
+    subsumed = 0
     depth = 0
     complete = True
     depth_seen = 0
@@ -636,17 +682,24 @@ def explore(
             transitions += 1
             c = _try(model, w, a)  # a core object that raises is a verdict too
             if isinstance(c, Violation):
-                return _found(model, parent, fp, a, c, transitions, depth + 1, t0)
+                return _found(model, parent, fp, a, c, transitions, depth + 1, t0, subsumed)
+            if subsumption and model.subsumed(c, w):
+                subsumed += 1
+                continue
             fp2 = model.fingerprint(c)
             if fp2 in parent:
                 continue
             parent[fp2] = (fp, a)
+            if visit is not None:
+                visit(c)
             if max_states is not None and len(parent) >= max_states:
                 complete = False
                 queue.clear()
                 break
             queue.append((c, fp2, d + 1))
-    return ModelResult(len(parent), transitions, depth, time.perf_counter() - t0, complete)
+    return ModelResult(
+        len(parent), transitions, depth, time.perf_counter() - t0, complete, None, subsumed
+    )
 
 
 def _found(
@@ -658,6 +711,7 @@ def _found(
     transitions: int,
     depth: int,
     t0: float,
+    subsumed: int = 0,
 ) -> ModelResult:
     path = [last]
     link = parent[fp]
@@ -667,7 +721,8 @@ def _found(
         link = parent[fp]
     path.reverse()
     cex = Counterexample(model.scope, model.params(), path, v)
-    return ModelResult(len(parent), transitions, depth, time.perf_counter() - t0, True, cex)
+    seconds = time.perf_counter() - t0
+    return ModelResult(len(parent), transitions, depth, seconds, True, cex, subsumed)
 
 
 def replay(model: Model, actions: list[Action]) -> Iterator[tuple[Action, World, Violation | None]]:
