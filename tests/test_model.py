@@ -39,8 +39,12 @@ SCOPES = [
         "replica 3 nodes, 1 proposer, complete",
         lambda: ReplicaModel(3, 1, Budget(timeouts=1, proposals=0)),
         None,
-        129,
-        1143,
+        # 129 states and 1143 transitions before membership change (issue 11): a leader
+        # now remembers which nodes promised its ballot (``_promised``: it needs a
+        # phase-1 quorum of every configuration it proposes under), so states whose
+        # leaders were elected by different quorums are no longer merged.
+        165,
+        1509,
     ),
     (
         "synod 3 acceptors, 2 proposers",
@@ -62,8 +66,9 @@ SCOPES = [
         "replica 3 nodes, a write and a read",
         lambda: ReplicaModel(3, 2, Budget(timeouts=2, proposals=1, reads=1)),
         7,
-        883,
-        2896,
+        # 883 and 2896 before membership change: ``_promised`` (see above) only.
+        923,
+        2948,
     ),
     (
         "replica with loss, duplication, a crash and a wipe",

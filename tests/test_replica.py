@@ -187,8 +187,13 @@ def test_a_new_leader_fetches_slots_a_promiser_compacted_instead_of_reproposing(
     assert r.role is Role.LEADER
     msgs = [m for _, m in sent(r)]
     assert Fetch(1, 0, 5) in msgs
-    accepts = [m for m in msgs if isinstance(m, Accept)]
-    assert accepts == [Accept(1, b, 5, (b"v5",), 0)]
+    # Slot 5 lies beyond first_unchosen + alpha (window 4): its configuration is not
+    # known until the compacted slots are learned (docs/membership.md), so the
+    # re-proposal waits for the fetch.
+    assert not [m for m in msgs if isinstance(m, Accept)]
+    r.step(Decided(2, 0, (b"a", b"b", b"c", b"d", b"e"), 5))
+    accepts = [m for _, m in sent(r) if isinstance(m, Accept)]
+    assert accepts == [Accept(1, b, 5, (b"v5",), 5)]
 
 
 def test_catch_up_serves_only_chosen_values() -> None:

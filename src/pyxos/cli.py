@@ -32,8 +32,9 @@ def _faults_option(default: str) -> Callable[[F], F]:
         default=default,
         show_default=True,
         callback=parse,
-        help="Comma list of fault kinds (drop,dup,reorder,delay,partition,crash,pause,disk) "
-        "or 'all'.",
+        help="Comma list of fault kinds (drop,dup,reorder,delay,partition,crash,pause,disk,"
+        "clock,clock-unsafe,wipe-init,membership) or 'all' (the network, crash and pause "
+        "kinds); membership (sim kv) adds, promotes, removes and replaces nodes.",
     )
 
 
@@ -252,6 +253,7 @@ def _service_sweep(
         ("messages dropped", str(sum(r.stats.get("dropped", 0) for r in results))),
         ("messages held back long", str(sum(r.stats.get("stale_delayed", 0) for r in results))),
         *_stale_rows([r.stale_ballot for r in results]),
+        *(_membership_rows(results) if "membership" in faults else ()),
         ("latency p50 (sim)", f"{percentile(latencies, 0.5) * 1000:.1f} ms"),
         ("latency p99 (sim)", f"{percentile(latencies, 0.99) * 1000:.1f} ms"),
         ("violations", str(len(bad))),
@@ -409,6 +411,20 @@ def _recorder(
         ),
         meta={"faults": sorted(faults), "mutant": mutant},
     )
+
+
+def _membership_rows(results: list[Any]) -> list[tuple[str, str]]:
+    """Summary rows of the membership nemesis: changes made, and slots the
+    governing-quorum check judged."""
+
+    def total(key: str) -> int:
+        return sum(int(r.stats.get(key, 0)) for r in results)
+
+    runs = sum(1 for r in results if r.stats.get("membership_changes", 0))
+    return [
+        ("membership changes", f"{total('membership_changes')} in {runs} runs"),
+        ("slots checked against their configuration", str(total("governed_slots"))),
+    ]
 
 
 def _stale_rows(counts: list[dict[str, int]]) -> list[tuple[str, str]]:

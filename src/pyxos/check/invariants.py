@@ -17,6 +17,16 @@ and Accepted message the simulator carries, and decides for itself when a value 
 definition of agreement in the papers. It also checks that a ballot never carries two
 different values at one slot (a proposer that reuses a ballot after a crash).
 
+With membership changes (``alpha`` given) the acceptors of a slot are the voters of
+the configuration that governs it (``core/membership.py``: the one chosen at least
+``alpha`` slots earlier). The monitor follows the configurations through the committed
+log, as the replicas do, and counts a ballot's votes at a slot only among that slot's
+voters (a learner's or a removed node's Accepted counts for nothing). It also checks,
+for every slot the first time any replica commits it, that some ballot proposed that
+value there and a phase-2 quorum of the governing configuration's voters accepted it
+(``governing-quorum``): a replica that learned a value no quorum of the right
+configuration chose has counted the wrong votes, even if no second value was chosen.
+
 Agreement on the log is not yet agreement on the state: a state machine that leaves
 part of its state out of its snapshot (or is not deterministic) makes replicas that
 applied the same slots hold different states and answer the same slot differently.
@@ -31,6 +41,7 @@ import traceback
 from collections.abc import Callable
 
 from pyxos.core.ballot import Ballot
+from pyxos.core.membership import Membership, founding_configuration, is_config_entry
 from pyxos.core.messages import Accept, Accepted, Entry, Message
 from pyxos.core.quorum import QuorumSystem
 
@@ -89,8 +100,24 @@ class SafetyMonitor:
 class ChosenMonitor:
     """Agreement on what is *chosen* (by acceptors), not only on what is learned."""
 
-    def __init__(self, quorum: QuorumSystem) -> None:
+    def __init__(self, quorum: QuorumSystem, *, alpha: int | None = None) -> None:
         self.quorum = quorum
+        self.membership = (
+            Membership(founding_configuration(quorum, alpha)) if alpha is not None else None
+        )
+        """The configuration timeline of the committed log (None: ``quorum`` for all)."""
+        self.log: dict[int, bytes] = {}
+        """slot -> the value committed there (with membership only)."""
+        self.prefix = 0
+        """Every slot below is in ``log`` and fed to the timeline."""
+        self.deferred: set[tuple[int, Ballot]] = set()
+        """Keys whose slot's configuration is not known yet (checked once it is)."""
+        self.ballots_at: dict[int, list[Ballot]] = {}
+        """slot -> ballots proposed there (with membership only)."""
+        self.governed = 0
+        """Committed slots checked against their governing configuration."""
+        self.ungoverned = 0
+        """Committed slots whose configuration was not known yet (expected: none)."""
         self.proposed: dict[tuple[int, Ballot], bytes] = {}
         """(slot, ballot) -> the value proposed in that ballot at that slot."""
         self.votes: dict[tuple[int, Ballot], set[int]] = {}
@@ -104,6 +131,8 @@ class ChosenMonitor:
             for i, value in enumerate(msg.values):
                 key = (msg.slot + i, msg.ballot)
                 known = self.proposed.setdefault(key, value)
+                if known is value and self.membership is not None:
+                    self.ballots_at.setdefault(key[0], []).append(msg.ballot)
                 if known != value:
                     raise Violation(
                         "ballot-uniqueness",
@@ -116,9 +145,73 @@ class ChosenMonitor:
                 self.votes.setdefault(key, set()).add(msg.src)
                 self._check(key)
 
+    def _governing(self, slot: int) -> QuorumSystem | None:
+        """The configuration governing ``slot``, or None if not known yet."""
+        m = self.membership
+        if m is None:
+            return self.quorum
+        if slot - m.alpha >= self.prefix:
+            return None
+        return m.at(slot)
+
+    def committed(self, node_id: int, entries: list[Entry]) -> None:
+        """A replica committed ``entries`` (a ``Simulator.observers`` callback): follow
+        the configurations, and check each slot's first commit against the
+        configuration that governs it."""
+        m = self.membership
+        if m is None:
+            return
+        for entry in entries:
+            if entry.slot in self.log:
+                continue
+            self.log[entry.slot] = entry.value
+            advanced = False
+            while self.prefix in self.log:
+                value = self.log[self.prefix]
+                if is_config_entry(value):
+                    m.chosen(self.prefix, value)
+                self.prefix += 1
+                advanced = True
+            self._check_governed(node_id, entry.slot, entry.value)
+            if advanced and self.deferred:
+                ready = [k for k in self.deferred if k[0] - m.alpha < self.prefix]
+                for key in ready:
+                    self.deferred.discard(key)
+                    self._check(key)
+
+    def _check_governed(self, node_id: int, slot: int, value: bytes) -> None:
+        config = self._governing(slot)
+        if config is None:
+            # A commit ahead of the committed log: not expected (a replica commits a
+            # slot only once every slot below is committed or in its snapshot).
+            self.ungoverned += 1
+            return
+        self.governed += 1
+        for ballot in self.ballots_at.get(slot, ()):
+            key = (slot, ballot)
+            if self.proposed.get(key) == value and config.is_phase2_quorum(self.votes.get(key, ())):
+                return
+        votes = {
+            str(b): sorted(self.votes.get((slot, b), ()))
+            for b in self.ballots_at.get(slot, ())
+            if self.proposed.get((slot, b)) == value
+        }
+        raise Violation(
+            "governing-quorum",
+            f"node {node_id} committed {value[:40]!r} at slot {slot}, but no ballot had it "
+            f"accepted by a phase-2 quorum of the configuration governing that slot "
+            f"({config!r}); votes per ballot: {votes}",
+        )
+
     def _check(self, key: tuple[int, Ballot]) -> None:
         value = self.proposed.get(key)
-        if value is None or not self.quorum.is_phase2_quorum(self.votes.get(key, ())):
+        if value is None:
+            return
+        quorum = self._governing(key[0])
+        if quorum is None:
+            self.deferred.add(key)
+            return
+        if not quorum.is_phase2_quorum(self.votes.get(key, ())):
             return
         slot, ballot = key
         first = self.chosen.setdefault(slot, (ballot, value))

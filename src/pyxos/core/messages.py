@@ -39,6 +39,9 @@ decree is slot 0.
 - ``FenceLift(nonce, bound)``: the rebuilt node lifts fence ``nonce``: only its
   ballots up to ``bound`` stay refused. ``Fenced(nonces)``: a refusal because those
   fences are still up (the owner lifts them).
+- ``Removed(node, epoch, reason)``: the answer to any message from a node that a
+  configuration change removed (configuration ``epoch`` is in force at the sender):
+  it stops voting and running for good (see "Membership" in ``core/replica.py``).
 - ``ClientRequest`` / ``ClientReply``: a client's command and its result.
 """
 
@@ -69,6 +72,7 @@ __all__ = [
     "ReadAck",
     "RebuildInfo",
     "RebuildQuery",
+    "Removed",
     "Snapshot",
     "SnapshotRequest",
 ]
@@ -272,6 +276,16 @@ class Fenced(msgspec.Struct, frozen=True, array_like=True, tag="fenced"):
     nonces: tuple[int, ...]
 
 
+class Removed(msgspec.Struct, frozen=True, array_like=True, tag="removed"):
+    """Refused: ``node`` was removed from the cluster (configuration ``epoch`` is in
+    force at the sender, and does not name it); ``reason`` says so in words."""
+
+    src: int
+    node: int
+    epoch: int
+    reason: str = ""
+
+
 class ClientRequest(msgspec.Struct, frozen=True, array_like=True, tag="req"):
     """A client's command: ``(client, seq)`` makes retries idempotent.
 
@@ -321,6 +335,7 @@ Message = (
     | RebuildInfo
     | FenceLift
     | Fenced
+    | Removed
     | ReadAck
     | ClientRequest
     | ClientReply

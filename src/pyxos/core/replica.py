@@ -191,6 +191,26 @@ accepted, and gets ``v`` accepted by D, A and X: two values chosen. Waiting for 
 answer closes it: D holds its promise of ``b``. The price: a new cluster bootstraps
 only once every node is up (the same price a rebuild pays).
 
+Membership (docs/membership.md has the argument in full). The configuration (voters,
+learners, quorum sizes) is chosen in the log: a value that starts with
+``CONFIG_MAGIC`` is a configuration entry, and one chosen in slot ``s`` governs the
+slots from ``s + alpha`` on (``core/membership.py``). Each slot is then single-decree
+Paxos over the voters of the configuration that governs it, which depends only on
+slots ``alpha`` or more below it. So a leader proposes in slot ``t`` only below
+``first_unchosen + alpha`` (it knows ``t``'s configuration), counts Accepted for ``t``
+among that configuration's voters only, and has a phase-1 quorum of it before it
+proposes there: a candidate needs one of every configuration it knows of (the one in
+force at its first unchosen slot and the pending ones); configurations chosen later
+have their voters asked, with the same ballot, when their slots come into reach. A
+leader takes no read index until it has proposed in every reported slot and holds all
+those phase-1 quorums, and a lease needs a phase-2 quorum of every configuration in
+reach (it ends when a configuration is chosen). Learners receive the log and are
+never counted. An id that no configuration in force or pending names any more is
+retired for good: peers answer what it sends as a member (runs, leads, rebuilds) with
+``Removed``, and it never runs or leads again; it still answers Prepare and Accept,
+since a new leader may need its vote for the slots before its removal took over. A
+snapshot carries the configurations of the slots after it.
+
 Invariants are written on the fields that carry them.
 """
 
@@ -203,6 +223,16 @@ from dataclasses import dataclass
 
 from pyxos.core.acceptor import Acceptor
 from pyxos.core.ballot import ZERO, Ballot
+from pyxos.core.membership import (
+    ConfigChangeError,
+    Configuration,
+    Membership,
+    MembershipState,
+    encode_config_entry,
+    founding_configuration,
+    is_config_entry,
+    quorum_of_each,
+)
 from pyxos.core.messages import (
     Accept,
     Accepted,
@@ -221,6 +251,7 @@ from pyxos.core.messages import (
     ReadAck,
     RebuildInfo,
     RebuildQuery,
+    Removed,
 )
 from pyxos.core.quorum import QuorumSystem
 from pyxos.core.ready import Fence, FenceState, Ready, Rng, Send
@@ -309,14 +340,28 @@ class Replica:
         bootstrapping: bool = False,
         fences: Mapping[int, FenceState] | None = None,
     ) -> None:
-        if node_id not in quorum.members:
-            raise ValueError(f"node {node_id} is not a member of {quorum.members}")
         self._node_id = node_id
-        self.quorum = quorum
-        self.members = quorum.members
-        self.peers = tuple(m for m in quorum.members if m != node_id)
         self.rng = rng
         self.config = config
+        founding = founding_configuration(quorum, config.window)
+        self.membership = Membership(founding)
+        """The configuration timeline (see "Membership" above): the founding
+        configuration governs slot 0 on until the log (or a snapshot) says otherwise."""
+        self.quorum: Configuration = founding
+        """The configuration governing ``first_unchosen`` (kept current)."""
+        self.members: tuple[int, ...] = ()
+        """Every node of the current and pending configurations (voters and learners)."""
+        self.peers: tuple[int, ...] = ()
+        """``members`` but this node: whom broadcasts go to."""
+        self.removed: str | None = None
+        """Why this node no longer belongs to the cluster (None: it does, or may yet
+        join). A removed node never runs or leads again (it still answers for the
+        slots before its removal); its id is never reused."""
+        self.config_change: int | None = None
+        """The epoch of the configuration change this leader proposed and has not yet
+        seen chosen (one change in flight at a time)."""
+        self.refused_removed = 0
+        """Messages from removed nodes refused (each answered with ``Removed``)."""
         self.acceptor = Acceptor(promised, accepted)
         self.now = now
 
@@ -433,6 +478,25 @@ class Replica:
         self.elections = 0
         self.leader_changes = 0
         self._ready = Ready()
+        # Leader: phase 1 per configuration (see "Membership").
+        self._promised: set[int] = set()
+        """Nodes that promised our ballot (leader or candidate)."""
+        self._reported: dict[int, Entry] = {}
+        """slot -> the highest-ballot entry any promiser reported there, for slots we
+        have not proposed in yet (leader)."""
+        self._reported_end = 0
+        """One past the highest slot a promiser reported (leader): up to here, a slot
+        nobody reported gets a no-op."""
+        self._compacted = 0
+        """The highest ``log_start`` a promiser reported (leader): below it slots are
+        chosen and fetched, never proposed."""
+        self._fill_to = 0
+        """Leader: propose no-ops up to here when idle, so that a chosen configuration
+        takes over without waiting for client commands."""
+        self._prepare_asked: dict[int, float] = {}
+        """node -> when we last sent it our Prepare as leader (a new configuration's
+        voters are asked once its slots come into reach)."""
+        self._refresh_membership()
         self._commit_sent = -1
         recovered = [s for s, e in self.acceptor.accepted.items() if e.ballot == promised]
         if recovered:
@@ -455,10 +519,8 @@ class Replica:
         """Propose ``value`` (a batch of commands) in the next slot; False if not leader."""
         if self.role is not Role.LEADER:
             return False
-        if len(self.in_flight) < self.config.window and not self.queued:
-            self._propose_slots([value])
-        else:
-            self.queued.append(value)
+        self.queued.append(value)
+        self._fill_window()
         return True
 
     def read(self, token: object) -> bool:
@@ -466,19 +528,34 @@ class Replica:
         may be served (or must be refused). False at once if not leader."""
         if self.role is not Role.LEADER:
             return False
+        # Until the takeover is settled the read index is not known yet (-1): a slot
+        # at or above next_slot may still hold a value an earlier ballot chose.
+        index = self.next_slot if self._settled() else -1
         if self.now < self.lease_until:
             # Lease held: no other leader can exist until it ends (the acceptors that
             # granted it promise nobody else before theirs ends): no round needed.
-            self.pending_reads.append((0, self.next_slot, token))
+            self.pending_reads.append((0, index, token))
             return True
         if self.read_probe == self.read_probe_sent:
             self.read_probe += 1  # reads of one pass share one probe
             self.read_acks[self.read_probe] = {self.node_id}
-        self.pending_reads.append((self.read_probe, self.next_slot, token))
+        self.pending_reads.append((self.read_probe, index, token))
         return True
+
+    def _settled(self) -> bool:
+        """Leader: every slot a promiser reported has been proposed in, and a phase-1
+        quorum of every configuration in reach (current and pending) has promised, so
+        no slot from ``next_slot`` on holds a value an earlier ballot chose: a read
+        index may be taken (docs/membership.md, "Reads")."""
+        return self.next_slot >= self._reported_end and quorum_of_each(
+            self._all_configs(), self._promised, phase=1
+        )
 
     def step(self, msg: Message) -> None:
         """Feed one received message (stale or foreign messages are ignored)."""
+        retired = self.membership.retired
+        if retired and msg.src in retired and self._refuses_removed(msg):
+            return
         ballot = getattr(msg, "ballot", None)
         if ballot is not None and ballot < self.highest_seen:
             name = type(msg).__name__
@@ -516,6 +593,9 @@ class Replica:
                 self._on_fence_lift(msg)
             case Fenced():
                 self._on_fenced(msg)
+            case Removed():
+                if msg.node == self.node_id and self.removed is None:
+                    self._become_removed(f"node {msg.src} says: {msg.reason}")
             case _:
                 pass
 
@@ -578,6 +658,7 @@ class Replica:
             del self.chosen[s]
         self.acceptor.forget_below(slot)
         self.log_start = max(self.log_start, slot)
+        self._refresh_membership()
 
     def skip_to(self, slot: int) -> None:
         """Everything below ``slot`` is covered by a restored snapshot: start there.
@@ -593,11 +674,166 @@ class Replica:
                 del self.chosen[s]
             self.first_unchosen = slot
             self.log_start = slot
+            self._refresh_membership()
             self._emit_chosen()
+
+    # -- membership ----------------------------------------------------------------------
+
+    @property
+    def configuration(self) -> Configuration:
+        """The configuration governing our first unchosen slot."""
+        return self.membership.at(self.first_unchosen)
+
+    def configurations(self) -> list[tuple[int, Configuration]]:
+        """``(start slot, configuration)``: the current configuration, then every
+        pending one (chosen, in force from its start slot)."""
+        return self.membership.from_slot(self.first_unchosen)
+
+    def change_in_flight(self) -> bool:
+        """True while a configuration change is proposed or chosen but not yet in force."""
+        return self.config_change is not None or self.membership.pending_after(self.first_unchosen)
+
+    def propose_configuration(self, config: Configuration) -> int:
+        """Propose ``config`` as the next configuration; returns its epoch.
+
+        Leader only, one change at a time. ``ConfigChangeError`` (a ``ValueError``)
+        says why a change is refused: not the leader, a change still in flight, not
+        the next epoch, a changed alpha, a removed id reused. Whether the change
+        leaves a live quorum is the caller's check (``Configuration.live_quorums``).
+        The change is chosen like any value; it governs from ``alpha`` slots after
+        the slot it is chosen in (the leader fills those with no-ops when idle).
+        """
+        if self.role is not Role.LEADER:
+            raise ConfigChangeError(
+                f"node {self.node_id} is not the leader (leader: {self.leader or 'unknown'})"
+            )
+        if self.change_in_flight():
+            raise ConfigChangeError(
+                "a configuration change is already in flight: one change at a time "
+                f"(latest epoch {self.membership.latest.epoch}, in force from slot "
+                f"{self.membership.starts[-1]})"
+            )
+        why = self.membership.check(config)
+        if why is not None:
+            raise ConfigChangeError(why)
+        self.config_change = config.epoch
+        self.queued.insert(0, encode_config_entry(config))
+        self._fill_window()
+        return config.epoch
+
+    def add_learner(self, node: int) -> int:
+        """Propose adding the new id ``node`` as a learner (see ``propose_configuration``)."""
+        return self.propose_configuration(self.membership.latest.add_learner(node))
+
+    def promote(self, node: int, *, q1: int = 0, q2: int = 0) -> int:
+        """Propose making learner ``node`` a voter (quorum sizes: majorities unless given)."""
+        return self.propose_configuration(self.membership.latest.promote(node, q1=q1, q2=q2))
+
+    def remove(self, node: int, *, q1: int = 0, q2: int = 0) -> int:
+        """Propose removing ``node`` (the leader itself too: it steps down once the new
+        configuration is in force)."""
+        return self.propose_configuration(self.membership.latest.remove(node, q1=q1, q2=q2))
+
+    def replace(self, old: int, new: int, *, q1: int = 0, q2: int = 0) -> int:
+        """Propose replacing voter ``old`` by the new id ``new`` in one change."""
+        return self.propose_configuration(self.membership.latest.replace(old, new, q1=q1, q2=q2))
+
+    def membership_state(self, slot: int) -> MembershipState:
+        """What a snapshot of the slots below ``slot`` must carry about membership."""
+        return self.membership.state(slot)
+
+    def install_membership(self, state: MembershipState) -> None:
+        """Adopt a snapshot's membership (before ``skip_to`` its slot)."""
+        if state.slot > self.first_unchosen and state.configs:
+            self.membership.install(state)
+            self._refresh_membership()
+
+    def _refresh_membership(self) -> None:
+        m = self.membership
+        before = self.peers
+        m.advance(self.first_unchosen, self.log_start)
+        self.quorum = m.at(self.first_unchosen)
+        self.members = tuple(sorted(m.nodes_from(self.first_unchosen)))
+        self.peers = tuple(n for n in self.members if n != self.node_id)
+        if self.role is Role.LEADER and self._node_id not in self.quorum.voters:
+            # A leader the configuration in force no longer counts hands over: it tells
+            # everyone, old peers and new, what is chosen, and steps down.
+            everyone = tuple(sorted(set(before) | set(self.peers)))
+            self._send_now(everyone, Commit(self.node_id, self.ballot, self.first_unchosen))
+        if self.removed is None and self._node_id in m.retired:
+            self._become_removed(
+                f"removed from the cluster (configuration epoch {self.quorum.epoch} "
+                f"does not name node {self._node_id})"
+            )
+        elif self.role is Role.LEADER and self._node_id not in self.quorum.voters:
+            # The configuration in force no longer counts us: hand over (step down).
+            self._become_follower(0)
+
+    def _become_removed(self, reason: str) -> None:
+        """We are not a member any more, for good: never run or lead again.
+
+        We still answer Prepare and Accept: for the slots before our removal took over
+        we are a voter, and a new leader may need our promise and report there (the
+        node that knew them chosen may have lost its disk since; the simulator found a
+        run where a removed node that stopped answering left no phase-1 quorum for
+        them). Our vote is counted nowhere else."""
+        self.removed = reason
+        if self.role is not Role.FOLLOWER:
+            self._become_follower(0)
+
+    def _refuses_removed(self, msg: Message) -> bool:
+        """``msg`` comes from a removed node: refuse it (True) and say why if it acts
+        as a member (runs, leads, rebuilds). Its answers still count where it is a
+        voter: the configurations before its removal (see ``_become_removed``)."""
+        if not isinstance(msg, PreVote | Prepare | Accept | Commit | RebuildQuery):
+            return False
+        self._refuse_removed(msg.src)
+        return True
+
+    def _refuse_removed(self, src: int) -> None:
+        self.refused_removed += 1
+        reason = (
+            f"node {src} was removed from the cluster; configuration epoch "
+            f"{self.quorum.epoch} has voters {list(self.quorum.voters)} and learners "
+            f"{list(self.quorum.learners)}"
+        )
+        self._send_now((src,), Removed(self.node_id, src, self.quorum.epoch, reason))
+
+    def _on_config_chosen(self, slot: int, value: bytes) -> None:
+        config = self.membership.chosen(slot, value, self._config_delay())
+        if config is not None:
+            # A lease is only as good as the configurations that granted it: one more
+            # configuration to bind, a new lease (see docs/membership.md, "Leases").
+            self.lease_until = float("-inf")
+        if self.config_change is not None and (
+            config is None or config.epoch >= self.config_change
+        ):
+            self.config_change = None
+        if config is not None and self.role is Role.LEADER:
+            # Fill the window up to where it takes over, so an idle cluster does not
+            # wait for client commands to bring it into force.
+            self._fill_to = max(self._fill_to, self.membership.starts[-1])
+
+    def _hint_chosen(self, to: int, their_first_unchosen: int) -> None:
+        """A removed node tells a former peer that is behind how far the log is
+        chosen (an empty Decided): the slots it lacks were chosen before we left, and
+        may need our copy (we still answer Fetch)."""
+        if self.first_unchosen > their_first_unchosen:
+            fu = self.first_unchosen
+            self._send_now((to,), Decided(self._node_id, fu, (), fu))
+
+    def _config_delay(self) -> int | None:
+        """Slots from choosing a configuration to its taking over (None: alpha)."""
+        return None
+
+    def _all_configs(self) -> list[Configuration]:
+        return [c for _, c in self.membership.from_slot(self.first_unchosen)]
 
     # -- acceptor side -------------------------------------------------------------------
 
     def _on_prepare(self, msg: Prepare) -> None:
+        if self.removed is not None:
+            self._hint_chosen(msg.src, msg.slot)
         if self.rebuilding:
             self._note_ballot(msg.ballot)
             return  # no vote while our acceptor state cannot be trusted
@@ -621,6 +857,8 @@ class Replica:
         self._send_after_sync((msg.src,), promise)
 
     def _on_accept(self, msg: Accept) -> None:
+        if self.removed is not None:
+            self._hint_chosen(msg.src, msg.chosen)
         if self.rebuilding:
             self._heard_from_leader(msg.ballot)
             self._learn_commit(msg.ballot, msg.chosen)
@@ -660,7 +898,7 @@ class Replica:
 
     def _check_read_quorum(self, probe: int) -> None:
         acks = self.read_acks.get(probe)
-        if acks is not None and self.quorum.is_phase2_quorum(acks):
+        if acks is not None and quorum_of_each(self._all_configs(), acks, phase=2):
             self.read_confirmed = max(self.read_confirmed, probe)
             sent = self.probe_sent_at.get(probe)
             lease = self.config.lease_seconds
@@ -678,7 +916,15 @@ class Replica:
             self.pending_reads.clear()
             return
         keep = []
+        settled: bool | None = None
         for probe, index, token in self.pending_reads:
+            if index < 0:
+                if settled is None:
+                    settled = self._settled()
+                if not settled:
+                    keep.append((probe, index, token))
+                    continue
+                index = self.next_slot
             if probe <= self.read_confirmed and index <= self.first_unchosen:
                 r.reads.append((token, True))
             else:
@@ -722,6 +968,8 @@ class Replica:
         # Nor to a node far behind us: its phase 1 would re-propose its whole gap.
         # Nor while a lease we granted forbids promising the asker: its Prepare would
         # be refused anyway.
+        if self.removed is not None:
+            self._hint_chosen(msg.src, msg.first_unchosen)
         recent = self.now - self.leader_contact < self.config.election_timeout[0]
         lagging = msg.first_unchosen + self.config.window < self.first_unchosen
         fence = self.fences.get(msg.src)
@@ -860,7 +1108,7 @@ class Replica:
                 # Somebody holds (or held) state: the cluster exists, and our empty
                 # disk may be a wiped member's. Rebuild like one (see the notes).
                 self.bootstrapping = False
-            elif len(answers) < len(self.peers):
+            elif self.peers_unanswered():
                 return
             else:
                 self._finish_bootstrap()
@@ -870,10 +1118,10 @@ class Replica:
         # then every ballot that reached phase 2 was promised durably by one of the
         # rest, and every chosen slot was accepted by one of them.
         lost = {self.node_id} | {p for p, i in answers.items() if i.rebuilding}
-        self.majority_lost = self.quorum.is_phase1_quorum(lost) or self.quorum.is_phase2_quorum(
-            lost
+        self.majority_lost = any(
+            c.is_phase1_quorum(lost) or c.is_phase2_quorum(lost) for c in self._all_configs()
         )
-        if self.majority_lost or len(answers) < len(self.peers):
+        if self.majority_lost or self.peers_unanswered():
             return
         infos = [i for i in answers.values() if not i.rebuilding]
         last = max((i.last_slot for i in infos), default=-1)
@@ -881,6 +1129,14 @@ class Replica:
         if self.first_unchosen <= last:
             return  # still learning what may have been chosen with our lost votes
         self.rebuild_caught_up = True
+
+    def join_fresh(self) -> None:
+        """This node's id was never used before (a node being added to the cluster):
+        its empty state is the truth, so it votes (once a configuration names it)
+        without a bootstrap round. The caller vouches for the id being new: ids of
+        removed nodes are never reused (docs/membership.md)."""
+        if self.bootstrapping and self._fresh():
+            self._finish_bootstrap()
 
     def _finish_bootstrap(self) -> None:
         """Every peer answered fresh: a new cluster, and our empty state is the truth."""
@@ -1002,6 +1258,8 @@ class Replica:
             s = msg.slot + i
             if s >= first:
                 chosen.setdefault(s, value)
+        if not values and msg.end > self.commit_hint:
+            self.commit_hint = msg.end  # a hint only: fetched on the next tick
         if values:
             end = msg.slot + len(values)
             self.commit_hint = max(self.commit_hint, end)
@@ -1026,13 +1284,23 @@ class Replica:
         s = start
         chosen = self.chosen
         committed = self._ready.committed
+        changed = False
         while s in chosen:
-            committed.append(Entry(s, ZERO, chosen[s]))
+            value = chosen[s]
+            committed.append(Entry(s, ZERO, value))
+            if value[:1] == b"\xc1" and is_config_entry(value):
+                self._on_config_chosen(s, value)
+                changed = True
             s += 1
         if s != start:
             self.first_unchosen = s
             self._ready.persist.chosen = s
             self.commit_hint = max(self.commit_hint, s)
+            starts = self.membership.starts
+            if changed or (starts[-1] > start and any(start < st <= s for st in starts)):
+                self._refresh_membership()
+            if self.role is Role.LEADER:
+                self._fill_window()
 
     def _fetch_target(self) -> int:
         if not self.peers:
@@ -1065,9 +1333,8 @@ class Replica:
             # Someone knows of a slot above everything we proposed (accepted by a
             # minority our phase 1 did not hear): our promise covers every slot, so
             # settle them with no-ops, or an idle cluster never chooses them.
-            count = min(msg.end - self.next_slot, self.config.window)
-            if len(self.in_flight) + count <= self.config.window:
-                self._propose_slots([NOOP] * count)
+            self._fill_to = max(self._fill_to, msg.end)
+            self._fill_window()
         end = min(msg.end, self.first_unchosen)
         if msg.slot < self.log_start or msg.slot >= end:
             return
@@ -1111,6 +1378,10 @@ class Replica:
         return max(self.highest_seen, self.acceptor.promised).next_for(self.node_id)
 
     def _start_prevote(self) -> None:
+        if self.removed is not None or self._node_id not in self.quorum.voters:
+            # Learners, joiners and removed nodes never run (nobody counts their vote).
+            self.election_deadline = self.now + self._election_timeout()
+            return
         held = self._lease_held_against(self.node_id)
         if held > self.now:
             # Our own promise is bound by the leases we granted, like anyone's.
@@ -1120,7 +1391,7 @@ class Replica:
         self.election_deadline = self.now + self._election_timeout()
         self.grants = {self.node_id}
         self.ballot = self._next_ballot()
-        if self.quorum.is_phase1_quorum(self.grants):
+        if quorum_of_each(self._all_configs(), self.grants, phase=1):
             self._start_election()
             return
         self._send_now(self.peers, PreVote(self.node_id, self.ballot, self.first_unchosen))
@@ -1130,7 +1401,7 @@ class Replica:
             return
         if msg.granted:
             self.grants.add(msg.src)
-            if self.quorum.is_phase1_quorum(self.grants):
+            if quorum_of_each(self._all_configs(), self.grants, phase=1):
                 self._start_election()
 
     def _start_election(self) -> None:
@@ -1149,10 +1420,30 @@ class Replica:
         self._on_promise(Promise(self.node_id, self.ballot, tuple(entries), self._acceptor_start()))
 
     def _on_promise(self, msg: Promise) -> None:
-        if self.role is not Role.CANDIDATE or msg.ballot != self.ballot:
+        if msg.ballot != self.ballot:
+            return
+        if self.role is Role.LEADER:
+            # A voter of a configuration that came into reach (see "Membership"); a late
+            # answer to the election's Prepare adds nothing (we had a quorum without it).
+            if msg.src in self._promised or msg.src not in self._prepare_asked:
+                return
+            self._promised.add(msg.src)
+            if msg.log_start > self.next_slot:
+                # It compacted chosen slots we have not proposed in: fetch, never propose.
+                self._compacted = max(self._compacted, msg.log_start)
+                self.commit_hint = max(self.commit_hint, msg.log_start)
+                self.next_slot = msg.log_start
+                self.fetch_next = self.first_unchosen
+                self._fetch(msg.src, self.first_unchosen)
+            self._merge_report(msg, self.next_slot)
+            self._fill_window()
+            return
+        if self.role is not Role.CANDIDATE:
             return
         self.promises[msg.src] = msg
-        if self.quorum.is_phase1_quorum(self.promises.keys()):
+        # A phase-1 quorum of every configuration governing a slot we know the
+        # configuration of: the current one and the pending ones.
+        if quorum_of_each(self._all_configs(), self.promises.keys(), phase=1):
             self._become_leader()
 
     def _on_nack(self, msg: Nack) -> None:
@@ -1173,6 +1464,13 @@ class Replica:
         self.in_flight.clear()
         self.queued.clear()
         self.promises = {}
+        self.config_change = None
+        self._promised = set()
+        self._reported = {}
+        self._reported_end = 0
+        self._compacted = 0
+        self._fill_to = 0
+        self._prepare_asked = {}
         if leader and leader != self.leader:
             self.leader = leader
             self.leader_changes += 1
@@ -1193,31 +1491,44 @@ class Replica:
             self.fetch_next = self.first_unchosen
             self._fetch(best.src, self.first_unchosen)
         start = max(self.prepare_slot, compacted)
-        values = self._reproposals(start)
+        self._promised = set(self.promises)
+        self._reported = {}
+        self._reported_end = start
+        self._compacted = compacted
+        self._fill_to = 0
+        self._prepare_asked = {}
+        for promise in self.promises.values():
+            self._merge_report(promise, start)
         self.promises = {}
         self.in_flight.clear()
         self.next_slot = start
-        if values:
-            self._propose_slots(values)
-        else:
+        self._fill_window()
+        if not self.in_flight:
             # Announce the new leadership at once (followers stop their elections).
             self._send_now(self.peers, Commit(self.node_id, self.ballot, self.first_unchosen))
         self.heartbeat_due = self.now + self.config.heartbeat_interval
         self._commit_sent = self.first_unchosen
 
-    def _reproposals(self, start: int) -> list[bytes]:
-        """Per slot from ``start``: the highest-ballot value any promiser accepted, or a
-        no-op where none did, up to the highest slot reported."""
-        highest: dict[int, Entry] = {}
-        for promise in self.promises.values():
-            for entry in promise.accepted:
-                if entry.slot < start:
-                    continue
-                seen = highest.get(entry.slot)
-                if seen is None or entry.ballot > seen.ballot:
-                    highest[entry.slot] = entry
-        end = max(highest, default=start - 1) + 1
-        return [highest[s].value if s in highest else NOOP for s in range(start, end)]
+    def _merge_report(self, promise: Promise, floor: int) -> None:
+        """Keep, per slot from ``floor``, the highest-ballot entry promisers reported:
+        the value a slot is re-proposed with (a no-op where nobody reported one, up to
+        the highest slot reported). Reports of more promisers than a quorum are as
+        safe as a quorum's (the highest ballot among a superset is still a value its
+        ballot's leader proposed, at least as high as the quorum's)."""
+        reported = self._reported
+        for entry in promise.accepted:
+            slot = entry.slot
+            if slot < floor:
+                continue
+            seen = reported.get(slot)
+            if seen is None or entry.ballot > seen.ballot:
+                reported[slot] = entry
+            if slot >= self._reported_end:
+                self._reported_end = slot + 1
+
+    def _reproposed(self, entry: Entry) -> bytes:
+        """The value re-proposed for a slot a promiser reported ``entry`` at."""
+        return entry.value
 
     # -- leader ------------------------------------------------------------------------------
 
@@ -1242,23 +1553,89 @@ class Replica:
     def _on_accepted(self, msg: Accepted) -> None:
         if self.role is not Role.LEADER or msg.ballot != self.ballot:
             return
-        quorum = self.quorum
+        span = self.membership.span
+        config, end = span(msg.slot)
+        counted = self._phase2_counted
         for s in range(msg.slot, msg.slot + msg.count):
             flight = self.in_flight.get(s)
             if flight is None:
                 continue
             flight.acks.add(msg.src)
-            if quorum.is_phase2_quorum(flight.acks):
+            if s >= end:
+                config, end = span(s)
+            # A phase-2 quorum of the configuration that governs this slot.
+            if counted(config, flight.acks):
                 del self.in_flight[s]
                 self.chosen[s] = flight.value
         self._emit_chosen()
         self._fill_window()
 
+    def _phase2_counted(self, config: Configuration, acks: set[int]) -> bool:
+        """True if ``acks`` hold a phase-2 quorum of ``config`` (voters only)."""
+        return config.is_phase2_quorum(acks)
+
     def _fill_window(self) -> None:
+        """Propose into the next slots, in slot order, while the window has room: a
+        reported value, a no-op below the highest reported slot, a queued value, or a
+        no-op up to ``_fill_to``. Only into slots whose configuration we know (below
+        ``first_unchosen + alpha``), in which we vote, and for whose configuration we
+        hold a phase-1 quorum of promises (its voters are asked if not)."""
+        if self.role is not Role.LEADER:
+            return
         room = self.config.window - len(self.in_flight)
-        if room > 0 and self.queued:
-            batch, self.queued = self.queued[:room], self.queued[room:]
-            self._propose_slots(batch)
+        horizon = self.first_unchosen + self.membership.alpha
+        t = self.next_slot
+        values: list[bytes] = []
+        queued = self.queued
+        qi = 0
+        reported = self._reported
+        while room > 0 and t < horizon:
+            config, end = self.membership.span(t)
+            if not self._may_propose_in(config):
+                break
+            stop = min(horizon, end, t + room)
+            idle = False
+            while t < stop:
+                entry = reported.pop(t, None) if reported else None
+                if entry is not None:
+                    values.append(self._reproposed(entry))
+                elif t < self._reported_end:
+                    values.append(NOOP)
+                elif qi < len(queued):
+                    values.append(queued[qi])
+                    qi += 1
+                elif t < self._fill_to:
+                    values.append(NOOP)
+                else:
+                    idle = True
+                    break
+                t += 1
+                room -= 1
+            if idle:
+                break
+        if qi:
+            del queued[:qi]
+        if values:
+            self._propose_slots(values)
+
+    def _may_propose_in(self, config: Configuration) -> bool:
+        """True if we may propose in slots ``config`` governs; if only promises are
+        missing, ask its voters that have not promised (again each heartbeat)."""
+        if self._node_id not in config.voters:
+            return False  # it does not count us: we step down once it is in force
+        if config.is_phase1_quorum(self._promised):
+            return True
+        asked = self._prepare_asked
+        later = self.now - self.config.heartbeat_interval
+        ask = tuple(
+            v
+            for v in config.voters
+            if v not in self._promised and v != self._node_id and asked.get(v, -1e18) <= later
+        )
+        for v in ask:
+            asked[v] = self.now
+        self._send_now(ask, Prepare(self._node_id, self.ballot, self.next_slot))
+        return False
 
     def _heartbeat(self) -> None:
         self.heartbeat_due = self.now + self.config.heartbeat_interval
@@ -1273,6 +1650,7 @@ class Replica:
             run.append(s)
         if run:
             self._resend(run)
+        self._fill_window()
         if self.config.lease_seconds > 0 and self.read_probe == self.read_probe_sent:
             # Every heartbeat renews the lease: a fresh probe, acked by the acceptors.
             self.read_probe += 1

@@ -57,6 +57,7 @@ STATISTICS = frozenset(
         "syncs",
         "stale_ballot",
         "fenced_refused",
+        "refused_removed",
     }
 )
 """Write-only counters: no transition and no checked property reads them."""

@@ -49,7 +49,8 @@ class LeaseMonitor:
     def __init__(self, sim: Simulator, quorum: QuorumSystem, servers: Iterable[int]) -> None:
         self.sim = sim
         self.quorum = quorum
-        self.servers = sorted(servers)
+        self.servers = servers if isinstance(servers, list) else sorted(servers)
+        """Every server id (a list the harness may grow as nodes join)."""
         self.checks = 0
 
     def observe(self, src: int, msg: Message) -> None:
@@ -71,7 +72,10 @@ class LeaseMonitor:
                 continue
             self.checks += 1
             free = [a for a in self.servers if not self._bound(a, i, replicas[a])]
-            if self.quorum.is_phase1_quorum(free):
+            # With membership changes: every configuration the leader knows governs
+            # slots from its first unchosen one on (current and pending) must be bound.
+            configs = [c for _, c in held.configurations()]
+            if any(c.is_phase1_quorum(free) for c in configs):
                 raise Violation(
                     "lease",
                     f"node {i} (ballot {held.ballot}) holds a lease for "

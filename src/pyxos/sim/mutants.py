@@ -21,7 +21,8 @@ import msgspec
 
 from pyxos.core.acceptor import Acceptor
 from pyxos.core.ballot import ZERO, Ballot
-from pyxos.core.messages import Accept, Commit, Entry, Prepare, ReadAck
+from pyxos.core.membership import Configuration
+from pyxos.core.messages import Accept, Commit, Entry, Message, Prepare, ReadAck
 from pyxos.core.quorum import QuorumSystem
 from pyxos.core.ready import Ready, Rng
 from pyxos.core.replica import NOOP, Replica
@@ -123,8 +124,8 @@ SYNOD_MUTANTS: dict[str, type[SynodNode]] = {
 class NoReproposeReplica(Replica):
     """A new leader that fills every slot with a no-op instead of re-proposing."""
 
-    def _reproposals(self, start: int) -> list[bytes]:
-        return [NOOP for _ in super()._reproposals(start)]
+    def _reproposed(self, entry: Entry) -> bytes:
+        return NOOP
 
 
 class CommitIndexReplica(Replica):
@@ -245,7 +246,49 @@ class RebuildNoFenceReplica(Replica):
         return False
 
 
+class ConfigImmediateReplica(Replica):
+    """A new configuration governs from the slot after the one it is chosen in, not
+    ``alpha`` slots later: a leader with slots in flight past it counts their votes
+    in a configuration whose voters never promised its ballot (no window)."""
+
+    def _config_delay(self) -> int | None:
+        return 1
+
+
+class LearnerVotesReplica(Replica):
+    """A leader that counts a learner's Accepted towards a phase-2 quorum."""
+
+    def _phase2_counted(self, config: Configuration, acks: set[int]) -> bool:
+        counted = sum(1 for a in acks if a in config.voters or a in config.learners)
+        return counted >= config.q2
+
+
+class RemovedVotesReplica(Replica):
+    """A removed node that keeps voting, and a leader that keeps sending it Accepts and
+    counts its vote towards the quorum of the configuration that removed it."""
+
+    def _refresh_membership(self) -> None:
+        super()._refresh_membership()
+        retired = self.membership.retired - {self.node_id}
+        self.members = tuple(sorted(set(self.members) | retired))
+        self.peers = tuple(n for n in self.members if n != self.node_id)
+
+    def _become_removed(self, reason: str) -> None:
+        pass
+
+    def _refuses_removed(self, msg: Message) -> bool:
+        return False
+
+    def _phase2_counted(self, config: Configuration, acks: set[int]) -> bool:
+        retired = self.membership.retired
+        counted = sum(1 for a in acks if a in config.voters or a in retired)
+        return counted >= config.q2
+
+
 REPLICA_MUTANTS: dict[str, type[Replica]] = {
+    "config-immediate": ConfigImmediateReplica,
+    "learner-votes": LearnerVotesReplica,
+    "removed-votes": RemovedVotesReplica,
     "drift-blind-lease": DriftBlindLeaseReplica,
     "wrong-drift-margin": WrongDriftMarginReplica,
     "heartbeat-deaf": HeartbeatDeafReplica,

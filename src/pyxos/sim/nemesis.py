@@ -37,6 +37,13 @@ with its monotonic clock started over. With ``clock-unsafe`` the same changes go
 the bound: leases are then no longer safe, and the checkers must say so (a test shows
 that they do). Clocks keep their rates after the heal: drift is no fault that ends.
 
+Membership. With ``membership`` the nemesis also changes the cluster through the
+log (``membership`` callback, from the harness): it adds a learner under a new id,
+promotes a learner, removes a voter (the leader too) or replaces one by a new id, one
+change at a time, while every other fault goes on. New nodes join ``servers`` (and
+take faults from then on); removed ones leave it and keep running, refused by their
+former peers.
+
 Stale messages. With ``delay`` a rare message is held back for several election
 timeouts, and with ``dup`` some duplicates are replayed that much later (see
 ``world.NetworkFaults``): they reach nodes that have changed ballots since.
@@ -66,6 +73,7 @@ FAULT_KINDS = (
     "clock",
     "clock-unsafe",
     "wipe-init",
+    "membership",
 )
 ALL_FAULTS = ("drop", "dup", "reorder", "delay", "partition", "crash", "pause")
 """What ``all`` means: every network, crash and pause fault (``disk``, ``clock`` and
@@ -131,6 +139,8 @@ class Nemesis:
         clock_drift: float = DEFAULT_CLOCK_DRIFT,
         drift: bool = True,
         stale: bool = True,
+        membership: Callable[[], None] | None = None,
+        budget: Callable[[], int] | None = None,
     ) -> None:
         """``drift=False`` keeps every clock exact and ``stale=False`` holds no message
         back for several election timeouts (the simulator as it was before either
@@ -140,6 +150,11 @@ class Nemesis:
         self.servers = sorted(servers)
         self.until = until
         self.leader = leader
+        self.membership = membership
+        self.budget = budget
+        """How many servers may be down at once (default: a minority of ``servers``);
+        with membership changes, what every current and pending configuration can
+        spare."""
         self.interval = interval
         self.crashed: set[int] = set()
         self.paused: set[int] = set()
@@ -163,7 +178,16 @@ class Nemesis:
             kinds = self.kinds = kinds - {"clock", "clock-unsafe"}
         if kinds & {"partition", "crash", "pause", "disk", "clock", "clock-unsafe", "wipe-init"}:
             sim.call_at(self._next_time(), self._act)
+        if membership is not None and "membership" in kinds:
+            # Changes on their own schedule, among every other fault.
+            sim.call_at(sim.now + sim.rng.uniform(0.02, 0.15), self._change_membership)
         sim.call_at(until, self.heal_all)
+
+    def _minority(self) -> int:
+        """How many servers may be down (or without state) at once."""
+        if self.budget is not None:
+            return self.budget()
+        return (len(self.servers) - 1) // 2
 
     def _next_time(self) -> float:
         return self.sim.now + self.sim.rng.uniform(*self.interval)
@@ -182,7 +206,7 @@ class Nemesis:
         if kinds_wipe_init(self.kinds):
             choices.append("wipe-init")
         kind = rng.choice(choices)
-        minority = (len(self.servers) - 1) // 2
+        minority = self._minority()
         if kind == "partition":
             self._partition()
         elif kind == "crash":
@@ -223,6 +247,7 @@ class Nemesis:
                     self._restart(node)
         elif kind == "clock":
             self._change_clock()
+
         elif kind == "full":
             down = self.crashed | self.paused
             if len(down) < minority:
@@ -239,6 +264,12 @@ class Nemesis:
         self.actions += 1
         sim.call_at(self._next_time(), self._act)
 
+    def _change_membership(self) -> None:
+        if self.sim.now >= self.until or self.membership is None:
+            return
+        self.membership()
+        self.sim.call_at(self.sim.now + self.sim.rng.uniform(0.02, 0.15), self._change_membership)
+
     def _partition(self) -> None:
         sim, rng = self.sim, self.sim.rng
         if sim.blocked and rng.random() < 0.4:
@@ -246,6 +277,8 @@ class Nemesis:
             return
         sim.heal()
         nodes = list(self.servers)
+        if len(nodes) < 2:
+            return  # (membership changes can leave a single server)
         rng.shuffle(nodes)
         shape = rng.choice(("halves", "isolate", "leader", "bridge"))
         if shape == "isolate":
@@ -318,7 +351,7 @@ class Nemesis:
         sim = self.sim
         if node not in self.servers or sim.now >= self.until or sim.rng.random() >= 0.01:
             return False
-        minority = (len(self.servers) - 1) // 2
+        minority = self._minority()
         if len(self.crashed | self.paused) >= minority:
             return False
         # The disk is dying: this and every later fsync fail until the power goes.

@@ -23,6 +23,12 @@ history is judged. Everything else is here, once:
   unknown outcome, so the history holds every call;
 - leases (``pyxos.sim.leases``): while a leader's lease runs by its own clock, the
   acceptors that can promise nobody else meet every phase-1 quorum;
+- membership (docs/membership.md): every slot a replica commits was chosen by a
+  phase-2 quorum of the configuration that governs it (``ChosenMonitor`` with
+  ``alpha``: always on; without changes the founding configuration governs every
+  slot); with the ``membership`` fault the nemesis adds, promotes, removes and
+  replaces nodes (``_MembershipDriver``), configuration entries are valid values, and
+  liveness and convergence count the members of the final configuration;
 - liveness: once the faults heal (plus a settling time for an election), every
   operation a live client calls completes, with no unknown outcome;
 - convergence: at the end, every live replica applies every chosen slot, all hold the
@@ -49,6 +55,7 @@ from hashlib import blake2b
 from typing import Any, Generic, Protocol, TypeVar
 
 from pyxos.check.invariants import ChosenMonitor, DivergenceMonitor, SafetyMonitor, Violation
+from pyxos.core.membership import ConfigChangeError, decode_config_entry, is_config_entry
 from pyxos.core.messages import ClientReply, ClientRequest, Entry, Message
 from pyxos.core.quorum import Majority, QuorumSystem
 from pyxos.core.ready import Node, Ready, Send
@@ -79,6 +86,8 @@ __all__ = [
 
 CLIENT_BASE = 1000
 """Client process ids start here (replica ids are 1..n)."""
+MEMBERSHIP_ALPHA = 16
+"""``window`` (so alpha) of the replicas in a run with the ``membership`` fault."""
 CONVERGE_BOUND = 2.0
 """Seconds (virtual) the live replicas get, after the clients finish, to converge."""
 
@@ -392,10 +401,25 @@ def run_service(
         o.on_sim(sim)
     ids = list(range(1, o.nodes + 1))
     quorum = Majority(ids)
-    config = o.config or ReplicaConfig()
+    membership = "membership" in o.faults
+    config = o.config
+    if config is None:
+        # With membership changes, a short alpha (the window): a change takes over
+        # within 16 slots, so a short run sees many, each at the edge of the window.
+        config = ReplicaConfig(window=MEMBERSHIP_ALPHA) if membership else ReplicaConfig()
     history = result.history
     client_ids = [CLIENT_BASE + i for i in range(1, o.clients + 1)]
-    monitor = SafetyMonitor(is_valid=service.valid)
+
+    def valid(value: bytes) -> bool:
+        if is_config_entry(value):
+            try:
+                decode_config_entry(value)
+            except ConfigChangeError:
+                return False
+            return membership  # only the membership nemesis proposes them
+        return service.valid(value)
+
+    monitor = SafetyMonitor(is_valid=valid)
     divergence = DivergenceMonitor()
 
     build_node = service_node_factory(
@@ -407,8 +431,14 @@ def run_service(
         snapshot_bytes=o.snapshot_bytes,
     )
 
+    fresh_joiners: set[int] = set()
+
     def replica_node(node_id: int, storage: NodeStorage, rng: random.Random, now: float) -> Node:
         node = build_node(node_id, storage, rng, now)
+        if node_id in fresh_joiners and isinstance(node, ServiceNode):
+            # A new id joining (never a wiped member): no bootstrap round needed.
+            fresh_joiners.discard(node_id)
+            node.replica.join_fresh()
         if o.check_divergence and isinstance(node, ServiceNode):
             node.audit_with(divergence.observe)
         return node
@@ -416,20 +446,24 @@ def run_service(
     def client_node(client_id: int, storage: NodeStorage, rng: random.Random, now: float) -> Node:
         return service.client(client_id, ids, rng, now, history.append)
 
+    chosen_monitor = ChosenMonitor(quorum, alpha=config.window)
+
     def observe(node_id: int, entries: list[Entry]) -> None:
         monitor.observe(node_id, entries)
+        chosen_monitor.committed(node_id, entries)
 
     def clients_done() -> bool:
         return all(not _client(sim, c).busy and _client(sim, c).ops_left <= 0 for c in client_ids)
 
     end = o.fault_until + o.settle + o.liveness_bound
+    driver: _MembershipDriver | None = None
     try:
         for i in ids:
             sim.add_node(i, replica_node)
         for c in client_ids:
             sim.add_node(c, client_node, crashable=False)
         sim.observers.append(observe)
-        sim.send_observers.append(ChosenMonitor(quorum).observe)
+        sim.send_observers.append(chosen_monitor.observe)
         sim.send_observers.append(LeaseMonitor(sim, quorum, ids).observe)
 
         def leader() -> int | None:
@@ -439,7 +473,8 @@ def run_service(
                     return i
             return None
 
-        Nemesis(
+        driver = _MembershipDriver(sim, ids, o.nodes, leader, replica_node, fresh_joiners)
+        nemesis = Nemesis(
             sim,
             o.faults,
             ids,
@@ -448,7 +483,12 @@ def run_service(
             clock_drift=config.clock_drift,
             drift=o.drifting_clocks,
             stale=o.stale_messages,
+            membership=driver.change if membership else None,
+            budget=driver.budget if membership else None,
         )
+        driver.nemesis = nemesis
+        if membership:
+            sim.call_at(o.fault_until, driver.heal)
         sim.run(end, stop=clients_done)
         calm = int((o.fault_until + o.settle) * 1e9)
         late_unknown = [op for op in history if op.return_ is None and op.call >= calm]
@@ -464,7 +504,7 @@ def run_service(
                 f"at {end}s: {stuck}",
             )
         if o.check_divergence:
-            _check_convergence(sim, ids, divergence)
+            _check_convergence(sim, _members(sim, ids), divergence)
     except Violation as v:
         result.violation = v
     except Exception as e:  # a crash is a verdict too, with its seed and replay
@@ -482,10 +522,149 @@ def run_service(
     result.slots = max((len(monitor.first),), default=0)
     result.leader_changes = _leader_changes(sim, ids)
     result.stats = dict(sim.stats)
+    if driver is not None and driver.changes:
+        result.stats["membership_changes"] = driver.changes
+        result.stats["membership_refused"] = driver.refused
+        result.stats["governed_slots"] = chosen_monitor.governed
+        result.stats["ungoverned_slots"] = chosen_monitor.ungoverned
     result.stale_ballot = sim.stale_ballot_counts()
     result.audits = divergence.reports
     result.trace = sim.trace
     return result
+
+
+class _MembershipDriver:
+    """The ``membership`` fault: one change at a time through the leader's replica,
+    with new ids (never reused) started as fresh joiners."""
+
+    def __init__(
+        self,
+        sim: Simulator,
+        ids: list[int],
+        nodes: int,
+        leader: Callable[[], int | None],
+        factory: NodeFactory,
+        fresh: set[int],
+    ) -> None:
+        self.sim = sim
+        self.ids = ids
+        """Every server id so far (shared with the clients and the lease monitor)."""
+        self.nodes = nodes
+        self.leader = leader
+        self.factory = factory
+        self.fresh = fresh
+        self.next_id = nodes + 1
+        self.nemesis: Nemesis | None = None
+        self.changes = 0
+        self.refused = 0
+
+    def change(self) -> None:
+        """Propose one random change at the leader (if any and none is in flight)."""
+        sim, rng = self.sim, self.sim.rng
+        lead = self.leader()
+        node = sim.node(lead) if lead is not None else None
+        if lead is None or not isinstance(node, ServiceNode):
+            return
+        replica = node.replica
+        self._track(replica)
+        if replica.change_in_flight():
+            return
+        latest = replica.membership.latest
+        voters, learners = list(latest.voters), list(latest.learners)
+        ops = ["replace"]
+        if len(learners) < 2:
+            ops.append("learner")
+        if learners and len(voters) <= self.nodes:
+            ops.append("promote")
+        if len(voters) > max(2, self.nodes - 1):
+            ops.append("remove")
+        op = rng.choice(ops)
+        new = self.next_id
+        if op == "promote":
+            target = rng.choice(learners)
+        elif op == "remove" and rng.random() < 0.4:
+            target = lead  # the leader removes itself: it steps down once in force
+        else:
+            down = [v for v in voters if not sim.procs[v].up]
+            target = rng.choice(down or voters)  # replace a dead node if there is one
+        done: list[int] = []
+
+        def act(n: Node) -> None:
+            assert isinstance(n, ServiceNode)
+            r = n.replica
+            try:
+                if op == "learner":
+                    done.append(r.add_learner(new))
+                elif op == "promote":
+                    done.append(r.promote(target))
+                elif op == "remove":
+                    done.append(r.remove(target))
+                else:
+                    done.append(r.replace(target, new))
+            except ConfigChangeError:
+                pass
+
+        if not sim.invoke(lead, act) or not done:
+            self.refused += 1
+            return
+        self.changes += 1
+        sim._log("membership", lead, None, f"{op} {target if op != 'learner' else new}")
+        if op in ("learner", "replace"):
+            self.next_id += 1
+            self.fresh.add(new)
+            self.ids.append(new)
+            sim.add_node(new, self.factory)
+            if self.nemesis is not None:
+                self.nemesis.servers.append(new)
+
+    def budget(self) -> int:
+        """Nodes that may be down at once: what the smallest margin among the
+        configurations the leader (or any replica) knows allows (a 2-voter
+        configuration spares none)."""
+        margin = None
+        for i in self.ids:
+            node = self.sim.node(i)
+            if not isinstance(node, ServiceNode):
+                continue
+            for _, c in node.replica.configurations():
+                spare = len(c.voters) - max(c.q1, c.q2)
+                margin = spare if margin is None else min(margin, spare)
+            latest = node.replica.membership.latest
+            spare = len(latest.voters) - max(latest.q1, latest.q2)
+            margin = spare if margin is None else min(margin, spare)
+        return max(0, margin if margin is not None else (self.nodes - 1) // 2)
+
+    def heal(self) -> None:
+        """At the heal, removed nodes that are down start again too: they may still be
+        needed as voters of the slots before their removal (docs/membership.md,
+        "Removed nodes"), and an operator shuts one down only once that is over."""
+        nemesis = self.nemesis
+        for i in self.ids:
+            if not self.sim.procs[i].up and nemesis is not None:
+                nemesis._restart(i)
+
+    def _track(self, replica: Replica) -> None:
+        """The nemesis faults the nodes of the current and pending configurations."""
+        nemesis = self.nemesis
+        if nemesis is None:
+            return
+        members = set(replica.members)
+        for gone in [s for s in nemesis.servers if s not in members]:
+            nemesis.servers.remove(gone)
+            nemesis.crashed.discard(gone)
+            nemesis.paused.discard(gone)
+
+
+def _members(sim: Simulator, ids: list[int]) -> list[int]:
+    """The nodes of the configurations in force (and pending) at the most advanced
+    live replica (every server, when the membership never changed)."""
+    live = _applied(sim, ids)
+    if not live:
+        return ids
+    ahead = max(live.values(), key=lambda n: n.replica.first_unchosen).replica
+    members = set(ahead.members)
+    # A node started to join, whose change was never chosen, is no member.
+    return [i for i in ids if i in members]
 
 
 def _abandon_in_flight(sim: Simulator, client_ids: list[int]) -> None:

@@ -54,6 +54,12 @@ real server drive it identically. It adds what sits between clients and the log:
   applied slots at most). The lagging node then pulls it in chunks
   (``SnapshotRequest(slot, offset)``), resuming from its offset after a loss, sends no
   Fetch meanwhile, restores it, and catches up the log after it.
+- **Membership.** A configuration entry in the log (``core/membership.py``) is the
+  replica's business: it is applied to the application as a no-op. A snapshot carries
+  the membership of the slots it covers (the configuration in force and the pending
+  ones, the removed ids: ``wrap_snapshot``), so a node that catches up by snapshot knows
+  which configuration governs the slots after it; a snapshot of a cluster whose
+  membership never changed keeps the plain format.
 - **Audit.** With ``audit_with(fn)`` (the simulator's divergence check), the node
   reports, after every slot it applies, ``fn(node, applied_slot, state_digest,
   results_digest)``: the digest of the sessions and the application's state (see
@@ -71,6 +77,7 @@ from typing import Any, NamedTuple, cast
 
 import msgspec
 
+from pyxos.core.membership import MembershipState, is_config_entry
 from pyxos.core.messages import (
     ClientReply,
     ClientRequest,
@@ -84,7 +91,7 @@ from pyxos.core.replica import Replica, Role
 from pyxos.statemachine.base import Application, Applied
 from pyxos.statemachine.replicated import DEFAULT_MAX_SESSIONS, ReplicatedApp, encode_batch
 
-__all__ = ["AuditFn", "ServiceNode", "results_digest"]
+__all__ = ["AuditFn", "ServiceNode", "results_digest", "unwrap_snapshot", "wrap_snapshot"]
 
 AuditFn = Callable[[int, int, int, "int | None"], None]
 """``fn(node, applied_slot, state_digest, results_digest)``: see "Audit" above."""
@@ -120,6 +127,37 @@ class _ReadToken(NamedTuple):
 
 
 _raw_encoder = msgspec.msgpack.Encoder()
+
+SNAPSHOT_MAGIC = b"\xc1pyxos-snapshot\x00"
+"""Prefix of a snapshot that carries membership (0xc1: never the first byte of msgpack,
+so an application's plain snapshot is told apart)."""
+
+
+class _Wrapped(msgspec.Struct, array_like=True):
+    membership: MembershipState
+    app: bytes
+
+
+_wrapped_decoder = msgspec.msgpack.Decoder(_Wrapped)
+
+
+def wrap_snapshot(membership: MembershipState | None, app: bytes) -> bytes:
+    """A snapshot's bytes: the application's state, with the membership if it changed."""
+    if membership is None:
+        return app
+    return SNAPSHOT_MAGIC + _raw_encoder.encode(_Wrapped(membership, app))
+
+
+def unwrap_snapshot(data: bytes) -> tuple[MembershipState | None, bytes]:
+    """The membership (None: the founding one) and the application's bytes of a
+    snapshot; ``ValueError`` if the membership part is damaged."""
+    if not data.startswith(SNAPSHOT_MAGIC):
+        return None, data
+    try:
+        wrapped = _wrapped_decoder.decode(data[len(SNAPSHOT_MAGIC) :])
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise ValueError(f"not a pyxos snapshot: {e}") from None
+    return wrapped.membership, wrapped.app
 
 
 def results_digest(applied: Sequence[Applied]) -> int:
@@ -210,8 +248,11 @@ class ServiceNode:
 
     def restore_snapshot(self, slot: int, data: bytes) -> None:
         """Start from a durable snapshot (at startup, before any input)."""
-        self.state.restore(data)
+        membership, app = unwrap_snapshot(data)
+        self.state.restore(app)
         self.snapshot = (slot, data)
+        if membership is not None:
+            self.replica.install_membership(membership)
         self.replica.skip_to(slot)
         self.replica.compact(slot)
         if self.audit is not None:
@@ -358,9 +399,17 @@ class ServiceNode:
 
     def _take_snapshot(self) -> None:
         self.log_bytes_since_snapshot = 0
-        taken = (self.state.applied_slot, self.state.snapshot())
+        taken = (self.state.applied_slot, self._snapshot_bytes())
         self._last_taken = taken
         self._snapshot_out = taken
+
+    def _snapshot_bytes(self) -> bytes:
+        """The applied state, wrapped with the membership of its slots if it changed."""
+        slot = self.state.applied_slot
+        membership = self.replica.membership
+        if membership.latest.epoch == 0 and not membership.retired:
+            return self.state.snapshot()
+        return wrap_snapshot(self.replica.membership_state(slot), self.state.snapshot())
 
     def _snapshot_instead(self, msg: Fetch) -> bool:
         """Answer this Fetch with a snapshot: its slots were compacted away, or the gap
@@ -380,7 +429,7 @@ class ServiceNode:
         gap = self.catchup_snapshot_slots
         if gap > 0 and applied > 0 and (newest is None or applied - newest[0] >= gap):
             # Ours is far behind the applied state: take one now, from that state.
-            newest = self.serving = (applied, self.state.snapshot())
+            newest = self.serving = (applied, self._snapshot_bytes())
             self.snapshots_served += 1
         if newest is None:
             return
@@ -424,7 +473,10 @@ class ServiceNode:
     def _install(self, t: _Transfer) -> None:
         data = bytes(t.buf)
         self.transfer = None
-        self.state.restore(data)
+        membership, app = unwrap_snapshot(data)
+        self.state.restore(app)
+        if membership is not None:
+            self.replica.install_membership(membership)
         self.replica.skip_to(t.slot)
         self.snapshots_installed += 1
         if self.audit is not None:
@@ -542,8 +594,11 @@ class ServiceNode:
         for entry in r.committed:
             if entry.slot < state.applied_slot:
                 continue  # covered by a restored snapshot
-            self.log_bytes_since_snapshot += len(entry.value)
-            results = state.apply(entry.slot, entry.value)
+            value = entry.value
+            if value[:1] == b"\xc1" and is_config_entry(value):
+                value = b""  # the replica's business (membership), a no-op here
+            self.log_bytes_since_snapshot += len(value)
+            results = state.apply(entry.slot, value)
             for applied in results:
                 dst = waiting.pop((applied.client, applied.seq), None)
                 if dst is not None:
