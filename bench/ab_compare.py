@@ -1,0 +1,80 @@
+"""Interleaved A/B runs of ``pyxos bench kv``: two source trees, side by side, same window.
+
+Each *pair* runs ``pyxos bench kv ARGS --json`` once with ``PYTHONPATH=A/src`` and once
+with ``PYTHONPATH=B/src`` (the order alternates from pair to pair), so the node
+processes, the load generator and the client all come from that tree. On a shared,
+noisy machine the median over pairs of each tree's figures is compared, chiefly CPU
+seconds per 1,000 operations for the whole cluster (less sensitive to other load than
+throughput) and committed ops/s.
+
+    python bench/ab_compare.py --a /tmp/base --b . --pairs 3 -- --clients 64,256 --duration 3
+
+A tree is a directory holding ``src/pyxos`` (for instance ``git archive main src | tar
+-x -C /tmp/base``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+
+def run_once(tree: Path, bench_args: list[str]) -> list[dict[str, object]]:
+    """One ``pyxos bench kv`` with ``tree``'s sources; its median results."""
+    with tempfile.TemporaryDirectory(prefix="pyxos-ab-") as tmp:
+        out = Path(tmp) / "r.json"
+        env = dict(os.environ, PYTHONPATH=str(tree / "src"))
+        cmd = [sys.executable, "-m", "pyxos.cli", "bench", "kv", *bench_args, "--json", str(out)]
+        subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+        results: list[dict[str, object]] = json.loads(out.read_text())["results"]
+        return results
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--a", required=True, type=Path, help="the baseline tree")
+    ap.add_argument("--b", required=True, type=Path, help="the changed tree")
+    ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("bench_args", nargs=argparse.REMAINDER)
+    args = ap.parse_args()
+    bench_args = [a for a in args.bench_args if a != "--"]
+    figures: dict[tuple[str, str, int], list[float]] = {}
+    for pair in range(args.pairs):
+        order = [("A", args.a), ("B", args.b)]
+        if pair % 2:
+            order.reverse()
+        for label, tree in order:
+            for r in run_once(tree.resolve(), bench_args):
+                if r["system"] != "pyxos":
+                    continue
+                c = int(r["clients"])  # type: ignore[call-overload]
+                for f in ("ops_per_s", "cpu_s_per_1k_ops", "p50_ms", "p99_ms"):
+                    v = r.get(f)
+                    if v is not None:
+                        figures.setdefault((label, f, c), []).append(float(v))  # type: ignore[arg-type]
+            print(f"pair {pair + 1}: {label} done", file=sys.stderr, flush=True)
+    clients = sorted({c for (_, _, c) in figures})
+    print(f"pyxos bench kv {' '.join(bench_args)}: medians of {args.pairs} interleaved pairs")
+    print(f"A = {args.a}, B = {args.b}")
+    print("| clients | figure | A | B | B/A | A runs | B runs |")
+    print("|---:|---|---:|---:|---:|---|---|")
+    for c in clients:
+        for f in ("cpu_s_per_1k_ops", "ops_per_s", "p50_ms", "p99_ms"):
+            a, b = figures.get(("A", f, c)), figures.get(("B", f, c))
+            if not a or not b:
+                continue
+            ma, mb = statistics.median(a), statistics.median(b)
+            runs_a = ", ".join(f"{v:.4g}" for v in a)
+            runs_b = ", ".join(f"{v:.4g}" for v in b)
+            print(f"| {c} | {f} | {ma:.4g} | {mb:.4g} | {mb / ma:.3f} | {runs_a} | {runs_b} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
