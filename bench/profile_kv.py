@@ -90,6 +90,7 @@ def main() -> int:
         action="store_true",
         help="run every node under cProfile timed by CPU (bench/cpuprof_node.py)",
     )
+    ap.add_argument("--plain", action="store_true", help="no profiler: only the CPU split")
     ap.add_argument("--strace", action="store_true", help="count the leader's system calls instead")
     ap.add_argument("--out", required=True, help="output prefix (writes PREFIX-leader.txt, ...)")
     args = ap.parse_args()
@@ -118,7 +119,7 @@ def main() -> int:
                 if args.strace:
                     cmd = ["timeout", "-s", "INT", str(int(args.seconds)), "strace", "-c", "-f",
                            "-o", str(raws[role]), "-p", str(pids[node])]  # fmt: skip
-                if not args.cprofile:
+                if not args.cprofile and not args.plain:
                     spies.append((role, cmd))
             addresses = {n.node_id: n.client_address for n in cluster.nodes.values()}
 
@@ -174,6 +175,8 @@ def main() -> int:
                 f"# load: {res}\n# cluster CPU {c1 - c0:.2f} s over {wall:.1f} s wall: {split}\n"
             )
             roles = {"leader": leader, "follower": follower}
+            if args.plain:
+                print(head, end="")
             for role, _ in spies:
                 body = raws[role].read_text() if args.strace else summarise(raws[role], args.top)
                 text = head + f"# {role}\n" + body

@@ -8,9 +8,10 @@ module is only its effects (``pyxos.driver.Effects``) on real storage:
 
 - ``write`` appends to the WAL (``DurableAcceptor.write``: buffered only);
 - ``start_fsync`` runs ``DurableAcceptor.sync`` in the node's one fsync thread
-  (``run_in_executor``); at most one is in flight (group commit), and its end goes
-  back to the driver on the event loop (``fsync_done`` or, fatally, ``fsync_failed``:
-  the WAL then refuses every later call and the node stops);
+  (``run_in_executor``) on a leader, on the loop thread itself on a follower; at most
+  one is in flight (group commit), and its end goes back to the driver on the event
+  loop (``fsync_done`` or, fatally, ``fsync_failed``: the WAL then refuses every later
+  call and the node stops);
 - ``save_snapshot`` writes the file in a thread of its own
   (``storage.snapshot.write_snapshot``: temporary file, fsync, rename, directory
   fsync), keeps the newest two, and reports back (``snapshot_saved`` /
@@ -110,6 +111,8 @@ class ServerEffects:
         self._snapshot_executor = ThreadPoolExecutor(
             1, thread_name_prefix=f"pyxos-snapshot-{node_id}"
         )
+        self.inline_follower_fsync = True
+        """A follower fsyncs on the loop thread (see ``start_fsync``)."""
         self.fsync_future: asyncio.Future[int] | None = None
         """The fsync running in the fsync thread (at most one: group commit)."""
         self.disk_full = DiskFull(
@@ -150,11 +153,31 @@ class ServerEffects:
             self.tracer.persisted(persist)
 
     def start_fsync(self) -> None:
-        """One fsync in the fsync thread; its end goes back to the driver."""
+        """One fsync; its end goes back to the driver.
+
+        A leader's runs in the fsync thread (the loop keeps taking requests and sending
+        while it runs); a follower's runs right here on the loop thread and reports
+        before returning (the driver's contract allows it), when ``inline_follower_fsync``
+        is on: a follower has nothing else to do meanwhile that cannot wait in its socket
+        buffers, and the hand-off to a thread and back (a future, two wake-ups, the GIL
+        changing hands) cost it more CPU than the write itself (bench/profiles/).
+        """
         assert self.loop is not None and self.durable is not None
+        if self.inline_follower_fsync and not self._leading():
+            try:
+                self._timed_sync()
+            except Exception as e:
+                self._synced(e)
+            else:
+                self._synced(None)
+            return
         future = self.loop.run_in_executor(self.executor, self._timed_sync)
         self.fsync_future = future
         future.add_done_callback(self._on_synced)
+
+    def _leading(self) -> bool:
+        replica = getattr(self._driver.node, "replica", None)
+        return replica is None or bool(replica.is_leader)
 
     def _timed_sync(self) -> int:
         assert self.durable is not None
@@ -167,7 +190,9 @@ class ServerEffects:
         self.fsync_future = None
         if future.cancelled():
             return
-        error = future.exception()
+        self._synced(future.exception())
+
+    def _synced(self, error: BaseException | None) -> None:
         wal = getattr(self.durable, "wal", None)
         if error is not None and is_disk_full(error) and wal is not None and not wal.failed:
             self._driver.fsync_postponed()  # the WAL kept the records: retried later
