@@ -59,6 +59,15 @@ class Router:
         """Deliver one ``Send``: to ourselves (next pass), a client, or a peer link."""
         me = self.node_id
         msg = send.msg
+        to = send.to
+        if len(to) == 1 and to[0] >= CLIENT_ID_BASE:
+            # A client reply, once per command on a leader: straight to the connection.
+            conn = self.clients.connections.get(to[0])
+            if conn is not None:
+                data = self.encode(msg)
+                if data:
+                    conn.send(data)
+                return
         frame: bytes | None = None  # encoded once, for every destination
 
         def encoded() -> bytes:
@@ -67,7 +76,7 @@ class Router:
                 frame = self.encode(msg)
             return frame
 
-        for dst in send.to:
+        for dst in to:
             if dst == me:
                 self._local.append(msg)
                 if not self._local_scheduled and self.loop is not None:
