@@ -209,3 +209,52 @@ def test_histogram_percentiles_never_exceed_the_maximum() -> None:
             nodes=3, clients=1, connections=1, read_ratio=0.0, errors=0,
         )  # fmt: skip
         assert r.p50_ms <= r.p90_ms <= r.p99_ms <= r.p999_ms <= r.max_ms
+
+
+_FAKE_CEILING = """\
+import json, sys
+args = sys.argv[1:]
+clients = int(args[args.index("--clients") + 1])
+print("set-up noise the runner must skip")
+print(json.dumps({"commits_per_s": 1000.0 * clients, "p50_ms": 0.5, "p90_ms": 0.8,
+                  "p99_ms": 1.0, "p999_ms": 2.0, "max_ms": 3.0,
+                  "cpu": {"L": {"pct": 50.0}, "F1": {"pct": 20.0}, "F2": {"pct": 20.0},
+                          "LG": {"pct": 90.0}}}))
+"""
+
+
+def test_bench_kv_vs_ceiling_writes_ratios_json_and_plot(tmp_path: Path) -> None:
+    """The command of issue 13's "must show", end to end with 1-second runs: a sweep
+    beside the ceiling (a stand-in script printing the ceiling's JSON line, so the
+    shape is checked without its load), the ratio table, the JSON and the PNG."""
+    pytest.importorskip("matplotlib")
+    ceiling = tmp_path / "ceiling"
+    ceiling.mkdir()
+    (ceiling / "bench.py").write_text(_FAKE_CEILING)
+    out, png = tmp_path / "out.json", tmp_path / "out.png"
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench", "kv", "--clients", "1,4", "--duration", "1", "--keys", "20",
+            "--vs", "ceiling", "--ceiling-dir", str(ceiling),
+            "--json", str(out), "--plot", str(png),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "Ratios" in result.output
+    doc = json.loads(out.read_text())
+    assert doc["config"]["vs"] == ["ceiling"]
+    assert doc["unavailable"] == {}
+    assert [(r["system"], r["clients"]) for r in doc["results"]] == [
+        ("pyxos", 1), ("ceiling", 1), ("pyxos", 4), ("ceiling", 4),
+    ]  # fmt: skip
+    ceil = {r["clients"]: r for r in doc["results"] if r["system"] == "ceiling"}
+    assert ceil[4]["ops_per_s"] == 4000.0  # read from the script's last JSON line
+    assert ceil[4]["cpu_s_per_1k_ops"] == pytest.approx(0.9 * 1 / 4000 * 1000)  # nodes only
+    pyxos = {r["clients"]: r for r in doc["results"] if r["system"] == "pyxos"}
+    assert [(r["clients"], r["vs"]) for r in doc["ratios"]] == [(1, "ceiling"), (4, "ceiling")]
+    for row in doc["ratios"]:
+        c = row["clients"]
+        assert row["ops_per_s"] == pytest.approx(pyxos[c]["ops_per_s"] / ceil[c]["ops_per_s"])
+        assert row["p50_ms"] == pytest.approx(pyxos[c]["p50_ms"] / ceil[c]["p50_ms"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
