@@ -90,6 +90,7 @@ def main() -> int:
         action="store_true",
         help="run every node under cProfile timed by CPU (bench/cpuprof_node.py)",
     )
+    ap.add_argument("--perf", action="store_true", help="perf record (on-CPU, kernel too)")
     ap.add_argument("--plain", action="store_true", help="no profiler: only the CPU split")
     ap.add_argument("--strace", action="store_true", help="count the leader's system calls instead")
     ap.add_argument("--out", required=True, help="output prefix (writes PREFIX-leader.txt, ...)")
@@ -119,6 +120,9 @@ def main() -> int:
                 if args.strace:
                     cmd = ["timeout", "-s", "INT", str(int(args.seconds)), "strace", "-c", "-f",
                            "-o", str(raws[role]), "-p", str(pids[node])]  # fmt: skip
+                if args.perf:
+                    cmd = ["perf", "record", "-F", "499", "-g", "-o", str(raws[role]), "-p",
+                           str(pids[node]), "--", "sleep", str(int(args.seconds))]  # fmt: skip
                 if not args.cprofile and not args.plain:
                     spies.append((role, cmd))
             addresses = {n.node_id: n.client_address for n in cluster.nodes.values()}
@@ -178,7 +182,16 @@ def main() -> int:
             if args.plain:
                 print(head, end="")
             for role, _ in spies:
-                body = raws[role].read_text() if args.strace else summarise(raws[role], args.top)
+                if args.perf:
+                    body = subprocess.run(
+                        ["perf", "report", "-i", str(raws[role]), "--no-children", "--stdio",
+                         "--sort", "dso,sym", "-g", "none", "--percent-limit", "0.7"],
+                        capture_output=True, text=True, check=False,
+                    ).stdout  # fmt: skip
+                elif args.strace:
+                    body = raws[role].read_text()
+                else:
+                    body = summarise(raws[role], args.top)
                 text = head + f"# {role}\n" + body
                 dest = out.with_name(f"{out.name}-{role}.txt")
                 dest.write_text(text)
