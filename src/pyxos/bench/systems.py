@@ -429,7 +429,10 @@ def run_ceiling(load: Load, script: Path) -> CaseResult:
         "--warmup",
         "1",
     ]
-    for attempt in range(3):  # its followers get 3 s to start: a loaded machine may miss it
+    attempts = 6  # its nodes get 3 s to start: a loaded machine may miss it, so retry
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(2.0)  # let the machine settle before the next try
         proc = subprocess.run(
             cmd,
             cwd=script.parent,
@@ -441,9 +444,10 @@ def run_ceiling(load: Load, script: Path) -> CaseResult:
         lines = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("{")]
         if proc.returncode == 0 and lines:
             break
-        if attempt == 2:
+        if attempt == attempts - 1:
             raise RuntimeError(
-                f"the ceiling failed 3 times (exit {proc.returncode}): {proc.stderr[-500:]}"
+                f"the ceiling failed {attempts} times (exit {proc.returncode}): "
+                f"{proc.stderr[-500:]}"
             )
     doc: dict[str, Any] = json.loads(lines[-1])
     ops_per_s = float(doc["commits_per_s"])
