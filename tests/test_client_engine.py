@@ -11,6 +11,7 @@ import pytest
 from pyxos.client.aio import AsyncClient
 from pyxos.client.engine import (
     Call,
+    NodeUnavailable,
     NoLeader,
     OutcomeUnknown,
     Route,
@@ -62,7 +63,7 @@ def run(
 
         try:
             return await drive(call, attempt, route.target, None, False), call
-        except (OutcomeUnknown, NoLeader) as e:
+        except (OutcomeUnknown, NoLeader, NodeUnavailable) as e:
             return e, call
 
     outcome, call = asyncio.run(main())

@@ -24,7 +24,7 @@ from pyxos.client.aio import (
     OutcomeUnknown,
     new_client_id,
 )
-from pyxos.client.engine import NoLeader
+from pyxos.client.engine import NodeUnavailable, NoLeader
 from pyxos.client.history import HistoryFile
 from pyxos.client.local import LocalClients
 from pyxos.client.mux import ClientPool, Session
@@ -41,6 +41,7 @@ __all__ = [
     "ListPage",
     "LocalClients",
     "NoLeader",
+    "NodeUnavailable",
     "NotKeyValue",
     "OutcomeUnknown",
     "Session",

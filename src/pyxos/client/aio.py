@@ -26,7 +26,9 @@ Outcomes: when the overall ``timeout`` runs out the command may or may not have 
 applied (it may sit in a slot that will still be chosen), so the client raises
 :class:`OutcomeUnknown`, never a plain failure. A command the service refuses outright
 (invalid key or value, a stale seq) raises :class:`CommandRejected`; its effect is
-known: none. A key-value operation sent to nodes that serve another application
+known: none. So is that of :class:`NodeUnavailable`: every node it was sent to turned
+it away before it reached a log and said why (its disk is full). Neither is recorded
+in ``history``. A key-value operation sent to nodes that serve another application
 raises :class:`NotKeyValue`, saying so. Any later command of this client is answered
 normally. ``history``
 receives every get/put/delete/cas in the history format of docs/architecture.md
@@ -57,6 +59,7 @@ from pyxos.client.engine import (
     Call,
     ClientError,
     CommandRejected,
+    NodeUnavailable,
     OutcomeUnknown,
     Route,
     drive,
@@ -82,6 +85,7 @@ __all__ = [
     "History",
     "KVOperations",
     "ListPage",
+    "NodeUnavailable",
     "NotKeyValue",
     "OutcomeUnknown",
     "check_client_id",
@@ -262,8 +266,9 @@ class KVOperations:
         """Run one command with a fresh seq and retries; return its ``Result``.
 
         Raises ``OutcomeUnknown`` after the ``timeout`` without an answer,
-        ``CommandRejected`` if the service refused the command, and ``ClientError`` if
-        the client is closed.
+        ``CommandRejected`` if the service refused the command, ``NodeUnavailable`` if
+        every node it went to turned it away saying why (its disk is full), and
+        ``ClientError`` if the client is closed.
         """
         if self.closed:
             raise ClientError("the client is closed")
@@ -279,6 +284,8 @@ class KVOperations:
                     seq, _command_encoder.encode(command), command, op in QUERY_OPS
                 )
                 result = _kv_result(reply, command)
+            except NodeUnavailable:
+                raise  # turned away before any log: no effect, so no event of the history
             except NotKeyValue as e:
                 # The node serves another application. If it refused the command, the
                 # command had no effect (no event); otherwise who knows what it did.

@@ -33,6 +33,15 @@ What the engine holds, and what it decides, without any I/O of its own:
   an answer or, at the deadline, :class:`OutcomeUnknown`. The one exception is a call
   marked read-only with ``refused_until``: a read has no effect, so once refusals go
   on past that time it ends with :class:`NoLeader` (the HTTP API's 503).
+- A refusal that carries a reason (``ok=False`` with ``error``) is a node turning the
+  request away at its door, before anything of it reached a log: its disk is full
+  (``server.diskfull``). The command goes on to the next node like after "no leader
+  yet", and the call remembers the reason. If every address turned it away and no
+  attempt of the call could have been taken (each met such a refusal), the command
+  certainly had no effect: the call ends at once with :class:`NodeUnavailable`,
+  which says why (a client pinned to one full node learns that its disk is full,
+  rather than waiting for an unknown outcome). Otherwise the deadline's
+  ``OutcomeUnknown`` quotes the last reason.
 - :func:`drive`, the loop every transport runs after a first attempt that did not
   succeed: decide, pause, check the deadline, attempt again. A transport gives only an
   ``attempt(index, deadline)`` coroutine: send the request to node ``index`` and return
@@ -62,6 +71,7 @@ __all__ = [
     "ClientError",
     "CommandRejected",
     "NoLeader",
+    "NodeUnavailable",
     "OutcomeUnknown",
     "RetryState",
     "Route",
@@ -97,6 +107,17 @@ class NoLeader(ClientError):
     def __init__(self, leader: int) -> None:
         super().__init__(f"no leader to serve the read (last named: {leader})")
         self.leader = leader
+
+
+class NodeUnavailable(ClientError):
+    """Every node the command was sent to turned it away before it reached a log,
+    saying why (its disk is full): the command had no effect.
+
+    ``reasons``: each node's reason, by address index."""
+
+    def __init__(self, what: str, reasons: dict[int, str]) -> None:
+        super().__init__(f"{what} had no effect: " + "; ".join(reasons.values()))
+        self.reasons = reasons
 
 
 class Route:
@@ -204,6 +225,8 @@ class Call:
     __slots__ = (
         "deadline",
         "leader",
+        "maybe_taken",
+        "reasons",
         "refused",
         "refused_until",
         "retries",
@@ -237,19 +260,31 @@ class Call:
         """The leader the last refusal named (0: none, or no refusal yet)."""
         self.refused = False
         """Whether the last attempt was refused (rather than unanswered)."""
+        self.reasons: dict[int, str] = {}
+        """Address index -> why that node turned the command away at its door."""
+        self.maybe_taken = False
+        """Whether an attempt may have reached a log: it met silence or a refusal
+        without a reason (a leader that lost its leadership refuses what it took)."""
 
     def after(self, index: int, reply: ClientReply | None, now: float) -> tuple[int, float]:
         """The attempt at node ``index`` got ``reply`` (None: no answer), which is not a
         success: ``(next node index, pause)``; raises ``NoLeader`` for a read-only call
-        refused past ``refused_until``."""
+        refused past ``refused_until``, and ``NodeUnavailable`` once every address
+        turned it away at its door without any attempt having possibly been taken."""
         self.refused = reply is not None
+        route = self.route
+        if reply is not None and reply.error is not None:
+            self.reasons[index] = reply.error
+            if not self.maybe_taken and len(self.reasons) >= route.nodes:
+                raise NodeUnavailable(self.what, self.reasons)
+        else:
+            self.maybe_taken = True
         if reply is not None:
             self.leader = reply.leader
-            if reply.leader == 0:
-                self.route.no_leader_replies += 1
+            if reply.leader == 0 and reply.error is None:
+                route.no_leader_replies += 1
             if self.refused_until is not None and now >= self.refused_until:
                 raise NoLeader(reply.leader)
-        route = self.route
         return next_attempt(index, reply, route.index_of, route.nodes, self.state, self.rng)
 
     def check(self, now: float) -> None:
@@ -258,9 +293,10 @@ class Call:
             return
         if self.refused and self.refused_until is not None:
             raise NoLeader(self.leader)
+        last = f" (turned away: {'; '.join(self.reasons.values())})" if self.reasons else ""
         raise OutcomeUnknown(
             f"no answer for {self.what} within {self.timeout} s: it may or may not have "
-            "taken effect",
+            f"taken effect{last}",
             self.leader,
         )
 

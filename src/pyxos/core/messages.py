@@ -306,7 +306,9 @@ class ClientReply(msgspec.Struct, frozen=True, array_like=True, tag="rep"):
     ``leader`` is the replying node's best guess of the leader (0 when unknown).
     ``error`` (with ``ok``) says the command or query was refused or failed: it did not
     pass the application's ``validate``, or raised; ``result`` then holds the
-    application's own encoding of the refusal, if it has one.
+    application's own encoding of the refusal, if it has one. ``error`` without ``ok``:
+    the node turned the request away before any of it reached a log, for that reason
+    (its disk is full); a refusal without ``error`` may follow a request that was taken.
     """
 
     src: int

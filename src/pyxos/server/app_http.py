@@ -11,7 +11,8 @@ retries, the same ``(client, seq)`` rule as every client) carry it to the leader
 command goes through the log; a query is sent as a query (lease or read-index, never
 the log). Answers: ``200 {"result": ...}``; ``400 {"error"}`` when the body is not
 JSON, the codec refuses the document, or the application refused the command
-(``validate``) or raised; ``404`` for an application without a codec; ``503`` when a
+(``validate``) or raised; ``404`` for an application without a codec; ``507`` (a
+command) or ``503`` (a query) while the node's disk is full; ``503`` when a
 query finds no leader, ``504 {"outcome": "unknown"}`` when a command got no answer in
 time (it may still take effect), as for the KV endpoints.
 """
@@ -27,6 +28,7 @@ from aiohttp import web
 from pyxos.client.engine import NoLeader, OutcomeUnknown
 from pyxos.client.local import LocalClients
 from pyxos.server.clients import NodeHandle
+from pyxos.server.diskfull import http_refusal
 from pyxos.statemachine.kv import KVStore
 
 __all__ = ["kv_store", "register_app_endpoints", "require_kv"]
@@ -102,8 +104,8 @@ def register_app_endpoints(
         except OutcomeUnknown as e:
             unknown = {"error": f"no answer within {timeout} s", "outcome": "unknown"}
             return _json(504, {**unknown, "leader": e.leader})
-        if reply.error is not None:
-            return _json(400, {"error": reply.error})
+        if reply.error is not None:  # 400; 507/503 while the node's disk is full
+            raise http_refusal(reply.error, read=query)
         try:
             result = from_bytes(reply.result)
         except Exception as e:  # the application's codec failed on its own result

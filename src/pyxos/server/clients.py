@@ -175,10 +175,10 @@ class ClientPort:
 
     def submit(self, requests: list[ClientRequest]) -> None:
         """Feed requests of connections or sinks to the node, or, while its disk is
-        full, refuse each at once with the reason: a connection gets
-        a refusal (``ok=False``, no leader: the client tries another node, as a
-        refusal is never an outcome), a sink (the HTTP API) the definite answer that
-        the command had no effect."""
+        full, refuse each at once with the reason: a connection gets a refusal turned
+        away at the door (``ok=False`` with ``error``: the client engine tries another
+        node, and tells its caller the reason if every node it may use says so), a
+        sink (the HTTP API) the definite answer that the command had no effect."""
         reason = self.disk_full.reason if self.disk_full is not None else None
         if reason is None:
             self.feed(list(requests))
@@ -187,7 +187,7 @@ class ClientPort:
         self.counters["refused"] = self.counters.get("refused", 0) + len(requests)
         for r in requests:
             sink = r.src in self._sinks
-            reply = ClientReply(self.config.node_id, r.client, r.seq, sink, result, 0)
+            reply = ClientReply(self.config.node_id, r.client, r.seq, sink, result, 0, reason)
             self.deliver(r.src, reply, lambda reply=reply: encode_message(reply))  # type: ignore[misc]
 
     def abort_all(self) -> None:

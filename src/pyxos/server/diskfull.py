@@ -13,8 +13,10 @@ source: ``"wal"`` or ``"snapshot"``). Until every source is clear again:
 - **nothing is acknowledged that is not durable**: sends waiting for an fsync keep
   waiting; nothing written since the last good fsync counts as durable;
 - **client requests are refused** at once (``server.clients.ClientPort.submit``): on
-  the binary port with ``ClientReply(ok=False, leader=0)`` carrying the reason, so a
-  client tries another node (a refusal is never an outcome); the HTTP API answers
+  the binary port with ``ClientReply(ok=False, leader=0)`` carrying the reason in
+  ``error`` (turned away before any log), so a client tries another node, and one
+  that may use no other ends at once with ``NodeUnavailable`` naming the full disk
+  (``client.engine``); the HTTP API (the KV and the application endpoints) answers
   ``507`` to a write and ``503`` to a read. ``/v1/status``, ``/metrics``,
   ``/healthz`` and stale reads go on;
 - **the protocol pauses**: nothing is fed to the core (``NodeServer._input``), not
