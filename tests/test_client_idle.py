@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pyxos.client.aio import AsyncClient
-from pyxos.client.mux import ClientPool
+from pyxos.client import AsyncClient, ClientPool, NodeUnavailable
 from pyxos.net.codec import PROTOCOL_VERSION, Hello, encode_hello
 from pyxos.net.limits import DEFAULT_MAX_CONNECTIONS
 from pyxos.net.link import new_counters, serve_peers
@@ -28,14 +27,16 @@ CLIENT_HELLO = encode_hello(Hello(version=PROTOCOL_VERSION, cluster=CLUSTER, nod
 
 
 async def closed_by_node(reader: asyncio.StreamReader, timeout: float) -> bool:
-    """True once the node has closed the connection (end of stream or a reset); False
-    if it is still open after ``timeout`` seconds."""
+    """True once the node has closed the connection (end of stream or a reset; what it
+    wrote first, a refusal's notice, is read and dropped); False if it is still open
+    after ``timeout`` seconds."""
     try:
-        return await asyncio.wait_for(reader.read(), timeout) == b""
+        await asyncio.wait_for(reader.read(), timeout)
     except ConnectionResetError:
-        return True
+        pass
     except TimeoutError:
         return False
+    return True
 
 
 def test_more_than_the_cap_of_idle_hello_connections_are_closed_and_clients_get_back_in(
@@ -180,3 +181,45 @@ def test_the_idle_timeout_has_a_default_loads_from_toml_and_is_validated(tmp_pat
         path.write_text(line + "\n" + base)
         with pytest.raises(ConfigError, match=message):
             Config.load(path)
+
+
+def test_a_client_refused_at_the_connection_cap_is_told_why(tmp_path: Path) -> None:
+    """At the cap a new connection is refused, not let in by evicting another: it gets a
+    notice saying why, and a client that may use no other node raises it at once (the
+    command had no effect: the node read nothing from that connection)."""
+
+    async def main() -> None:
+        (config,) = cluster_configs(tmp_path, n=1, max_connections=2)
+        (node,) = await start_nodes([config])
+        address = [f"{HOST}:{node.client_port}"]
+        try:
+            await wait_for(lambda: node.is_leader, 5.0, "the node to lead")
+            held = []
+            for _ in range(2):
+                reader, writer = await asyncio.open_connection(HOST, node.client_port)
+                writer.write(CLIENT_HELLO)
+                held.append((reader, writer))
+            await wait_for(
+                lambda: node.status()["ports"]["client"]["connections"] == 2, 10.0, "a full port"
+            )
+            reason = "node 1 refused the connection: its client port has 2 connections open"
+            async with (
+                AsyncClient(address, cluster=CLUSTER, timeout=5.0) as client,
+                ClientPool(address, cluster=CLUSTER, timeout=5.0) as pool,
+            ):
+                session = pool.session()
+                for put in (client.put, session.put):
+                    with pytest.raises(NodeUnavailable, match=reason):
+                        await put("k", "1")
+                assert node.client_counters["connections_refused"] >= 2
+                for _, writer in held:
+                    writer.close()
+                await wait_for(
+                    lambda: node.status()["ports"]["client"]["connections"] == 0, 10.0, "room"
+                )
+                await client.put("k", "2")
+                assert await session.get("k") == "2"
+        finally:
+            await stop_nodes([node])
+
+    asyncio.run(asyncio.wait_for(main(), 60.0))

@@ -63,6 +63,7 @@ from pyxos.client.engine import (
     OutcomeUnknown,
     Route,
     drive,
+    turned_away,
 )
 from pyxos.core.messages import ClientReply, ClientRequest, Message
 from pyxos.net.codec import PROTOCOL_VERSION, Hello, encode_message
@@ -461,6 +462,9 @@ class AsyncClient(KVOperations, Closeable):
             version=PROTOCOL_VERSION, cluster=cluster, node=0, role="client", token=token or ""
         )
         self._conns: dict[int, FramedProtocol] = {}
+        # Node index -> the notice its last connection was refused with (see
+        # ``engine.turned_away``); cleared when the next connection to it is dialled.
+        self._notices: dict[int, ClientReply] = {}
         self._attempt: _Attempt | None = None
         self._lock = asyncio.Lock()
         self._closed = False
@@ -530,10 +534,11 @@ class AsyncClient(KVOperations, Closeable):
         self._attempt = _Attempt(seq, index, future)
         try:
             if not conn.send(frame):
-                return None
+                return turned_away(self._notices.get(index), self.client_id, seq)
             return await asyncio.wait_for(future, min(remaining, self.attempt_timeout))
         except (TimeoutError, ConnectionError):
-            return None
+            # A node that refused the connection said why first (see ``_on_replies``).
+            return turned_away(self._notices.get(index), self.client_id, seq)
         finally:
             self._attempt = None
 
@@ -543,6 +548,7 @@ class AsyncClient(KVOperations, Closeable):
             return conn
         host, port = self._addresses[index]
         loop = asyncio.get_running_loop()
+        self._notices.pop(index, None)
 
         def on_messages(_: int, msgs: builtins.list[Message]) -> None:
             self._on_replies(index, msgs)
@@ -582,6 +588,11 @@ class AsyncClient(KVOperations, Closeable):
                 and not attempt.future.done()
             ):
                 attempt.future.set_result(msg)
+            elif msg.client == 0 and msg.error is not None:
+                # The node refused the connection and says why; it closes it next.
+                self._notices[index] = msg
+                if attempt is not None and attempt.index == index and not attempt.future.done():
+                    attempt.future.set_result(turned_away(msg, self.client_id, attempt.seq))
 
     # -- lifecycle --------------------------------------------------------------------
 

@@ -35,13 +35,15 @@ What the engine holds, and what it decides, without any I/O of its own:
   on past that time it ends with :class:`NoLeader` (the HTTP API's 503).
 - A refusal that carries a reason (``ok=False`` with ``error``) is a node turning the
   request away at its door, before anything of it reached a log: its disk is full
-  (``server.diskfull``). The command goes on to the next node like after "no leader
-  yet", and the call remembers the reason. If every address turned it away and no
-  attempt of the call could have been taken (each met such a refusal), the command
-  certainly had no effect: the call ends at once with :class:`NodeUnavailable`,
-  which says why (a client pinned to one full node learns that its disk is full,
-  rather than waiting for an unknown outcome). Otherwise the deadline's
-  ``OutcomeUnknown`` quotes the last reason.
+  (``server.diskfull``), or its client port is at its connection cap (the notice it
+  sends before closing such a connection is made such a refusal: ``turned_away``).
+  The command goes on to the next node like after "no leader yet", and the call
+  remembers the reason. If every address turned it away and no attempt of the call
+  could have been taken (each met such a refusal), the command certainly had no
+  effect: the call ends at once with :class:`NodeUnavailable`, which says why (a
+  client pinned to one full node learns that its disk is full, rather than waiting
+  for an unknown outcome). Otherwise the deadline's ``OutcomeUnknown`` quotes the
+  reasons.
 - :func:`drive`, the loop every transport runs after a first attempt that did not
   succeed: decide, pause, check the deadline, attempt again. A transport gives only an
   ``attempt(index, deadline)`` coroutine: send the request to node ``index`` and return
@@ -62,6 +64,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
+from typing import overload
 
 from pyxos.core.messages import ClientReply
 
@@ -77,6 +80,7 @@ __all__ = [
     "Route",
     "drive",
     "next_attempt",
+    "turned_away",
 ]
 
 _jitter = random.Random()
@@ -299,6 +303,21 @@ class Call:
             f"taken effect{last}",
             self.leader,
         )
+
+
+@overload
+def turned_away(notice: ClientReply, client: int, seq: int) -> ClientReply: ...
+@overload
+def turned_away(notice: ClientReply | None, client: int, seq: int) -> ClientReply | None: ...
+def turned_away(notice: ClientReply | None, client: int, seq: int) -> ClientReply | None:
+    """What a connection ``notice`` means for the request ``(client, seq)`` sent on
+    that connection: the node's refusal of it with the notice's reason; None if there
+    is no notice. A notice is a ``ClientReply`` for client 0 turned away with a reason
+    (``error``): a node that refused the connection says why (its client port is full)
+    before closing it, having read nothing, so nothing sent on it was taken."""
+    if notice is None:
+        return None
+    return ClientReply(notice.src, client, seq, False, b"", notice.leader, notice.error)
 
 
 Attempt = Callable[[int, float], Awaitable[ClientReply | None]]

@@ -60,7 +60,7 @@ from pyxos.client.aio import (
     route_of,
     tls_context,
 )
-from pyxos.client.engine import Call, ClientError, drive
+from pyxos.client.engine import Call, ClientError, drive, turned_away
 from pyxos.core.messages import ClientReply, ClientRequest, Message
 from pyxos.net.codec import PROTOCOL_VERSION, Hello, encode_message
 from pyxos.net.link import FramedProtocol
@@ -210,6 +210,9 @@ class ClientPool(Closeable):
         # Future removes the entry first; a Future may be done only if its session was
         # cancelled while waiting (it then removes the entry itself).
         self._pending: dict[tuple[int, int], _Pending] = {}
+        # (node index, slot) -> the notice its last connection was refused with (see
+        # ``engine.turned_away``); cleared when the next one is dialled.
+        self._notices: dict[tuple[int, int], ClientReply] = {}
         self._client_ids: set[int] = set()
         self._sessions = 0
         self._scan: asyncio.TimerHandle | None = None
@@ -306,11 +309,11 @@ class ClientPool(Closeable):
             conn = self._conns.get((index, slot))
             if conn is None or not conn.is_open:
                 conn = await self._connect(index, slot, deadline - now)
-                if conn is None:
-                    return None
+                if conn is None:  # refused at the cap, saying why, or no answer
+                    return turned_away(self._notices.get((index, slot)), *key)
             future = self._post(key, frame, conn, min(deadline, now + self.attempt_timeout))
             if future is None:
-                return None
+                return turned_away(self._notices.get((index, slot)), *key)
             try:
                 return await future
             except BaseException:
@@ -366,6 +369,7 @@ class ClientPool(Closeable):
         where = (index, slot)
         host, port = self._addresses[index]
         loop = asyncio.get_running_loop()
+        self._notices.pop(where, None)
 
         def on_lost(lost: FramedProtocol, exc: Exception | None) -> None:
             if self._conns.get(where) is lost:
@@ -379,7 +383,7 @@ class ClientPool(Closeable):
 
         def factory() -> FramedProtocol:
             def on_messages(_: int, msgs: builtins.list[Message]) -> None:
-                self._on_replies(index, protocol, msgs)
+                self._on_replies(index, protocol, msgs, where)
 
             protocol = FramedProtocol(
                 on_messages,
@@ -413,7 +417,13 @@ class ClientPool(Closeable):
         self.connects += 1
         return conn
 
-    def _on_replies(self, index: int, conn: FramedProtocol, msgs: builtins.list[Message]) -> None:
+    def _on_replies(
+        self,
+        index: int,
+        conn: FramedProtocol,
+        msgs: builtins.list[Message],
+        where: tuple[int, int],
+    ) -> None:
         """Resolve the attempts these replies answer (see the module notes)."""
         pending = self._pending
         learn = self.route.learn
@@ -423,11 +433,24 @@ class ClientPool(Closeable):
             learn(msg.src, index)
             key = (msg.client, msg.seq)
             waiting = pending.get(key)
+            if waiting is None and msg.client == 0 and msg.error is not None:
+                self._refused(where, conn, msg)
+                continue
             if waiting is None or (not msg.ok and waiting.conn is not conn):
                 continue
             del pending[key]
             if not waiting.future.done():  # else its session was cancelled meanwhile
                 waiting.future.set_result(msg)
+
+    def _refused(self, where: tuple[int, int], conn: FramedProtocol, notice: ClientReply) -> None:
+        """The node refused ``conn`` with ``notice`` (it closes it next): every attempt
+        sent on it is turned away with the notice's reason (``engine.turned_away``)."""
+        self._notices[where] = notice
+        pending = self._pending
+        for key in [key for key, p in pending.items() if p.conn is conn]:
+            future = pending.pop(key).future
+            if not future.done():
+                future.set_result(turned_away(notice, *key))
 
     # -- lifecycle ----------------------------------------------------------------------
 

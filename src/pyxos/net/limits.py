@@ -208,10 +208,16 @@ class PortGuard:
 
 
 class RefusedConnection(asyncio.Protocol):
-    """A connection over the cap: closed as soon as it is made, nothing read."""
+    """A connection over the cap: closed as soon as it is made, nothing read; with
+    ``notice``, those bytes are written first (the client port's says why)."""
+
+    def __init__(self, notice: bytes = b"") -> None:
+        self.notice = notice
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Close at once."""
+        """Write the notice, if any, and close at once."""
+        if self.notice:
+            cast(asyncio.WriteTransport, transport).write(self.notice)
         transport.close()
 
     def data_received(self, data: bytes) -> None:

@@ -803,6 +803,7 @@ async def serve_framed(
     counters: dict[str, int] | None = None,
     name: str = "port",
     tls: ssl.SSLContext | None = None,
+    refusal: bytes = b"",
 ) -> FramedServer:
     """Listen on ``host:port``; every accepted connection is ``factory(guard)``.
 
@@ -812,6 +813,8 @@ async def serve_framed(
     ``connections_refused``). ``port`` 0 binds a free port. With ``tls`` every
     connection first does a TLS handshake (``pyxos.net.tls.tls_acceptor``, holding a
     connection slot meanwhile); one that fails is closed and counted (``tls_refused``).
+    ``refusal``: bytes written to a connection refused over the cap before it is closed
+    (a frame saying why; without TLS only: a refusal comes before the handshake).
     """
     counters = counters if counters is not None else new_counters()
     guard = PortGuard(limits, counters, name=name)
@@ -819,7 +822,7 @@ async def serve_framed(
     def accept() -> asyncio.Protocol:
         if guard.full:
             guard.refuse()
-            return RefusedConnection()
+            return RefusedConnection(refusal)
         connection = factory(guard)
         guard.admit(connection)
         _count(counters, "connections_accepted")

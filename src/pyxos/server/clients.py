@@ -24,9 +24,12 @@ A client connection that sends no frame for ``client_idle_timeout`` seconds afte
 and nothing more held their slots for ever, and ``max_connections`` of them locked
 every new client out. The client reconnects on its next command, with the same
 ``(client, seq)`` if it was retrying, so nothing is lost or applied twice. At the
-cap a new connection is refused (closed at once, ``connections_refused``), as
-PostgreSQL, Redis and ZooKeeper do, rather than evicting an idle one: eviction would
-let a flood of new connections close established clients' connections too.
+cap a new connection is refused (``connections_refused``), as PostgreSQL, Redis and
+ZooKeeper do, rather than let in by evicting an idle one: eviction would let a flood
+of new connections close established clients' connections too. Like Redis's "max
+number of clients reached", the refused connection first gets a notice saying why
+(``listen``; not under TLS, whose handshake comes first), which a client reports if
+no other node takes the command (``client.engine.NodeUnavailable``).
 
 In-process clients (the HTTP API) register a reply sink (``attach_sink``) and get an
 id from the same range; their requests are fed with ``submit``, and their replies go
@@ -47,7 +50,7 @@ import msgspec
 from pyxos.core.messages import ClientReply, ClientRequest, Message
 from pyxos.net.codec import PROTOCOL_VERSION, Hello, check_hello, encode_message
 from pyxos.net.limits import PortGuard, PortLimits
-from pyxos.net.link import FramedProtocol, FramedServer, new_counters
+from pyxos.net.link import FramedProtocol, FramedServer, new_counters, serve_framed
 from pyxos.server.auth import READ_OPS
 from pyxos.server.config import Config
 from pyxos.server.diskfull import DiskFull
@@ -189,6 +192,33 @@ class ClientPort:
             sink = r.src in self._sinks
             reply = ClientReply(self.config.node_id, r.client, r.seq, sink, result, 0, reason)
             self.deliver(r.src, reply, lambda reply=reply: encode_message(reply))  # type: ignore[misc]
+
+    async def listen(self, limits: PortLimits, tls: ssl.SSLContext | None) -> None:
+        """Listen on the config's client port (``server``), under ``limits``; a
+        connection over ``max_connections`` gets a notice saying so and is closed (a
+        ``ClientReply`` for client 0 turned away with the reason: the client engine
+        tries another node, or tells its caller, see ``client.engine``)."""
+        config = self.config
+        notice = ClientReply(
+            config.node_id,
+            0,
+            0,
+            False,
+            b"",
+            0,
+            f"node {config.node_id} refused the connection: its client port has "
+            f"{limits.max_connections} connections open (max_connections); try again later",
+        )
+        self.server = await serve_framed(
+            config.host,
+            config.client_port,
+            self.protocol,
+            limits=limits,
+            counters=self.counters,
+            name=f"node {config.node_id} client port",
+            tls=tls,
+            refusal=encode_message(notice),
+        )
 
     def abort_all(self) -> None:
         """Close every client connection at once (shutdown)."""

@@ -52,7 +52,6 @@ from pyxos.net.link import (
     PeerLinks,
     PeerServer,
     new_counters,
-    serve_framed,
     serve_peers,
 )
 from pyxos.server.clients import CLIENT_ID_BASE, ClientPort, ReplySink
@@ -244,15 +243,7 @@ class NodeServer:
                 limits=self.port_limits,
                 tls=peer_tls,
             )
-            self.clients.server = await serve_framed(
-                config.host,
-                config.client_port,
-                self.clients.protocol,
-                limits=self.port_limits,
-                counters=self.clients.counters,
-                name=f"node {config.node_id} client port",
-                tls=self.client_tls,
-            )
+            await self.clients.listen(self.port_limits, self.client_tls)
         except OSError as e:
             await self.shutdown()
             raise PortUnavailable(f"node {config.node_id}: cannot listen: {e}") from e
