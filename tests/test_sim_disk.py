@@ -78,7 +78,9 @@ def test_compaction_keeps_the_log_bounded_over_a_long_run() -> None:
         trace=False,
     )
     compacted = run_kv(5, snapshot_every=25, **kw)  # type: ignore[arg-type]
-    unbounded = run_kv(5, snapshot_every=10**9, **kw)  # type: ignore[arg-type]
+    # Without compaction, and without the snapshots served to a node that lags (a node
+    # that installs one drops its log below it), some log keeps every slot.
+    unbounded = run_kv(5, snapshot_every=10**9, catchup_snapshot_slots=0, **kw)  # type: ignore[arg-type]
     assert compacted.violation is None and unbounded.violation is None
     assert compacted.slots > 1000
     # Measured when written: at most 52 live entries with snapshots every 25 slots,

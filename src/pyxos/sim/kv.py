@@ -51,6 +51,7 @@ from pyxos.core.messages import ClientReply
 from pyxos.core.replica import Replica, ReplicaConfig
 from pyxos.sim.mutants import REPLICA_MUTANTS, STORE_MUTANTS, WAL_MUTANTS
 from pyxos.sim.service import (
+    CATCHUP_SNAPSHOT_SLOTS,
     CLIENT_BASE,
     ReplicaFactory,
     RunOptions,
@@ -281,6 +282,7 @@ def run_kv(
     ack_before_sync: bool = False,
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
     snapshot_bytes: int = 64 * 1024 * 1024,
+    catchup_snapshot_slots: int = CATCHUP_SNAPSHOT_SLOTS,
     drifting_clocks: bool = True,
     stale_messages: bool = True,
     wal_class: type[WAL] = WAL,
@@ -293,7 +295,9 @@ def run_kv(
     ``ack_before_sync`` or ``wal_class`` accordingly. ``drifting_clocks=False`` and
     ``stale_messages=False`` turn off per-node clock drift and the messages held back
     for several election timeouts (see :class:`~pyxos.sim.nemesis.Nemesis`), to show
-    what a mutant needs them for.
+    what a mutant needs them for. ``catchup_snapshot_slots=0`` turns the catch-up
+    snapshots off (a Fetch gets a snapshot only for slots compacted away), so a run
+    without compaction keeps every slot in some log.
     """
     m_replica, m_store, m_early = _mutant_parts(mutant)
     result = KVResult(seed, nodes, clients)
@@ -324,6 +328,7 @@ def run_kv(
         ack_before_sync=ack_before_sync or m_early,
         snapshot_every=snapshot_every,
         snapshot_bytes=snapshot_bytes,
+        catchup_snapshot_slots=catchup_snapshot_slots,
         drifting_clocks=drifting_clocks,
         stale_messages=stale_messages,
         wal_class=WAL_MUTANTS.get(mutant or "", wal_class),

@@ -9,7 +9,11 @@ node that sees both sides), heals, crashes a node and restarts it, and pauses a 
 view of the world, which is what leases must survive). With ``disk``, the nodes' real
 WAL and snapshot files on their simulated file systems get what disks do: a crash (a
 power loss) keeps a random part of the unsynced writes, torn and reordered at sector
-granularity; a disk starts failing now and then (every fsync on it fails with the
+granularity, and every other time the drive also loses writes it had acknowledged
+(a volatile cache that reported flushes done and wrote back out of order: a run of the
+newest records is lost, the newest one kept; see ``lose_acknowledged``: the newest
+votes are what a power loss endangers, so that is where the damage goes); a disk
+starts failing now and then (every fsync on it fails with the
 pages dropped, until the machine loses power shortly after: the real WAL stops the
 node at the first failure); a disk fills up for a while (``ENOSPC``); and a crashed
 node's disk is damaged (the leader's, half the time: that is where the newest votes
@@ -78,6 +82,9 @@ FAULT_KINDS = (
 ALL_FAULTS = ("drop", "dup", "reorder", "delay", "partition", "crash", "pause")
 """What ``all`` means: every network, crash and pause fault (``disk``, ``clock`` and
 ``clock-unsafe`` are added apart; within-bound drift is always on)."""
+
+LYING_DRIVE_CHANCE = 0.5
+"""With ``disk``: how often a power loss also loses writes the drive acknowledged."""
 
 DEFAULT_CLOCK_DRIFT = 0.1
 """The drift bound the replicas assume unless told (``ReplicaConfig.clock_drift``)."""
@@ -223,7 +230,10 @@ class Nemesis:
                     candidates = dirty or candidates
                 node = rng.choice(candidates)
                 self.crashed.add(node)
+                lying = self._drive_lies(node)
                 sim.crash(node)
+                if lying:
+                    sim._log("lost-writes", node, None, lose_acknowledged(sim.procs[node].fs, rng))
         elif kind in ("corrupt", "wipe-init"):
             # A node still rebuilding (or bootstrapping after a wipe) has no trustworthy
             # state yet: it counts as down, so no more than a minority ever loses its
@@ -296,6 +306,16 @@ class Nemesis:
         else:
             cut = rng.randint(1, len(nodes) - 1)
             sim.partition([nodes[:cut], nodes[cut:]])
+
+    def _drive_lies(self, node: int) -> bool:
+        """Whether ``node``'s drive loses acknowledged writes at this power loss: with
+        ``disk``, every other time, but never while that could leave a majority without
+        trustworthy acceptor state (a node that finds its log damaged rebuilds)."""
+        if "disk" not in self.kinds or self.sim.rng.random() >= LYING_DRIVE_CHANCE:
+            return False
+        rebuilding = {n for n in self.servers if self.sim.rebuilding(n)}
+        others = (self.crashed | self.paused | rebuilding) - {node}
+        return len(others) < (len(self.servers) - 1) // 2
 
     def _change_clock(self) -> None:
         """Clock rates change. Mostly aimed where it hurts a lease: the leader's clock
@@ -399,6 +419,39 @@ def damage_disk(fs: SimFileSystem, rng: random.Random) -> str:
         return _damage(fs, rng)
     finally:
         fs.fsync_fault = hook
+
+
+def lose_acknowledged(fs: SimFileSystem, rng: random.Random) -> str:
+    """What a drive that acknowledged flushes before they reached the media, and wrote
+    them back out of order, leaves of a crashed node's newest WAL segment: the newest
+    record reached the media, a run of the records acknowledged just before it did not
+    (zeros), mostly only the one before it; return what was lost.
+
+    This is the damage that real power losses do to a log (the newest writes are the
+    ones still in the drive's cache), limited to what a checksummed log can detect: an
+    intact record follows the loss. A lost newest record could not be told from a torn
+    write (see ``storage/wal.py``), and no log survives that. Recovery must see the
+    damage and rebuild; one that skips the damaged records forgets the newest votes.
+    """
+    segments = _wal_segments(fs)
+    if not segments:
+        return "nothing lost"
+    path = DATA_DIR / segments[-1]
+    offsets = record_offsets(fs.read_bytes(path))
+    if len(offsets) < 2:
+        return "nothing lost"
+    first = len(offsets) - 2
+    while first > 0 and rng.random() < 0.3:
+        first -= 1
+    start, end = offsets[first], offsets[-1]
+    fs.zero(path, start, end - start)
+    return f"lost {len(offsets) - 1 - first} record(s) of {path.name} at {start}-{end}"
+
+
+def _wal_segments(fs: SimFileSystem) -> list[str]:
+    if not fs.is_dir(DATA_DIR):
+        return []
+    return sorted(n for n in fs.listdir(DATA_DIR) if n.startswith("wal-") and n.endswith(".log"))
 
 
 def _damage(fs: SimFileSystem, rng: random.Random) -> str:

@@ -71,6 +71,7 @@ from pyxos.storage.durable import NodeStorage
 from pyxos.storage.wal import WAL
 
 __all__ = [
+    "CATCHUP_SNAPSHOT_SLOTS",
     "CLIENT_BASE",
     "CONVERGE_BOUND",
     "HistoryOp",
@@ -90,6 +91,8 @@ MEMBERSHIP_ALPHA = 16
 """``window`` (so alpha) of the replicas in a run with the ``membership`` fault."""
 CONVERGE_BOUND = 2.0
 """Seconds (virtual) the live replicas get, after the clients finish, to converge."""
+CATCHUP_SNAPSHOT_SLOTS = 40
+"""A node that lags by this many slots is served a snapshot of the applied state."""
 
 ReplicaFactory = Callable[..., Replica]
 StoreFactory = Callable[[], Application | ReplicatedApp[Any]]
@@ -335,6 +338,9 @@ class RunOptions:
     ack_before_sync: bool = False
     snapshot_every: int = 25
     snapshot_bytes: int = 64 * 1024 * 1024
+    catchup_snapshot_slots: int = CATCHUP_SNAPSHOT_SLOTS
+    """0 turns the catch-up snapshots off (a Fetch gets a snapshot only for slots
+    compacted away), so a run without compaction keeps every slot in some log."""
     drifting_clocks: bool = True
     stale_messages: bool = True
     wal_class: type[WAL] = WAL
@@ -349,13 +355,14 @@ def service_node_factory(
     snapshot_every: int = 25,
     snapshot_bytes: int = 64 * 1024 * 1024,
     snapshot_chunk: int = SNAPSHOT_CHUNK,
-    catchup_snapshot_slots: int = 40,
+    catchup_snapshot_slots: int = CATCHUP_SNAPSHOT_SLOTS,
 ) -> NodeFactory:
     """Builds a :class:`ServiceNode` from what a node's storage recovered, as the
     server's startup does: the acceptor state, the rebuild flags, the latest snapshot.
     A node that lags by ``catchup_snapshot_slots`` gets a snapshot (small here, so that
-    the short simulated runs exercise it). The application defaults to the KV store,
-    as a node's does (``pyxos.statemachine.loader.DEFAULT_APP``)."""
+    the short simulated runs exercise it; 0: only for slots compacted away). The
+    application defaults to the KV store, as a node's does
+    (``pyxos.statemachine.loader.DEFAULT_APP``)."""
 
     def build(node_id: int, storage: NodeStorage, rng: random.Random, now: float) -> Node:
         state = storage.state
@@ -429,6 +436,7 @@ def run_service(
         store_factory=o.store_factory,
         snapshot_every=o.snapshot_every,
         snapshot_bytes=o.snapshot_bytes,
+        catchup_snapshot_slots=o.catchup_snapshot_slots,
     )
 
     fresh_joiners: set[int] = set()
