@@ -31,8 +31,10 @@ from pyxos.objects import Lock, replicated
 from pyxos.statemachine.base import Application, Applied
 from pyxos.statemachine.kv import KVStore
 from pyxos.statemachine.replicated import (
+    _DIGEST_MASK,
     ReplicatedApp,
     ReplicatedAppWithoutDedup,
+    _session_hash,
     decode_batch,
 )
 from pyxos.storage.fs import FileSystem
@@ -347,6 +349,31 @@ class FreshOnlyStore(ReplicatedApp[A]):
         return super().apply(slot, value)
 
 
+class LatestOnlyDedupStore(ReplicatedApp[KVStore]):
+    """A session table that recognises a repeat of a client's latest request but takes
+    an older one for new and applies it again (it compares ``seq`` with the latest for
+    equality, not order).
+
+    An older request reaches the log only as a message that arrives long after the
+    client moved on: a duplicate replayed several election timeouts later, or one held
+    back that long. Without such messages this mutant survives ``--faults dup`` over
+    300 seeds; with them it is caught at once (see ``tests/test_sim_stale.py``).
+    """
+
+    def apply(self, slot: int, value: bytes) -> list[Applied]:
+        try:
+            entries = decode_batch(value) if value else []
+        except msgspec.DecodeError:
+            entries = []
+        for client, seq, _ in entries:
+            session = self._sessions.get(client)
+            if session is not None and seq < session.seq:
+                del self._sessions[client]  # forgotten: the older request applies anew
+                if self._digest is not None:
+                    self._digest = (self._digest - _session_hash(session)) & _DIGEST_MASK
+        return super().apply(slot, value)
+
+
 StoreFactory = Callable[[], ReplicatedApp[KVStore]]
 """Makes the replicated state of one simulated KV node (a mutant's, or the real one)."""
 
@@ -354,6 +381,7 @@ STORE_MUTANTS: dict[str, StoreFactory] = {
     "double-apply": lambda: ReplicatedAppWithoutDedup(KVStore()),
     "sessionless-snapshot": lambda: SessionlessSnapshotStore(KVStore()),
     "fresh-only": lambda: FreshOnlyStore(KVStore()),
+    "latest-only-dedup": lambda: LatestOnlyDedupStore(KVStore()),
 }
 """Broken replication layers around the KV store, by the name ``pyxos sim kv
 --mutant`` takes."""
