@@ -33,8 +33,8 @@ def _faults_option(default: str) -> Callable[[F], F]:
         show_default=True,
         callback=parse,
         help="Comma list of fault kinds (drop,dup,reorder,delay,partition,crash,pause,disk,"
-        "clock,clock-unsafe,wipe-init,membership) or 'all' (the network, crash and pause "
-        "kinds); membership (sim kv) adds, promotes, removes and replaces nodes.",
+        "power,clock,clock-unsafe,wipe-init,membership) or 'all' (the network, crash and "
+        "pause kinds); membership (sim kv) adds, promotes, removes and replaces nodes.",
     )
 
 

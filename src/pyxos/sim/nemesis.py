@@ -51,6 +51,21 @@ former peers.
 Stale messages. With ``delay`` a rare message is held back for several election
 timeouts, and with ``dup`` some duplicates are replayed that much later (see
 ``world.NetworkFaults``): they reach nodes that have changed ballots since.
+
+Power blips (``power``, named apart like ``disk``). Leaders fail too, and at the worst
+moment: the nemesis marks the leader, and the machine loses power right after one of
+its fsyncs completes while its Accept of its newest slot is still on the way to every
+peer and every peer has learned every slot before it (its own vote is then the only
+one cast; at the latest ``POWER_WITHIN`` after the mark). Its disk is damaged most
+times (``damage_disk``), and it comes back at once (``POWER_REBOOT``), before the
+survivors elect anybody, so its recovery or rebuild races with its own old traffic:
+with ``power`` every power loss leaves what the machine had sent and the network had
+not delivered yet lost (still in its send queue), held in the network for tens to
+hundreds of milliseconds (switch buffers, a path failing over), or delivered as sent
+(``NetworkFaults.crash_lost``, ``crash_held``). This is the interleaving behind the
+rebuild fence (``core/replica.py``, "Rebuilding"): a wiped leader's Accept delivered
+after its rebuild. It is a kind of its own, not part of ``disk``, so that adding it
+moved none of the seeds that the ``disk`` sweeps and their pinned regressions use.
 """
 
 from __future__ import annotations
@@ -59,6 +74,7 @@ import random
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from pyxos.core.messages import Accept
 from pyxos.sim.world import DATA_DIR, SNAPSHOT_DIR, NetworkFaults, Simulator
 from pyxos.storage.simfs import SECTOR, SimFileSystem
 from pyxos.storage.wal import SEGMENT_HEADER_SIZE, record_offsets
@@ -78,10 +94,19 @@ FAULT_KINDS = (
     "clock-unsafe",
     "wipe-init",
     "membership",
+    "power",
 )
 ALL_FAULTS = ("drop", "dup", "reorder", "delay", "partition", "crash", "pause")
-"""What ``all`` means: every network, crash and pause fault (``disk``, ``clock`` and
-``clock-unsafe`` are added apart; within-bound drift is always on)."""
+"""What ``all`` means: every network, crash and pause fault (``disk``, ``power``,
+``clock`` and ``clock-unsafe`` are added apart; within-bound drift is always on)."""
+
+POWER_WITHIN = 0.5
+"""Seconds within which a leader marked by ``power`` meets its worst moment (else it
+loses power then anyway)."""
+POWER_REBOOT = (0.005, 0.06)
+"""Seconds a machine takes to come back after a ``power`` blip."""
+POWER_DAMAGE = 0.75
+"""How often a ``power`` blip also damages the leader's disk (``damage_disk``)."""
 
 LYING_DRIVE_CHANCE = 0.5
 """With ``disk``: how often a power loss also loses writes the drive acknowledged."""
@@ -128,6 +153,8 @@ def network_faults(kinds: frozenset[str], *, stale: bool = True) -> NetworkFault
         late_dup=0.3 if "dup" in kinds and stale else 0.0,
         reorder="reorder" in kinds,
         max_delay=0.01 if "reorder" in kinds else 0.002,
+        crash_lost=0.4 if "power" in kinds else 0.0,
+        crash_held=0.5 if "power" in kinds else 0.0,
     )
 
 
@@ -167,6 +194,8 @@ class Nemesis:
         self.paused: set[int] = set()
         self.dying: set[int] = set()
         """Nodes whose disk fails every fsync until their power goes."""
+        self.doomed: set[int] = set()
+        """Leaders whose power fails at their worst moment (``power``)."""
         self.actions = 0
         self.drift = drift
         sim.faults = network_faults(kinds, stale=stale)
@@ -176,6 +205,8 @@ class Nemesis:
             sim.torn_writes = True
             sim.fsync_fault = self._fsync_fault
             sim.disk_latency = (0.001, 0.01)  # a slow disk: more writes caught unsynced
+        if "power" in kinds:
+            sim.fsync_observers.append(self._on_fsync)
         self.rate_bound = rate_bound(clock_drift)
         # Within-bound drift, always: half the bound, or all of it with ``clock``.
         spread = self.rate_bound * (0.999 if "clock" in kinds else 0.5)
@@ -183,7 +214,8 @@ class Nemesis:
             sim.set_clock_rate(node, 1.0 + sim.rng.uniform(-spread, spread))
         if not drift:
             kinds = self.kinds = kinds - {"clock", "clock-unsafe"}
-        if kinds & {"partition", "crash", "pause", "disk", "clock", "clock-unsafe", "wipe-init"}:
+        acting = {"partition", "crash", "pause", "disk", "power", "clock", "clock-unsafe"}
+        if kinds & (acting | {"wipe-init"}):
             sim.call_at(self._next_time(), self._act)
         if membership is not None and "membership" in kinds:
             # Changes on their own schedule, among every other fault.
@@ -212,12 +244,14 @@ class Nemesis:
                 self._aim_clocks()  # keep the leader's clock slow as leaders change
         if kinds_wipe_init(self.kinds):
             choices.append("wipe-init")
+        if "power" in self.kinds:
+            choices += ["power", "power"]  # as often as a crash with disk faults
         kind = rng.choice(choices)
         minority = self._minority()
         if kind == "partition":
             self._partition()
         elif kind == "crash":
-            down = self.crashed | self.paused
+            down = self._down()
             # A node whose disk is dying stays down until its machine lost power.
             restartable = sorted(self.crashed - self.dying)
             if restartable and (len(down) >= minority or rng.random() < 0.5):
@@ -239,7 +273,7 @@ class Nemesis:
             # state yet: it counts as down, so no more than a minority ever loses its
             # acceptor state at once.
             rebuilding = {n for n in self.servers if sim.rebuilding(n)}
-            down = self.crashed | self.paused | rebuilding
+            down = self._down() | rebuilding
             if len(down) < minority:
                 candidates = [n for n in self.servers if n not in down]
                 node = rng.choice(candidates)
@@ -257,9 +291,14 @@ class Nemesis:
                     self._restart(node)
         elif kind == "clock":
             self._change_clock()
-
+        elif kind == "power":
+            rebuilding = {n for n in self.servers if sim.rebuilding(n)}
+            down = self._down() | rebuilding
+            leader = self.leader()
+            if len(down) < minority and leader in self.servers and leader not in down:
+                self._doom(leader)
         elif kind == "full":
-            down = self.crashed | self.paused
+            down = self._down()
             if len(down) < minority:
                 node = rng.choice([n for n in self.servers if n not in down])
                 fs = sim.procs[node].fs
@@ -267,7 +306,7 @@ class Nemesis:
                 self.crashed.add(node)  # it stops at its next write; it counts as down
                 sim._log("disk-full", node, None, fs.capacity)
         elif kind == "pause":
-            down = self.crashed | self.paused
+            down = self._down()
             if len(down) < minority:
                 node = rng.choice([n for n in self.servers if n not in down])
                 self._pause(node, rng.uniform(0.05, 0.3))
@@ -279,6 +318,61 @@ class Nemesis:
             return
         self.membership()
         self.sim.call_at(self.sim.now + self.sim.rng.uniform(0.02, 0.15), self._change_membership)
+
+    def _down(self) -> set[int]:
+        """The nodes that count as down for the minority rule (doomed leaders too)."""
+        return self.crashed | self.paused | self.doomed
+
+    def _doom(self, node: int) -> None:
+        """``power``: the leader loses power at its worst moment (``_worst_moment``),
+        or ``POWER_WITHIN`` from now if none comes; it counts as down from now on."""
+        self.doomed.add(node)
+        self.sim.call_at(self.sim.now + POWER_WITHIN, lambda: self._blip(node, False))
+
+    def _on_fsync(self, node: int) -> None:
+        if node in self.doomed and self._worst_moment(node):
+            self.sim.call_at(self.sim.now, lambda: self._blip(node, True))
+
+    def _worst_moment(self, node: int) -> bool:
+        """True if ``node`` alone has voted for its newest slot: its own vote is
+        durable (an fsync just completed), its Accept of that slot is still on the way
+        to every peer, and every peer has learned every slot before it."""
+        sim = self.sim
+        peers = {n for n in self.servers if n != node}
+        accepts = [(d, m) for _, d, m in sim.in_flight(node) if isinstance(m, Accept)]
+        if not accepts:
+            return False
+        newest = max(m.slot for _, m in accepts)
+        if not peers <= {d for d, m in accepts if m.slot == newest}:
+            return False
+        for peer in peers:
+            replica = getattr(sim.node(peer), "replica", None)
+            if replica is None or replica.first_unchosen != newest:
+                return False
+        return True
+
+    def _blip(self, node: int, worst: bool) -> None:
+        """The power blip: the machine goes down (what it had in flight is lost, held
+        in the network or delivered: ``NetworkFaults.crash_lost``, ``crash_held``), its
+        disk is damaged (``POWER_DAMAGE``), and it comes back ``POWER_REBOOT`` later."""
+        sim, rng = self.sim, self.sim.rng
+        if node not in self.doomed:
+            return
+        self.doomed.discard(node)
+        if sim.now >= self.until or not sim.procs[node].up or node in self.crashed:
+            return
+        why = "the worst moment" if worst else "no worst moment came"
+        sim._log("power-blip", node, None, why)
+        sim.crash(node)
+        self.crashed.add(node)
+        if rng.random() < POWER_DAMAGE:
+            sim._log("corrupt", node, None, damage_disk(sim.procs[node].fs, rng))
+
+        def reboot() -> None:
+            if node in self.crashed and node not in self.dying and sim.now < self.until:
+                self._restart(node)
+
+        sim.call_at(sim.now + rng.uniform(*POWER_REBOOT), reboot)
 
     def _partition(self) -> None:
         sim, rng = self.sim, self.sim.rng
@@ -372,7 +466,7 @@ class Nemesis:
         if node not in self.servers or sim.now >= self.until or sim.rng.random() >= 0.01:
             return False
         minority = self._minority()
-        if len(self.crashed | self.paused) >= minority:
+        if len(self._down()) >= minority:
             return False
         # The disk is dying: this and every later fsync fail until the power goes.
         self.crashed.add(node)
@@ -393,6 +487,7 @@ class Nemesis:
         sim.heal()
         sim.resume_all()
         self.paused.clear()
+        self.doomed.clear()
         sim.fsync_fault = None
         for node in sorted(self.dying):
             sim.crash(node)  # the dying disk's machine goes down before it restarts

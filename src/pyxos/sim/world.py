@@ -121,6 +121,14 @@ class NetworkFaults:
     late_dup: float = 0.0
     """Probability that a duplicate (see ``dup``) is replayed ``stale_delay_range`` later."""
     stale_delay_range: tuple[float, float] = (0.4, 1.5)
+    crash_lost: float = 0.0
+    """Probability that a message a node sent, and the network has not delivered yet,
+    is lost when the node loses power (it was still in the machine's send queue)."""
+    crash_held: float = 0.0
+    """Probability that such a message is held back instead, for ``crash_held_range``
+    (in a switch's buffer, on a path that is failing over): it arrives after its
+    sender has restarted, and maybe rebuilt its state."""
+    crash_held_range: tuple[float, float] = (0.04, 0.2)
 
 
 @dataclass(slots=True)
@@ -207,6 +215,9 @@ class Simulator:
         """Called with (node id, committed entries) after every Ready that has any."""
         self.send_observers: list[Callable[[int, Message], None]] = []
         """Called with (sender, message) for every message put on the network."""
+        self.fsync_observers: list[Callable[[int], None]] = []
+        """Called with the node id after each of its fsyncs completed and the node was
+        driven (what waited for that fsync has been sent)."""
         self.stats = {
             "sent": 0,
             "delivered": 0,
@@ -314,6 +325,7 @@ class Simulator:
         if proc.up:
             self._stop(proc, power_loss=True)
             self._log("crash", node_id, None, None)
+            self._strand(node_id)
         proc.fs.power_loss(self.rng if self.torn_writes else None)
 
     def wipe_init(self, node_id: int) -> None:
@@ -326,6 +338,50 @@ class Simulator:
         proc.fs.wipe(DATA_DIR)
         proc.initialize = True
         self._log("wipe-init", node_id, None, None)
+
+    def _strand(self, node_id: int) -> None:
+        """What becomes of the messages a node that just lost power had sent and the
+        network has not delivered yet (``crash_lost``, ``crash_held``): each is lost,
+        held back for ``crash_held_range``, or delivered as it would have been."""
+        f = self.faults
+        if not (f.crash_lost or f.crash_held):
+            return
+        mine = sorted(
+            (e for e in self._queue if e[2] == _DELIVER and _sender(e[4]) == node_id),
+            key=lambda e: e[1],
+        )
+        if not mine:
+            return
+        gone: set[int] = set()
+        held: list[tuple[float, Any, Any, Any]] = []
+        for _, seq, _, dst, msg, incarnation in mine:
+            if dst == node_id:
+                continue  # to itself: the crash already dropped it
+            roll = self.rng.random()
+            if roll < f.crash_lost:
+                gone.add(seq)
+                self.stats["dropped"] += 1
+                self._log("drop", node_id, dst, msg)
+            elif roll < f.crash_lost + f.crash_held:
+                gone.add(seq)
+                when = self.now + self.rng.uniform(*f.crash_held_range)
+                held.append((when, dst, msg, incarnation))
+                self.stats["crash_held"] = self.stats.get("crash_held", 0) + 1
+                self._log("held", node_id, dst, (round(when, 6), msg))
+        if gone:
+            self._queue[:] = [e for e in self._queue if e[1] not in gone]  # run() holds it
+            heapq.heapify(self._queue)
+        for when, dst, msg, incarnation in held:
+            self._push(when, _DELIVER, dst, msg, incarnation)
+
+    def in_flight(self, node_id: int) -> list[tuple[float, int, Message]]:
+        """The messages ``node_id`` sent to others that the network has not delivered
+        yet, as (when due, destination, message), in the order they were sent."""
+        return [
+            (e[0], e[3], e[4])
+            for e in sorted(self._queue, key=lambda e: e[1])
+            if e[2] == _DELIVER and e[3] != node_id and _sender(e[4]) == node_id
+        ]
 
     def writes_in_flight(self, node_id: int) -> bool:
         """True if the node issued writes that are not durable yet."""
@@ -597,6 +653,8 @@ class Simulator:
         self.stats["fsyncs"] += 1
         self._note_log_size(proc)
         proc.driver.fsync_done()
+        for observe in self.fsync_observers:
+            observe(node_id)
 
     def _transmit(self, src: int, dst: int, msg: Message) -> None:
         self.stats["sent"] += 1
@@ -698,6 +756,10 @@ class _SimEffects:
     def fail(self, error: BaseException) -> None:
         """A storage error stops the node, as in the server."""
         self.sim._fail(self.proc, error)
+
+
+def _sender(msg: Any) -> Any:
+    return getattr(msg, "src", None)
 
 
 def _stale_counts(node: Node | None) -> dict[str, int]:
