@@ -215,8 +215,10 @@ def _service_sweep(
     trace_out: str | None = params["trace_out"]
     console = Console()
 
+    q1, q2 = params.get("q1"), params.get("q2")
+
     def one(s: int) -> Any:
-        recorder = _recorder(command, s, nodes, faults, mutant) if trace_out else None
+        recorder = _recorder(command, s, nodes, faults, mutant, q1, q2) if trace_out else None
         r = run_one(s, recorder.attach if recorder else None)
         if recorder is not None and trace_out is not None:
             recorder.finish(history=r.history, violation=r.violation, replay=r.replay)
@@ -242,6 +244,7 @@ def _service_sweep(
     rows = [
         ("seeds run", str(len(results))),
         ("nodes / clients", f"{nodes} / {clients}"),
+        *_quorum_rows(nodes, mutant, q1, q2),
         ("faults", ",".join(sorted(faults)) or "none"),
         ("ops ok", str(sum(r.ok for r in results))),
         ("ops failed", str(sum(r.failed for r in results))),
@@ -267,10 +270,36 @@ def _service_sweep(
     sys.exit(1 if bad else 0)
 
 
+def _quorum_rows(
+    nodes: int, mutant: str | None, q1: int | None, q2: int | None
+) -> list[tuple[str, str]]:
+    """The summary row of the quorum sizes a run used (``sim kv --q1/--q2``)."""
+    from pyxos.core.quorum import quorum_sizes
+    from pyxos.sim.mutants import QUORUM_MUTANTS
+
+    if mutant in QUORUM_MUTANTS:
+        sizes = (q1 or max(1, nodes // 2), q2 or max(1, nodes // 2))
+    else:
+        sizes = quorum_sizes(nodes, q1, q2)
+    return [("quorums q1 / q2", f"{sizes[0]} / {sizes[1]}")]
+
+
 @sim.command("kv")
 @_service_options
 @click.option(
     "--keys", type=click.IntRange(1), default=3, show_default=True, help="Keys the clients share."
+)
+@click.option(
+    "--q1",
+    type=click.IntRange(1),
+    default=None,
+    help="Phase-1 quorum size (default: majority, or the smallest that meets --q2).",
+)
+@click.option(
+    "--q2",
+    type=click.IntRange(1),
+    default=None,
+    help="Phase-2 quorum size (default: majority, or the smallest that meets --q1).",
 )
 def sim_kv(
     seeds: int,
@@ -287,13 +316,22 @@ def sim_kv(
     trace: bool,
     trace_out: str | None,
     stop_on_first: bool,
+    q1: int | None,
+    q2: int | None,
 ) -> None:
     """The replicated KV store: agreement, validity, replica divergence,
     linearizability, liveness and convergence."""
+    from pyxos.core.quorum import quorum_sizes
     from pyxos.sim.kv import KV_MUTANTS, run_kv
+    from pyxos.sim.mutants import QUORUM_MUTANTS
 
     if mutant is not None and mutant not in KV_MUTANTS:
         raise click.BadParameter(f"choose from {KV_MUTANTS}", param_hint="--mutant")
+    if mutant not in QUORUM_MUTANTS:
+        try:
+            quorum_sizes(nodes, q1, q2)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--q1/--q2") from None
     seed_list = [seed] if seed is not None else list(range(first_seed, first_seed + seeds))
 
     def one(s: int, on_sim: Any) -> Any:
@@ -308,6 +346,8 @@ def sim_kv(
             mutant=mutant,
             trace=trace or len(seed_list) == 1,
             on_sim=on_sim,
+            q1=q1,
+            q2=q2,
         )
 
     _service_sweep("sim kv", f"kv n={nodes}", seed_list, one)
@@ -389,10 +429,17 @@ def sim_app(
 
 
 def _recorder(
-    source: str, seed: int, nodes: int, faults: frozenset[str], mutant: str | None
+    source: str,
+    seed: int,
+    nodes: int,
+    faults: frozenset[str],
+    mutant: str | None,
+    q1: int | None = None,
+    q2: int | None = None,
 ) -> TraceRecorder:
     """A trace recorder for one simulated seed (``--trace-out``)."""
-    from pyxos.core.quorum import Majority
+    from pyxos.core.quorum import quorum_system
+    from pyxos.sim.mutants import QUORUM_MUTANTS
     from pyxos.sim.traceout import (
         TraceRecorder,
         app_value_text,
@@ -401,11 +448,16 @@ def _recorder(
     )
 
     ids = list(range(1, nodes + 1))
+    quorum = (
+        QUORUM_MUTANTS[mutant](ids, q1, q2)
+        if mutant in QUORUM_MUTANTS
+        else quorum_system(ids, q1, q2)
+    )
     return TraceRecorder(
         source=source,
         seed=seed,
         replicas=ids,
-        quorum=Majority(ids),
+        quorum=quorum,
         value_text={"sim kv": kv_value_text, "sim app": app_value_text}.get(
             source, plain_value_text
         ),
@@ -501,6 +553,8 @@ main.add_command(_model_commands)
     help="The application, module:Factory (overrides the config's app; default: the KV "
     "store). The current directory is on the import path.",
 )
+@click.option("--q1", type=int, default=None, help="Phase-1 quorum size (overrides the config).")
+@click.option("--q2", type=int, default=None, help="Phase-2 quorum size (overrides the config).")
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option(
     "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
@@ -523,6 +577,8 @@ def serve(
     app: str | None,
     trace_path: str | None,
     trace_max_mb: float,
+    q1: int | None,
+    q2: int | None,
 ) -> None:
     """Run one node from a TOML config file until SIGTERM/SIGINT.
 
@@ -533,6 +589,9 @@ def serve(
     args = ["--config", config_path, "--log-level", log_level, "--log-format", log_format]
     if app is not None:
         args += ["--app", app]
+    for name, size in (("--q1", q1), ("--q2", q2)):
+        if size is not None:
+            args += [name, str(size)]
     if init:
         args.append("--init")
     if trace_path is not None:
@@ -621,8 +680,19 @@ def _dir_option() -> Callable[[F], F]:
     help="A new cluster's application, module:Factory, imported from the current "
     "directory (default: the KV store).",
 )
+@click.option(
+    "--q1", type=int, default=None, help="A new cluster's phase-1 quorum size (default: majority)."
+)
+@click.option(
+    "--q2",
+    type=int,
+    default=None,
+    help="A new cluster's phase-2 quorum size (default: majority; q1 + q2 > nodes).",
+)
 @_dir_option()
-def cluster_start(nodes: int, base_dir: str, tls: bool, app: str | None) -> None:
+def cluster_start(
+    nodes: int, base_dir: str, tls: bool, app: str | None, q1: int | None, q2: int | None
+) -> None:
     """Create (if new) and start a local cluster; wait for a leader."""
     import os
     from pathlib import Path
@@ -641,9 +711,13 @@ def cluster_start(nodes: int, base_dir: str, tls: bool, app: str | None) -> None
             raise click.ClickException(str(e)) from None
     try:
         if (path / "cluster.json").exists():
+            if q1 is not None or q2 is not None:
+                raise ClusterError(
+                    f"{path} already holds a cluster: its quorum sizes are in its node configs"
+                )
             local = LocalCluster.load(path)
         else:
-            local = LocalCluster.create(path, nodes, tls=tls, app=app)
+            local = LocalCluster.create(path, nodes, tls=tls, app=app, q1=q1, q2=q2)
         local.start()
         leader = local.wait_for_leader(20.0)
     except ClusterError as e:

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pyxos.core.quorum import quorum_sizes
+
 __all__ = ["ClusterError", "LocalCluster", "LocalNode"]
 
 HOST = "127.0.0.1"
@@ -112,6 +114,8 @@ class LocalCluster:
         hosts: Mapping[int, str] | None = None,
         tls: bool = False,
         app: str | None = None,
+        q1: int | None = None,
+        q2: int | None = None,
     ) -> LocalCluster:
         """Write the configuration of a new ``size``-node cluster into ``base_dir``.
 
@@ -119,9 +123,19 @@ class LocalCluster:
         ``app``: the application every node serves, ``"module:Factory"`` (default: the
         KV store); the nodes import it from the directory they are started in.
         ``tls``: make certificates in ``base_dir/certs`` and turn TLS on (module notes).
+        ``q1``/``q2``: flexible quorum sizes written into every config (default:
+        majorities); sizes that do not intersect are refused here, before anything
+        is written.
         """
         if size < 1:
             raise ClusterError("a cluster needs at least one node")
+        quorum_line = ""
+        if q1 is not None or q2 is not None:
+            try:
+                a, b = quorum_sizes(size, q1, q2)
+            except ValueError as e:
+                raise ClusterError(f"quorum: {e}") from None
+            quorum_line = f"quorum = {{ q1 = {a}, q2 = {b} }}\n"
         base_dir.mkdir(parents=True, exist_ok=True)
         if (base_dir / "cluster.json").exists():
             raise ClusterError(f"{base_dir} already holds a cluster (cluster.json exists)")
@@ -167,6 +181,7 @@ class LocalCluster:
                 f"snapshot_every = {snapshot_every}\n"
                 f"{tls_lines.get(n.node_id, '')}"
                 + (f"app = {json.dumps(app)}\n" if app is not None else "")
+                + quorum_line
                 + f"peers = {{ {peers} }}\n"
             )
         meta = {

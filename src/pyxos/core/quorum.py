@@ -7,6 +7,15 @@ Malkhi and Spiegelman, "Flexible Paxos"). Classic Paxos uses majorities for both
 Proposers and learners ask a :class:`QuorumSystem` whether a set of acceptors is a
 quorum, and never count themselves, so a flexible system plugs in without touching
 them.
+
+What else rests on the intersection (docs/architecture.md, *Flexible quorums*): a
+read-index round and a lease are confirmed by a *phase-2* quorum of acknowledgements,
+which is safe because every phase-2 quorum meets every phase-1 quorum, so no other
+leader can have completed (or, under a lease, can complete) phase 1 unseen; and a
+rebuild gives up (``majority_lost``) when the nodes without state contain a quorum of
+*either* phase. With ``q1 + q2 > n`` these hold for any sizes, not just majorities.
+The price of a small ``q2`` is paid in availability: an election needs ``q1`` live
+nodes, so the cluster survives only ``n - max(q1, q2)`` failures.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from typing import Protocol
 
-__all__ = ["FlexibleQuorum", "Majority", "QuorumSystem"]
+__all__ = ["FlexibleQuorum", "Majority", "QuorumSystem", "quorum_sizes", "quorum_system"]
 
 
 class QuorumSystem(Protocol):
@@ -84,3 +93,40 @@ class Majority(FlexibleQuorum):
         m = _members(members)
         q = len(m) // 2 + 1
         super().__init__(m, q, q)
+
+
+def quorum_sizes(n: int, q1: int | None = None, q2: int | None = None) -> tuple[int, int]:
+    """The phase-1 and phase-2 quorum sizes for ``n`` acceptors: majorities when neither
+    is given; a size left out is the smallest that still meets the other
+    (``n - other + 1``). Raises ``ValueError`` on sizes outside ``1..n`` or that do not
+    intersect (``q1 + q2 <= n``)."""
+    if n < 1:
+        raise ValueError("a quorum system needs at least one acceptor")
+    for name, q in (("q1", q1), ("q2", q2)):
+        if q is not None and not 1 <= q <= n:
+            raise ValueError(f"{name}={q} must lie in 1..{n} (the number of acceptors)")
+    if q1 is None and q2 is None:
+        q1 = q2 = n // 2 + 1
+    elif q1 is None:
+        assert q2 is not None
+        q1 = n - q2 + 1
+    elif q2 is None:
+        q2 = n - q1 + 1
+    if q1 + q2 <= n:
+        raise ValueError(
+            f"q1 + q2 must exceed n={n} so every phase-1 quorum meets every phase-2 "
+            f"quorum (q1={q1} q2={q2})"
+        )
+    return q1, q2
+
+
+def quorum_system(
+    members: Iterable[int], q1: int | None = None, q2: int | None = None
+) -> FlexibleQuorum:
+    """:class:`Majority` when neither size is given, else a :class:`FlexibleQuorum`
+    with the sizes :func:`quorum_sizes` completes; ``ValueError`` if they are unsafe."""
+    m = _members(members)
+    if q1 is None and q2 is None:
+        return Majority(m)
+    a, b = quorum_sizes(len(m), q1, q2)
+    return FlexibleQuorum(m, a, b)

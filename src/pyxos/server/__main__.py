@@ -60,6 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "the current directory is on the import path",
     )
     parser.add_argument(
+        "--q1", type=int, default=None, help="override the phase-1 (election) quorum size"
+    )
+    parser.add_argument(
+        "--q2", type=int, default=None, help="override the phase-2 (accept) quorum size"
+    )
+    parser.add_argument(
         "--init",
         action="store_true",
         help="initialize an empty data directory (only for a node new to the cluster)",
@@ -110,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             data_dir=args.data_dir,
             client_port=args.client_port,
             http_port=args.http_port,
+            q1=args.q1,
+            q2=args.q2,
         )
     except ConfigError as e:
         print(f"pyxos: configuration error: {e}", file=sys.stderr)

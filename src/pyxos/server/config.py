@@ -38,6 +38,9 @@ and ``data_dir`` has a default)::
                                       # "<sha256 of a token>" = "read" | "write"
     app = "examples.counter:Counter"  # optional: the application, "module:Factory"
                                       # (default: the key-value store)
+    quorum = { q1 = 4, q2 = 2 }  # optional: flexible quorums (q1 + q2 > members);
+                                 # one size alone: the other is the smallest that
+                                 # meets it; default: majorities. Every node the same.
 
     [peers]                     # every member, this node included: id = "host:port"
     1 = "10.0.0.1:7001"
@@ -57,6 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pyxos.core.quorum import FlexibleQuorum, quorum_sizes, quorum_system
 from pyxos.net.codec import HEADER_BYTES, MAX_FRAME_BYTES
 from pyxos.net.limits import (
     DEFAULT_FRAME_TIMEOUT,
@@ -183,8 +187,24 @@ class Config:
     *The application contract*); checked when the configuration is built: a path that
     does not import, or names no application, is a ``ConfigError``."""
 
+    q1: int | None = None
+    """Phase-1 (election) quorum size; None: a majority, or the smallest that meets
+    ``q2`` (docs/architecture.md, *Flexible quorums*). Every member must agree."""
+    q2: int | None = None
+    """Phase-2 (accept, read-index, lease) quorum size; None: a majority, or the
+    smallest that meets ``q1``. ``q1 + q2`` must exceed the number of members."""
+
     def __post_init__(self) -> None:
         _validate(self)
+
+    def quorum_system(self) -> FlexibleQuorum:
+        """The quorum system of ``peers`` with this node's sizes (majorities by default)."""
+        return quorum_system(self.peers, self.q1, self.q2)
+
+    @property
+    def quorum_sizes(self) -> tuple[int, int]:
+        """``(q1, q2)`` as the node runs them (defaults filled in)."""
+        return quorum_sizes(len(self.peers), self.q1, self.q2)
 
     @property
     def tls(self) -> TlsFiles | None:
@@ -240,6 +260,7 @@ class Config:
     def from_mapping(cls, raw: Mapping[str, Any]) -> Config:
         """Build from a mapping of file keys (``peers`` values as ``"host:port"``)."""
         known = {f.name for f in dataclasses.fields(cls)}
+        raw = _flatten_quorum(raw)
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(f"unknown key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")
@@ -273,6 +294,9 @@ class Config:
                     f"heartbeat_interval: expected seconds, got {raw['heartbeat_interval']!r}"
                 )
             values["heartbeat_interval"] = float(raw["heartbeat_interval"])
+        for key in ("q1", "q2"):
+            if raw.get(key) is not None:
+                values[key] = _typed(raw, key, int)
         for key in (
             "window",
             "wal_segment_bytes",
@@ -310,6 +334,24 @@ class Config:
                 f"forward_requests: expected true or false, got {raw['forward_requests']!r}"
             )
         return cls(**values)
+
+
+def _flatten_quorum(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """``quorum = { q1 = .., q2 = .. }`` as the keys ``q1`` and ``q2`` (which the
+    command line's overrides also set, and which win)."""
+    values = dict(raw)
+    table = values.pop("quorum", None)
+    if table is None:
+        return values
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"quorum: expected a table {{ q1 = N, q2 = N }}, got {table!r}")
+    extra = sorted(set(table) - {"q1", "q2"})
+    if extra:
+        raise ConfigError(f"quorum: unknown key {extra[0]!r}; known keys: q1, q2")
+    for key in ("q1", "q2"):
+        if key in table and values.get(key) is None:
+            values[key] = table[key]
+    return values
 
 
 def _is_number(value: object) -> bool:
@@ -379,6 +421,10 @@ def _validate(c: Config) -> None:
         )
     if c.window < 1:
         raise ConfigError(f"window: {c.window} must be >= 1")
+    try:
+        quorum_sizes(len(c.peers), c.q1, c.q2)
+    except ValueError as e:
+        raise ConfigError(f"quorum: {e} ({len(c.peers)} members)") from None
     try:
         load_factory(c.app)
     except ValueError as e:

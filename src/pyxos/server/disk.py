@@ -40,7 +40,6 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-from pyxos.core.quorum import Majority
 from pyxos.core.replica import Replica, ReplicaConfig
 from pyxos.server.config import Config
 from pyxos.statemachine.base import Application
@@ -140,7 +139,7 @@ def build_node(
     replicate (None: the one ``config.app`` names)."""
     replica = Replica(
         config.node_id,
-        Majority(config.peers),
+        config.quorum_system(),
         rng,
         config=ReplicaConfig(
             election_timeout=config.election_timeout,

@@ -92,6 +92,7 @@ def node_status(
         "first_unchosen": replica.first_unchosen,
         "applied": node.state.applied_slot,
         "app": config.app,
+        "quorum": dict(zip(("q1", "q2"), config.quorum_sizes, strict=True)),
         "keys": len(node.app) if isinstance(node.app, KVStore) else 0,
         "written": driver.written,
         "synced": driver.synced,

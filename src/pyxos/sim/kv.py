@@ -48,8 +48,9 @@ from pyxos.check.history import Operation
 from pyxos.check.invariants import Violation
 from pyxos.check.linearizability import check_history
 from pyxos.core.messages import ClientReply
+from pyxos.core.quorum import QuorumSystem, quorum_sizes, quorum_system
 from pyxos.core.replica import Replica, ReplicaConfig
-from pyxos.sim.mutants import REPLICA_MUTANTS, STORE_MUTANTS, WAL_MUTANTS
+from pyxos.sim.mutants import QUORUM_MUTANTS, REPLICA_MUTANTS, STORE_MUTANTS, WAL_MUTANTS
 from pyxos.sim.service import (
     CATCHUP_SNAPSHOT_SLOTS,
     CLIENT_BASE,
@@ -79,7 +80,7 @@ StoreFactory = Callable[[], KVStore | ReplicatedApp[KVStore]]
 """Makes a simulated node's application (the KV store) or its whole replicated
 state (a mutant of the replication layer)."""
 
-KV_MUTANTS = sorted([*REPLICA_MUTANTS, *STORE_MUTANTS, *WAL_MUTANTS, "early-ack"])
+KV_MUTANTS = sorted([*REPLICA_MUTANTS, *STORE_MUTANTS, *WAL_MUTANTS, *QUORUM_MUTANTS, "early-ack"])
 """Every name ``run_kv(mutant=...)`` and ``pyxos sim kv --mutant`` take."""
 
 DEFAULT_OPS = 40
@@ -102,6 +103,8 @@ def kv_replay_command(
     ops: int = DEFAULT_OPS,
     keys: int = DEFAULT_KEYS,
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
+    q1: int | None = None,
+    q2: int | None = None,
 ) -> str:
     """The one command that replays this seed: every option of ``pyxos sim kv`` that
     shapes a run is spelled out, defaults included, so the command means the same run
@@ -111,6 +114,12 @@ def kv_replay_command(
         f"pyxos sim kv --seed {seed} --nodes {nodes} --clients {clients} --ops {ops} "
         f"--keys {keys} --snapshot-every {snapshot_every} --faults {kinds}"
     )
+    if mutant in QUORUM_MUTANTS:
+        half = max(1, nodes // 2)
+        sizes = (q1 or half, q2 or half)
+    else:
+        sizes = quorum_sizes(nodes, q1, q2)
+    cmd += f" --q1 {sizes[0]} --q2 {sizes[1]}"
     if mutant:
         cmd += f" --mutant {mutant}"
     return cmd + " --trace"
@@ -126,8 +135,8 @@ def _mutant_parts(name: str | None) -> tuple[ReplicaFactory | None, StoreFactory
         return REPLICA_MUTANTS[name], None, False
     if name in STORE_MUTANTS:
         return None, STORE_MUTANTS[name], False
-    if name in WAL_MUTANTS:
-        return None, None, False  # run_kv takes its WAL from WAL_MUTANTS
+    if name in WAL_MUTANTS or name in QUORUM_MUTANTS:
+        return None, None, False  # run_kv takes its WAL or quorum system from them
     raise ValueError(f"unknown mutant {name!r}; choose from {', '.join(KV_MUTANTS)}")
 
 
@@ -286,6 +295,8 @@ def run_kv(
     drifting_clocks: bool = True,
     stale_messages: bool = True,
     wal_class: type[WAL] = WAL,
+    q1: int | None = None,
+    q2: int | None = None,
 ) -> KVResult:
     """Simulate one seed of the replicated KV store and check it.
 
@@ -298,7 +309,19 @@ def run_kv(
     what a mutant needs them for. ``catchup_snapshot_slots=0`` turns the catch-up
     snapshots off (a Fetch gets a snapshot only for slots compacted away), so a run
     without compaction keeps every slot in some log.
+    ``q1``/``q2``: flexible quorum sizes (default:
+    majorities; one alone: the other is the smallest that meets it); sizes that do not
+    intersect raise ``ValueError`` before anything runs, except under the mutant
+    ``non-intersecting-quorums``, which takes them unchecked (default ``n // 2`` each).
+    The nemesis keeps at most ``n - max(q1, q2)`` servers down at once.
     """
+    ids = list(range(1, nodes + 1))
+    tolerance: int | None = None
+    if mutant in QUORUM_MUTANTS:
+        quorum: QuorumSystem = QUORUM_MUTANTS[mutant](ids, q1, q2)
+    else:
+        quorum = quorum_system(ids, q1, q2)
+        tolerance = nodes - max(quorum_sizes(nodes, q1, q2))  # (n - 1) // 2 for majorities
     m_replica, m_store, m_early = _mutant_parts(mutant)
     result = KVResult(seed, nodes, clients)
     result.replay = kv_replay_command(
@@ -310,8 +333,12 @@ def run_kv(
         ops=ops_per_client,
         keys=keys,
         snapshot_every=snapshot_every,
+        q1=q1,
+        q2=q2,
     )
     options = RunOptions(
+        quorum=quorum,
+        tolerance=tolerance,
         nodes=nodes,
         clients=clients,
         faults=faults,

@@ -23,7 +23,7 @@ from pyxos.core.acceptor import Acceptor
 from pyxos.core.ballot import ZERO, Ballot
 from pyxos.core.membership import Configuration
 from pyxos.core.messages import Accept, Commit, Entry, Message, Prepare, ReadAck
-from pyxos.core.quorum import QuorumSystem
+from pyxos.core.quorum import FlexibleQuorum, QuorumSystem
 from pyxos.core.ready import Ready, Rng
 from pyxos.core.replica import NOOP, Replica
 from pyxos.core.synod import Proposer, SynodNode
@@ -50,11 +50,13 @@ from pyxos.storage.wal import (
 __all__ = [
     "APP_MUTANTS",
     "LAYER_MUTANTS",
+    "QUORUM_MUTANTS",
     "REPLICA_MUTANTS",
     "STORE_MUTANTS",
     "SYNOD_MUTANTS",
     "WAL_MUTANTS",
     "NoFenceLock",
+    "NonIntersectingQuorum",
     "WallClockApp",
 ]
 
@@ -304,6 +306,37 @@ REPLICA_MUTANTS: dict[str, type[Replica]] = {
     "unpersisted-promise": UnpersistedPromiseReplica,
 }
 """Broken Multi-Paxos variants, by the name ``pyxos sim kv --mutant`` takes."""
+
+
+class NonIntersectingQuorum(FlexibleQuorum):
+    """Counting quorums whose sizes skip the ``q1 + q2 > n`` check (the one a node's
+    configuration, ``pyxos serve`` and ``pyxos sim kv --q1/--q2`` enforce at start).
+
+    With ``q1 = q2 = n // 2`` a phase-1 quorum can miss every acceptor of a phase-2
+    quorum: a new leader's phase 1 does not see a value chosen before it, two leaders
+    elected on either side of a partition both commit, and a lease or read-index round
+    confirmed by a phase-2 quorum does not fence off the other leader."""
+
+    def __init__(self, members: Iterable[int], q1: int, q2: int) -> None:
+        ordered = tuple(sorted(set(members)))
+        self._members = ordered
+        self.q1 = q1
+        self.q2 = q2
+        self._set = frozenset(ordered)
+
+
+def non_intersecting(members: Sequence[int], q1: int | None, q2: int | None) -> FlexibleQuorum:
+    """The ``non-intersecting-quorums`` mutant's quorum system: the given sizes, else
+    ``n // 2`` each (at least 1), unchecked."""
+    half = max(1, len(members) // 2)
+    return NonIntersectingQuorum(members, q1 or half, q2 or half)
+
+
+QUORUM_MUTANTS: dict[str, Callable[[Sequence[int], int | None, int | None], FlexibleQuorum]] = {
+    "non-intersecting-quorums": non_intersecting
+}
+"""Broken quorum systems, by the name ``pyxos sim kv --mutant`` takes: the nodes and
+the checks (what counts as chosen, whom a lease must cover) use the same one."""
 
 
 A = TypeVar("A", bound=Application)

@@ -29,7 +29,10 @@ faults (loss, duplication, long delays, reordering) are on for the same window. 
 ``until`` everything heals: partitions end, every crashed node restarts, paused nodes
 resume and the network stops losing and duplicating messages. Liveness checks start
 counting from there. Crashes never take down more than a minority at once, the failure
-model the protocol claims to survive; safety must hold whatever the nemesis does.
+model the protocol claims to survive; safety must hold whatever the nemesis does. With
+flexible quorums the model is ``n - max(q1, q2)`` nodes (``tolerance``): a smaller
+``q2`` buys faster commits with fewer failures survived (docs/architecture.md,
+*Flexible quorums*).
 
 Clocks. Every server always runs on its own clock (see ``world.NodeClock``), its rate
 drawn once within half the bound the replicas assume (``clock_drift``: the rates of any
@@ -175,13 +178,16 @@ class Nemesis:
         stale: bool = True,
         membership: Callable[[], None] | None = None,
         budget: Callable[[], int] | None = None,
+        tolerance: int | None = None,
     ) -> None:
         """``drift=False`` keeps every clock exact and ``stale=False`` holds no message
         back for several election timeouts (the simulator as it was before either
-        existed, to show what they catch)."""
+        existed, to show what they catch). ``tolerance``: how many servers may be down
+        or without state at once (default: a minority)."""
         self.sim = sim
         self.kinds = kinds
         self.servers = sorted(servers)
+        self.minority = (len(self.servers) - 1) // 2 if tolerance is None else tolerance
         self.until = until
         self.leader = leader
         self.membership = membership
@@ -226,7 +232,7 @@ class Nemesis:
         """How many servers may be down (or without state) at once."""
         if self.budget is not None:
             return self.budget()
-        return (len(self.servers) - 1) // 2
+        return self.minority
 
     def _next_time(self) -> float:
         return self.sim.now + self.sim.rng.uniform(*self.interval)

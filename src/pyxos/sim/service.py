@@ -347,6 +347,10 @@ class RunOptions:
     drifting_clocks: bool = True
     stale_messages: bool = True
     wal_class: type[WAL] = WAL
+    quorum: QuorumSystem | None = None
+    """The quorum system of the replicas and the checks (None: majorities)."""
+    tolerance: int | None = None
+    """Servers the nemesis may take down at once (None: a minority)."""
 
 
 def service_node_factory(
@@ -410,7 +414,7 @@ def run_service(
     if o.on_sim is not None:
         o.on_sim(sim)
     ids = list(range(1, o.nodes + 1))
-    quorum = Majority(ids)
+    quorum = o.quorum if o.quorum is not None else Majority(ids)
     membership = "membership" in o.faults
     config = o.config
     if config is None:
@@ -496,6 +500,7 @@ def run_service(
             stale=o.stale_messages,
             membership=driver.change if membership else None,
             budget=driver.budget if membership else None,
+            tolerance=o.tolerance,
         )
         driver.nemesis = nemesis
         if membership:
