@@ -258,3 +258,23 @@ def test_bench_kv_vs_ceiling_writes_ratios_json_and_plot(tmp_path: Path) -> None
         assert row["ops_per_s"] == pytest.approx(pyxos[c]["ops_per_s"] / ceil[c]["ops_per_s"])
         assert row["p50_ms"] == pytest.approx(pyxos[c]["p50_ms"] / ceil[c]["p50_ms"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_kv_q2_runs_flexible_quorums_beside_majorities(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench", "kv", "--clients", "2", "--duration", "1", "--keys", "20",
+            "--q2", "1", "--vs", "majority", "--json", str(out),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "3 nodes, q2 = 1 (q1 = 3)" in result.output
+    doc = json.loads(out.read_text())
+    assert doc["config"]["q2"] == 1
+    assert [r["system"] for r in doc["results"]] == ["pyxos", "pyxos-majority"]
+    assert all(r["ops"] > 0 and r["errors"] == 0 for r in doc["results"])
+    assert [row["vs"] for row in doc["ratios"]] == ["pyxos-majority"]
+    bad = CliRunner().invoke(main, ["bench", "kv", "--nodes", "5", "--q2", "6"])
+    assert bad.exit_code == 2 and "q2=6 must lie in 1..5" in bad.output

@@ -1219,7 +1219,16 @@ def _int_list(value: str) -> tuple[int, ...]:
 )
 @click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 9))
 @click.option("--keys", default=1000, show_default=True, type=click.IntRange(1))
-@click.option("--vs", default="", help="Compare with: a comma list of pysyncobj,etcd,ceiling.")
+@click.option(
+    "--q2",
+    type=click.IntRange(1),
+    default=None,
+    help="pyxos's phase-2 quorum size (flexible quorums; q1 the smallest legal). "
+    "--vs majority runs majority quorums beside it.",
+)
+@click.option(
+    "--vs", default="", help="Compare with: a comma list of pysyncobj,etcd,ceiling,majority."
+)
 @click.option(
     "--ceiling-dir",
     default=None,
@@ -1261,6 +1270,7 @@ def bench_kv(
     json_path: str | None,
     plot_path: str | None,
     record: str | None,
+    q2: int | None,
 ) -> None:
     """Closed-loop KV load on a local cluster of real processes, fsync on, side by side."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -1277,7 +1287,15 @@ def bench_kv(
         raise click.BadParameter("must be > 0", param_hint="--duration")
     if record is not None and api != "binary":
         raise click.BadParameter("--record needs --api binary", param_hint="--record")
+    if q2 is not None:
+        from pyxos.core.quorum import quorum_sizes
+
+        try:
+            quorum_sizes(nodes, q2=q2)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--q2") from None
     options = KvOptions(
+        q2=q2,
         clients=_int_list(clients),
         connections=connections,
         value_size=value_size,
@@ -1309,8 +1327,9 @@ def bench_kv(
             report = run_kv(options, progress)
         except (RuntimeError, TimeoutError, ValueError) as e:
             raise click.ClickException(f"the benchmark stopped: {e}") from None
+    quorums = f", q2 = {q2} (q1 = {nodes - q2 + 1})" if q2 is not None else ""
     click.echo(
-        f"pyxos bench kv: {nodes} nodes, fsync on, {value_size} B values, "
+        f"pyxos bench kv: {nodes} nodes{quorums}, fsync on, {value_size} B values, "
         f"{read_ratio:.0%} reads, {connections} connections, api {api}, "
         f"{duration:g} s per run, {repeat} run(s) per case"
     )

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,9 @@ from pyxos.storage.bench import measure_raw_fsync
 
 __all__ = ["SYSTEMS", "KvOptions", "KvReport", "record_path", "run_kv"]
 
-SYSTEMS = ("pysyncobj", "etcd", "ceiling")
-"""What ``--vs`` accepts."""
+SYSTEMS = ("pysyncobj", "etcd", "ceiling", "majority")
+"""What ``--vs`` accepts (``majority``: pyxos itself with majority quorums, beside a
+pyxos run with ``--q2``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,8 @@ class KvOptions:
     ceiling_dir: str | None = None
     record: str | None = None
     raw_fsync_seconds: float = 1.0
+    q2: int | None = None
+    """pyxos's phase-2 quorum size (flexible quorums; None: majorities)."""
 
     def to_json(self) -> dict[str, Any]:
         """The options as a JSON-ready dict."""
@@ -67,6 +70,7 @@ class KvOptions:
             "keys": self.keys,
             "warmup": self.warmup,
             "vs": list(self.vs),
+            "q2": self.q2,
         }
 
 
@@ -128,6 +132,13 @@ def _plan(options: KvOptions, report: KvReport) -> list[tuple[str, Callable[...,
                     "etcd over gRPC with aetcd (pyxos binary API beside etcd's gRPC API)"
                 )
             plan.append((name, lambda load, grpc=grpc: systems.run_etcd(load, grpc=grpc)))
+        elif name == "majority":
+            plan.append(
+                (
+                    name,
+                    lambda load: systems.run_pyxos(replace(load, q2=None), system="pyxos-majority"),
+                )
+            )
         elif name == "ceiling":
             script = systems.ceiling_script(options.ceiling_dir)
             if script is None:
@@ -177,6 +188,7 @@ def run_kv(options: KvOptions, progress: Callable[[str, int, int], None] | None 
                 warmup=options.warmup,
                 seed=rep,
                 api=options.api,
+                q2=options.q2,
             )
             if progress is not None:
                 progress(f"pyxos, {clients} clients, run {rep + 1}", done, total)

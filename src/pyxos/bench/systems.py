@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,8 @@ class Load:
     warmup: float = 0.5
     seed: int = 0
     api: str = "binary"
+    q2: int | None = None
+    """pyxos's phase-2 quorum size (None: majorities; q1 is then the smallest legal)."""
 
     @property
     def conns(self) -> int:
@@ -119,16 +121,22 @@ async def _http_json(session: Any, method: str, url: str, **kw: Any) -> Any:
 # -- pyxos ---------------------------------------------------------------------------------
 
 
-def run_pyxos(load: Load, *, record: str | None = None, leader_timeout: float = 15.0) -> CaseResult:
-    """One case against a fresh local pyxos cluster."""
+def run_pyxos(
+    load: Load,
+    *,
+    record: str | None = None,
+    leader_timeout: float = 15.0,
+    system: str = "pyxos",
+) -> CaseResult:
+    """One case against a fresh local pyxos cluster (``load.q2``: its phase-2 quorum)."""
     with tempfile.TemporaryDirectory(prefix="pyxos-bench-") as tmp:
-        cluster = LocalCluster.create(Path(tmp), load.nodes, cluster_id="pyxos-bench")
+        cluster = LocalCluster.create(Path(tmp), load.nodes, cluster_id="pyxos-bench", q2=load.q2)
         try:
             cluster.start()
             leader = cluster.wait_for_leader(leader_timeout)
             pids = [p for i in cluster.nodes if (p := cluster.pid(i)) is not None]
             result: CaseResult = _run_loop(_load_pyxos(cluster, leader, pids, load, record))
-            return result
+            return replace(result, system=system)
         finally:
             cluster.stop()
 
