@@ -69,6 +69,7 @@ from pyxos.net.limits import (
 )
 from pyxos.net.tls import TlsError, TlsFiles, client_context, server_context
 from pyxos.server.auth import TokenError, Tokens
+from pyxos.server.quorumconf import check_quorum, flatten_quorum
 from pyxos.statemachine.kv import MAX_KEY_BYTES, MAX_VALUE_BYTES
 from pyxos.statemachine.loader import DEFAULT_APP, load_factory
 
@@ -191,8 +192,7 @@ class Config:
     """Phase-1 (election) quorum size; None: a majority, or the smallest that meets
     ``q2`` (docs/architecture.md, *Flexible quorums*). Every member must agree."""
     q2: int | None = None
-    """Phase-2 (accept, read-index, lease) quorum size; None: a majority, or the
-    smallest that meets ``q1``. ``q1 + q2`` must exceed the number of members."""
+    """Phase-2 quorum size (accept, read-index, lease), likewise; ``q1 + q2 > n``."""
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -260,7 +260,10 @@ class Config:
     def from_mapping(cls, raw: Mapping[str, Any]) -> Config:
         """Build from a mapping of file keys (``peers`` values as ``"host:port"``)."""
         known = {f.name for f in dataclasses.fields(cls)}
-        raw = _flatten_quorum(raw)
+        try:
+            raw = flatten_quorum(raw)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(f"unknown key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")
@@ -336,24 +339,6 @@ class Config:
         return cls(**values)
 
 
-def _flatten_quorum(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """``quorum = { q1 = .., q2 = .. }`` as the keys ``q1`` and ``q2`` (which the
-    command line's overrides also set, and which win)."""
-    values = dict(raw)
-    table = values.pop("quorum", None)
-    if table is None:
-        return values
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"quorum: expected a table {{ q1 = N, q2 = N }}, got {table!r}")
-    extra = sorted(set(table) - {"q1", "q2"})
-    if extra:
-        raise ConfigError(f"quorum: unknown key {extra[0]!r}; known keys: q1, q2")
-    for key in ("q1", "q2"):
-        if key in table and values.get(key) is None:
-            values[key] = table[key]
-    return values
-
-
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -422,9 +407,9 @@ def _validate(c: Config) -> None:
     if c.window < 1:
         raise ConfigError(f"window: {c.window} must be >= 1")
     try:
-        quorum_sizes(len(c.peers), c.q1, c.q2)
+        check_quorum(c.peers, c.q1, c.q2)
     except ValueError as e:
-        raise ConfigError(f"quorum: {e} ({len(c.peers)} members)") from None
+        raise ConfigError(str(e)) from None
     try:
         load_factory(c.app)
     except ValueError as e:
