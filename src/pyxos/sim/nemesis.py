@@ -415,7 +415,7 @@ class Nemesis:
             return False
         rebuilding = {n for n in self.servers if self.sim.rebuilding(n)}
         others = (self.crashed | self.paused | rebuilding) - {node}
-        return len(others) < (len(self.servers) - 1) // 2
+        return len(others) < self._minority()
 
     def _change_clock(self) -> None:
         """Clock rates change. Mostly aimed where it hurts a lease: the leader's clock
