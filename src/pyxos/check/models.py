@@ -602,6 +602,8 @@ def resolve_model(spec: str) -> Model:
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise ValueError(f"cannot import {module_name!r}: {e}") from None
+    except Exception as e:  # the user's module failed while importing
+        raise ValueError(f"importing {module_name!r} raised {type(e).__name__}: {e}") from None
     obj = module
     for part in attr.split("."):
         try:

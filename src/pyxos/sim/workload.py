@@ -47,7 +47,7 @@ import msgspec
 from pyxos.check.models import Model, resolve_model
 from pyxos.objects import Counter, Lock, ObjectHost, Queue, Replicated, ReplicatedDict
 from pyxos.statemachine.base import Application
-from pyxos.statemachine.loader import load_factory
+from pyxos.statemachine.loader import load_factory, make_app
 
 __all__ = [
     "BUILTIN_APPS",
@@ -283,6 +283,7 @@ def resolve_app(app: str, model: str | None = None, workload: str | None = None)
         obj: Any = cls
     else:
         factory = load_factory(app)
+        make_app(app)  # its factory runs and makes an application, or a clear error now
         obj = factory
         default_model = getattr(factory, "sim_model", None)
         default_workload = getattr(factory, "sim_workload", None)
@@ -322,6 +323,10 @@ def _import(spec: str, what: str) -> object:
         obj: object = importlib.import_module(module_name)
     except ImportError as e:
         raise ValueError(f"{what} {spec!r}: cannot import module {module_name!r}: {e}") from None
+    except Exception as e:  # the user's module failed while importing
+        raise ValueError(
+            f"{what} {spec!r}: importing {module_name!r} raised {type(e).__name__}: {e}"
+        ) from None
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
