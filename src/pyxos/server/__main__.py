@@ -24,6 +24,7 @@ from pyxos.server.disk import DataDirUnusable, NodeStartupError, PortUnavailable
 from pyxos.server.node import NodeFailed
 from pyxos.server.process import run
 from pyxos.server.tracefile import NodeTracer
+from pyxos.statemachine.loader import make_app
 from pyxos.storage.durable import DurableStateError
 from pyxos.storage.wal import StorageError
 
@@ -119,6 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             q1=args.q1,
             q2=args.q2,
         )
+        try:  # the factory runs and makes an application, before --init touches the disk
+            make_app(config.app)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     except ConfigError as e:
         print(f"pyxos: configuration error: {e}", file=sys.stderr)
         return 2
