@@ -7,6 +7,7 @@ Linux does), then a real node process on a size-capped tmpfs (root only).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import json
@@ -24,6 +25,10 @@ from typing import Any
 import pytest
 
 from pyxos.client import Client
+from pyxos.client.engine import OutcomeUnknown
+from pyxos.client.local import LocalClients
+from pyxos.core.messages import ClientReply, ClientRequest
+from pyxos.server.diskfull import DISK_FULL, is_disk_full_refusal
 from pyxos.storage.simfs import SimFileSystem
 from pyxos.storage.snapshot import load_latest_snapshot, write_snapshot
 from pyxos.storage.wal import WAL, WALDiskFull, is_disk_full
@@ -145,6 +150,40 @@ def test_a_snapshot_that_does_not_fit_leaves_no_temporary_file() -> None:
     write_snapshot(snaps, 20, b"", b"t" * 100, fs=fs)
     latest = load_latest_snapshot(snaps, fs=fs)
     assert latest is not None and latest.slot == 20
+
+
+def test_a_disk_full_refusal_is_definite_only_for_a_write_never_submitted_before() -> None:
+    # The HTTP API's in-process clients: a refusal answering the first submission means
+    # the write never entered; after an unanswered submission (it may have entered the
+    # log, and the paused node dropped the reply) it means nothing: outcome unknown.
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        submitted: list[ClientRequest] = []
+        swallow = [True]
+        reason = f"{DISK_FULL} 1: writes are refused until space returns"
+
+        def submit(requests: list[ClientRequest]) -> None:
+            for r in requests:
+                submitted.append(r)
+                if swallow[0]:  # entered the log; the reply is lost
+                    swallow[0] = False
+                    continue
+                reply = ClientReply(1, r.client, r.seq, True, b"", 0, reason)
+                loop.call_soon(clients.on_reply, reply)
+
+        clients = LocalClients(
+            submit, timeout=5.0, attempt_timeout=0.05, refusal=is_disk_full_refusal
+        )
+        with pytest.raises(OutcomeUnknown):
+            await clients.call(lambda c, s: b"put", "put 'k'")
+        assert len(submitted) == 2 and submitted[0].seq == submitted[1].seq
+        reply = await clients.call(lambda c, s: b"put", "put 'k'")  # refused at once
+        assert reply.error == reason and len(submitted) == 3
+        swallow[0] = True  # a read refused after a lost attempt: a read had no effect
+        reply = await clients.call(lambda c, s: b"get", "get 'k'", read_only=True)
+        assert reply.error == reason
+
+    asyncio.run(main())
 
 
 # -- a real node process whose disk fills --------------------------------------------
@@ -342,5 +381,49 @@ def test_a_leader_whose_disk_fills_refuses_loses_nothing_and_resumes_by_itself(
             assert client.get("refused") is None
             for key, value in acknowledged.items():
                 assert client.get(key) == value, key
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.skipif(sys.platform != "linux" or os.geteuid() != 0, reason="needs root: mounts tmpfs")
+def test_an_http_write_that_entered_the_log_before_the_disk_filled_is_never_answered_507(
+    tmp_path: Path,
+) -> None:
+    # A follower whose disk is full takes an HTTP write: it forwards it to the leader,
+    # then its own fsync of the Accept runs out of space and it pauses, dropping the
+    # leader's reply. The API submits the write again (same client and seq) and gets
+    # the disk-full refusal. The write was chosen by the two others, so 507 ("refused,
+    # no effect") would be a lie: the answer must be 504, outcome unknown.
+    cluster = TmpfsCluster(tmp_path)
+    try:
+        for node in (1, 2, 3):
+            cluster.start(node, init=True)
+        leader = wait_for(
+            lambda: next(
+                (n for n in (1, 2, 3) if (s := cluster.status(n)) and s["role"] == "leader"),
+                None,
+            ),
+            30,
+            "a leader",
+        )
+        follower = next(n for n in (1, 2, 3) if n != leader)
+        with Client(cluster.addresses(), cluster=CLUSTER, timeout=30) as client:
+            client.put("warm", "up")
+            wait_for(
+                lambda: (
+                    (cluster.status(follower) or {}).get("applied", 0)
+                    >= (cluster.status(leader) or {}).get("applied", 0)
+                ),
+                30,
+                "the follower to catch up",
+            )
+            fill(cluster.disk(follower))
+            for i in range(2000):  # until the follower's own WAL write runs out of space
+                code, body = http("PUT", cluster.url(follower, f"/v1/kv/w{i}"), b"v")
+                if code != 200 or (cluster.status(follower) or {}).get("disk_full"):
+                    break
+            assert (cluster.status(follower) or {}).get("disk_full"), "the disk never filled"
+            if code != 200 and client.get(f"w{i}") == "v":  # it took effect
+                assert code == 504 and body.get("outcome") == "unknown", (code, body)
     finally:
         cluster.stop()

@@ -11,7 +11,9 @@ the engine (``pyxos.client.engine``) sees a route of one address, the node itsel
 a refusal means pause (5 ms doubling to 50 ms, jittered) and submit again; silence for
 ``attempt_timeout`` (a forward lost over a link that went down, a leader that died)
 means submit again; both with the SAME ``(client, seq)``, which the store applies at
-most once; and at ``timeout``, ``OutcomeUnknown``. A read-only call (``read_only``)
+most once; and at ``timeout``, ``OutcomeUnknown``. A node's refusal given as a definite
+answer (``refusal``: a full disk) is definite only for the first submission: after an
+unanswered one it ends a write with ``OutcomeUnknown`` too. A read-only call (``read_only``)
 refused for ``read_wait`` seconds ends with ``NoLeader`` instead: a read has no effect.
 
 Sessions: the store allows one outstanding command per client id, so ``LocalClients``
@@ -29,7 +31,7 @@ import asyncio
 import secrets
 from collections.abc import Callable
 
-from pyxos.client.engine import Call, Route, drive
+from pyxos.client.engine import Call, OutcomeUnknown, Route, drive
 from pyxos.core.messages import ClientReply, ClientRequest
 
 __all__ = ["LocalClients"]
@@ -51,6 +53,7 @@ class LocalClients:
         timeout: float = 5.0,
         attempt_timeout: float = 0.5,
         read_wait: float = 1.0,
+        refusal: Callable[[ClientReply], bool] | None = None,
     ) -> None:
         self.submit = submit
         self.sink = 0
@@ -58,6 +61,9 @@ class LocalClients:
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
         self.read_wait = read_wait
+        self.refusal = refusal
+        """Recognises a node's refusal answered as a definite reply (a full disk): it
+        ends a write with ``OutcomeUnknown`` unless it answered the first submission."""
         self.route = Route(1)
         """The engine's address book: one address, the node (it forwards)."""
         # Idle logical clients: (client id, last seq used).
@@ -90,10 +96,13 @@ class LocalClients:
         request = ClientRequest(self.sink, client, seq, payload, read_only)
         key = (client, seq)
         waiting = self._waiting
+        submitted = 0
 
         async def attempt(_: int, deadline: float) -> ClientReply | None:
+            nonlocal submitted
             future: asyncio.Future[ClientReply] = loop.create_future()
             waiting[key] = future
+            submitted += 1
             self.submit([request])
             wait = max(0.0, min(deadline - loop.time(), self.attempt_timeout))
             try:
@@ -117,7 +126,17 @@ class LocalClients:
                 f"{what} (client {client}, seq {seq})",
                 refused_until=now + min(self.timeout, self.read_wait) if read_only else None,
             )
-            return await drive(call, attempt, 0, reply, True)
+            reply = await drive(call, attempt, 0, reply, True)
+            refusal = self.refusal
+            if submitted > 1 and not read_only and refusal is not None and refusal(reply):
+                # An earlier submission may have entered the log before the node
+                # stopped taking requests (and dropped the reply): not "no effect".
+                raise OutcomeUnknown(
+                    f"{what} (client {client}, seq {seq}): refused ({reply.error}) after "
+                    "an unanswered attempt that may have taken effect",
+                    reply.leader,
+                )
+            return reply
         finally:
             waiting.pop(key, None)
             self._idle.append((client, seq))

@@ -181,7 +181,9 @@ class ClientPort:
         full, refuse each at once with the reason: a connection gets a refusal turned
         away at the door (``ok=False`` with ``error``: the client engine tries another
         node, and tells its caller the reason if every node it may use says so), a
-        sink (the HTTP API) the definite answer that the command had no effect."""
+        sink (the HTTP API) an answer saying so: the command had no effect if this was
+        its first submission; after an unanswered one it may have
+        (``client.local.LocalClients``: outcome unknown)."""
         reason = self.disk_full.reason if self.disk_full is not None else None
         if reason is None:
             self.feed(list(requests))

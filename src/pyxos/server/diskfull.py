@@ -45,7 +45,9 @@ from collections.abc import Callable, Iterable
 
 from aiohttp import web
 
-__all__ = ["DISK_FULL", "RETRY_SECONDS", "DiskFull", "http_refusal"]
+from pyxos.core.messages import ClientReply
+
+__all__ = ["DISK_FULL", "RETRY_SECONDS", "DiskFull", "http_refusal", "is_disk_full_refusal"]
 
 logger = logging.getLogger("pyxos.server")
 
@@ -54,6 +56,12 @@ RETRY_SECONDS = 1.0
 
 DISK_FULL = "disk full on node"
 """How every disk-full refusal starts (the HTTP API maps it to 507/503)."""
+
+
+def is_disk_full_refusal(reply: ClientReply) -> bool:
+    """True if ``reply`` is a full node's refusal answered to an in-process client (the
+    HTTP API): definite for a first submission only (``client.local.LocalClients``)."""
+    return reply.error is not None and reply.error.startswith(DISK_FULL)
 
 
 def http_refusal(error: str, *, read: bool) -> web.HTTPException:

@@ -24,7 +24,7 @@ Answers:
   effect, so the caller may simply retry;
 - no answer within ``timeout``: ``504`` with ``"outcome": "unknown"``: the write may
   or may not have taken effect;
-- while the node's disk is full: ``507`` (a write), ``503`` (a read) (``server.diskfull``);
+- disk full (``server.diskfull``): ``507`` (a write), ``503`` (a read); a retried write 504;
 - a command the store refuses (bad key, too large): ``400``; a body over the value
   limit: ``413`` (checked from ``Content-Length`` and while reading, before decoding).
 
@@ -74,7 +74,7 @@ from pyxos.net.tls import tls_acceptor
 from pyxos.server.app_http import kv_store, register_app_endpoints, require_kv
 from pyxos.server.clients import NodeHandle
 from pyxos.server.dashboard import register_dashboard
-from pyxos.server.diskfull import http_refusal
+from pyxos.server.diskfull import http_refusal, is_disk_full_refusal
 from pyxos.server.metrics import CONTENT_TYPE
 from pyxos.statemachine.kv import (
     DEFAULT_LIST_LIMIT,
@@ -129,6 +129,7 @@ class HttpApi:
         self._clients = LocalClients(
             node.submit, timeout=timeout, attempt_timeout=_ATTEMPT, read_wait=_READ_WAIT
         )
+        self._clients.refusal = is_disk_full_refusal  # 504, not 507, after a lost attempt
         self._clients.sink = self._sink = node.attach_sink(self._clients.on_reply)
         self._runner: web.AppRunner | None = None
         self.counters: dict[str, int] = dict.fromkeys(
