@@ -38,13 +38,13 @@ docs/architecture.md ("Histories").
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Hashable
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import msgspec
 
 from pyxos.check.history import AppOperation
+from pyxos.statemachine.loader import import_spec
 
 __all__ = [
     "KV",
@@ -597,19 +597,7 @@ def resolve_model(spec: str) -> Model:
         return MODELS[spec]
     if ":" not in spec:
         raise ValueError(f"unknown model {spec!r}: one of {', '.join(MODELS)}, or module:attr")
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"cannot import {module_name!r}: {e}") from None
-    except Exception as e:  # the user's module failed while importing
-        raise ValueError(f"importing {module_name!r} raised {type(e).__name__}: {e}") from None
-    obj = module
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ValueError(f"{module_name!r} has no attribute {attr!r}") from None
+    obj = import_spec(spec, "model")
     if isinstance(obj, type):
         obj = obj()
     missing = [m for m in ("init", "step", "parse") if not callable(getattr(obj, m, None))]
@@ -617,8 +605,7 @@ def resolve_model(spec: str) -> Model:
         raise ValueError(f"{spec} is not a model: it lacks {', '.join(missing)}")
     if not isinstance(getattr(obj, "name", None), str):
         raise ValueError(f"{spec} is not a model: it lacks a name (str)")
-    model: Model = obj
-    return model
+    return cast(Model, obj)
 
 
 class ModelOp(msgspec.Struct, frozen=True):

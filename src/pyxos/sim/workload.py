@@ -36,7 +36,6 @@ no effect. A workload should not provoke them; the built-in ones never do.
 
 from __future__ import annotations
 
-import importlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,7 +46,7 @@ import msgspec
 from pyxos.check.models import Model, resolve_model
 from pyxos.objects import Counter, Lock, ObjectHost, Queue, Replicated, ReplicatedDict
 from pyxos.statemachine.base import Application
-from pyxos.statemachine.loader import load_factory, make_app
+from pyxos.statemachine.loader import import_spec, load_factory, make_app
 
 __all__ = [
     "BUILTIN_APPS",
@@ -276,7 +275,7 @@ def resolve_app(app: str, model: str | None = None, workload: str | None = None)
     each comes from). ``ValueError`` saying what is missing or wrong."""
     kind = _object_kind(app)
     if kind is not None:
-        cls = kind.cls if ":" not in app else cast(type[Replicated], _import(app, "app"))
+        cls = kind.cls if ":" not in app else cast(type[Replicated], import_spec(app, "app"))
         factory = _host(kind.name, cls)
         default_model: Any = kind.model
         default_workload: Any = kind.workload
@@ -303,7 +302,7 @@ def _object_kind(app: str) -> _ObjectKind | None:
     if ":" not in app:
         known = ", ".join(BUILTIN_APPS)
         raise ValueError(f"app {app!r}: expected one of {known}, or 'module:Factory'")
-    obj = _import(app, "app")
+    obj = import_spec(app, "app")
     if not (isinstance(obj, type) and issubclass(obj, Replicated)):
         return None
     for kind in _OBJECTS:
@@ -313,26 +312,6 @@ def _object_kind(app: str) -> _ObjectKind | None:
         f"app {app!r}: {obj.__name__} is a Replicated class with no built-in workload; "
         "host it in an application of your own, with a workload (pyxos sim app --workload)"
     )
-
-
-def _import(spec: str, what: str) -> object:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"{what} {spec!r}: expected 'module:attr'")
-    try:
-        obj: object = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"{what} {spec!r}: cannot import module {module_name!r}: {e}") from None
-    except Exception as e:  # the user's module failed while importing
-        raise ValueError(
-            f"{what} {spec!r}: importing {module_name!r} raised {type(e).__name__}: {e}"
-        ) from None
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ValueError(f"{what} {spec!r}: module {module_name!r} has no {attr!r}") from None
-    return obj
 
 
 def _model(app: str, spec: str | None, default: Any) -> Model:
@@ -350,7 +329,7 @@ def _model(app: str, spec: str | None, default: Any) -> Model:
 
 
 def _workload(app: str, spec: str | None, default: Any) -> Workload:
-    chosen = _import(spec, "workload") if spec is not None else default
+    chosen = import_spec(spec, "workload") if spec is not None else default
     if chosen is None:
         raise ValueError(
             f"app {app!r}: no workload: pass --workload module:function (a function "

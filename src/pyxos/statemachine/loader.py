@@ -23,25 +23,34 @@ DEFAULT_APP = "pyxos.statemachine.kv:KVStore"
 _REQUIRED = ("apply", "query", "snapshot", "restore")
 
 
-def load_factory(spec: str) -> Callable[[], Application]:
-    """The factory named by ``spec`` (``"module:Factory"``); ``ValueError`` saying what
-    is wrong if it cannot be imported or does not make an application."""
+def import_spec(spec: str, what: str, expected: str = "'module:attr'") -> object:
+    """The object named by ``spec`` (``"module:attr"``, ``attr`` may be dotted);
+    ``ValueError`` starting with ``what`` and ``spec`` if it cannot be found, including
+    when the user's module raises while importing."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"app {spec!r}: expected 'module:Factory', e.g. {DEFAULT_APP!r}")
+        raise ValueError(f"{what} {spec!r}: expected {expected}")
     try:
         obj: object = importlib.import_module(module_name)
     except ImportError as e:
-        raise ValueError(f"app {spec!r}: cannot import module {module_name!r}: {e}") from None
+        raise ValueError(f"{what} {spec!r}: cannot import module {module_name!r}: {e}") from None
     except Exception as e:  # the user's module failed while importing
         raise ValueError(
-            f"app {spec!r}: importing {module_name!r} raised {type(e).__name__}: {e}"
+            f"{what} {spec!r}: importing {module_name!r} raised {type(e).__name__}: {e}"
         ) from None
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise ValueError(f"app {spec!r}: module {module_name!r} has no {attr!r}") from None
+            raise ValueError(f"{what} {spec!r}: module {module_name!r} has no {attr!r}") from None
+    return obj
+
+
+def load_factory(spec: str) -> Callable[[], Application]:
+    """The factory named by ``spec`` (``"module:Factory"``); ``ValueError`` saying what
+    is wrong if it cannot be imported or does not make an application."""
+    obj = import_spec(spec, "app", f"'module:Factory', e.g. {DEFAULT_APP!r}")
+    attr = spec.partition(":")[2]
     if not callable(obj):
         raise ValueError(f"app {spec!r}: {attr!r} is not a class or a function")
     if isinstance(obj, type):
