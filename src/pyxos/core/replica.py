@@ -211,6 +211,14 @@ retired for good: peers answer what it sends as a member (runs, leads, rebuilds)
 since a new leader may need its vote for the slots before its removal took over. A
 snapshot carries the configurations of the slots after it.
 
+Forced recovery (``core/recovery.py``, docs/recovery.md): when a majority is lost for
+good, an operator may make one survivor a one-node cluster. The server then calls
+``force_configuration`` at startup: the new configuration (this node alone, a new
+epoch) governs from there on, and the old cluster's ids are *disowned*: nothing they
+send is taken, and what they send as members is answered with ``Removed``. The rest
+is the ordinary phase 1 of a one-voter configuration: the node's own report makes it
+re-propose, slot by slot, the value it accepted there, and no-ops in the gaps.
+
 Invariants are written on the fields that carry them.
 """
 
@@ -362,6 +370,11 @@ class Replica:
         seen chosen (one change in flight at a time)."""
         self.refused_removed = 0
         """Messages from removed nodes refused (each answered with ``Removed``)."""
+        self.disowned: frozenset[int] = frozenset()
+        """Ids of the cluster before a forced recovery (``force_configuration``): nothing
+        they send is taken, and what they send as members is answered with ``Removed``."""
+        self.disowned_reason = ""
+        """What a disowned node is told (``Removed.reason``)."""
         self.acceptor = Acceptor(promised, accepted)
         self.now = now
 
@@ -553,6 +566,9 @@ class Replica:
 
     def step(self, msg: Message) -> None:
         """Feed one received message (stale or foreign messages are ignored)."""
+        if self.disowned and msg.src in self.disowned:
+            self._refuse_disowned(msg)
+            return
         retired = self.membership.retired
         if retired and msg.src in retired and self._refuses_removed(msg):
             return
@@ -747,6 +763,33 @@ class Replica:
         if state.slot > self.first_unchosen and state.configs:
             self.membership.install(state)
             self._refresh_membership()
+
+    def force_configuration(
+        self, config: Configuration, disowned: Iterable[int], reason: str
+    ) -> None:
+        """Apply an operator's forced recovery (``pyxos recover --force-new-cluster``,
+        ``core/recovery.py``): ``config`` governs every slot from here on, unless the
+        timeline already holds it or a later one (a snapshot taken since the recovery);
+        the ``disowned`` ids, the old cluster's, are refused for good with ``reason``.
+        Called at startup, after the snapshot is restored and before any input."""
+        self.disowned = frozenset(disowned) - {self._node_id}
+        self.disowned_reason = reason
+        m = self.membership
+        if m.latest.epoch < config.epoch:
+            retired = tuple(sorted(m.retired | self.disowned))
+            m.install(MembershipState(self.first_unchosen, ((0, config),), retired))
+        else:
+            m.retired |= self.disowned
+        self._refresh_membership()
+
+    def _refuse_disowned(self, msg: Message) -> None:
+        """``msg`` comes from a node of the cluster before a forced recovery: take
+        nothing from it (its reports and values belong to another history), and tell it
+        why if it acts as a member or asks for the log."""
+        if isinstance(msg, PreVote | Prepare | Accept | Commit | RebuildQuery | Fetch):
+            self.refused_removed += 1
+            epoch = self.quorum.epoch
+            self._send_now((msg.src,), Removed(self.node_id, msg.src, epoch, self.disowned_reason))
 
     def _refresh_membership(self) -> None:
         m = self.membership
