@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -599,6 +600,74 @@ def serve(
     sys.exit(server_main(args))
 
 
+@main.command("recover")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--force-new-cluster",
+    is_flag=True,
+    help="Required: make this stopped node a one-node cluster from its own state.",
+)
+@click.option("--dry-run", is_flag=True, help="Say what would be done and lost; change nothing.")
+@click.option(
+    "--again",
+    is_flag=True,
+    help="Recover a node that was recovered before and has run since (its cluster lost "
+    "its majority too).",
+)
+def recover_cmd(config_path: str, force_new_cluster: bool, dry_run: bool, again: bool) -> None:
+    """When a majority is lost for good: make one STOPPED survivor a one-node cluster.
+
+    Never automatic, and it may lose acknowledged writes: everything it keeps, re-proposes
+    and may have lost is printed and recorded in the data directory (docs/recovery.md).
+    Then start the node with pyxos serve and grow it again with new node ids. Exit 0
+    done (or already done), 2 refused (nothing changed).
+    """
+    from pyxos.server.config import Config, ConfigError
+    from pyxos.server.recover import RecoveryRefused
+    from pyxos.server.recover import force_new_cluster as recover
+
+    def fail(message: str) -> None:
+        click.echo(f"pyxos recover: refused: {message}", err=True)
+        sys.exit(2)
+
+    if not force_new_cluster:
+        fail(
+            "say --force-new-cluster: the only recovery there is makes this node a new "
+            "one-node cluster, and may lose acknowledged writes (docs/recovery.md)"
+        )
+    try:
+        config = Config.load(config_path)
+        outcome = recover(config, dry_run=dry_run, again=again)
+    except (ConfigError, RecoveryRefused) as e:
+        fail(str(e))
+        return
+    rec = outcome.record
+    rule = "=" * 78
+    say = functools.partial(click.echo, err=True)
+    say(rule)
+    if outcome.already:
+        say(
+            f"pyxos recover: node {config.node_id} was already recovered at {rec.at} "
+            "and has not run since: nothing changed"
+        )
+    else:
+        verb = "WOULD FORCE (dry run)" if dry_run else "FORCED"
+        say(
+            f"pyxos recover: {verb} A NEW ONE-NODE CLUSTER from node {config.node_id} "
+            f"of cluster {config.cluster_id!r} ({config.data_dir})"
+        )
+    say(rule)
+    for line in (*rec.warnings, *outcome.notes):
+        say(f"WARNING: {line}")
+    if outcome.written:
+        say(f"recorded in {outcome.path} at {rec.at}")
+    if not dry_run:
+        say(
+            f"next: pyxos serve --config {config_path} (a one-node cluster; grow it with "
+            "new node ids: the old ones are refused for good)"
+        )
+
+
 @main.command("demo")
 @click.option("--tls", is_flag=True, help="Run the cluster with TLS (certificates made for it).")
 @click.option(
@@ -758,16 +827,22 @@ def cluster_status(base_dir: str, token: str | None) -> None:
 
 
 def _print_cluster(console: Console, local: Any, leader: int | None) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"cluster {local.cluster_id} in {local.base_dir}")
     for col in ("node", "pid", "client", "http", "state", "role", "leader", "ballot", "applied"):
         table.add_column(col)
     lost: dict[str, Any] | None = None
+    notes: list[str] = []
     for node_id, node in sorted(local.nodes.items()):
         st = local.node_status(node_id) or {}
         if st.get("majority_lost"):
             lost = st
+        if "recovered" in st:
+            notes.append(f"node {node_id} RECOVERED: {st['recovered'].get('message', '')}")
+        if st.get("removed"):
+            notes.append(f"node {node_id} removed: {st['removed']}")
         pid = local.pid(node_id)
         table.add_row(
             str(node_id),
@@ -783,6 +858,8 @@ def _print_cluster(console: Console, local: Any, leader: int | None) -> None:
     console.print(table)
     if leader is not None:
         console.print(f"leader: node {leader}")
+    for note in notes:
+        console.print(f"[yellow]{escape(note)}[/yellow]")
     if lost is not None:
         console.print(f"[red]{lost.get('message', 'a majority lost its state')}[/red]")
         console.print(f"recovery: {lost.get('recovery', 'see README.md')}")

@@ -113,10 +113,18 @@ class RecoveryPlan(msgspec.Struct, frozen=True, kw_only=True):
             f"node {self.node_id} becomes a one-node cluster (configuration epoch "
             f"{self.configuration.epoch}); nodes {list(self.disowned)} are disowned for "
             "good: they cannot rejoin, even with their old data directories",
-            f"slots below {self.snapshot_slot} are kept from the snapshot; slots "
-            f"{self.snapshot_slot}..{self.known_chosen_end - 1} were known chosen here"
-            if self.known_chosen_end > self.snapshot_slot
-            else f"slots below {self.snapshot_slot} are kept from the snapshot",
+            (
+                f"slots below {self.snapshot_slot} are kept from the snapshot"
+                if self.snapshot_slot
+                else "there is no snapshot"
+            )
+            + (
+                f"; slots {self.snapshot_slot}..{self.known_chosen_end - 1} were known "
+                f"chosen here: {self.known_held} of them are re-proposed with the value "
+                "in this node's log"
+                if self.known_chosen_end > self.snapshot_slot
+                else ""
+            ),
         ]
         if self.known_not_held:
             out.append(

@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pyxos.core.replica import Replica, ReplicaConfig
@@ -46,6 +46,7 @@ from pyxos.statemachine.base import Application
 from pyxos.statemachine.loader import make_app
 from pyxos.statemachine.service import ServiceNode
 from pyxos.storage.durable import DurableAcceptor, Recovered, open_node_storage
+from pyxos.storage.recovery import RecoveryRecord, RecoveryRecordError, read_recoveries
 from pyxos.storage.snapshot import Snapshot as StoredSnapshot
 from pyxos.storage.wal import MarkerError
 
@@ -58,6 +59,7 @@ __all__ = [
     "check_data_dir",
     "ensure_file_limit",
     "open_storage",
+    "recoveries_of",
 ]
 
 logger = logging.getLogger("pyxos.server")
@@ -80,13 +82,15 @@ class DataDirUnusable(NodeStartupError):
 
 def open_storage(
     config: Config, *, initialize: bool, snapshot_dir: Path
-) -> tuple[DurableAcceptor, Recovered, StoredSnapshot | None]:
+) -> tuple[DurableAcceptor, Recovered, StoredSnapshot | None, list[RecoveryRecord]]:
     """Check the data directory, then open the node's durable state in it (see the
-    module docstring). Blocking: the server runs it in its fsync thread."""
+    module docstring); the last item: its forced recoveries (``recoveries_of``).
+    Blocking: the server runs it in its fsync thread."""
     try:
         check_data_dir(config.data_dir)
     except DataDirUnusable as e:
         raise DataDirUnusable(f"node {config.node_id}: {e}") from None
+    recoveries = recoveries_of(config)
     try:
         opened = open_node_storage(
             config.data_dir,
@@ -121,7 +125,17 @@ def open_storage(
         logger.info(
             "node %d: %s was initialized before: --init has no effect", node_id, config.data_dir
         )
-    return opened.durable, opened.state, opened.snapshot
+    return opened.durable, opened.state, opened.snapshot, recoveries
+
+
+def recoveries_of(config: Config) -> list[RecoveryRecord]:
+    """The forced recoveries recorded in the node's data directory (``pyxos recover
+    --force-new-cluster``, ``storage.recovery``), oldest first; a damaged record is a
+    ``NodeStartupError`` (the node must not start without knowing what it is)."""
+    try:
+        return read_recoveries(config.data_dir)
+    except RecoveryRecordError as e:
+        raise NodeStartupError(f"node {config.node_id}: {e}") from e
 
 
 def build_node(
@@ -133,10 +147,13 @@ def build_node(
     now: float,
     on_batch: Callable[[int], None] | None = None,
     app: Application | None = None,
+    recoveries: Sequence[RecoveryRecord] = (),
 ) -> ServiceNode:
     """The pure node, from what the storage recovered: the acceptor state, the rebuild
     and bootstrap flags, the newest snapshot; ``app`` is the application instance to
-    replicate (None: the one ``config.app`` names)."""
+    replicate (None: the one ``config.app`` names); ``recoveries``: the forced
+    recoveries of its data directory (the newest one's configuration is forced, and
+    every old id any of them disowned is refused)."""
     replica = Replica(
         config.node_id,
         config.quorum_system(),
@@ -165,6 +182,24 @@ def build_node(
     if snapshot is not None:
         node.restore_snapshot(snapshot.slot, snapshot.data)
         logger.info("node %d: restored the snapshot of slot %d", config.node_id, snapshot.slot)
+    if recoveries:
+        rec = recoveries[-1]
+        disowned = {n for r in recoveries for n in r.disowned}
+        replica.force_configuration(rec.configuration, disowned, rec.reason)
+        logger.warning(
+            "node %d: RECOVERED: forced into a new one-node cluster at %s (pyxos recover "
+            "--force-new-cluster; configuration epoch %d, old voters %s disowned: %s). "
+            "Values the old cluster chose at slot %d or later that this node did not "
+            "hold may be lost. It now runs under configuration epoch %d, voters %s",
+            config.node_id,
+            rec.at,
+            rec.epoch,
+            list(rec.previous_voters),
+            list(rec.disowned),
+            rec.first_uncertain,
+            replica.configuration.epoch,
+            list(replica.configuration.voters),
+        )
     logger.info(
         "node %d: recovered promise %s, %d accepted entries, chosen watermark %d%s",
         config.node_id,

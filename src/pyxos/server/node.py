@@ -71,6 +71,7 @@ from pyxos.server.routing import Router
 from pyxos.server.status import MajorityLostReport, node_status
 from pyxos.statemachine.service import ServiceNode
 from pyxos.storage.durable import DurableAcceptor
+from pyxos.storage.recovery import RecoveryRecord
 
 __all__ = [
     "CLIENT_ID_BASE",
@@ -148,6 +149,7 @@ class NodeServer:
         self._closing = False
         self._fatal: BaseException | None = None
         self._majority_lost = MajorityLostReport(config.node_id)
+        self.recoveries: list[RecoveryRecord] = []  # forced ones (pyxos recover), oldest first
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -210,7 +212,7 @@ class NodeServer:
         self._stopped = asyncio.Event()
         effects = self.effects
         try:
-            durable, state, snapshot = await loop.run_in_executor(
+            durable, state, snapshot, self.recoveries = await loop.run_in_executor(
                 effects.executor,
                 lambda: open_storage(
                     config, initialize=self.initialize, snapshot_dir=self.snapshot_dir
@@ -228,6 +230,7 @@ class NodeServer:
             now=self.clock.now(),
             on_batch=self.metrics.batch_commands.observe,
             app=self.app,
+            recoveries=self.recoveries,
         )
         tls = config.tls_contexts()
         peer_tls, dial_tls, self.client_tls = tls if tls is not None else (None, None, None)
@@ -329,6 +332,7 @@ class NodeServer:
             self.stats,
             links=self.links,
             client_connections=len(self.clients.connections),
+            recoveries=self.recoveries,
             counters={
                 "net": self.net_counters,
                 "client_net": self.clients.counters,

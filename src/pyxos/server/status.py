@@ -11,6 +11,7 @@ the recovery pointer ``MAJORITY_LOST_RECOVERY``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -21,6 +22,7 @@ from pyxos.server.config import Config
 from pyxos.server.effects import DriverStats
 from pyxos.statemachine.kv import KVStore
 from pyxos.statemachine.service import ServiceNode
+from pyxos.storage.recovery import RecoveryRecord
 
 __all__ = ["MAJORITY_LOST", "MAJORITY_LOST_RECOVERY", "MajorityLostReport", "node_status"]
 
@@ -33,8 +35,8 @@ MAJORITY_LOST_RECOVERY = (
     "no node votes again by itself: whatever only the lost nodes held may be gone. "
     "Bring back a node whose data directory survived (it may just be down), or restore "
     "the lost data directories from a backup; see docs/operations.md, 'Losing a "
-    "majority' (a forced new cluster from the survivors, pyxos recover "
-    "--force-new-cluster, is planned: issue 11)"
+    "majority'. The last resort: a forced new cluster from one stopped survivor, pyxos "
+    "recover --force-new-cluster (docs/recovery.md)"
 )
 """The recovery path an operator is pointed to when a majority lost its state."""
 
@@ -49,16 +51,25 @@ def node_status(
     client_connections: int,
     counters: dict[str, dict[str, int]],
     guards: dict[str, PortGuard | None],
+    recoveries: Sequence[RecoveryRecord] = (),
 ) -> dict[str, Any]:
     """A JSON-ready summary of a node (role, leader, slots, counters): what ``pyxos
-    status``, ``/v1/status`` and the metrics read."""
+    status``, ``/v1/status`` and the metrics read. ``recoveries``: the forced
+    recoveries of its data directory (the newest is shown as ``recovered``)."""
     if node is None:
         return {"node_id": config.node_id, "state": "starting"}
     replica = node.replica
     extra: dict[str, Any] = {}
-    if replica.majority_lost:
+    if recoveries:
+        extra["recovered"] = recoveries[-1].summary() | {
+            "refused_old_members": replica.refused_removed
+        }
+    if replica.removed is not None:
+        state = "removed"
+        extra["removed"] = replica.removed
+    elif replica.majority_lost:
         state = "majority_lost"
-        extra = {"message": MAJORITY_LOST, "recovery": MAJORITY_LOST_RECOVERY}
+        extra |= {"message": MAJORITY_LOST, "recovery": MAJORITY_LOST_RECOVERY}
     elif replica.bootstrapping:
         state = "bootstrapping"
     elif replica.rebuilding:
@@ -112,16 +123,26 @@ def node_status(
 
 
 class MajorityLostReport:
-    """Says once per occurrence, in the log, that a majority lost its state."""
+    """Says once per occurrence, in the log, that a majority lost its state, and once
+    that this node was removed (or disowned by a forced recovery) and why."""
 
     def __init__(self, node_id: int) -> None:
         self.node_id = node_id
         self.reported = False
+        self.removed_reported = False
 
     def observe(self, node: object) -> None:
         """Log a change of the node's ``majority_lost`` (scripted test nodes, without a
         replica, never have one)."""
         replica = getattr(node, "replica", None)
+        removed = getattr(replica, "removed", None)
+        if removed is not None and not self.removed_reported:
+            self.removed_reported = True
+            logger.error(
+                "node %d is no longer a member, it will not run or lead again: %s",
+                self.node_id,
+                removed,
+            )
         lost = bool(getattr(replica, "majority_lost", False))
         if lost == self.reported:
             return
