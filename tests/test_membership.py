@@ -196,11 +196,18 @@ def test_a_new_configurations_voters_must_promise_before_the_leader_proposes_the
 
 
 def test_a_removed_leader_announces_the_commit_point_to_everyone_and_steps_down() -> None:
+    """If its handover fails (the target never answers), the leader resumes, fills the
+    window up to the takeover, and steps down there (tests/test_leader_transfer.py has
+    the handover itself)."""
     r = replica()
     b = elect(r)
     r.remove(1)
     sent(r)
     ack(r, b, range(0, 1), 1, 2)
+    assert r.transfer is not None and r.transfer.target == 2, "no handover started"
+    r.tick(r.transfer.deadline)
+    assert r.transfer is None and sorted(r.in_flight) == list(range(1, ALPHA))
+    sent(r)
     ack(r, b, range(1, ALPHA), 1, 2)
     out = sent(r)
     assert r.role is Role.FOLLOWER

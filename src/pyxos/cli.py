@@ -34,8 +34,9 @@ def _faults_option(default: str) -> Callable[[F], F]:
         show_default=True,
         callback=parse,
         help="Comma list of fault kinds (drop,dup,reorder,delay,partition,crash,pause,disk,"
-        "power,clock,clock-unsafe,wipe-init,membership) or 'all' (the network, crash and "
-        "pause kinds); membership (sim kv) adds, promotes, removes and replaces nodes.",
+        "power,clock,clock-unsafe,wipe-init,membership,transfer) or 'all' (the network, "
+        "crash and pause kinds); membership (sim kv) adds, promotes, removes and replaces "
+        "nodes; transfer asks the leader to hand over to a random node.",
     )
 
 
@@ -258,6 +259,7 @@ def _service_sweep(
         ("messages held back long", str(sum(r.stats.get("stale_delayed", 0) for r in results))),
         *_stale_rows([r.stale_ballot for r in results]),
         *(_membership_rows(results) if "membership" in faults else ()),
+        *(_transfer_rows(results) if faults & {"membership", "transfer"} else ()),
         ("latency p50 (sim)", f"{percentile(latencies, 0.5) * 1000:.1f} ms"),
         ("latency p99 (sim)", f"{percentile(latencies, 0.99) * 1000:.1f} ms"),
         ("violations", str(len(bad))),
@@ -477,6 +479,26 @@ def _membership_rows(results: list[Any]) -> list[tuple[str, str]]:
     return [
         ("membership changes", f"{total('membership_changes')} in {runs} runs"),
         ("slots checked against their configuration", str(total("governed_slots"))),
+    ]
+
+
+def _transfer_rows(results: list[Any]) -> list[tuple[str, str]]:
+    """Summary rows of leader transfers: the nemesis' (started, refused, handed over)
+    and the handovers of leaders that removed themselves."""
+
+    def total(key: str) -> int:
+        return sum(int(r.stats.get(key, 0)) for r in results)
+
+    return [
+        (
+            "leader transfers asked: started / refused / handed over",
+            f"{total('transfers_started')} / {total('transfers_refused')} / "
+            f"{total('transfers_done')}",
+        ),
+        (
+            "leaders removing themselves / handed over first",
+            f"{total('self_removals')} / {total('handovers_done')}",
+        ),
     ]
 
 
@@ -1064,10 +1086,12 @@ def _http_open(
     key: str | None,
     token: str | None,
     timeout: float = 5.0,
+    data: bytes | None = None,
 ) -> Any:
-    """GET ``url`` as the CLI's HTTP client: TLS verified against ``ca`` (and ``cert``/
-    ``key`` presented) when given, ``token`` as a bearer token; a ClickException that
-    says what went wrong (the server's own error for 401/403) otherwise."""
+    """GET ``url`` (POST ``data`` when given) as the CLI's HTTP client: TLS verified
+    against ``ca`` (and ``cert``/``key`` presented) when given, ``token`` as a bearer
+    token; a ClickException that says what went wrong (the server's own error for an
+    HTTP error status) otherwise."""
     import json
     import ssl
     import urllib.error
@@ -1086,13 +1110,16 @@ def _http_open(
     elif cert is not None or key is not None:
         raise click.ClickException("--cert/--key need --ca (the CA to verify the node with)")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    request = urllib.request.Request(url, headers=headers)
+    request = urllib.request.Request(
+        url, data=data, headers=headers, method="GET" if data is None else "POST"
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout, context=context) as r:
             return json.loads(r.read())
     except urllib.error.HTTPError as e:
         try:
-            detail = json.loads(e.read()).get("error", e.reason)
+            body = json.loads(e.read())
+            detail = body.get("error") or body.get("result") or e.reason
         except (ValueError, AttributeError):
             detail = e.reason
         hint = " (pass --token, or set $PYXOS_TOKEN)" if e.code == 401 else ""
@@ -1158,6 +1185,67 @@ def status_cmd(
         raise click.ClickException(f"{e}; pass --http host:port") from None
     local.token = token
     _print_cluster(Console(), local, local.leader())
+
+
+@main.group()
+def leader() -> None:
+    """Leadership: hand it to another node (docs/architecture.md, *Leader transfer*)."""
+
+
+@leader.command("transfer")
+@click.option("--to", "target", required=True, type=click.IntRange(1), help="The new leader.")
+@click.option("--http", "url", default=None, help="The leader's HTTP address (host:port).")
+@_dir_option()
+@_http_security_options
+def leader_transfer(
+    target: int,
+    url: str | None,
+    base_dir: str,
+    ca: str | None,
+    cert: str | None,
+    key: str | None,
+    token: str | None,
+) -> None:
+    """Hand the leadership to node --to: the leader stops proposing, lets it catch up,
+    and has it campaign at once; if it does not win in time the leader resumes (exit 1).
+
+    Asks the node at --http, or the leader of the local cluster in --dir."""
+    import json
+    from pathlib import Path
+
+    from pyxos.localcluster import ClusterError, LocalCluster
+
+    if url:
+        base = (
+            url
+            if url.startswith(("http://", "https://"))
+            else f"{'https' if ca else 'http'}://{url}"
+        )
+    else:
+        try:
+            local = LocalCluster.load(Path(base_dir))
+        except ClusterError as e:
+            raise click.ClickException(f"{e}; pass --http host:port") from None
+        local.token = token
+        try:
+            current = local.wait_for_leader(10.0)
+        except ClusterError:
+            raise click.ClickException("no leader right now: try again in a moment") from None
+        if current == target:
+            click.echo(f"node {target} already leads")
+            return
+        base = local.nodes[current].http_url
+    body = json.dumps({"to": target}).encode()
+    answer = _http_open(
+        base.rstrip("/") + "/v1/leader/transfer",
+        ca=ca,
+        cert=cert,
+        key=key,
+        token=token,
+        timeout=30.0,
+        data=body,
+    )
+    click.echo(f"node {answer.get('leader')} leads ({answer.get('result')})")
 
 
 @main.command()

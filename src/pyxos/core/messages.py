@@ -42,6 +42,12 @@ decree is slot 0.
 - ``Removed(node, epoch, reason)``: the answer to any message from a node that a
   configuration change removed (configuration ``epoch`` is in force at the sender):
   it stops voting and running for good (see "Membership" in ``core/replica.py``).
+- ``TransferRequest(b, index)`` / ``TransferReady(b, first_unchosen)`` /
+  ``TimeoutNow(b, target)``: leader transfer. The leader of ``b`` asks the target
+  whether it has learned every slot below ``index``; the target answers once it has;
+  the leader then gives up its lease and tells every peer that the target is to
+  campaign at once (the target skips the pre-vote; the others drop the lease they
+  granted to ballot ``b``). See ``core/replica.py``, *Leader transfer*.
 - ``ClientRequest`` / ``ClientReply``: a client's command and its result.
 """
 
@@ -75,6 +81,9 @@ __all__ = [
     "Removed",
     "Snapshot",
     "SnapshotRequest",
+    "TimeoutNow",
+    "TransferReady",
+    "TransferRequest",
 ]
 
 
@@ -286,6 +295,33 @@ class Removed(msgspec.Struct, frozen=True, array_like=True, tag="removed"):
     reason: str = ""
 
 
+class TransferRequest(msgspec.Struct, frozen=True, array_like=True, tag="transfer-request"):
+    """The leader of ``ballot`` asks the target of a leader transfer to say when it has
+    learned every slot below ``index`` (all of them chosen)."""
+
+    src: int
+    ballot: Ballot
+    index: int
+
+
+class TransferReady(msgspec.Struct, frozen=True, array_like=True, tag="transfer-ready"):
+    """The target of a transfer has learned every slot below ``first_unchosen``."""
+
+    src: int
+    ballot: Ballot
+    first_unchosen: int
+
+
+class TimeoutNow(msgspec.Struct, frozen=True, array_like=True, tag="timeout-now"):
+    """The leader of ``ballot`` has given up its lease for good in that ballot:
+    ``target`` campaigns at once, and every acceptor drops the lease it granted to
+    ``ballot``."""
+
+    src: int
+    ballot: Ballot
+    target: int
+
+
 class ClientRequest(msgspec.Struct, frozen=True, array_like=True, tag="req"):
     """A client's command: ``(client, seq)`` makes retries idempotent.
 
@@ -339,6 +375,9 @@ Message = (
     | Fenced
     | Removed
     | ReadAck
+    | TransferRequest
+    | TransferReady
+    | TimeoutNow
     | ClientRequest
     | ClientReply
 )

@@ -71,6 +71,39 @@ before the read arrived sits below the read index. Once every slot below it is c
 and applied, ``Ready.reads`` releases the read to be served from local state. Reads
 pending when the leader steps down are refused (the client retries elsewhere).
 
+Leader transfer (``transfer_leadership(target)``; docs/architecture.md, *Leader
+transfer*). The leader stops proposing new slots (they queue), and on every heartbeat
+asks the target (``TransferRequest(b, index)``, ``index`` its first unchosen slot) to
+say when it has learned every slot below ``index``; the target fetches what it lacks
+and answers ``TransferReady``. Once its window is empty and the target is caught up,
+the leader **abdicates**: it ends its lease and will never extend it again in this
+ballot (acknowledgements of earlier probes included), stops its heartbeats, and sends
+``TimeoutNow(b, target)`` to every peer. The target runs phase 1 at once, without a
+pre-vote; every acceptor drops the lease it granted to ballot ``b`` and grants none to
+``b`` again (a grant to a later ballot of the same node stays), so the target's
+Prepare is not refused for up to a lease. Dropping the grant is safe because the lease
+it protected no longer exists: the leader ended it before the message left. The leader
+steps down when the target's higher ballot reaches it. If the target has not caught
+up within ``4`` election timeouts, or has not won within one election timeout after
+``TimeoutNow``, the leader resumes: it proposes its queue and heartbeats again, with
+read-index rounds but no lease for the rest of its ballot. The outcome is in
+``transfer_result``. A *preferred leader* (``preferred_leader``) is handed the
+leadership by any other leader once it acknowledges the leader's messages (with one
+election timeout to catch up, retried every ten), and draws its election timeout from
+the lower half of the range, so it tends to run first.
+
+With membership, the target must be a voter of every configuration in reach (the one
+governing the leader's first unchosen slot and the pending ones): a learner, a removed
+or unknown node, a voter the pending change removes, and one it has not made a voter
+yet are refused with the reason (``transfer_refusal``), and so is a transfer while a
+change is proposed but not chosen (its entry would wait in the queue and be dropped
+when the leader steps down). Caught up means: it has learned every slot below the
+leader's first unchosen one, so it knows the configuration of every slot the leader
+could propose in. A leader that a chosen change removes **hands over** before the
+change takes over: it transfers to a recently heard voter of every configuration in
+reach (retried while the change is pending), and a new leader fills the slots up to a
+pending change's takeover with no-ops, so an idle cluster still brings it into force.
+
 Rebuilding (a node whose acceptor state is corrupt or was wiped). Such a node must
 never contradict a promise or an acceptance it no longer remembers. It starts in
 ``rebuilding``: it neither promises, accepts, grants pre-votes nor runs for leader; it
@@ -260,6 +293,9 @@ from pyxos.core.messages import (
     RebuildInfo,
     RebuildQuery,
     Removed,
+    TimeoutNow,
+    TransferReady,
+    TransferRequest,
 )
 from pyxos.core.quorum import QuorumSystem
 from pyxos.core.ready import Fence, FenceState, Ready, Rng, Send
@@ -323,6 +359,18 @@ class ReplicaConfig:
             raise ValueError("clock_drift must lie in [0, 1)")
 
 
+TRANSFER_CATCHUP_TIMEOUTS = 4
+"""A transfer whose target has not caught up within this many (maximum) election
+timeouts is given up, and the leader resumes."""
+
+
+@dataclass(slots=True)
+class _Transfer:
+    target: int
+    deadline: float
+    abdicated: bool = False
+
+
 @dataclass(slots=True)
 class _InFlight:
     value: bytes
@@ -377,6 +425,9 @@ class Replica:
         """What a disowned node is told (``Removed.reason``)."""
         self.acceptor = Acceptor(promised, accepted)
         self.now = now
+        self.preferred_leader = 0
+        """The node that should lead when it can (0: none): it draws shorter election
+        timeouts, and any other leader hands it the leadership once it answers."""
 
         self.role = Role.FOLLOWER
         self.ballot: Ballot = ZERO
@@ -450,6 +501,30 @@ class Replica:
         are not persisted), so it promises nobody for one full lease after it starts.
         Invariant: a grant is only ever extended, never replaced by another leader's,
         so a late message from a deposed leader cannot cut short a running lease."""
+        self.lease_ballots: dict[int, Ballot] = {}
+        """Acceptor: holder -> the highest ballot of its that a grant was made for; a
+        TimeoutNow of that ballot drops the grant (see *Leader transfer*)."""
+        self.lease_dropped: dict[int, Ballot] = {}
+        """Acceptor: holder -> a ballot whose leader gave up its lease (TimeoutNow): no
+        grant to that ballot again (a late or duplicated message of it re-grants none)."""
+        self.transfer: _Transfer | None = None
+        """Leader: the transfer under way (new proposals queue meanwhile)."""
+        self.lease_forfeited: Ballot = ZERO
+        """Leader: a ballot whose lease we gave up for a transfer: no lease in it again.
+        Invariant: ``lease_until`` is never extended while ``ballot == lease_forfeited``."""
+        self.transfer_result = ""
+        """How the last transfer this node led ended ("" while none has)."""
+        self.transfers = 0
+        """Transfers this node started as leader."""
+        self.handed_to = 0
+        """The node our last TimeoutNow named (0: none yet)."""
+        self._caught_up: dict[int, int] = {}
+        """Leader: peer -> the highest first unchosen slot it said it had learned up
+        to (TransferReady of our ballot)."""
+        self._preferred_try = now
+        self._handover_try = now
+        self._peer_heard: dict[int, float] = {}
+        """Leader: when each peer's last Accepted or ReadAck arrived."""
         self.stale_ballot: dict[str, int] = {}
         """Messages received whose ballot is below the highest this node has seen, by
         message type: the paths that must ignore an older ballot, counted so that the
@@ -539,8 +614,8 @@ class Replica:
     def read(self, token: object) -> bool:
         """Ask for a linearizable read; ``token`` comes back in ``Ready.reads`` once it
         may be served (or must be refused). False at once if not leader."""
-        if self.role is not Role.LEADER:
-            return False
+        if self.role is not Role.LEADER or (self.transfer and self.transfer.abdicated):
+            return False  # abdicated: a probe would renew the grants the target needs gone
         # Until the takeover is settled the read index is not known yet (-1): a slot
         # at or above next_slot may still hold a value an earlier ballot chose.
         index = self.next_slot if self._settled() else -1
@@ -563,6 +638,62 @@ class Replica:
         return self.next_slot >= self._reported_end and quorum_of_each(
             self._all_configs(), self._promised, phase=1
         )
+
+    def transfer_leadership(
+        self, target: int, *, catchup: int = TRANSFER_CATCHUP_TIMEOUTS
+    ) -> str | None:
+        """Start handing the leadership to ``target`` (see *Leader transfer*); None
+        when started, else why not. The outcome lands in ``transfer_result``. The
+        target gets ``catchup`` election timeouts to catch up (new commands wait)."""
+        refused = self.transfer_refusal(target)
+        if refused is not None:
+            return refused
+        deadline = self.now + self.config.election_timeout[1] * catchup
+        self.transfer = _Transfer(target, deadline)
+        self.transfers += 1
+        self.transfer_result = f"in progress: to node {target}"
+        self._send_now((target,), TransferRequest(self.node_id, self.ballot, self.first_unchosen))
+        return None
+
+    def transfer_refusal(self, target: int) -> str | None:
+        """Why the leadership cannot be handed to ``target`` now (None: it can): the
+        target must be a voter of every configuration in reach (see *Leader transfer*)."""
+        if self.role is not Role.LEADER:
+            return f"node {self.node_id} is not the leader (leader: {self.leader or 'unknown'})"
+        if target == self.node_id:
+            return f"node {target} already leads"
+        if self.transfer is not None:
+            return f"a transfer to node {self.transfer.target} is under way"
+        if self.config_change is not None:
+            return (
+                f"a configuration change (epoch {self.config_change}) is being proposed: "
+                "transfer once it is chosen"
+            )
+        reach = self.membership.from_slot(self.first_unchosen)
+        current = reach[0][1]
+        if target in self.membership.retired:
+            return f"node {target} was removed from the cluster"
+        for start, config in reach:
+            if target in config.voters:
+                continue
+            if start == reach[0][0]:
+                later = [(s, c) for s, c in reach if target in c.voters]
+                if later:
+                    return (
+                        f"node {target} is not a voter yet (configuration epoch "
+                        f"{later[0][1].epoch} makes it one from slot {later[0][0]})"
+                    )
+                if target in current.learners:
+                    return f"node {target} is a learner, not a voter (promote it first)"
+                if not any(target in c.nodes for _, c in reach):
+                    voters = ", ".join(map(str, current.voters))
+                    return f"node {target} is not a member of the cluster (voters: {voters})"
+                return f"node {target} is a learner, not a voter (promote it first)"
+            return (
+                f"node {target} is being removed (configuration epoch {config.epoch}, in "
+                f"force from slot {start}, does not count it)"
+            )
+        return None
 
     def step(self, msg: Message) -> None:
         """Feed one received message (stale or foreign messages are ignored)."""
@@ -612,6 +743,12 @@ class Replica:
             case Removed():
                 if msg.node == self.node_id and self.removed is None:
                     self._become_removed(f"node {msg.src} says: {msg.reason}")
+            case TransferRequest():
+                self._on_transfer_request(msg)
+            case TransferReady():
+                self._on_transfer_ready(msg)
+            case TimeoutNow():
+                self._on_timeout_now(msg)
             case _:
                 pass
 
@@ -622,7 +759,11 @@ class Replica:
             self._rebuild_tick()
         elif self.role is Role.LEADER:
             self.leader_contact = now
-            if now >= self.heartbeat_due:
+            if self.transfer is not None and now >= self.transfer.deadline:
+                self._end_transfer()
+            elif self.transfer is None:
+                self._maybe_hand_over()
+            if now >= self.heartbeat_due and not (self.transfer and self.transfer.abdicated):
                 self._heartbeat()
         elif now >= self.election_deadline:
             self._start_prevote()
@@ -646,7 +787,11 @@ class Replica:
         if self.pending_reads:
             self._release_reads(r)
         r.persist.absorb(self.acceptor.take_pending())
-        if self.role is Role.LEADER and self.first_unchosen > self._commit_sent:
+        if (
+            self.role is Role.LEADER
+            and self.first_unchosen > self._commit_sent
+            and not (self.transfer and self.transfer.abdicated)
+        ):
             # Followers learn promptly; an Accept in this Ready already carries it.
             if not any(isinstance(s.msg, Accept) for s in r.send_now):
                 self._send_now(self.peers, Commit(self.node_id, self.ballot, self.first_unchosen))
@@ -661,6 +806,10 @@ class Replica:
         """When ``tick`` must next be called."""
         leading = self.role is Role.LEADER
         deadline = self.heartbeat_due if leading else self.election_deadline
+        if leading and self.transfer is not None:
+            t = self.transfer
+            # Abdicated: no heartbeats until the transfer's deadline.
+            deadline = t.deadline if t.abdicated else min(deadline, t.deadline)
         if self.rebuilding:
             deadline = self.rebuild_query_due
         if self.commit_hint > self.first_unchosen:
@@ -722,6 +871,11 @@ class Replica:
         if self.role is not Role.LEADER:
             raise ConfigChangeError(
                 f"node {self.node_id} is not the leader (leader: {self.leader or 'unknown'})"
+            )
+        if self.transfer is not None:
+            raise ConfigChangeError(
+                f"a leader transfer to node {self.transfer.target} is under way: change "
+                "the configuration once it is over"
             )
         if self.change_in_flight():
             raise ConfigChangeError(
@@ -803,6 +957,16 @@ class Replica:
             # everyone, old peers and new, what is chosen, and steps down.
             everyone = tuple(sorted(set(before) | set(self.peers)))
             self._send_now(everyone, Commit(self.node_id, self.ballot, self.first_unchosen))
+            # The slots in flight were chosen before the handover's TransferReady could
+            # act: if its target is caught up (it answered), it runs at once all the
+            # same. Our lease ends for good here: we step down and never lead again.
+            t = self.transfer
+            if t is not None and t.target in self._caught_up and t.target in self.quorum.voters:
+                self.transfer = None
+                self.transfer_result = f"done: handed to node {t.target} (removed)"
+                self._forfeit_lease()
+                self.handed_to = t.target
+                self._send_now(everyone, TimeoutNow(self.node_id, self.ballot, t.target))
         if self.removed is None and self._node_id in m.retired:
             self._become_removed(
                 f"removed from the cluster (configuration epoch {self.quorum.epoch} "
@@ -934,6 +1098,7 @@ class Replica:
     def _on_read_ack(self, msg: ReadAck) -> None:
         if self.role is not Role.LEADER or msg.ballot != self.ballot:
             return
+        self._peer_heard[msg.src] = self.now
         acks = self.read_acks.get(msg.read)
         if acks is not None:
             acks.add(msg.src)
@@ -945,7 +1110,7 @@ class Replica:
             self.read_confirmed = max(self.read_confirmed, probe)
             sent = self.probe_sent_at.get(probe)
             lease = self.config.lease_seconds
-            if sent is not None and lease > 0:
+            if sent is not None and lease > 0 and self.ballot != self.lease_forfeited:
                 self.lease_until = max(
                     self.lease_until, sent + lease * (1.0 - self.config.clock_drift)
                 )
@@ -988,9 +1153,11 @@ class Replica:
         self.leader_contact = self.now
         self.election_deadline = self.now + self._election_timeout()
         lease = self.config.lease_seconds
-        if lease > 0:
+        if lease > 0 and self.lease_dropped.get(ballot.node) != ballot:
             grants = self.lease_grants
             grants[ballot.node] = max(grants.get(ballot.node, self.now), self.now + lease)
+            if ballot > self.lease_ballots.get(ballot.node, ZERO):
+                self.lease_ballots[ballot.node] = ballot
 
     def _lease_held_against(self, candidate: int) -> float:
         """Until when (our clock) a lease we granted to someone other than ``candidate``
@@ -1027,6 +1194,124 @@ class Replica:
             and not (fence is not None and fence.up)
         )
         self._send_now((msg.src,), PreVoteReply(self.node_id, msg.ballot, granted, self.leader))
+
+    # -- leader transfer ---------------------------------------------------------------------
+
+    def _on_transfer_request(self, msg: TransferRequest) -> None:
+        if (
+            self.rebuilding
+            or self.removed is not None
+            or msg.ballot < self.acceptor.promised
+            or self.role is Role.LEADER
+        ):
+            return
+        # Every slot below the leader's first unchosen one is chosen: fetch what we lack.
+        self.commit_hint = max(self.commit_hint, msg.index)
+        if self.first_unchosen >= msg.index:
+            ready = TransferReady(self.node_id, msg.ballot, self.first_unchosen)
+            self._send_now((msg.src,), ready)
+
+    def _on_transfer_ready(self, msg: TransferReady) -> None:
+        t = self.transfer
+        if self.role is Role.LEADER and msg.ballot == self.ballot:
+            known = self._caught_up
+            known[msg.src] = max(known.get(msg.src, 0), msg.first_unchosen)
+        if (
+            t is None
+            or t.abdicated
+            or self.role is not Role.LEADER
+            or msg.ballot != self.ballot
+            or msg.src != t.target
+            or self.in_flight
+            or msg.first_unchosen < self.first_unchosen
+        ):
+            return
+        # Abdicate: the lease ends now and never comes back in this ballot, so the
+        # acceptors may drop the grants behind it (the target's Prepare then goes
+        # through at once). Acknowledgements of probes sent before count for no lease.
+        t.abdicated = True
+        t.deadline = self.now + self.config.election_timeout[1]
+        self._forfeit_lease()
+        self.handed_to = t.target
+        self._send_now(self.peers, TimeoutNow(self.node_id, self.ballot, t.target))
+
+    def _forfeit_lease(self) -> None:
+        """End our lease for good in this ballot; refuse the reads still waiting (the
+        clients retry at the new leader): their probe would renew the grants the
+        target needs gone."""
+        self.lease_forfeited = self.ballot
+        self.lease_until = float("-inf")
+        self.probe_sent_at.clear()
+        self._ready.reads.extend((token, False) for _, _, token in self.pending_reads)
+        self.pending_reads.clear()
+        self.read_acks.clear()
+        self.read_probe_sent = self.read_probe
+
+    def _on_timeout_now(self, msg: TimeoutNow) -> None:
+        # The sender ended its lease of this ballot for good: drop our grant to it, if
+        # that is the ballot it was made for (a later ballot's lease stands).
+        if msg.ballot.node == msg.src:
+            if self.lease_dropped.get(msg.src, ZERO) < msg.ballot:
+                self.lease_dropped[msg.src] = msg.ballot
+            if self.lease_ballots.get(msg.src) == msg.ballot:
+                self.lease_grants.pop(msg.src, None)
+        if (
+            msg.target != self.node_id
+            or self.rebuilding
+            or self.removed is not None
+            or self._node_id not in self.quorum.voters
+            or self.role is Role.LEADER
+            or msg.ballot < self.acceptor.promised
+        ):
+            return
+        if self._lease_held_against(self.node_id) > self.now:
+            return  # another lease (or our restart hold) still binds our promise
+        self._start_election()
+
+    def _end_transfer(self) -> None:
+        """The transfer timed out: resume leading (queue, heartbeats; no lease again
+        in this ballot if we abdicated)."""
+        t = self.transfer
+        if t is None:
+            return
+        self.transfer = None
+        stage = "did not win" if t.abdicated else "did not catch up"
+        self.transfer_result = f"failed: node {t.target} {stage} in time; this node resumed"
+        self.heartbeat_due = self.now
+        self._fill_window()
+
+    def _maybe_hand_over(self) -> None:
+        """Leader, no transfer under way: hand over to a voter if a chosen change
+        removes us (before it takes over), or to the preferred leader once it answers."""
+        now = self.now
+        heard = self._peer_heard
+        recent = now - 2 * self.config.heartbeat_interval
+        if now >= self._handover_try and self.config_change is None:
+            reach = self._all_configs()
+            if any(self._node_id not in c.voters for c in reach):
+                # A chosen change removes us: the voters of every configuration in
+                # reach that answered lately, the preferred one first, then the latest.
+                able = [
+                    v
+                    for v in reach[-1].voters
+                    if heard.get(v, -1e18) >= recent and self.transfer_refusal(v) is None
+                ]
+                if able:
+                    self._handover_try = now + 2 * self.config.election_timeout[1]
+                    best = max(able, key=lambda v: (v == self.preferred_leader, heard[v], -v))
+                    self.transfer_leadership(best)
+                    return
+        preferred = self.preferred_leader
+        if (
+            preferred not in (0, self.node_id)
+            and now >= self._preferred_try
+            and heard.get(preferred, -1e18) >= recent
+            and self.transfer_refusal(preferred) is None
+        ):
+            # One election timeout to catch up: a preferred node far behind costs the
+            # writes that wait at most that, every ten election timeouts.
+            self._preferred_try = now + 10 * self.config.election_timeout[1]
+            self.transfer_leadership(preferred, catchup=1)
 
     # -- rebuilding ------------------------------------------------------------------------
 
@@ -1343,6 +1628,8 @@ class Replica:
             if changed or (starts[-1] > start and any(start < st <= s for st in starts)):
                 self._refresh_membership()
             if self.role is Role.LEADER:
+                if changed and self.transfer is None:
+                    self._maybe_hand_over()  # a change that removes us: hand over now
                 self._fill_window()
 
     def _fetch_target(self) -> int:
@@ -1411,6 +1698,8 @@ class Replica:
 
     def _election_timeout(self) -> float:
         lo, hi = self.config.election_timeout
+        if self.preferred_leader == self.node_id:
+            hi = (lo + hi) / 2  # the preferred node tends to run first
         return self.rng.uniform(lo, hi)
 
     def _note_ballot(self, ballot: Ballot) -> None:
@@ -1497,6 +1786,14 @@ class Replica:
             self._become_follower(msg.leader if msg.leader != self.node_id else 0)
 
     def _become_follower(self, leader: int) -> None:
+        if self.transfer is not None:
+            target = self.transfer.target
+            self.transfer = None
+            self.transfer_result = (
+                f"done: handed to node {target}"
+                if leader == target
+                else f"failed: deposed by node {leader or 'unknown'} first"
+            )
         self.role = Role.FOLLOWER
         self.lease_until = float("-inf")
         self.read_acks.clear()
@@ -1538,8 +1835,12 @@ class Replica:
         self._reported = {}
         self._reported_end = start
         self._compacted = compacted
-        self._fill_to = 0
         self._prepare_asked = {}
+        self._peer_heard = {}
+        self._caught_up = {}
+        # A change chosen before we led takes over once the slots up to its start are
+        # filled: fill them with no-ops if no commands come (as its proposer would).
+        self._fill_to = self.membership.starts[-1] if self.change_in_flight() else 0
         for promise in self.promises.values():
             self._merge_report(promise, start)
         self.promises = {}
@@ -1596,6 +1897,7 @@ class Replica:
     def _on_accepted(self, msg: Accepted) -> None:
         if self.role is not Role.LEADER or msg.ballot != self.ballot:
             return
+        self._peer_heard[msg.src] = self.now
         span = self.membership.span
         config, end = span(msg.slot)
         counted = self._phase2_counted
@@ -1623,8 +1925,8 @@ class Replica:
         no-op up to ``_fill_to``. Only into slots whose configuration we know (below
         ``first_unchosen + alpha``), in which we vote, and for whose configuration we
         hold a phase-1 quorum of promises (its voters are asked if not)."""
-        if self.role is not Role.LEADER:
-            return
+        if self.role is not Role.LEADER or self.transfer is not None:
+            return  # a transfer: new slots wait until it ends (or the old leader resumes)
         room = self.config.window - len(self.in_flight)
         horizon = self.first_unchosen + self.membership.alpha
         t = self.next_slot
@@ -1694,8 +1996,13 @@ class Replica:
         if run:
             self._resend(run)
         self._fill_window()
+        if self.transfer is not None:
+            ask = TransferRequest(self.node_id, self.ballot, self.first_unchosen)
+            self._send_now((self.transfer.target,), ask)
         if self.config.lease_seconds > 0 and self.read_probe == self.read_probe_sent:
-            # Every heartbeat renews the lease: a fresh probe, acked by the acceptors.
+            # Every heartbeat renews the lease: a fresh probe, acked by the acceptors
+            # (in a ballot whose lease we gave up, the acks renew nothing but tell us
+            # who is up: see _check_read_quorum and _maybe_hand_over).
             self.read_probe += 1
             self.read_acks[self.read_probe] = {self.node_id}
         probe = self.read_probe if self.read_probe > self.read_confirmed else 0

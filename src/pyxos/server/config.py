@@ -41,6 +41,7 @@ and ``data_dir`` has a default)::
     quorum = { q1 = 4, q2 = 2 }  # optional: flexible quorums (q1 + q2 > members);
                                  # one size alone: the other is the smallest that
                                  # meets it; default: majorities. Every node the same.
+    preferred_leader = 2        # optional: leadership moves to it when it is caught up
 
     [peers]                     # every member, this node included: id = "host:port"
     1 = "10.0.0.1:7001"
@@ -193,6 +194,8 @@ class Config:
     ``q2`` (docs/architecture.md, *Flexible quorums*). Every member must agree."""
     q2: int | None = None
     """Phase-2 quorum size (accept, read-index, lease), likewise; ``q1 + q2 > n``."""
+    preferred_leader: int | None = None
+    """A member that should lead whenever it is up and caught up (leader transfer)."""
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -297,7 +300,7 @@ class Config:
                     f"heartbeat_interval: expected seconds, got {raw['heartbeat_interval']!r}"
                 )
             values["heartbeat_interval"] = float(raw["heartbeat_interval"])
-        for key in ("q1", "q2"):
+        for key in ("q1", "q2", "preferred_leader"):
             if raw.get(key) is not None:
                 values[key] = _typed(raw, key, int)
         for key in (
@@ -407,7 +410,7 @@ def _validate(c: Config) -> None:
     if c.window < 1:
         raise ConfigError(f"window: {c.window} must be >= 1")
     try:
-        check_quorum(c.peers, c.q1, c.q2)
+        check_quorum(c.peers, c.q1, c.q2, c.preferred_leader)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     try:

@@ -171,6 +171,7 @@ def build_node(
         bootstrapping=state.bootstrapping,
         fences=state.fences,
     )
+    replica.preferred_leader = config.preferred_leader or 0
     node = ServiceNode(
         replica,
         app if app is not None else make_app(config.app),

@@ -76,6 +76,7 @@ from pyxos.server.clients import NodeHandle
 from pyxos.server.dashboard import register_dashboard
 from pyxos.server.diskfull import http_refusal, is_disk_full_refusal
 from pyxos.server.metrics import CONTENT_TYPE
+from pyxos.server.ops_http import register_ops_endpoints
 from pyxos.statemachine.kv import (
     DEFAULT_LIST_LIMIT,
     MAX_KEY_BYTES,
@@ -160,8 +161,8 @@ class HttpApi:
         self.app.router.add_put("/v1/kv/{key:.+}", self._put)
         self.app.router.add_delete("/v1/kv/{key:.+}", self._delete)
         register_dashboard(self.app, node)  # GET /: the live cluster page (dashboard.py)
-        # POST /v1/app/command and /v1/app/query (app_http.py)
-        register_app_endpoints(self.app, node, self._clients, self._body, timeout)
+        register_app_endpoints(self.app, node, self._clients, self._body, timeout)  # /v1/app/
+        register_ops_endpoints(self.app, node)  # POST /v1/leader/transfer (ops_http.py)
 
     @property
     def port(self) -> int:

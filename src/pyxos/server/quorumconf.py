@@ -1,4 +1,4 @@
-"""The quorum keys of a node's configuration: ``quorum = { q1, q2 }``.
+"""The quorum keys of a node's configuration: ``quorum`` and ``preferred_leader``.
 
 Theory of operation
 -------------------
@@ -6,8 +6,9 @@ Theory of operation
 (docs/architecture.md, *Flexible quorums*); the table becomes the configuration's
 ``q1`` and ``q2`` keys, which the command line's ``--q1``/``--q2`` also set and which
 win. The sizes are checked against the members before anything starts (``q1 + q2``
-must exceed their number). Errors are ``ValueError`` with the key in the message;
-``server.config`` turns them into its ``ConfigError``.
+must exceed their number), and a ``preferred_leader`` must be one of them. Errors are
+``ValueError`` with the key in the message; ``server.config`` turns them into its
+``ConfigError``.
 """
 
 from __future__ import annotations
@@ -38,9 +39,14 @@ def flatten_quorum(raw: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
-def check_quorum(members: Collection[int], q1: int | None, q2: int | None) -> None:
-    """Refuse quorum sizes that do not fit ``members`` or do not intersect."""
+def check_quorum(
+    members: Collection[int], q1: int | None, q2: int | None, preferred: int | None = None
+) -> None:
+    """Refuse quorum sizes that do not fit ``members`` or do not intersect, and a
+    preferred leader that is not a member."""
     try:
         quorum_sizes(len(members), q1, q2)
     except ValueError as e:
         raise ValueError(f"quorum: {e} ({len(members)} members)") from None
+    if preferred is not None and preferred not in members:
+        raise ValueError(f"preferred_leader: node {preferred} is not among the peers")

@@ -104,6 +104,8 @@ def node_status(
         "applied": node.state.applied_slot,
         "app": config.app,
         "quorum": dict(zip(("q1", "q2"), config.quorum_sizes, strict=True)),
+        "transfer": replica.transfer_result,
+        "preferred_leader": replica.preferred_leader,
         "keys": len(node.app) if isinstance(node.app, KVStore) else 0,
         "written": driver.written,
         "synced": driver.synced,

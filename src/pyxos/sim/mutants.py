@@ -22,7 +22,7 @@ import msgspec
 from pyxos.core.acceptor import Acceptor
 from pyxos.core.ballot import ZERO, Ballot
 from pyxos.core.membership import Configuration
-from pyxos.core.messages import Accept, Commit, Entry, Message, Prepare, ReadAck
+from pyxos.core.messages import Accept, Commit, Entry, Message, Prepare, ReadAck, TransferReady
 from pyxos.core.quorum import FlexibleQuorum, QuorumSystem
 from pyxos.core.ready import Ready, Rng
 from pyxos.core.replica import NOOP, Replica
@@ -289,6 +289,18 @@ class RemovedVotesReplica(Replica):
         return counted >= config.q2
 
 
+class TransferKeepsLeaseReplica(Replica):
+    """A leader that hands its leadership over but keeps its lease: the acceptors drop
+    their grants on TimeoutNow, the target is elected, and the old leader would still
+    serve reads from its lease (caught by the lease check)."""
+
+    def _on_transfer_ready(self, msg: TransferReady) -> None:
+        until, forfeited, sent = self.lease_until, self.lease_forfeited, dict(self.probe_sent_at)
+        super()._on_transfer_ready(msg)
+        self.lease_until, self.lease_forfeited = until, forfeited
+        self.probe_sent_at.update(sent)
+
+
 REPLICA_MUTANTS: dict[str, type[Replica]] = {
     "config-immediate": ConfigImmediateReplica,
     "learner-votes": LearnerVotesReplica,
@@ -298,6 +310,7 @@ REPLICA_MUTANTS: dict[str, type[Replica]] = {
     "heartbeat-deaf": HeartbeatDeafReplica,
     "rebuild-quorum": RebuildQuorumReplica,
     "rebuild-no-fence": RebuildNoFenceReplica,
+    "transfer-keeps-lease": TransferKeepsLeaseReplica,
     "eternal-lease": EternalLeaseReplica,
     "unconfirmed-reads": UnconfirmedReadReplica,
     "amnesia": AmnesiacReplica,

@@ -51,6 +51,11 @@ change at a time, while every other fault goes on. New nodes join ``servers`` (a
 take faults from then on); removed ones leave it and keep running, refused by their
 former peers.
 
+Leader transfers. With ``transfer`` the nemesis also asks the current leader to hand
+its leadership to a random peer (``pyxos leader transfer``), a peer that may be down,
+partitioned away or far behind: the transfer completes, or times out and the old
+leader resumes, under every other fault.
+
 Stale messages. With ``delay`` a rare message is held back for several election
 timeouts, and with ``dup`` some duplicates are replayed that much later (see
 ``world.NetworkFaults``): they reach nodes that have changed ballots since.
@@ -98,10 +103,12 @@ FAULT_KINDS = (
     "wipe-init",
     "membership",
     "power",
+    "transfer",
 )
 ALL_FAULTS = ("drop", "dup", "reorder", "delay", "partition", "crash", "pause")
 """What ``all`` means: every network, crash and pause fault (``disk``, ``power``,
-``clock`` and ``clock-unsafe`` are added apart; within-bound drift is always on)."""
+``clock``, ``clock-unsafe``, ``membership`` and ``transfer``, the operator's leader
+transfers, are added apart; within-bound drift is always on)."""
 
 POWER_WITHIN = 0.5
 """Seconds within which a leader marked by ``power`` meets its worst moment (else it
@@ -179,15 +186,19 @@ class Nemesis:
         membership: Callable[[], None] | None = None,
         budget: Callable[[], int] | None = None,
         tolerance: int | None = None,
+        transfer: Callable[[int, int], None] | None = None,
     ) -> None:
         """``drift=False`` keeps every clock exact and ``stale=False`` holds no message
         back for several election timeouts (the simulator as it was before either
         existed, to show what they catch). ``tolerance``: how many servers may be down
-        or without state at once (default: a minority)."""
+        or without state at once (default: a minority). ``transfer(leader, target)``
+        starts a leader transfer (the ``transfer`` kind)."""
         self.sim = sim
         self.kinds = kinds
         self.servers = sorted(servers)
         self.minority = (len(self.servers) - 1) // 2 if tolerance is None else tolerance
+        self.transfer = transfer
+        self.transfers = 0
         self.until = until
         self.leader = leader
         self.membership = membership
@@ -221,7 +232,7 @@ class Nemesis:
         if not drift:
             kinds = self.kinds = kinds - {"clock", "clock-unsafe"}
         acting = {"partition", "crash", "pause", "disk", "power", "clock", "clock-unsafe"}
-        if kinds & (acting | {"wipe-init"}):
+        if kinds & (acting | {"wipe-init", "transfer"}):
             sim.call_at(self._next_time(), self._act)
         if membership is not None and "membership" in kinds:
             # Changes on their own schedule, among every other fault.
@@ -252,6 +263,8 @@ class Nemesis:
             choices.append("wipe-init")
         if "power" in self.kinds:
             choices += ["power", "power"]  # as often as a crash with disk faults
+        if "transfer" in self.kinds and self.transfer is not None:
+            choices += ["transfer", "transfer"]  # as often as a crash is with disk faults
         kind = rng.choice(choices)
         minority = self._minority()
         if kind == "partition":
@@ -303,6 +316,14 @@ class Nemesis:
             leader = self.leader()
             if len(down) < minority and leader in self.servers and leader not in down:
                 self._doom(leader)
+        elif kind == "transfer":
+            leader = self.leader()
+            others = [n for n in self.servers if n != leader]
+            if leader is not None and self.transfer is not None and others:
+                target = rng.choice(others)  # (membership changes can leave one server)
+                self.transfers += 1
+                sim._log("transfer", leader, target, None)
+                self.transfer(leader, target)
         elif kind == "full":
             down = self._down()
             if len(down) < minority:

@@ -48,6 +48,7 @@ virtual-time nanoseconds (docs/architecture.md, "Histories").
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -401,6 +402,41 @@ def service_node_factory(
     return build
 
 
+def _transfer(sim: Simulator, leader: int, target: int, leading: Callable[[], int | None]) -> None:
+    """The operator asks ``leader`` to hand its leadership to ``target`` (the nemesis'
+    ``transfer`` fault kind); counted in ``sim.stats`` (``transfers_*``)."""
+    refused: list[str | None] = []
+
+    def ask(node: Node) -> None:
+        if isinstance(node, ServiceNode):
+            refused.append(node.replica.transfer_leadership(target))
+
+    if sim.invoke(leader, ask) and refused:
+        key = "transfers_refused" if refused[0] is not None else "transfers_started"
+        sim.stats[key] = sim.stats.get(key, 0) + 1
+        if refused[0] is None:
+            _count_outcome(sim, leader, "transfers_done", leading)
+
+
+def _count_outcome(
+    sim: Simulator, leader: int, key: str, leading: Callable[[], int | None]
+) -> None:
+    """Count ``key`` if ``leader`` hands over (started now): looked at when the core
+    has given a transfer up at the latest, the same incarnation only. Handed over: the
+    target's ballot deposed it, or the node its last TimeoutNow named leads then (an
+    undercount under faults: it may have been deposed since)."""
+    node = sim.node(leader)
+
+    def look() -> None:
+        if sim.node(leader) is node and isinstance(node, ServiceNode):
+            replica = node.replica
+            done = replica.transfer_result.startswith("done")
+            if done or (replica.handed_to and leading() == replica.handed_to):
+                sim.stats[key] = sim.stats.get(key, 0) + 1
+
+    sim.call_at(sim.now + 6 * ReplicaConfig().election_timeout[1], look)
+
+
 def run_service(
     seed: int, service: Service[H], result: ServiceResult[H], options: RunOptions
 ) -> ServiceResult[H]:
@@ -501,6 +537,7 @@ def run_service(
             membership=driver.change if membership else None,
             budget=driver.budget if membership else None,
             tolerance=o.tolerance,
+            transfer=lambda lead, target: _transfer(sim, lead, target, leader),
         )
         driver.nemesis = nemesis
         if membership:
@@ -599,7 +636,7 @@ class _MembershipDriver:
         if op == "promote":
             target = rng.choice(learners)
         elif op == "remove" and rng.random() < 0.4:
-            target = lead  # the leader removes itself: it steps down once in force
+            target = lead  # the leader removes itself: it hands over first
         else:
             down = [v for v in voters if not sim.procs[v].up]
             target = rng.choice(down or voters)  # replace a dead node if there is one
@@ -625,6 +662,10 @@ class _MembershipDriver:
             return
         self.changes += 1
         sim._log("membership", lead, None, f"{op} {target if op != 'learner' else new}")
+        if op == "remove" and target == lead:
+            # It hands over to a voter of the new configuration before it takes over.
+            sim.stats["self_removals"] = sim.stats.get("self_removals", 0) + 1
+            _count_outcome(sim, lead, "handovers_done", self.leader)
         if op in ("learner", "replace"):
             self.next_id += 1
             self.fresh.add(new)
@@ -636,18 +677,25 @@ class _MembershipDriver:
     def budget(self) -> int:
         """Nodes that may be down at once: what the smallest margin among the
         configurations the leader (or any replica) knows allows (a 2-voter
-        configuration spares none)."""
+        configuration spares none), proposed ones included: a change accepted
+        anywhere may be chosen while the nodes it leaves are already down (the
+        transfer sweep found a crash between proposing a removal and choosing it
+        leave a 2-voter configuration with a voter that had to rebuild)."""
         margin = None
         for i in self.ids:
             node = self.sim.node(i)
             if not isinstance(node, ServiceNode):
                 continue
-            for _, c in node.replica.configurations():
+            replica = node.replica
+            configs = [c for _, c in replica.configurations()] + [replica.membership.latest]
+            first = replica.first_unchosen
+            for entry in replica.acceptor.accepted.values():
+                if entry.slot >= first and is_config_entry(entry.value):
+                    with contextlib.suppress(ConfigChangeError):
+                        configs.append(decode_config_entry(entry.value))
+            for c in configs:
                 spare = len(c.voters) - max(c.q1, c.q2)
                 margin = spare if margin is None else min(margin, spare)
-            latest = node.replica.membership.latest
-            spare = len(latest.voters) - max(latest.q1, latest.q2)
-            margin = spare if margin is None else min(margin, spare)
         return max(0, margin if margin is not None else (self.nodes - 1) // 2)
 
     def heal(self) -> None:
