@@ -83,6 +83,11 @@ def test_the_new_epoch_supersedes_every_configuration_seen_even_in_unchosen_entr
     assert plan.disowned == (1, 2, 5, 7)  # node 5 named only by the unchosen entry
     assert plan.voided_config_entries == 1
     assert plan.known_not_held == 0 and plan.first_uncertain == 20
+    assert not any("not a voter" in w for w in plan.warnings())
+    learner = plan_recovery(
+        6, accepted={}, snapshot_slot=0, chosen_watermark=0, configurations=[FOUNDING]
+    )
+    assert any("node 6 was not a voter" in w for w in learner.warnings())
 
 
 def test_nothing_above_the_snapshot() -> None:

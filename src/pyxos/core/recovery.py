@@ -126,6 +126,12 @@ class RecoveryPlan(msgspec.Struct, frozen=True, kw_only=True):
                 else ""
             ),
         ]
+        if self.node_id not in self.previous.voters:
+            out.append(
+                f"node {self.node_id} was not a voter of the newest configuration it knew "
+                f"(epoch {self.previous.epoch}, voters {list(self.previous.voters)}): its "
+                "state may be far behind; a voter's would be better if one survives"
+            )
         if self.known_not_held:
             out.append(
                 f"LOST: {self.known_not_held} slot(s) below {self.known_chosen_end} were "
