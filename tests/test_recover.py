@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import random
 from pathlib import Path
 
 import msgspec
@@ -14,15 +15,20 @@ from click.testing import CliRunner
 
 from pyxos.cli import main
 from pyxos.core.ballot import Ballot
+from pyxos.core.membership import Configuration, MembershipState
 from pyxos.core.messages import Entry
+from pyxos.core.quorum import Majority
 from pyxos.core.ready import Persist
+from pyxos.core.replica import Replica
 from pyxos.server.config import Config
 from pyxos.server.node import NodeServer, NodeStartupError
 from pyxos.server.recover import RecoveryRefused, force_new_cluster
 from pyxos.statemachine.kv import Command, KVStore
 from pyxos.statemachine.replicated import encode_batch
+from pyxos.statemachine.service import ServiceNode, unwrap_snapshot, wrap_snapshot
 from pyxos.storage.durable import NEEDS_REBUILD, DurableAcceptor
 from pyxos.storage.recovery import RECOVERY_FILENAME, read_recoveries
+from pyxos.storage.snapshot import write_snapshot
 from pyxos.storage.wal import write_marker
 from test_server_harness import CLUSTER, cluster_configs, wait_for
 
@@ -196,3 +202,36 @@ def test_refuses_a_running_node(tmp_path: Path) -> None:
 
     asyncio.run(main_())
     assert not (config.data_dir / RECOVERY_FILENAME).exists()
+
+
+def test_the_snapshot_it_serves_carries_the_forced_configuration_not_the_old_one(
+    tmp_path: Path,
+) -> None:
+    """A joiner catches up by the recovered node's snapshot: had it the old cluster's
+    membership, the joiner would install the old timeline and judge the log by it."""
+    config = survivor(tmp_path)
+    old = MembershipState(8, ((0, Configuration(2, (1, 2, 3, 5), alpha=256)),), retired=(4,))
+    empty = ServiceNode(Replica(3, Majority([3]), random.Random(1)), KVStore())
+    data = wrap_snapshot(old, empty.state.snapshot())
+    write_snapshot(config.data_dir / "snapshots", 8, b"", data)
+    outcome = force_new_cluster(config, now=NOW)
+    assert outcome.plan.configuration.epoch == 3 and outcome.plan.disowned == (1, 2, 4, 5)
+
+    async def served() -> bytes:
+        node = NodeServer(config)
+        await node.startup()
+        try:
+            assert node.node is not None and node.node.snapshot is not None
+            assert node.node.snapshot[0] == 8
+            return node.node.snapshot[1]
+        finally:
+            await node.shutdown()
+
+    membership, _ = unwrap_snapshot(asyncio.run(served()))
+    assert membership is not None
+    assert membership.configs == ((0, outcome.plan.configuration),)
+    assert set(membership.retired) >= {1, 2, 4, 5}
+    # A joiner that installs it has the recovered node's timeline.
+    joiner = Replica(6, outcome.plan.configuration, random.Random(6))
+    joiner.install_membership(membership)
+    assert joiner.configuration == outcome.plan.configuration

@@ -44,7 +44,7 @@ from pyxos.core.replica import Replica, ReplicaConfig
 from pyxos.server.config import Config
 from pyxos.statemachine.base import Application
 from pyxos.statemachine.loader import make_app
-from pyxos.statemachine.service import ServiceNode
+from pyxos.statemachine.service import ServiceNode, unwrap_snapshot, wrap_snapshot
 from pyxos.storage.durable import DurableAcceptor, Recovered, open_node_storage
 from pyxos.storage.recovery import RecoveryRecord, RecoveryRecordError, read_recoveries
 from pyxos.storage.snapshot import Snapshot as StoredSnapshot
@@ -187,6 +187,16 @@ def build_node(
         rec = recoveries[-1]
         disowned = {n for r in recoveries for n in r.disowned}
         replica.force_configuration(rec.configuration, disowned, rec.reason)
+        if node.snapshot is not None:
+            # The snapshot it serves a lagging or joining node must carry the forced
+            # timeline, not the old cluster's (which a joiner would install).
+            slot, data = node.snapshot
+            membership, app_bytes = unwrap_snapshot(data)
+            if (
+                membership is None
+                or max((c.epoch for _, c in membership.configs), default=-1) < rec.epoch
+            ):
+                node.snapshot = (slot, wrap_snapshot(replica.membership_state(slot), app_bytes))
         logger.warning(
             "node %d: RECOVERED: forced into a new one-node cluster at %s (pyxos recover "
             "--force-new-cluster; configuration epoch %d, old voters %s disowned: %s). "
