@@ -563,6 +563,13 @@ from pyxos.model.command import model as _model_commands  # noqa: E402
 
 main.add_command(_model_commands)
 
+# -- membership (pyxos member, pyxos cluster add-node) ----------------------------------
+
+from pyxos.membercli import add_node as _add_node  # noqa: E402
+from pyxos.membercli import member as _member_commands  # noqa: E402
+
+main.add_command(_member_commands)
+
 
 # -- the service ------------------------------------------------------------------------
 
@@ -570,6 +577,13 @@ main.add_command(_model_commands)
 @main.command("serve", context_settings={"ignore_unknown_options": True})
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--init", is_flag=True, help="Initialize an empty data directory (a new node).")
+@click.option(
+    "--join",
+    default=None,
+    metavar="HOST:PORT",
+    help="Join a running cluster through this member's HTTP API (a new node id, added "
+    "first with 'pyxos member add').",
+)
 @click.option(
     "--app",
     default=None,
@@ -602,6 +616,7 @@ def serve(
     trace_max_mb: float,
     q1: int | None,
     q2: int | None,
+    join: str | None,
 ) -> None:
     """Run one node from a TOML config file until SIGTERM/SIGINT.
 
@@ -617,6 +632,8 @@ def serve(
             args += [name, str(size)]
     if init:
         args.append("--init")
+    if join is not None:
+        args += ["--join", join]
     if trace_path is not None:
         args += ["--trace", trace_path, "--trace-max-mb", str(trace_max_mb)]
     sys.exit(server_main(args))
@@ -814,6 +831,9 @@ def cluster_start(
     except ClusterError as e:
         raise click.ClickException(str(e)) from None
     _print_cluster(console, local, leader)
+
+
+cluster.add_command(_add_node)
 
 
 @cluster.command("stop")

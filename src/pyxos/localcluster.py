@@ -20,6 +20,7 @@ the client and HTTP ports speak TLS (``https``; ``ca_file`` is what clients trus
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -58,6 +59,10 @@ class LocalNode:
     """The address the node listens on (loopback, or its network namespace's)."""
     tls: bool = False
     """Whether the node's ports speak TLS (its HTTP API is ``https``)."""
+    joined: bool = False
+    """Added at run time (``add_node``): its first start joins (``--join``)."""
+    removed: bool = False
+    """Removed from the cluster (``mark_removed``): ``start`` leaves it alone."""
 
     @property
     def client_address(self) -> str:
@@ -184,22 +189,67 @@ class LocalCluster:
                 + quorum_line
                 + f"peers = {{ {peers} }}\n"
             )
-        meta = {
-            "cluster_id": cluster_id,
-            "nodes": [
-                {
-                    "node_id": n.node_id,
-                    "peer_port": n.peer_port,
-                    "client_port": n.client_port,
-                    "http_port": n.http_port,
-                    "host": n.host,
-                    "tls": n.tls,
-                }
-                for n in nodes
-            ],
-        }
-        (base_dir / "cluster.json").write_text(json.dumps(meta, indent=2) + "\n")
+        cluster._write_meta()
         return cluster
+
+    def _write_meta(self) -> None:
+        meta = {
+            "cluster_id": self.cluster_id,
+            "nodes": [dataclasses.asdict(n) for n in self.nodes.values()],
+        }
+        tmp = self.base_dir / "cluster.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+        os.replace(tmp, self.base_dir / "cluster.json")
+
+    def add_node(self) -> LocalNode:
+        """Write the config of a new node (the next id never used here, fresh ports)
+        that joins the running cluster on its first start; its settings are the
+        lowest-numbered node's. The caller adds it to the membership (``pyxos member
+        add``) before it starts (``start_node``)."""
+        import tomllib
+
+        if self.tls:
+            raise ClusterError("adding a node to a TLS cluster is not supported yet")
+        model_id = min(self.nodes)
+        try:
+            model = tomllib.loads((self.base_dir / f"node-{model_id}.toml").read_text())
+        except (OSError, ValueError) as e:
+            raise ClusterError(f"cannot read node-{model_id}.toml: {e}") from None
+        node_id = max(self.nodes) + 1
+        peer, client, http = free_ports(3)
+        node = LocalNode(node_id, peer, client, http, HOST, False, joined=True)
+        lo, hi = model.get("election_timeout", (0.3, 0.6))
+        lines = [
+            f"cluster_id = {json.dumps(self.cluster_id)}",
+            f"node_id = {node_id}",
+            f"data_dir = {json.dumps(str(self.data_dir(node_id)))}",
+            f"client_port = {client}",
+            f"http_port = {http}",
+            f"election_timeout = [{lo}, {hi}]",
+            f"heartbeat_interval = {model.get('heartbeat_interval', 0.05)}",
+            f"snapshot_every = {model.get('snapshot_every', 10_000)}",
+        ]
+        if "app" in model:
+            lines.append(f"app = {json.dumps(model['app'])}")
+        # Only itself: the members and the founding configuration come from the
+        # cluster when it joins (server.peerbook).
+        lines.append(f'peers = {{ "{node_id}" = "{HOST}:{peer}" }}')
+        (self.base_dir / f"node-{node_id}.toml").write_text("\n".join(lines) + "\n")
+        self.nodes[node_id] = node
+        self._write_meta()
+        return node
+
+    def mark_removed(self, node_id: int) -> None:
+        """Record that ``node_id`` left the cluster: ``start`` no longer starts it."""
+        node = self.nodes.get(node_id)
+        if node is not None and not node.removed:
+            self.nodes[node_id] = dataclasses.replace(node, removed=True)
+            self._write_meta()
+
+    @property
+    def members(self) -> list[int]:
+        """The ids of the nodes not removed."""
+        return [i for i, n in self.nodes.items() if not n.removed]
 
     @classmethod
     def load(cls, base_dir: Path) -> LocalCluster:
@@ -250,7 +300,14 @@ class LocalCluster:
             str(self.base_dir / f"node-{node_id}.toml"),
             *self.extra_args.get(node_id, []),
         ]
-        if not self._bootstrapped() and not self.has_run(node_id):
+        node = self.nodes[node_id]
+        if node.joined and not self.has_run(node_id):
+            # Its first start: join through a running member (server.peerbook).
+            via = [i for i in self.members if i != node_id and self.pid(i) is not None]
+            if not via:
+                raise ClusterError(f"node {node_id} joins through a running member: none is")
+            cmd += ["--join", self.nodes[via[0]].http_url]
+        elif not self._bootstrapped() and not self.has_run(node_id):
             # Only the first start of the cluster initializes empty directories: after
             # that, an empty directory is a wiped disk, and the node must rebuild. (A
             # node started with --init on a wiped disk would rebuild too, after asking
@@ -298,7 +355,7 @@ class LocalCluster:
 
     def start(self) -> None:
         """Start every node that is not running (the first time: bootstrap them)."""
-        for node_id in self.nodes:
+        for node_id in self.members:
             self.start_node(node_id)
         self._mark_bootstrapped()
 
@@ -381,12 +438,12 @@ class LocalCluster:
 
     def leader(self, among: list[int] | None = None) -> int | None:
         """The node that reports itself leader and is followed by a majority, if any."""
-        ids = among if among is not None else list(self.nodes)
+        ids = among if among is not None else self.members
         statuses = {i: self.node_status(i) for i in ids}
         for i, st in statuses.items():
             if st is not None and st.get("role") == "leader":
                 followers = sum(1 for s in statuses.values() if s and s.get("leader") == i)
-                if followers * 2 > len(self.nodes):
+                if followers * 2 > len(self.members):
                     return i
         return None
 

@@ -35,7 +35,7 @@ that catches up by snapshot learns the configurations of the slots it skipped.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import msgspec
 
@@ -78,6 +78,11 @@ class Configuration(msgspec.Struct, frozen=True, array_like=True):
     """Phase-2 quorum size (0: a majority of the voters)."""
     alpha: int = 256
     """Slots between choosing a configuration and its taking over (fixed per cluster)."""
+    addresses: tuple[tuple[int, str], ...] = ()
+    """``(node, "host:port")``: the peer address of each member this configuration
+    names, so that every replica (and a node joining) learns where to reach a member
+    added at run time. Empty in a founding configuration (its members' addresses are in
+    every node's own config) and in entries written before addresses existed."""
 
     def __post_init__(self) -> None:
         # msgspec calls this on decode too: a malformed entry is refused the same way.
@@ -101,10 +106,15 @@ class Configuration(msgspec.Struct, frozen=True, array_like=True):
             raise ConfigChangeError("alpha must be >= 1")
         if self.epoch < 0:
             raise ConfigChangeError("epoch must be >= 0")
+        addresses = tuple(sorted(dict(self.addresses).items()))
+        for node, address in addresses:
+            if node < 1 or not address or len(address) > 300:
+                raise ConfigChangeError(f"bad address {address!r} of node {node}")
         msgspec.structs.force_setattr(self, "voters", voters)
         msgspec.structs.force_setattr(self, "learners", learners)
         msgspec.structs.force_setattr(self, "q1", q1)
         msgspec.structs.force_setattr(self, "q2", q2)
+        msgspec.structs.force_setattr(self, "addresses", addresses)
 
     # -- QuorumSystem ----------------------------------------------------------------
 
@@ -139,15 +149,39 @@ class Configuration(msgspec.Struct, frozen=True, array_like=True):
     # -- changes (each returns the next epoch's configuration) -------------------------
 
     def _next(
-        self, voters: Iterable[int], learners: Iterable[int], q1: int, q2: int
+        self,
+        voters: Iterable[int],
+        learners: Iterable[int],
+        q1: int,
+        q2: int,
+        added: tuple[tuple[int, str], ...] = (),
     ) -> Configuration:
-        return Configuration(self.epoch + 1, tuple(voters), tuple(learners), q1, q2, self.alpha)
+        voters, learners = tuple(voters), tuple(learners)
+        named = set(voters) | set(learners)
+        addresses = tuple((n, a) for n, a in (*self.addresses, *added) if n in named)
+        return Configuration(
+            self.epoch + 1, voters, learners, q1, q2, self.alpha, tuple(dict(addresses).items())
+        )
 
-    def add_learner(self, node: int) -> Configuration:
-        """``node`` (a new id) receives the log without voting."""
+    def address_of(self, node: int) -> str | None:
+        """The peer address this configuration gives ``node`` (None: none given)."""
+        return dict(self.addresses).get(node)
+
+    def with_addresses(self, known: Mapping[int, str]) -> Configuration:
+        """The same configuration, with an address from ``known`` for each of its nodes
+        that has none yet (the server fills in its members' addresses this way)."""
+        have = dict(self.addresses)
+        extra = {n: known[n] for n in self.nodes if n not in have and n in known}
+        if not extra:
+            return self
+        return msgspec.structs.replace(self, addresses=tuple((have | extra).items()))
+
+    def add_learner(self, node: int, address: str = "") -> Configuration:
+        """``node`` (a new id) receives the log without voting (at ``address``)."""
         if node in self.voters or node in self.learners:
             raise ConfigChangeError(f"node {node} is already a member")
-        return self._next(self.voters, (*self.learners, node), 0, 0)
+        added = ((node, address),) if address else ()
+        return self._next(self.voters, (*self.learners, node), 0, 0, added)
 
     def promote(self, node: int, *, q1: int = 0, q2: int = 0) -> Configuration:
         """Learner ``node`` becomes a voter (quorum sizes: majorities unless given)."""
@@ -164,14 +198,17 @@ class Configuration(msgspec.Struct, frozen=True, array_like=True):
         learners = [n for n in self.learners if n != node]
         return self._next(voters, learners, q1, q2)
 
-    def replace(self, old: int, new: int, *, q1: int = 0, q2: int = 0) -> Configuration:
+    def replace(
+        self, old: int, new: int, *, q1: int = 0, q2: int = 0, address: str = ""
+    ) -> Configuration:
         """Voter ``old`` leaves and the new id ``new`` votes in its place, in one change."""
         if old not in self.voters:
             raise ConfigChangeError(f"node {old} is not a voter")
         if new in self.voters or new in self.learners:
             raise ConfigChangeError(f"node {new} is already a member")
         voters = [n for n in self.voters if n != old] + [new]
-        return self._next(voters, self.learners, q1, q2)
+        added = ((new, address),) if address else ()
+        return self._next(voters, self.learners, q1, q2, added)
 
     def with_quorums(self, q1: int, q2: int) -> Configuration:
         """The same members with other quorum sizes (flexible quorums)."""

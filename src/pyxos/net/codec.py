@@ -138,9 +138,16 @@ class ProtocolViolation(Exception):
 
 
 class HandshakeError(ProtocolViolation):
-    """A well-formed ``Hello`` we refuse: wrong magic, cluster, version or role."""
+    """A well-formed ``Hello`` we refuse: wrong magic, cluster, version or role.
+
+    ``farewell``: an encoded frame written to the refused connection before it is
+    closed (a peer port tells a removed node why, with a ``Removed`` message)."""
 
     counter = "handshake_refused"
+
+    def __init__(self, reason: str, *, counter: str | None = None, farewell: bytes = b"") -> None:
+        super().__init__(reason, counter=counter)
+        self.farewell = farewell
 
 
 _encoder = msgspec.msgpack.Encoder()

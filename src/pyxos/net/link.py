@@ -523,12 +523,17 @@ class FramedProtocol(asyncio.Protocol):
 
     def _refuse(self, violation: ProtocolViolation) -> None:
         _count(self.counters, violation.counter)
-        verb = "refused" if isinstance(violation, HandshakeError) else "closed"
-        logger.warning("%s %s: %s", verb, self.label, violation.reason)
+        refused = isinstance(violation, HandshakeError)
+        farewell = violation.farewell if isinstance(violation, HandshakeError) else b""
+        (logger.info if farewell else logger.warning)(
+            "%s %s: %s", "refused" if refused else "closed", self.label, violation.reason
+        )
         self._open = False
         self._pending = []
         self._release()
         if self._transport is not None:
+            if farewell:  # why, in a frame, before the close
+                self._transport.write(farewell)
             self._transport.close()
 
 
@@ -592,7 +597,8 @@ class PeerLinks:
         self._on_link = on_link
         # The state last reported to on_link, per peer (reported only when it changes).
         self._reported: dict[int, bool] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._started = False
         self._closed = False
         self._drain_timeout = 1.0
         self._tls = tls
@@ -608,13 +614,38 @@ class PeerLinks:
 
     def start(self) -> None:
         """Start dialing every peer (needs a running event loop)."""
-        if self._tasks or self._closed:
+        if self._started or self._closed:
             raise RuntimeError("PeerLinks.start() may be called once, before close()")
+        self._started = True
         for dst, (host, port) in sorted(self._addresses.items()):
-            task = asyncio.get_running_loop().create_task(
-                self._maintain(dst, host, port), name=f"pyxos-link-{self.node_id}-{dst}"
-            )
-            self._tasks.append(task)
+            self._dial(dst, host, port)
+
+    def _dial(self, dst: int, host: str, port: int) -> None:
+        self._tasks[dst] = asyncio.get_running_loop().create_task(
+            self._maintain(dst, host, port), name=f"pyxos-link-{self.node_id}-{dst}"
+        )
+
+    def add_peer(self, dst: int, address: tuple[str, int]) -> None:
+        """Dial ``dst`` at ``address`` from now on (a member added at run time); a peer
+        we already dial at another address is redialed there."""
+        if dst == self.node_id or self._closed or self._addresses.get(dst) == address:
+            return
+        if dst in self._addresses:
+            self.remove_peer(dst)
+        self._addresses[dst] = address
+        if self._started:
+            self._dial(dst, *address)
+
+    def remove_peer(self, dst: int) -> None:
+        """Stop dialing ``dst`` and close our link to it (a removed member)."""
+        self._addresses.pop(dst, None)
+        task = self._tasks.pop(dst, None)
+        if task is not None:
+            task.cancel()
+        link = self._links.pop(dst, None)
+        if link is not None:
+            link.close()
+        self._report(dst, False)
 
     def is_connected(self, dst: int) -> bool:
         """Whether the link to ``dst`` is up right now."""
@@ -649,10 +680,10 @@ class PeerLinks:
         """
         self._closed = True
         self._drain_timeout = drain_timeout
-        for task in self._tasks:
+        for task in self._tasks.values():
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        self._tasks = {}
         self._links.clear()
 
     async def _maintain(self, dst: int, host: str, port: int) -> None:
@@ -851,6 +882,7 @@ async def serve_peers(
     on_messages: OnMessages,
     *,
     known_nodes: Collection[int] | None = None,
+    check_node: Callable[[int], None] | None = None,
     max_frame_bytes: int = MAX_FRAME_BYTES,
     handshake_timeout: float = 10.0,
     counters: dict[str, int] | None = None,
@@ -862,7 +894,9 @@ async def serve_peers(
     A connection is refused (logged, counted as ``handshake_refused``, closed) unless
     its first frame is a ``Hello`` of ``cluster``, this protocol version and role
     ``"peer"``, from a node id other than ``node_id`` and, if ``known_nodes`` is
-    given, one of them. ``port`` 0 binds a free port (see ``PeerServer.port``). A new
+    given, one of them, and that ``check_node(id)`` (if given) does not refuse by raising
+    ``HandshakeError`` (whose ``farewell`` frame, if any, is written before the close:
+    a removed node learns why). ``port`` 0 binds a free port (see ``PeerServer.port``). A new
     connection from a node closes its previous one (``connections_replaced``). The
     port's ``limits`` apply as in ``serve_framed``. With ``tls`` (a context from
     ``pyxos.net.tls.server_context(..., require_client_cert=True)``) a node must pass
@@ -880,6 +914,8 @@ async def serve_peers(
             raise HandshakeError(f"peer claims node id {hello.node}, which is this node's id")
         if known_nodes is not None and hello.node not in known_nodes:
             raise HandshakeError(f"node {hello.node} is not a member of cluster {cluster!r}")
+        if check_node is not None:
+            check_node(hello.node)
         if tls is not None:  # the certificate must name the node the Hello claims
             mismatch = certificate_mismatch(connection.peer_certificate, hello.node)
             if mismatch is not None:

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pyxos.server.config import Config, ConfigError
 from pyxos.server.disk import DataDirUnusable, NodeStartupError, PortUnavailable
 from pyxos.server.node import NodeFailed
+from pyxos.server.peerbook import JoinRefused
 from pyxos.server.process import run
 from pyxos.server.tracefile import NodeTracer
 from pyxos.statemachine.loader import make_app
@@ -70,6 +71,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--init",
         action="store_true",
         help="initialize an empty data directory (only for a node new to the cluster)",
+    )
+    parser.add_argument(
+        "--join",
+        default=None,
+        metavar="URL",
+        help="join a running cluster through the member whose HTTP API is at URL "
+        "(host:port): a new node id, added first with 'pyxos member add' "
+        "(docs/membership.md, Operations); later starts need no --join",
     )
     parser.add_argument(
         "--chaos-clock",
@@ -143,8 +152,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             except OSError as e:
                 raise ConfigError(f"--trace {args.trace}: {e.strerror or e}") from e
-        run(config, initialize=args.init, clock_rate=args.chaos_clock, trace=tracer)
-    except (PortUnavailable, DataDirUnusable, ConfigError) as e:
+        run(
+            config,
+            initialize=args.init,
+            clock_rate=args.chaos_clock,
+            trace=tracer,
+            join=args.join,
+        )
+    except (PortUnavailable, DataDirUnusable, ConfigError, JoinRefused) as e:
         print(f"pyxos: configuration error: {e}", file=sys.stderr)
         return 2
     except (NodeStartupError, DurableStateError, StorageError, NodeFailed) as e:

@@ -40,6 +40,7 @@ import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pyxos.core.membership import Configuration
 from pyxos.core.replica import Replica, ReplicaConfig
 from pyxos.server.config import Config
 from pyxos.statemachine.base import Application
@@ -148,15 +149,17 @@ def build_node(
     on_batch: Callable[[int], None] | None = None,
     app: Application | None = None,
     recoveries: Sequence[RecoveryRecord] = (),
+    founding: Configuration | None = None,
 ) -> ServiceNode:
     """The pure node, from what the storage recovered: the acceptor state, the rebuild
     and bootstrap flags, the newest snapshot; ``app`` is the application instance to
     replicate (None: the one ``config.app`` names); ``recoveries``: the forced
     recoveries of its data directory (the newest one's configuration is forced, and
-    every old id any of them disowned is refused)."""
+    every old id any of them disowned is refused); ``founding``: the configuration of
+    slot 0 of a node that joined (None: the config's peers, ``server.peerbook``)."""
     replica = Replica(
         config.node_id,
-        config.quorum_system(),
+        founding if founding is not None else config.quorum_system(),
         rng,
         config=ReplicaConfig(
             election_timeout=config.election_timeout,

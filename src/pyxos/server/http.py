@@ -46,9 +46,8 @@ from reading the body) gets one debug line on the ``pyxos.http`` logger and the
 doing, and the node has nothing to fix.
 
 Routes: ``GET/PUT/DELETE /v1/kv/{key}`` (PUT body: the value, UTF-8 text), ``POST
-/v1/kv/{key}/cas`` (JSON ``{"expected": str|null, "value": str}``), ``GET
-/v1/kv?prefix=``, ``GET /v1/status``, ``GET /healthz``, ``GET /metrics`` (Prometheus
-text format).
+/v1/kv/{key}/cas`` (JSON ``{"expected": str|null, "value": str}``), ``GET /v1/kv?prefix=``,
+``/v1/status``, ``/healthz``, ``/metrics`` (Prometheus), ``/v1/members`` (members_http).
 
 ``GET /v1/kv?prefix=P&limit=N&after=K`` answers one page, as etcd's range does:
 ``{"entries": [[key, value], ...], "more": bool, "next": key|null}``, at most ``N``
@@ -75,6 +74,7 @@ from pyxos.server.app_http import kv_store, register_app_endpoints, require_kv
 from pyxos.server.clients import NodeHandle
 from pyxos.server.dashboard import register_dashboard
 from pyxos.server.diskfull import http_refusal, is_disk_full_refusal
+from pyxos.server.members_http import register_member_endpoints
 from pyxos.server.metrics import CONTENT_TYPE
 from pyxos.server.ops_http import register_ops_endpoints
 from pyxos.statemachine.kv import (
@@ -111,12 +111,8 @@ _ATTEMPT = 0.5  # seconds one submission waits before it is sent again
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status,
-        text=json.dumps(body),
-        content_type="application/json",
-        headers=headers,
-    )
+    text = json.dumps(body)
+    return web.Response(status=status, text=text, content_type="application/json", headers=headers)
 
 
 class HttpApi:
@@ -163,6 +159,7 @@ class HttpApi:
         register_dashboard(self.app, node)  # GET /: the live cluster page (dashboard.py)
         register_app_endpoints(self.app, node, self._clients, self._body, timeout)  # /v1/app/
         register_ops_endpoints(self.app, node)  # POST /v1/leader/transfer (ops_http.py)
+        register_member_endpoints(self.app, node, self._body)  # /v1/members (members_http.py)
 
     @property
     def port(self) -> int:

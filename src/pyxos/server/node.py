@@ -22,14 +22,13 @@ for instance) are not stepped re-entrantly: they are queued and delivered as one
 batch with ``call_soon``, as the simulator delivers them as a separate event.
 
 The runtime's jobs live in their own modules: ``status`` and the report of a lost
-majority (``server.status``); the data directory and what a start
-does with it, and building the pure node (``server.disk``); the driver's effects on
-the WAL, the fsync thread and snapshot files (``server.effects``); the client port,
-tokens and in-process clients (``server.clients``); the HTTP API (``server.http``,
-which sees the node only through ``server.clients.NodeHandle``). This module starts
-and stops them and feeds the node; what it sends is routed by ``server.routing``;
-``server.process`` runs one node as a process (``run``).
-
+majority (``server.status``); the data directory and what a start does with it, and
+building the pure node (``server.disk``); the driver's effects on the WAL, the fsync
+thread and snapshot files (``server.effects``); the client port, tokens and in-process
+clients (``server.clients``); the HTTP API (``server.http``, which sees the node only
+through ``server.clients.NodeHandle``); peer addresses, links that follow the
+membership, joining (``server.peerbook``). This module starts and stops them and feeds
+the node; ``server.routing`` routes what it sends; ``server.process`` runs it (``run``).
 """
 
 from __future__ import annotations
@@ -47,13 +46,7 @@ from pyxos.core.messages import ClientRequest, Message
 from pyxos.core.ready import Send
 from pyxos.driver import ReadyDriver
 from pyxos.net.limits import PortLimits
-from pyxos.net.link import (
-    FramedServer,
-    PeerLinks,
-    PeerServer,
-    new_counters,
-    serve_peers,
-)
+from pyxos.net.link import FramedServer, PeerLinks, PeerServer, new_counters, serve_peers
 from pyxos.server.clients import CLIENT_ID_BASE, ClientPort, ReplySink
 from pyxos.server.clock import NodeClock
 from pyxos.server.config import Config
@@ -67,6 +60,7 @@ from pyxos.server.disk import (
 from pyxos.server.effects import DriverStats, ServerEffects
 from pyxos.server.http import HttpApi
 from pyxos.server.metrics import NodeMetrics
+from pyxos.server.peerbook import PeerBook
 from pyxos.server.routing import Router
 from pyxos.server.status import MajorityLostReport, node_status
 from pyxos.statemachine.service import ServiceNode
@@ -100,8 +94,10 @@ class NodeServer:
         rng: random.Random | None = None,
         clock_rate: float = 1.0,
         app: Any = None,  # an Application (statemachine.base) instance
+        join: str | None = None,
     ) -> None:
         self.config = config
+        self.peerbook = PeerBook(config, join)  # addresses, links, joining (--join)
         self.app = app  # the application to replicate (None: config.app's; pyxos.embedded)
         self.clock = NodeClock(clock_rate, lambda: self._input(()))
         """This node's clock and its timer (``server.clock``)."""
@@ -211,6 +207,7 @@ class NodeServer:
         self.clock.start(loop)
         self._stopped = asyncio.Event()
         effects = self.effects
+        self.initialize = await self.peerbook.join(self.initialize)  # --join: ask first
         try:
             durable, state, snapshot, self.recoveries = await loop.run_in_executor(
                 effects.executor,
@@ -231,6 +228,7 @@ class NodeServer:
             on_batch=self.metrics.batch_commands.observe,
             app=self.app,
             recoveries=self.recoveries,
+            founding=self.peerbook.founding,
         )
         tls = config.tls_contexts()
         peer_tls, dial_tls, self.client_tls = tls if tls is not None else (None, None, None)
@@ -241,7 +239,7 @@ class NodeServer:
                 config.cluster_id,
                 config.node_id,
                 self.router.on_peer_messages,
-                known_nodes=tuple(config.peers),
+                check_node=self.peerbook.check_peer,
                 counters=self.net_counters,
                 limits=self.port_limits,
                 tls=peer_tls,
@@ -260,7 +258,7 @@ class NodeServer:
         self.links = PeerLinks(
             config.node_id,
             config.cluster_id,
-            config.peers,
+            self.peerbook.dial(),
             on_messages=self.router.on_peer_messages,
             rng=random.Random(self.rng.getrandbits(64)),
             counters=self.net_counters,
@@ -272,6 +270,7 @@ class NodeServer:
         for peer in self.links.peers:
             node.link_changed(peer, False)
         self.links.start()
+        self.peerbook.attach(node, self.links)
         self._input(())
         logger.info(
             "node %d of cluster %r: peers on %s:%d, clients on port %d",
@@ -411,6 +410,7 @@ class NodeServer:
         if self.effects.tracer is not None:
             self.effects.tracer.driven(self.node)
         self._majority_lost.observe(self.node)
+        self.peerbook.observe(self.node)
 
     def _internal_error(self, e: Exception) -> None:
         # A bug in the core or the driver: stop (fail-stop) rather than run on from a

@@ -22,9 +22,13 @@ __all__ = ["run"]
 
 
 async def _serve(
-    config: Config, initialize: bool, clock_rate: float = 1.0, trace: NodeTracer | None = None
+    config: Config,
+    initialize: bool,
+    clock_rate: float = 1.0,
+    trace: NodeTracer | None = None,
+    join: str | None = None,
 ) -> None:
-    server = NodeServer(config, initialize=initialize, clock_rate=clock_rate)
+    server = NodeServer(config, initialize=initialize, clock_rate=clock_rate, join=join)
     server.effects.tracer = trace
     await server.startup()
     loop = asyncio.get_running_loop()
@@ -40,6 +44,7 @@ def run(
     initialize: bool = False,
     clock_rate: float = 1.0,
     trace: NodeTracer | None = None,
+    join: str | None = None,
 ) -> None:
     """Run one node until SIGTERM or SIGINT (the programmatic API and the CLI's).
 
@@ -49,15 +54,16 @@ def run(
     three ports' connection caps are reached before the node runs out of file
     descriptors (see ``ensure_file_limit``). ``trace``: this node's side of the run is
     written there (``pyxos serve --trace``); the file is closed when the node stops.
+    ``join``: join a running cluster through that member's HTTP API (``server.peerbook``).
     """
     ensure_file_limit(config)
     try:
         try:
             import uvloop
         except ImportError:
-            asyncio.run(_serve(config, initialize, clock_rate, trace))
+            asyncio.run(_serve(config, initialize, clock_rate, trace, join))
         else:
-            uvloop.run(_serve(config, initialize, clock_rate, trace))
+            uvloop.run(_serve(config, initialize, clock_rate, trace, join))
     finally:
         if trace is not None:
             trace.close()

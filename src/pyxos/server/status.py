@@ -98,6 +98,11 @@ def node_status(
             "peer_frames": links.queued_frames() if links is not None else 0,
         },
         "leader": replica.leader,
+        "configuration": {
+            "epoch": replica.quorum.epoch,
+            "voters": list(replica.quorum.voters),
+            "learners": list(replica.quorum.learners),
+        },
         "ballot": str(replica.ballot),
         "promised": str(replica.acceptor.promised),
         "first_unchosen": replica.first_unchosen,

@@ -60,6 +60,9 @@ real server drive it identically. It adds what sits between clients and the log:
   ones, the removed ids: ``wrap_snapshot``), so a node that catches up by snapshot knows
   which configuration governs the slots after it; a snapshot of a cluster whose
   membership never changed keeps the plain format.
+- **Member operations** (``pyxos member``, ``/v1/members``) are client commands
+  that start with ``MEMBER_MAGIC``: forwarded to the leader like any command, and
+  there taken by the ``MemberDesk`` (``statemachine.members``), never the application.
 - **Audit.** With ``audit_with(fn)`` (the simulator's divergence check), the node
   reports, after every slot it applies, ``fn(node, applied_slot, state_digest,
   results_digest)``: the digest of the sessions and the application's state (see
@@ -89,6 +92,7 @@ from pyxos.core.messages import (
 from pyxos.core.ready import Ready, Send
 from pyxos.core.replica import Replica, Role
 from pyxos.statemachine.base import Application, Applied
+from pyxos.statemachine.members import PROBE_CLIENT, MemberDesk
 from pyxos.statemachine.replicated import DEFAULT_MAX_SESSIONS, ReplicatedApp, encode_batch
 
 __all__ = ["AuditFn", "ServiceNode", "results_digest", "unwrap_snapshot", "wrap_snapshot"]
@@ -235,6 +239,9 @@ class ServiceNode:
         """A snapshot taken from the applied state to serve a lagging node (not durable:
         it need not be, it only holds chosen slots)."""
         self.snapshots_served = 0
+        self.members = MemberDesk(replica, applied=lambda: self.state.applied_slot)
+        """Member operations (``statemachine.members``): asked of any node, done here
+        when this node leads."""
         if state.applied_slot > replica.first_unchosen:
             replica.skip_to(state.applied_slot)
 
@@ -281,6 +288,8 @@ class ServiceNode:
         match msg:
             case ClientRequest():
                 self._on_request(msg)
+            case ClientReply() if msg.client == PROBE_CLIENT:
+                self.members.on_reply(msg)
             case ClientReply():
                 self._relay(msg)
             case Fetch() if self._snapshot_instead(msg):
@@ -300,6 +309,7 @@ class ServiceNode:
         """
         if up:
             self.unreachable.discard(peer)
+            self.members.heard.add(peer)
             return
         self.unreachable.add(peer)
         self._fail_forwarded(lambda target: target == peer)
@@ -355,6 +365,8 @@ class ServiceNode:
             # Leadership lost: what we proposed may or may not be chosen by the next
             # leader. Tell the clients to retry there (same seq: applied once).
             self._redirect_pending()
+        if self.members.requests:
+            self.members.poll()
         r = replica.ready()
         if r.committed:
             self._apply(r)
@@ -496,6 +508,8 @@ class ServiceNode:
     def _on_request(self, msg: ClientRequest) -> None:
         self.requests += 1
         replica = self.replica
+        if msg.command[:1] == b"\xc1" and self.members.take(msg):
+            return  # a member operation (statemachine.members), never the application's
         if not replica.is_leader:
             leader = self.usable_leader()
             if leader == 0:
