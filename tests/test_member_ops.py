@@ -222,3 +222,16 @@ def test_a_removed_id_is_never_reused() -> None:
 def test_decode_round_trip() -> None:
     op = MemberOp(op="replace", node=3, new=6, address="127.0.0.1:9")
     assert decode_member_op(encode_member_op(op)) == op
+
+
+def test_a_retry_of_an_answered_request_gets_the_same_answer() -> None:
+    net = elected([1, 2, 3])
+    leader = net.leader()
+    net.start(4)
+    op = encode_member_op(MemberOp(op="add", node=4, address="h:4"))
+    first = net.ask(leader, op)
+    assert first.error is None and "add node 4" in str(body(first)["done"])
+    net.nodes[leader].step(ClientRequest(CLIENT, 77, net.seq, op))  # the same (client, seq)
+    net.run(0.05)
+    again = net.replies.pop(net.seq)
+    assert again.result == first.result

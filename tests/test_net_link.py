@@ -435,3 +435,53 @@ def test_a_dialer_writes_its_hello_first_and_losing_the_connection_drops_the_que
 def test_counters_start_at_zero_with_every_name() -> None:
     assert new_counters() == dict.fromkeys(COUNTER_NAMES, 0)
     assert len(set(COUNTER_NAMES)) == len(COUNTER_NAMES)
+
+
+def test_links_follow_the_membership_added_and_removed_at_run_time() -> None:
+    async def main() -> None:
+        inboxes = {n: Inbox() for n in (2, 3)}
+        servers = {n: await serve_peers(HOST, 0, "a", n, inboxes[n]) for n in (2, 3)}
+        changes: list[tuple[int, bool]] = []
+        links = PeerLinks(
+            1, "a", {2: (HOST, servers[2].port)}, on_link=lambda p, up: changes.append((p, up))
+        )
+        links.start()
+        await eventually(lambda: links.connected() == {2})
+        with pytest.raises(KeyError):
+            links.send(3, accepted(0, src=1))  # not a peer yet
+        links.add_peer(3, (HOST, servers[3].port))  # a member added at run time
+        await eventually(lambda: links.connected() == {2, 3})
+        assert links.send(3, accepted(7, src=1))
+        await eventually(lambda: inboxes[3].slots_from(1) == [7])
+        links.remove_peer(2)  # a member removed: the link closes, no redial
+        assert links.peers == (3,) and (2, False) in changes
+        await eventually(lambda: not servers[2].connections, what="node 2's link closed")
+        await asyncio.sleep(0.2)
+        assert not servers[2].connections, "a removed peer is not dialed again"
+        await links.close()
+        for server in servers.values():
+            server.close()
+            await server.wait_closed()
+
+    run(main)
+
+
+def test_a_refused_handshake_can_say_why_in_a_frame_before_the_close() -> None:
+    from pyxos.core.messages import Removed
+    from pyxos.net.codec import HandshakeError
+
+    def check(node: int) -> None:
+        if node == 2:
+            why = "node 2 was removed"
+            raise HandshakeError(why, farewell=encode_message(Removed(1, 2, 5, why)))
+
+    async def body(server: PeerServer, inbox: Inbox) -> None:
+        got: list[Message] = []
+        links = PeerLinks(2, "a", {1: (HOST, server.port)}, on_messages=lambda p, m: got.extend(m))
+        links.start()
+        await eventually(lambda: bool(got), what="the Removed frame")
+        assert got[0] == Removed(1, 2, 5, "node 2 was removed")
+        assert not inbox.messages and server.counters["handshake_refused"] >= 1
+        await links.close()
+
+    run(lambda: with_server(body, check_node=check))

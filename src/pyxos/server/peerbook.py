@@ -153,15 +153,21 @@ class PeerBook:
     def check_peer(self, node: int) -> None:
         """The peer port's handshake check: a retired id is refused with ``Removed``."""
         service = self.node
-        if service is None or node not in service.replica.membership.retired:
+        if service is None:
             return
         replica = service.replica
         config = replica.configuration
-        reason = (
-            f"node {node} was removed from cluster {self.config.cluster_id!r}: configuration "
-            f"epoch {config.epoch} has voters {list(config.voters)} and learners "
-            f"{list(config.learners)} (a removed id is never used again)"
-        )
+        if node in replica.disowned:  # pyxos recover --force-new-cluster: its reason
+            reason = replica.disowned_reason
+        elif node in replica.membership.retired:
+            reason = (
+                f"node {node} was removed from cluster {self.config.cluster_id!r}: "
+                f"configuration epoch {config.epoch} has voters {list(config.voters)} and "
+                f"learners {list(config.learners)} (a removed id is never used again)"
+            )
+        else:
+            return
+        replica.refused_removed += 1
         farewell = encode_message(Removed(self.node_id, node, config.epoch, reason))
         raise HandshakeError(reason, farewell=farewell)
 

@@ -15,8 +15,10 @@ The desk is pure (the service node's clock and messages only) and does, per requ
    a time (``Replica.change_in_flight``), a node id that exists (promote, remove) or is
    new and was never used (add, replace: ``Membership.check`` refuses a removed id).
    A request that is already done (add of a learner with the same address, promote of
-   a voter, remove of a removed node, replace already made) is answered as done: a
-   client that retries after a lost reply gets the same answer, not an error.
+   a voter, remove of a removed node, replace already made) is answered as done, and
+   a retry of a request this leader answered (same ``(client, seq)``) gets the same
+   answer again (``answered``): a client that retries after a lost reply, here or at
+   the next leader, gets an answer, not an error.
 2. **A progress round**: the desk asks every member of the newest configuration (and
    the node the change is about) how far it has learned (``op="progress"``, answered
    by any node from its replica: ``first_unchosen``, ``removed``, ``rebuilding``) and
@@ -29,8 +31,10 @@ The desk is pure (the service node's clock and messages only) and does, per requ
    the promotion is refused ("not caught up").
 3. **The change**: ``Replica.propose_configuration`` with the new configuration, the
    members' peer addresses filled in (``addresses``, the server's address book), and
-   the answer once the entry is chosen (``config_change`` cleared): the new epoch and
-   the slot it governs from, or why it was not effective. A leader that loses its
+   the answer once it is in force (chosen, and ``alpha`` slots later, which the leader
+   fills with no-ops when idle): the new epoch and the slot it governs from, or why it
+   was not effective. A leader that removed itself answers once the change is in
+   force, as it hands over. A leader that loses its
    leadership first answers "retry" (``ok=False``), and the client asks the next
    leader, where step 1 finds the change either made or not.
 
@@ -70,6 +74,9 @@ MEMBER_OPS = ("list", "add", "promote", "remove", "replace", "progress")
 
 PROBE_CLIENT = -7
 """The client id of the leader's own progress questions (never a real client's)."""
+
+ANSWERS_KEPT = 64
+"""Answers to member requests a leader keeps for retries (see ``MemberDesk.answered``)."""
 
 
 class MemberOp(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -192,6 +199,9 @@ class MemberDesk:
         """The peer addresses this node knows (the server's address book): filled into
         every configuration the desk proposes."""
         self.requests: dict[tuple[int, int], _Request] = {}
+        self.answered: dict[tuple[int, int], tuple[dict[str, Any] | None, str | None]] = {}
+        """The answers to the last ``ANSWERS_KEPT`` requests, by ``(client, seq)``: a
+        client that retries (its answer was lost) gets the same answer again."""
         self.heard: set[int] = set()
         """Nodes this node has had a link up to (``ServiceNode.link_changed``): they
         have run, so an id among them that joins again is not new (it rebuilds)."""
@@ -222,6 +232,10 @@ class MemberDesk:
         if key in self.requests:
             self.requests[key].reply_to = msg.src
             return True
+        if key in self.answered:  # a retry of a request answered here: the same answer
+            result, error = self.answered[key]
+            self._answer(msg.src, msg.client, msg.seq, result=result, error=error)
+            return True
         if op.op == "list":
             self._answer(msg.src, msg.client, msg.seq, result=self.describe(op.node))
             return True
@@ -251,16 +265,17 @@ class MemberDesk:
         if not self.requests:
             return
         replica = self.replica
-        if not replica.is_leader:
-            # Lost the leadership: the client retries at the next leader.
-            for request in list(self.requests.values()):
-                self._finish(request, retry=True)
-            return
         now = replica.now
         for request in list(self.requests.values()):
+            if request.epoch and replica.configuration.epoch >= request.epoch:
+                self._chosen(request)  # in force here (a leader that removed itself too)
+                continue
+            if not replica.is_leader:
+                self._finish(request, retry=True)  # the client asks the next leader
+                continue
             if request.epoch:
-                if replica.config_change is None:
-                    self._chosen(request)
+                if not replica.change_in_flight():
+                    self._chosen(request)  # chosen but not effective: says why
                 continue
             everyone = request.asked <= set(request.answers)
             if everyone or now - request.round_started >= self.round_seconds:
@@ -484,6 +499,9 @@ class MemberDesk:
             )
             self.replica.post((request.reply_to,), reply)
             return
+        self.answered[(request.client, request.seq)] = (result, error)
+        while len(self.answered) > ANSWERS_KEPT:
+            del self.answered[next(iter(self.answered))]
         self._answer(request.reply_to, request.client, request.seq, result=result, error=error)
 
     def _answer(
