@@ -99,7 +99,8 @@ def test_a_second_run_changes_nothing_until_the_node_has_run(tmp_path: Path) -> 
         node = NodeServer(config)
         await node.startup()
         try:
-            await wait_for(lambda: node.is_leader, 10.0, "the recovered node to lead")
+            # Leading may be in memory only; re-deciding slots 0..4 is on disk.
+            await wait_for(lambda: node.status()["applied"] >= 5, 10.0, "slots 0..4 applied")
         finally:
             await node.shutdown()
 
@@ -230,7 +231,7 @@ def test_the_snapshot_it_serves_carries_the_forced_configuration_not_the_old_one
     membership, _ = unwrap_snapshot(asyncio.run(served()))
     assert membership is not None
     assert membership.configs == ((0, outcome.plan.configuration),)
-    assert set(membership.retired) >= {1, 2, 4, 5}
+    assert membership.retired == (4,)  # the old cluster's own; the disowned stay apart
     # A joiner that installs it has the recovered node's timeline.
     joiner = Replica(6, outcome.plan.configuration, random.Random(6))
     joiner.install_membership(membership)

@@ -886,6 +886,11 @@ class Replica:
         why = self.membership.check(config)
         if why is not None:
             raise ConfigChangeError(why)
+        if self.disowned & set(config.nodes):
+            raise ConfigChangeError(
+                f"nodes {sorted(self.disowned & set(config.nodes))} belong to the cluster "
+                "before its forced recovery and are refused for good: give them new ids"
+            )
         self.config_change = config.epoch
         self.queued.insert(0, encode_config_entry(config))
         self._fill_window()
@@ -930,10 +935,12 @@ class Replica:
         self.disowned_reason = reason
         m = self.membership
         if m.latest.epoch < config.epoch:
-            retired = tuple(sorted(m.retired | self.disowned))
+            # The disowned ids stay out of the timeline's ``retired``: that set decides
+            # whether a configuration entry is effective, on every node alike, and a
+            # node that joins later and learns the log from slot 0 never hears of them.
+            # Only this node's handling of their messages, and what it proposes, differ.
+            retired = tuple(sorted(m.retired))
             m.install(MembershipState(self.first_unchosen, ((0, config),), retired))
-        else:
-            m.retired |= self.disowned
         self._refresh_membership()
 
     def _refuse_disowned(self, msg: Message) -> None:
