@@ -128,6 +128,7 @@ def test_the_cli_says_it_loudly_and_refuses_without_the_flag(tmp_path: Path) -> 
     r = runner.invoke(main, ["recover", "--force-new-cluster", "--dry-run", "--config", str(toml)])
     assert r.exit_code == 0, r.output
     assert "WOULD FORCE (dry run)" in r.stderr
+    assert "below 2, re-proposed 4 (2 accepted, not known chosen), no-ops 1" in r.stderr
     assert not (config.data_dir / RECOVERY_FILENAME).exists()
     r = runner.invoke(main, ["recover", "--force-new-cluster", "--config", str(toml)])
     assert r.exit_code == 0, r.output

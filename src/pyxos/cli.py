@@ -696,6 +696,12 @@ def recover_cmd(config_path: str, force_new_cluster: bool, dry_run: bool, again:
             f"of cluster {config.cluster_id!r} ({config.data_dir})"
         )
     say(rule)
+    say(
+        f"snapshot slot {rec.snapshot_slot}, known chosen below {rec.known_chosen_end}, "
+        f"re-proposed {rec.known_held + rec.accepted_not_known_chosen} "
+        f"({rec.accepted_not_known_chosen} accepted, not known chosen), no-ops {rec.gaps}, "
+        f"known chosen but lost {rec.known_not_held}; new configuration epoch {rec.epoch}"
+    )
     for line in (*rec.warnings, *outcome.notes):
         say(f"WARNING: {line}")
     if outcome.written:
