@@ -360,21 +360,22 @@ def test_transfers_under_every_fault_and_disk_faults_five_nodes() -> None:
     assert _sweep(5, TRANSFER_DISK, range(10)) > 3
 
 
-@pytest.mark.parametrize("nodes", [3, 5])
-def test_transfers_and_leaders_removing_themselves_under_membership_changes(nodes: int) -> None:
-    """With ``membership`` too: transfers refused to learners and removed nodes, and
-    leaders that remove themselves hand over first (some of the time: a handover to a
-    node that is down, partitioned or restarting fails, and the old way takes over)."""
-    started = done = removals = handed = 0
-    for seed in range(12):
-        r = run_kv(seed, nodes=nodes, faults=TRANSFER_MEMBERSHIP, trace=False)
-        assert r.violation is None, f"seed {seed}: {r.violation}\n  replay: {r.replay}"
-        started += r.stats.get("transfers_started", 0)
-        done += r.stats.get("transfers_done", 0)
-        removals += r.stats.get("self_removals", 0)
-        handed += r.stats.get("handovers_done", 0)
-    assert started > 0 and done > 0, (started, done)
-    assert removals > 0 and handed > 0, (removals, handed)
+def test_transfers_and_leaders_removing_themselves_under_membership_changes() -> None:
+    """With ``membership`` too (3 and 5 nodes): transfers refused (to learners, removed
+    nodes, while a change is being proposed), others handed over, and leaders that
+    remove themselves hand over first (some of the time: a handover to a node that is
+    down, partitioned or restarting fails, and the old way takes over)."""
+    stats: dict[str, int] = {}
+    for nodes in (3, 5):
+        for seed in range(12):
+            r = run_kv(seed, nodes=nodes, faults=TRANSFER_MEMBERSHIP, trace=False)
+            assert r.violation is None, f"seed {seed}: {r.violation}\n  replay: {r.replay}"
+            for key, n in r.stats.items():
+                if key.startswith(("transfers_", "self_removals", "handovers_")):
+                    stats[key] = stats.get(key, 0) + n
+    for key in ("transfers_refused", "transfers_started", "transfers_done"):
+        assert stats.get(key, 0) > 0, stats
+    assert stats.get("self_removals", 0) > 0 and stats.get("handovers_done", 0) > 0, stats
 
 
 # Seeds of all,disk,membership,transfer (3 nodes) that once failed, kept as regressions:
@@ -383,6 +384,9 @@ REGRESSIONS = [
     # count the proposed configuration) left a 2-voter one whose other voter rebuilt.
     (61, "liveness"),
     (315, "liveness"),
+    # The leader proposed removing itself while the other voter of the configuration
+    # left was rebuilding: no live quorum (the nemesis now checks, like the server).
+    (125, "liveness"),
 ]
 
 

@@ -642,10 +642,22 @@ class _MembershipDriver:
             target = rng.choice(down or voters)  # replace a dead node if there is one
         done: list[int] = []
 
+        # Like the server, propose no change that leaves no live quorum (up, and with
+        # its acceptor state): a 2-voter configuration whose other voter is rebuilding
+        # stalls for good (the transfer sweep found it, seed 125).
+        live = [i for i in self.ids if sim.procs[i].up and not sim.rebuilding(i)]
+
         def act(n: Node) -> None:
             assert isinstance(n, ServiceNode)
             r = n.replica
             try:
+                if op in ("remove", "replace"):
+                    latest = r.membership.latest
+                    new_config = (
+                        latest.remove(target) if op == "remove" else latest.replace(target, new)
+                    )
+                    if not new_config.live_quorums(live):
+                        return
                 if op == "learner":
                     done.append(r.add_learner(new))
                 elif op == "promote":
