@@ -101,5 +101,27 @@ def test_a_survivor_of_a_lost_majority_is_forced_into_a_new_cluster(tmp_path: Pa
             c.put("after-old", "y")
             assert c.get("after-old") == "y"
             assert c.get("k0") == "v0"
+
+        # The recovered cluster grows again with the membership operations, under new
+        # ids (nodes 4 and 5 join as learners, catch up, are promoted); then the
+        # recovered node itself is killed: the two new voters, a majority of the three,
+        # serve every write and take new ones.
+        assert cluster.kill(old)
+        d = str(cluster.base_dir)
+        for new in (4, 5):
+            r = CliRunner().invoke(main, ["cluster", "add-node", "--timeout", "30", "--dir", d])
+            assert r.exit_code == 0, r.output
+            assert f"add node {new}" in r.output and f"promote node {new}" in r.output, r.output
+        grown = LocalCluster.load(cluster.base_dir)
+        three = [grown.nodes[i].client_address for i in (survivor, 4, 5)]
+        with Client(three, cluster=cluster.cluster_id, timeout=15.0) as c:
+            c.put("grown", "z")
+        assert cluster.kill(survivor)  # one of three voters down: 4 and 5 go on
+        with Client(three[1:], cluster=cluster.cluster_id, timeout=20.0) as c:
+            lost = [k for k in range(WRITES) if c.get(f"k{k}") != f"v{k}"]
+            assert lost == [], f"{len(lost)} of {WRITES} writes missing on the new members"
+            assert c.get("grown") == "z" and c.get("new0") == "x"
+            c.put("without-the-survivor", "w")
+            assert c.get("without-the-survivor") == "w"
     finally:
         cluster.stop()
