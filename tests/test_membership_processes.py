@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -108,17 +110,23 @@ class Load:
         assert self.acknowledged >= target, f"the load stalled at {self.acknowledged} writes"
 
 
+def http(method: str, url: str, data: bytes | None) -> tuple[int, dict[str, Any]]:
+    """One HTTP request: (status, JSON answer)."""
+    request = urllib.request.Request(url, data=data, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=20) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
 def members(base: str) -> dict[str, Any]:
     cluster = LocalCluster.load(Path(base))
     for i in cluster.members:
-        if cluster.pid(i) is not None:
-            status = cluster.node_status(i)
-            if status is not None:
-                url = cluster.nodes[i].http_url + "/v1/members"
-                import urllib.request
-
-                with urllib.request.urlopen(url, timeout=20) as r:
-                    return json.loads(r.read())  # type: ignore[no-any-return]
+        if cluster.pid(i) is not None and cluster.node_status(i) is not None:
+            code, doc = http("GET", cluster.nodes[i].http_url + "/v1/members", None)
+            assert code == 200, doc
+            return doc
     raise AssertionError("no node answers")
 
 
@@ -155,6 +163,16 @@ def test_grow_move_shrink_replace_under_load(tmp_path: Path) -> None:
             assert "already a voter" in refused(
                 "member", "add", "2", "--addr", "127.0.0.1:1", "--dir", d
             )
+            url = LocalCluster.load(base).nodes[2].http_url
+            for method, path, data, expected in [
+                ("POST", "/v1/members", b"garbage", "not JSON"),
+                ("POST", "/v1/members", b'{"node": "x"}', "must be a node id"),
+                ("POST", "/v1/members", b'{"node": 7, "address": "nohost"}', "not host:port"),
+                ("DELETE", "/v1/members/abc", None, "is not a number"),
+                ("POST", "/v1/members/2/replace", b'{"new": 2}', "other than"),
+            ]:
+                status, answer = http(method, url + path, data)
+                assert status == 400 and expected in answer.get("error", ""), (path, answer)
 
             # Move the leader (leader transfer, when this build has it), then shrink
             # 5 -> 3 by removing the old leader (it hands over) and one more voter.

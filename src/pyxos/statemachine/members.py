@@ -22,7 +22,8 @@ The desk is pure (the service node's clock and messages only) and does, per requ
 2. **A progress round**: the desk asks every member of the newest configuration (and
    the node the change is about) how far it has learned (``op="progress"``, answered
    by any node from its replica: ``first_unchosen``, ``removed``, ``rebuilding``) and
-   waits for every answer or ``round_seconds``. The nodes that answered, and the
+   waits for every answer or ``round_seconds`` (a second at least: a loaded node is
+   slow, not down). The nodes that answered, and the
    leader, are the *live* ones: a change whose current or new configuration has no
    live phase-1 and phase-2 quorum (``Configuration.live_quorums``) is refused (it
    could not be chosen, or would leave the cluster unable to choose). A learner to be
@@ -188,9 +189,13 @@ class MemberDesk:
     ) -> None:
         self.replica = replica
         self.round_seconds = (
-            round_seconds if round_seconds is not None else replica.config.election_timeout[0]
+            round_seconds
+            if round_seconds is not None
+            else max(1.0, 2 * replica.config.election_timeout[1])
         )
-        """How long a progress round waits for the members' answers."""
+        """How long a progress round waits for the members' answers at most (it ends as
+        soon as all have answered): long enough for a loaded node to answer, since a
+        node that does not is taken for down."""
         self.catchup_seconds = catchup_seconds
         """How long a promotion waits for its learner to catch up before refusing."""
         self.applied = applied
