@@ -79,6 +79,7 @@ def test_a_survivor_becomes_a_one_node_cluster_and_re_decides_what_it_accepted(
             status = node.status()
             assert status["recovered"]["forced_new_cluster_from"] == 3
             assert status["recovered"]["disowned"] == [1, 2]
+            assert "pyxos_forced_recovery 1.0" in node.metrics.render().decode()
             assert node.node is not None and isinstance(node.node.app, KVStore)
             return {k: node.node.app.get_local(k) for k in "abcd"}
         finally:

@@ -65,6 +65,11 @@ class _StatusCollector(Collector):
                 "cannot recover on its own (see /v1/status 'recovery').",
                 int(bool(s.get("majority_lost"))),
             ),
+            "pyxos_forced_recovery": (
+                "1 if this node's cluster was forced from its state alone (pyxos recover "
+                "--force-new-cluster): writes may have been lost (see /v1/status 'recovered').",
+                int("recovered" in s),
+            ),
             "pyxos_disk_full": (
                 "1 while the disk is full: the node refuses clients, takes part in nothing "
                 "and retries until space returns (see /v1/status 'disk_full_reason').",
