@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -219,6 +221,26 @@ def test_grow_move_shrink_replace_under_load(tmp_path: Path) -> None:
             # why (its status and log).
             cluster = LocalCluster.load(base)
             cluster.kill(first_leader)
+            # A removed id is never used again: not by the leader, not by --join.
+            assert "never reused" in refused(
+                "member", "add", str(first_leader), "--addr", "127.0.0.1:1", "--dir", d
+            )
+            joined = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pyxos.server",
+                    "--config",
+                    str(base / f"node-{first_leader}.toml"),
+                    "--join",
+                    cluster.nodes[4].http_url,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert joined.returncode == 2, joined.stderr
+            assert f"node {first_leader} was removed" in joined.stderr, joined.stderr
             cluster.start_node(first_leader)
             cluster.wait_until(
                 lambda: (cluster.node_status(first_leader) or {}).get("state") == "removed",
