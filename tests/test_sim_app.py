@@ -82,8 +82,10 @@ def test_an_object_class_by_its_import_path_runs_as_its_short_name() -> None:
 
 APP_MUTANT_CASES = [
     # (app, mutant, which check must catch it, seed budget); first catches when written:
-    # wall-clock at seed 0, no-fence at seed 0, double-apply at seed 0.
+    # wall-clock at seed 0, no-fence at seed 0, double-apply at seed 0, set-order at
+    # seed 0 (tests/test_sim_app_determinism.py has more of it).
     ("counter", "wall-clock", "divergence", 20),
+    ("queue", "set-order", "determinism", 20),
     (EXAMPLE, "wall-clock", "divergence", 20),
     ("lock", "no-fence", "linearizability", 20),
     ("queue", "double-apply", "linearizability", 30),
@@ -252,7 +254,9 @@ def test_the_command_line_refuses_what_it_cannot_run(
 
 
 def test_every_mutant_name_is_known_to_the_command_line() -> None:
-    assert {"wall-clock", "no-fence", "double-apply", "no-repropose"} <= set(ALL_APP_MUTANTS)
+    assert {"wall-clock", "set-order", "no-fence", "double-apply", "no-repropose"} <= set(
+        ALL_APP_MUTANTS
+    )
     assert resolve_app("lock").model.name == "lock"
     assert resolve_app("pyxos.objects:ReplicatedDict").model.name == "kv"
     assert resolve_app("pyxos.objects:Counter").object_class is Counter

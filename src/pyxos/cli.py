@@ -176,6 +176,14 @@ def _service_options(fn: F) -> F:
         _faults_option("all"),
         click.option("--mutant", default=None, help="Run a deliberately broken variant."),
         click.option(
+            "--hash-seeds",
+            type=click.IntRange(0, 16),
+            default=2,
+            show_default=True,
+            help="Replay each run's chosen log in this many child processes with other "
+            "PYTHONHASHSEED values and compare with the replicas (0: off).",
+        ),
+        click.option(
             "--history",
             "history_path",
             type=click.Path(dir_okay=False),
@@ -315,6 +323,7 @@ def sim_kv(
     snapshot_every: int,
     faults: frozenset[str],
     mutant: str | None,
+    hash_seeds: int,
     history_path: str | None,
     trace: bool,
     trace_out: str | None,
@@ -351,6 +360,7 @@ def sim_kv(
             on_sim=on_sim,
             q1=q1,
             q2=q2,
+            hash_seeds=hash_seeds,
         )
 
     _service_sweep("sim kv", f"kv n={nodes}", seed_list, one)
@@ -390,6 +400,7 @@ def sim_app(
     snapshot_every: int,
     faults: frozenset[str],
     mutant: str | None,
+    hash_seeds: int,
     history_path: str | None,
     trace: bool,
     trace_out: str | None,
@@ -426,6 +437,7 @@ def sim_app(
             mutant=mutant,
             trace=trace or len(seed_list) == 1,
             on_sim=on_sim,
+            hash_seeds=hash_seeds,
         )
 
     _service_sweep("sim app", f"{app_spec} n={nodes}", seed_list, one)

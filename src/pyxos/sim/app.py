@@ -25,6 +25,11 @@ Mutants (:data:`APP_MUTANTS`): every replica, WAL and replication-layer mutant o
   fixed offset per replica process, so a seed replays), its answers stay right, and
   only the divergence check can see it: the state digests of two replicas differ after
   the same slot.
+- ``set-order``: the application keeps the distinct commands it applied in a ``set`` of
+  ``str`` and, as part of its state, the one the set yields first. Every replica here
+  shares one process and so one hash seed, and iterates the set alike; only the
+  cross-process replay (``pyxos.sim.determinism``, ``--hash-seeds``) sees that a
+  process with another hash seed reaches another state after the same slot.
 - ``no-fence``: a lock (``--app lock``) that grants every holder the same token and
   checks only the owner on release and renew: a lock without fencing tokens, caught by
   the lock model's linearizability check.
@@ -45,12 +50,14 @@ from pyxos.check.invariants import Violation
 from pyxos.check.models import Model, ModelOp
 from pyxos.core.messages import ClientReply
 from pyxos.core.replica import Replica, ReplicaConfig
+from pyxos.sim.determinism import DEFAULT_HASH_SEEDS, Recipe, ReplayCheck, replay_hash_seeds
 from pyxos.sim.mutants import (
     APP_MUTANTS,
     LAYER_MUTANTS,
     REPLICA_MUTANTS,
     WAL_MUTANTS,
     NoFenceLock,
+    SetOrderApp,
     WallClockApp,
 )
 from pyxos.sim.service import (
@@ -73,6 +80,7 @@ __all__ = [
     "AppResult",
     "app_replay_command",
     "app_variant",
+    "replay_store_factory",
     "run_app",
 ]
 
@@ -103,6 +111,7 @@ def app_replay_command(
     *,
     ops: int = DEFAULT_OPS,
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
+    hash_seeds: int = DEFAULT_HASH_SEEDS,
 ) -> str:
     """The one command that replays this seed, every option that shapes it spelled
     out (defaults included)."""
@@ -118,6 +127,8 @@ def app_replay_command(
     )
     if mutant:
         cmd += f" --mutant {mutant}"
+    if hash_seeds != DEFAULT_HASH_SEEDS:
+        cmd += f" --hash-seeds {hash_seeds}"
     return cmd + " --trace"
 
 
@@ -245,7 +256,19 @@ def _store_factory(app: SimApp, mutant: str | None) -> StoreFactory:
         replica_number = itertools.count(1)
         factory = app.factory
         return lambda: WallClockApp(factory(), clock_offset=1000.0 * next(replica_number))
+    if mutant == "set-order":
+        inner = app.factory
+        return lambda: SetOrderApp(inner())
     return app.factory
+
+
+def replay_store_factory(
+    app: str, model: str | None, workload: str | None, mutant: str | None
+) -> StoreFactory:
+    """The store factory of a run of ``app`` under ``mutant``, made from names alone:
+    how the cross-process replay (``pyxos.sim.determinism``) rebuilds a run's
+    application in a process of its own."""
+    return _store_factory(app_variant(resolve_app(app, model, workload), mutant), mutant)
 
 
 def app_variant(app: SimApp, mutant: str | None) -> SimApp:
@@ -281,13 +304,16 @@ def run_app(
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
     wal_class: type[WAL] = WAL,
     resolved: SimApp | None = None,
+    hash_seeds: int = DEFAULT_HASH_SEEDS,
 ) -> AppResult:
     """Simulate one seed of the application ``app`` (a short name or
     ``module:Factory``, see :func:`~pyxos.sim.workload.resolve_app`) and check it.
 
     ``model`` and ``workload`` override the application's own; ``mutant`` names a
     deliberately broken variant (:data:`ALL_APP_MUTANTS`). ``resolved`` is ``app``
-    already resolved (a sweep resolves it once). ``ValueError`` for an application,
+    already resolved (a sweep resolves it once). ``hash_seeds`` processes with other
+    hash seeds replay the chosen log and must agree with the replicas
+    (``pyxos.sim.determinism``; 0: not checked). ``ValueError`` for an application,
     model, workload or mutant that cannot be had (before anything runs).
     """
     sim_app = app_variant(resolved or resolve_app(app, model, workload), mutant)
@@ -303,7 +329,13 @@ def run_app(
         mutant,
         ops=ops_per_client,
         snapshot_every=snapshot_every,
+        hash_seeds=hash_seeds,
     )
+    determinism = None
+    if hash_seeds > 0:
+        args = {"app": app, "model": model, "workload": workload, "mutant": mutant}
+        recipe = Recipe("pyxos.sim.app:replay_store_factory", args)
+        determinism = ReplayCheck(recipe, replay_hash_seeds(hash_seeds))
     options = RunOptions(
         nodes=nodes,
         clients=clients,
@@ -319,6 +351,7 @@ def run_app(
         ack_before_sync=mutant == "early-ack",
         snapshot_every=snapshot_every,
         wal_class=WAL_MUTANTS.get(mutant or "", wal_class),
+        determinism=determinism,
     )
     service = _AppService(sim_app.model, sim_app.workload, ops_per_client)
     return run_service(seed, service, result, options)

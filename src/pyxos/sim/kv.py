@@ -50,6 +50,7 @@ from pyxos.check.linearizability import check_history
 from pyxos.core.messages import ClientReply
 from pyxos.core.quorum import QuorumSystem, quorum_sizes, quorum_system
 from pyxos.core.replica import Replica, ReplicaConfig
+from pyxos.sim.determinism import DEFAULT_HASH_SEEDS, Recipe, ReplayCheck, replay_hash_seeds
 from pyxos.sim.mutants import QUORUM_MUTANTS, REPLICA_MUTANTS, STORE_MUTANTS, WAL_MUTANTS
 from pyxos.sim.service import (
     CATCHUP_SNAPSHOT_SLOTS,
@@ -72,6 +73,7 @@ __all__ = [
     "KVResult",
     "SimClient",
     "kv_replay_command",
+    "replay_store_factory",
     "run_kv",
     "service_node_factory",
 ]
@@ -105,6 +107,7 @@ def kv_replay_command(
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
     q1: int | None = None,
     q2: int | None = None,
+    hash_seeds: int = DEFAULT_HASH_SEEDS,
 ) -> str:
     """The one command that replays this seed: every option of ``pyxos sim kv`` that
     shapes a run is spelled out, defaults included, so the command means the same run
@@ -122,7 +125,16 @@ def kv_replay_command(
     cmd += f" --q1 {sizes[0]} --q2 {sizes[1]}"
     if mutant:
         cmd += f" --mutant {mutant}"
+    if hash_seeds != DEFAULT_HASH_SEEDS:
+        cmd += f" --hash-seeds {hash_seeds}"
     return cmd + " --trace"
+
+
+def replay_store_factory(mutant: str | None) -> StoreFactory:
+    """The store factory of a run under ``mutant`` (the KV store, or a broken layer
+    around it), made from its name alone: how the cross-process replay
+    (``pyxos.sim.determinism``) rebuilds a run's store in a process of its own."""
+    return _mutant_parts(mutant)[1] or KVStore
 
 
 def _mutant_parts(name: str | None) -> tuple[ReplicaFactory | None, StoreFactory | None, bool]:
@@ -297,6 +309,7 @@ def run_kv(
     wal_class: type[WAL] = WAL,
     q1: int | None = None,
     q2: int | None = None,
+    hash_seeds: int = DEFAULT_HASH_SEEDS,
 ) -> KVResult:
     """Simulate one seed of the replicated KV store and check it.
 
@@ -314,6 +327,9 @@ def run_kv(
     intersect raise ``ValueError`` before anything runs, except under the mutant
     ``non-intersecting-quorums``, which takes them unchecked (default ``n // 2`` each).
     The nemesis keeps at most ``n - max(q1, q2)`` servers down at once.
+    ``hash_seeds`` processes with other hash seeds replay the chosen log and must agree
+    with the replicas (``pyxos.sim.determinism``; 0, or a ``store_factory`` of the
+    caller's own, which a process of its own cannot rebuild: not checked).
     """
     ids = list(range(1, nodes + 1))
     tolerance: int | None = None
@@ -335,7 +351,12 @@ def run_kv(
         snapshot_every=snapshot_every,
         q1=q1,
         q2=q2,
+        hash_seeds=hash_seeds,
     )
+    determinism = None
+    if hash_seeds > 0 and store_factory is KVStore:
+        recipe = Recipe("pyxos.sim.kv:replay_store_factory", {"mutant": mutant})
+        determinism = ReplayCheck(recipe, replay_hash_seeds(hash_seeds))
     options = RunOptions(
         quorum=quorum,
         tolerance=tolerance,
@@ -359,5 +380,6 @@ def run_kv(
         drifting_clocks=drifting_clocks,
         stale_messages=stale_messages,
         wal_class=WAL_MUTANTS.get(mutant or "", wal_class),
+        determinism=determinism,
     )
     return run_service(seed, _KVService(keys, ops_per_client), result, options)

@@ -57,6 +57,7 @@ __all__ = [
     "WAL_MUTANTS",
     "NoFenceLock",
     "NonIntersectingQuorum",
+    "SetOrderApp",
     "WallClockApp",
 ]
 
@@ -547,6 +548,73 @@ class WallClockApp:
         self.updated = updated
 
 
+class SetOrderApp:
+    """DELIBERATELY BROKEN: an application that keeps what the first element of a set
+    of strings is, as ``self.first = next(iter(self.seen))`` would.
+
+    Wraps any application; its answers are the wrapped one's (the history stays
+    linearizable). It keeps the distinct commands it applied in a ``set`` of ``str``
+    (each command's hex) and, in its state and snapshot, the one the set yields first.
+    A ``set`` of ``str`` iterates in an order set by the process's hash seed
+    (``PYTHONHASHSEED``, random per process by default): two replicas in one process
+    agree on it (the set is rebuilt on ``restore`` by the same additions in the same
+    order, so even a restored replica agrees), replicas in two processes need not.
+    Exists so the simulator can prove that its cross-process replay
+    (``pyxos.sim.determinism``) catches an application whose state depends on the
+    process it runs in, which no check inside one process can see. Its
+    ``state_digest`` is deliberately the default hash of the snapshot.
+    """
+
+    _FORWARDED = frozenset({"validate", "reject", "json_command", "json_query", "json_result"})
+
+    def __init__(self, app: Application) -> None:
+        self.app = app
+        self.seen: set[str] = set()
+        """The distinct commands applied, as hex."""
+        self.added: list[str] = []
+        """The same, in the order they were first applied (the snapshot's)."""
+        self.first = ""
+        """The command the set yields first: depends on the hash seed."""
+
+    def __getattr__(self, name: str) -> Any:
+        # The wrapped application's optional hooks, but not its state digest.
+        if name in SetOrderApp._FORWARDED:
+            return getattr(self.app, name)
+        raise AttributeError(name)
+
+    def apply(self, command: bytes) -> bytes:
+        """The wrapped application's ``apply``; the command joins the set."""
+        result = self.app.apply(command)
+        self._add(command.hex())
+        self.first = next(iter(self.seen))
+        return result
+
+    def _add(self, item: str) -> None:
+        if item not in self.seen:
+            self.seen.add(item)
+            self.added.append(item)
+
+    def query(self, q: bytes) -> bytes:
+        """The wrapped application's ``query``."""
+        return self.app.query(q)
+
+    def snapshot(self) -> bytes:
+        """The commands in the order applied, the first, and the wrapped snapshot."""
+        return msgspec.msgpack.encode((self.added, self.first, self.app.snapshot()))
+
+    def restore(self, data: bytes) -> None:
+        """Back from ``snapshot()``."""
+        try:
+            added, first, inner = msgspec.msgpack.decode(data, type=tuple[list[str], str, bytes])
+        except msgspec.DecodeError as e:
+            raise ValueError(f"not a set-order snapshot: {e}") from None
+        self.app.restore(inner)
+        self.seen, self.added = set(), []
+        for item in added:
+            self._add(item)
+        self.first = first
+
+
 class NoFenceLock(Lock):
     """DELIBERATELY BROKEN: a lock without fencing tokens. Every grant carries token 1,
     and ``release`` and ``renew`` look only at the owner, so a holder whose grant
@@ -585,7 +653,7 @@ class NoFenceLock(Lock):
         return True
 
 
-APP_MUTANTS: tuple[str, ...] = ("wall-clock", "no-fence")
+APP_MUTANTS: tuple[str, ...] = ("wall-clock", "set-order", "no-fence")
 """Broken applications, by the name ``pyxos sim app --mutant`` takes: ``wall-clock``
-wraps any application in :class:`WallClockApp`; ``no-fence`` runs
-:class:`NoFenceLock` in place of the lock."""
+wraps any application in :class:`WallClockApp`, ``set-order`` in
+:class:`SetOrderApp`; ``no-fence`` runs :class:`NoFenceLock` in place of the lock."""

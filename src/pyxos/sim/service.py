@@ -34,7 +34,16 @@ history is judged. Everything else is here, once:
 - convergence: at the end, every live replica applies every chosen slot, all hold the
   same state digest, and their applications' ``snapshot()`` bytes are identical (the
   application contract's determinism, docs/architecture.md, *The application
-  contract*: a state that digests alike but serialises differently is caught too).
+  contract*: a state that digests alike but serialises differently is caught too);
+- determinism across processes (``RunOptions.determinism``, ``pyxos.sim.determinism``):
+  the chosen log replayed on a fresh application in child processes with other hash
+  seeds gives the replicas' digests, results and snapshot bytes, slot by slot (the
+  replicas here share one process, so one hash seed: an application that iterates a
+  set of strings would pass every check above).
+
+A run starts by seeding the global ``random`` from its seed (and restores the caller's
+state at the end): an application or workload that reaches for the global generator
+instead of the injected one still replays identically from its seed.
 
 An exception raised anywhere in the run (a node tripping an assertion, an answer a
 client cannot read) is a verdict too: an ``exception`` violation naming where it was
@@ -61,6 +70,7 @@ from pyxos.core.messages import ClientReply, ClientRequest, Entry, Message
 from pyxos.core.quorum import Majority, QuorumSystem
 from pyxos.core.ready import Node, Ready, Send
 from pyxos.core.replica import Replica, ReplicaConfig, Role
+from pyxos.sim.determinism import ReplayCheck, check_determinism, chosen_log
 from pyxos.sim.leases import LeaseMonitor
 from pyxos.sim.nemesis import Nemesis
 from pyxos.sim.world import NodeFactory, Simulator, TraceEvent, format_trace
@@ -352,6 +362,9 @@ class RunOptions:
     """The quorum system of the replicas and the checks (None: majorities)."""
     tolerance: int | None = None
     """Servers the nemesis may take down at once (None: a minority)."""
+    determinism: ReplayCheck | None = None
+    """Replay the chosen log in other processes (other hash seeds) and compare, once
+    every other check passed (None: not done; needs ``check_divergence``)."""
 
 
 def service_node_factory(
@@ -441,7 +454,21 @@ def run_service(
     seed: int, service: Service[H], result: ServiceResult[H], options: RunOptions
 ) -> ServiceResult[H]:
     """Simulate one seed of ``service`` as ``options`` say, check it (see the module
-    notes), and fill in ``result`` (whose ``replay`` the caller has set)."""
+    notes), and fill in ``result`` (whose ``replay`` the caller has set).
+
+    The global ``random`` is seeded from ``seed`` for the run and given back to the
+    caller as it was."""
+    saved = random.getstate()
+    random.seed(f"pyxos.sim.service global random, seed {seed}")
+    try:
+        return _run_service(seed, service, result, options)
+    finally:
+        random.setstate(saved)
+
+
+def _run_service(
+    seed: int, service: Service[H], result: ServiceResult[H], options: RunOptions
+) -> ServiceResult[H]:
     o = options
     assert o.store_factory is not None, "run_service needs a store_factory"
     sim = Simulator(seed, trace=o.trace)
@@ -557,7 +584,11 @@ def run_service(
                 f"at {end}s: {stuck}",
             )
         if o.check_divergence:
-            _check_convergence(sim, _members(sim, ids), divergence)
+            slots, snapshot = _check_convergence(sim, _members(sim, ids), divergence)
+            if o.determinism is not None:
+                log = chosen_log(monitor.first, slots)
+                final = snapshot if len(log) == slots else None
+                check_determinism(o.determinism, log, divergence, final)
     except Violation as v:
         result.violation = v
     except Exception as e:  # a crash is a verdict too, with its seed and replay
@@ -759,10 +790,13 @@ def _applied(sim: Simulator, ids: list[int]) -> dict[int, ServiceNode]:
     return live
 
 
-def _check_convergence(sim: Simulator, ids: list[int], divergence: DivergenceMonitor) -> None:
+def _check_convergence(
+    sim: Simulator, ids: list[int], divergence: DivergenceMonitor
+) -> tuple[int, bytes | None]:
     """Run on (faults healed, clients done) until every live replica applied every chosen
     slot, for at most ``CONVERGE_BOUND`` seconds; then they must all hold one state, and
-    their applications must serialise it to the same bytes."""
+    their applications must serialise it to the same bytes. Returns the slots applied
+    and those bytes (None: no live replica)."""
 
     def target() -> int:
         return max((n.replica.first_unchosen for n in _applied(sim, ids).values()), default=0)
@@ -797,6 +831,7 @@ def _check_convergence(sim: Simulator, ids: list[int], divergence: DivergenceMon
                 for i, data in sorted(snapshots.items())
             ),
         )
+    return target(), next(iter(snapshots.values()), None)
 
 
 def _client(sim: Simulator, client_id: int) -> ServiceClient[Any]:
