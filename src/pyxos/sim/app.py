@@ -123,12 +123,10 @@ def app_replay_command(
         cmd += f" --workload {workload}"
     cmd += (
         f" --seed {seed} --nodes {nodes} --clients {clients} --ops {ops} "
-        f"--snapshot-every {snapshot_every} --faults {kinds}"
+        f"--snapshot-every {snapshot_every} --hash-seeds {hash_seeds} --faults {kinds}"
     )
     if mutant:
         cmd += f" --mutant {mutant}"
-    if hash_seeds != DEFAULT_HASH_SEEDS:
-        cmd += f" --hash-seeds {hash_seeds}"
     return cmd + " --trace"
 
 

@@ -115,7 +115,8 @@ def kv_replay_command(
     kinds = ",".join(sorted(faults)) or "none"
     cmd = (
         f"pyxos sim kv --seed {seed} --nodes {nodes} --clients {clients} --ops {ops} "
-        f"--keys {keys} --snapshot-every {snapshot_every} --faults {kinds}"
+        f"--keys {keys} --snapshot-every {snapshot_every} --hash-seeds {hash_seeds} "
+        f"--faults {kinds}"
     )
     if mutant in QUORUM_MUTANTS:
         half = max(1, nodes // 2)
@@ -125,8 +126,6 @@ def kv_replay_command(
     cmd += f" --q1 {sizes[0]} --q2 {sizes[1]}"
     if mutant:
         cmd += f" --mutant {mutant}"
-    if hash_seeds != DEFAULT_HASH_SEEDS:
-        cmd += f" --hash-seeds {hash_seeds}"
     return cmd + " --trace"
 
 
