@@ -147,6 +147,12 @@ def _run(
 ) -> dict[str, Any]:
     targets = _targets(opts["url"], opts["base_dir"], opts["ca"])
     security = {k: opts[k] for k in ("ca", "cert", "key", "token")}
+    if not opts["url"] and security["ca"] is None:  # a local TLS cluster: trust its CA
+        from pyxos.localcluster import ClusterError, LocalCluster
+
+        with contextlib.suppress(ClusterError):
+            ca_file = LocalCluster.load(Path(opts["base_dir"])).ca_file
+            security["ca"] = str(ca_file) if ca_file is not None else None
     return call(targets, method, path, body, **security)
 
 

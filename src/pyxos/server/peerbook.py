@@ -230,9 +230,10 @@ class PeerBook:
 
         from pyxos.net.tls import TlsError, client_context
 
-        base = url if url.startswith(("http://", "https://")) else f"http://{url}"
-        full = f"{base.rstrip('/')}/v1/members?node={self.node_id}"
         files = self.config.tls
+        scheme = "https" if files is not None else "http"  # a TLS cluster's HTTP is https
+        base = url if url.startswith(("http://", "https://")) else f"{scheme}://{url}"
+        full = f"{base.rstrip('/')}/v1/members?node={self.node_id}"
         token = os.environ.get("PYXOS_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
