@@ -93,7 +93,10 @@ def register_member_endpoints(
             return _json(503, {"error": "starting"})
         command = encode_member_op(op)
         try:
-            reply = await clients.call(lambda _c, _s: command, "member " + op.op)
+            # A list changes nothing: sent as a query, it gets 503 soon without a leader.
+            reply = await clients.call(
+                lambda _c, _s: command, "member " + op.op, read_only=op.op == "list"
+            )
         except NoLeader as e:
             return _json(503, {"error": "no leader right now", "leader": e.leader})
         except OutcomeUnknown as e:
