@@ -569,6 +569,43 @@ def test_cli_leader_transfer_and_its_errors(tmp_path: Path) -> None:
         runner.invoke(main, ["cluster", "stop", "--dir", str(base)])
 
 
+def test_cli_refuses_a_transfer_to_a_learner_and_to_a_removed_node(tmp_path: Path) -> None:
+    """Over real processes and the CLI: a learner (added with ``cluster add-node
+    --no-promote``) and a removed voter are refused with the reason (exit 1), nothing
+    changes, and a transfer to a voter then goes through and writes go on."""
+    runner = CliRunner()
+    base = tmp_path / "c"
+    d = str(base)
+    assert runner.invoke(main, ["cluster", "start", "--dir", d]).exit_code == 0
+    try:
+        cluster = LocalCluster.load(base)
+        old = cluster.wait_for_leader(20.0)
+        res = runner.invoke(main, ["cluster", "add-node", "--no-promote", "--dir", d])
+        assert res.exit_code == 0, res.output
+        res = runner.invoke(main, ["leader", "transfer", "--to", "4", "--dir", d])
+        assert res.exit_code == 1, res.output
+        assert "node 4 is a learner, not a voter (promote it first)" in res.output
+        gone, stays = (i for i in (1, 2, 3) if i != old)
+        res = runner.invoke(main, ["member", "remove", str(gone), "--dir", d])
+        assert res.exit_code == 0, res.output
+        leader = LocalCluster.load(base).wait_for_leader(20.0)
+        res = runner.invoke(main, ["leader", "transfer", "--to", str(gone), "--dir", d])
+        assert res.exit_code == 1, res.output
+        assert f"node {gone} was removed from the cluster" in res.output
+        assert LocalCluster.load(base).wait_for_leader(20.0) == leader
+        target = stays if leader != stays else old
+        res = runner.invoke(main, ["leader", "transfer", "--to", str(target), "--dir", d])
+        assert res.exit_code == 0, res.output
+        cluster = LocalCluster.load(base)
+        cluster.wait_until(lambda: cluster.leader() == target, 20.0, f"node {target} leading")
+        addresses = [cluster.nodes[i].client_address for i in (old, stays, 4)]
+        with Client(addresses, cluster=cluster.cluster_id) as c:
+            c.put("after", "transfer")
+            assert c.get("after") == "transfer"
+    finally:
+        runner.invoke(main, ["cluster", "stop", "--dir", d])
+
+
 # -- the preferred leader ---------------------------------------------------------------
 
 
