@@ -25,10 +25,11 @@ from pyxos.check.linearizability import check_history
 from pyxos.cli import main
 from pyxos.client import AsyncClient, Client, CommandRejected, OutcomeUnknown
 from pyxos.core.ballot import Ballot
-from pyxos.core.membership import ConfigChangeError
+from pyxos.core.membership import ConfigChangeError, encode_config_entry
 from pyxos.core.messages import (
     Accepted,
     Commit,
+    Entry,
     Prepare,
     PreVoteReply,
     Promise,
@@ -155,6 +156,28 @@ def test_no_transfer_while_a_change_is_proposed_and_no_change_while_a_transfer_r
     assert r.transfer_leadership(2) is None  # chosen: a voter of both may take over
     with pytest.raises(ConfigChangeError, match="a leader transfer to node 2 is under way"):
         r.promote(4)
+
+
+def test_a_transfer_whose_target_a_re_proposed_change_removes_is_given_up() -> None:
+    """A change re-proposed from an earlier ballot (no change of ours: none refused
+    the transfer) is chosen while the transfer waits, and it removes the target: the
+    leader gives up before abdicating, and leads on."""
+    r = _core()
+    r.tick(1.0)
+    r.advance()
+    r.step(PreVoteReply(2, r.ballot, True))
+    r.advance()
+    b = r.ballot
+    change = encode_config_entry(r.membership.latest.remove(3))
+    r.step(Promise(2, b, (Entry(0, Ballot(0, 2), change),), 0))
+    assert r.role is Role.LEADER and r.in_flight[0].value == change
+    assert r.transfer_leadership(3) is None
+    _ack(r, b, range(0, 1), 1, 2)  # chosen: node 3 leaves at slot ALPHA
+    r.step(TransferReady(3, b, 1))
+    assert r.transfer is None and r.role is Role.LEADER
+    assert r.transfer_result.startswith("failed: node 3 is being removed")
+    assert not [m for _, m in _out(r) if isinstance(m, TimeoutNow)]
+    assert r.lease_forfeited != b
 
 
 def test_a_learner_or_a_removed_node_never_campaigns_on_timeout_now() -> None:

@@ -669,6 +669,12 @@ class Replica:
                 f"a configuration change (epoch {self.config_change}) is being proposed: "
                 "transfer once it is chosen"
             )
+        return self._target_refusal(target)
+
+    def _target_refusal(self, target: int) -> str | None:
+        """Why ``target`` cannot lead after us: it must be a voter of every
+        configuration in reach (the one governing our first unchosen slot and the
+        pending ones), or it could not run, or would step down at once."""
         reach = self.membership.from_slot(self.first_unchosen)
         current = reach[0][1]
         if target in self.membership.retired:
@@ -1232,6 +1238,14 @@ class Replica:
             or self.in_flight
             or msg.first_unchosen < self.first_unchosen
         ):
+            return
+        why = self._target_refusal(t.target)
+        if why is not None:
+            # A change re-proposed from an earlier ballot was chosen meanwhile and does
+            # not count the target: give up before abdicating.
+            self.transfer = None
+            self.transfer_result = f"failed: {why}; this node resumed"
+            self._fill_window()
             return
         # Abdicate: the lease ends now and never comes back in this ballot, so the
         # acceptors may drop the grants behind it (the target's Prepare then goes
