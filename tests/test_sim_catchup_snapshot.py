@@ -57,3 +57,18 @@ def test_a_snapshot_announced_under_a_slot_it_does_not_cover_is_caught(
     monkeypatch.setattr(ServiceNode, "_announce_snapshot", off_by_one)
     caught = [s for s in range(20) if run_kv(s, nodes=3, faults=FAULTS, trace=False).violation]
     assert caught, "a mislabelled catch-up snapshot survived 20 seeds"
+
+
+def test_a_transfer_whose_source_lost_the_snapshot_starts_over() -> None:
+    """Seed 58 of ``pyxos sim app --app lock --nodes 3 --faults all,disk`` (found by the
+    300-seed sweep of issue 10): node 3 announced a catch-up snapshot of slot 17 (taken
+    from its applied state, not durable) to the leader and was then wiped; rebuilt, it
+    answered every request for slot 17 with its own snapshot of slot 8, which the leader
+    ignored as older than the transfer under way. The leader, missing slots 0..16, never
+    applied again: every client stuck (a liveness violation). A transfer's source that
+    announces another snapshot no longer holds ours: the receiver starts over with the
+    one that exists (and a transfer that stalls gives way to any announcement)."""
+    from pyxos.sim.app import run_app
+
+    r = run_app(58, "lock", nodes=3, faults=FAULTS, trace=False, hash_seeds=0)
+    assert r.violation is None, f"{r.violation}\n  replay: {r.replay}"
