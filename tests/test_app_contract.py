@@ -84,6 +84,68 @@ def test_an_exception_in_apply_is_that_commands_answer_and_is_remembered() -> No
     assert good.result == b"3"
 
 
+class Abort(BaseException):
+    """Raised by an application's own code: not an ``Exception``."""
+
+
+class Raising(TinyCounter):
+    """Commands: a decimal to add, ``abort`` (a BaseException of its own), ``cancel``
+    (``asyncio.CancelledError``), ``interrupt`` (``KeyboardInterrupt``), ``exit``."""
+
+    def apply(self, command: bytes) -> bytes:
+        if command == b"abort":
+            raise Abort("gave up")
+        if command == b"cancel":
+            raise asyncio.CancelledError()
+        if command == b"interrupt":
+            raise KeyboardInterrupt
+        if command == b"exit":
+            raise SystemExit(3)
+        return super().apply(command)
+
+    def query(self, q: bytes) -> bytes:
+        if q == b"abort":
+            raise Abort("no answer")
+        if q == b"interrupt":
+            raise KeyboardInterrupt
+        return super().query(q)
+
+
+def test_a_base_exception_of_the_application_is_that_commands_answer() -> None:
+    """One that escaped would crash every replica at the same slot, and again at every
+    restart (the slot is in the log): it is answered like any exception."""
+    s = ReplicatedApp(Raising())
+    applied = s.apply(0, encode_batch([(1, 1, b"2"), (2, 1, b"abort"), (3, 1, b"cancel")]))
+    assert [a.error for a in applied] == [
+        None,
+        "apply raised Abort: gave up",
+        "apply raised CancelledError: ",
+    ]
+    assert s.app.n == 2 and s.session(2) == (1, b"")
+    [again] = s.apply(1, encode_batch([(2, 1, b"abort")]))  # the retry: the stored answer
+    assert again == applied[1]
+    assert s.query(b"abort").error == "query raised Abort: no answer"
+    assert s.apply(2, encode_batch([(1, 2, b"3")]))[0].result == b"5"
+
+
+@pytest.mark.parametrize(
+    ("command", "exit_type"), [(b"interrupt", KeyboardInterrupt), (b"exit", SystemExit)]
+)
+def test_a_process_exit_inside_apply_propagates_and_the_state_applies_no_more(
+    command: bytes, exit_type: type[BaseException]
+) -> None:
+    """Ctrl-C lands wherever the process is: recorded as the command's answer, it would
+    be this replica's answer only. It stops the node; the state it cut short refuses
+    to go on (the node restarts from its snapshot and log)."""
+    s = ReplicatedApp(Raising())
+    with pytest.raises(exit_type):
+        s.apply(0, encode_batch([(1, 1, b"2"), (2, 1, command), (3, 1, b"4")]))
+    with pytest.raises(RuntimeError, match="cut short by"):
+        s.apply(1, encode_batch([(1, 2, b"1")]))
+    with pytest.raises(KeyboardInterrupt):
+        ReplicatedApp(Raising()).query(b"interrupt")
+
+
 def test_one_snapshot_blob_holds_the_sessions_and_the_application() -> None:
     s = ReplicatedApp(TinyCounter())
     s.apply(0, encode_batch([(1, 1, b"4"), (2, 1, b"1")]))

@@ -171,6 +171,42 @@ def test_exceptions_are_results() -> None:
         call(h, "s", "custom")
 
 
+def test_a_base_exception_of_a_body_is_a_result_and_a_process_exit_is_not() -> None:
+    """A ``BaseException`` subclass of the user's own is the same on every replica: the
+    call's result (raised again in the caller as ``ReplicatedError``). A Ctrl-C or
+    ``SystemExit`` is about the process and propagates."""
+
+    class Abort(BaseException):
+        pass
+
+    class Risky(Replicated):
+        n: int = 0
+
+        @replicated
+        def go(self, how: str) -> int:
+            self.n += 1
+            if how == "abort":
+                raise Abort("stop here")
+            if how == "interrupt":
+                raise KeyboardInterrupt
+            return self.n
+
+        @query
+        def peek(self, how: str) -> int:
+            if how == "abort":
+                raise Abort("no peeking")
+            return self.n
+
+    h = ObjectHost({"r": Risky()})
+    with pytest.raises(ReplicatedError, match="Abort: stop here"):
+        call(h, "r", "go", "abort")
+    with pytest.raises(ReplicatedError, match="Abort: no peeking"):
+        call(h, "r", "peek", "abort")
+    with pytest.raises(KeyboardInterrupt):
+        call(h, "r", "go", "interrupt")
+    assert call(h, "r", "go", "ok") == 3
+
+
 def test_snapshot_round_trip_and_refusals() -> None:
     h = fresh()
     call(h, "c", "incr", 7)

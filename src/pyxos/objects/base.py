@@ -82,6 +82,10 @@ TICK_OBJECT: Final = ""
 
 SNAPSHOT_VERSION: Final = 1
 
+# What a method body may raise that ends the process rather than answers the call
+# (pyxos.statemachine.replicated.PROCESS_EXITS; this layer imports nothing of pyxos).
+_PROCESS_EXITS: Final = (KeyboardInterrupt, SystemExit)
+
 _encoder = msgspec.msgpack.Encoder()
 _call_decoder = msgspec.msgpack.Decoder(tuple[str, str, msgspec.Raw])
 _result_decoder = msgspec.msgpack.Decoder(tuple[bool, msgspec.Raw])
@@ -467,7 +471,9 @@ class ObjectHost:
             return _fail("Refused", f"bad call: {e}")
         try:
             value = m.fn(obj, *args)
-        except Exception as e:
+        except _PROCESS_EXITS:
+            raise
+        except BaseException as e:  # a body's own BaseException too: the same everywhere
             return _fail(type(e).__name__, str(e))
         return _ok(value)
 
@@ -479,7 +485,9 @@ class ObjectHost:
             return _fail("Refused", f"bad query: {e}")
         try:
             value = m.fn(obj, *args)
-        except Exception as e:
+        except _PROCESS_EXITS:
+            raise
+        except BaseException as e:  # a body's own BaseException too: the same everywhere
             return _fail(type(e).__name__, str(e))
         return _ok(value)
 

@@ -12,7 +12,9 @@ slots, no batches, no clients, no retries. It implements four methods on ``bytes
   iteration order that is not itself part of the state), so every replica that applies
   the same commands from the same snapshot reaches the same state and returns the same
   result bytes. An exception raised by ``apply`` is caught and becomes an error answer
-  (the same on every replica); the state must not be left half-changed by it.
+  (the same on every replica); the state must not be left half-changed by it. That
+  holds for ``BaseException`` subclasses too, but ``KeyboardInterrupt`` and
+  ``SystemExit``: those are about the process, not the command, and stop the node.
 - ``query(q) -> result``: answer a read-only question from the current state. It never
   enters the log: the leader serves it under its lease, or once a quorum confirmed its
   leadership after the query arrived (read-index), and in both cases once every slot

@@ -31,7 +31,15 @@ value that does not decode as a batch cannot come from a correct leader; it cons
 its slot, produces no results and is counted in ``malformed``. Nothing here raises on a
 chosen value: a replica that crashed on one would crash again on every restart. An
 exception from the application's ``apply`` becomes that command's error answer
-(recorded in the session like any result).
+(recorded in the session like any result): every exception, ``BaseException``
+subclasses of the application's own (and ``asyncio.CancelledError``, ``GeneratorExit``)
+included, since one that escaped would crash every replica at the same slot, and again
+at every restart. Only :data:`PROCESS_EXITS` (``KeyboardInterrupt``, ``SystemExit``)
+propagate: they are about the process, not the command (a Ctrl-C lands wherever the
+process happens to be), so recording them as the command's answer would make this
+replica's answer differ from the others'. A state interrupted half-way through a batch
+refuses to apply any more (``RuntimeError``): the node restarts from its snapshot and
+its log.
 
 One snapshot blob holds both halves (never pickle: it arrives from peers): the
 ``applied_slot``, the sessions in LRU order, and the application's own ``snapshot()``
@@ -60,6 +68,7 @@ from pyxos.statemachine.base import Application, Applied
 
 __all__ = [
     "DEFAULT_MAX_SESSIONS",
+    "PROCESS_EXITS",
     "ReplicatedApp",
     "ReplicatedAppWithoutDedup",
     "decode_batch",
@@ -70,6 +79,10 @@ DEFAULT_MAX_SESSIONS: Final = 100_000
 """Default bound on the client sessions the layer remembers."""
 
 SNAPSHOT_VERSION: Final = 2
+
+PROCESS_EXITS: Final = (KeyboardInterrupt, SystemExit)
+"""Exceptions from the application that end the process instead of answering the
+command (see the module notes); every other one becomes an error answer."""
 
 A = TypeVar("A", bound=Application)
 
@@ -139,6 +152,8 @@ class ReplicatedApp(Generic[A]):
         self._reject: Callable[[str], bytes] | None = getattr(app, "reject", None)
         self.validate: Callable[[bytes], str | None] | None = getattr(app, "validate", None)
         """The application's ``validate``, or None if it has none."""
+        # Why this state may apply no more (a process exit cut a batch short), or None.
+        self._interrupted: str | None = None
 
     # -- the StateMachine contract -----------------------------------------------------
 
@@ -149,6 +164,8 @@ class ReplicatedApp(Generic[A]):
 
     def apply(self, slot: int, value: bytes) -> list[Applied]:
         """Apply the chosen batch ``value`` of ``slot``; see ``StateMachine.apply``."""
+        if self._interrupted is not None:
+            raise RuntimeError(self._interrupted)
         if slot != self._applied_slot:
             kind = "a repeat" if slot < self._applied_slot else "a gap"
             raise ValueError(
@@ -177,7 +194,14 @@ class ReplicatedApp(Generic[A]):
                     continue
             try:
                 done = Applied(client, seq, apply_one(command))
-            except Exception as e:  # the application's bug becomes an answer
+            except PROCESS_EXITS as e:
+                self._interrupted = (
+                    f"slot {slot} was cut short by {type(e).__name__} inside the "
+                    "application's apply: this state is no longer a replica's; restart "
+                    "from the snapshot and the log"
+                )
+                raise
+            except BaseException as e:  # the application's bug becomes an answer
                 done = self.failure(client, seq, f"apply raised {type(e).__name__}: {e}")
             sessions[client] = done
             applied.append(done)
@@ -204,10 +228,13 @@ class ReplicatedApp(Generic[A]):
 
     def query(self, q: bytes) -> Applied:
         """Answer the read-only question ``q`` from the applied state (client and seq
-        0: the caller addresses the reply). An exception becomes an error answer."""
+        0: the caller addresses the reply). An exception becomes an error answer
+        (but :data:`PROCESS_EXITS`, which propagate)."""
         try:
             return Applied(0, 0, self.app.query(q))
-        except Exception as e:  # the application's bug becomes an answer
+        except PROCESS_EXITS:
+            raise
+        except BaseException as e:  # the application's bug becomes an answer
             return self.failure(0, 0, f"query raised {type(e).__name__}: {e}")
 
     def session(self, client: int) -> tuple[int, bytes] | None:

@@ -93,7 +93,12 @@ from pyxos.core.ready import Ready, Send
 from pyxos.core.replica import Replica, Role
 from pyxos.statemachine.base import Application, Applied
 from pyxos.statemachine.members import PROBE_CLIENT, MemberDesk
-from pyxos.statemachine.replicated import DEFAULT_MAX_SESSIONS, ReplicatedApp, encode_batch
+from pyxos.statemachine.replicated import (
+    DEFAULT_MAX_SESSIONS,
+    PROCESS_EXITS,
+    ReplicatedApp,
+    encode_batch,
+)
 
 __all__ = ["AuditFn", "ServiceNode", "results_digest", "unwrap_snapshot", "wrap_snapshot"]
 
@@ -542,7 +547,9 @@ class ServiceNode:
         if validate is not None:
             try:
                 error = validate(msg.command)
-            except Exception as e:  # the application's bug is a refusal
+            except PROCESS_EXITS:
+                raise
+            except BaseException as e:  # the application's bug is a refusal
                 error = f"validate raised {type(e).__name__}: {e}"
             if error is not None:
                 self.rejected += 1
