@@ -111,6 +111,24 @@ def test_lock_fencing_and_expiry_by_log_time() -> None:
     assert call(h, "l", "state") == LockState(holder="b", token=2, expires=9, now=7)
 
 
+def test_without_ticks_a_lock_ages_by_its_waiters_and_a_client_may_tick() -> None:
+    """Under ``pyxos serve`` (a factory returning an ObjectHost) nobody submits ticks:
+    by design a lock's time moves with the commands on it only, so an abandoned grant
+    ends after ``ttl`` attempts of a waiter; a client may also submit the tick command
+    itself (it passes ``validate``, as any client's command must)."""
+    h = fresh()
+    assert call(h, "l", "acquire", "gone", 2) == 1  # time 1, through 3; then abandoned
+    for _ in range(20):
+        call(h, "c", "incr")  # traffic elsewhere in the log: the lock's time stands still
+    assert call(h, "l", "acquire", "w", 2) is None  # 2
+    assert call(h, "l", "acquire", "w", 2) is None  # 3
+    assert call(h, "l", "acquire", "w", 2) == 2  # 4: the waiter's own attempts aged it
+    assert h.validate(tick_command()) is None
+    h.apply(tick_command())  # 5
+    h.apply(tick_command())  # 6
+    assert call(h, "l", "acquire", "x", 2) == 3  # 7: w's grant (through 6) ran out by ticks
+
+
 def test_lock_release_renew_and_tokens() -> None:
     h = fresh()
     assert call(h, "l", "acquire", "a", 2) == 1  # time 1, through 3

@@ -26,6 +26,12 @@ The lock (:class:`Lock`) hands out *fencing tokens* and expires by *log time*:
   (``pyxos.embedded``), and each tick moves every lock's clock by one. ``ttl`` thus
   bounds a grant by activity *and* (with ticks on) by about ``ttl * tick_interval``
   seconds, whichever comes first; safety never depends on it, only on the tokens.
+  Under ``pyxos serve`` (a factory returning an ``ObjectHost``) no node submits ticks
+  (the ticker is the embedded node's), so there a lock ages only by the commands on it:
+  by design, expiry is by log time, never a clock. An abandoned grant ends after
+  ``ttl`` attempts of those waiting for it; for expiry on a quiet cluster, a client
+  submits ``tick_command()`` on a timer of its own (an ordinary command: it passes
+  ``validate``), with the effect of the embedded leader's ticks.
 
 The lock's operations and their semantics are those of the lock model being written
 for the linearizability checker (issue 10, item 4): ``acquire(owner, ttl) -> token |
