@@ -201,3 +201,22 @@ def test_the_recovered_leader_does_not_propose_a_disowned_id_back() -> None:
     with pytest.raises(ConfigChangeError, match=r"nodes \[1\] belong to the cluster before"):
         r.add_learner(1)
     assert r.add_learner(4) == plan.configuration.epoch + 1  # a new id: fine
+
+
+def test_re_proposals_far_beyond_the_window_are_all_decided_in_order() -> None:
+    """600 slots with holes, 8 slots of window (and alpha): the recovered leader
+    re-decides them all, each with the value it accepted there or a no-op."""
+    entries = [Entry(s, B2 if s % 3 else B1, b"v%d" % s) for s in range(600) if s % 7]
+    plan = plan_recovery(
+        3,
+        accepted=entries,
+        promised=B2,
+        snapshot_slot=0,
+        chosen_watermark=100,
+        configurations=[FOUNDING],
+    )
+    assert (plan.known_held, plan.known_not_held, plan.accepted_not_known_chosen) == (85, 15, 429)
+    r = Replica(3, FOUNDING, random.Random(3), config=CFG, promised=B2, accepted=entries)
+    r.force_configuration(plan.configuration, plan.disowned, "recovered")
+    got = {e.slot: e.value for e in _run_alone(r, 20.0)}
+    assert got == {s: (b"v%d" % s if s % 7 else NOOP) for s in range(600)}
