@@ -6,6 +6,11 @@ A lost majority: when the replica reports ``majority_lost`` (the nodes without s
 contain a quorum), the driver logs it once per occurrence, and ``status`` (hence
 ``/v1/status``, the ``pyxos_majority_lost`` metric and ``pyxos status``) says so with
 the recovery pointer ``MAJORITY_LOST_RECOVERY``.
+
+A node that was removed, or disowned by a forced recovery, says so once in the log and
+in ``status`` (``"state": "removed"`` and the reason it was given). A node whose data
+directory went through ``pyxos recover --force-new-cluster`` shows the newest recovery
+as ``recovered`` (when, from which node, what may have been lost: docs/recovery.md).
 """
 
 from __future__ import annotations
