@@ -751,11 +751,21 @@ class _MembershipDriver:
                 nemesis._restart(i)
 
     def _track(self, replica: Replica) -> None:
-        """The nemesis faults the nodes of the current and pending configurations."""
+        """The nemesis faults the nodes of the current and pending configurations: of
+        every live replica's, not only the leader's. A node removed where the leader
+        stands is still a voter of the slots a replica behind it has not learned, and
+        may be needed there if the leader loses its state (the transfer sweep found a
+        5-node run where the leader, which alone knew those slots, was wiped while the
+        removed voter was down and, no longer counted, rebuilding too: no phase-1
+        quorum of their configuration was left)."""
         nemesis = self.nemesis
         if nemesis is None:
             return
         members = set(replica.members)
+        for i in self.ids:
+            node = self.sim.node(i)
+            if isinstance(node, ServiceNode) and node.replica.removed is None:
+                members.update(node.replica.members)  # (a removed node's view is stale)
         for gone in [s for s in nemesis.servers if s not in members]:
             nemesis.servers.remove(gone)
             nemesis.crashed.discard(gone)
