@@ -235,3 +235,21 @@ def test_a_retry_of_an_answered_request_gets_the_same_answer() -> None:
     net.run(0.05)
     again = net.replies.pop(net.seq)
     assert again.result == first.result
+
+
+def test_quorum_sizes_of_a_change_and_a_learner_keeps_them() -> None:
+    net = elected([1, 2, 3])
+    leader = net.leader()
+    net.start(4)
+    assert net.ask(leader, MemberOp(op="add", node=4, address="h:4")).error is None
+    net.run(0.3)
+    bad = net.ask(leader, MemberOp(op="promote", node=4, q1=2, q2=2))
+    assert bad.error is not None and "do not intersect" in bad.error, bad.error
+    good = net.ask(leader, MemberOp(op="promote", node=4, q1=3, q2=2))
+    assert good.error is None, good.error
+    latest = net.nodes[leader].replica.membership.latest
+    assert (latest.voters, latest.q1, latest.q2) == ((1, 2, 3, 4), 3, 2)
+    net.start(5)
+    assert net.ask(leader, MemberOp(op="add", node=5, address="h:5")).error is None
+    latest = net.nodes[leader].replica.membership.latest
+    assert (latest.learners, latest.q1, latest.q2) == ((5,), 3, 2), "a learner keeps the sizes"

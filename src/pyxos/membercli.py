@@ -198,20 +198,31 @@ def member_add(node: int, addr: str, **opts: Any) -> None:
     _done(_run("POST", "/v1/members", {"node": node, "address": addr}, opts))
 
 
+def _sizes(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option(
+        "--q2", type=click.IntRange(0), default=0, help="New phase-2 quorum size (0: majority)."
+    )(f)
+    return click.option(
+        "--q1", type=click.IntRange(0), default=0, help="New phase-1 quorum size (0: majority)."
+    )(f)
+
+
 @member.command("promote")
 @click.argument("node", type=click.IntRange(1))
+@_sizes
 @_options
-def member_promote(node: int, **opts: Any) -> None:
+def member_promote(node: int, q1: int, q2: int, **opts: Any) -> None:
     """Make learner NODE a voter (refused unless it has caught up)."""
-    _done(_run("POST", f"/v1/members/{node}/promote", None, opts))
+    _done(_run("POST", f"/v1/members/{node}/promote", {"q1": q1, "q2": q2}, opts))
 
 
 @member.command("remove")
 @click.argument("node", type=click.IntRange(1))
+@_sizes
 @_options
-def member_remove(node: int, **opts: Any) -> None:
+def member_remove(node: int, q1: int, q2: int, **opts: Any) -> None:
     """Remove NODE for good (the leader too: it hands over); its id is never reused."""
-    _done(_run("DELETE", f"/v1/members/{node}", None, opts))
+    _done(_run("DELETE", f"/v1/members/{node}?q1={q1}&q2={q2}", None, opts))
     _mark_removed(opts, node)
 
 
@@ -219,11 +230,13 @@ def member_remove(node: int, **opts: Any) -> None:
 @click.argument("old", type=click.IntRange(1))
 @click.argument("new", type=click.IntRange(1))
 @click.option("--addr", required=True, help="The new node's peer address, host:port.")
+@_sizes
 @_options
-def member_replace(old: int, new: int, addr: str, **opts: Any) -> None:
+def member_replace(old: int, new: int, addr: str, q1: int, q2: int, **opts: Any) -> None:
     """Voter OLD leaves and the new id NEW votes in its place, in one change (for a dead
     node whose data directory is gone); start NEW with --join."""
-    _done(_run("POST", f"/v1/members/{old}/replace", {"new": new, "address": addr}, opts))
+    body = {"new": new, "address": addr, "q1": q1, "q2": q2}
+    _done(_run("POST", f"/v1/members/{old}/replace", body, opts))
     _mark_removed(opts, old)
 
 

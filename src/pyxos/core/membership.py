@@ -177,11 +177,12 @@ class Configuration(msgspec.Struct, frozen=True, array_like=True):
         return msgspec.structs.replace(self, addresses=tuple((have | extra).items()))
 
     def add_learner(self, node: int, address: str = "") -> Configuration:
-        """``node`` (a new id) receives the log without voting (at ``address``)."""
+        """``node`` (a new id) receives the log without voting (at ``address``); the
+        voters and their quorum sizes stay as they are."""
         if node in self.voters or node in self.learners:
             raise ConfigChangeError(f"node {node} is already a member")
         added = ((node, address),) if address else ()
-        return self._next(self.voters, (*self.learners, node), 0, 0, added)
+        return self._next(self.voters, (*self.learners, node), self.q1, self.q2, added)
 
     def promote(self, node: int, *, q1: int = 0, q2: int = 0) -> Configuration:
         """Learner ``node`` becomes a voter (quorum sizes: majorities unless given)."""

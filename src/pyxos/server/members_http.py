@@ -16,6 +16,10 @@ leader's ``MemberDesk`` checks and makes the change and answers once it is chose
 - ``POST /v1/members/N/replace`` ``{"new": M, "address": "host:port"}``: voter N
   leaves and the new id M votes in its place, in one change.
 
+A change of the voters takes majority quorums of the new voters unless ``q1``/``q2``
+(flexible quorums, ``q1 + q2`` above the number of voters) are given, in the body or
+the query (``DELETE /v1/members/N?q1=3&q2=2``); adding a learner keeps the sizes.
+
 Answers: ``200`` with the leader's answer (``done``, ``epoch``, ``configuration``);
 ``400 {"error"}`` for a malformed request or one the membership forbids (unknown id,
 reused id, not a learner); ``409 {"error"}`` for one that may succeed later (another
@@ -149,17 +153,37 @@ def register_member_endpoints(
             MemberOp(op="add", node=int_field(doc, "node"), address=address_field(doc))
         )
 
+    def sizes(doc: dict[str, Any], request: web.Request) -> tuple[int, int]:
+        """``q1``/``q2`` from the body or the query (absent: 0, a majority)."""
+        out: dict[str, int] = {}
+        for name in ("q1", "q2"):
+            value = doc.get(name, request.query.get(name, 0))
+            if isinstance(value, str) and value.isascii() and value.isdigit():
+                value = int(value)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise web.HTTPBadRequest(
+                    text=json.dumps({"error": f'"{name}" must be a quorum size >= 0'}),
+                    content_type="application/json",
+                )
+            out[name] = value
+        return out["q1"], out["q2"]
+
     async def promote(request: web.Request) -> web.Response:
-        return await ask(MemberOp(op="promote", node=_node_id(request)))
+        node_id, doc = _node_id(request), await document(request)
+        q1, q2 = sizes(doc, request)
+        return await ask(MemberOp(op="promote", node=node_id, q1=q1, q2=q2))
 
     async def remove(request: web.Request) -> web.Response:
-        return await ask(MemberOp(op="remove", node=_node_id(request)))
+        node_id, doc = _node_id(request), await document(request)
+        q1, q2 = sizes(doc, request)
+        return await ask(MemberOp(op="remove", node=node_id, q1=q1, q2=q2))
 
     async def replace(request: web.Request) -> web.Response:
         old = _node_id(request)
         doc = await document(request)
-        op = MemberOp(op="replace", node=old, new=int_field(doc, "new"), address=address_field(doc))
-        return await ask(op)
+        new, address = int_field(doc, "new"), address_field(doc)
+        q1, q2 = sizes(doc, request)
+        return await ask(MemberOp(op="replace", node=old, new=new, address=address, q1=q1, q2=q2))
 
     app.router.add_get("/v1/members", members)
     app.router.add_post("/v1/members", add)

@@ -113,7 +113,7 @@ def node_status(
         "first_unchosen": replica.first_unchosen,
         "applied": node.state.applied_slot,
         "app": config.app,
-        "quorum": dict(zip(("q1", "q2"), config.quorum_sizes, strict=True)),
+        "quorum": {"q1": replica.quorum.q1, "q2": replica.quorum.q2},  # in force
         "transfer": replica.transfer_result,
         "preferred_leader": replica.preferred_leader,
         "keys": len(node.app) if isinstance(node.app, KVStore) else 0,

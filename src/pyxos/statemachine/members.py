@@ -90,6 +90,11 @@ class MemberOp(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """``replace``: the new node id taking ``node``'s place."""
     address: str = ""
     """``add``/``replace``: the new node's peer address, ``host:port``."""
+    q1: int = 0
+    """``promote``/``remove``/``replace``: the new phase-1 quorum size (0: a majority
+    of the new voters; ``q1 + q2`` must exceed their number)."""
+    q2: int = 0
+    """Likewise, the new phase-2 quorum size."""
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -120,6 +125,8 @@ def decode_member_op(command: bytes) -> MemberOp:
         raise ValueError("replace: a new node id >= 1, other than the one replaced, is needed")
     if op.op in ("add", "replace") and op.address and not _plausible_address(op.address):
         raise ValueError(f"{op.op}: address {op.address!r} is not host:port")
+    if op.q1 < 0 or op.q2 < 0:
+        raise ValueError(f"{op.op}: quorum sizes must be >= 0 (0: a majority)")
     return op
 
 
@@ -392,11 +399,11 @@ class MemberDesk:
         if op.op == "add":
             config = latest.add_learner(op.node, op.address)
         elif op.op == "promote":
-            config = latest.promote(op.node)
+            config = latest.promote(op.node, q1=op.q1, q2=op.q2)
         elif op.op == "remove":
-            config = latest.remove(op.node)
+            config = latest.remove(op.node, q1=op.q1, q2=op.q2)
         else:
-            config = latest.replace(op.node, op.new, address=op.address)
+            config = latest.replace(op.node, op.new, q1=op.q1, q2=op.q2, address=op.address)
         why = self.replica.membership.check(config)
         if why is not None:
             raise ConfigChangeError(why)
