@@ -6,12 +6,13 @@ Mutual TLS between nodes (``pyxos.net.tls``) needs a cluster CA and, for every n
 certificate signed by it. ``init_certs`` makes them with the ``cryptography``
 package: one self-signed CA (``ca.pem``, ``ca.key``), ``node<N>.pem``/``node<N>.key``
 for nodes 1..N and ``client.pem``/``client.key`` for clients that want to present a
-certificate. Keys are ECDSA P-256; every private key file is created with mode 0600
-(never world-readable, not even for a moment: it is opened with that mode). Every
-leaf certificate names 127.0.0.1 and localhost (plus any ``hosts``) as subject
-alternative names, because the dialer checks the server's certificate against the
-address it dialed. This is for local and test clusters; a production cluster would
-use its own PKI and keep the CA key offline.
+certificate; ``add_node_cert`` signs one more node's with the same CA (a node added to
+the cluster later, ``pyxos cluster add-node``). Keys are ECDSA P-256; every private
+key file is created with mode 0600 (never world-readable, not even for a moment: it
+is opened with that mode). Every leaf certificate names 127.0.0.1 and localhost (plus
+any ``hosts``) as subject alternative names, because the dialer checks the server's
+certificate against the address it dialed. This is for local and test clusters; a
+production cluster would use its own PKI and keep the CA key offline.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CertFiles", "init_certs"]
+__all__ = ["CertFiles", "add_node_cert", "init_certs"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,3 +157,72 @@ def init_certs(
     node_files = {n: leaf(f"{cluster} node {n}", f"node{n}") for n in range(1, nodes + 1)}
     client = leaf(f"{cluster} client", "client")
     return CertFiles(ca_path, ca_key_path, node_files, client)
+
+
+def add_node_cert(
+    directory: str | Path,
+    node_id: int,
+    *,
+    hosts: Iterable[str] = (),
+    days: int = 825,
+    cluster: str = "pyxos",
+) -> tuple[Path, Path]:
+    """Sign a certificate for node ``node_id`` with the CA ``init_certs`` made in
+    ``directory`` (``ca.pem``, ``ca.key``); returns ``(node<N>.pem, node<N>.key)``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    out = Path(directory)
+    ca_cert = x509.load_pem_x509_certificate((out / "ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((out / "ca.key").read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{out / 'ca.key'} is not the EC key init_certs makes")
+    names: list[x509.GeneralName] = [
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.DNSName("localhost"),
+    ]
+    for host in hosts:
+        try:
+            general: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
+        except ValueError:
+            general = x509.DNSName(host)
+        if general not in names:
+            names.append(general)
+    now = datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{cluster} node {node_id}")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert_path, key_path = out / f"node{node_id}.pem", out / f"node{node_id}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(
+        key_path,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    return cert_path, key_path

@@ -208,8 +208,6 @@ class LocalCluster:
         add``) before it starts (``start_node``)."""
         import tomllib
 
-        if self.tls:
-            raise ClusterError("adding a node to a TLS cluster is not supported yet")
         model_id = min(self.nodes)
         try:
             model = tomllib.loads((self.base_dir / f"node-{model_id}.toml").read_text())
@@ -217,7 +215,7 @@ class LocalCluster:
             raise ClusterError(f"cannot read node-{model_id}.toml: {e}") from None
         node_id = max(self.nodes) + 1
         peer, client, http = free_ports(3)
-        node = LocalNode(node_id, peer, client, http, HOST, False, joined=True)
+        node = LocalNode(node_id, peer, client, http, HOST, self.tls, joined=True)
         lo, hi = model.get("election_timeout", (0.3, 0.6))
         lines = [
             f"cluster_id = {json.dumps(self.cluster_id)}",
@@ -231,6 +229,13 @@ class LocalCluster:
         ]
         if "app" in model:
             lines.append(f"app = {json.dumps(model['app'])}")
+        if self.tls:  # a certificate of its own, signed by the cluster's CA
+            from pyxos.certs import add_node_cert
+
+            certs = self.base_dir / "certs"
+            cert, key = add_node_cert(certs, node_id, cluster=self.cluster_id)
+            lines.append(f'tls_ca = "{certs / "ca.pem"}"')
+            lines.append(f'tls_cert = "{cert}"\ntls_key = "{key}"')
         # Only itself: the members and the founding configuration come from the
         # cluster when it joins (server.peerbook).
         lines.append(f'peers = {{ "{node_id}" = "{HOST}:{peer}" }}')
