@@ -134,10 +134,12 @@ class PeerBook:
         learned = dict(self.learned)
         for config in m.configs:
             learned.update(config.addresses)
+        # The replica's own view, not a union over time: a node restarted behind a
+        # removal still counts the removed node as a member (the core's rule), so it
+        # must reach it until it has caught up past the removal again.
         retired = set(m.retired) - {self.node_id}
-        if learned != self.learned or not retired <= self.retired:
-            self.learned = {n: a for n, a in learned.items() if n not in retired}
-            self.retired |= retired
+        if learned != self.learned or retired != self.retired:
+            self.learned, self.retired = learned, retired
             self._save()
         if self.links is None:
             return
