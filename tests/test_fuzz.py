@@ -233,6 +233,14 @@ PATHS = st.one_of(
     st.builds(lambda k: f"/v1/kv/{k}", st.text(min_size=1, max_size=30)),
     st.builds(lambda k: f"/v1/kv/{k}/cas", st.text(min_size=1, max_size=10)),
     st.builds(lambda q: f"/v1/kv?{q}", st.text(max_size=40)),
+    # Member requests: the body is fuzzed on /v1/members (a valid one adds a learner);
+    # an id that never parses keeps the rest from changing the membership.
+    st.sampled_from(["/v1/members", "/v1/members?node=x"]),
+    st.builds(
+        lambda k, tail: f"/v1/members/{k}x{tail}",
+        st.text(max_size=10),
+        st.sampled_from(["", "/promote", "/replace"]),
+    ),
 )
 BODIES = st.one_of(
     st.binary(max_size=200),
