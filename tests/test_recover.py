@@ -19,6 +19,7 @@ from pyxos.core.membership import Configuration, MembershipState
 from pyxos.core.messages import Entry
 from pyxos.core.quorum import Majority
 from pyxos.core.ready import Persist
+from pyxos.core.recovery import plan_recovery
 from pyxos.core.replica import Replica
 from pyxos.server.config import Config
 from pyxos.server.node import NodeServer, NodeStartupError
@@ -238,3 +239,34 @@ def test_the_snapshot_it_serves_carries_the_forced_configuration_not_the_old_one
     joiner = Replica(6, outcome.plan.configuration, random.Random(6))
     joiner.install_membership(membership)
     assert joiner.configuration == outcome.plan.configuration
+
+
+def test_learned_values_survive_a_restart_and_a_checkpoint(tmp_path: Path) -> None:
+    """Chosen values learned from a peer (not accepted here) are logged as LEARNED,
+    read back, repeated by a checkpoint from its slot on, and never enter the acceptor
+    state a phase-1 report is made from."""
+    durable, _ = DurableAcceptor.open(tmp_path, segment_bytes=4096)
+    durable.write(Persist(promised=B, accepted=[Entry(0, B, b"mine")], chosen=1))
+    durable.write_learned([Entry(1, Ballot(0, 0), b"fetched-1"), Entry(5, Ballot(0, 0), b"f5")])
+    durable.sync()
+    durable.close()
+    durable, state = DurableAcceptor.open(tmp_path, segment_bytes=4096)
+    assert state.learned == {1: b"fetched-1", 5: b"f5"}
+    assert set(state.accepted) == {0}
+    for i in range(40):  # a few segments, then a checkpoint that keeps slots >= 2
+        durable.write(Persist(accepted=[Entry(100 + i, B, b"x" * 200)]))
+    first = durable.checkpoint(B, [], 6, learned_from=2)
+    durable.sync()
+    assert durable.truncate_before(first) > 0
+    durable.close()
+    _, state = DurableAcceptor.open(tmp_path, segment_bytes=4096)
+    assert state.learned == {5: b"f5"}
+    plan = plan_recovery(
+        3,
+        accepted=state.accepted,
+        learned=state.learned,
+        snapshot_slot=2,
+        chosen_watermark=state.chosen,
+        configurations=[Configuration(0, (1, 2, 3))],
+    )
+    assert plan.known_chosen_end == 6 and plan.known_held == 1 and plan.known_not_held == 3

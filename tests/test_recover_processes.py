@@ -125,3 +125,48 @@ def test_a_survivor_of_a_lost_majority_is_forced_into_a_new_cluster(tmp_path: Pa
             assert c.get("without-the-survivor") == "w"
     finally:
         cluster.stop()
+
+
+def test_values_the_survivor_fetched_after_a_restart_are_kept(tmp_path: Path) -> None:
+    """A survivor that was down while writes went on learns them afterwards from its
+    peers (a fetch: it never accepted them). Its log says so (LEARNED records), so the
+    forced recovery keeps them too: none is a known loss."""
+    cluster = LocalCluster.create(tmp_path / "c", 3)
+    cluster.start()
+    try:
+        leader = cluster.wait_for_leader(20.0)
+        survivor, other = (i for i in cluster.nodes if i != leader)
+        with Client(cluster.client_addresses(), cluster=cluster.cluster_id, timeout=15.0) as c:
+            c.put("before", "0")
+            assert cluster.kill(survivor)
+            for k in range(WRITES):  # chosen by the leader and the other node only
+                c.put(f"k{k}", f"v{k}")
+        applied = (cluster.node_status(leader) or {})["applied"]
+        cluster.start_node(survivor)
+        cluster.wait_until(
+            lambda: (cluster.node_status(survivor) or {}).get("applied", 0) >= applied,
+            20.0,
+            "the survivor to catch up",
+        )
+        for i in cluster.nodes:
+            cluster.kill(i, signal.SIGKILL)
+        cluster.wipe(leader)
+        cluster.wipe(other)
+        r = _recover(cluster, survivor)
+        assert r.exit_code == 0, r.output
+        assert "LOST" not in r.stderr.replace("POSSIBLY LOST", ""), r.stderr
+        cluster.start_node(survivor)
+        cluster.wait_until(
+            lambda: (cluster.node_status(survivor) or {}).get("role") == "leader",
+            20.0,
+            "the recovered node to lead alone",
+        )
+        status = cluster.node_status(survivor) or {}
+        assert status["recovered"]["known_chosen_not_held"] == 0, status["recovered"]
+        addr = [cluster.nodes[survivor].client_address]
+        with Client(addr, cluster=cluster.cluster_id, timeout=15.0) as c:
+            lost = [k for k in range(WRITES) if c.get(f"k{k}") != f"v{k}"]
+            assert lost == [], f"{len(lost)} of {WRITES} writes it had learned are lost"
+            assert c.get("before") == "0"
+    finally:
+        cluster.stop()

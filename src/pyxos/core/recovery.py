@@ -16,14 +16,12 @@ What the survivor holds, and what becomes of it:
 - slots below its newest snapshot (``snapshot_slot``): chosen, their effect is in the
   snapshot. Kept as they are.
 - slots from there to its chosen watermark (``known_chosen_end``, the first slot it
-  had not learned when it stopped): chosen, but only the value its acceptor accepted
-  there is on disk (a value learned from a peer is not logged: it is applied, and
-  reaches the disk with the next snapshot). That is the chosen value when the node
-  learned the slot from the commit of the ballot it had accepted it in (a node that
-  was up all along learns every slot that way); if it fetched the slot from a peer
-  after it had accepted an older proposal there, the disk holds that older proposal.
-  A slot of this range with no accepted entry at all is a known loss
-  (``known_not_held``).
+  had not learned when it stopped): chosen. The value is on disk either as the entry
+  its acceptor accepted (the chosen value when it learned the slot from the commit of
+  the ballot it accepted it in) or, when it learned the slot from a peer instead, as a
+  ``LEARNED`` record (``storage.durable``; the ``learned`` argument), which wins. A slot
+  of this range with neither is a known loss (``known_not_held``: a log written before
+  ``LEARNED`` records existed, or records lost with a torn tail).
 - slots above the watermark that it accepted (``accepted_not_known_chosen``): each may
   or may not have been chosen in the old cluster. The new cluster re-proposes, for
   every such slot in order, the one value the survivor accepted there (the highest
@@ -135,8 +133,9 @@ class RecoveryPlan(msgspec.Struct, frozen=True, kw_only=True):
         if self.known_not_held:
             out.append(
                 f"LOST: {self.known_not_held} slot(s) below {self.known_chosen_end} were "
-                "known chosen but their values were never written to this node's log "
-                "(learned from a peer after the last snapshot): they become no-ops"
+                "known chosen but their values are not on this node's disk (a log "
+                "written before LEARNED records existed, or records lost with a torn "
+                "tail): they become no-ops"
             )
         if self.accepted_not_known_chosen:
             out.append(
@@ -177,6 +176,7 @@ def plan_recovery(
     node_id: int,
     *,
     accepted: Mapping[int, Entry] | Iterable[Entry],
+    learned: Mapping[int, bytes] | None = None,
     promised: Ballot = ZERO,
     snapshot_slot: int,
     chosen_watermark: int,
@@ -186,7 +186,9 @@ def plan_recovery(
     """The forced recovery of node ``node_id`` from what its disk holds.
 
     ``accepted``: its acceptor's entries (slot -> entry, or entries); those below
-    ``snapshot_slot`` are covered by the snapshot and ignored. ``chosen_watermark``:
+    ``snapshot_slot`` are covered by the snapshot and ignored. ``learned``: chosen
+    values it learned from peers (slot -> value; known chosen, they win over the
+    acceptor's entry there; the caller re-proposes them). ``chosen_watermark``:
     the first slot it had not learned chosen. ``configurations``: every configuration it
     knows of (the founding one, its snapshot's, an earlier recovery's), at least one;
     ``known_ids``: other ids it knows of (its address book, retired ids), disowned too.
@@ -198,25 +200,28 @@ def plan_recovery(
         raise ValueError("at least one configuration must be known")
     entries = accepted.values() if isinstance(accepted, Mapping) else accepted
     by_slot = {e.slot: e for e in entries if e.slot >= snapshot_slot}
-    known_end = max(snapshot_slot, chosen_watermark)
+    known = {s for s in (learned or {}) if s >= snapshot_slot}
+    # Values are applied in slot order: a slot learned means every one below was known.
+    known_end = max(snapshot_slot, chosen_watermark, max(known, default=-1) + 1)
     previous = max(configurations, key=lambda c: c.epoch)
     epochs = [c.epoch for c in configurations]
     ids: set[int] = set(known_ids)
     for c in configurations:
         ids.update(c.nodes)
     voided = 0
-    for entry in by_slot.values():
-        if is_config_entry(entry.value):
+    values = {s: e.value for s, e in by_slot.items()} | {s: (learned or {})[s] for s in known}
+    for value in values.values():
+        if is_config_entry(value):
             voided += 1
             try:
-                config = decode_config_entry(entry.value)
+                config = decode_config_entry(value)
             except ConfigChangeError:
                 continue  # malformed: refused wherever it is chosen, epoch or not
             epochs.append(config.epoch)
             ids.update(config.nodes)
     new = Configuration(max(epochs) + 1, (node_id,), (), 0, 0, previous.alpha)
     last = max(by_slot, default=-1)
-    known_held = sum(1 for s in by_slot if s < known_end)
+    known_held = len({s for s in by_slot if s < known_end} | known)
     above = sum(1 for s in by_slot if s >= known_end)
     return RecoveryPlan(
         node_id=node_id,

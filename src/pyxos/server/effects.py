@@ -210,10 +210,24 @@ class ServerEffects:
         self._send(send)
 
     def committed(self, entries: list[Entry]) -> None:
-        """Nothing to do: the service node applied them and queued the replies (a
-        trace, if one is written, records them)."""
+        """The service node applied them and queued the replies; a value this node did
+        not accept itself (learned from a peer) is logged as ``LEARNED``, so that a
+        forced recovery finds every value it knew chosen (``storage.durable``). A
+        trace, if one is written, records them."""
         if self.tracer is not None:
             self.tracer.committed(entries)
+        replica = getattr(self._driver.node, "replica", None)
+        durable = self.durable
+        if replica is None or durable is None:
+            return
+        accepted = replica.acceptor.accepted
+        learned = []
+        for e in entries:
+            mine = accepted.get(e.slot)
+            if mine is None or mine.value != e.value:
+                learned.append(e)
+        if learned:
+            durable.write_learned(learned)
 
     def save_snapshot(self, slot: int, data: bytes) -> None:
         """Write the snapshot in the snapshot thread, keep the newest two."""
@@ -252,7 +266,10 @@ class ServerEffects:
             return None
         acceptor = replica.acceptor
         return durable.checkpoint(
-            acceptor.promised, acceptor.accepted.values(), replica.first_unchosen
+            acceptor.promised,
+            acceptor.accepted.values(),
+            replica.first_unchosen,
+            learned_from=replica.log_start,
         )
 
     def truncate(self, index: int) -> None:

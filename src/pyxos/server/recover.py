@@ -18,9 +18,12 @@ stopped node's data directory, and never by itself:
    and computes the plan (``core.recovery.plan_recovery``): a configuration of this
    node alone with an epoch above every one known, the old ids to disown, and what
    may have been lost.
-3. It writes the durable, checksummed record (``storage.recovery``) atomically while
-   it still holds the directory's lock, and says loudly (stderr) what was done and
-   what may be lost. The log and the snapshots stay as they were: ``pyxos serve``
+3. Chosen values the node learned from peers (``LEARNED`` records) are written into
+   its log as accepted entries under its promise, then the durable, checksummed
+   record (``storage.recovery``) is written atomically, all while it still holds the
+   directory's lock; it says loudly (stderr) what was done and what may be lost.
+   (Crashing between the two leaves a log whose extra entries hold chosen values: a
+   rerun completes it.) The snapshots stay as they were: ``pyxos serve``
    applies the record at every start (``server.disk.build_node``), runs as a one-node
    cluster and re-proposes, in order, every value the node accepted above its
    snapshot (its own phase 1).
@@ -40,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyxos.core.membership import Configuration
+from pyxos.core.messages import Entry
+from pyxos.core.ready import Persist
 from pyxos.core.recovery import RecoveryPlan, plan_recovery
 from pyxos.server.config import Config
 from pyxos.statemachine.service import unwrap_snapshot
@@ -226,6 +231,20 @@ def force_new_cluster(
                 "good, run again with --again"
             )
         plan = _plan(node_id, state, snapshot_slot, configurations, known_ids)
+        # Values it learned from peers become entries of its acceptor (under its
+        # promise: above every entry it holds), so its phase 1 re-proposes them.
+        learned = [
+            Entry(s, state.promised, v)
+            for s, v in sorted(state.learned.items())
+            if s >= snapshot_slot and (s not in state.accepted or state.accepted[s].value != v)
+        ]
+        if learned and not dry_run:
+            try:
+                durable.write(Persist(accepted=learned))
+                durable.sync()
+            except OSError as e:
+                raise RecoveryRefused(f"cannot write to {path}'s log: {e}") from None
+            last_index = durable.last_index
         at = (now or datetime.datetime.now(datetime.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
         record = RecoveryRecord.from_plan(
             plan, at=at, cluster_id=config.cluster_id, wal_last_index=last_index
@@ -251,6 +270,7 @@ def _plan(
     return plan_recovery(
         node_id,
         accepted=state.accepted,
+        learned=state.learned,
         promised=state.promised,
         snapshot_slot=snapshot_slot,
         chosen_watermark=state.chosen,

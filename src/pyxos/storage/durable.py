@@ -25,6 +25,12 @@ not be able to run code when read back):
   or lifted down to ``bound``. Replayed in order into one ``FenceState`` per owner.
   Logs written before fences existed simply hold none (every older log stays
   readable); a log holding one is refused by older code (unknown record type).
+- ``LEARNED`` (8): a list of ``Entry(slot, ZERO, value)``: chosen values this node
+  learned from a peer (a fetch) and did not accept itself, so its acceptor entries do
+  not hold them (``write_learned``, called by the server as it applies them). Never
+  part of the acceptor state (no phase-1 report ever carries one): only a forced
+  recovery reads them (docs/recovery.md), so every value the node knew chosen is on
+  its disk. A log holding one is refused by older code (unknown record type).
 
 ``write`` only buffers (``WAL.append``: nothing touches the disk); ``sync`` writes and
 fsyncs everything buffered so far with one ``fdatasync`` (group commit). ``write`` may
@@ -93,6 +99,7 @@ __all__ = [
     "BOOTSTRAPPING",
     "CHOSEN",
     "FENCE",
+    "LEARNED",
     "NEEDS_REBUILD",
     "PROMISED",
     "REBUILT",
@@ -121,6 +128,8 @@ BOOTSTRAPPING = 6
 """WAL record type that starts the log of a node started with the bootstrap flag."""
 FENCE = 7
 """WAL record type of a fence put up or lifted against another node's ballots."""
+LEARNED = 8
+"""WAL record type of chosen values learned from a peer (not accepted here)."""
 
 _encoder = msgspec.msgpack.Encoder()
 _ballot_decoder = msgspec.msgpack.Decoder(Ballot)
@@ -165,21 +174,24 @@ class Recovered:
     finished since: the node asks its peers whether the cluster is new before it votes."""
     fences: dict[int, FenceState] = field(default_factory=dict)
     """owner -> the fences this node holds against that node's ballots."""
+    learned: dict[int, bytes] = field(default_factory=dict)
+    """slot -> a chosen value learned from a peer and not accepted here (``LEARNED``)."""
     report: RecoveryReport | None = None
 
 
-def _accepted_records(entries: Sequence[Entry]) -> list[tuple[int, bytes]]:
-    """ACCEPTED records for ``entries``, split so that no payload exceeds the WAL's limit."""
+def _accepted_records(entries: Sequence[Entry], rtype: int = ACCEPTED) -> list[tuple[int, bytes]]:
+    """ACCEPTED (or ``rtype``) records for ``entries``, split so that no payload
+    exceeds the WAL's limit."""
     payload = _encoder.encode(entries)
     if len(payload) <= MAX_PAYLOAD_BYTES:
-        return [(ACCEPTED, payload)]
+        return [(rtype, payload)]
     if len(entries) == 1:
         raise ValueError(
             f"an accepted entry of {len(payload)} bytes exceeds the WAL record limit of "
             f"{MAX_PAYLOAD_BYTES} bytes"
         )
     half = len(entries) // 2
-    return _accepted_records(entries[:half]) + _accepted_records(entries[half:])
+    return _accepted_records(entries[:half], rtype) + _accepted_records(entries[half:], rtype)
 
 
 def encode_persist(persist: Persist) -> list[tuple[int, bytes]]:
@@ -219,6 +231,9 @@ def _decode(index: int, rtype: int, payload: bytes, state: Recovered) -> None:
         elif rtype == FENCE:
             fence = _fence_decoder.decode(payload)
             state.fences.setdefault(fence.owner, FenceState()).apply(fence)
+        elif rtype == LEARNED:
+            for entry in _entries_decoder.decode(payload):
+                state.learned[entry.slot] = entry.value
         else:
             raise DurableStateError(f"WAL record {index} has unknown type {rtype}")
     except msgspec.DecodeError as e:
@@ -228,13 +243,21 @@ def _decode(index: int, rtype: int, payload: bytes, state: Recovered) -> None:
 class DurableAcceptor:
     """One node's acceptor state on a WAL; create it with ``DurableAcceptor.open``."""
 
-    def __init__(self, wal: WAL, fences: dict[int, FenceState] | None = None) -> None:
+    def __init__(
+        self,
+        wal: WAL,
+        fences: dict[int, FenceState] | None = None,
+        learned: dict[int, bytes] | None = None,
+    ) -> None:
         """Internal: use ``open``."""
         self.wal = wal
         self.fences: dict[int, FenceState] = {
             owner: FenceState(f.lifted, set(f.up)) for owner, f in (fences or {}).items()
         }
         """The fences as of the last ``write`` (a ``checkpoint`` repeats them)."""
+        self.learned: dict[int, bytes] = dict(learned or {})
+        """The ``LEARNED`` values written (a ``checkpoint`` repeats those it is told to
+        keep)."""
         self.writes = 0
         """``Persist`` records written (non-empty ones)."""
         self.syncs = 0
@@ -266,7 +289,7 @@ class DurableAcceptor:
         except BaseException:
             wal.close()
             raise
-        return cls(wal, state.fences), state
+        return cls(wal, state.fences, state.learned), state
 
     @classmethod
     def open_for_rebuild(
@@ -347,6 +370,14 @@ class DurableAcceptor:
         for fence in getattr(persist, "fences", ()):
             self.fences.setdefault(fence.owner, FenceState()).apply(fence)
 
+    def write_learned(self, entries: Sequence[Entry]) -> None:
+        """Buffer ``LEARNED`` records: chosen values learned from a peer and not
+        accepted here (see the module notes; not durable until a later ``sync``)."""
+        if entries:
+            self.wal.append(_accepted_records(entries, LEARNED))
+            for entry in entries:
+                self.learned[entry.slot] = entry.value
+
     def sync(self) -> int:
         """Write and fsync everything buffered (one fsync); return the durable index.
 
@@ -358,18 +389,32 @@ class DurableAcceptor:
             self.syncs += 1
         return durable
 
-    def checkpoint(self, promised: Ballot, accepted: Iterable[Entry], chosen: int) -> int:
+    def checkpoint(
+        self,
+        promised: Ballot,
+        accepted: Iterable[Entry],
+        chosen: int,
+        *,
+        learned_from: int | None = None,
+    ) -> int:
         """Buffer the whole current acceptor state; return the index of its first record.
 
         Once a ``sync`` has covered it, every record before that index is superseded
         (recovery reads the highest promise and the last entry per slot) and may go
         with ``truncate_before``, provided a durable snapshot covers every slot whose
-        entry ``accepted`` leaves out.
+        entry ``accepted`` leaves out. The ``LEARNED`` values from slot ``learned_from``
+        on are repeated (the others are forgotten: the snapshot covers them; None:
+        all are repeated).
         """
         entries = sorted(accepted, key=lambda e: e.slot)
         records = [(PROMISED, _encoder.encode(promised))]
         if entries:
             records += _accepted_records(entries)
+        if learned_from is not None:
+            self.learned = {s: v for s, v in self.learned.items() if s >= learned_from}
+        if self.learned:
+            kept = [Entry(s, ZERO, v) for s, v in sorted(self.learned.items())]
+            records += _accepted_records(kept, LEARNED)
         records.append((CHOSEN, _encoder.encode(chosen)))
         for owner, fence in sorted(self.fences.items()):
             records += [(FENCE, _encoder.encode(f)) for f in fence.records(owner)]
