@@ -270,3 +270,30 @@ def test_learned_values_survive_a_restart_and_a_checkpoint(tmp_path: Path) -> No
         configurations=[Configuration(0, (1, 2, 3))],
     )
     assert plan.known_chosen_end == 6 and plan.known_held == 1 and plan.known_not_held == 3
+
+
+def test_a_learned_value_wins_over_a_stale_accepted_one_and_is_served(tmp_path: Path) -> None:
+    config = cluster_configs(tmp_path, 3, election_timeout=[0.05, 0.1], heartbeat_interval=0.02)[2]
+    durable, _ = DurableAcceptor.open(config.data_dir)
+    # Slot 0: this node accepted an older proposal, then fetched the chosen value.
+    durable.write(Persist(promised=B, accepted=[Entry(0, B, put(1, "a", "stale"))], chosen=2))
+    durable.write_learned([Entry(0, Ballot(0, 0), put(2, "a", "chosen"))])
+    durable.write_learned([Entry(1, Ballot(0, 0), put(3, "b", "2"))])
+    durable.sync()
+    durable.close()
+    write_marker(config.data_dir, CLUSTER, 3)
+    plan = force_new_cluster(config, now=NOW).plan
+    assert (plan.known_chosen_end, plan.known_held, plan.known_not_held) == (2, 2, 0)
+    assert force_new_cluster(config, now=NOW).already  # the log it wrote is the one recorded
+
+    async def serve() -> dict[str, str | None]:
+        node = NodeServer(config)
+        await node.startup()
+        try:
+            await wait_for(lambda: node.status()["applied"] >= 2, 10.0, "slots 0..1 applied")
+            assert node.node is not None and isinstance(node.node.app, KVStore)
+            return {k: node.node.app.get_local(k) for k in "ab"}
+        finally:
+            await node.shutdown()
+
+    assert asyncio.run(serve()) == {"a": "chosen", "b": "2"}

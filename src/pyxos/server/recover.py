@@ -62,7 +62,7 @@ from pyxos.storage.recovery import (
     write_recoveries,
 )
 from pyxos.storage.snapshot import scan_snapshots
-from pyxos.storage.wal import WAL, MarkerError, WALError, read_marker
+from pyxos.storage.wal import WAL, MarkerError, StorageError, WALError, read_marker
 
 __all__ = ["RecoveryOutcome", "RecoveryRefused", "force_new_cluster", "founding_of"]
 
@@ -242,7 +242,7 @@ def force_new_cluster(
             try:
                 durable.write(Persist(accepted=learned))
                 durable.sync()
-            except OSError as e:
+            except (OSError, StorageError) as e:
                 raise RecoveryRefused(f"cannot write to {path}'s log: {e}") from None
             last_index = durable.last_index
         at = (now or datetime.datetime.now(datetime.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
