@@ -124,7 +124,7 @@ def test_a_survivor_of_a_lost_majority_is_forced_into_a_new_cluster(tmp_path: Pa
             c.put("without-the-survivor", "w")
             assert c.get("without-the-survivor") == "w"
     finally:
-        cluster.stop()
+        LocalCluster.load(cluster.base_dir).stop()  # the nodes added since, too
 
 
 def test_values_the_survivor_fetched_after_a_restart_are_kept(tmp_path: Path) -> None:
