@@ -245,17 +245,33 @@ REBUILD_SCENARIO = [
 ]
 
 
-def _rebuild_model(mutant: str | None) -> ReplicaModel:
+def _rebuild_model(mutant: str | None, rebuild_checks: bool = True) -> ReplicaModel:
     return ReplicaModel(
-        5, 2, Budget(timeouts=2, proposals=2, wipes=1), mutant=mutant, network="exact"
+        5,
+        2,
+        Budget(timeouts=2, proposals=2, wipes=1),
+        mutant=mutant,
+        network="exact",
+        rebuild_checks=rebuild_checks,
     )
 
 
 def test_rebuild_finishing_on_a_quorum_of_answers_chooses_two_values() -> None:
-    actions, _, violation = scripted(_rebuild_model("rebuild-quorum"), REBUILD_SCENARIO)
+    model = _rebuild_model("rebuild-quorum", rebuild_checks=False)
+    actions, _, violation = scripted(model, REBUILD_SCENARIO)
     assert len(actions) == len(REBUILD_SCENARIO)
     assert violation is not None and violation.check == "agreement"
     assert "b'w1' and b'w2' were both chosen" in violation.detail
+
+
+def test_the_rebuild_check_sees_the_weakened_rule_18_actions_earlier() -> None:
+    # X votes again with promise 0.0 although it promised C's 1.2 before its wipe,
+    # and C, who still holds 1.2, was not asked: the rule's own guarantee is broken
+    # the moment the rebuild ends (tests/test_model_rebuild.py searches for it).
+    actions, _, violation = scripted(_rebuild_model("rebuild-quorum"), REBUILD_SCENARIO)
+    assert len(actions) == REBUILD_SCENARIO.index("RebuildInfo 4 5") + 1 == 13
+    assert violation is not None and violation.check == "rebuild-promise"
+    assert "node 5 votes again with promise 0.0, below ballot 1.2" in violation.detail
 
 
 def test_the_real_rebuild_waits_for_every_peer_and_blocks_the_scenario() -> None:
@@ -267,7 +283,7 @@ def test_the_real_rebuild_waits_for_every_peer_and_blocks_the_scenario() -> None
 
 
 def test_the_scenario_file_replays_from_the_command_line(tmp_path: Path) -> None:
-    model = _rebuild_model("rebuild-quorum")
+    model = _rebuild_model("rebuild-quorum", rebuild_checks=False)
     actions, _, violation = scripted(model, REBUILD_SCENARIO)
     assert violation is not None
     path = tmp_path / "cex.json"

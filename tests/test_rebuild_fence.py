@@ -278,12 +278,12 @@ WIPED_LEADER_SCENARIO = [
 ]
 
 
-def _wiped_leader_model(mutant: str | None) -> object:
+def _wiped_leader_model(mutant: str | None, rebuild_checks: bool = True) -> object:
     from pyxos.model.engine import Budget
     from pyxos.model.replica import ReplicaModel
 
     budget = Budget(timeouts=2, proposals=2, wipes=1)
-    return ReplicaModel(3, 2, budget, mutant=mutant, network="exact")
+    return ReplicaModel(3, 2, budget, mutant=mutant, network="exact", rebuild_checks=rebuild_checks)
 
 
 def test_model_scope_the_late_accept_is_refused() -> None:
@@ -298,10 +298,15 @@ def test_model_scope_the_late_accept_is_refused() -> None:
 def test_model_scope_without_the_fence_two_values_are_chosen() -> None:
     from pyxos.model.engine import scripted
 
-    model = _wiped_leader_model("rebuild-no-fence")
+    model = _wiped_leader_model("rebuild-no-fence", rebuild_checks=False)
     _, _, violation = scripted(model, WIPED_LEADER_SCENARIO)  # type: ignore[arg-type]
     assert violation is not None and violation.check == "agreement"
     assert "b'w1' and b'w2' were both chosen" in violation.detail
+    # The model's rebuild check sees it at the late Accept itself, 7 actions earlier.
+    checked = _wiped_leader_model("rebuild-no-fence")
+    actions, _, violation = scripted(checked, WIPED_LEADER_SCENARIO)  # type: ignore[arg-type]
+    assert len(actions) == WIPED_LEADER_SCENARIO.index("Accept 1 3") + 1
+    assert violation is not None and violation.check == "rebuild-fence"
 
 
 # A fence lost with its holder's disk before any other peer held it (5 replicas, the

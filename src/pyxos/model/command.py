@@ -42,6 +42,7 @@ def build_model(scope: str, params: dict[str, Any]) -> Any:
         "mutant": params.get("mutant"),
         "symmetry": params.get("symmetry", True),
         "network": params.get("network", "duplicating"),
+        "rebuild_checks": params.get("rebuild_checks", True),
     }
     if scope == "synod":
         return SynodModel(params.get("nodes", 3), params.get("proposers", 2), budget, **kw)
@@ -87,6 +88,12 @@ def _scope_options(f: Any) -> Any:
         click.option("--max-states", type=int, default=None, help="Stop after K states."),
         click.option("--max-depth", type=int, default=None, help="Every state within D actions."),
         click.option("--no-symmetry", is_flag=True, help="No value-symmetry reduction."),
+        click.option(
+            "--no-rebuild-checks",
+            is_flag=True,
+            help="Check agreement, validity and linearizability only, not also the rebuild "
+            "rule's own guarantees (rebuild-promise, rebuild-fence) in scopes with wipes.",
+        ),
         click.option(
             "--no-subsumption",
             is_flag=True,
@@ -151,6 +158,7 @@ def _run(scope: str, opts: dict[str, Any]) -> None:
         )
     }
     params["symmetry"] = not opts["no_symmetry"]
+    params["rebuild_checks"] = not opts["no_rebuild_checks"]
     try:
         m = build_model(scope, params)
     except ValueError as e:

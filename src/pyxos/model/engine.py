@@ -39,7 +39,21 @@ Checks, after every action (a failing one ends the search with a counterexample)
 - **linearizability** of the register (Multi-Paxos scope), with
   :func:`~pyxos.check.linearizability.check_history`, whenever an operation returns;
 - an exception from a core object is a violation too (``crash``), not a crash of the
-  checker.
+  checker;
+- in scopes with wipes, the two guarantees a rebuild exists for (core/replica.py,
+  *Rebuilding*: "Why that bounds what the lost state held"), from omniscient records
+  of who promised, voted and answered what in which incarnation:
+  ``rebuild-promise``: a node that votes again after losing its disk has promised at
+  least every ballot of another node that a lost incarnation of it promised, unless
+  that ballot's owner lost its disk since (the owner promised it durably first and
+  answers every rebuild query); ``rebuild-fence``: a peer that answered the rebuild
+  query of a later incarnation of node X accepts nothing more in a ballot in which
+  someone voted before X lost its disk (its answer bounded that ballot's votes).
+  Agreement breaks only many actions after either one does (a rebuild that breaks
+  the first lets a lower ballot's phase 1 complete, which takes two elections; one
+  that breaks the second lets a later leader miss the slot, which takes another), so
+  these checks are what bring the weakened rules within reach of the search
+  (tests/test_model_rebuild.py). ``--no-rebuild-checks`` leaves them out.
 
 Search and reductions. Breadth first, with a visited set of 128-bit digests of the
 canonical state (:mod:`pyxos.model.canon`), so the first violation found has a
@@ -90,7 +104,7 @@ import msgspec
 
 from pyxos.check.invariants import Violation
 from pyxos.core.ballot import Ballot
-from pyxos.core.messages import Entry, Message
+from pyxos.core.messages import Entry, Message, RebuildInfo
 from pyxos.core.quorum import Majority
 from pyxos.core.ready import Ready
 from pyxos.model.canon import canon, clone
@@ -191,6 +205,20 @@ class World:
     learned: dict[int, bytes] = field(default_factory=dict)
     ops: list[Op] = field(default_factory=list)
     clock: int = 0
+    wiped: dict[int, int] = field(default_factory=dict)
+    """How often each node lost its disk (the rebuild records below; empty in scopes
+    without wipes)."""
+    other_promise: dict[int, tuple[Ballot, int]] = field(default_factory=dict)
+    """node -> the highest ballot of *another* node it promised since its last wipe,
+    with how often that ballot's owner had been wiped then."""
+    lost_promises: dict[int, frozenset[tuple[Ballot, int]]] = field(default_factory=dict)
+    """node -> the ``other_promise`` of each of its incarnations that lost its disk."""
+    old_ballots: dict[Ballot, int] = field(default_factory=dict)
+    """A ballot that reached phase 2 (someone voted in it) and whose owner lost its
+    disk afterwards -> the owner's wipe count when it ran that ballot."""
+    answered: dict[tuple[int, int], int] = field(default_factory=dict)
+    """(peer, asker) -> the asker's wipe count when the peer answered its rebuild
+    query (the latest)."""
     owned: set[int] = field(default_factory=set)
     """Procs this world copied for itself (the others are shared with its parent)."""
     text: str | None = None
@@ -210,6 +238,11 @@ class World:
             dict(self.learned),
             [copy.copy(op) for op in self.ops],
             self.clock,
+            dict(self.wiped),
+            dict(self.other_promise),
+            dict(self.lost_promises),
+            dict(self.old_ballots),
+            dict(self.answered),
             set(),
         )
 
@@ -301,6 +334,7 @@ class Model:
         *,
         symmetry: bool = True,
         network: str = "duplicating",
+        rebuild_checks: bool = True,
     ):
         if network not in NETWORKS:
             raise ValueError(f"network must be one of {NETWORKS}")
@@ -312,6 +346,9 @@ class Model:
         self.quorum = Majority(self.ids)
         self.rng = FixedRng()
         self.budget = budget
+        self.rebuild_checks = rebuild_checks
+        self.rebuild_records = rebuild_checks and budget.wipes > 0
+        """Keep the records of the rebuild checks (only a wipe makes them matter)."""
         self.symmetry = symmetry
         self._canon_msg: dict[Message, str] = {}
         self._shared: dict[int, Any] = {id(self.quorum): self.quorum, id(self.rng): self.rng}
@@ -333,6 +370,7 @@ class Model:
             "reads": b.reads,
             "symmetry": self.symmetry,
             "network": self.network,
+            "rebuild_checks": self.rebuild_checks,
         }
 
     def make_node(self, node_id: int, storage: MemoryStorage, now: float, first: bool) -> Any:
@@ -403,6 +441,8 @@ class Model:
                 proc.storage.sync()
                 for entry in r.persist.accepted:
                     self._vote(w, node_id, entry)
+            if self.rebuild_records:
+                self._note_rebuild_records(w, node_id, r)
             for send in (*r.send_now, *r.send_after_sync):
                 for dst in send.to:
                     if dst in w.procs:
@@ -420,7 +460,46 @@ class Model:
             if not self.after_drive(w, node_id):
                 return
 
+    def _note_rebuild_records(self, w: World, node_id: int, r: Ready) -> None:
+        """Keep the records the rebuild checks read (scopes with wipes only)."""
+        promised = w.procs[node_id].node.acceptor.promised
+        owner = promised.node
+        if owner not in (0, node_id):
+            known = w.other_promise.get(node_id)
+            if known is None or known[0] < promised:
+                w.other_promise[node_id] = (promised, w.wiped.get(owner, 0))
+        for send in r.send_after_sync:
+            if isinstance(send.msg, RebuildInfo):
+                for dst in send.to:
+                    w.answered[(node_id, dst)] = w.wiped.get(dst, 0)
+
+    def check_rebuilt(self, w: World, node_id: int) -> None:
+        """The rebuild rule's promise: a node that votes again after losing its disk
+        has promised at least every ballot of another node that its lost incarnations
+        promised, unless that ballot's owner lost its disk since (docs/architecture.md,
+        *Rebuilding*; core/replica.py, "Why that bounds what the lost state held")."""
+        if not self.rebuild_records:
+            return
+        promised = w.procs[node_id].node.acceptor.promised
+        for ballot, owner_wiped in sorted(w.lost_promises.get(node_id, ())):
+            if w.wiped.get(ballot.node, 0) == owner_wiped and promised < ballot:
+                raise Violation(
+                    "rebuild-promise",
+                    f"node {node_id} votes again with promise {promised}, below ballot "
+                    f"{ballot} it promised before its disk was lost (node {ballot.node}, "
+                    "which ran that ballot, still holds its promise)",
+                )
+
     def _vote(self, w: World, node_id: int, entry: Entry) -> None:
+        owner = entry.ballot.node
+        epoch = w.old_ballots.get(entry.ballot)
+        if epoch is not None and owner != node_id and w.answered.get((node_id, owner), -1) > epoch:
+            raise Violation(
+                "rebuild-fence",
+                f"node {node_id} accepted slot {entry.slot} in ballot {entry.ballot} of a lost "
+                f"incarnation of node {owner} after answering a later incarnation's "
+                "rebuild query (the answer no longer bounds what that ballot chose)",
+            )
         key = (entry.slot, entry.ballot)
         known = w.proposed.setdefault(key, entry.value)
         if known != entry.value:
@@ -519,6 +598,14 @@ class Model:
         proc.storage.crash()
         if wipe:
             proc.storage.corrupt(keep_snapshot=False)
+            epoch = w.wiped.get(node_id, 0)
+            lost = w.other_promise.pop(node_id, None)
+            if lost is not None:
+                w.lost_promises[node_id] = w.lost_promises.get(node_id, frozenset()) | {lost}
+            for _, ballot in w.votes:
+                if ballot.node == node_id:
+                    w.old_ballots.setdefault(ballot, epoch)
+            w.wiped[node_id] = epoch + 1
         if self.network != "duplicating":
             for key in [k for k in w.net if k[0] == node_id]:
                 del w.net[key]
@@ -572,6 +659,11 @@ class Model:
                     canon(w.proposed),
                     canon(w.chosen),
                     canon(w.learned),
+                    canon(w.wiped),
+                    canon(w.other_promise),
+                    canon(w.lost_promises),
+                    canon(w.old_ballots),
+                    canon(w.answered),
                     self._canon_ops(w),
                     len(w.values),
                 )

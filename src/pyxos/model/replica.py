@@ -55,10 +55,16 @@ class ReplicaModel(Model):
         mutant: str | None = None,
         symmetry: bool = True,
         network: str = "duplicating",
+        rebuild_checks: bool = True,
         config: ReplicaConfig = MODEL_CONFIG,
     ) -> None:
         super().__init__(
-            nodes, proposers, budget or Budget(proposals=2), symmetry=symmetry, network=network
+            nodes,
+            proposers,
+            budget or Budget(proposals=2),
+            symmetry=symmetry,
+            network=network,
+            rebuild_checks=rebuild_checks,
         )
         if mutant is not None and mutant not in REPLICA_MUTANTS:
             raise ValueError(
@@ -179,6 +185,8 @@ class ReplicaModel(Model):
         proc.storage.compact(slot)
         replica.compact(slot)
         replica.finish_rebuild(slot)
+        if not replica.rebuilding:
+            self.check_rebuilt(w, node_id)
         return True
 
 

@@ -39,9 +39,15 @@ class SynodModel(Model):
         mutant: str | None = None,
         symmetry: bool = True,
         network: str = "duplicating",
+        rebuild_checks: bool = True,
     ) -> None:
         super().__init__(
-            nodes, proposers, budget or Budget(proposals=0), symmetry=symmetry, network=network
+            nodes,
+            proposers,
+            budget or Budget(proposals=0),
+            symmetry=symmetry,
+            network=network,
+            rebuild_checks=rebuild_checks,
         )
         if mutant is not None and mutant not in SYNOD_MUTANTS:
             raise ValueError(

@@ -1,0 +1,112 @@
+"""The model checker finds the weakened rebuild rules by exhaustive search.
+
+A rebuild exists to guarantee two things (core/replica.py, *Rebuilding*; the model's
+checks ``rebuild-promise`` and ``rebuild-fence``, see ``pyxos.model.engine``):
+
+- a node that votes again after losing its disk has promised at least every ballot of
+  another node that its lost incarnations promised (that node still holds it);
+- a peer that answered the rebuild query of a later incarnation accepts nothing more
+  in a ballot of an earlier, lost one (the answer bounded what that ballot chose).
+
+Agreement breaks many actions after either one breaks (31 and 19 actions in the
+scripted scenarios of tests/test_model.py and tests/test_rebuild_fence.py), beyond
+what breadth-first search reaches; each guarantee breaks at once, within 9 and 13
+actions, in the smallest scopes that hold it. So the search finds both mutants with
+shortest counterexamples, and the real code, searched to the same depth in the same
+scope (every run of at most that many actions), shows no violation. The state counts
+are exact, as in tests/test_model.py.
+"""
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pyxos.cli import main
+from pyxos.model.engine import Budget, explore, format_action, replay
+from pyxos.model.replica import ReplicaModel
+
+# rebuild-no-fence (the simulator's seed 165 of `pyxos sim kv --nodes 3 --faults
+# all,disk,power --mutant rebuild-no-fence`): 3 replicas, node 1 may run once, one
+# write, one wipe.
+FENCE_SCOPE = {"nodes": 3, "proposers": 1, "timeouts": 1, "proposals": 1, "wipes": 1}
+
+
+def _fence_model(mutant: str | None) -> ReplicaModel:
+    s = FENCE_SCOPE
+    return ReplicaModel(
+        s["nodes"],
+        s["proposers"],
+        Budget(timeouts=s["timeouts"], proposals=s["proposals"], wipes=s["wipes"]),
+        mutant=mutant,
+        network="exact",
+    )
+
+
+def test_search_finds_the_peer_that_answers_without_fencing() -> None:
+    r = explore(_fence_model("rebuild-no-fence"))
+    cex = r.counterexample
+    assert cex is not None
+    assert cex.violation.check == "rebuild-fence"
+    assert (r.states, r.depth, len(cex.actions)) == (3422, 9, 9)
+    assert [format_action(a).split(":")[0] for a in cex.actions] == [
+        "timeout node 1",
+        "deliver PreVote 1->2",
+        "deliver PreVoteReply 2->1",
+        "deliver Prepare 1->2",
+        "deliver Promise 2->1",
+        "propose node 1",  # leader 1 accepts w1 at slot 0; its Accepts are in flight
+        "wipe node 1",
+        "deliver RebuildQuery 1->2",  # node 2 answers (last slot -1) ...
+        "deliver Accept 1->2",  # ... then accepts the lost incarnation's late Accept
+    ]
+    # The counterexample replays to the same violation on a fresh model.
+    steps = list(replay(_fence_model("rebuild-no-fence"), cex.actions))
+    assert steps[-1][2] is not None and steps[-1][2].check == "rebuild-fence"
+
+
+def test_the_real_fence_survives_every_run_of_that_depth() -> None:
+    r = explore(_fence_model(None), max_depth=9)
+    assert r.counterexample is None
+    assert (r.states, r.transitions) == (6824, 15074)
+    assert not r.complete  # bounded: every run of at most 9 actions
+
+
+def test_without_the_rebuild_checks_the_search_sees_nothing_at_that_depth() -> None:
+    # The rebuild checks are what make the mutant visible this early: agreement alone
+    # breaks only 10 actions later (tests/test_rebuild_fence.py scripts it).
+    s = FENCE_SCOPE
+    model = ReplicaModel(
+        s["nodes"],
+        s["proposers"],
+        Budget(timeouts=s["timeouts"], proposals=s["proposals"], wipes=s["wipes"]),
+        mutant="rebuild-no-fence",
+        network="exact",
+        rebuild_checks=False,
+    )
+    r = explore(model, max_depth=9)
+    assert r.counterexample is None
+
+
+def test_cli_finds_it_and_the_counterexample_replays(tmp_path: Path) -> None:
+    out = tmp_path / "cex.json"
+    args = ["model", "replica", "--network", "exact", "--out", str(out)]
+    for k, v in FENCE_SCOPE.items():
+        args += ["--slots" if k == "proposals" else f"--{k}", str(v)]
+    found = CliRunner().invoke(main, [*args, "--mutant", "rebuild-no-fence"])
+    assert found.exit_code == 1, found.output
+    assert "states: 3422 distinct (complete)" in found.output
+    assert "VIOLATION rebuild-fence: node 2 accepted slot 0 in ballot 1.1" in found.output
+    assert "counterexample (9 actions):" in found.output
+    again = CliRunner().invoke(main, ["model", "replay", str(out)])
+    assert again.exit_code == 1, again.output
+    assert "VIOLATION rebuild-fence" in again.output
+
+
+@pytest.mark.parametrize("mutant", [None, "rebuild-no-fence", "rebuild-quorum"])
+def test_no_rebuild_check_fires_without_a_wipe(mutant: str | None) -> None:
+    # The records are kept only in scopes with wipes: the others keep their counts.
+    model = ReplicaModel(3, 1, Budget(timeouts=1, proposals=1), mutant=mutant, network="exact")
+    assert not model.rebuild_records
+    r = explore(model, max_depth=6)
+    assert r.counterexample is None
