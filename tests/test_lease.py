@@ -244,3 +244,24 @@ def test_a_late_message_from_a_deposed_leader_does_not_cut_a_running_grant_short
     r.step(Commit(3, Ballot(2, 3), 0))  # a late heartbeat of node 3's older leadership
     r.step(Prepare(3, Ballot(9, 3), 0))
     assert r.acceptor.promised != Ballot(9, 3), "node 1's lease still runs"
+
+
+def test_a_read_under_a_lease_does_not_wait_for_a_write_in_flight() -> None:
+    """The lease read index is max(first_unchosen, read_floor), not next_slot: a write
+    still in flight was acknowledged to nobody, so a read need not wait for it (it used
+    to wait until the write was chosen, here: never, as the leader is cut off)."""
+    sim, client = _cluster(5, Replica)
+    sim.run(0.5)
+    leader = _leader(sim)
+    done = _ask(sim, leader, "put", "a", "1")
+    sim.run(sim.now + 0.1)  # chosen and applied; heartbeats: the lease is held
+    node = sim.node(leader)
+    assert isinstance(node, ServiceNode)
+    assert _answer(client, done) is None and node.replica.lease_until > sim.now + 0.02
+    sim.partition([[leader], [i for i in IDS if i != leader]])  # clients still reach it
+    stuck = _ask(sim, leader, "put", "b", "2")  # can never be chosen now
+    read = _ask(sim, leader, "get", "a")
+    sim.run(sim.now + 0.01)
+    assert node.replica.next_slot > node.replica.first_unchosen, "the put is in flight"
+    assert _answer(client, read) == "1", "the read was served under the lease"
+    assert _answer(client, stuck) is False

@@ -370,3 +370,30 @@ def test_a_majority_without_state_is_detected_and_cleared_when_a_peer_recovers()
     assert r.peers_without_state() == {2} and r.peers_unanswered() == {3}
     r.step(RebuildInfo(2, Ballot(2, 3), 4, nonce=r.rebuild_nonce))
     assert not r.majority_lost
+
+
+def test_a_read_under_a_lease_waits_for_the_new_leaders_reproposals() -> None:
+    """Under a lease a read's index is max(first_unchosen, read_floor): a write an earlier
+    leader may have acknowledged (here: accepted at slot 0 in ballot (1, 3), reported by
+    a promiser) is re-proposed below read_floor, and the read waits until it is chosen.
+    With first_unchosen alone the read would be served at once without it."""
+    r = replica()
+    b = elect(r, [Promise(2, Ballot(0, 0), (Entry(0, Ballot(1, 3), b"w"),))])
+    assert r.role is Role.LEADER and r.first_unchosen == 0 and r.read_floor == 1
+    r.ready()
+    r.advance()
+    r.read("takes the lease")  # no lease yet: this read's probe gets one
+    r.ready()
+    r.advance()
+    r.step(ReadAck(2, b, r.read_probe))
+    assert r.lease_until > r.now, "the probe's quorum gave the lease"
+    assert not r.ready().reads, "slot 0 (the re-proposal) is not chosen yet"
+    r.advance()
+    r.read("under the lease")
+    assert not r.ready().reads, "the re-proposed write is not chosen yet"
+    r.advance()
+    r.step(Accepted(1, b, 0))
+    r.step(Accepted(2, b, 0))
+    ready = r.ready()
+    assert [e.slot for e in ready.committed] == [0]
+    assert ready.reads == [("takes the lease", True), ("under the lease", True)]

@@ -63,7 +63,14 @@ far behind the node that happened to time out first was.
 
 Linearizable reads (read-index, as in Raft's thesis): a read arriving at the leader is
 tagged with the read index ``next_slot`` (every slot the leader has proposed, its
-re-proposals after election included) and a probe number. The next heartbeat carries
+re-proposals after election included) and a probe number; under a lease with
+``max(first_unchosen, read_floor)`` instead (``read_floor``: the end of the slots
+promisers reported or compacted), as every write acknowledged before the read arrived
+is below it once the leader is settled (see "Membership"): this leader answers a write
+only once it is chosen and applied, and what an earlier ballot chose sits in a slot that
+the phase-1 quorum of its configuration reported (re-proposed below ``read_floor``) or
+compacted (fetched); writes still in flight were acknowledged to nobody
+(docs/membership.md, "Leases and reads"). The next heartbeat carries
 the probe; each acceptor that has promised nothing above the leader's ballot answers
 ReadAck. With a phase-2 quorum of acks (the leader's own included) no other leader
 can have completed phase 1 before the probe went out, so every write acknowledged
@@ -621,7 +628,13 @@ class Replica:
         index = self.next_slot if self._settled() else -1
         if self.now < self.lease_until:
             # Lease held: no other leader can exist until it ends (the acceptors that
-            # granted it promise nobody else before theirs ends): no round needed.
+            # granted it promise nobody else before theirs ends): no round needed, and
+            # once settled every write acknowledged so far is below
+            # max(first_unchosen, read_floor): ours were chosen and applied before their
+            # answer, earlier ballots' were re-proposed or fetched below read_floor.
+            # Writes still in flight were acknowledged to nobody: no waiting for them.
+            if index >= 0:
+                index = max(self.first_unchosen, self.read_floor)
             self.pending_reads.append((0, index, token))
             return True
         if self.read_probe == self.read_probe_sent:
@@ -700,6 +713,13 @@ class Replica:
                 f"force from slot {start}, does not count it)"
             )
         return None
+
+    @property
+    def read_floor(self) -> int:
+        """Leader: the end of the slots promisers reported (re-proposed) or compacted
+        (fetched). Once settled, every value an earlier ballot chose sits below it, so
+        a read under the lease waits for ``max(first_unchosen, read_floor)`` only."""
+        return max(self._reported_end, self._compacted)
 
     def step(self, msg: Message) -> None:
         """Feed one received message (stale or foreign messages are ignored)."""
@@ -1145,7 +1165,8 @@ class Replica:
                 if not settled:
                     keep.append((probe, index, token))
                     continue
-                index = self.next_slot
+                # Under the lease (probe 0) as in read(); a probed read the old way.
+                index = max(self.first_unchosen, self.read_floor) if probe == 0 else self.next_slot
             if probe <= self.read_confirmed and index <= self.first_unchosen:
                 r.reads.append((token, True))
             else:
