@@ -256,3 +256,19 @@ def test_there_is_one_ready_driver_and_both_the_server_and_the_simulator_run_it(
     assert _ready_consumers() == ["driver/ready.py", "model/engine.py"]
     assert NodeServer.__init__.__code__.co_names.count("ReadyDriver") == 1
     assert "ReadyDriver" in Simulator._start.__code__.co_names
+
+
+def test_a_chosen_watermark_alone_starts_no_fsync_and_rides_with_the_next() -> None:
+    """The chosen watermark is a hint, safe to lose: written, but no fsync of its own
+    (a leader at one client used to fsync twice per command), and it holds back no
+    reply; the next fsync covers it."""
+    driver, node, effects = make()
+    node.script.append(Ready(Persist(chosen=3), send_after_sync=[nack(2)]))
+    driver.drive()
+    assert kinds(effects) == [("write", None), ("send", 2), ("wake", 5.0)]
+    assert driver.written == driver.synced == 0 and not driver.fsync_in_flight
+    node.script.append(Ready(Persist(accepted=[Entry(3, B, b"x")], chosen=4)))
+    driver.drive()
+    assert kinds(effects)[3:] == [("write", None), ("fsync", None), ("wake", 5.0)]
+    driver.fsync_done()
+    assert driver.synced == driver.written == 1

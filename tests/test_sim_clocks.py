@@ -118,7 +118,9 @@ def test_a_message_held_back_reaches_the_receiver_after_its_restart() -> None:
 
 def test_sweeps_run_the_paths_that_ignore_older_ballots() -> None:
     totals: dict[str, int] = {}
-    for seed in range(12):
+    # Seeds 0-11, and 44: since a lone chosen watermark starts no fsync, the first of
+    # seeds 0-44 whose run sees an older-ballot Prepare (seeds 7-11 see the others).
+    for seed in [*range(12), 44]:
         r = run_kv(seed, faults=ALL, trace=False)
         assert r.violation is None, kv_replay_command(seed, 3, 4, ALL, None)
         for name, count in r.stale_ballot.items():

@@ -16,7 +16,11 @@ orders, and the host reports back when an fsync or a snapshot write completes.
 ``drive()`` carries out one ``Ready``:
 
 1. ``persist`` is written (``Effects.write``: appended, not yet durable) and numbered
-   ``written``;
+   ``written``, unless all it holds is the chosen watermark (a hint, safe to lose:
+   ``core/ready.py``): that record starts no fsync and holds back no reply, and the
+   next fsync makes it durable with the rest (a leader at one client did two fsyncs
+   per command, one of them for the watermark, and each follower one per Commit:
+   bench/profiles/);
 2. ``send_now`` leaves at once (a proposer's Accept, Commit, Decided);
 3. ``send_after_sync`` leaves at once only if everything written is already durable
    and nothing older waits; otherwise it waits, tagged with ``written``, until an
@@ -184,13 +188,21 @@ class ReadyDriver:
         r = node.ready()
         if r:
             self.counters.readies += 1
-            if r.persist:
+            persist = r.persist
+            if persist:
                 try:
-                    effects.write(r.persist)
+                    effects.write(persist)
                 except self.fatal as e:
                     self._fail(e)
                     return
-                self.written += 1
+                if (
+                    persist.accepted
+                    or persist.promised is not None
+                    or persist.fences
+                    or persist.rebuilt >= 0
+                ):
+                    self.written += 1
+                # else only the chosen watermark: a hint, safe to lose; no fsync for it
             for send in r.send_now:
                 effects.send(send)
             if r.send_after_sync:
