@@ -257,11 +257,15 @@ class PeerBook:
 
     def _load(self) -> None:
         try:
-            doc = json.loads(self.path.read_text())
-        except FileNotFoundError:
+            text = self.path.read_text()
+        except OSError:
+            # None yet, or a data directory that is not one (a file in the way, no
+            # permission): the data directory check at startup says what is wrong.
             return
-        except (OSError, ValueError) as e:
-            raise NodeStartupError(f"node {self.node_id}: {self.path} is unreadable: {e}") from None
+        try:
+            doc = json.loads(text)
+        except ValueError as e:
+            raise NodeStartupError(f"node {self.node_id}: {self.path} is damaged: {e}") from None
         try:
             self.learned = {int(n): str(a) for n, a in dict(doc.get("addresses", {})).items()}
             self.retired = {int(n) for n in doc.get("removed", [])}

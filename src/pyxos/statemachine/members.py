@@ -62,6 +62,8 @@ __all__ = [
     "PROBE_CLIENT",
     "MemberDesk",
     "MemberOp",
+    "config_from_json",
+    "config_json",
     "decode_member_op",
     "encode_member_op",
     "is_member_op",
