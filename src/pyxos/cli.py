@@ -904,13 +904,14 @@ def _print_cluster(console: Console, local: Any, leader: int | None) -> None:
         if st.get("removed"):
             notes.append(f"node {node_id} removed: {st['removed']}")
         pid = local.pid(node_id)
+        learner = node_id in (st.get("configuration") or {}).get("learners", ())
         table.add_row(
             str(node_id),
             str(pid) if pid else "-",
             node.client_address,
             node.http_url,
             str(st.get("state", "-")),
-            str(st.get("role", "down")),
+            str(st.get("role", "down")) + (" (learner)" if learner else ""),
             str(st.get("leader", "-")),
             str(st.get("ballot", "-")),
             str(st.get("applied", "-")),
