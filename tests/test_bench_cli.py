@@ -278,3 +278,30 @@ def test_bench_kv_q2_runs_flexible_quorums_beside_majorities(tmp_path: Path) -> 
     assert [row["vs"] for row in doc["ratios"]] == ["pyxos-majority"]
     bad = CliRunner().invoke(main, ["bench", "kv", "--nodes", "5", "--q2", "6"])
     assert bad.exit_code == 2 and "q2=6 must lie in 1..5" in bad.output
+
+
+def test_bench_recovery_reports_every_phase_at_a_tiny_scale(tmp_path: Path) -> None:
+    """``pyxos bench recovery`` end to end on 300 keys (the shape only: no timing)."""
+    out = tmp_path / "recovery.json"
+    args = ["bench", "recovery", "--keys", "300", "--value-size", "50", "--clients", "16"]
+    args += ["--snapshot-bytes", "20000", "--timeout", "120", "--json", str(out)]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    assert doc["options"]["keys"] == 300 and doc["options"]["snapshot_bytes"] == 20000
+    assert doc["load_seconds"] > 0 and len(doc["rss_bytes"]) == 3
+    assert all(v > 0 for v in doc["rss_bytes"].values())
+    for phase in ("restart_wal", "restart_snapshot", "restart_threshold", "rebuild"):
+        r = doc[phase]
+        assert r is not None, phase
+        assert 0 < r["seconds_to_status"] <= r["seconds_to_caught_up"], (phase, r)
+        assert r["mb_per_s"] > 0
+    assert doc["restart_wal"]["wal_bytes"] > 0 and doc["restart_wal"]["snapshot_bytes"] == 0
+    assert doc["restart_snapshot"]["snapshot_bytes"] > 0
+    assert doc["rebuild"]["wal_bytes"] == doc["rebuild"]["snapshot_bytes"] == 0
+    assert "restart from the WAL" in res.output and "rebuild a wiped node" in res.output
+
+
+def test_bench_recovery_refuses_an_unknown_phase() -> None:
+    res = CliRunner().invoke(main, ["bench", "recovery", "--phases", "memory,warp"])
+    assert res.exit_code == 2 and "warp" in res.output

@@ -73,6 +73,7 @@ from pyxos.server.auth import TokenError, Tokens
 from pyxos.server.quorumconf import check_quorum, flatten_quorum
 from pyxos.statemachine.kv import MAX_KEY_BYTES, MAX_VALUE_BYTES
 from pyxos.statemachine.loader import DEFAULT_APP, load_factory
+from pyxos.statemachine.service import SNAPSHOT_BYTES, SNAPSHOT_EVERY
 
 __all__ = [
     "DEFAULT_CLIENT_IDLE_TIMEOUT",
@@ -150,9 +151,9 @@ class Config:
     """Slots the leader keeps in flight at most."""
     wal_segment_bytes: int = 64 * 1024 * 1024
     """Size of one WAL segment file; compaction deletes whole segments."""
-    snapshot_every: int = 10_000
+    snapshot_every: int = SNAPSHOT_EVERY
     """Take a state-machine snapshot (then compact) every this many applied slots."""
-    snapshot_bytes: int = 64 * 1024 * 1024
+    snapshot_bytes: int = SNAPSHOT_BYTES
     """... or once this many bytes of slot values were applied since the last one."""
     forward_requests: bool = True
     """A follower forwards client requests to the leader (else it redirects the client)."""

@@ -107,6 +107,10 @@ AuditFn = Callable[[int, int, int, "int | None"], None]
 
 SNAPSHOT_CHUNK = 1024 * 1024
 """Bytes of snapshot per Snapshot message."""
+SNAPSHOT_EVERY = 10_000
+"""Default: take a snapshot (then compact the log) every this many applied slots."""
+SNAPSHOT_BYTES = 64 * 1024 * 1024
+"""Default: ... or once this many bytes of slot values were applied since the last one."""
 CATCHUP_SNAPSHOT_SLOTS = 2048
 """A Fetch for a gap of this many slots or more is answered with a snapshot."""
 FORWARD_TIMEOUT = 30.0
@@ -187,8 +191,8 @@ class ServiceNode:
         *,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         max_batch: int = 4096,
-        snapshot_every: int = 10_000,
-        snapshot_bytes: int = 64 * 1024 * 1024,
+        snapshot_every: int = SNAPSHOT_EVERY,
+        snapshot_bytes: int = SNAPSHOT_BYTES,
         snapshot_chunk: int = SNAPSHOT_CHUNK,
         on_applied: Callable[[int, int], None] | None = None,
         forward: bool = True,
