@@ -104,12 +104,16 @@ governing the leader's first unchosen slot and the pending ones): a learner, a r
 or unknown node, a voter the pending change removes, and one it has not made a voter
 yet are refused with the reason (``transfer_refusal``), and so is a transfer while a
 change is proposed but not chosen (its entry would wait in the queue and be dropped
-when the leader steps down). Caught up means: it has learned every slot below the
-leader's first unchosen one, so it knows the configuration of every slot the leader
-could propose in. A leader that a chosen change removes **hands over** before the
-change takes over: it transfers to a recently heard voter of every configuration in
-reach (retried while the change is pending), and a new leader fills the slots up to a
-pending change's takeover with no-ops, so an idle cluster still brings it into force.
+when the leader steps down); the target is checked again before the leader abdicates
+(a change re-proposed from an earlier ballot may be chosen meanwhile). Caught up
+means: it has learned every slot below the leader's first unchosen one, so it knows
+the configuration of every slot the leader could propose in. A leader that a chosen
+change removes **hands over** before the change takes over: it transfers to a recently
+heard voter of every configuration in reach (retried while the change is pending); if
+the slots in flight bring the change into force first, it steps down there and sends
+``TimeoutNow`` to that target if it had answered ``TransferReady`` (its lease ends
+for good as it steps down). A new leader fills the slots up to a pending change's
+takeover with no-ops, so an idle cluster still brings it into force.
 
 Rebuilding (a node whose acceptor state is corrupt or was wiped). Such a node must
 never contradict a promise or an acceptance it no longer remembers. It starts in
