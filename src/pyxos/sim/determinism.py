@@ -45,6 +45,7 @@ run's store factory, and its string arguments), which the replayer imports itsel
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import select
 import subprocess
@@ -236,7 +237,8 @@ class _Replayer:
 
     def close(self) -> None:
         if self.proc.stdin is not None:
-            self.proc.stdin.close()
+            with contextlib.suppress(OSError):  # a dead replayer's pipe
+                self.proc.stdin.close()
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -268,6 +270,8 @@ def _replay_everywhere(request: ReplayRequest, hash_seeds: Sequence[int]) -> lis
     for h in hash_seeds:
         replayer = _pool.get(h)
         if replayer is None or replayer.proc.poll() is not None:
+            if replayer is not None:
+                replayer.close()  # it died between two runs: its pipes go too
             replayer = _pool[h] = _Replayer(h)
         replayers.append(replayer)
     failure: str | None = None
