@@ -105,8 +105,16 @@ def test_sim_kv_takes_the_check_and_says_so_in_its_replay_command() -> None:
     assert r.violation is None, r.violation
     assert "--hash-seeds 3 " in r.replay
     assert "--hash-seeds 2 " in run_kv(1, trace=False).replay  # the default spelled out
-    res = CliRunner().invoke(main, ["sim", "kv", "--seeds", "1", "--hash-seeds", "1"])
+    assert r.replays == 3
+    res = CliRunner().invoke(main, ["sim", "kv", "--seeds", "2", "--hash-seeds", "1"])
     assert res.exit_code == 0, res.output
+    assert "2 runs, 2 replays" in res.output
+    res = CliRunner().invoke(main, ["sim", "app", "--app", "queue", "--seed", "1"])
+    assert res.exit_code == 0 and "1 runs, 2 replays" in res.output, res.output
+    off = CliRunner().invoke(
+        main, ["sim", "app", "--app", "lock", "--seed", "1", "--hash-seeds", "0"]
+    )
+    assert off.exit_code == 0 and "0 runs, 0 replays" in off.output, off.output
 
 
 # -- the replay itself ---------------------------------------------------------------------------

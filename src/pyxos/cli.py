@@ -262,6 +262,7 @@ def _service_sweep(
         ("elections", str(sum(r.leader_changes for r in results))),
         ("slots chosen", str(sum(r.slots for r in results))),
         ("replica digests compared", str(sum(r.audits for r in results))),
+        ("replayed under other hash seeds", _replay_text(results)),
         ("messages delivered", str(sum(r.stats.get("delivered", 0) for r in results))),
         ("messages dropped", str(sum(r.stats.get("dropped", 0) for r in results))),
         ("messages held back long", str(sum(r.stats.get("stale_delayed", 0) for r in results))),
@@ -279,6 +280,12 @@ def _service_sweep(
         click.echo(r.violation.detail)
         click.echo(f"replay: {r.replay}")
     sys.exit(1 if bad else 0)
+
+
+def _replay_text(results: list[Any]) -> str:
+    """How many runs the cross-process determinism check replayed, and how often."""
+    runs = sum(1 for r in results if r.replays)
+    return f"{runs} runs, {sum(r.replays for r in results)} replays"
 
 
 def _quorum_rows(

@@ -161,6 +161,10 @@ class ServiceResult(Generic[H]):
     """The one command that replays this run exactly (every option it depends on)."""
     audits: int = 0
     """Digest reports the divergence check compared."""
+    replays: int = 0
+    """Replays of the chosen log in processes with other hash seeds compared
+    (``pyxos.sim.determinism``): one per hash seed, or 0 (not checked, or the run
+    failed an earlier check)."""
 
     def trace_text(self, limit: int | None = None) -> str:
         """The run's trace as readable lines."""
@@ -589,6 +593,7 @@ def _run_service(
                 log = chosen_log(monitor.first, slots)
                 final = snapshot if len(log) == slots else None
                 check_determinism(o.determinism, log, divergence, final)
+                result.replays = len(o.determinism.hash_seeds) if log else 0
     except Violation as v:
         result.violation = v
     except Exception as e:  # a crash is a verdict too, with its seed and replay
