@@ -291,3 +291,42 @@ def test_the_replayer_runs_under_this_interpreter() -> None:
     good = ReplayCheck(Recipe("pyxos.sim.kv:replay_store_factory", {"mutant": None}), (1,))
     check_determinism(good, [b""], DivergenceMonitor(), None)
     assert determinism._pool[1].proc.args[0] == sys.executable  # type: ignore[index]
+
+
+class SetInResults:
+    """Deterministic state (its snapshot sorts the set), but each result lists a set of
+    str in the set's own order: the answers, not the states, depend on the process."""
+
+    def __init__(self) -> None:
+        self.words: set[str] = set()
+
+    def apply(self, command: bytes) -> bytes:
+        self.words.add(command.decode())
+        return ",".join(self.words).encode()
+
+    def query(self, q: bytes) -> bytes:
+        return b""
+
+    def snapshot(self) -> bytes:
+        return ",".join(sorted(self.words)).encode()
+
+    def restore(self, data: bytes) -> None:
+        self.words = set(data.decode().split(",")) if data else set()
+
+
+def set_in_results_factory() -> type[SetInResults]:
+    """The replay recipe's factory: returns the store factory (the class)."""
+    return SetInResults
+
+
+def test_results_that_depend_on_the_hash_seed_are_caught_at_their_slot() -> None:
+    from pyxos.statemachine.replicated import encode_batch
+
+    words = [f"word-{i}" for i in range(12)]
+    values = [encode_batch([(1, i + 1, w.encode())]) for i, w in enumerate(words)]
+    check = ReplayCheck(Recipe("test_sim_app_determinism:set_in_results_factory"), (1, 2, 3))
+    with pytest.raises(Violation) as e:
+        check_determinism(check, values, DivergenceMonitor(), None)
+    assert e.value.check == "determinism"
+    assert "its results have digests" in e.value.detail, e.value.detail
+    assert "PYTHONHASHSEED=1 and " in e.value.detail
