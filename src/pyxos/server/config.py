@@ -22,9 +22,9 @@ and ``data_dir`` has a default)::
     election_timeout = [0.3, 0.6]
     heartbeat_interval = 0.05
     window = 256
-    wal_segment_bytes = 67108864
+    wal_segment_bytes = 16777216
     snapshot_every = 10000
-    snapshot_bytes = 67108864
+    snapshot_bytes = 16777216
     forward_requests = true
     max_connections = 1024      # per port (client, peer, HTTP); more are closed at once
     max_buffered_bytes = 67108864   # per port: unfinished frames of all its connections
@@ -149,8 +149,9 @@ class Config:
     """How often the leader sends heartbeats (below the election timeout)."""
     window: int = 256
     """Slots the leader keeps in flight at most."""
-    wal_segment_bytes: int = 64 * 1024 * 1024
-    """Size of one WAL segment file; compaction deletes whole segments."""
+    wal_segment_bytes: int = 16 * 1024 * 1024
+    """Size of one WAL segment file; compaction deletes whole segments (so a restart
+    also reads up to one segment of records older than the snapshot: 16 MiB, not 64)."""
     snapshot_every: int = SNAPSHOT_EVERY
     """Take a state-machine snapshot (then compact) every this many applied slots."""
     snapshot_bytes: int = SNAPSHOT_BYTES
