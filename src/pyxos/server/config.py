@@ -38,9 +38,8 @@ and ``data_dir`` has a default)::
                                       # "<sha256 of a token>" = "read" | "write"
     app = "examples.counter:Counter"  # optional: the application, "module:Factory"
                                       # (default: the key-value store)
-    quorum = { q1 = 4, q2 = 2 }  # optional: flexible quorums (q1 + q2 > members);
-                                 # one size alone: the other is the smallest that
-                                 # meets it; default: majorities. Every node the same.
+    quorum = { q1 = 4, q2 = 2 }  # optional (default: majorities): q1 + q2 > members;
+                                 # one size alone: the smallest other. Same everywhere.
     preferred_leader = 2        # optional: leadership moves to it when it is caught up
 
     [peers]                     # every member, this node included: id = "host:port"
@@ -150,8 +149,7 @@ class Config:
     window: int = 256
     """Slots the leader keeps in flight at most."""
     wal_segment_bytes: int = 16 * 1024 * 1024
-    """Size of one WAL segment file; compaction deletes whole segments (so a restart
-    also reads up to one segment of records older than the snapshot: 16 MiB, not 64)."""
+    """One WAL segment file's size; compaction deletes whole segments (a restart reads one more)."""
     snapshot_every: int = SNAPSHOT_EVERY
     """Take a state-machine snapshot (then compact) every this many applied slots."""
     snapshot_bytes: int = SNAPSHOT_BYTES
