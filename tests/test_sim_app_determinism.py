@@ -53,6 +53,7 @@ def test_set_order_is_missed_inside_one_process_and_caught_across_processes() ->
     # The replayers' own hash seeds disagree: a verdict that does not depend on the
     # hash seed of this process.
     assert "PYTHONHASHSEED=1 and 2, first differ at slot" in v.detail, v.detail
+    assert (caught.replays, missed.replays) == (2, 0)
     assert caught.history == missed.history  # the check only judges; the run is the same
 
 

@@ -163,8 +163,8 @@ class ServiceResult(Generic[H]):
     """Digest reports the divergence check compared."""
     replays: int = 0
     """Replays of the chosen log in processes with other hash seeds compared
-    (``pyxos.sim.determinism``): one per hash seed, or 0 (not checked, or the run
-    failed an earlier check)."""
+    (``pyxos.sim.determinism``), whatever their verdict: one per hash seed, or 0 (not
+    checked, or the run failed an earlier check)."""
 
     def trace_text(self, limit: int | None = None) -> str:
         """The run's trace as readable lines."""
@@ -592,8 +592,8 @@ def _run_service(
             if o.determinism is not None:
                 log = chosen_log(monitor.first, slots)
                 final = snapshot if len(log) == slots else None
-                check_determinism(o.determinism, log, divergence, final)
                 result.replays = len(o.determinism.hash_seeds) if log else 0
+                check_determinism(o.determinism, log, divergence, final)
     except Violation as v:
         result.violation = v
     except Exception as e:  # a crash is a verdict too, with its seed and replay
