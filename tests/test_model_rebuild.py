@@ -17,6 +17,7 @@ scope (every run of at most that many actions), shows no violation. The state co
 are exact, as in tests/test_model.py.
 """
 
+import json
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,7 @@ def test_the_real_fence_survives_every_run_of_that_depth() -> None:
     assert not r.complete  # bounded: every run of at most 9 actions
 
 
+@pytest.mark.slow
 def test_without_the_rebuild_checks_the_search_sees_nothing_at_that_depth() -> None:
     # The rebuild checks are what make the mutant visible this early: agreement alone
     # breaks only 10 actions later (tests/test_rebuild_fence.py scripts it).
@@ -110,3 +112,65 @@ def test_no_rebuild_check_fires_without_a_wipe(mutant: str | None) -> None:
     assert not model.rebuild_records
     r = explore(model, max_depth=6)
     assert r.counterexample is None
+
+
+# rebuild-quorum ("finish once a quorum of peers answered"): with majorities the rule
+# differs from the real one only from 5 replicas on (below, a majority of the peers is
+# all of them); with flexible quorums already at 4 (q1 = 2, q2 = 3: a phase-1 quorum of
+# the peers is 2 of 3). Node 1 may run once, node 4 may lose its disk.
+QUORUM_SCOPE = {"nodes": 4, "q1": 2, "proposers": 1, "timeouts": 1, "wipes": 1}
+
+
+def _quorum_model(mutant: str | None) -> ReplicaModel:
+    return ReplicaModel(
+        4,
+        1,
+        Budget(timeouts=1, proposals=0, wipes=1),
+        mutant=mutant,
+        network="exact",
+        q1=2,
+        wipe_nodes=(4,),
+    )
+
+
+def test_search_finds_the_rebuild_that_ends_on_a_quorum_of_answers(tmp_path: Path) -> None:
+    r = explore(_quorum_model("rebuild-quorum"))
+    cex = r.counterexample
+    assert cex is not None
+    assert cex.violation.check == "rebuild-promise"
+    assert "node 4 votes again with promise 0.0, below ballot 1.1" in cex.violation.detail
+    assert (r.states, r.depth, len(cex.actions)) == (7738, 9, 9)
+    assert [format_action(a).split(":")[0] for a in cex.actions][:5] == [
+        "timeout node 1",
+        "deliver PreVote 1->2",
+        "deliver PreVoteReply 2->1",
+        "deliver Prepare 1->4",  # node 4 promises 1.1 ...
+        "wipe node 4",  # ... forgets it, and rebuilds from nodes 2 and 3 alone
+    ]
+    # The counterexample file names the scope (quorums, which nodes may be wiped), and
+    # the command line replays it on a fresh model to the same violation.
+    out = tmp_path / "cex.json"
+    out.write_bytes(cex.to_json())
+    params = json.loads(out.read_text())["params"]
+    assert (params["nodes"], params["q1"], params["wipe_nodes"]) == (4, 2, [4])
+    again = CliRunner().invoke(main, ["model", "replay", str(out)])
+    assert again.exit_code == 1, again.output
+    assert "VIOLATION rebuild-promise" in again.output
+
+
+@pytest.mark.slow  # 15,606 states: about 10 s alone, minutes on a loaded machine
+def test_the_real_rebuild_survives_every_run_of_that_depth() -> None:
+    r = explore(_quorum_model(None), max_depth=9)
+    assert r.counterexample is None
+    assert (r.states, r.transitions) == (15606, 45296)
+    assert not r.complete
+
+
+def test_bad_quorums_and_wipe_nodes_are_usage_errors() -> None:
+    args = ["model", "replica", "--nodes", "4", "--max-depth", "1"]
+    bad = CliRunner().invoke(main, [*args, "--wipes", "1", "--wipe-nodes", "9"])
+    assert bad.exit_code == 2 and "wipe_nodes must lie in 1..4" in bad.output
+    bad = CliRunner().invoke(main, [*args, "--wipe-nodes", "x"])
+    assert bad.exit_code == 2 and "not a list of node ids" in bad.output
+    bad = CliRunner().invoke(main, [*args, "--q1", "1", "--q2", "1"])
+    assert bad.exit_code == 2 and "q1 + q2 must exceed" in bad.output

@@ -43,12 +43,27 @@ def build_model(scope: str, params: dict[str, Any]) -> Any:
         "symmetry": params.get("symmetry", True),
         "network": params.get("network", "duplicating"),
         "rebuild_checks": params.get("rebuild_checks", True),
+        "q1": params.get("q1"),
+        "q2": params.get("q2"),
+        "wipe_nodes": _node_list(params.get("wipe_nodes")),
     }
     if scope == "synod":
         return SynodModel(params.get("nodes", 3), params.get("proposers", 2), budget, **kw)
     if scope == "replica":
         return ReplicaModel(params.get("nodes", 3), params.get("proposers", 2), budget, **kw)
     raise click.BadParameter(f"unknown scope {scope!r}")
+
+
+def _node_list(raw: Any) -> tuple[int, ...] | None:
+    """``--wipe-nodes 2,3`` (or a list, as a counterexample file has it)."""
+    if not raw:
+        return None
+    try:
+        if isinstance(raw, str):
+            return tuple(int(x) for x in raw.split(","))
+        return tuple(int(x) for x in raw)
+    except (TypeError, ValueError):
+        raise click.BadParameter(f"not a list of node ids: {raw!r}") from None
 
 
 @click.group("model")
@@ -87,6 +102,18 @@ def _scope_options(f: Any) -> Any:
         click.option("--mutant", default=None, help="Check a deliberately broken variant."),
         click.option("--max-states", type=int, default=None, help="Stop after K states."),
         click.option("--max-depth", type=int, default=None, help="Every state within D actions."),
+        click.option(
+            "--q1",
+            type=click.IntRange(1),
+            default=None,
+            help="Phase-1 quorum size (default: majority, or the smallest that meets --q2).",
+        ),
+        click.option(
+            "--q2",
+            type=click.IntRange(1),
+            default=None,
+            help="Phase-2 quorum size (default: majority, or the smallest that meets --q1).",
+        ),
         click.option("--no-symmetry", is_flag=True, help="No value-symmetry reduction."),
         click.option(
             "--no-rebuild-checks",
@@ -133,6 +160,11 @@ def model_synod(**opts: Any) -> None:
 @click.option("--slots", "proposals", default=2, show_default=True, help="Client writes.")
 @click.option("--reads", default=0, show_default=True, help="Client reads.")
 @click.option("--wipes", default=0, show_default=True, help="Crashes that lose the disk.")
+@click.option(
+    "--wipe-nodes",
+    default=None,
+    help="Comma list of the nodes that may lose their disk (default: every node).",
+)
 def model_replica(**opts: Any) -> None:
     """Multi-Paxos: agreement, validity and linearizability of a register."""
     _run("replica", opts)
@@ -155,6 +187,9 @@ def _run(scope: str, opts: dict[str, Any]) -> None:
             "reads",
             "mutant",
             "network",
+            "q1",
+            "q2",
+            "wipe_nodes",
         )
     }
     params["symmetry"] = not opts["no_symmetry"]

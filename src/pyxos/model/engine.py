@@ -105,7 +105,7 @@ import msgspec
 from pyxos.check.invariants import Violation
 from pyxos.core.ballot import Ballot
 from pyxos.core.messages import Entry, Message, RebuildInfo
-from pyxos.core.quorum import Majority
+from pyxos.core.quorum import FlexibleQuorum, Majority, quorum_sizes
 from pyxos.core.ready import Ready
 from pyxos.model.canon import canon, clone
 from pyxos.storage.memory import MemoryStorage
@@ -335,6 +335,9 @@ class Model:
         symmetry: bool = True,
         network: str = "duplicating",
         rebuild_checks: bool = True,
+        q1: int | None = None,
+        q2: int | None = None,
+        wipe_nodes: tuple[int, ...] | None = None,
     ):
         if network not in NETWORKS:
             raise ValueError(f"network must be one of {NETWORKS}")
@@ -343,7 +346,15 @@ class Model:
             raise ValueError("proposers must lie in 1..nodes")
         self.ids = tuple(range(1, nodes + 1))
         self.proposer_ids = self.ids[:proposers]
-        self.quorum = Majority(self.ids)
+        if wipe_nodes is not None and not set(wipe_nodes) <= set(self.ids):
+            raise ValueError(f"wipe_nodes must lie in 1..{nodes}")
+        self.wipe_ids = self.ids if wipe_nodes is None else tuple(sorted(set(wipe_nodes)))
+        """The nodes that may lose their disk (every node unless the scope says)."""
+        self.q1, self.q2 = q1, q2
+        if q1 is None and q2 is None:
+            self.quorum: FlexibleQuorum = Majority(self.ids)
+        else:
+            self.quorum = FlexibleQuorum(self.ids, *quorum_sizes(nodes, q1, q2))
         self.rng = FixedRng()
         self.budget = budget
         self.rebuild_checks = rebuild_checks
@@ -371,6 +382,9 @@ class Model:
             "symmetry": self.symmetry,
             "network": self.network,
             "rebuild_checks": self.rebuild_checks,
+            "q1": self.q1,
+            "q2": self.q2,
+            "wipe_nodes": None if self.wipe_ids == self.ids else list(self.wipe_ids),
         }
 
     def make_node(self, node_id: int, storage: MemoryStorage, now: float, first: bool) -> Any:
@@ -554,7 +568,7 @@ class Model:
             for i in self.ids:
                 yield ("crash", i)
         if left["wipes"] > 0:
-            for i in self.ids:
+            for i in self.wipe_ids:
                 yield ("wipe", i)
         yield from self.client_actions(w)
 

@@ -56,6 +56,9 @@ class ReplicaModel(Model):
         symmetry: bool = True,
         network: str = "duplicating",
         rebuild_checks: bool = True,
+        q1: int | None = None,
+        q2: int | None = None,
+        wipe_nodes: tuple[int, ...] | None = None,
         config: ReplicaConfig = MODEL_CONFIG,
     ) -> None:
         super().__init__(
@@ -65,6 +68,9 @@ class ReplicaModel(Model):
             symmetry=symmetry,
             network=network,
             rebuild_checks=rebuild_checks,
+            q1=q1,
+            q2=q2,
+            wipe_nodes=wipe_nodes,
         )
         if mutant is not None and mutant not in REPLICA_MUTANTS:
             raise ValueError(

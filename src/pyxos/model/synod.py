@@ -40,6 +40,9 @@ class SynodModel(Model):
         symmetry: bool = True,
         network: str = "duplicating",
         rebuild_checks: bool = True,
+        q1: int | None = None,
+        q2: int | None = None,
+        wipe_nodes: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__(
             nodes,
@@ -48,6 +51,9 @@ class SynodModel(Model):
             symmetry=symmetry,
             network=network,
             rebuild_checks=rebuild_checks,
+            q1=q1,
+            q2=q2,
+            wipe_nodes=wipe_nodes,
         )
         if mutant is not None and mutant not in SYNOD_MUTANTS:
             raise ValueError(

@@ -226,19 +226,18 @@ class DriftBlindLeaseReplica(Replica):
 class RebuildQuorumReplica(Replica):
     """A rebuilding node that finishes once a quorum of its peers answered, instead of
     every peer: the promise a peer it did not hear from holds may be above the maximum
-    it raises its own to (the worked counterexample in ``core/replica.py``)."""
+    it raises its own to (the worked counterexample in ``core/replica.py``). Only that
+    one condition is weakened: a bootstrapping node still waits for every peer (an
+    earlier version of this mutant dropped the bootstrap path, so the simulator, whose
+    nodes bootstrap, saw a cluster that never started instead of the unsafe rebuild),
+    and a lost majority still stops the rebuild."""
 
-    def _try_finish_rebuild(self) -> None:
-        if not self.rebuilding:
-            return
+    def peers_unanswered(self) -> set[int]:
+        missing = super().peers_unanswered()
+        if self.bootstrapping or not self.rebuilding:
+            return missing
         answered = {p for p, i in self.rebuild_info.items() if not i.rebuilding}
-        if not self.quorum.is_phase1_quorum(answered):
-            return
-        last = max((self.rebuild_info[p].last_slot for p in answered), default=-1)
-        self.commit_hint = max(self.commit_hint, last + 1)
-        if self.first_unchosen <= last:
-            return
-        self.rebuild_caught_up = True
+        return set() if self.quorum.is_phase1_quorum(answered) else missing
 
 
 class RebuildNoFenceReplica(Replica):
