@@ -83,8 +83,12 @@ exact and deterministic, and the tests assert it. Reductions applied, each sound
   properties (leases) are out of scope: the model runs with leases off, every read
   takes the read-index round (the simulator's clock faults test leases).
 
-Node ids are not symmetric (ballots carry them and their order decides duels), so
-no symmetry over nodes is applied.
+Node ids are not symmetric (ballots carry them and their order decides duels, and
+a replica picks the peer it fetches from by its index among its peers), so no
+symmetry over nodes is applied. Nor is partial-order reduction: a node's mailbox is
+unordered and open, so a message sent later races with every message in flight to
+it, and no node's pending deliveries form a persistent set (docs/architecture.md,
+*Evidence*, has the measurements).
 """
 
 from __future__ import annotations
