@@ -272,3 +272,20 @@ def test_a_chosen_watermark_alone_starts_no_fsync_and_rides_with_the_next() -> N
     assert kinds(effects)[3:] == [("write", None), ("fsync", None), ("wake", 5.0)]
     driver.fsync_done()
     assert driver.synced == driver.written == 1
+
+
+def test_a_record_the_host_wrote_outside_persist_starts_an_fsync() -> None:
+    """A LEARNED record (written by the host as it applies a value fetched from a peer)
+    must become durable even when the node writes nothing else but watermarks: a
+    follower catching up by fetching did no fsync at all, and a forced recovery lost
+    what it had fetched (tests/test_recover_processes.py)."""
+    driver, node, effects = make()
+    node.script.append(Ready(Persist(chosen=3)))
+    driver.drive()
+    assert not driver.fsync_in_flight
+    driver.wrote()
+    node.script.append(Ready(Persist(chosen=4)))
+    driver.drive()
+    assert driver.fsync_in_flight and ("fsync", None) in kinds(effects)
+    driver.fsync_done()
+    assert driver.synced == driver.written == 1

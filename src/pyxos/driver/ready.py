@@ -287,6 +287,12 @@ class ReadyDriver:
         """Start no more fsyncs or snapshots (the host shuts down)."""
         self.closed = True
 
+    def wrote(self) -> None:
+        """The host wrote a record outside ``persist`` that must become durable in
+        time (a ``LEARNED`` record, ``storage.durable``): it is counted as a write, so
+        an fsync starts for it (nothing waits on it)."""
+        self.written += 1
+
     def waiting_sends(self) -> int:
         """Messages waiting for an fsync."""
         return sum(len(sends) for _, sends in self.waiting)

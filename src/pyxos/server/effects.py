@@ -228,6 +228,9 @@ class ServerEffects:
                 learned.append(e)
         if learned:
             durable.write_learned(learned)
+            # Buffered until an fsync: a follower catching up by fetching writes only
+            # watermarks otherwise, which start none (driver/ready.py).
+            self._driver.wrote()
 
     def save_snapshot(self, slot: int, data: bytes) -> None:
         """Write the snapshot in the snapshot thread, keep the newest two."""
