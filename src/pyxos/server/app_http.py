@@ -88,7 +88,7 @@ def register_app_endpoints(
         body = await read_body(request, node.config.client_max_frame_bytes)
         try:
             doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, RecursionError) as e:  # RecursionError: nested too deep
             return _json(400, {"error": f"the body is not JSON: {e}"})
         try:
             data = to_bytes(doc)

@@ -400,7 +400,7 @@ class HttpApi:
         raw = await self._body(request, _MAX_CAS_BODY)
         try:
             body = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
             return _json(400, {"error": "the body is not JSON"})
         if (
             not isinstance(body, dict)

@@ -80,7 +80,7 @@ def register_member_endpoints(
             return {}
         try:
             doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, RecursionError) as e:  # RecursionError: nested too deep
             raise web.HTTPBadRequest(
                 text=json.dumps({"error": f"the body is not JSON: {e}"}),
                 content_type="application/json",

@@ -47,7 +47,7 @@ async def _target(request: web.Request) -> int | None:
         raw = await request.read()
         try:
             doc = json.loads(raw) if raw.strip() else {}
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
             return None
         text = doc.get("to") if isinstance(doc, dict) else None
     if isinstance(text, bool):
