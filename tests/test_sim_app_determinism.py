@@ -331,3 +331,51 @@ def test_results_that_depend_on_the_hash_seed_are_caught_at_their_slot() -> None
     assert e.value.check == "determinism"
     assert "its results have digests" in e.value.detail, e.value.detail
     assert "PYTHONHASHSEED=1 and " in e.value.detail
+
+
+class HourStamp:
+    """Stamps its state with the hour (and another with the day) of the wall clock:
+    every replica of a simulated run, in one process, reads the same hour; a real
+    cluster's replicas diverge at an hour's boundary. The replayers' clocks are shifted
+    apart (``determinism.CLOCK_SHIFT``), so the replay sees it."""
+
+    def __init__(self) -> None:
+        self.stamps: list[int] = []
+
+    def apply(self, command: bytes) -> bytes:
+        import datetime
+        import time
+
+        if command == b"hour":
+            self.stamps.append(int(time.time()) // 3600)
+        elif command == b"mono":
+            self.stamps.append(int(time.monotonic()) // 86400)
+        else:
+            self.stamps.append(datetime.date.today().toordinal())
+        return b"ok"
+
+    def query(self, q: bytes) -> bytes:
+        return b""
+
+    def snapshot(self) -> bytes:
+        return ",".join(map(str, self.stamps)).encode()
+
+    def restore(self, data: bytes) -> None:
+        self.stamps = [int(x) for x in data.decode().split(",")] if data else []
+
+
+def hour_stamp_factory() -> type[HourStamp]:
+    """The replay recipe's factory: returns the store factory (the class)."""
+    return HourStamp
+
+
+@pytest.mark.parametrize("clock", [b"hour", b"mono", b"date"])
+def test_an_application_that_reads_a_coarse_clock_is_caught(clock: bytes) -> None:
+    from pyxos.statemachine.replicated import encode_batch
+
+    values = [encode_batch([(1, 1, clock)])]
+    check = ReplayCheck(Recipe("test_sim_app_determinism:hour_stamp_factory"), (1, 2))
+    with pytest.raises(Violation) as e:
+        check_determinism(check, values, DivergenceMonitor(), None)
+    assert e.value.check == "determinism"
+    assert "PYTHONHASHSEED=1 and 2, first differ at slot 0" in e.value.detail, e.value.detail

@@ -31,6 +31,12 @@ the application's ``snapshot()`` bytes. The comparison, first slot first:
 
 The first difference is a ``determinism`` violation naming the slot and the hash seeds.
 
+A replayer's clocks also run ahead by ``CLOCK_SHIFT`` times its hash seed (more than a
+year, an hour, a minute and a second each; :func:`_shift_clocks`): the replicas of a
+simulated run all read one real clock within the same second, so an application that
+reads it coarsely (the hour, today's date) is alike on all of them; the replayers read
+clocks that far apart, and disagree.
+
 Keeping it fast: one replayer per hash seed serves every run of a sweep (started at
 the first check, kept in a module-level pool, ended when the process exits or its
 stdin closes); the request goes to every replayer before any answer is read, so they
@@ -397,6 +403,55 @@ def check_determinism(
 
 # -- the replayer's side --------------------------------------------------------------------
 
+CLOCK_SHIFT: Final = 400 * 86400.0 + 3600.0 + 60.0 + 1.5
+"""Seconds a replayer's clocks run ahead per unit of its hash seed: more than a year,
+an hour, a minute and a second, so replayers with hash seeds 1 and 2 read a different
+year, day, hour, minute and second from every clock (and from the replicas')."""
+
+
+def _shift_clocks(shift: float) -> None:
+    """Make the clocks an application may read (``time.time``, ``time.monotonic``,
+    ``time.perf_counter`` and their ``_ns`` forms, ``datetime.datetime.now``/``today``/
+    ``utcnow`` and ``datetime.date.today``) run ``shift`` seconds ahead in this process.
+
+    Every replica of a simulated run reads one real clock within the same second: an
+    application that reads it coarsely (``int(time.time()) // 3600``, today's date)
+    behaves alike on all of them, and would diverge on a real cluster only at an hour's
+    or a day's boundary. The replayers read clocks that far apart, so the replay check
+    sees it. Done before the application is imported, so ``from time import time``
+    takes the shifted one too."""
+    import datetime as dt
+
+    ns = int(shift * 1e9)
+    for name in ("time", "monotonic", "perf_counter"):
+        real = getattr(time, name)
+        real_ns = getattr(time, f"{name}_ns")
+        setattr(time, name, lambda real=real: real() + shift)
+        setattr(time, f"{name}_ns", lambda real_ns=real_ns: real_ns() + ns)
+    delta = dt.timedelta(seconds=shift)
+    real_datetime, real_date = dt.datetime, dt.date
+
+    class _Datetime(real_datetime):  # type: ignore[misc,valid-type]
+        @classmethod
+        def now(cls, tz: dt.tzinfo | None = None) -> dt.datetime:
+            return real_datetime.now(tz) + delta
+
+        @classmethod
+        def today(cls) -> dt.datetime:
+            return real_datetime.today() + delta
+
+        @classmethod
+        def utcnow(cls) -> dt.datetime:
+            return real_datetime.now(dt.UTC).replace(tzinfo=None) + delta
+
+    class _Date(real_date):  # type: ignore[misc,valid-type]
+        @classmethod
+        def today(cls) -> dt.date:
+            return (real_datetime.now() + delta).date()
+
+    dt.datetime = _Datetime  # type: ignore[misc]
+    dt.date = _Date  # type: ignore[misc]
+
 
 def _serve() -> None:
     """Answer replay requests on stdin until it closes (the replayer's main loop)."""
@@ -405,6 +460,8 @@ def _serve() -> None:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     stdin = sys.stdin.buffer.fileno()
+    seed_env = os.environ.get("PYTHONHASHSEED", "")
+    _shift_clocks(CLOCK_SHIFT * (int(seed_env) if seed_env.isdigit() else 1))
     factories: dict[bytes, Callable[[], Any]] = {}
     hash_seed = os.environ.get("PYTHONHASHSEED", "random")
     while True:
