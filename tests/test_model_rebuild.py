@@ -174,3 +174,49 @@ def test_bad_quorums_and_wipe_nodes_are_usage_errors() -> None:
     assert bad.exit_code == 2 and "not a list of node ids" in bad.output
     bad = CliRunner().invoke(main, [*args, "--q1", "1", "--q2", "1"])
     assert bad.exit_code == 2 and "q1 + q2 must exceed" in bad.output
+
+
+def test_from_a_file_the_search_starts_where_its_actions_lead(tmp_path: Path) -> None:
+    # A prefix that is not enabled in the scope, or not a counterexample file at all,
+    # is a usage error; a good one is the start of every path the search reports.
+    cex = explore(_fence_model("rebuild-no-fence")).counterexample
+    assert cex is not None
+    path = tmp_path / "cex.json"
+    path.write_bytes(cex.to_json())
+    scope = ["--nodes", "3", "--proposers", "1", "--slots", "1", "--wipes", "1"]
+    args = ["model", "replica", *scope, "--network", "exact", "--from", str(path)]
+    args += ["--mutant", "rebuild-no-fence", "--out", str(tmp_path / "out.json")]
+    refused = CliRunner().invoke(main, [*args, "--timeouts", "0"])
+    assert refused.exit_code == 2 and "start action not enabled: timeout node 1" in refused.output
+    checked = CliRunner().invoke(main, [*args, "--timeouts", "1"])
+    assert checked.exit_code == 2 and "violates rebuild-fence" in checked.output
+    (tmp_path / "bad.json").write_text('{"actions": [["deliver", 1]]}')
+    bad = CliRunner().invoke(main, [*args[:-6], "--from", str(tmp_path / "bad.json")])
+    assert bad.exit_code == 2 and "not a counterexample" in bad.output
+    ok = CliRunner().invoke(main, [*args, "--timeouts", "1", "--no-rebuild-checks"])
+    assert "from the state after the 9 actions" in ok.output, ok.output
+    assert "no violation" in ok.output  # no budget left for a second leader
+
+
+@pytest.mark.slow  # 17,634 states: about 20 s alone, minutes on a loaded machine
+def test_the_fence_counterexample_carried_on_to_two_values_chosen() -> None:
+    # Stage 1 (above): the shortest run that breaks rebuild-fence, 9 actions. Stage 2:
+    # from its last state, with the rebuild checks off and budget for a second term,
+    # the shortest run on to agreement: 11 more (node 1 rebuilds below slot 0, leads
+    # again with node 3, which never saw w1, and gets w2 chosen there).
+    cex = explore(_fence_model("rebuild-no-fence")).counterexample
+    assert cex is not None
+    model = ReplicaModel(
+        3,
+        1,
+        Budget(timeouts=2, proposals=2, wipes=1),
+        mutant="rebuild-no-fence",
+        network="exact",
+        rebuild_checks=False,
+    )
+    r = explore(model, start=cex.actions)
+    full = r.counterexample
+    assert full is not None and full.violation.check == "agreement"
+    assert "b'w1' and b'w2' were both chosen" in full.violation.detail
+    assert full.actions[:9] == cex.actions and len(full.actions) == 20
+    assert r.states == 17634

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import msgspec
 
 __all__ = ["build_model", "model"]
 
@@ -133,6 +134,15 @@ def _scope_options(f: Any) -> Any:
             default="bfs",
             show_default=True,
         ),
+        click.option(
+            "--from",
+            "from_file",
+            type=click.Path(exists=True, dir_okay=False),
+            default=None,
+            help="(--search bfs) Search from the state a counterexample file's actions "
+            "lead to in this scope: carry a rebuild-check counterexample on to agreement "
+            "(with --no-rebuild-checks and the budgets the rest needs).",
+        ),
         click.option("--walks", default=1000, show_default=True, help="(--search random)"),
         click.option("--seed", default=0, show_default=True, help="(--search random)"),
         click.option(
@@ -205,13 +215,27 @@ def _run(scope: str, opts: dict[str, Any]) -> None:
         def progress(states: int, transitions: int, depth: int) -> None:
             click.echo(f"  depth {depth}: {states} states, {transitions} transitions", err=True)
 
-        r = explore(
-            m,
-            max_states=opts["max_states"],
-            max_depth=opts["max_depth"],
-            progress=progress,
-            subsumption=not opts["no_subsumption"],
-        )
+        start = None
+        if opts["from_file"]:
+            from pyxos.model.engine import action_from_json
+
+            try:
+                raw = json.loads(Path(opts["from_file"]).read_text())
+                start = [action_from_json(a) for a in raw["actions"]]
+            except (ValueError, KeyError, TypeError, IndexError, msgspec.DecodeError) as e:
+                raise click.UsageError(f"{opts['from_file']}: not a counterexample: {e}") from None
+            click.echo(f"from the state after the {len(start)} actions of {opts['from_file']}")
+        try:
+            r = explore(
+                m,
+                max_states=opts["max_states"],
+                max_depth=opts["max_depth"],
+                progress=progress,
+                subsumption=not opts["no_subsumption"],
+                start=start,
+            )
+        except ValueError as e:
+            raise click.UsageError(str(e)) from None
         bound = "complete" if r.complete else "bounded"
         if opts["max_depth"] is not None and r.counterexample is None:
             bound += f" to depth {opts['max_depth']}"

@@ -746,8 +746,16 @@ def explore(
     progress: Callable[[int, int, int], None] | None = None,
     subsumption: bool = True,
     visit: Callable[[World], None] | None = None,
+    start: list[Action] | None = None,
 ) -> ModelResult:
     """Breadth-first search of every state of ``model`` (see the module docstring).
+
+    ``start``: search from the state these actions lead to instead of the initial
+    state (every one must be enabled in turn, and none may violate a check); depths
+    and counts are then those of the search from there, and a counterexample begins
+    with ``start``. So a counterexample of one check (the rebuild checks, found
+    early) can be carried on to a violation of another (agreement, found from
+    there), each part a shortest one.
 
     Stops at the first violation (with a shortest counterexample), once ``max_states``
     distinct states have been seen, or (``max_depth``) after every state reachable in
@@ -768,6 +776,13 @@ def explore(
     """
     t0 = time.perf_counter()
     init = model.initial()
+    for a in start or ():
+        if a not in set(model.actions(init)):
+            raise ValueError(f"start action not enabled: {format_action(a)}")
+        nxt = _try(model, init, a)
+        if isinstance(nxt, Violation):
+            raise ValueError(f"start action {format_action(a)} violates {nxt.check}")
+        init = nxt
     fp0 = model.fingerprint(init)
     if visit is not None:
         visit(init)
@@ -792,7 +807,10 @@ def explore(
             transitions += 1
             c = _try(model, w, a)  # a core object that raises is a verdict too
             if isinstance(c, Violation):
-                return _found(model, parent, fp, a, c, transitions, depth + 1, t0, subsumed)
+                found = _found(model, parent, fp, a, c, transitions, depth + 1, t0, subsumed)
+                if start and found.counterexample is not None:
+                    found.counterexample.actions[:0] = start
+                return found
             if subsumption and model.subsumed(c, w):
                 subsumed += 1
                 continue
