@@ -174,6 +174,49 @@ def test_the_digest_covers_the_sessions_and_the_application() -> None:
     assert a.state_digest() == d.state_digest()  # tracked equals computed
 
 
+class _Unencoded:
+    """Returns ``str`` where the contract says ``bytes`` (forgot ``.encode()``)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def apply(self, command: bytes) -> bytes:
+        self.n += 1
+        return str(self.n)  # type: ignore[return-value]
+
+    def query(self, q: bytes) -> bytes:
+        return self.n  # type: ignore[return-value]
+
+    def snapshot(self) -> bytes:
+        return str(self.n)  # type: ignore[return-value]
+
+    def restore(self, data: bytes) -> None:
+        self.n = int(data)
+
+    def reject(self, error: str) -> bytes:
+        return error  # type: ignore[return-value]
+
+
+def test_results_that_are_not_bytes_never_reach_the_session_table_or_a_snapshot() -> None:
+    # Before: the str result was kept in the session table, the snapshot encoded, and
+    # restoring it failed ("Expected `bytes`, got `str`"): a replica that restarted from
+    # it, or a follower sent it, could not come back.
+    state = ReplicatedApp(_Unencoded())
+    (done,) = state.apply(0, encode_batch([(1, 1, b"x")]))
+    assert done.error is not None and "apply returned str, not bytes" in done.error
+    assert isinstance(done.result, bytes)  # reject's str is refused too: no result bytes
+    assert "reject returned str" in done.error
+    q = state.query(b"q")
+    assert q.error is not None and "query returned int, not bytes" in q.error
+    assert type(q.result) is bytes
+    with pytest.raises(TypeError, match=r"snapshot\(\) returned str, not bytes"):
+        state.snapshot()
+    state.app.snapshot = lambda: b"1"  # type: ignore[method-assign]
+    again = ReplicatedApp(_Unencoded())
+    again.restore(state.snapshot())  # the session table holds only bytes: it restores
+    assert again.session(1) == (1, b"")
+
+
 def test_a_batch_carries_opaque_bytes() -> None:
     value = encode_batch([(1, 2, b"\x00\xff")])
     assert decode_batch(value) == [(1, 2, b"\x00\xff")]

@@ -118,6 +118,20 @@ def decode_batch(value: bytes) -> list[BatchEntry]:
     return _batch_decoder.decode(value)
 
 
+def _as_result(value: object, what: str) -> bytes:
+    """``value`` (what the application's ``what`` returned) as ``bytes``: bytes as they
+    are, a ``bytearray`` or ``memoryview`` copied; ``TypeError`` naming ``what`` for
+    anything else (a ``str`` that was not encoded, None). Checked before the value is
+    kept: a ``str`` in the session table or the application's snapshot would encode,
+    but no snapshot holding it could be restored (docs/architecture.md, *The
+    application contract*)."""
+    if type(value) is bytes:
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise TypeError(f"the application's {what} returned {type(value).__name__}, not bytes")
+
+
 def _session_hash(applied: Applied) -> int:
     h = blake2b(_encoder.encode(applied), digest_size=8, person=b"app-sess")
     return int.from_bytes(h.digest(), "little")
@@ -193,7 +207,10 @@ class ReplicatedApp(Generic[A]):
                     applied.append(session if seq == session.seq else self._stale(client, seq))
                     continue
             try:
-                done = Applied(client, seq, apply_one(command))
+                result = apply_one(command)
+                if type(result) is not bytes:
+                    result = _as_result(result, "apply")
+                done = Applied(client, seq, result)
             except PROCESS_EXITS as e:
                 self._interrupted = (
                     f"slot {slot} was cut short by {type(e).__name__} inside the "
@@ -221,7 +238,14 @@ class ReplicatedApp(Generic[A]):
         """The answer to ``(client, seq)`` that could not be carried out: ``error``,
         and the result bytes the application's ``reject`` makes of it (if it has one)."""
         reject = self._reject
-        return Applied(client, seq, reject(error) if reject is not None else b"", error)
+        if reject is None:
+            return Applied(client, seq, b"", error)
+        try:
+            return Applied(client, seq, _as_result(reject(error), "reject"), error)
+        except PROCESS_EXITS:
+            raise
+        except BaseException as e:  # a broken reject: the error alone, no result bytes
+            return Applied(client, seq, b"", f"{error} (and reject raised {type(e).__name__}: {e})")
 
     def _stale(self, client: int, seq: int) -> Applied:
         return self.failure(client, seq, f"stale request: seq {seq} already superseded")
@@ -231,7 +255,7 @@ class ReplicatedApp(Generic[A]):
         0: the caller addresses the reply). An exception becomes an error answer
         (but :data:`PROCESS_EXITS`, which propagate)."""
         try:
-            return Applied(0, 0, self.app.query(q))
+            return Applied(0, 0, _as_result(self.app.query(q), "query"))
         except PROCESS_EXITS:
             raise
         except BaseException as e:  # the application's bug becomes an answer
@@ -257,7 +281,7 @@ class ReplicatedApp(Generic[A]):
                 version=SNAPSHOT_VERSION,
                 applied_slot=self._applied_slot,
                 sessions=list(self._sessions.values()),
-                app=self.app.snapshot(),
+                app=_as_result(self.app.snapshot(), "snapshot()"),
             )
         )
 
