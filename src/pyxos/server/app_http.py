@@ -11,10 +11,12 @@ retries, the same ``(client, seq)`` rule as every client) carry it to the leader
 command goes through the log; a query is sent as a query (lease or read-index, never
 the log). Answers: ``200 {"result": ...}``; ``400 {"error"}`` when the body is not
 JSON, the codec refuses the document, or the application refused the command
-(``validate``) or raised; ``404`` for an application without a codec; ``507`` (a
-command) or ``503`` (a query) while the node's disk is full; ``503`` when a
-query finds no leader, ``504 {"outcome": "unknown"}`` when a command got no answer in
-time (it may still take effect), as for the KV endpoints.
+(``validate``) or raised; ``500`` when ``json_result`` fails or returns what JSON
+cannot carry (for a command with ``"applied": true``: it took effect); ``404`` for
+an application without a codec; ``507`` (a command) or ``503`` (a query) while the
+node's disk is full; ``503`` when a query finds no leader, ``504 {"outcome":
+"unknown"}`` when a command got no answer in time (it may still take effect), as for
+the KV endpoints.
 """
 
 from __future__ import annotations
@@ -108,9 +110,11 @@ def register_app_endpoints(
             raise http_refusal(reply.error, read=query)
         try:
             result = from_bytes(reply.result)
-        except Exception as e:  # the application's codec failed on its own result
-            return _json(500, {"error": f"the application's json_result failed: {e}"})
-        return _json(200, {"result": result})
+            return _json(200, {"result": result})
+        except Exception as e:  # the codec failed on its own result, or gave non-JSON
+            error = f"the application's json_result failed: {type(e).__name__}: {e}"
+            # A command was applied all the same: say so, or a client would retry it.
+            return _json(500, {"error": error} if query else {"error": error, "applied": True})
 
     async def command(request: web.Request) -> web.Response:
         return await call(request, query=False)
