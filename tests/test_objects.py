@@ -294,3 +294,27 @@ def test_unattached_call_raises() -> None:
     with pytest.raises(ValueError, match="already hosted"):
         ObjectHost({"a": c})
         ObjectHost({"b": c})
+
+
+def test_a_counter_never_holds_an_int_no_snapshot_can_encode() -> None:
+    """Three ``incr(2**63 - 1)`` took the value past 2**64: the call failed to encode
+    its result, but the value stayed, and every later ``snapshot()`` of every replica
+    raised ``OverflowError`` (a poison command: each node dies at its next snapshot,
+    and again after each restart). Now the command is refused, the value unchanged."""
+    from pyxos.objects.base import ObjectHost, decode_result, encode_call
+
+    host = ObjectHost({"c": Counter()})
+    up = encode_call(host.objects["c"].incr, 2**63 - 1)  # type: ignore[attr-defined]
+    down = encode_call(host.objects["c"].decr, 2**63 - 1)  # type: ignore[attr-defined]
+    assert host.validate(up) is None
+    assert decode_result(host.apply(up), int) == 2**63 - 1
+    for cmd in (up, up):
+        with pytest.raises(OverflowError, match="signed 64-bit"):
+            decode_result(host.apply(cmd), int)
+    assert decode_result(host.apply(down), int) == 0
+    assert decode_result(host.apply(down), int) == -(2**63) + 1
+    with pytest.raises(OverflowError):
+        decode_result(host.apply(down), int)
+    again = ObjectHost({"c": Counter()})
+    again.restore(host.snapshot())
+    assert again.objects["c"].value == -(2**63) + 1  # type: ignore[attr-defined]

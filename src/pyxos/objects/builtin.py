@@ -41,13 +41,25 @@ None``, ``release(owner, token) -> bool`` and the ``holder()`` query; ``renew`` 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
 from pyxos.objects.base import Replicated, query, replicated
 
 __all__ = ["Counter", "Lock", "LockHolder", "LockState", "Queue", "ReplicatedDict"]
+
+
+_INT64: Final = range(-(2**63), 2**63)
+
+
+def _int64(value: int) -> int:
+    """``value``, or ``OverflowError`` if msgpack cannot carry it as a signed 64-bit
+    integer. A state field holding a larger int encodes in no snapshot: every replica
+    would fail at its next snapshot, so a command must not put it there."""
+    if value not in _INT64:
+        raise OverflowError(f"{value} is outside the signed 64-bit range of a counter")
+    return value
 
 
 class Counter(Replicated):
@@ -57,14 +69,16 @@ class Counter(Replicated):
 
     @replicated
     def incr(self, by: int = 1) -> int:
-        """Add ``by``; return the new value."""
-        self.value += by
+        """Add ``by``; return the new value. ``OverflowError`` (the value unchanged) if
+        the sum leaves the range of a signed 64-bit integer."""
+        self.value = _int64(self.value + by)
         return self.value
 
     @replicated
     def decr(self, by: int = 1) -> int:
-        """Subtract ``by``; return the new value."""
-        self.value -= by
+        """Subtract ``by``; return the new value. ``OverflowError`` (the value
+        unchanged) if the difference leaves the range of a signed 64-bit integer."""
+        self.value = _int64(self.value - by)
         return self.value
 
     @replicated
