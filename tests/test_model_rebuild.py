@@ -220,3 +220,34 @@ def test_the_fence_counterexample_carried_on_to_two_values_chosen() -> None:
     assert "b'w1' and b'w2' were both chosen" in full.violation.detail
     assert full.actions[:9] == cex.actions and len(full.actions) == 20
     assert r.states == 17634
+
+
+def test_the_mutant_weakens_only_the_rebuild_a_bootstrap_still_waits_for_every_peer() -> None:
+    # The simulator's nodes bootstrap. An earlier rebuild-quorum dropped the bootstrap
+    # path: a bootstrapping node whose quorum of peers answered fresh took the rebuild
+    # path, never finished bootstrapping, and the simulator saw a cluster that never
+    # started (liveness at seed 0 of `pyxos sim kv --nodes 5 --faults all,disk,power`)
+    # instead of the unsafe rebuild it exists for.
+    import random
+
+    from pyxos.core.ballot import ZERO
+    from pyxos.core.messages import RebuildInfo
+    from pyxos.core.quorum import Majority
+    from pyxos.sim.mutants import REPLICA_MUTANTS
+
+    def answers(node, peers):  # type: ignore[no-untyped-def]
+        for p in peers:
+            node.step(RebuildInfo(p, ZERO, -1, fresh=True, nonce=node.rebuild_nonce))
+            node.ready()
+            node.advance()
+
+    cls = REPLICA_MUTANTS["rebuild-quorum"]
+    boot = cls(1, Majority((1, 2, 3, 4, 5)), random.Random(1), bootstrapping=True)
+    answers(boot, (2, 3, 4))
+    assert boot.bootstrapping and boot.rebuilding and not boot.rebuild_caught_up
+    answers(boot, (5,))
+    assert not boot.bootstrapping and not boot.rebuilding  # every peer fresh: started
+    # A rebuilding node, though, ends on a quorum of answers (the weakened rule).
+    wiped = cls(1, Majority((1, 2, 3, 4, 5)), random.Random(1), rebuilding=True)
+    answers(wiped, (2, 3, 4))
+    assert wiped.rebuild_caught_up
