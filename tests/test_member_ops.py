@@ -253,3 +253,25 @@ def test_quorum_sizes_of_a_change_and_a_learner_keeps_them() -> None:
     assert net.ask(leader, MemberOp(op="add", node=5, address="h:5")).error is None
     latest = net.nodes[leader].replica.membership.latest
     assert (latest.learners, latest.q1, latest.q2) == ((5,), 3, 2), "a learner keeps the sizes"
+
+
+def test_an_address_a_member_has_is_refused_for_a_new_node() -> None:
+    # Found by the adversarial review: "member add 5 --addr <node 4's address>" was
+    # made; node 5's links were dialed at node 4, whose handshake names node 4, so node
+    # 5 could never be reached (or started: the port is taken), and its id was spent.
+    net = elected([1, 2, 3])
+    leader = net.leader()
+    net.start(4)
+    assert net.ask(leader, MemberOp(op="add", node=4, address="h:4")).error is None
+    net.run(0.3)
+    reply = net.ask(leader, MemberOp(op="add", node=5, address="h:4"))
+    assert reply.error is not None and "is node 4's" in reply.error, reply.error
+    reply = net.ask(leader, MemberOp(op="replace", node=leader, new=5, address="h:4"))
+    assert reply.error is not None and "is node 4's" in reply.error, reply.error
+    assert net.nodes[leader].replica.configuration.nodes == (1, 2, 3, 4)
+    # The address of the voter being replaced is the new node's to take (same machine).
+    assert net.ask(leader, MemberOp(op="promote", node=4)).error is None
+    net.run(0.3)
+    net.start(6)
+    reply = net.ask(leader, MemberOp(op="replace", node=4, new=6, address="h:4"))
+    assert reply.error is None, reply.error

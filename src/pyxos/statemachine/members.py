@@ -385,6 +385,13 @@ class MemberDesk:
                 return None, f"node {op.new} is already a member"
             if op.new in m.retired:
                 return None, f"node {op.new} was removed; a removed id is never reused"
+        if op.op in ("add", "replace") and op.address:
+            owner = self._address_owner(op.address, leaving=node if op.op == "replace" else 0)
+            if owner is not None:
+                return None, (
+                    f"address {op.address} is node {owner}'s, a member: a new node needs an "
+                    "address of its own (replace that node to reuse its address)"
+                )
         if replica.change_in_flight():
             return None, (
                 "another membership change is in flight: one change at a time "
@@ -395,6 +402,18 @@ class MemberDesk:
         except ConfigChangeError as e:
             return None, str(e)
         return None, None
+
+    def _address_owner(self, address: str, *, leaving: int) -> int | None:
+        """The member (other than ``leaving``, a voter being replaced) whose peer address
+        is ``address``, if one is: two members dialed at one address would never both
+        be reached (the handshake names one of them)."""
+        latest = self.replica.membership.latest
+        book = dict(self.addresses())
+        book.update(latest.addresses)
+        for node in latest.nodes:
+            if node != leaving and book.get(node) == address:
+                return node
+        return None
 
     def _next_config(self, op: MemberOp) -> Configuration:
         latest = self.replica.membership.latest
