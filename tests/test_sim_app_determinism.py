@@ -350,6 +350,10 @@ class HourStamp:
             self.stamps.append(int(time.time()) // 3600)
         elif command == b"mono":
             self.stamps.append(int(time.monotonic()) // 86400)
+        elif command == b"host":
+            import socket
+
+            self.stamps.append(sum(map(ord, socket.gethostname())))
         else:
             self.stamps.append(datetime.date.today().toordinal())
         return b"ok"
@@ -369,8 +373,10 @@ def hour_stamp_factory() -> type[HourStamp]:
     return HourStamp
 
 
-@pytest.mark.parametrize("clock", [b"hour", b"mono", b"date"])
+@pytest.mark.parametrize("clock", [b"hour", b"mono", b"date", b"host"])
 def test_an_application_that_reads_a_coarse_clock_is_caught(clock: bytes) -> None:
+    """... or the host's name: the replicas of a run share one host, a real cluster's
+    do not."""
     from pyxos.statemachine.replicated import encode_batch
 
     values = [encode_batch([(1, 1, clock)])]

@@ -35,7 +35,8 @@ A replayer's clocks also run ahead by ``CLOCK_SHIFT`` times its hash seed (more 
 year, an hour, a minute and a second each; :func:`_shift_clocks`): the replicas of a
 simulated run all read one real clock within the same second, so an application that
 reads it coarsely (the hour, today's date) is alike on all of them; the replayers read
-clocks that far apart, and disagree.
+clocks that far apart, and disagree. For the same reason ``socket.gethostname()`` and
+``platform.node()`` carry the replayer's hash seed (:func:`_rename_host`).
 
 Keeping it fast: one replayer per hash seed serves every run of a sweep (started at
 the first check, kept in a module-level pool, ended when the process exits or its
@@ -453,6 +454,19 @@ def _shift_clocks(shift: float) -> None:
     dt.date = _Date  # type: ignore[misc]
 
 
+def _rename_host(suffix: str) -> None:
+    """Make ``socket.gethostname()`` and ``platform.node()`` answer this host's name
+    with ``suffix`` appended: the replicas of a simulated run share one host, a real
+    cluster's usually do not, so an application whose state depends on the host's name
+    would pass every in-process check."""
+    import platform
+    import socket
+
+    name = f"{socket.gethostname()}.{suffix}"
+    socket.gethostname = lambda: name
+    platform.node = lambda: name
+
+
 def _serve() -> None:
     """Answer replay requests on stdin until it closes (the replayer's main loop)."""
     # The protocol owns the real stdout; whatever the application prints goes to stderr.
@@ -462,6 +476,7 @@ def _serve() -> None:
     stdin = sys.stdin.buffer.fileno()
     seed_env = os.environ.get("PYTHONHASHSEED", "")
     _shift_clocks(CLOCK_SHIFT * (int(seed_env) if seed_env.isdigit() else 1))
+    _rename_host(f"replay-{seed_env or 'random'}")
     factories: dict[bytes, Callable[[], Any]] = {}
     hash_seed = os.environ.get("PYTHONHASHSEED", "random")
     while True:
