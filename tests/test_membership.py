@@ -344,3 +344,20 @@ def test_membership_mutant_is_caught_and_replays_identically(
     assert a.trace_text() == b.trace_text()
     assert f"--mutant {mutant}" in a.replay and "membership" in a.replay
     assert REPLICA_MUTANTS[mutant] is not Replica
+
+
+def test_a_leader_proposing_in_a_new_configuration_without_its_phase1_is_caught() -> None:
+    # Adversarial review: new-config-no-phase1 proposes in slots a newer configuration
+    # governs without a phase-1 quorum of its voters. Unsafe after a replace (voters
+    # {1,2,3} -> {2,3,4}: a phase-1 quorum {1,2} of the old one misses a value {3,4}
+    # chose in the new one), yet in 150 seeds of all,disk,membership,transfer the
+    # simulator caught it only as a liveness failure (first seed 19, 30 of 150), never
+    # by a safety check: a blind spot. This pins that the runs do fail at all.
+    faults = parse_faults("all,disk,membership,transfer")
+    caught = None
+    for seed in range(40):
+        r = run_kv(seed, nodes=3, faults=faults, mutant="new-config-no-phase1", trace=False)
+        if r.violation is not None:
+            caught = r.violation.check
+            break
+    assert caught is not None, "new-config-no-phase1 survived 40 seeds"

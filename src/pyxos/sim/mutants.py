@@ -301,7 +301,18 @@ class TransferKeepsLeaseReplica(Replica):
         self.probe_sent_at.update(sent)
 
 
+class NewConfigNoPhase1Replica(Replica):
+    """A leader that proposes in slots a newer configuration governs without a phase-1
+    quorum of that configuration's voters (its phase 1 in the older one taken as
+    enough): a value a quorum of the new voters chose in an earlier ballot, which the
+    old voters it heard from never saw, is overwritten."""
+
+    def _may_propose_in(self, config: Configuration) -> bool:
+        return self.node_id in config.voters
+
+
 REPLICA_MUTANTS: dict[str, type[Replica]] = {
+    "new-config-no-phase1": NewConfigNoPhase1Replica,
     "config-immediate": ConfigImmediateReplica,
     "learner-votes": LearnerVotesReplica,
     "removed-votes": RemovedVotesReplica,
