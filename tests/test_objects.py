@@ -318,3 +318,33 @@ def test_a_counter_never_holds_an_int_no_snapshot_can_encode() -> None:
     again = ObjectHost({"c": Counter()})
     again.restore(host.snapshot())
     assert again.objects["c"].value == -(2**63) + 1  # type: ignore[attr-defined]
+
+
+class _Tagged(msgspec.Struct):
+    names: frozenset[str] = frozenset()
+
+
+def test_sets_inside_a_field_are_refused_like_set_fields() -> None:
+    """Only a field annotated ``set``/``frozenset`` itself was refused: a set inside
+    one (``dict[str, set[str]]``, an optional frozenset, a Struct holding one) was
+    accepted, and its iteration order (the order ``list(self.tags[k])`` returns, the
+    order its snapshot encodes) depends on the process's hash seed."""
+
+    class InDict(Replicated):
+        tags: dict[str, set[str]] = {}
+
+    class InOptional(Replicated):
+        ids: frozenset[int] | None = None
+
+    class InStruct(Replicated):
+        tagged: list[_Tagged] = []
+
+    for cls in (InDict, InOptional, InStruct):
+        with pytest.raises(TypeError, match="sets inside a field"):
+            ObjectHost({"x": cls()})
+
+    class Fine(Replicated):
+        tags: dict[str, list[str]] = {}
+        maybe: int | None = None
+
+    ObjectHost({"x": Fine()}).snapshot()

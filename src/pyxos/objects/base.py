@@ -36,7 +36,8 @@ Field types: a state field must be of a type msgspec encodes *and decodes back t
 equal*: ``None``, ``bool``, ``int``, ``float``, ``str``, ``bytes``, ``list``,
 ``tuple``, ``dict`` (str or int keys), ``msgspec.Struct``, dataclasses, enums, and
 unions and optionals of those, annotated precisely (``Any`` decodes as plain msgpack:
-lists, not tuples). ``set`` and ``frozenset`` fields are refused: their iteration
+lists, not tuples). ``set`` and ``frozenset`` fields are refused, and so is a field
+whose type holds one anywhere (``dict[str, set[str]]``, a Struct with a set): their iteration
 order depends on the process's hash seed, so replicas would encode, and could iterate,
 them differently. A command body must be deterministic: it may read only ``self``, its
 arguments and :attr:`Replicated.log_time`; no clock, randomness, I/O, or other
@@ -53,6 +54,7 @@ from __future__ import annotations
 
 import builtins
 import copy
+import dataclasses
 import inspect
 import typing
 from collections.abc import Callable, Coroutine, Mapping
@@ -355,11 +357,11 @@ class Replicated:
         spec = []
         for name in cls._pyxos_fields:
             kind = hints.get(name, Any)
-            origin = typing.get_origin(kind) or kind
-            if origin in (set, frozenset):
+            if _holds_a_set(kind, set()):
                 raise TypeError(
-                    f"{cls.__name__}.{name}: set fields are not allowed (iteration order "
-                    "depends on the hash seed; use a dict or a sorted list)"
+                    f"{cls.__name__}.{name}: set fields are not allowed, nor sets inside "
+                    "a field (iteration order depends on the hash seed; use a dict or a "
+                    "sorted list)"
                 )
             spec.append((name, kind))
         cls._pyxos_state = msgspec.defstruct(f"{cls.__name__}State", spec, array_like=True)
@@ -380,6 +382,29 @@ class Replicated:
         assert cls._pyxos_state_decoder is not None
         state = cls._pyxos_state_decoder.decode(data)
         return {name: getattr(state, name) for name in cls._pyxos_fields}
+
+
+def _holds_a_set(kind: Any, seen: set[int]) -> bool:
+    """Whether the annotation ``kind`` is a ``set`` or ``frozenset``, or holds one
+    anywhere: in its type arguments (``dict[str, set[str]]``, ``Optional[frozenset]``)
+    or in the fields of a ``msgspec.Struct`` or dataclass it names."""
+    if id(kind) in seen:
+        return False
+    seen.add(id(kind))
+    origin = typing.get_origin(kind) or kind
+    if isinstance(origin, type) and issubclass(origin, set | frozenset):
+        return True
+    if any(_holds_a_set(arg, seen) for arg in typing.get_args(kind)):
+        return True
+    if isinstance(kind, type) and (
+        issubclass(kind, msgspec.Struct) or dataclasses.is_dataclass(kind)
+    ):
+        try:
+            hints = typing.get_type_hints(kind)
+        except Exception:  # an annotation that does not resolve: msgspec will say
+            return False
+        return any(_holds_a_set(h, seen) for h in hints.values())
+    return False
 
 
 class _Missing:
