@@ -34,6 +34,8 @@ never reused), or if N is not a member yet (add it first). The answer is written
 id starts with an empty data directory and ``Replica.join_fresh``: it votes, once a
 configuration names it as a voter, with no bootstrap round. An id the leader has
 heard from before is not fresh (its disk was lost): it rebuilds, like any member.
+The ids a node has had a link up to are kept in ``membership.json`` too (``heard``),
+so a leader's restart does not make a wiped member look new.
 """
 
 from __future__ import annotations
@@ -81,6 +83,10 @@ class PeerBook:
         self.retired: set[int] = set()
         self.founding: Configuration | None = None
         """The founding configuration of a node that joined (None: the config's peers)."""
+        self.heard: set[int] = set()
+        """Ids this node has ever had a link up to (``MemberDesk.heard``), kept here so
+        that a restart of the leader does not forget them: a wiped node that rejoins
+        with ``--join`` under such an id is told it is not new, and rebuilds."""
         self.fresh_join = False
         """This start joins the cluster with a new, never used id (``join_fresh``)."""
         self.links: PeerLinks | None = None
@@ -119,12 +125,16 @@ class PeerBook:
         if self.fresh_join and node.replica.bootstrapping:
             node.replica.join_fresh()
         node.members.addresses = self.addresses
+        node.members.heard |= self.heard
         self.observe(node)
 
     def observe(self, node: ServiceNode | None) -> None:
         """After a drive pass: follow a change of the membership (see the module notes)."""
         if node is None:
             return
+        if len(node.members.heard) != len(self.heard):  # it only grows: a size check
+            self.heard = set(node.members.heard)
+            self._save()
         replica = node.replica
         m = replica.membership
         seen = (m.latest, len(m.retired))
@@ -269,6 +279,7 @@ class PeerBook:
         try:
             self.learned = {int(n): str(a) for n, a in dict(doc.get("addresses", {})).items()}
             self.retired = {int(n) for n in doc.get("removed", [])}
+            self.heard = {int(n) for n in doc.get("heard", [])}
             if doc.get("founding") is not None:
                 self.founding = config_from_json(doc["founding"])
         except (TypeError, ValueError, AttributeError) as e:
@@ -281,6 +292,7 @@ class PeerBook:
             "founding": config_json(self.founding) if self.founding is not None else None,
             "addresses": {str(n): a for n, a in sorted(self.learned.items())},
             "removed": sorted(self.retired),
+            "heard": sorted(self.heard),
         }
         path = self.path
         tmp = path.with_suffix(".tmp")
