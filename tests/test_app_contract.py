@@ -419,3 +419,51 @@ def test_the_example_counter_survives_sigkill_of_its_leader(
         cluster.stop()
         if os.environ.get("PYXOS_KEEP_LOGS"):
             print(*(p.read_text() for p in (tmp_path / "c").glob("*.log")))
+
+
+class BoolValidate:
+    """``validate`` returns a bool (True meaning "valid" to its author), not the
+    contract's ``str | None``."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def validate(self, command: bytes) -> bool:
+        return command == b"ok"
+
+    def apply(self, command: bytes) -> bytes:
+        self.n += 1
+        return b"%d" % self.n
+
+    def query(self, q: bytes) -> bytes:
+        return b"%d" % self.n
+
+    def snapshot(self) -> bytes:
+        return b"%d" % self.n
+
+    def restore(self, data: bytes) -> None:
+        self.n = int(data)
+
+
+def test_a_validate_that_returns_no_str_is_a_clear_refusal(tmp_path: Path) -> None:
+    """Before: the bool went into ``ClientReply.error``; no client or peer could decode
+    the frame ("Expected `str | null`, got `bool`"), every link that carried it was
+    closed, and the caller got ``OutcomeUnknown`` after its timeout. Now: a refusal
+    naming the mistake, directly and through a follower; nothing applied."""
+
+    async def main() -> None:
+        configs = cluster_configs(tmp_path, app="test_app_contract:BoolValidate")
+        nodes = await start_nodes(configs)
+        try:
+            await wait_leader(nodes)
+            for node, config in zip(nodes, configs, strict=True):
+                address = [f"127.0.0.1:{config.client_port}"]
+                async with AsyncClient(address, cluster=config.cluster_id, timeout=5.0) as c:
+                    for command in (b"ok", b"bad"):
+                        with pytest.raises(CommandRejected, match="validate returned bool"):
+                            await c.command(command)
+                    assert await c.query(b"") == b"0", node.config.node_id
+        finally:
+            await stop_nodes(nodes)
+
+    asyncio.run(main())

@@ -558,6 +558,13 @@ class ServiceNode:
                 raise
             except BaseException as e:  # the application's bug is a refusal
                 error = f"validate raised {type(e).__name__}: {e}"
+            if error is not None and not isinstance(error, str):
+                # True meant "valid" to its author: a refusal that says so, not a
+                # ClientReply whose error field no peer or client can decode.
+                error = (
+                    f"validate returned {type(error).__name__} {error!r:.40}, not a str "
+                    "reason or None (docs/architecture.md, The application contract)"
+                )
             if error is not None:
                 self.rejected += 1
                 refused = self.state.failure(msg.client, msg.seq, error)
