@@ -275,3 +275,17 @@ def test_an_address_a_member_has_is_refused_for_a_new_node() -> None:
     net.start(6)
     reply = net.ask(leader, MemberOp(op="replace", node=4, new=6, address="h:4"))
     assert reply.error is None, reply.error
+
+
+def test_a_rebuilding_node_is_not_counted_live() -> None:
+    # Adversarial review: a node rebuilding after a wiped disk answers the progress
+    # round but accepts nothing until it has rebuilt; it was counted live, so removing
+    # the healthy follower was made: voters {leader, rebuilding}, which choose nothing
+    # more until the rebuild ends (and not at all if it cannot end).
+    net = elected([1, 2, 3])
+    leader = net.leader()
+    healthy, rebuilding = [i for i in (1, 2, 3) if i != leader]
+    net.nodes[rebuilding].replica.rebuilding = True
+    reply = net.ask(leader, MemberOp(op="remove", node=healthy), seconds=3.0)
+    assert reply.error is not None and "no live quorum" in reply.error, reply.error
+    assert net.nodes[leader].replica.configuration.voters == (1, 2, 3)

@@ -452,8 +452,11 @@ class MemberDesk:
         if done is not None or why is not None:
             self._finish(request, result=done, error=why)
             return
+        # A node rebuilding its state (a wiped disk) answers, but votes in nothing yet.
         live = {replica.node_id} | {
-            n for n, doc in request.answers.items() if not doc.get("removed")
+            n
+            for n, doc in request.answers.items()
+            if not doc.get("removed") and not doc.get("rebuilding")
         }
         if op.op == "promote":
             doc = request.answers.get(op.node)
