@@ -25,7 +25,12 @@ from pyxos.check.linearizability import check_history
 from pyxos.cli import main
 from pyxos.client import AsyncClient, Client, CommandRejected, OutcomeUnknown
 from pyxos.core.ballot import Ballot
-from pyxos.core.membership import ConfigChangeError, encode_config_entry
+from pyxos.core.membership import (
+    ConfigChangeError,
+    Configuration,
+    MembershipState,
+    encode_config_entry,
+)
 from pyxos.core.messages import (
     Accepted,
     Commit,
@@ -193,6 +198,20 @@ def test_a_learner_or_a_removed_node_never_campaigns_on_timeout_now() -> None:
     voter.removed = None
     voter.step(TimeoutNow(1, Ballot(1, 1), 2))
     assert voter.role is Role.CANDIDATE and voter.elections == 1
+
+
+def test_a_node_that_just_joined_runs_at_once_on_timeout_now() -> None:
+    """A never-used id keeps no restart hold (it granted no lease in an earlier life):
+    a handover to a replacement that joined a moment ago is not lost (it waited out
+    the hold, ignored TimeoutNow, and the cluster waited an election timeout)."""
+    r = Replica(4, Majority([1, 2, 3]), random.Random(4), config=CFG, bootstrapping=True)
+    r.join_fresh()
+    config = Configuration(1, (1, 2, 4), alpha=ALPHA)
+    r.install_membership(MembershipState(10, ((10, config),), (3,)))
+    r.skip_to(10)
+    r.tick(0.01)  # well within the lease a restart holds
+    r.step(TimeoutNow(1, Ballot(1, 1), 4))
+    assert r.role is Role.CANDIDATE and r.elections == 1
 
 
 def test_a_timeout_now_drops_the_grant_to_its_ballot_for_good() -> None:

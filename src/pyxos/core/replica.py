@@ -1508,9 +1508,16 @@ class Replica:
         """This node's id was never used before (a node being added to the cluster):
         its empty state is the truth, so it votes (once a configuration names it)
         without a bootstrap round. The caller vouches for the id being new: ids of
-        removed nodes are never reused (docs/membership.md)."""
-        if self.bootstrapping and self._fresh():
-            self._finish_bootstrap()
+        removed nodes are never reused (docs/membership.md), and this is the id's first
+        start (it never sent anything: the server asks whether the cluster ever heard
+        from it). Nor does it hold its promise for a lease after it starts: it granted
+        no lease in an earlier life (a leader handing over to a node that had just
+        joined waited in vain for it to run on TimeoutNow, and an election timeout
+        went by)."""
+        if self._fresh():
+            self.lease_grants.pop(0, None)
+            if self.bootstrapping:
+                self._finish_bootstrap()
 
     def _finish_bootstrap(self) -> None:
         """Every peer answered fresh: a new cluster, and our empty state is the truth."""
