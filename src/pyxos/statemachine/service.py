@@ -334,12 +334,15 @@ class ServiceNode:
         Itself while it leads; the leader it follows while it follows one and the link
         to it is up; otherwise 0 ("no leader yet"), even if the replica still remembers
         one: a node running for election, or cut off from the old leader, cannot hand
-        it anything.
+        it anything. Nor can a removed node: the leader it remembers may be long gone
+        (two removed nodes that named each other kept clients bouncing between them).
         """
         replica = self.replica
         role = replica.role
         if role is Role.LEADER:
             return replica.node_id
+        if replica.removed is not None:
+            return 0
         leader = replica.leader
         if role is not Role.FOLLOWER or leader == replica.node_id or leader in self.unreachable:
             return 0
