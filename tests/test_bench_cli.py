@@ -272,12 +272,23 @@ def test_bench_kv_q2_runs_flexible_quorums_beside_majorities(tmp_path: Path) -> 
     assert result.exit_code == 0, result.output
     assert "3 nodes, q2 = 1 (q1 = 3)" in result.output
     doc = json.loads(out.read_text())
-    assert doc["config"]["q2"] == 1
+    assert (doc["config"]["q1"], doc["config"]["q2"]) == (3, 1)
     assert [r["system"] for r in doc["results"]] == ["pyxos", "pyxos-majority"]
     assert all(r["ops"] > 0 and r["errors"] == 0 for r in doc["results"])
     assert [row["vs"] for row in doc["ratios"]] == ["pyxos-majority"]
     bad = CliRunner().invoke(main, ["bench", "kv", "--nodes", "5", "--q2", "6"])
     assert bad.exit_code == 2 and "q2=6 must lie in 1..5" in bad.output
+
+
+def test_bench_kv_vs_majority_without_q2_is_refused() -> None:
+    """``--vs majority`` without ``--q2`` would put majorities beside majorities under
+    two labels: refused before any cluster starts."""
+    result = CliRunner().invoke(
+        main, ["bench", "kv", "--clients", "1", "--duration", "0.2", "--vs", "majority"]
+    )
+    assert result.exit_code == 1, result.output
+    assert "without --q2 both runs would be majorities" in result.output
+    assert "pyxos-majority" not in result.output
 
 
 def test_bench_recovery_reports_every_phase_at_a_tiny_scale(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 from pyxos.bench import systems
 from pyxos.bench.pysyncobj import pysyncobj_available, run_pysyncobj
 from pyxos.bench.results import CaseResult, median_case
+from pyxos.core.quorum import quorum_sizes
 from pyxos.storage.bench import measure_raw_fsync
 
 __all__ = ["SYSTEMS", "KvOptions", "KvReport", "record_path", "run_kv"]
@@ -70,6 +71,7 @@ class KvOptions:
             "keys": self.keys,
             "warmup": self.warmup,
             "vs": list(self.vs),
+            "q1": quorum_sizes(self.nodes, q2=self.q2)[0] if self.q2 is not None else None,
             "q2": self.q2,
         }
 
@@ -133,6 +135,11 @@ def _plan(options: KvOptions, report: KvReport) -> list[tuple[str, Callable[...,
                 )
             plan.append((name, lambda load, grpc=grpc: systems.run_etcd(load, grpc=grpc)))
         elif name == "majority":
+            if options.q2 is None:
+                raise ValueError(
+                    "--vs majority runs majority quorums beside a pyxos run with --q2 N: "
+                    "without --q2 both runs would be majorities"
+                )
             plan.append(
                 (
                     name,
