@@ -1,4 +1,5 @@
-"""The ids a node has had a link up to survive its restart (server/peerbook.py).
+"""The address book (server/peerbook.py): the ids heard from survive a restart; no disowned id
+is dialed or handed to a joiner.
 
 Adversarial review: ``--join`` tells a joiner it is new (``Replica.join_fresh``: it
 votes with no rebuild) unless the leader has "heard" from its id, and that memory was
@@ -40,3 +41,17 @@ def test_the_ids_heard_from_survive_a_restart(tmp_path: Path) -> None:
     again.attach(restarted, None)  # type: ignore[arg-type]
     assert restarted.members.describe(4)["joining"]["heard"]
     assert not restarted.members.describe(5)["joining"]["heard"]
+
+
+def test_a_recovered_node_hands_no_disowned_address_to_a_joiner(tmp_path: Path) -> None:
+    # Adversarial review: after pyxos recover --force-new-cluster the old ids are
+    # disowned but not retired, so the recovered node kept dialing them (refused) and
+    # its answer to a joiner (GET /v1/members?node=N) listed their addresses: the new
+    # node linked to old members of another history.
+    config = cluster_configs(tmp_path, http_port=0)[2]
+    book, node = PeerBook(config), service(config.node_id)
+    node.replica.force_configuration(Configuration(5, (3,), alpha=8), [1, 2], "recovered")
+    book.attach(node, None)  # type: ignore[arg-type]
+    assert set(book.addresses()) == {3}
+    assert book.dial() == {}
+    assert set(node.members.describe(9)["addresses"]) == {"3"}

@@ -100,9 +100,11 @@ class PeerBook:
         return self.config.data_dir / MEMBERSHIP_FILE
 
     def addresses(self) -> dict[int, str]:
-        """Every node's peer address known here, ``host:port`` (retired ids left out)."""
+        """Every node's peer address known here, ``host:port`` (retired ids left out, and
+        the ids a forced recovery disowned: no link to them, none handed to a joiner)."""
         book = self.static | self.learned
-        return {n: a for n, a in sorted(book.items()) if n not in self.retired}
+        gone = self.retired | (self.node.replica.disowned if self.node is not None else set())
+        return {n: a for n, a in sorted(book.items()) if n not in gone}
 
     def dial(self) -> dict[int, tuple[str, int]]:
         """The nodes to keep a link to, and where."""
