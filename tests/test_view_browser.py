@@ -130,7 +130,8 @@ def test_a_leader_change_step_by_step(browser: Any) -> None:
         page.close()
 
 
-SEED = 0  # a seed at which the no-repropose mutant chooses a no-op over a chosen value
+SEED = 1  # a seed at which the no-repropose mutant chooses a no-op over a chosen value
+# (seed 0 until a lone chosen watermark stopped starting an fsync: test_traceout too)
 
 
 def test_a_mutant_opens_at_its_violation_with_the_two_facts(browser: Any, tmp_path: Path) -> None:
