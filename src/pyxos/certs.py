@@ -23,6 +23,11 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 __all__ = ["CertFiles", "add_node_cert", "init_certs"]
 
@@ -62,7 +67,7 @@ def init_certs(
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from cryptography.x509.oid import NameOID
 
     if nodes < 1:
         raise ValueError(f"nodes must be >= 1, not {nodes}")
@@ -113,46 +118,10 @@ def init_certs(
     ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     _write_key(ca_key_path, key_pem(ca_key))
 
-    names: list[x509.GeneralName] = [
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        x509.DNSName("localhost"),
-    ]
-    for host in hosts:
-        try:
-            general: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
-        except ValueError:
-            general = x509.DNSName(host)
-        if general not in names:
-            names.append(general)
+    names = _alt_names(hosts)
 
     def leaf(common_name: str, stem: str) -> tuple[Path, Path]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(not_before)
-            .not_valid_after(not_after)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                critical=False,
-            )
-            .sign(ca_key, hashes.SHA256())
-        )
-        cert_path, key_path = out / f"{stem}.pem", out / f"{stem}.key"
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        _write_key(key_path, key_pem(key))
-        return cert_path, key_path
+        return _write_leaf(out, stem, common_name, names, ca_name, ca_key, not_before, not_after)
 
     node_files = {n: leaf(f"{cluster} node {n}", f"node{n}") for n in range(1, nodes + 1)}
     client = leaf(f"{cluster} client", "client")
@@ -170,15 +139,32 @@ def add_node_cert(
     """Sign a certificate for node ``node_id`` with the CA ``init_certs`` made in
     ``directory`` (``ca.pem``, ``ca.key``); returns ``(node<N>.pem, node<N>.key)``."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     out = Path(directory)
     ca_cert = x509.load_pem_x509_certificate((out / "ca.pem").read_bytes())
     ca_key = serialization.load_pem_private_key((out / "ca.key").read_bytes(), password=None)
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
         raise ValueError(f"{out / 'ca.key'} is not the EC key init_certs makes")
+    now = datetime.datetime.now(datetime.UTC)
+    return _write_leaf(
+        out,
+        f"node{node_id}",
+        f"{cluster} node {node_id}",
+        _alt_names(hosts),
+        ca_cert.subject,
+        ca_key,
+        now - datetime.timedelta(minutes=5),
+        now + datetime.timedelta(days=days),
+    )
+
+
+def _alt_names(hosts: Iterable[str]) -> list[x509.GeneralName]:
+    """The subject alternative names of a node or client certificate: loopback, then
+    ``hosts`` (IP addresses or DNS names), without repeats."""
+    from cryptography import x509
+
     names: list[x509.GeneralName] = [
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
         x509.DNSName("localhost"),
@@ -190,17 +176,35 @@ def add_node_cert(
             general = x509.DNSName(host)
         if general not in names:
             names.append(general)
-    now = datetime.datetime.now(datetime.UTC)
+    return names
+
+
+def _write_leaf(
+    out: Path,
+    stem: str,
+    common_name: str,
+    names: list[x509.GeneralName],
+    ca_name: x509.Name,
+    ca_key: ec.EllipticCurvePrivateKey,
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+) -> tuple[Path, Path]:
+    """Sign a server-and-client certificate with the CA; write ``<stem>.pem`` and
+    ``<stem>.key`` (owner-only) in ``out``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{cluster} node {node_id}")])
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(ca_cert.subject)
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(
@@ -215,7 +219,7 @@ def add_node_cert(
         )
         .sign(ca_key, hashes.SHA256())
     )
-    cert_path, key_path = out / f"node{node_id}.pem", out / f"node{node_id}.key"
+    cert_path, key_path = out / f"{stem}.pem", out / f"{stem}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     _write_key(
         key_path,
