@@ -1422,6 +1422,15 @@ def _int_list(value: str) -> tuple[int, ...]:
 @click.option("--duration", default=5.0, show_default=True, help="Measured seconds per run.")
 @click.option("--api", type=click.Choice(["binary", "http"]), default="binary", show_default=True)
 @click.option(
+    "--http-loadgen",
+    type=click.Choice(["auto", "wrk", "aiohttp"]),
+    default="auto",
+    show_default=True,
+    help="--api http's load generator, the same for every system: wrk (compiled; one "
+    "connection per client), aiohttp (Python; may be the limit), auto: wrk when on the "
+    "PATH and --connections >= --clients.",
+)
+@click.option(
     "--repeat",
     default=1,
     show_default=True,
@@ -1473,6 +1482,7 @@ def bench_kv(
     read_ratio: float,
     duration: float,
     api: str,
+    http_loadgen: str,
     repeat: int,
     nodes: int,
     keys: int,
@@ -1519,6 +1529,7 @@ def bench_kv(
         vs=others,
         ceiling_dir=ceiling_dir,
         record=record,
+        http_loadgen=http_loadgen,
     )
     err = Console(stderr=True)
     with Progress(
@@ -1561,7 +1572,7 @@ def bench_kv(
     if json_path:
         write_json(
             json_path,
-            config=options.to_json(),
+            config=options.to_json() | {"http_loadgen": report.http_loadgen},
             results=report.results,
             runs=report.runs,
             raw_fsync_per_s=raw,

@@ -29,7 +29,7 @@ from pyxos.bench.results import CaseResult, median_case
 from pyxos.core.quorum import quorum_sizes
 from pyxos.storage.bench import measure_raw_fsync
 
-__all__ = ["SYSTEMS", "KvOptions", "KvReport", "record_path", "run_kv"]
+__all__ = ["SYSTEMS", "KvOptions", "KvReport", "http_loadgen", "record_path", "run_kv"]
 
 SYSTEMS = ("pysyncobj", "etcd", "ceiling", "majority")
 """What ``--vs`` accepts (``majority``: pyxos itself with majority quorums, beside a
@@ -56,6 +56,9 @@ class KvOptions:
     raw_fsync_seconds: float = 1.0
     q2: int | None = None
     """pyxos's phase-2 quorum size (flexible quorums; None: majorities)."""
+    http_loadgen: str = "auto"
+    """``--api http``'s load generator: ``wrk``, ``aiohttp``, or ``auto`` (wrk when it
+    is on the PATH and every client has its own connection, else aiohttp)."""
 
     def to_json(self) -> dict[str, Any]:
         """The options as a JSON-ready dict."""
@@ -73,6 +76,7 @@ class KvOptions:
             "vs": list(self.vs),
             "q1": quorum_sizes(self.nodes, q2=self.q2)[0] if self.q2 is not None else None,
             "q2": self.q2,
+            "http_loadgen": self.http_loadgen,
         }
 
 
@@ -85,6 +89,8 @@ class KvReport:
     unavailable: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     raw_fsync_per_s: float | None = None
+    http_loadgen: str | None = None
+    """The HTTP load generator used (``--api http``), else None."""
 
 
 def record_path(record: str, clients: int, rep: int, single: bool) -> str:
@@ -94,6 +100,35 @@ def record_path(record: str, clients: int, rep: int, single: bool) -> str:
         return record
     p = Path(record)
     return str(p.with_name(f"{p.stem}-c{clients}-r{rep}{p.suffix}"))
+
+
+def http_loadgen(options: KvOptions, report: KvReport) -> str:
+    """The HTTP load generator the sweep uses (``wrk`` or ``aiohttp``), with a note in
+    ``report`` saying which and why; ValueError when ``wrk`` was asked for but cannot
+    run the load (not on the PATH, or fewer connections than clients)."""
+    from pyxos.bench.wrk import wrk_binary
+
+    shared = options.connections < max(options.clients)
+    if options.http_loadgen == "aiohttp":
+        choice = "aiohttp"
+    elif options.http_loadgen == "wrk":
+        if wrk_binary() is None:
+            raise ValueError("--http-loadgen wrk: no wrk on the PATH (apt-get install wrk)")
+        if shared:
+            raise ValueError(
+                "--http-loadgen wrk gives every client its own connection: "
+                "pass --connections >= the largest --clients"
+            )
+        choice = "wrk"
+    elif options.http_loadgen == "auto":
+        choice = "wrk" if wrk_binary() is not None and not shared else "aiohttp"
+        if choice == "aiohttp":
+            why = "clients share connections" if shared else "no wrk on the PATH"
+            report.notes.append(f"HTTP load by aiohttp's client ({why}): it may be the limit")
+    else:
+        raise ValueError(f"unknown HTTP load generator {options.http_loadgen!r}")
+    report.notes.append(f"HTTP load generator: {choice} (the same for every system)")
+    return choice
 
 
 def _plan(options: KvOptions, report: KvReport) -> list[tuple[str, Callable[..., CaseResult]]]:
@@ -175,6 +210,8 @@ def run_kv(options: KvOptions, progress: Callable[[str, int, int], None] | None 
     if not options.clients or min(options.clients) < 1:
         raise ValueError("--clients: every client count must be >= 1")
     report = KvReport()
+    loadgen = http_loadgen(options, report) if options.api == "http" else "aiohttp"
+    report.http_loadgen = loadgen if options.api == "http" else None
     plan = _plan(options, report)
     with tempfile.TemporaryDirectory(prefix="pyxos-bench-fsync-") as tmp:
         report.raw_fsync_per_s = measure_raw_fsync(tmp, options.raw_fsync_seconds)
@@ -196,6 +233,7 @@ def run_kv(options: KvOptions, progress: Callable[[str, int, int], None] | None 
                 seed=rep,
                 api=options.api,
                 q2=options.q2,
+                http_loadgen=loadgen,
             )
             if progress is not None:
                 progress(f"pyxos, {clients} clients, run {rep + 1}", done, total)

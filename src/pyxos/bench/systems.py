@@ -8,15 +8,17 @@ system fresh and stopping every process it started in a ``finally``.
 - ``run_pyxos``: a ``LocalCluster`` of real node processes (fsync on every node), the
   leader awaited, then the binary API driven by ``pyxos.benchmark.run_kv_bench``
   (a ``ClientPool`` over ``connections`` connections when fewer than the clients) or
-  the HTTP API by ``loadgen.closed_loop`` with aiohttp (at most ``connections``
-  connections, to the leader's HTTP port). At the measured window's edges it samples
-  the node processes' CPU time and the leader's ``/v1/status`` driver counters, so
-  the result carries CPU s per 1,000 ops and commands per leader fsync.
+  the HTTP API to the leader's HTTP port by ``wrk`` (``pyxos.bench.wrk``, one
+  connection per client) or by ``loadgen.closed_loop`` with aiohttp (at most
+  ``connections`` connections), as ``Load.http_loadgen`` says. At the measured
+  window's edges it samples the node processes' CPU time and the leader's
+  ``/v1/status`` driver counters, so the result carries CPU s per 1,000 ops and
+  commands per leader fsync.
 - ``run_etcd``: three ``etcd`` members on loopback (fsync on: etcd's default), loaded
   through its JSON gateway (``/v3/kv/put``, ``/v3/kv/range``, base64 keys and values)
-  with the same aiohttp generator, or over gRPC with ``aetcd`` when asked and
-  installed. CPU is sampled the same way; etcd's fsync count is not exposed here, so
-  commands per fsync is None.
+  with the same generator as pyxos's HTTP API (wrk or aiohttp), or over gRPC with
+  ``aetcd`` when asked and installed. CPU is sampled the same way; etcd's fsync
+  count is not exposed here, so commands per fsync is None.
 - ``run_ceiling``: ``bench.py`` of the ceiling (a development aid beside the
   repository, see its README) as a subprocess, whose one JSON line is read.
 """
@@ -42,6 +44,7 @@ from typing import Any
 from pyxos.bench.histogram import Histogram
 from pyxos.bench.loadgen import closed_loop, cpu_seconds
 from pyxos.bench.results import CaseResult
+from pyxos.bench.wrk import WrkResult, run_wrk, wrk_script, wrk_threads
 from pyxos.benchmark import run_kv_bench
 from pyxos.localcluster import LocalCluster, free_ports
 
@@ -72,6 +75,8 @@ class Load:
     api: str = "binary"
     q2: int | None = None
     """pyxos's phase-2 quorum size (None: majorities; q1 is then the smallest legal)."""
+    http_loadgen: str = "aiohttp"
+    """The HTTP load generator: ``"aiohttp"`` (``loadgen.closed_loop``) or ``"wrk"``."""
 
     @property
     def conns(self) -> int:
@@ -188,6 +193,30 @@ async def _load_pyxos(
             for v in latencies:
                 hist.record(v)
             errors, unknown = bench.errors, bench.unknown
+        elif load.http_loadgen == "wrk":
+            script = wrk_script(
+                "pyxos",
+                keys=load.keys,
+                read_ratio=load.read_ratio,
+                value_size=load.value_size,
+                seed=load.seed,
+            )
+            wout = await run_wrk(
+                cluster.nodes[leader].http_url,
+                script,
+                connections=load.conns,
+                seconds=load.seconds,
+                warmup=load.warmup,
+                on_window=probe,
+            )
+            return _wrk_case(
+                wout,
+                load,
+                system="pyxos",
+                api=load.api,
+                cpu_s_per_1k_ops=probe.cpu_per_1k(wout.ops),
+                cmds_per_fsync=probe.per_count(wout.ops),
+            )
         else:
             base = cluster.nodes[leader].http_url + "/v1/kv/"
 
@@ -228,6 +257,30 @@ async def _load_pyxos(
         unknown=unknown,
         cpu_s_per_1k_ops=probe.cpu_per_1k(hist.count),
         cmds_per_fsync=probe.per_count(hist.count),
+    )
+
+
+def _wrk_case(out: WrkResult, load: Load, *, note: str = "", **kw: Any) -> CaseResult:
+    """The ``CaseResult`` of a measured wrk run (wrk's own percentiles)."""
+    loadgen = f"load by wrk ({wrk_threads(load.conns)} threads)"
+    return CaseResult(
+        nodes=load.nodes,
+        clients=load.clients,
+        connections=load.conns,
+        value_size=load.value_size,
+        read_ratio=load.read_ratio,
+        seconds=out.seconds,
+        ops=out.ops,
+        ops_per_s=out.ops_per_s,
+        p50_ms=out.p50_ms,
+        p90_ms=out.p90_ms,
+        p99_ms=out.p99_ms,
+        p999_ms=out.p999_ms,
+        max_ms=out.max_ms,
+        bytes_per_s=out.ops_per_s * load.value_size,
+        errors=out.errors,
+        note="; ".join(n for n in (note, loadgen) if n),
+        **kw,
     )
 
 
@@ -376,6 +429,30 @@ async def _load_etcd(etcd: _Etcd, leader: int, load: Load, grpc: bool) -> CaseRe
                 with contextlib.suppress(Exception):
                     await c.close()
         api = "grpc (aetcd)"
+    elif load.http_loadgen == "wrk":
+        script = wrk_script(
+            "etcd",
+            keys=load.keys,
+            read_ratio=load.read_ratio,
+            value_size=load.value_size,
+            seed=load.seed,
+        )
+        wout = await run_wrk(
+            etcd.url(leader),
+            script,
+            connections=load.conns,
+            seconds=load.seconds,
+            warmup=load.warmup,
+            on_window=probe,
+        )
+        return _wrk_case(
+            wout,
+            load,
+            system="etcd",
+            api="http (JSON gateway)",
+            cpu_s_per_1k_ops=probe.cpu_per_1k(wout.ops),
+            note="linearizable reads (etcd default); fsync on",
+        )
     else:
         base = etcd.url(leader)
         async with aiohttp.ClientSession(
