@@ -181,6 +181,52 @@ def test_bench_embedded_runs_the_counter_and_writes_json(tmp_path: Path) -> None
     assert doc["counter_below_acknowledged"] == []
 
 
+_FAKE_CEILING_EMBEDDED = """
+import json, sys
+args = sys.argv[1:]
+assert args[args.index("--mode") + 1] == "embedded", args
+n = int(args[args.index("--outstanding") + 1])
+print("setting up")
+print(json.dumps({"mode": "embedded", "load": n, "commits_per_s": 1000.0 * n,
+                  "batch_p50_ms": 2.0, "batch_p99_ms": 4.0, "avg_batch": 100.0,
+                  "cpu": {"L": {"pct": 60.0}, "F1": {"pct": 20.0}, "F2": {"pct": 20.0}}}))
+"""
+
+
+def test_bench_embedded_vs_ceiling_prints_the_ratio(tmp_path: Path) -> None:
+    """``--vs ceiling`` runs the ceiling's embedded mode with the same number of
+    commands outstanding (a stand-in script printing its JSON line), in the same rounds,
+    and prints pyxos's figure as a ratio to it."""
+    ceiling = tmp_path / "ceiling"
+    ceiling.mkdir()
+    (ceiling / "bench.py").write_text(_FAKE_CEILING_EMBEDDED)
+    out = tmp_path / "embedded.json"
+    result = CliRunner().invoke(
+        main,
+        ["bench", "embedded", "--clients", "3", "--duration", "0.5", "--repeat", "1",
+         "--vs", "ceiling", "--ceiling-dir", str(ceiling), "--json", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "pyxos / ceiling ops/s" in result.output
+    doc = json.loads(out.read_text())
+    assert doc["config"]["systems"] == ["pyxos", "ceiling"]
+    (ceil,) = doc["runs"]["ceiling"]["3"]
+    assert ceil["ops_per_s"] == pytest.approx(3000.0)  # the script's commits_per_s
+    assert ceil["cpu_s"] == pytest.approx(1.0 * 0.5)  # L + F1 + F2 over the window
+    assert ceil["cpu_s_per_1k_ops"] == pytest.approx(1000 * 0.5 / 1500)
+    pyxos = doc["medians"]["pyxos"]["3"]
+    ratio = f"{pyxos['ops_per_s'] / 3000.0:.2f}x"
+    (row,) = [ln for ln in result.output.splitlines() if ln.startswith("| 3 |")]
+    assert ratio in row
+    missing = CliRunner().invoke(
+        main,
+        ["bench", "embedded", "--clients", "2", "--duration", "0.3", "--repeat", "1",
+         "--vs", "ceiling", "--ceiling-dir", str(tmp_path / "nowhere")],
+    )  # fmt: skip
+    assert missing.exit_code == 0, missing.output
+    assert "the ceiling is skipped" in missing.output
+
+
 def test_bench_embedded_refuses_an_unknown_system() -> None:
     result = CliRunner().invoke(main, ["bench", "embedded", "--vs", "etcd"])
     assert result.exit_code == 2

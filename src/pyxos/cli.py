@@ -1592,18 +1592,35 @@ def bench_kv(
 @click.option("--duration", default=4.0, show_default=True, help="Measured seconds per round.")
 @click.option("--repeat", default=3, show_default=True, type=click.IntRange(1))
 @click.option(
-    "--vs", default="pysyncobj", show_default=True, help="pysyncobj, or '' for pyxos alone."
+    "--vs",
+    default="pysyncobj",
+    show_default=True,
+    help="A comma list of pysyncobj,ceiling, or '' for pyxos alone.",
+)
+@click.option(
+    "--ceiling-dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Where the ceiling's bench.py is (default: ../shared/ceiling).",
 )
 @click.option("--json", "json_path", default=None, help="Write every round and the medians.")
 def bench_embedded(
-    clients: str, duration: float, repeat: int, vs: str, json_path: str | None
+    clients: str,
+    duration: float,
+    repeat: int,
+    vs: str,
+    ceiling_dir: str | None,
+    json_path: str | None,
 ) -> None:
-    """A replicated counter in 3 embedded-node processes (await counter.incr() in the
-    leader's), fsync on, beside PySyncObj's own counter in the same run."""
+    """A replicated counter in 3 embedded-node processes (the load: that many
+    ``counter.incr`` calls outstanding in the leader's process), fsync on, beside
+    PySyncObj's own counter and the ceiling's embedded mode (as many commands
+    outstanding) in the same run."""
     import json as json_module
 
-    from pyxos.bench.embedded import format_table, run_embedded_bench
+    from pyxos.bench.embedded import SYSTEMS, format_table, run_embedded_bench
     from pyxos.bench.pysyncobj import pysyncobj_available
+    from pyxos.bench.systems import ceiling_script
 
     try:
         counts = [int(c) for c in clients.split(",") if c.strip()]
@@ -1612,12 +1629,20 @@ def bench_embedded(
     if not counts or min(counts) < 1:
         raise click.BadParameter("client counts must be at least 1")
     others = {v.strip() for v in vs.split(",") if v.strip()}
-    if others - {"pysyncobj"}:
-        raise click.BadParameter(f"unknown system(s) {sorted(others - {'pysyncobj'})}")
+    if unknown := sorted(others - set(SYSTEMS)):
+        raise click.BadParameter(
+            f"unknown system(s) {unknown}; choose from {', '.join(SYSTEMS)}", param_hint="--vs"
+        )
     with_pysyncobj = "pysyncobj" in others
     if with_pysyncobj and not pysyncobj_available():
-        click.echo("PySyncObj is not importable here (pip install pysyncobj): pyxos alone")
+        click.echo("PySyncObj is not importable here (pip install pysyncobj): skipped")
         with_pysyncobj = False
+    ceiling = None
+    if "ceiling" in others:
+        ceiling = ceiling_script(ceiling_dir)
+        if ceiling is None:
+            where = ceiling_dir or "../shared/ceiling"
+            click.echo(f"no {where}/bench.py (pass --ceiling-dir): the ceiling is skipped")
     try:
         doc = run_embedded_bench(
             counts,
@@ -1625,6 +1650,7 @@ def bench_embedded(
             repeat=repeat,
             vs_pysyncobj=with_pysyncobj,
             progress=lambda line: click.echo(line, err=True),
+            ceiling=ceiling,
         )
     except (TimeoutError, RuntimeError) as e:
         raise click.ClickException(f"the benchmark stopped: {e}") from None

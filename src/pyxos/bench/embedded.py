@@ -18,6 +18,13 @@ count, the median over the rounds of committed ops/s and latency.
 The raw fsync rate of the disk is measured once per round (100-byte writes, one
 ``fdatasync`` each): on a shared disk it moves a lot, and one client's ops/s follows it.
 
+With ``vs_ceiling`` the ceiling's embedded mode (``bench.py --mode embedded`` of
+``../shared/ceiling`` or ``ceiling_dir``: a development aid, not a dependency; its load
+is generated inside its leader too, with the same number of commands outstanding, fsync
+on) runs in the same rounds, and the table prints pyxos's figure as a ratio to it.
+Every system's CPU seconds per 1,000 operations (its three node processes over the
+measured window) are in the table too: on a loaded machine they compare better than ops/s.
+
 After each pyxos round the counter is read once more (linearizably): it must be at
 least the number of increments acknowledged in the round; the report says if not.
 """
@@ -35,13 +42,24 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pyxos.bench.loadgen import cpu_seconds
 from pyxos.localcluster import free_ports
 from pyxos.storage.bench import measure_raw_fsync
 
-__all__ = ["WARMUP_SECONDS", "format_table", "run_embedded_bench", "run_pyxos_counter"]
+__all__ = [
+    "SYSTEMS",
+    "WARMUP_SECONDS",
+    "format_table",
+    "run_ceiling_embedded",
+    "run_embedded_bench",
+    "run_pyxos_counter",
+]
+
+SYSTEMS = ("pysyncobj", "ceiling")
+"""What ``--vs`` may name."""
 
 WARMUP_SECONDS = 0.5
 
@@ -123,6 +141,61 @@ def run_pyxos_counter(clients: int, *, seconds: float) -> dict[str, Any]:
     return {**reply, "cpu_s": cpu}
 
 
+def run_ceiling_embedded(outstanding: int, *, seconds: float, script: Path) -> dict[str, Any]:
+    """One round of the ceiling's embedded mode with ``outstanding`` commands in flight:
+    ``ops``, ``cpu_s`` (its three processes over the window) and its leader's batch
+    latency as ``p50_ms``/``p99_ms`` (it has no per-command latency)."""
+    cmd = [
+        sys.executable,
+        script.name,
+        "--mode",
+        "embedded",
+        "--outstanding",
+        str(outstanding),
+        "--duration",
+        str(seconds),
+        "--warmup",
+        "1",
+    ]
+    attempts = 4  # its nodes get 3 s to start: a loaded machine may miss it, so retry
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(2.0)
+        proc = subprocess.run(
+            cmd,
+            cwd=script.parent,
+            capture_output=True,
+            text=True,
+            timeout=seconds + 120,
+            check=False,
+        )
+        lines = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("{")]
+        if proc.returncode == 0 and lines:
+            break
+        if attempt == attempts - 1:
+            raise RuntimeError(
+                f"the ceiling failed {attempts} times (exit {proc.returncode}): "
+                f"{proc.stderr[-500:]}"
+            )
+    doc: dict[str, Any] = json.loads(lines[-1])
+    cpu = doc.get("cpu")
+    cpu_s = (
+        sum(float(v["pct"]) for v in cpu.values()) / 100.0 * seconds
+        if isinstance(cpu, dict) and cpu
+        else float("nan")
+    )
+    ops_per_s = float(doc["commits_per_s"])
+    return {
+        "ops": round(ops_per_s * seconds),
+        "p50_ms": float(doc.get("batch_p50_ms") or 0.0),
+        "p99_ms": float(doc.get("batch_p99_ms") or 0.0),
+        "errors": 0,
+        "cpu_s": cpu_s,
+        "avg_batch": doc.get("avg_batch"),
+        "fsyncs_per_s": doc.get("fsyncs_per_s"),
+    }
+
+
 def _median(rounds: list[dict[str, Any]], key: str) -> float:
     return float(statistics.median(float(r[key]) for r in rounds))
 
@@ -134,9 +207,15 @@ def run_embedded_bench(
     repeat: int,
     vs_pysyncobj: bool,
     progress: Any = None,
+    ceiling: Path | None = None,
 ) -> dict[str, Any]:
-    """Every round of every case, interleaved; the medians per system and client count."""
-    systems = ["pyxos", "pysyncobj"] if vs_pysyncobj else ["pyxos"]
+    """Every round of every case, interleaved; the medians per system and client count.
+    ``ceiling``: the ceiling's ``bench.py``, run beside pyxos (None: not run)."""
+    systems = ["pyxos"]
+    if vs_pysyncobj:
+        systems.append("pysyncobj")
+    if ceiling is not None:
+        systems.append("ceiling")
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {
         s: {c: [] for c in clients} for s in systems
     }
@@ -148,11 +227,15 @@ def run_embedded_bench(
             for system in systems:
                 if system == "pyxos":
                     r = run_pyxos_counter(c, seconds=seconds)
+                elif system == "ceiling":
+                    assert ceiling is not None
+                    r = run_ceiling_embedded(c, seconds=seconds, script=ceiling)
                 else:
                     from pyxos.bench.pysyncobj import run_pysyncobj_counter
 
                     r = run_pysyncobj_counter(c, seconds=seconds, seed=rep)
                 r["ops_per_s"] = r["ops"] / seconds
+                r["cpu_s_per_1k_ops"] = 1000.0 * r["cpu_s"] / r["ops"] if r["ops"] else 0.0
                 runs[system][c].append(r)
                 if progress is not None:
                     progress(
@@ -163,7 +246,7 @@ def run_embedded_bench(
         s: {
             c: {
                 key: _median(runs[s][c], key)
-                for key in ("ops_per_s", "p50_ms", "p99_ms", "errors", "cpu_s")
+                for key in ("ops_per_s", "p50_ms", "p99_ms", "errors", "cpu_s", "cpu_s_per_1k_ops")
             }
             for c in clients
         }
@@ -176,7 +259,12 @@ def run_embedded_bench(
         if r.get("value", 0) < r["ops"]
     ]
     return {
-        "config": {"clients": list(clients), "seconds": seconds, "repeat": repeat},
+        "config": {
+            "clients": list(clients),
+            "seconds": seconds,
+            "repeat": repeat,
+            "systems": systems,
+        },
         "runs": {s: {str(c): runs[s][c] for c in clients} for s in systems},
         "medians": {s: {str(c): medians[s][c] for c in clients} for s in systems},
         "counter_below_acknowledged": lost,
@@ -184,24 +272,39 @@ def run_embedded_bench(
     }
 
 
+_NAMES = {"pysyncobj": "PySyncObj", "ceiling": "ceiling"}
+
+
 def format_table(doc: dict[str, Any]) -> str:
-    """The side-by-side table of the medians."""
+    """The side-by-side table of the medians, with pyxos's ops/s and CPU per 1,000 ops
+    as ratios to each other system's."""
     med = doc["medians"]
-    has_other = "pysyncobj" in med
-    head = "| clients | pyxos embedded ops/s | pyxos p50 / p99 ms |"
-    rule = "|---:|---:|---|"
-    if has_other:
-        head += " PySyncObj ops/s | PySyncObj p50 / p99 ms | pyxos / PySyncObj |"
-        rule += "---:|---|---:|"
+    others = [s for s in ("pysyncobj", "ceiling") if s in med]
+    head = "| clients | pyxos embedded ops/s | pyxos p50 / p99 ms | pyxos CPU s / 1k ops |"
+    rule = "|---:|---:|---|---:|"
+    for o in others:
+        name = _NAMES[o]
+        lat = "batch p50 / p99 ms" if o == "ceiling" else "p50 / p99 ms"
+        head += (
+            f" {name} ops/s | {name} {lat} | {name} CPU s / 1k ops | pyxos / {name} ops/s |"
+            f" pyxos / {name} CPU per op |"
+        )
+        rule += "---:|---|---:|---:|---:|"
     lines = [head, rule]
     for c in doc["config"]["clients"]:
         p = med["pyxos"][str(c)]
-        line = f"| {c} | {p['ops_per_s']:,.0f} | {p['p50_ms']:.2f} / {p['p99_ms']:.2f} |"
-        if has_other:
-            o = med["pysyncobj"][str(c)]
-            ratio = p["ops_per_s"] / o["ops_per_s"] if o["ops_per_s"] else float("nan")
+        line = (
+            f"| {c} | {p['ops_per_s']:,.0f} | {p['p50_ms']:.2f} / {p['p99_ms']:.2f} |"
+            f" {p['cpu_s_per_1k_ops']:.4f} |"
+        )
+        for o in others:
+            m = med[o][str(c)]
+            ratio = p["ops_per_s"] / m["ops_per_s"] if m["ops_per_s"] else float("nan")
+            cpu = m["cpu_s_per_1k_ops"]
+            cpu_ratio = p["cpu_s_per_1k_ops"] / cpu if cpu else float("nan")
             line += (
-                f" {o['ops_per_s']:,.0f} | {o['p50_ms']:.2f} / {o['p99_ms']:.2f} | {ratio:.2f}x |"
+                f" {m['ops_per_s']:,.0f} | {m['p50_ms']:.2f} / {m['p99_ms']:.2f} |"
+                f" {cpu:.4f} | {ratio:.2f}x | {cpu_ratio:.2f}x |"
             )
         lines.append(line)
     cfg = doc["config"]
@@ -209,8 +312,15 @@ def format_table(doc: dict[str, Any]) -> str:
     lines.append(
         f"medians of {cfg['repeat']} interleaved rounds, {cfg['seconds']:g} s each after a "
         f"{WARMUP_SECONDS} s warm-up; pyxos fsyncs on every node before acknowledging"
-        + ("; PySyncObj does not fsync (in-memory journal)" if has_other else "")
+        + ("; PySyncObj does not fsync (in-memory journal)" if "pysyncobj" in med else "")
+        + (
+            "; the ceiling fsyncs too, its load is the same number of commands outstanding"
+            " inside its leader (a 1 s warm-up)"
+            if "ceiling" in med
+            else ""
+        )
     )
+    lines.append("CPU s / 1k ops: the three node processes' user + system CPU over the window")
     lines.append(
         "raw fsync rate of this disk in the same run (one per round): "
         + ", ".join(f"{r:,.0f}/s" for r in doc["raw_fsync_per_s"])
