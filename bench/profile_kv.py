@@ -82,6 +82,12 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--read-ratio", type=float, default=0.0)
+    ap.add_argument(
+        "--api",
+        choices=["binary", "http"],
+        default="binary",
+        help="http: the load is wrk against the leader's HTTP API, one connection per client",
+    )
     ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     ap.add_argument("--top", type=int, default=45)
     ap.add_argument("--gil", action="store_true", help="only samples holding the GIL")
@@ -135,6 +141,25 @@ def main() -> int:
                         for _, c in spies
                     ]
 
+                if args.api == "http":
+                    from pyxos.bench.wrk import run_wrk, wrk_script
+
+                    script = wrk_script(
+                        "pyxos", keys=1000, read_ratio=args.read_ratio, value_size=10
+                    )
+                    procs, res = await asyncio.gather(
+                        later(),
+                        run_wrk(
+                            cluster.nodes[leader].http_url,
+                            script,
+                            connections=args.clients,
+                            seconds=args.seconds + 1.0,
+                            warmup=0.0,
+                        ),
+                    )
+                    for p in procs:
+                        p.wait(timeout=30)
+                    return res
                 procs, res = await asyncio.gather(
                     later(),
                     run_kv_bench(
@@ -172,9 +197,10 @@ def main() -> int:
                 f" sys {us1[i][1] - us0[i][1]:.2f} s"
                 for i in sorted(us1)
             )
+            conns = args.clients if args.api == "http" else args.connections
             head = (
-                f"# py-spy {args.rate}/s, {args.clients} clients over {args.connections} "
-                f"connections, read ratio {args.read_ratio}, {args.seconds:.0f} s sampled"
+                f"# py-spy {args.rate}/s, {args.clients} clients over {conns} "
+                f"connections, api {args.api}, read ratio {args.read_ratio}, {args.seconds:.0f} s sampled"
                 f"{' (GIL holders only)' if args.gil else ''}\n"
                 f"# load: {res}\n# cluster CPU {c1 - c0:.2f} s over {wall:.1f} s wall: {split}\n"
             )

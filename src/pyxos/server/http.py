@@ -61,7 +61,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from aiohttp import web
@@ -74,6 +74,7 @@ from pyxos.server.app_http import kv_store, register_app_endpoints, require_kv
 from pyxos.server.clients import NodeHandle
 from pyxos.server.dashboard import register_dashboard
 from pyxos.server.diskfull import http_refusal, is_disk_full_refusal
+from pyxos.server.http_fast import FastConnection, FastConnections, FastRequest, http_response
 from pyxos.server.members_http import register_member_endpoints
 from pyxos.server.metrics import CONTENT_TYPE
 from pyxos.server.ops_http import register_ops_endpoints
@@ -144,6 +145,15 @@ class HttpApi:
         )
         """The port's limits and their accounting (connections, body bytes being read)."""
         self._server: asyncio.Server | None = None
+        self.fast = FastConnections(
+            self.guard,
+            self._serve_fast,
+            self._aiohttp_protocol,
+            allowed=None if node.config.tokens is None else self._token_allows,
+        )
+        """The port's connections on the lean path (``pyxos.server.http_fast``)."""
+        self._fast_tasks: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
         middlewares = [self._client_gone]
         if node.config.tokens is not None:
             middlewares.insert(0, self._authorize)
@@ -182,24 +192,91 @@ class HttpApi:
         await self._runner.setup()
         # Our own listening socket rather than a TCPSite, so that every connection
         # passes the port's connection cap (the guard wraps aiohttp's protocol).
+        # Every connection starts on the lean KV path, which hands it over to aiohttp
+        # (``_aiohttp_protocol``) at its first request that path does not serve.
         assert self._runner.server is not None
-        server = self._runner.server
+        fast = self.fast
         tls = self.node.client_tls
         protocols: Callable[[], asyncio.BaseProtocol]
         if tls is None:
-            protocols = self.guard.wrap(server)
+            protocols = self.guard.wrap(fast)
         else:
-            protocols = tls_acceptor(self.guard, tls, lambda: self.guard.track(server()))
-        self._server = await asyncio.get_running_loop().create_server(protocols, host, port)
+            protocols = tls_acceptor(self.guard, tls, lambda: self.guard.track(fast()))
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(protocols, host, port)
+        self._sweeper = loop.create_task(self._sweep())
 
     async def stop(self) -> None:
         """Stop listening and fail every waiting request."""
         self._clients.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._server is not None:
             self._server.close()
+        self.fast.close_all()
         if self._runner is not None:
             await self._runner.cleanup()
         self.node.detach_sink(self._sink)
+
+    def _aiohttp_protocol(self) -> asyncio.Protocol:
+        """aiohttp's protocol for a connection the lean path hands over."""
+        assert self._runner is not None and self._runner.server is not None
+        return cast(asyncio.Protocol, self._runner.server())
+
+    async def _sweep(self) -> None:
+        """Close the lean path's overdue connections, a few times per ``frame_timeout``."""
+        loop = asyncio.get_running_loop()
+        every = min(1.0, max(0.05, self.guard.limits.frame_timeout / 4))
+        while True:
+            await asyncio.sleep(every)
+            self.fast.sweep(loop.time())
+
+    def _token_allows(self, token: str | None, op: str) -> bool:
+        """Whether ``token`` may run ``op`` (as ``_authorize`` decides); a request it
+        may not run goes to aiohttp, which answers 401 or 403 and counts it."""
+        tokens = self.node.config.tokens
+        role = tokens.role(token) if tokens is not None and token else None
+        return role is not None and (op == "get" or role == "write")
+
+    def _serve_fast(self, conn: FastConnection, request: FastRequest, body: bytes) -> None:
+        """Serve one request of the lean path (``FastConnections.serve``)."""
+        task = asyncio.get_running_loop().create_task(self._answer_fast(conn, request, body))
+        self._fast_tasks.add(task)
+        task.add_done_callback(self._fast_tasks.discard)
+
+    async def _answer_fast(self, conn: FastConnection, request: FastRequest, body: bytes) -> None:
+        try:
+            data = await self._kv_fast(request, body)
+        except Exception:
+            logger.exception("HTTP %s %r failed", request.op, request.key)
+            conn.respond(http_response(500, b'{"error": "internal error"}'), close=True)
+            return
+        conn.respond(data)
+
+    async def _kv_fast(self, request: FastRequest, body: bytes) -> bytes:
+        """The whole answer to a GET or PUT of the lean path: the same status, body and
+        headers as ``_get`` / ``_put`` give through aiohttp."""
+        key = request.key
+        try:
+            if len(key) > MAX_KEY_BYTES:  # ASCII: one byte per character
+                return _raw(400, {"error": f"key longer than {MAX_KEY_BYTES} bytes"})
+            if request.op == "put":
+                try:
+                    value = body.decode()
+                except UnicodeDecodeError:
+                    return _raw(400, {"error": "the value is not UTF-8 text"})
+                result = await self._run("put", key, value)
+                if isinstance(result, web.Response):
+                    return _raw_response(result)
+                return http_response(200, _PUT_OK)
+            result = await self._run("get", key)
+        except web.HTTPException as e:
+            return _raw_response(e)
+        if isinstance(result, web.Response):
+            return _raw_response(result)
+        if result.value is None:
+            return _raw(404, {"error": "not found", "key": key})
+        return _raw(200, {"key": key, "value": result.value})
 
     async def _body(self, request: web.Request, limit: int) -> bytes:
         """The request body, read within the port's limits (see the module notes)."""
@@ -278,19 +355,31 @@ class HttpApi:
     ) -> web.StreamResponse:
         try:
             return await handler(request)
+        except RuntimeError as e:
+            # aiohttp's "Connection closed.": the body is read after the connection was
+            # already lost (the rest of the body and the FIN arrived before the handler
+            # ran; a connection the lean path hands over makes that more likely).
+            if request.transport is not None:
+                raise
+            self._gone(request, e)
+            return web.Response(status=400)
         except ConnectionError as e:
             # The client hung up mid-request (aiohttp's "Connection lost" while the body
             # was read). Nothing to answer and nothing to fix on this side: one debug
             # line, no traceback. The response below is never delivered.
-            self.counters["client_disconnects"] += 1
-            logger.debug(
-                "HTTP client %s disconnected during %s %s: %s",
-                request.remote,
-                request.method,
-                request.path,
-                e or type(e).__name__,
-            )
+            self._gone(request, e)
             return web.Response(status=400)
+
+    def _gone(self, request: web.Request, e: Exception) -> None:
+        """Count and log (DEBUG) a client gone in the middle of ``request``."""
+        self.counters["client_disconnects"] += 1
+        logger.debug(
+            "HTTP client %s disconnected during %s %s: %s",
+            request.remote,
+            request.method,
+            request.path,
+            e or type(e).__name__,
+        )
 
     # -- commands, as a client of the node --------------------------------------------
 
@@ -436,6 +525,23 @@ class HttpApi:
         if isinstance(result, web.Response):
             return result
         return _json(200, _page(result.values or [], result.more))
+
+
+_PUT_OK = json.dumps({"ok": True}).encode()
+
+
+def _raw(status: int, body: dict[str, Any]) -> bytes:
+    """The lean path's JSON answer (as ``_json`` makes it through aiohttp)."""
+    return http_response(status, json.dumps(body).encode())
+
+
+def _raw_response(response: web.Response) -> bytes:
+    """The lean path's bytes of an answer made for aiohttp (503, 504, 400, ...)."""
+    body = response.body
+    data = body if isinstance(body, bytes) else b""
+    headers = dict(response.headers)
+    content_type = headers.get("Content-Type", "application/octet-stream")
+    return http_response(response.status, data, content_type, headers)
 
 
 def _page(entries: list[tuple[str, str]], more: bool) -> dict[str, Any]:

@@ -1,0 +1,457 @@
+"""A lean HTTP/1.1 path for the hot KV requests, in front of aiohttp on the same port.
+
+Theory of operation
+-------------------
+Under 64 connections of small writes, aiohttp's per-request machinery (its protocol,
+the request and response objects, the router, the middlewares, the payload stream) cost
+the leader several times what the command itself costs (``bench/profiles/
+http64-wrk-leader-cpu.txt``: about 330 Python calls per request). The two requests a
+KV load is made of, ``PUT /v1/kv/{key}`` and ``GET /v1/kv/{key}``, are simple enough to
+answer without it, so every connection of the HTTP port starts on ``FastConnection``:
+
+- It reads requests itself, one at a time, and serves on this path only a request it
+  fully understands and finds plainly well formed (``parse_head``): ``GET`` or ``PUT``,
+  ``HTTP/1.1``, a target ``/v1/kv/KEY`` whose key is made of unreserved characters
+  (no ``%``, no query, no dot or empty segment), header names that are tokens and
+  values without control characters, at most ``MAX_HEADERS`` of them within
+  ``MAX_HEAD`` bytes, a ``Content-Length`` (at most ``MAX_FAST_BODY``; none, or 0, for
+  a GET) and none of ``Transfer-Encoding``, ``Expect``, ``Upgrade``, ``Connection``;
+  with ``tokens`` configured, a bearer token whose role allows the request.
+- Anything else, at a request boundary (nothing of this path in flight), **hands the
+  connection over to aiohttp** for the rest of its life: aiohttp's protocol gets the
+  transport and every byte not yet consumed, exactly as if it had had the connection
+  from the start. So every route, every error answer (400, 401/403, 413, 431, ...),
+  chunked bodies, ``Expect: 100-continue``, HTTP/1.0 and upgrades keep aiohttp's
+  behaviour, and this path never answers a request aiohttp would have refused.
+- A request it serves becomes the same command as through aiohttp (``HttpApi._run``:
+  the client engine, the same batches through ``node.submit``) and its answer the same
+  status, JSON body and headers, written as one pre-formatted buffer.
+
+Limits, as on aiohttp's path (``pyxos.net.limits``): the bytes of a request whose
+body has not all arrived count against the port's ``max_buffered_bytes`` (over it:
+``503`` and the connection closed, ``buffer_budget_exceeded``); requests pipelined
+behind one being served are not read past ``MAX_HEAD + MAX_FAST_BODY`` bytes (reading
+pauses); a request must be complete ``frame_timeout`` seconds after the connection
+opened, its previous answer was written, or (for a body) its head arrived, else the
+connection is closed (a started body answers ``408`` first, ``frame_timeouts``), as
+aiohttp's keep-alive timeout closes an idle one. ``FastConnections.sweep`` checks that
+a few times per ``frame_timeout``. A client gone before its body arrived counts
+``client_disconnects``. The node keeps serving whatever a connection sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import cast
+
+from pyxos.net.limits import PortGuard
+
+__all__ = [
+    "MAX_FAST_BODY",
+    "MAX_HEAD",
+    "MAX_HEADERS",
+    "FastConnection",
+    "FastConnections",
+    "FastRequest",
+    "http_response",
+    "parse_head",
+]
+
+logger = logging.getLogger("pyxos.http")
+
+MAX_HEAD = 8190
+"""Bytes of a request head (request line and headers) this path reads (aiohttp's line limit)."""
+MAX_HEADERS = 100
+"""Header fields of a request this path serves (aiohttp's limit is 128)."""
+MAX_FAST_BODY = 64 * 1024
+"""The largest PUT body served here; a larger one goes to aiohttp (with its 413)."""
+
+_REQUEST_LINE = re.compile(
+    rb"(GET|PUT) /v1/kv/([A-Za-z0-9_~.\-]+(?:/[A-Za-z0-9_~.\-]+)*) HTTP/1\.1"
+)
+_FIELDS = re.compile(rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z\-]+:[\t\x20-\x7e]*\r\n)*")
+_REFUSED = frozenset((b"transfer-encoding", b"expect", b"upgrade", b"connection"))
+
+
+class FastRequest:
+    """One request this path serves: ``op`` ``"get"`` or ``"put"``, the key, the body
+    length, and the bearer token (None: no Authorization header)."""
+
+    __slots__ = ("key", "length", "op", "token")
+
+    def __init__(self, op: str, key: str, length: int, token: str | None) -> None:
+        self.op = op
+        self.key = key
+        self.length = length
+        self.token = token
+
+
+def parse_head(head: bytes) -> FastRequest | None:
+    """The request of ``head`` (the bytes before its blank line, without it) if this
+    path serves it, else None (see the module notes: None hands the connection over)."""
+    first, sep, fields = head.partition(b"\r\n")
+    m = _REQUEST_LINE.fullmatch(first)
+    if m is None:
+        return None
+    target = m.group(2)
+    if target.startswith(b".") or b"/." in target:  # dot segments: aiohttp normalises them
+        return None
+    if sep:
+        fields += b"\r\n"
+        if _FIELDS.fullmatch(fields) is None or fields.count(b"\r\n") > MAX_HEADERS:
+            return None
+    length = -1
+    token: str | None = None
+    for line in fields.split(b"\r\n")[:-1] if sep else ():
+        name, _, value = line.partition(b":")
+        name = name.lower()
+        if name == b"content-length":
+            value = value.strip(b" \t")
+            if length >= 0 or not value.isdigit() or len(value) > 9:
+                return None
+            length = int(value)
+        elif name == b"authorization":
+            if token is not None:
+                return None
+            scheme, _, credentials = value.strip(b" \t").partition(b" ")
+            if scheme.lower() != b"bearer":
+                return None
+            token = credentials.strip(b" \t").decode("ascii")
+        elif name in _REFUSED:
+            return None
+    if m.group(1) == b"GET":
+        if length > 0:
+            return None
+        return FastRequest("get", target.decode("ascii"), 0, token)
+    if length < 0 or length > MAX_FAST_BODY:
+        return None
+    return FastRequest("put", target.decode("ascii"), length, token)
+
+
+class _Date:
+    """The ``Date`` header's value, formatted at most once a second."""
+
+    second = -1
+    value = b""
+
+    @classmethod
+    def now(cls) -> bytes:
+        t = int(time.time())
+        if t != cls.second:
+            cls.second = t
+            cls.value = formatdate(t, usegmt=True).encode("ascii")
+        return cls.value
+
+
+def http_response(
+    status: int,
+    body: bytes,
+    content_type: str = "application/json; charset=utf-8",
+    headers: dict[str, str] | None = None,
+    *,
+    close: bool = False,
+) -> bytes:
+    """One whole HTTP/1.1 response: status line, headers, body."""
+    try:
+        reason = HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        reason = b""
+    parts = [_HEAD % (status, reason, content_type.encode("latin-1"), len(body), _Date.now())]
+    if headers:
+        for name, value in headers.items():
+            if name.lower() not in ("content-type", "content-length", "date", "server"):
+                parts.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
+    if close:
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
+    parts.append(body)
+    return b"".join(parts)
+
+
+_HEAD = b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nDate: %s\r\nServer: pyxos\r\n"
+_BUSY = http_response(
+    503, b'{"error": "too many request bodies in flight on this port; retry"}', close=True
+)
+_TIMEOUT = http_response(408, b"408: Request Timeout", "text/plain; charset=utf-8", close=True)
+
+Serve = Callable[["FastConnection", FastRequest, bytes], None]
+"""Starts serving one request (the connection, the request, its body); the answer
+comes back through ``FastConnection.respond``."""
+
+
+class FastConnections:
+    """The open ``FastConnection`` s of one HTTP port, their shared settings, and the
+    sweep of their timeouts."""
+
+    def __init__(
+        self,
+        guard: PortGuard,
+        serve: Serve,
+        make_aiohttp: Callable[[], asyncio.Protocol],
+        allowed: Callable[[str | None, str], bool] | None = None,
+    ) -> None:
+        self.guard = guard
+        self.serve = serve
+        """Starts one request (``HttpApi``)."""
+        self.make_aiohttp = make_aiohttp
+        """aiohttp's protocol for a connection handed over."""
+        self.allowed = allowed
+        """With tokens: whether a token may do an op (else the request goes to aiohttp)."""
+        self.open: set[FastConnection] = set()
+        self.served = 0
+        """Requests answered on this path."""
+        self.handed_over = 0
+        """Connections handed over to aiohttp."""
+
+    def __call__(self) -> FastConnection:
+        """A protocol for a new connection (the port's protocol factory)."""
+        return FastConnection(self)
+
+    def sweep(self, now: float) -> None:
+        """Close the connections whose request is overdue (see the module notes)."""
+        limit = self.guard.limits.frame_timeout
+        for conn in [c for c in self.open if not c.busy and now - c.since >= limit]:
+            conn.expire()
+
+    def close_all(self) -> None:
+        """Close every connection still on this path (the port is stopping)."""
+        for conn in list(self.open):
+            conn.close()
+
+
+class FastConnection(asyncio.Protocol):
+    """One connection of the HTTP port (see the module notes)."""
+
+    __slots__ = (
+        "_loop",
+        "_owner",
+        "buf",
+        "busy",
+        "eof",
+        "inner",
+        "paused",
+        "pending",
+        "reserved",
+        "since",
+        "transport",
+        "whole",
+    )
+
+    def __init__(self, owner: FastConnections) -> None:
+        self._owner = owner
+        self._loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.inner: asyncio.Protocol | None = None
+        """aiohttp's protocol, once the connection is handed over."""
+        self.buf = b""
+        self.busy = False
+        """A request of this connection is being served."""
+        self.pending: FastRequest | None = None
+        """A request whose head has arrived and whose body has not, all of it."""
+        self.whole = 0
+        """The bytes of ``pending`` with its head (``buf`` must reach it)."""
+        self.reserved = 0
+        """Bytes reserved in the port's budget for an incomplete body."""
+        self.since = self._loop.time()
+        """When the current request's time started (see the module notes)."""
+        self.eof = False
+        self.paused = False
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Start on this path."""
+        self.transport = cast(asyncio.Transport, transport)
+        self._owner.open.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        """Take the bytes; serve every complete request this path serves."""
+        if self.inner is not None:
+            self.inner.data_received(data)
+            return
+        self.buf = self.buf + data if self.buf else data
+        if not self.busy:
+            self._next()
+        elif len(self.buf) > MAX_HEAD + MAX_FAST_BODY and not self.paused:
+            self.paused = True  # pipelined requests: read no more until this one is done
+            assert self.transport is not None
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool | None:
+        """The client will send no more: finish the request being served, if any."""
+        if self.inner is not None:
+            return self.inner.eof_received()
+        self.eof = True
+        if self.busy:
+            return True  # keep the transport open to write the answer
+        if self.buf:
+            self._hand_over()
+            assert self.inner is not None
+            return self.inner.eof_received()
+        return None
+
+    def pause_writing(self) -> None:
+        """The client reads too slowly: stop reading requests."""
+        if self.inner is not None:
+            self.inner.pause_writing()
+        elif self.transport is not None and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        """The client caught up."""
+        if self.inner is not None:
+            self.inner.resume_writing()
+        elif self.paused and not self.busy:
+            self._resume()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Release what the connection held; count a client gone mid-body."""
+        owner = self._owner
+        owner.open.discard(self)
+        if self.inner is not None:
+            self.inner.connection_lost(exc)
+            return
+        if self.pending is not None:
+            owner.guard.count("client_disconnects")
+            peer = self.transport.get_extra_info("peername") if self.transport else None
+            logger.debug(
+                "HTTP client %s disconnected during %s /v1/kv/%s: %s",
+                peer[0] if isinstance(peer, tuple) else peer,
+                self.pending.op.upper(),
+                self.pending.key,
+                exc or "Connection lost",
+            )
+        self._release()
+        self.buf = b""
+        self.pending = None
+
+    # -- requests --------------------------------------------------------------------
+
+    def _release(self) -> None:
+        if self.reserved:
+            self._owner.guard.give(self.reserved)
+            self.reserved = 0
+
+    def _resume(self) -> None:
+        self.paused = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _next(self) -> None:
+        """Serve the next complete request in ``buf``, hand over, or wait for bytes."""
+        buf = self.buf
+        request = self.pending
+        if request is None:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > MAX_HEAD or self.eof:
+                    self._hand_over()
+                return
+            if end > MAX_HEAD:
+                self._hand_over()
+                return
+            request = parse_head(buf[:end])
+            owner = self._owner
+            if request is None or (
+                owner.allowed is not None and not owner.allowed(request.token, request.op)
+            ):
+                self._hand_over()
+                return
+            self.whole = end + 4 + request.length
+            if len(buf) < self.whole:
+                self.pending = request
+                self.since = self._loop.time()  # the body gets its own frame_timeout
+        if len(buf) < self.whole:
+            more = len(buf) - self.reserved
+            if more > 0:
+                guard = self._owner.guard
+                if not guard.take(more):
+                    guard.count("buffer_budget_exceeded")
+                    logger.warning(
+                        "closed HTTP connection: its request body would take the port "
+                        "over its limit of %d buffered bytes (max_buffered_bytes)",
+                        guard.limits.max_buffered_bytes,
+                    )
+                    self._fail(_BUSY)
+                    return
+                self.reserved += more
+            return
+        whole = self.whole
+        body = buf[whole - request.length : whole]
+        self.buf = buf[whole:]
+        self.pending = None
+        self._release()
+        self.busy = True
+        self._owner.serve(self, request, body)
+
+    def respond(self, data: bytes, *, close: bool = False) -> None:
+        """Write the answer to the request being served; then serve the next one."""
+        transport = self.transport
+        self.busy = False
+        self.since = self._loop.time()
+        self._owner.served += 1
+        if transport is None or transport.is_closing():
+            return
+        transport.write(data)
+        if close:
+            self.close()
+            return
+        if self.eof and not self.buf:
+            transport.close()
+            return
+        if self.paused and not transport.get_write_buffer_size():
+            self._resume()
+        if self.buf and not self.paused:
+            self._next()
+
+    def _fail(self, data: bytes) -> None:
+        self._release()
+        self.buf = b""
+        self.pending = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+            self.transport.close()
+
+    def expire(self) -> None:
+        """The request is overdue (``frame_timeout``): close, with ``408`` for a body."""
+        self._owner.open.discard(self)
+        if self.pending is not None:
+            guard = self._owner.guard
+            guard.count("frame_timeouts")
+            logger.warning(
+                "closed HTTP connection: request body unfinished after %s s (frame_timeout)",
+                guard.limits.frame_timeout,
+            )
+            self._fail(_TIMEOUT)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        """Close the connection (what was buffered is dropped)."""
+        self._release()
+        self.buf = b""
+        self.pending = None
+        if self.transport is not None:
+            self.transport.close()
+
+    def _hand_over(self) -> None:
+        """From now on aiohttp has the connection, starting with the unread bytes."""
+        owner = self._owner
+        owner.open.discard(self)
+        owner.handed_over += 1
+        self._release()
+        data, self.buf, self.pending = self.buf, b"", None
+        inner = self.inner = owner.make_aiohttp()
+        assert self.transport is not None
+        inner.connection_made(self.transport)
+        if self.paused:
+            self._resume()
+        if data:
+            inner.data_received(data)
