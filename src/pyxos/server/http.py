@@ -37,6 +37,13 @@ Limits (``pyxos.net.limits``, from the node's config): the port accepts at most
 aiohttp's own limits (8190-byte lines, 128 fields) and by time (a slowloris): a request
 head must be complete ``frame_timeout`` after the connection opened or last answered.
 
+Two paths share the port: every connection starts on the lean HTTP/1.1 path of
+``pyxos.server.http_fast`` (``FastConnections``), which answers plainly well-formed
+``GET``/``PUT /v1/kv/KEY`` itself, through the same ``_run`` and with the same answers
+as the handlers below, and hands the connection to aiohttp (with every byte not yet
+read) at its first request of any other kind; from then on aiohttp serves it. The
+limits above hold on both paths.
+
 Reads are linearizable (read-index at the leader; a follower forwards them) unless
 ``?stale=true`` asks for this replica's own applied state, which may lag.
 
