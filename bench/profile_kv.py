@@ -200,7 +200,8 @@ def main() -> int:
             conns = args.clients if args.api == "http" else args.connections
             head = (
                 f"# py-spy {args.rate}/s, {args.clients} clients over {conns} "
-                f"connections, api {args.api}, read ratio {args.read_ratio}, {args.seconds:.0f} s sampled"
+                f"connections, api {args.api}, read ratio {args.read_ratio}, "
+                f"{args.seconds:.0f} s sampled"
                 f"{' (GIL holders only)' if args.gil else ''}\n"
                 f"# load: {res}\n# cluster CPU {c1 - c0:.2f} s over {wall:.1f} s wall: {split}\n"
             )

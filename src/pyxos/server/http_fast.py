@@ -290,6 +290,8 @@ class FastConnection(asyncio.Protocol):
         self.eof = True
         if self.busy:
             return True  # keep the transport open to write the answer
+        if self.pending is not None:
+            return None  # gone before its body arrived: connection_lost counts it
         if self.buf:
             self._hand_over()
             assert self.inner is not None
