@@ -24,6 +24,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+FIGURES = ("cpu_s_per_1k_ops", "leader_cpu_s_per_1k_ops", "ops_per_s", "p50_ms", "p99_ms")
+"""The figures compared (a tree whose bench lacks one is compared on the others)."""
+
 
 def run_once(tree: Path, bench_args: list[str]) -> list[dict[str, object]]:
     """One ``pyxos bench kv`` with ``tree``'s sources; its median results."""
@@ -62,7 +65,7 @@ def main() -> int:
                 if r["system"] != "pyxos":
                     continue
                 c = int(r["clients"])  # type: ignore[call-overload]
-                for f in ("ops_per_s", "cpu_s_per_1k_ops", "p50_ms", "p99_ms"):
+                for f in FIGURES:
                     v = r.get(f)
                     if v is not None:
                         figures.setdefault((label, f, c), []).append(float(v))  # type: ignore[arg-type]
@@ -73,7 +76,7 @@ def main() -> int:
     print("| clients | figure | A | B | B/A | A runs | B runs |")
     print("|---:|---|---:|---:|---:|---|---|")
     for c in clients:
-        for f in ("cpu_s_per_1k_ops", "ops_per_s", "p50_ms", "p99_ms"):
+        for f in FIGURES:
             a, b = figures.get(("A", f, c)), figures.get(("B", f, c))
             if not a or not b:
                 continue

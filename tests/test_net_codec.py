@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyxos.core.ballot import Ballot
-from pyxos.core.messages import Accepted, Message, Snapshot
+from pyxos.core.messages import Accepted, ClientReplies, ClientReply, Message, Snapshot
 from pyxos.net.codec import (
+    CLIENT_PROTOCOL_VERSION,
     MAX_FRAME_BYTES,
     MAX_HELLO_BYTES,
     PROTOCOL_VERSION,
@@ -25,6 +26,7 @@ from pyxos.net.codec import (
     encode_frames,
     encode_hello,
     encode_message,
+    encode_replies,
 )
 
 B = Ballot(3, 2)
@@ -61,9 +63,12 @@ class _Examples:
                 return self._int() + 0.5
             case msgspec.inspect.StructType():
                 return self.build(t.cls)
-            case msgspec.inspect.VarTupleType() | msgspec.inspect.ListType():
+            case msgspec.inspect.VarTupleType():
                 count = 2 if self.rich else 1
                 return tuple(self.value(t.item_type) for _ in range(count))
+            case msgspec.inspect.ListType():  # decoded as a list: built as one
+                count = 2 if self.rich else 1
+                return [self.value(t.item_type) for _ in range(count)]
             case msgspec.inspect.UnionType():  # an optional field: rich examples fill it
                 some = [x for x in t.types if not isinstance(x, msgspec.inspect.NoneType)]
                 return self.value(some[0]) if self.rich or len(some) == len(t.types) else None
@@ -280,6 +285,35 @@ def test_check_hello_says_what_differs(hello: Hello, message: str) -> None:
 def test_check_hello_accepts_a_matching_peer_and_client() -> None:
     check_hello(HELLO, "a", PROTOCOL_VERSION, expected_role="peer")
     check_hello(Hello(version=1, cluster="a", node=0, role="client"), "a")
+
+
+def test_a_client_port_accepts_every_client_protocol_up_to_its_own() -> None:
+    for version in range(1, CLIENT_PROTOCOL_VERSION + 1):
+        hello = Hello(version=version, cluster="a", node=0, role="client")
+        check_hello(hello, "a", CLIENT_PROTOCOL_VERSION, expected_role="client", oldest_version=1)
+    for version in (0, CLIENT_PROTOCOL_VERSION + 1):
+        hello = Hello(version=version, cluster="a", node=0, role="client")
+        with pytest.raises(HandshakeError, match=f"protocol version {version} is not in 1..2"):
+            check_hello(
+                hello, "a", CLIENT_PROTOCOL_VERSION, expected_role="client", oldest_version=1
+            )
+
+
+def test_replies_encode_as_one_frame_or_one_frame_each() -> None:
+    replies = [ClientReply(1, c, 1, True, b"r", 1) for c in range(3)]
+    msg = ClientReplies(1, replies)
+    assert encode_replies(msg) == encode_message(msg)
+    assert encode_replies(msg, batched=False) == encode_frames(replies)
+    decoder = FrameDecoder()
+    assert decoder.feed(encode_replies(msg)) == [msg]
+    assert decoder.feed(encode_replies(msg, batched=False)) == replies
+
+
+def test_replies_over_the_frame_limit_go_one_frame_each() -> None:
+    big = b"x" * (MAX_FRAME_BYTES // 2)
+    replies = [ClientReply(1, c, 1, True, big, 1) for c in range(3)]
+    data = encode_replies(ClientReplies(1, replies))
+    assert FrameDecoder().feed(data) == replies
 
 
 @settings(max_examples=300, deadline=None)

@@ -68,6 +68,9 @@ class CaseResult:
     """utime + stime of every node process over the window, per 1,000 ops."""
     cmds_per_fsync: float | None = None
     """Committed commands per fsync on the leader over the window."""
+    leader_cpu_s_per_1k_ops: float | None = None
+    """utime + stime of the leader's process alone over the window, per 1,000 ops
+    (pyxos only: its leader's thread is what limits the rate)."""
     fsync: bool = True
     note: str = ""
 
@@ -108,6 +111,7 @@ _MEDIAN_FIELDS = (
     "bytes_per_s",
     "cpu_s_per_1k_ops",
     "cmds_per_fsync",
+    "leader_cpu_s_per_1k_ops",
 )
 
 

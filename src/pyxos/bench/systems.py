@@ -96,20 +96,30 @@ def _run_loop(main: Any) -> Any:
 class _Probe:
     """CPU of ``pids`` and an optional counter, sampled at the window's edges."""
 
-    def __init__(self, pids: list[int], counter: Any = None) -> None:
+    def __init__(self, pids: list[int], counter: Any = None, leader: int | None = None) -> None:
         self.pids = pids
         self.counter = counter
+        self.leader = leader
+        """The leader's pid, whose CPU is also sampled on its own."""
         self.cpu: dict[str, float] = {}
+        self.leader_cpu: dict[str, float] = {}
         self.count: dict[str, float | None] = {}
 
     async def __call__(self, edge: str) -> None:
         self.cpu[edge] = cpu_seconds(self.pids)
+        if self.leader is not None:
+            self.leader_cpu[edge] = cpu_seconds([self.leader])
         self.count[edge] = await self.counter() if self.counter is not None else None
 
     def cpu_per_1k(self, ops: int) -> float | None:
         if ops == 0 or len(self.cpu) < 2:
             return None
         return (self.cpu["end"] - self.cpu["start"]) / ops * 1000.0
+
+    def leader_cpu_per_1k(self, ops: int) -> float | None:
+        if ops == 0 or len(self.leader_cpu) < 2:
+            return None
+        return (self.leader_cpu["end"] - self.leader_cpu["start"]) / ops * 1000.0
 
     def per_count(self, ops: int) -> float | None:
         a, b = self.count.get("start"), self.count.get("end")
@@ -140,14 +150,21 @@ def run_pyxos(
             cluster.start()
             leader = cluster.wait_for_leader(leader_timeout)
             pids = [p for i in cluster.nodes if (p := cluster.pid(i)) is not None]
-            result: CaseResult = _run_loop(_load_pyxos(cluster, leader, pids, load, record))
+            result: CaseResult = _run_loop(
+                _load_pyxos(cluster, leader, pids, load, record, cluster.pid(leader))
+            )
             return replace(result, system=system)
         finally:
             cluster.stop()
 
 
 async def _load_pyxos(
-    cluster: LocalCluster, leader: int, pids: list[int], load: Load, record: str | None
+    cluster: LocalCluster,
+    leader: int,
+    pids: list[int],
+    load: Load,
+    record: str | None,
+    leader_pid: int | None = None,
 ) -> CaseResult:
     import aiohttp
 
@@ -166,7 +183,7 @@ async def _load_pyxos(
             except Exception:
                 return None
 
-        probe = _Probe(pids, fsyncs)
+        probe = _Probe(pids, fsyncs, leader_pid)
         hist = Histogram()
         errors = unknown = 0
         if load.api == "binary":
@@ -257,6 +274,7 @@ async def _load_pyxos(
         unknown=unknown,
         cpu_s_per_1k_ops=probe.cpu_per_1k(hist.count),
         cmds_per_fsync=probe.per_count(hist.count),
+        leader_cpu_s_per_1k_ops=probe.leader_cpu_per_1k(hist.count),
     )
 
 

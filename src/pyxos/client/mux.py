@@ -12,8 +12,11 @@ own ``client_id`` and ``seq``, one command outstanding at a time, the same retry
 followed; ``OutcomeUnknown`` when the overall ``timeout`` runs out; ``CommandRejected``
 for a command the service refused). What sessions share is the wire: session number
 ``i`` always uses connection slot ``i % connections`` of whichever node it talks to,
-so the frames of every session of a slot that are sent in one event-loop pass leave in
-one coalesced write (``FramedProtocol`` flushes once per pass).
+so the first attempts of every session of a slot made in one event-loop pass leave in
+one frame (``ClientRequests``, client protocol 2: ``_post_batched``, at most about
+``BATCH_BYTES`` of commands each), and the leader answers the commands of one pass
+with one ``ClientReplies`` frame per connection: one decode and one encode per side,
+not one per command. Retries go one frame each (``_post``): they are rare.
 
 Routing replies: the node answers ``ClientReply(client, seq)`` on the connection that
 carried the request, and ``(client, seq)`` is unique among the pool's outstanding
@@ -61,8 +64,8 @@ from pyxos.client.aio import (
     tls_context,
 )
 from pyxos.client.engine import Call, ClientError, drive, turned_away
-from pyxos.core.messages import ClientReply, ClientRequest, Message
-from pyxos.net.codec import PROTOCOL_VERSION, Hello, encode_message
+from pyxos.core.messages import ClientReplies, ClientReply, ClientRequest, ClientRequests, Message
+from pyxos.net.codec import CLIENT_PROTOCOL_VERSION, Hello, encode_message
 from pyxos.net.link import FramedProtocol
 from pyxos.statemachine.kv import Command
 
@@ -82,6 +85,25 @@ class _Pending:
         """The connection the attempt was sent on (a refusal counts only from it)."""
         self.deadline = deadline
         """Loop time after which the attempt counts as unanswered."""
+
+
+BATCH_BYTES = 64 * 1024
+"""About how many bytes of commands one batched request frame carries at most (far
+below any node's ``client_max_frame_bytes``); a larger command goes alone."""
+
+_REQUEST_OVERHEAD = 32
+"""Bytes a request adds to its command in a batch (the tag, ids, msgpack headers),
+rounded up."""
+
+
+class _Outbox:
+    """The requests of one connection waiting for the end of the pass."""
+
+    __slots__ = ("requests", "size")
+
+    def __init__(self) -> None:
+        self.requests: list[ClientRequest] = []
+        self.size = 0
 
 
 class Session(KVOperations):
@@ -131,7 +153,7 @@ class Session(KVOperations):
         if loop is None:
             loop = pool._loop = asyncio.get_running_loop()
         key = (self.client_id, seq)
-        frame = encode_message(ClientRequest(0, self.client_id, seq, payload, query))
+        request = ClientRequest(0, self.client_id, seq, payload, query)
         now = loop.time()
         deadline = now + pool.timeout
         route = pool.route
@@ -140,14 +162,16 @@ class Session(KVOperations):
         reply: ClientReply | None = None
         tried = conn is not None and conn.is_open
         if conn is not None and tried:
-            future = pool._post(key, frame, conn, min(deadline, now + pool.attempt_timeout))
-            if future is not None:
-                try:
-                    reply = await future
-                except BaseException:
-                    pool._forget(key, future)
-                    raise
+            future = pool._post_batched(
+                key, request, conn, min(deadline, now + pool.attempt_timeout)
+            )
+            try:
+                reply = await future
+            except BaseException:
+                pool._forget(key, future)
+                raise
         if reply is None or not reply.ok:
+            frame = encode_message(request)
             reply = await pool._retry(self, command, key, frame, deadline, index, reply, tried)
         else:
             route.answered(reply)
@@ -200,7 +224,11 @@ class ClientPool(Closeable):
         self.connects = 0
         """Connections opened over the pool's life (for tests and metrics)."""
         self._hello = Hello(
-            version=PROTOCOL_VERSION, cluster=cluster, node=0, role="client", token=token or ""
+            version=CLIENT_PROTOCOL_VERSION,
+            cluster=cluster,
+            node=0,
+            role="client",
+            token=token or "",
         )
         # (node index, slot) -> open connection. Invariant: only open connections (a
         # lost one is removed by its on_lost); at most ``connections`` per node.
@@ -210,6 +238,10 @@ class ClientPool(Closeable):
         # Future removes the entry first; a Future may be done only if its session was
         # cancelled while waiting (it then removes the entry itself).
         self._pending: dict[tuple[int, int], _Pending] = {}
+        # Connection -> the first attempts of this pass not yet sent (``_post_batched``);
+        # a flush is scheduled iff _outbox_scheduled, and one is whenever it is non-empty.
+        self._outbox: dict[FramedProtocol, _Outbox] = {}
+        self._outbox_scheduled = False
         # (node index, slot) -> the notice its last connection was refused with (see
         # ``engine.turned_away``); cleared when the next one is dialled.
         self._notices: dict[tuple[int, int], ClientReply] = {}
@@ -278,6 +310,57 @@ class ClientPool(Closeable):
             return future
         del self._pending[key]
         return None
+
+    def _post_batched(
+        self, key: tuple[int, int], request: ClientRequest, conn: FramedProtocol, deadline: float
+    ) -> asyncio.Future[ClientReply | None]:
+        """Send one first attempt in this pass's batch for ``conn`` (one frame of
+        every such request, at the end of the pass: ``_flush_outbox``), and register
+        its Future; a frame the connection drops resolves it with None."""
+        loop = self._loop
+        assert loop is not None
+        future: asyncio.Future[ClientReply | None] = loop.create_future()
+        self._pending[key] = _Pending(future, conn, deadline)
+        if self._scan is None:
+            self._scan = loop.call_later(self._scan_interval, self._expire)
+        size = len(request.command) + _REQUEST_OVERHEAD
+        if size > BATCH_BYTES:  # a large command goes alone, at once
+            self._send_batch(conn, [request])
+            return future
+        box = self._outbox.get(conn)
+        if box is None:
+            box = self._outbox[conn] = _Outbox()
+            if not self._outbox_scheduled:
+                self._outbox_scheduled = True
+                loop.call_soon(self._flush_outbox)
+        elif box.size + size > BATCH_BYTES:
+            self._send_batch(conn, box.requests)
+            box.requests, box.size = [], 0
+        box.requests.append(request)
+        box.size += size
+        return future
+
+    def _flush_outbox(self) -> None:
+        """Send every connection's batch of this pass, one frame each."""
+        self._outbox_scheduled = False
+        boxes, self._outbox = self._outbox, {}
+        for conn, box in boxes.items():
+            if box.requests:
+                self._send_batch(conn, box.requests)
+
+    def _send_batch(self, conn: FramedProtocol, requests: builtins.list[ClientRequest]) -> None:
+        """One frame of ``requests`` on ``conn`` (a ``ClientRequests`` if more than
+        one); if the connection drops it, their attempts are resolved with None."""
+        msg = requests[0] if len(requests) == 1 else ClientRequests(0, requests)
+        if conn.send(encode_message(msg)):
+            return
+        pending = self._pending
+        for r in requests:
+            waiting = pending.get((r.client, r.seq))
+            if waiting is not None and waiting.conn is conn:
+                del pending[(r.client, r.seq)]
+                if not waiting.future.done():
+                    waiting.future.set_result(None)
 
     def _forget(self, key: tuple[int, int], future: asyncio.Future[ClientReply | None]) -> None:
         """Drop the entry of an attempt whose waiter gave up (it was cancelled)."""
@@ -427,9 +510,13 @@ class ClientPool(Closeable):
         """Resolve the attempts these replies answer (see the module notes)."""
         pending = self._pending
         learn = self.route.learn
-        for msg in msgs:
-            if not isinstance(msg, ClientReply):
+        for message in msgs:
+            if type(message) is ClientReplies:
+                self._on_replies(index, conn, message.replies, where)  # type: ignore[arg-type]
                 continue
+            if not isinstance(message, ClientReply):
+                continue
+            msg = message
             learn(msg.src, index)
             key = (msg.client, msg.seq)
             waiting = pending.get(key)

@@ -49,6 +49,12 @@ decree is slot 0.
   campaign at once (the target skips the pre-vote; the others drop the lease they
   granted to ballot ``b``). See ``core/replica.py``, *Leader transfer*.
 - ``ClientRequest`` / ``ClientReply``: a client's command and its result.
+- ``ClientRequests`` / ``ClientReplies``: many of them in one message (one frame on a
+  client connection of client protocol 2, ``net.codec``): a client multiplexing many
+  sessions over one connection sends those of one event-loop pass together, and a
+  leader answers the commands of one slot for one connection together, so each side
+  decodes and encodes one frame, not one per command. Never sent between peers (the
+  server's router sends a peer the replies one by one) nor made in the simulator.
 """
 
 from __future__ import annotations
@@ -60,8 +66,10 @@ from pyxos.core.ballot import Ballot
 __all__ = [
     "Accept",
     "Accepted",
+    "ClientReplies",
     "ClientReply",
     "ClientRequest",
+    "ClientRequests",
     "Commit",
     "Decided",
     "Entry",
@@ -356,6 +364,21 @@ class ClientReply(msgspec.Struct, frozen=True, array_like=True, tag="rep"):
     error: str | None = None
 
 
+class ClientRequests(msgspec.Struct, frozen=True, array_like=True, tag="reqs"):
+    """Requests of one client connection in one frame (their ``src`` is ignored: the
+    node that receives them sets it to the connection's)."""
+
+    src: int
+    requests: list[ClientRequest]
+
+
+class ClientReplies(msgspec.Struct, frozen=True, array_like=True, tag="reps"):
+    """Replies for one destination in one message (in the order they were made)."""
+
+    src: int
+    replies: list[ClientReply]
+
+
 Message = (
     Prepare
     | Promise
@@ -380,5 +403,7 @@ Message = (
     | TimeoutNow
     | ClientRequest
     | ClientReply
+    | ClientRequests
+    | ClientReplies
 )
 """Every message a pyxos process sends or receives."""

@@ -46,9 +46,10 @@ from collections.abc import Callable, Iterable
 
 import msgspec
 
-from pyxos.core.messages import Message
+from pyxos.core.messages import ClientReplies, Message
 
 __all__ = [
+    "CLIENT_PROTOCOL_VERSION",
     "HEADER_BYTES",
     "MAX_FRAME_BYTES",
     "MAX_HELLO_BYTES",
@@ -62,10 +63,19 @@ __all__ = [
     "encode_frames",
     "encode_hello",
     "encode_message",
+    "encode_replies",
 ]
 
 PROTOCOL_VERSION = 1
-"""The wire protocol version sent in every ``Hello``; peers must match it exactly."""
+"""The wire protocol version sent in every peer ``Hello``; peers must match it exactly."""
+
+CLIENT_PROTOCOL_VERSION = 2
+"""The newest client protocol, sent in a client's ``Hello`` (a client port accepts
+every version from 1 to this one). Version 2 adds the batched frames
+(``ClientRequests`` from the client, ``ClientReplies`` back): a connection that said
+version 1 never receives a ``ClientReplies`` (its replies go one frame each), so the
+clients of version 1 work as before. A client of version 2 needs nodes of this version
+or later (an older node refuses its ``Hello``: upgrade the nodes first)."""
 
 MAGIC = "pyxos"
 """The first field of every ``Hello``: tells a pyxos peer from a stray connection."""
@@ -188,6 +198,19 @@ def encode_frames(msgs: Iterable[Message], *, max_frame_bytes: int = MAX_FRAME_B
     return bytes(buffer)
 
 
+def encode_replies(msg: ClientReplies, *, batched: bool = True) -> bytes:
+    """The frames of ``msg`` for a client: one frame if ``batched`` (a connection of
+    client protocol 2), else one frame per reply (protocol 1, and the peers). A batch
+    over the frame limit goes one frame per reply too (a reply alone over the limit
+    raises ``ValueError``, as ``encode_message`` does)."""
+    if batched:
+        try:
+            return encode_message(msg)
+        except ValueError:
+            pass
+    return encode_frames(msg.replies)
+
+
 def encode_hello(hello: Hello) -> bytes:
     """The handshake frame carrying ``hello``."""
     buffer = bytearray()
@@ -218,9 +241,12 @@ def check_hello(
     expected_version: int = PROTOCOL_VERSION,
     *,
     expected_role: str | None = None,
+    oldest_version: int | None = None,
 ) -> None:
     """Raise ``HandshakeError`` unless ``hello`` comes from a compatible pyxos process.
 
+    ``oldest_version``: versions from it to ``expected_version`` are accepted (a
+    client port: ``CLIENT_PROTOCOL_VERSION``); None: exactly ``expected_version``.
     The message says exactly what differs (``cluster 'b' != 'a'``), because the usual
     cause is a misconfigured node that an operator has to find from one log line.
     """
@@ -228,7 +254,14 @@ def check_hello(
         raise HandshakeError(f"wrong magic {hello.magic!r}: not a pyxos process")
     if hello.cluster != expected_cluster:
         raise HandshakeError(f"cluster {hello.cluster!r} != {expected_cluster!r}")
-    if hello.version != expected_version:
+    if oldest_version is not None and oldest_version <= hello.version <= expected_version:
+        pass
+    elif oldest_version is not None:
+        raise HandshakeError(
+            f"protocol version {hello.version} is not in {oldest_version}..{expected_version}"
+            " (a client newer than this node: upgrade the nodes first)"
+        )
+    elif hello.version != expected_version:
         raise HandshakeError(
             f"protocol version {hello.version} != {expected_version} (upgrade every node)"
         )

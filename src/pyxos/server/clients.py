@@ -43,12 +43,12 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import msgspec
 
-from pyxos.core.messages import ClientReply, ClientRequest, Message
-from pyxos.net.codec import PROTOCOL_VERSION, Hello, check_hello, encode_message
+from pyxos.core.messages import ClientReplies, ClientReply, ClientRequest, ClientRequests, Message
+from pyxos.net.codec import CLIENT_PROTOCOL_VERSION, Hello, check_hello, encode_message
 from pyxos.net.limits import PortGuard, PortLimits
 from pyxos.net.link import FramedProtocol, FramedServer, new_counters, serve_framed
 from pyxos.server.auth import READ_OPS
@@ -128,15 +128,22 @@ class ClientPort:
         stats: DriverStats,
         feed: Callable[[list[Message]], None],
         disk_full: DiskFull | None = None,
+        feed_from: Callable[[int, list[ClientRequest]], None] | None = None,
     ) -> None:
         self.config = config
         self.stats = stats
         self.feed = feed
+        self.feed_from = feed_from
+        """Hands the node the requests of one connection in one call (``src``: the
+        connection's id, whatever the requests' own ``src`` says); None: ``feed``
+        with each request's ``src`` set."""
         self.counters = new_counters()
         """Counters of the client connections."""
         self.server: FramedServer | None = None
         """The listening client port (set by the node's ``startup``)."""
         self.connections: dict[int, FramedProtocol] = {}
+        self.single: set[int] = set()
+        """The connections of client protocol 1: their replies go one frame each."""
         # The role of each authenticated client connection (tokens configured);
         # a connection absent from it presented no valid token.
         self._roles: dict[int, str] = {}
@@ -169,6 +176,9 @@ class ClientPort:
         if sink is not None:
             if isinstance(msg, ClientReply):
                 sink(msg)
+            elif isinstance(msg, ClientReplies):
+                for reply in msg.replies:
+                    sink(reply)
             return
         conn = self.connections.get(dst)
         if conn is not None:
@@ -234,9 +244,13 @@ class ClientPort:
         tokens = self.config.tokens
 
         def accept_hello(hello: Hello) -> int:
-            check_hello(hello, cluster, PROTOCOL_VERSION, expected_role="client")
+            check_hello(
+                hello, cluster, CLIENT_PROTOCOL_VERSION, expected_role="client", oldest_version=1
+            )
             cid = self.new_client_id()
             self.connections[cid] = holder[0]
+            if hello.version < 2:
+                self.single.add(cid)
             self.stats.client_connections += 1
             if tokens is not None:
                 role = tokens.role(hello.token)
@@ -275,10 +289,7 @@ class ClientPort:
             return
         allowed: list[Message] = []
         conn = self.connections.get(cid)
-        for msg in msgs:
-            if not isinstance(msg, ClientRequest):
-                allowed.append(msg)
-                continue
+        for msg in self._requests(msgs):
             if role is not None and msg.query:
                 allowed.append(msg)  # a query changes nothing: a read token may ask it
                 continue
@@ -309,14 +320,33 @@ class ClientPort:
         if self.connections.get(conn.peer_id) is conn:
             del self.connections[conn.peer_id]
             self._roles.pop(conn.peer_id, None)
+            self.single.discard(conn.peer_id)
 
-    def _on_messages(self, cid: int, msgs: list[Message]) -> None:
+    def _requests(self, msgs: list[Message]) -> list[ClientRequest]:
+        """The requests of one received chunk, batched frames (``ClientRequests``)
+        opened; any other message is counted and dropped."""
+        first = msgs[0]
+        if len(msgs) == 1 and type(first) is ClientRequests:
+            return first.requests
+        if not [m for m in msgs if type(m) is not ClientRequest]:
+            return cast("list[ClientRequest]", msgs)
         requests: list[ClientRequest] = []
         for msg in msgs:
-            if isinstance(msg, ClientRequest):
-                requests.append(msg if msg.src == cid else msgspec.structs.replace(msg, src=cid))
+            if type(msg) is ClientRequest:
+                requests.append(msg)
+            elif type(msg) is ClientRequests:
+                requests += msg.requests
             else:
                 self.stats.unexpected_client_messages += 1
-        if requests:
-            self.stats.client_requests += len(requests)
-            self.submit(requests)
+        return requests
+
+    def _on_messages(self, cid: int, msgs: list[Message]) -> None:
+        requests = self._requests(msgs)
+        if not requests:
+            return
+        self.stats.client_requests += len(requests)
+        feed_from = self.feed_from
+        if feed_from is not None and (self.disk_full is None or self.disk_full.reason is None):
+            feed_from(cid, requests)  # the connection's id travels beside them
+            return
+        self.submit([r if r.src == cid else msgspec.structs.replace(r, src=cid) for r in requests])

@@ -182,6 +182,7 @@ def build_node(
         snapshot_bytes=config.snapshot_bytes,
         forward=config.forward_requests,
         on_batch=on_batch,
+        batch_replies=True,  # one ClientReplies per connection (server.routing)
     )
     if snapshot is not None:
         node.restore_snapshot(snapshot.slot, snapshot.data)

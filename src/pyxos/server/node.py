@@ -42,6 +42,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from pyxos.core.messages import ClientRequest, Message
 from pyxos.core.ready import Send
 from pyxos.driver import ReadyDriver
@@ -126,7 +128,9 @@ class NodeServer:
         """The Ready driver (``pyxos.driver``): the order of persist, send, fsync,
         apply and snapshot, shared with the simulator."""
         self.effects.driver = self.driver
-        self.clients = ClientPort(config, self.stats, self._input, self.effects.disk_full)
+        self.clients = ClientPort(
+            config, self.stats, self._input, self.effects.disk_full, self._input_from
+        )
         """Client connections and in-process clients (``server.clients``)."""
         self.router = Router(config.node_id, self.stats, self.clients, self._input)
         """Where what the node sends goes (``server.routing``)."""
@@ -391,6 +395,28 @@ class NodeServer:
             node.tick(self.clock.now())
             for msg in msgs:
                 node.step(msg)
+        except Exception as e:
+            self._internal_error(e)
+            return
+        if not self._drive_scheduled:
+            self._drive_scheduled = True
+            loop.call_soon(self._drive_pass)
+
+    def _input_from(self, src: int, requests: list[ClientRequest]) -> None:
+        """``_input`` for the requests of one client connection ``src``: stepped in one
+        call (``ServiceNode.step_requests``), not one message at a time."""
+        node, loop = self.node, self._loop
+        if node is None or loop is None or self._closing or self._fatal is not None:
+            return
+        if self.effects.tracer is not None:  # it records each message with its src
+            self._input([msgspec.structs.replace(r, src=src) for r in requests])
+            return
+        if self.effects.disk_full.paused(requests):
+            return
+        self.stats.inputs += 1
+        try:
+            node.tick(self.clock.now())
+            node.step_requests(src, requests)
         except Exception as e:
             self._internal_error(e)
             return

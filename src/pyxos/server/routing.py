@@ -9,8 +9,11 @@ message, an exception would abandon the Ready half done) and hands it on:
 - to this node itself: queued and delivered as one input batch at the end of the
   event-loop pass (``call_soon``), never stepped re-entrantly, as the simulator
   delivers it as a separate event (a leader's own ``Accepted`` after its fsync);
-- to a client id (``>= CLIENT_ID_BASE``): the client port (``server.clients``);
-- to a peer: its link (``pyxos.net.link.PeerLinks``); not a member: dropped.
+- to a client id (``>= CLIENT_ID_BASE``): the client port (``server.clients``); the
+  replies of one pass for one connection (``ClientReplies``) leave as one frame, or
+  one frame per reply for a client of protocol 1 (``net.codec``);
+- to a peer: its link (``pyxos.net.link.PeerLinks``); not a member: dropped. A
+  ``ClientReplies`` goes one frame per reply: the peer protocol is unchanged.
 
 Messages from a peer link are fed to the node only if they name that peer as their
 sender; the others are dropped and counted (docs/architecture.md, *Network*).
@@ -23,9 +26,9 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from pyxos.core.messages import Message
+from pyxos.core.messages import ClientReplies, Message
 from pyxos.core.ready import Send
-from pyxos.net.codec import encode_message
+from pyxos.net.codec import encode_message, encode_replies
 from pyxos.net.link import PeerLinks
 from pyxos.server.clients import CLIENT_ID_BASE, ClientPort
 from pyxos.server.effects import DriverStats
@@ -61,10 +64,15 @@ class Router:
         msg = send.msg
         to = send.to
         if len(to) == 1 and to[0] >= CLIENT_ID_BASE:
-            # A client reply, once per command on a leader: straight to the connection.
-            conn = self.clients.connections.get(to[0])
+            # Client replies, one message per connection and pass on a leader: straight
+            # to the connection, a ClientReplies as one frame (client protocol 2).
+            clients = self.clients
+            conn = clients.connections.get(to[0])
             if conn is not None:
-                data = self.encode(msg)
+                if type(msg) is ClientReplies:
+                    data = self.encode(msg, to[0] not in clients.single)
+                else:
+                    data = self.encode(msg)
                 if data:
                     conn.send(data)
                 return
@@ -73,12 +81,15 @@ class Router:
         def encoded() -> bytes:
             nonlocal frame
             if frame is None:
-                frame = self.encode(msg)
+                frame = self.encode(msg, False)
             return frame
 
         for dst in to:
             if dst == me:
-                self._local.append(msg)
+                if type(msg) is ClientReplies:
+                    self._local.extend(msg.replies)
+                else:
+                    self._local.append(msg)
                 if not self._local_scheduled and self.loop is not None:
                     self._local_scheduled = True
                     self.loop.call_soon(self._deliver_local)
@@ -90,13 +101,17 @@ class Router:
                     with contextlib.suppress(KeyError):  # not a member: dropped
                         self.links.send(dst, data)
 
-    def encode(self, msg: Message) -> bytes:
+    def encode(self, msg: Message, batched: bool = True) -> bytes:
         """The frame of ``msg``; empty (dropped, counted, logged) if it is over the limit.
 
-        The protocol tolerates a lost message; an exception here would abandon the
-        Ready half done.
+        A ``ClientReplies`` is one frame if ``batched`` (a client connection of client
+        protocol 2), else one frame per reply (``net.codec.encode_replies``): peers
+        and older clients get replies one by one. The protocol tolerates a lost
+        message; an exception here would abandon the Ready half done.
         """
         try:
+            if type(msg) is ClientReplies:
+                return encode_replies(msg, batched=batched)
             return encode_message(msg)
         except ValueError as e:
             self.stats.oversized_dropped += 1

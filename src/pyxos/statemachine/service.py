@@ -82,8 +82,10 @@ import msgspec
 
 from pyxos.core.membership import MembershipState, is_config_entry
 from pyxos.core.messages import (
+    ClientReplies,
     ClientReply,
     ClientRequest,
+    ClientRequests,
     Fetch,
     Message,
     Snapshot,
@@ -201,8 +203,14 @@ class ServiceNode:
         forward: bool = True,
         on_batch: Callable[[int], None] | None = None,
         catchup_snapshot_slots: int = CATCHUP_SNAPSHOT_SLOTS,
+        batch_replies: bool = False,
     ) -> None:
         self.replica = replica
+        self.batch_replies = batch_replies
+        """Answer the commands applied in one pass with one ``ClientReplies`` per
+        destination (the server: its router writes each as one frame) instead of a
+        ``ClientReply`` each (the simulator, whose clients each have one command in
+        flight)."""
         state = (
             app if isinstance(app, ReplicatedApp) else ReplicatedApp(app, max_sessions=max_sessions)
         )
@@ -306,6 +314,11 @@ class ServiceNode:
                 self.members.on_reply(msg)
             case ClientReply():
                 self._relay(msg)
+            case ClientRequests():
+                self.step_requests(msg.src, msg.requests)
+            case ClientReplies():
+                for reply in msg.replies:
+                    self.step(reply)
             case Fetch() if self._snapshot_instead(msg):
                 self._announce_snapshot(msg.src)
             case Snapshot():
@@ -314,6 +327,41 @@ class ServiceNode:
                 self._on_snapshot_request(msg)
             case _:
                 self.replica.step(msg)
+
+    def step_requests(self, src: int, requests: Sequence[ClientRequest]) -> None:
+        """Feed client requests that all came from ``src`` (a client connection), as if
+        each were stepped with its ``src`` set to it, in one call: the binary port's
+        batch (docs/architecture.md, "Speed"). A leader takes a write in line (validate,
+        then join this pass's batch); anything else (a query, a member operation, a
+        node that does not lead) goes the single-message way."""
+        replica = self.replica
+        leading = replica.is_leader
+        validate = self.state.validate
+        waiting = self.waiting
+        batch = self.batch
+        taken = 0
+        for msg in requests:
+            command = msg.command
+            if not leading or msg.query or command[:1] == b"\xc1":
+                self._on_request(msg if msg.src == src else msgspec.structs.replace(msg, src=src))
+                leading = replica.is_leader
+                continue
+            taken += 1
+            if validate is not None:
+                try:
+                    error = validate(command)
+                except PROCESS_EXITS:
+                    raise
+                except BaseException as e:  # the application's bug is a refusal
+                    error = f"validate raised {type(e).__name__}: {e}"
+                if error is not None:
+                    self._refuse(src, msg, error)
+                    continue
+            key = (msg.client, msg.seq)
+            if key not in waiting:
+                batch.append((msg.client, msg.seq, command))
+            waiting[key] = src
+        self.requests += taken
 
     def link_changed(self, peer: int, up: bool) -> None:
         """The driver's link to ``peer`` came up or went down.
@@ -561,31 +609,29 @@ class ServiceNode:
                 raise
             except BaseException as e:  # the application's bug is a refusal
                 error = f"validate raised {type(e).__name__}: {e}"
-            if error is not None and not isinstance(error, str):
-                # True meant "valid" to its author: a refusal that says so, not a
-                # ClientReply whose error field no peer or client can decode.
-                error = (
-                    f"validate returned {type(error).__name__} {error!r:.40}, not a str "
-                    "reason or None (docs/architecture.md, The application contract)"
-                )
             if error is not None:
-                self.rejected += 1
-                refused = self.state.failure(msg.client, msg.seq, error)
-                reply = ClientReply(
-                    self.node_id,
-                    msg.client,
-                    msg.seq,
-                    True,
-                    refused.result,
-                    self.usable_leader(),
-                    error,
-                )
-                replica.post((msg.src,), reply)
+                self._refuse(msg.src, msg, error)
                 return
         key = (msg.client, msg.seq)
         if key not in self.waiting:
             self.batch.append((msg.client, msg.seq, msg.command))
         self.waiting[key] = msg.src
+
+    def _refuse(self, dst: int, msg: ClientRequest, error: object) -> None:
+        """Answer ``msg`` (at ``dst``) with the refusal its ``validate`` gave."""
+        if not isinstance(error, str):
+            # True meant "valid" to its author: a refusal that says so, not a
+            # ClientReply whose error field no peer or client can decode.
+            error = (
+                f"validate returned {type(error).__name__} {error!r:.40}, not a str "
+                "reason or None (docs/architecture.md, The application contract)"
+            )
+        self.rejected += 1
+        refused = self.state.failure(msg.client, msg.seq, error)
+        reply = ClientReply(
+            self.node_id, msg.client, msg.seq, True, refused.result, self.usable_leader(), error
+        )
+        self.replica.post((dst,), reply)
 
     def _relay(self, msg: ClientReply) -> None:
         entry = self.forwarded.pop((msg.client, msg.seq), None)
@@ -641,6 +687,7 @@ class ServiceNode:
         leader = self.usable_leader()
         sends = r.send_now
         audit = self.audit
+        grouped: dict[int, list[ClientReply]] | None = {} if self.batch_replies else None
         for entry in r.committed:
             if entry.slot < state.applied_slot:
                 continue  # covered by a restored snapshot
@@ -655,8 +702,18 @@ class ServiceNode:
                     reply = ClientReply(
                         me, applied.client, applied.seq, True, applied.result, leader, applied.error
                     )
-                    sends.append(Send((dst,), reply))
+                    if grouped is None:
+                        sends.append(Send((dst,), reply))
+                    elif (replies := grouped.get(dst)) is None:
+                        grouped[dst] = [reply]
+                    else:
+                        replies.append(reply)
             if audit is not None:
                 audit(me, state.applied_slot, state.state_digest(), results_digest(results))
             if self.on_applied is not None:
                 self.on_applied(me, entry.slot)
+        if grouped:
+            for dst, replies in grouped.items():
+                sends.append(
+                    Send((dst,), replies[0] if len(replies) == 1 else ClientReplies(me, replies))
+                )
