@@ -1603,6 +1603,14 @@ def bench_kv(
     type=click.Path(file_okay=False),
     help="Where the ceiling's bench.py is (default: ../shared/ceiling).",
 )
+@click.option(
+    "--api",
+    type=click.Choice(["submit", "await"]),
+    default="submit",
+    show_default=True,
+    help="pyxos's load: counter.incr.submit() futures with a done-callback, or one "
+    "asyncio task per client awaiting counter.incr().",
+)
 @click.option("--json", "json_path", default=None, help="Write every round and the medians.")
 def bench_embedded(
     clients: str,
@@ -1610,6 +1618,7 @@ def bench_embedded(
     repeat: int,
     vs: str,
     ceiling_dir: str | None,
+    api: str,
     json_path: str | None,
 ) -> None:
     """A replicated counter in 3 embedded-node processes (the load: that many
@@ -1651,6 +1660,7 @@ def bench_embedded(
             vs_pysyncobj=with_pysyncobj,
             progress=lambda line: click.echo(line, err=True),
             ceiling=ceiling,
+            api=api,
         )
     except (TimeoutError, RuntimeError) as e:
         raise click.ClickException(f"the benchmark stopped: {e}") from None

@@ -5,8 +5,11 @@ Theory of operation
 Three pyxos node processes (``python -m pyxos.embedded.benchnode``), each an
 :class:`~pyxos.embedded.EmbeddedNode` hosting one :class:`~pyxos.objects.Counter`, with
 its own data directory and fsync on as always; the load runs inside the leader's
-process: ``clients`` asyncio tasks, each ``await counter.incr()`` in a closed loop (a
-command is acknowledged once chosen, fsynced on a quorum and applied). Beside it, in
+process: ``clients`` calls of ``counter.incr`` outstanding in a closed loop (a command
+is acknowledged once chosen, fsynced on a quorum and applied), each a future from
+``counter.incr.submit()`` with a done-callback that submits the next (``api
+"submit"``, as the ceiling keeps its commands in flight), or ``clients`` asyncio tasks
+each ``await counter.incr()`` (``api "await"``). Beside it, in
 the same run and interleaved round by round, PySyncObj's own counter
 (``pysyncobj.batteries.ReplCounter``, ``inc``) on three processes, its load inside its
 leader too, as callback chains (``pyxos.bench.pysyncobj``; batch and tick every 1 ms,
@@ -98,7 +101,7 @@ class _Proc:
         self.proc.wait(5.0)
 
 
-def run_pyxos_counter(clients: int, *, seconds: float) -> dict[str, Any]:
+def run_pyxos_counter(clients: int, *, seconds: float, api: str = "submit") -> dict[str, Any]:
     """One round: 3 embedded-node processes, ``clients`` tasks of ``incr`` in the
     leader's; the leader's reply (``ops``, ``p50_ms``... ``errors``, ``unknown``,
     ``value``) and ``cpu_s`` of the three processes over the load."""
@@ -131,7 +134,7 @@ def run_pyxos_counter(clients: int, *, seconds: float) -> dict[str, Any]:
                     time.sleep(0.05)
             pids = [p.proc.pid for p in procs]
             before = cpu_seconds(pids)
-            request = {"cmd": "bench", "clients": clients, "seconds": seconds}
+            request = {"cmd": "bench", "clients": clients, "seconds": seconds, "api": api}
             request["warmup"] = WARMUP_SECONDS
             reply = leader.ask(request, seconds + WARMUP_SECONDS + 60.0)
             cpu = (cpu_seconds(pids) - before) * seconds / (seconds + WARMUP_SECONDS)
@@ -208,6 +211,7 @@ def run_embedded_bench(
     vs_pysyncobj: bool,
     progress: Any = None,
     ceiling: Path | None = None,
+    api: str = "submit",
 ) -> dict[str, Any]:
     """Every round of every case, interleaved; the medians per system and client count.
     ``ceiling``: the ceiling's ``bench.py``, run beside pyxos (None: not run)."""
@@ -226,7 +230,7 @@ def run_embedded_bench(
         for c in clients:
             for system in systems:
                 if system == "pyxos":
-                    r = run_pyxos_counter(c, seconds=seconds)
+                    r = run_pyxos_counter(c, seconds=seconds, api=api)
                 elif system == "ceiling":
                     assert ceiling is not None
                     r = run_ceiling_embedded(c, seconds=seconds, script=ceiling)
@@ -264,6 +268,7 @@ def run_embedded_bench(
             "seconds": seconds,
             "repeat": repeat,
             "systems": systems,
+            "api": api,
         },
         "runs": {s: {str(c): runs[s][c] for c in clients} for s in systems},
         "medians": {s: {str(c): medians[s][c] for c in clients} for s in systems},
@@ -311,7 +316,8 @@ def format_table(doc: dict[str, Any]) -> str:
     lines.append("")
     lines.append(
         f"medians of {cfg['repeat']} interleaved rounds, {cfg['seconds']:g} s each after a "
-        f"{WARMUP_SECONDS} s warm-up; pyxos fsyncs on every node before acknowledging"
+        f"{WARMUP_SECONDS} s warm-up; pyxos ({cfg.get('api', 'submit')} API) fsyncs on "
+        "every node before acknowledging"
         + ("; PySyncObj does not fsync (in-memory journal)" if "pysyncobj" in med else "")
         + (
             "; the ceiling fsyncs too, its load is the same number of commands outstanding"

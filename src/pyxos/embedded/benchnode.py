@@ -8,11 +8,15 @@ Theory of operation
 answers one JSON request a line on stdin with one JSON line on stdout:
 
 - ``{"cmd": "status"}``: ``{"leader": bool, "ready": bool}`` (ready: a leader is known);
-- ``{"cmd": "bench", "clients": N, "seconds": S, "warmup": W}``: ``N`` tasks on the
-  node's loop, each ``await counter.incr()`` in a loop; the increments that complete
-  within ``S`` seconds after a ``W``-second warm-up are counted. Replies ``ops``,
-  latency percentiles in ms, ``errors``, ``unknown`` and the counter's ``value`` (a
-  linearizable ``get`` after the load);
+- ``{"cmd": "bench", "clients": N, "seconds": S, "warmup": W, "api": A}``: ``N``
+  calls of ``counter.incr`` outstanding on the node's loop, each submitted again as
+  soon as the last of its "client" completes; the increments that complete within
+  ``S`` seconds after a ``W``-second warm-up are counted. With ``A = "submit"`` (the
+  default) a call is ``counter.incr.submit()``, a future with a done-callback, the way
+  the ceiling's embedded mode keeps its commands in flight (no coroutine per call);
+  with ``A = "await"``, ``N`` asyncio tasks each ``await counter.incr()`` in a loop.
+  Replies ``ops``, latency percentiles in ms, ``errors``, ``unknown`` and the
+  counter's ``value`` (a linearizable ``get`` after the load);
 - ``{"cmd": "get"}``: ``{"value": counter.get()}``.
 
 The node exits when stdin closes (the orchestrator, ``pyxos.bench.embedded``, is gone).
@@ -22,6 +26,7 @@ It lives here, not in ``pyxos.bench``, because benchmarks never import the serve
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import sys
@@ -72,6 +77,92 @@ async def _load(counter: Counter, clients: int, seconds: float, warmup: float) -
                 latencies.append(done - began)
 
     await asyncio.gather(*(client() for _ in range(clients)))
+    return await _report(counter, latencies, errors, unknown)
+
+
+async def _load_submit(
+    counter: Counter, clients: int, seconds: float, warmup: float
+) -> dict[str, Any]:
+    """``clients`` calls outstanding as futures with a done-callback (no coroutine)."""
+    loop = asyncio.get_running_loop()
+    clock = time.perf_counter
+    start = clock()
+    measure_from = start + warmup
+    end = measure_from + seconds
+    latencies: list[float] = []
+    counts = [0, 0]  # errors, unknown
+    began = [0.0] * clients
+    running = [clients]
+    finished = loop.create_future()
+    submit = counter.incr.submit
+
+    def client(i: int) -> Any:
+        def done(future: asyncio.Future[int]) -> None:
+            now = clock()
+            error = future.exception()
+            if error is None:
+                if measure_from <= now <= end:
+                    latencies.append(now - began[i])
+            else:
+                counts[isinstance(error, OutcomeUnknown)] += 1
+            if now >= end:
+                running[0] -= 1
+                if not running[0]:
+                    finished.set_result(None)
+                return
+            began[i] = now
+            submit().add_done_callback(done)
+
+        return done
+
+    for i in range(clients):
+        began[i] = clock()
+        submit().add_done_callback(client(i))
+    await finished
+    return await _report(counter, latencies, counts[0], counts[1])
+
+
+class _GcClock:
+    """Seconds spent in Python's cyclic garbage collector, and collections per
+    generation, since ``reset`` (a ``gc.callbacks`` hook: a diagnostic of the load)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.collections = [0, 0, 0]
+        self.by_generation = [0.0, 0.0, 0.0]
+        self._began = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def reset(self) -> None:
+        self.seconds = 0.0
+        self.collections = [0, 0, 0]
+        self.by_generation = [0.0, 0.0, 0.0]
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.thread_time()
+        else:
+            took = time.thread_time() - self._began
+            self.seconds += took
+            self.collections[info["generation"]] += 1
+            self.by_generation[info["generation"]] += took
+
+
+_gc_clock: _GcClock | None = None
+
+
+async def _report(
+    counter: Counter, latencies: list[float], errors: int, unknown: int
+) -> dict[str, Any]:
+    gc_stats = (
+        {
+            "gc_s": _gc_clock.seconds,
+            "gc_collections": list(_gc_clock.collections),
+            "gc_s_by_generation": list(_gc_clock.by_generation),
+        }
+        if _gc_clock is not None
+        else {}
+    )
     value = await counter.get()
     return {
         "ops": len(latencies),
@@ -79,6 +170,7 @@ async def _load(counter: Counter, clients: int, seconds: float, warmup: float) -
         "errors": errors,
         "unknown": unknown,
         "value": value,
+        **gc_stats,
     }
 
 
@@ -88,6 +180,8 @@ def main(argv: list[str]) -> None:
     config = node_config(node_id, {int(k): v for k, v in peers.items()}, data_dir)
     counter = Counter()
     node = BlockingNode(config, {"counter": counter}, tick_interval=None)
+    global _gc_clock
+    _gc_clock = _GcClock()
     out = sys.stdout
     for line in sys.stdin:
         request = json.loads(line)
@@ -95,8 +189,10 @@ def main(argv: list[str]) -> None:
         if request["cmd"] == "status":
             reply = {"leader": node.is_leader, "ready": node.node.leader != 0}
         elif request["cmd"] == "bench":
+            load = _load_submit if request.get("api", "submit") == "submit" else _load
+            _gc_clock.reset()
             reply = node.run(
-                _load(counter, request["clients"], request["seconds"], request["warmup"])
+                load(counter, request["clients"], request["seconds"], request["warmup"])
             )
         elif request["cmd"] == "get":
             reply = {"value": node.run(counter.get())}

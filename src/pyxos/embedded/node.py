@@ -28,6 +28,21 @@ command may still be applied, once. ``node.command(data)`` takes a session from 
 pool of idle ones (a session has one command in flight at a time) and puts it back
 after, so concurrency costs one session per concurrent call, not one per call.
 
+The hot path costs one future per command and nothing else that lives on: no
+coroutine, no task, no timer. ``node.submit(data)`` (and ``node.command``, which
+awaits it, and an object's ``method.submit(...)``) records the call in a dict keyed
+by its session's client id and queues the request; the reply resolves the future
+(decoding the result first when a ``decode`` was given). Attempts that had no answer
+for ``attempt_timeout`` are found by one sweep per quarter of it (the dict is in
+submission order, so the sweep stops at the first call still young). Only a call
+that needs the engine's retries (a refusal, no answer, a timeout shorter than one
+attempt) gets a task, which drives it by the engine's rule and then resolves the
+same future. Per command the process keeps few objects alive between loop passes,
+which matters at thousands of calls outstanding: Python's cyclic garbage collector
+walks every container object that survives a collection, again and again as they age,
+and a coroutine chain, a task and a timer per call made that walk cost as much as
+the calls themselves.
+
 Queries (``node.query(q)``) are linearizable reads the leader serves without the log;
 they change nothing, so a retry is harmless and they need no session.
 
@@ -52,12 +67,13 @@ import contextlib
 import logging
 import random
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
 from pyxos.client.engine import (
+    Attempt,
     Call,
     ClientError,
     CommandRejected,
@@ -119,6 +135,31 @@ def _no_answer(future: asyncio.Future[ClientReply | None]) -> None:
         future.set_result(None)
 
 
+class _Call:
+    """A command in flight on the hot path (see the module notes)."""
+
+    __slots__ = ("deadline", "decode", "future", "limit", "pooled", "request", "session", "started")
+
+    def __init__(
+        self,
+        future: asyncio.Future[Any],
+        session: Session,
+        request: ClientRequest,
+        decode: Callable[[bytes], Any] | None,
+        started: float,
+        limit: float,
+        pooled: bool,
+    ) -> None:
+        self.future = future
+        self.session = session
+        self.request = request
+        self.decode = decode
+        self.started = started
+        self.limit = limit
+        self.deadline = started + limit
+        self.pooled = pooled
+
+
 class Session:
     """One client session: a ``client`` id and the ``seq`` of its last command.
 
@@ -141,13 +182,15 @@ class Session:
         """Submit ``data`` as this session's next command; its result once applied."""
         self.seq += 1
         self.last = data
-        return await self.node._run(self.client, self.seq, data, False, timeout)
+        result: bytes = await self.node._start(self, data, timeout, None, False)
+        return result
 
     async def retry(self, *, timeout: float | None = None) -> bytes:
         """Submit the last command again, same ``(client, seq)``: applied at most once."""
         if self.last is None:
             raise RuntimeError("nothing to retry: this session has sent no command")
-        return await self.node._run(self.client, self.seq, self.last, False, timeout)
+        result: bytes = await self.node._start(self, self.last, timeout, None, False)
+        return result
 
 
 class EmbeddedNode:
@@ -189,6 +232,12 @@ class EmbeddedNode:
         self.server = NodeServer(config, initialize=initialize, rng=self.rng, app=self.app)
         """The node runtime (the same as ``pyxos serve``)."""
         self._sink = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # The hot path's calls by client id (one in flight per session), oldest first.
+        self._calls: dict[int, _Call] = {}
+        self._sweep_timer: asyncio.TimerHandle | None = None
+        self._recovering: set[asyncio.Task[None]] = set()
+        # The engine's attempts (retries, queries) by (client, seq).
         self._pending: dict[tuple[int, int], asyncio.Future[ClientReply | None]] = {}
         self._idle: list[Session] = []
         self._outbox: list[ClientRequest] = []
@@ -204,6 +253,7 @@ class EmbeddedNode:
 
     async def start(self) -> None:
         """Open the WAL, start listening and dialing the peers; attach the objects."""
+        self._loop = asyncio.get_running_loop()
         await self.server.startup()
         self._sink = self.server.attach_sink(self._on_reply)
         self._started = True
@@ -226,6 +276,11 @@ class EmbeddedNode:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._fail_pending(NodeStopped(f"node {self.node_id} stopped"))
+        for task in list(self._recovering):
+            task.cancel()
+        for task in list(self._recovering):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         if self._started:
             self.server.detach_sink(self._sink)
         await self.server.shutdown()
@@ -275,12 +330,164 @@ class EmbeddedNode:
 
     async def command(self, data: bytes, *, timeout: float | None = None) -> bytes:
         """Submit one command through an idle session; its result once applied."""
+        result: bytes = await self.submit(data, timeout=timeout)
+        return result
+
+    def submit(
+        self,
+        data: bytes,
+        *,
+        timeout: float | None = None,
+        decode: Callable[[bytes], Any] | None = None,
+    ) -> asyncio.Future[Any]:
+        """Submit one command through an idle session without waiting: a future of
+        its result (``decode(result)`` if ``decode`` is given; what ``decode`` raises,
+        the future raises), or of ``CommandRejected``, ``OutcomeUnknown`` or
+        ``NodeStopped``. Call it on the node's event loop. Everything submitted in one
+        loop pass reaches the leader together; a done-callback per future and no
+        coroutine per call is the cheapest way to keep many calls outstanding (see
+        the module notes). Cancelling the future abandons the wait, not the command.
+        """
         session = self._idle.pop() if self._idle else Session(self)
-        try:
-            return await session.command(data, timeout=timeout)
-        finally:
+        session.seq += 1
+        return self._start(session, data, timeout, decode, True)
+
+    def _start(
+        self,
+        session: Session,
+        data: bytes,
+        timeout: float | None,
+        decode: Callable[[bytes], Any] | None,
+        pooled: bool,
+    ) -> asyncio.Future[Any]:
+        """Send ``session``'s current seq with ``data``; the future of its outcome."""
+        loop = self._loop
+        if loop is None or not self._started or self._stopping or self._failed is not None:
+            if pooled:
+                self._idle.append(session)
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            why = f"failed: {self._failed}" if self._failed is not None else "is not running"
+            future.set_exception(NodeStopped(f"node {self.node_id} {why}"))
+            return future
+        future = loop.create_future()
+        now = loop.time()
+        limit = self.timeout if timeout is None else timeout
+        client = session.client
+        request = ClientRequest(self._sink, client, session.seq, data, False)
+        call = _Call(future, session, request, decode, now, limit, pooled)
+        calls = self._calls
+        if client in calls or limit < self.attempt_timeout:
+            # A session with a call in flight already (misuse), or a deadline shorter
+            # than one attempt: the engine drives it from the first attempt.
+            self._recover(call, None, False)
+            return future
+        calls[client] = call
+        if self._sweep_timer is None:
+            self._sweep_timer = loop.call_later(self.attempt_timeout / 4, self._sweep)
+        self._submit(request)
+        return future
+
+    def _sweep(self) -> None:
+        """Hand every hot-path call without an answer for ``attempt_timeout`` to the
+        engine (its retries); again in a quarter of that while calls are in flight."""
+        self._sweep_timer = None
+        loop = self._loop
+        calls = self._calls
+        if loop is None or not calls:
+            return
+        cutoff = loop.time() - self.attempt_timeout
+        old = []
+        for call in calls.values():  # oldest first
+            if call.started > cutoff:
+                break
+            old.append(call)
+        for call in old:
+            del calls[call.request.client]
+            if call.future.done():  # cancelled by its caller: no retries
+                self._release(call)
+            else:
+                self._recover(call, None, True)
+        if calls:
+            self._sweep_timer = loop.call_later(self.attempt_timeout / 4, self._sweep)
+
+    def _release(self, call: _Call) -> None:
+        if call.pooled:
+            session = call.session
             session.last = None
             self._idle.append(session)
+
+    def _settle(self, call: _Call, reply: ClientReply) -> None:
+        """Resolve ``call``'s future with an ``ok`` reply."""
+        self._release(call)
+        future = call.future
+        if future.done():
+            return
+        if reply.error is not None and not reply.result:
+            future.set_exception(CommandRejected(reply.error))
+            return
+        decode = call.decode
+        if decode is None:
+            future.set_result(reply.result)
+            return
+        try:
+            value = decode(reply.result)
+        except Exception as e:  # the command's own exception, raised in the caller
+            future.set_exception(e)
+            return
+        future.set_result(value)
+
+    def _recover(self, call: _Call, reply: ClientReply | None, tried: bool) -> None:
+        """Drive ``call`` by the engine's retry rule in a task (the cold path)."""
+        task = asyncio.ensure_future(self._drive_call(call, reply, tried))
+        self._recovering.add(task)
+        task.add_done_callback(self._recovering.discard)
+
+    async def _drive_call(self, call: _Call, reply: ClientReply | None, tried: bool) -> None:
+        request = call.request
+        key = (request.client, request.seq)
+        attempt = self._attempt(request, key)
+        try:
+            if not tried or reply is None or not reply.ok:
+                what = f"command (client {request.client}, seq {request.seq})"
+                engine_call = Call(self._route, call.deadline, call.limit, what)
+                reply = await drive(engine_call, attempt, 0, reply, tried)
+        except asyncio.CancelledError:
+            self._release(call)
+            if not call.future.done():
+                call.future.set_exception(NodeStopped(f"node {self.node_id} stopped"))
+            return
+        except Exception as e:  # OutcomeUnknown, NodeStopped: the caller's to handle
+            self._release(call)
+            if not call.future.done():
+                call.future.set_exception(e)
+            return
+        finally:
+            self._pending.pop(key, None)
+        self._settle(call, reply)
+
+    def _attempt(self, request: ClientRequest, key: tuple[int, int]) -> Attempt:
+        """One attempt of the engine's: submit ``request``, wait for its reply until
+        ``until`` or ``attempt_timeout`` (None: no answer)."""
+        pending = self._pending
+        attempt_timeout = self.attempt_timeout
+
+        async def attempt(_: int, until: float) -> ClientReply | None:
+            if self._stopping or self._failed is not None:
+                raise NodeStopped(f"node {self.node_id} stopped")
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[ClientReply | None] = loop.create_future()
+            pending[key] = future
+            self._submit(request)
+            # No answer by then: None (cheaper than wait_for, which wraps a task).
+            timer = loop.call_later(
+                max(0.0, min(until - loop.time(), attempt_timeout)), _no_answer, future
+            )
+            try:
+                return await future
+            finally:
+                timer.cancel()
+
+        return attempt
 
     async def query(self, data: bytes, *, timeout: float | None = None) -> bytes:
         """Run the read-only ``data`` linearizably (no log entry); its result."""
@@ -290,6 +497,7 @@ class EmbeddedNode:
     async def _run(
         self, client: int, seq: int, data: bytes, is_query: bool, timeout: float | None
     ) -> bytes:
+        """A call driven by the engine from its first attempt (queries)."""
         if self._failed is not None:
             raise NodeStopped(f"node {self.node_id} failed: {self._failed}")
         if not self._started or self._stopping:
@@ -300,21 +508,7 @@ class EmbeddedNode:
         key = (client, seq)
         request = ClientRequest(self._sink, client, seq, data, is_query)
         pending = self._pending
-        submit = self._submit
-        attempt_timeout = self.attempt_timeout
-
-        async def attempt(_: int, until: float) -> ClientReply | None:
-            future: asyncio.Future[ClientReply | None] = loop.create_future()
-            pending[key] = future
-            submit(request)
-            # No answer by then: None (cheaper than wait_for, which wraps a task).
-            timer = loop.call_later(
-                max(0.0, min(until - loop.time(), attempt_timeout)), _no_answer, future
-            )
-            try:
-                return await future
-            finally:
-                timer.cancel()
+        attempt = self._attempt(request, key)
 
         try:
             # The first attempt here (the hot path: no Call); retries by the engine's rule.
@@ -340,11 +534,29 @@ class EmbeddedNode:
         self.server.submit(outbox)
 
     def _on_reply(self, reply: ClientReply) -> None:
+        calls = self._calls
+        call = calls.get(reply.client)
+        if call is not None and call.request.seq == reply.seq:
+            del calls[reply.client]
+            if reply.ok:
+                self._settle(call, reply)
+            else:  # a refusal: the engine's retries
+                self._recover(call, reply, True)
+            return
         future = self._pending.get((reply.client, reply.seq))
         if future is not None and not future.done():
             future.set_result(reply)
 
     def _fail_pending(self, error: BaseException) -> None:
+        calls = list(self._calls.values())
+        self._calls.clear()
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+            self._sweep_timer = None
+        for call in calls:
+            self._release(call)
+            if not call.future.done():
+                call.future.set_exception(error)
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(error)

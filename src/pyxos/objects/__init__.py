@@ -5,6 +5,7 @@ docs/architecture.md, *Replicated objects*."""
 
 from pyxos.objects.base import (
     Binding,
+    BoundMethod,
     NotAttached,
     ObjectHost,
     Replicated,
@@ -19,6 +20,7 @@ from pyxos.objects.builtin import Counter, Lock, LockHolder, LockState, Queue, R
 
 __all__ = [
     "Binding",
+    "BoundMethod",
     "Counter",
     "Lock",
     "LockHolder",

@@ -57,13 +57,27 @@ import copy
 import dataclasses
 import inspect
 import typing
-from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, ClassVar, Concatenate, Final, Generic, ParamSpec, Protocol, TypeVar
+from collections.abc import Callable, Mapping
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Concatenate,
+    Final,
+    Generic,
+    ParamSpec,
+    Protocol,
+    TypeVar,
+)
 
 import msgspec
 
+if TYPE_CHECKING:
+    import asyncio  # only for the type of BoundMethod.submit: this layer runs no loop
+
 __all__ = [
     "Binding",
+    "BoundMethod",
     "NotAttached",
     "ObjectHost",
     "Replicated",
@@ -130,7 +144,12 @@ class NotAttached(RuntimeError):
 
 
 class Binding(Protocol):
-    """Where an attached object sends its calls (an embedded node implements it)."""
+    """Where an attached object sends its calls (an embedded node implements it).
+
+    A binding may also offer ``submit(data, *, decode)``, returning a future of
+    ``decode(result)`` without a coroutine per call (``EmbeddedNode.submit``); a
+    command's ``await`` and ``.submit(...)`` use it when it is there.
+    """
 
     async def command(self, data: bytes) -> bytes:
         """Submit ``data`` to the log; return the result bytes once applied."""
@@ -139,6 +158,53 @@ class Binding(Protocol):
     async def query(self, data: bytes) -> bytes:
         """Run the read-only query ``data`` linearizably; return the result bytes."""
         ...
+
+
+class BoundMethod(Generic[P, R]):
+    """A decorated method of an object: ``await obj.method(...)`` submits the call and
+    returns its value; for a ``@replicated`` one, ``obj.method.submit(...)`` submits it
+    at once and returns an ``asyncio.Future`` of the value (on the node's loop; with
+    a done-callback per future many calls can be outstanding without a coroutine
+    each). Made once per object and method, on first use."""
+
+    def __init__(self, method: _Method[Any, P, R], obj: Replicated) -> None:
+        self._pyxos_method = method
+        self._pyxos_object = obj
+        self.__name__ = method.name
+        self.__doc__ = method.fn.__doc__
+
+    def _binding(self) -> Any:
+        obj = self._pyxos_object
+        binding = obj._pyxos_binding
+        if binding is None:
+            raise NotAttached(
+                f"{type(obj).__name__}.{self.__name__}: the object is not attached to a node"
+            )
+        return binding
+
+    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        binding = self._binding()
+        method = self._pyxos_method
+        data = method.encode(self._pyxos_object._pyxos_name, args, kwargs)
+        if method.kind != "command":
+            return typing.cast(R, method.decode(await binding.query(data)))
+        submit = getattr(binding, "submit", None)
+        if submit is not None:
+            return typing.cast(R, await submit(data, decode=method.decode))
+        return typing.cast(R, method.decode(await binding.command(data)))
+
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[R]:
+        """Submit this command now; a future of its value (or of its exception)."""
+        binding = self._binding()
+        method = self._pyxos_method
+        if method.kind != "command":
+            raise TypeError(f"{self.__name__} is a @query: await it (queries are not submitted)")
+        submit = getattr(binding, "submit", None)
+        if submit is None:
+            raise TypeError(f"{type(binding).__name__} has no submit(): await the call instead")
+        data = method.encode(self._pyxos_object._pyxos_name, args, kwargs)
+        future: asyncio.Future[R] = submit(data, decode=method.decode)
+        return future
 
 
 class _Method(Generic[S, P, R]):
@@ -161,6 +227,7 @@ class _Method(Generic[S, P, R]):
         )
         self._args_decoder: msgspec.msgpack.Decoder[Any] | None = None
         self._result_type: Any = None
+        self._value_decoder: msgspec.msgpack.Decoder[Any] | None = None
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
@@ -169,35 +236,18 @@ class _Method(Generic[S, P, R]):
     def __get__(self, obj: None, objtype: type | None = None) -> _Method[S, P, R]: ...
 
     @typing.overload
-    def __get__(
-        self, obj: S, objtype: type | None = None
-    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
+    def __get__(self, obj: S, objtype: type | None = None) -> BoundMethod[P, R]: ...
 
     def __get__(
         self, obj: S | None, objtype: type | None = None
-    ) -> _Method[S, P, R] | Callable[P, Coroutine[Any, Any, R]]:
+    ) -> _Method[S, P, R] | BoundMethod[P, R]:
         if obj is None:
             return self
-
-        async def call(*args: P.args, **kwargs: P.kwargs) -> R:
-            binding = obj._pyxos_binding
-            if binding is None:
-                raise NotAttached(
-                    f"{type(obj).__name__}.{self.name}: the object is not attached to a node"
-                )
-            data = self.encode(obj._pyxos_name, args, kwargs)
-            if self.kind == "command":
-                raw = await binding.command(data)
-            else:
-                raw = await binding.query(data)
-            return typing.cast(R, self.decode(raw))
-
-        call.__name__ = self.name
-        call.__doc__ = self.fn.__doc__
-        # What encode_call needs to find the call's object and method.
-        setattr(call, "_pyxos_method", self)  # noqa: B010
-        setattr(call, "_pyxos_object", obj)  # noqa: B010
-        return call
+        bound = BoundMethod(self, obj)
+        # Kept in the instance's dict, which shadows this (non-data) descriptor: made
+        # once per object and method, not once per call.
+        obj.__dict__[self.name] = bound
+        return bound
 
     # -- encoding --------------------------------------------------------------------------
 
@@ -209,6 +259,7 @@ class _Method(Generic[S, P, R]):
         )
         self._args_decoder = msgspec.msgpack.Decoder(args_type)
         self._result_type = hints.get("return", Any)
+        self._value_decoder = msgspec.msgpack.Decoder(self._result_type)
 
     def encode(self, obj_name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bytes:
         """The call's bytes; ``TypeError`` if the arguments do not fit the signature."""
@@ -231,9 +282,12 @@ class _Method(Generic[S, P, R]):
 
     def decode(self, result: bytes) -> Any:
         """The caller's value of a result, or the exception it carries, raised."""
-        if self._args_decoder is None:
+        decoder = self._value_decoder
+        if decoder is None:
             self._types()
-        return decode_result(result, self._result_type)
+            decoder = self._value_decoder
+            assert decoder is not None
+        return _decode_result(result, decoder)
 
 
 def replicated(fn: Callable[Concatenate[S, P], R]) -> _Method[S, P, R]:
@@ -267,12 +321,16 @@ def _descriptor(method: Any) -> _Method[Any, Any, Any]:
 
 def decode_result(result: bytes, kind: Any = Any) -> Any:
     """Decode a result as ``kind``, or raise the exception it carries."""
+    return _decode_result(result, msgspec.msgpack.Decoder(kind))
+
+
+def _decode_result(result: bytes, decoder: msgspec.msgpack.Decoder[Any]) -> Any:
     try:
         ok, raw = _result_decoder.decode(result)
     except msgspec.DecodeError:
         raise ReplicatedError("BadResult", f"not an object result: {result[:40]!r}") from None
     if ok:
-        return msgspec.msgpack.decode(raw, type=kind)
+        return decoder.decode(raw)
     name, message = _error_decoder.decode(raw)
     exc = _BUILTIN_ERRORS.get(name)
     if exc is not None:
