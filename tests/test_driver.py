@@ -23,6 +23,7 @@ class ScriptedNode:
         self.script: list[Ready] = []
         self.advances = 0
         self.durable: list[int] = []
+        self.failed: list[int] = []
 
     def step(self, msg: object) -> None:
         pass
@@ -41,6 +42,9 @@ class ScriptedNode:
 
     def snapshot_durable(self, slot: int) -> None:
         self.durable.append(slot)
+
+    def snapshot_failed(self, slot: int) -> None:
+        self.failed.append(slot)
 
 
 class Recorder:
@@ -220,7 +224,7 @@ def test_one_snapshot_write_at_a_time_and_the_newest_waiting_one_wins() -> None:
         driver.drive()
     assert [v for k, v in effects.log if k == "snapshot"] == [10]
     driver.snapshot_failed(10)  # changes nothing; the newest waiting one goes next
-    assert node.durable == []
+    assert node.durable == [] and node.failed == [10], "the node is told (a rebuild retakes)"
     assert [v for k, v in effects.log if k == "snapshot"] == [10, 30]
     driver.snapshot_saved(30)
     assert node.durable == [30] and driver.counters.snapshots == 1

@@ -280,6 +280,9 @@ class ReadyDriver:
         self.snapshot_in_flight = False
         if self.closed or self.failed is not None:
             return
+        failed = getattr(self.node, "snapshot_failed", None)
+        if failed is not None:
+            failed(slot)
         if self.snapshot_next is not None:
             self._save_snapshot(*self.snapshot_next)
 

@@ -289,11 +289,19 @@ class ServiceNode:
 
     def snapshot_durable(self, slot: int) -> None:
         """The driver made the snapshot of ``slot`` durable: compact below it."""
+        if self._rebuild_snap_pending is not None and slot >= self._rebuild_snap_pending:
+            self._rebuild_snap_pending = None
         if self._last_taken is not None and self._last_taken[0] == slot:
             self.snapshot = self._last_taken
         self.replica.compact(slot)
         if self.replica.rebuilding and self.replica.rebuild_caught_up:
             self.replica.finish_rebuild(slot)
+
+    def snapshot_failed(self, slot: int) -> None:
+        """The driver could not write the snapshot of ``slot`` (or dropped it for a newer
+        one that failed): a rebuild takes its closing snapshot again."""
+        if self._rebuild_snap_pending is not None and slot >= self._rebuild_snap_pending:
+            self._rebuild_snap_pending = None
 
     @property
     def node_id(self) -> int:
@@ -448,11 +456,16 @@ class ServiceNode:
         elif (
             replica.rebuilding
             and replica.rebuild_caught_up
+            and self._rebuild_snap_pending is None
             and replica.now >= self._rebuild_snap_due
         ):
-            # A rebuild ends with a durable snapshot; retried if its write failed.
+            # A rebuild ends with a durable snapshot; taken again if its write failed,
+            # never while one is being written: with 1 GB of state a take and a write
+            # last seconds, and retaking every few heartbeats meanwhile kept a rebuild
+            # encoding the whole state over and over (bench/profiles/FINDINGS.md).
             self._rebuild_snap_due = replica.now + replica.config.heartbeat_interval * 5
             self._take_snapshot()
+            self._rebuild_snap_pending = self.state.applied_slot
         if self._snapshot_out is not None:
             r.snapshot, self._snapshot_out = self._snapshot_out, None
         return r
@@ -470,6 +483,8 @@ class ServiceNode:
     _last_taken: tuple[int, bytes] | None = None
     _snapshot_out: tuple[int, bytes] | None = None
     _rebuild_snap_due = float("-inf")
+    _rebuild_snap_pending: int | None = None
+    """The slot of the rebuild's closing snapshot while it is being written."""
 
     def _snapshot_slot(self) -> int:
         return self.snapshot[0] if self.snapshot is not None else 0
