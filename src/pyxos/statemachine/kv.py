@@ -43,7 +43,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 from hashlib import blake2b
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import msgspec
 
@@ -364,9 +364,13 @@ class KVStore:
         """The keys and values as msgpack."""
         return _encoder.encode(_KVSnapshot(version=SNAPSHOT_VERSION, values=self._values))
 
-    def restore(self, data: bytes) -> None:
+    zero_copy_restore: ClassVar[bool] = True
+    """``restore`` takes a ``memoryview`` too (``ReplicatedApp.restore`` then passes
+    its part of a snapshot without copying it)."""
+
+    def restore(self, data: bytes | memoryview) -> None:
         """Replace the keys and values with a ``snapshot()``; ``ValueError`` if it is
-        not one (the state is then left as it was)."""
+        not one (the state is then left as it was). ``data`` may be a view."""
         try:
             snap = _snapshot_decoder.decode(data)
         except msgspec.DecodeError as e:

@@ -155,26 +155,36 @@ so an application's plain snapshot is told apart)."""
 
 class _Wrapped(msgspec.Struct, array_like=True):
     membership: MembershipState
-    app: bytes
+    app: bytes | memoryview
 
 
-_wrapped_decoder = msgspec.msgpack.Decoder(_Wrapped)
+class _WrappedView(msgspec.Struct, array_like=True):
+    """``_Wrapped`` as decoded: the application's bytes a view of the input, not a copy."""
+
+    membership: MembershipState
+    app: memoryview
 
 
-def wrap_snapshot(membership: MembershipState | None, app: bytes) -> bytes:
+_wrapped_decoder = msgspec.msgpack.Decoder(_WrappedView)
+
+
+def wrap_snapshot(membership: MembershipState | None, app: bytes | memoryview) -> bytes:
     """A snapshot's bytes: the application's state, with the membership if it changed."""
     if membership is None:
-        return app
+        return bytes(app)
     return SNAPSHOT_MAGIC + _raw_encoder.encode(_Wrapped(membership, app))
 
 
-def unwrap_snapshot(data: bytes) -> tuple[MembershipState | None, bytes]:
+def unwrap_snapshot(
+    data: bytes | memoryview,
+) -> tuple[MembershipState | None, bytes | memoryview]:
     """The membership (None: the founding one) and the application's bytes of a
-    snapshot; ``ValueError`` if the membership part is damaged."""
-    if not data.startswith(SNAPSHOT_MAGIC):
+    snapshot; ``ValueError`` if the membership part is damaged. The application's
+    bytes are ``data`` or a view into it, never a copy (a snapshot may be 1 GB)."""
+    if data[: len(SNAPSHOT_MAGIC)] != SNAPSHOT_MAGIC:
         return None, data
     try:
-        wrapped = _wrapped_decoder.decode(data[len(SNAPSHOT_MAGIC) :])
+        wrapped = _wrapped_decoder.decode(memoryview(data)[len(SNAPSHOT_MAGIC) :])
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise ValueError(f"not a pyxos snapshot: {e}") from None
     return wrapped.membership, wrapped.app
@@ -246,7 +256,7 @@ class ServiceNode:
         """Also snapshot once this many bytes of slot values were applied since the last."""
         self.log_bytes_since_snapshot = 0
         self.snapshot_chunk = snapshot_chunk
-        self.snapshot: tuple[int, bytes] | None = None
+        self.snapshot: tuple[int, bytes | memoryview] | None = None
         """The latest durable snapshot (slot, bytes): what InstallSnapshot serves."""
         self.transfer: _Transfer | None = None
         self.snapshots_installed = 0
@@ -275,8 +285,10 @@ class ServiceNode:
         if self.state.applied_slot > 0:
             fn(self.node_id, self.state.applied_slot, self.state.state_digest(), None)
 
-    def restore_snapshot(self, slot: int, data: bytes) -> None:
-        """Start from a durable snapshot (at startup, before any input)."""
+    def restore_snapshot(self, slot: int, data: bytes | memoryview) -> None:
+        """Start from a durable snapshot (at startup, before any input). ``data`` may be
+        a read-only view (of the mapped snapshot file): it is kept, to serve lagging
+        nodes, and never written to."""
         membership, app = unwrap_snapshot(data)
         self.state.restore(app)
         self.snapshot = (slot, data)
@@ -511,7 +523,7 @@ class ServiceNode:
         gap = self.catchup_snapshot_slots
         return gap > 0 and self.state.applied_slot - msg.slot >= gap
 
-    def _newest_snapshot(self) -> tuple[int, bytes] | None:
+    def _newest_snapshot(self) -> tuple[int, bytes | memoryview] | None:
         candidates = [s for s in (self.snapshot, self.serving) if s is not None]
         return max(candidates, key=lambda s: s[0], default=None)
 
@@ -534,7 +546,7 @@ class ServiceNode:
             self._announce_snapshot(msg.src)  # ours moved on: start over with it
             return
         slot, data = found[0]
-        chunk = data[msg.offset : msg.offset + self.snapshot_chunk]
+        chunk = bytes(data[msg.offset : msg.offset + self.snapshot_chunk])
         self.replica.post((msg.src,), Snapshot(self.node_id, slot, msg.offset, chunk, len(data)))
 
     def _on_snapshot(self, msg: Snapshot) -> None:

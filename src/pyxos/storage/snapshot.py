@@ -16,8 +16,10 @@ back to the newest snapshot that checks out, reporting the ones it skipped. Keep
 two snapshots (``prune_snapshots(keep=2)``) is what makes that fallback possible,
 as long as the log still reaches back to the older one; the caller decides that.
 
-Snapshots are read and written whole, in memory; streaming very large state is left
-to a later version of the format.
+Snapshots are written whole from memory. They are read as a read-only view of the
+file mapped into memory (``FileSystem.read_view``): the checksum runs over the page
+cache, and the caller decodes the data in place, without a copy of it (at 1 GB of
+state each copy cost about a second on a loaded machine).
 
 On-disk format, version 1 (all integers little-endian)
 ------------------------------------------------------
@@ -89,7 +91,9 @@ class Snapshot:
 
     slot: int
     meta: bytes
-    data: bytes
+    data: bytes | memoryview
+    """Read only; on the real file system a view of the file mapped into memory (no
+    copy: ``FileSystem.read_view``), which stays valid after the file is deleted."""
     path: Path
 
 
@@ -147,7 +151,7 @@ def read_snapshot(path: str | os.PathLike[str], *, fs: FileSystem = OS) -> Snaps
     match = _SNAPSHOT_NAME.match(path.name)
     if match is None:
         raise SnapshotCorrupt(f"{path}: not a snapshot file name")
-    raw = fs.read_bytes(path)
+    raw = fs.read_view(path)
     if len(raw) < SNAPSHOT_HEADER_SIZE:
         raise SnapshotCorrupt(f"{path}: header incomplete ({len(raw)} bytes)")
     magic, version, reserved, slot, meta_len, data_len = _HEADER.unpack_from(raw, 0)
@@ -160,15 +164,14 @@ def read_snapshot(path: str | os.PathLike[str], *, fs: FileSystem = OS) -> Snaps
         raise SnapshotCorrupt(
             f"{path}: {len(raw)} bytes, header says {SNAPSHOT_HEADER_SIZE + meta_len + data_len}"
         )
-    if (
-        crc32c.crc32c(memoryview(raw)[SNAPSHOT_HEADER_SIZE:], crc32c.crc32c(raw[: _HEADER.size]))
-        != crc
-    ):
+    view = memoryview(raw)
+    if crc32c.crc32c(view[SNAPSHOT_HEADER_SIZE:], crc32c.crc32c(view[: _HEADER.size])) != crc:
         raise SnapshotCorrupt(f"{path}: checksum mismatch")
     if slot != int(match.group(1)):
         raise SnapshotCorrupt(f"{path}: header says slot {slot}")
     meta_end = SNAPSHOT_HEADER_SIZE + meta_len
-    return Snapshot(slot, raw[SNAPSHOT_HEADER_SIZE:meta_end], raw[meta_end:], path)
+    # No copy of the data: a view (of the mapped file, or of the bytes read).
+    return Snapshot(slot, bytes(view[SNAPSHOT_HEADER_SIZE:meta_end]), view[meta_end:], path)
 
 
 def _list(dirpath: Path, fs: FileSystem) -> tuple[list[Path], list[Path]]:
