@@ -605,3 +605,27 @@ def test_the_digest_covers_the_data_and_the_session_table() -> None:
     run1(f, cmd("put", "k", "v", client=1, seq=2))
     assert run1(e, cmd("get", "k", client=3, seq=1)) == run1(f, cmd("get", "k", client=3, seq=1))
     assert e.state_digest() == f.state_digest()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "refused"),
+    [
+        ("k", "v", False),
+        ("ключ", "значение", False),  # short, not ASCII: the size of the command bounds it
+        ("é" * (MAX_KEY_BYTES // 2), "v", False),  # 1024 bytes of key, in a longer command
+        ("é" * (MAX_KEY_BYTES // 2 + 1), "v", True),  # 1026 bytes of key
+        ("k" * (MAX_KEY_BYTES + 1), "v", True),
+        ("k", "€" * (MAX_VALUE_BYTES // 3 + 1), True),
+    ],
+)
+def test_the_store_validates_puts_as_validate_command_does(
+    key: str, value: str, refused: bool
+) -> None:
+    """``KVStore.validate``'s inline checks of a put (by the command's size, or by
+    ASCII lengths) refuse exactly what ``validate_command`` refuses."""
+    command = Command(1, 1, "put", key, value)
+    error = KVStore().validate(msgspec.msgpack.encode(command))
+    assert (error is not None) == refused
+    if refused:
+        with pytest.raises(ValueError):
+            validate_command(command)

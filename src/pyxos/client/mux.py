@@ -509,25 +509,28 @@ class ClientPool(Closeable):
     ) -> None:
         """Resolve the attempts these replies answer (see the module notes)."""
         pending = self._pending
-        learn = self.route.learn
+        known = self.route.index_of
+        replies: Sequence[ClientReply]
         for message in msgs:
             if type(message) is ClientReplies:
-                self._on_replies(index, conn, message.replies, where)  # type: ignore[arg-type]
+                replies = message.replies
+            elif isinstance(message, ClientReply):
+                replies = (message,)
+            else:
                 continue
-            if not isinstance(message, ClientReply):
-                continue
-            msg = message
-            learn(msg.src, index)
-            key = (msg.client, msg.seq)
-            waiting = pending.get(key)
-            if waiting is None and msg.client == 0 and msg.error is not None:
-                self._refused(where, conn, msg)
-                continue
-            if waiting is None or (not msg.ok and waiting.conn is not conn):
-                continue
-            del pending[key]
-            if not waiting.future.done():  # else its session was cancelled meanwhile
-                waiting.future.set_result(msg)
+            for msg in replies:
+                if msg.src not in known:
+                    self.route.learn(msg.src, index)
+                key = (msg.client, msg.seq)
+                waiting = pending.get(key)
+                if waiting is None and msg.client == 0 and msg.error is not None:
+                    self._refused(where, conn, msg)
+                    continue
+                if waiting is None or (not msg.ok and waiting.conn is not conn):
+                    continue
+                del pending[key]
+                if not waiting.future.done():  # else its session was cancelled meanwhile
+                    waiting.future.set_result(msg)
 
     def _refused(self, where: tuple[int, int], conn: FramedProtocol, notice: ClientReply) -> None:
         """The node refused ``conn`` with ``notice`` (it closes it next): every attempt

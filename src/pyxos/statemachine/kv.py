@@ -333,9 +333,11 @@ class KVStore:
             cmd = _command_decoder.decode(command)
         except msgspec.DecodeError as e:
             return str(e)
-        # The common case, a put of ASCII text within the limits, passes every rule of
-        # validate_command (an ASCII string's length is its size in UTF-8): checked
-        # here inline, as this runs on the leader once per command.
+        # The common case, a put within the limits, passes every rule of
+        # validate_command: checked here inline, as this runs on the leader once per
+        # command. A command of at most MAX_KEY_BYTES bytes holds no key or value
+        # longer than that in UTF-8 (they are parts of it); otherwise an ASCII
+        # string's length is its size in UTF-8.
         if cmd.op == "put":
             key, value = cmd.key, cmd.value
             if (
@@ -344,10 +346,15 @@ class KVStore:
                 and cmd.expected is None
                 and cmd.limit == 0
                 and cmd.after is None
-                and len(key) <= MAX_KEY_BYTES
-                and len(value) <= MAX_VALUE_BYTES
-                and key.isascii()
-                and value.isascii()
+                and (
+                    len(command) <= MAX_KEY_BYTES
+                    or (
+                        len(key) <= MAX_KEY_BYTES
+                        and len(value) <= MAX_VALUE_BYTES
+                        and key.isascii()
+                        and value.isascii()
+                    )
+                )
             ):
                 return None
         try:
