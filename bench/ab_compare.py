@@ -11,6 +11,11 @@ throughput) and committed ops/s.
 
 A tree is a directory holding ``src/pyxos`` (for instance ``git archive main src | tar
 -x -C /tmp/base``).
+
+``--read-ratios 0,0.9`` runs every pair once per read ratio (the bench's own
+``--read-ratio`` must then not be given) and adds, per tree, the median over pairs of
+each ratio's ops/s divided by the first ratio's (e.g. 90% reads against write-only in
+the same pair, the same window).
 """
 
 from __future__ import annotations
@@ -52,38 +57,67 @@ def main() -> int:
     ap.add_argument("--a", required=True, type=Path, help="the baseline tree")
     ap.add_argument("--b", required=True, type=Path, help="the changed tree")
     ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument(
+        "--read-ratios",
+        default="",
+        help="comma list: each pair runs every ratio; adds ops/s ratios to the first",
+    )
     ap.add_argument("bench_args", nargs=argparse.REMAINDER)
     args = ap.parse_args()
     bench_args = [a for a in args.bench_args if a != "--"]
-    figures: dict[tuple[str, str, int], list[float]] = {}
+    ratios = [r for r in args.read_ratios.split(",") if r]
+    if ratios and "--read-ratio" in bench_args:
+        raise SystemExit("--read-ratios replaces the bench's --read-ratio: give one of them")
+    figures: dict[tuple[str, str, int, str], list[float]] = {}
+    per_pair: dict[tuple[str, int, str], float] = {}  # (label, clients, ratio) -> ops/s
+    versus: dict[tuple[str, int, str], list[float]] = {}  # ratio's ops/s / the first's
     for pair in range(args.pairs):
         order = [("A", args.a), ("B", args.b)]
         if pair % 2:
             order.reverse()
         for label, tree in order:
-            for r in run_once(tree.resolve(), bench_args):
-                if r["system"] != "pyxos":
-                    continue
-                c = int(r["clients"])  # type: ignore[call-overload]
-                for f in FIGURES:
-                    v = r.get(f)
-                    if v is not None:
-                        figures.setdefault((label, f, c), []).append(float(v))  # type: ignore[arg-type]
+            for ratio in ratios or [""]:
+                extra = ["--read-ratio", ratio] if ratio else []
+                for r in run_once(tree.resolve(), bench_args + extra):
+                    if r["system"] != "pyxos":
+                        continue
+                    c = int(r["clients"])  # type: ignore[call-overload]
+                    for f in FIGURES:
+                        v = r.get(f)
+                        if v is not None:
+                            key = (label, f, c, ratio)
+                            figures.setdefault(key, []).append(float(v))  # type: ignore[arg-type]
+                    per_pair[label, c, ratio] = float(r["ops_per_s"])  # type: ignore[arg-type]
+            for (lab, c, ratio), ops in per_pair.items():
+                base = per_pair.get((lab, c, ratios[0])) if ratios else None
+                if lab == label and ratio != ratios[0] and base:
+                    versus.setdefault((label, c, ratio), []).append(ops / base)
+            per_pair.clear()
             print(f"pair {pair + 1}: {label} done", file=sys.stderr, flush=True)
-    clients = sorted({c for (_, _, c) in figures})
+    clients = sorted({c for (_, _, c, _) in figures})
     print(f"pyxos bench kv {' '.join(bench_args)}: medians of {args.pairs} interleaved pairs")
     print(f"A = {args.a}, B = {args.b}")
-    print("| clients | figure | A | B | B/A | A runs | B runs |")
-    print("|---:|---|---:|---:|---:|---|---|")
+    print("| clients | reads | figure | A | B | B/A | A runs | B runs |")
+    print("|---:|---:|---|---:|---:|---:|---|---|")
     for c in clients:
-        for f in FIGURES:
-            a, b = figures.get(("A", f, c)), figures.get(("B", f, c))
-            if not a or not b:
-                continue
-            ma, mb = statistics.median(a), statistics.median(b)
-            runs_a = ", ".join(f"{v:.4g}" for v in a)
-            runs_b = ", ".join(f"{v:.4g}" for v in b)
-            print(f"| {c} | {f} | {ma:.4g} | {mb:.4g} | {mb / ma:.3f} | {runs_a} | {runs_b} |")
+        for ratio in ratios or [""]:
+            rows = [
+                (f, figures.get(("A", f, c, ratio)), figures.get(("B", f, c, ratio)))
+                for f in FIGURES
+            ]
+            if ratio != (ratios or [""])[0]:
+                vs = f"ops/s vs reads={ratios[0]}"
+                rows.append((vs, versus.get(("A", c, ratio)), versus.get(("B", c, ratio))))
+            for f, a, b in rows:
+                if not a or not b:
+                    continue
+                ma, mb = statistics.median(a), statistics.median(b)
+                runs_a = ", ".join(f"{v:.4g}" for v in a)
+                runs_b = ", ".join(f"{v:.4g}" for v in b)
+                print(
+                    f"| {c} | {ratio or '-'} | {f} | {ma:.4g} | {mb:.4g} | {mb / ma:.3f} "
+                    f"| {runs_a} | {runs_b} |"
+                )
     return 0
 
 
