@@ -199,7 +199,8 @@ def main() -> int:
             )
             conns = args.clients if args.api == "http" else args.connections
             head = (
-                f"# py-spy {args.rate}/s, {args.clients} clients over {conns} "
+                f"# {'cProfile by CPU' if args.cprofile else f'py-spy {args.rate}/s'}, "
+                f"{args.clients} clients over {conns} "
                 f"connections, api {args.api}, read ratio {args.read_ratio}, "
                 f"{args.seconds:.0f} s sampled"
                 f"{' (GIL holders only)' if args.gil else ''}\n"

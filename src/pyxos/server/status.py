@@ -99,7 +99,7 @@ def node_status(
             "replies_waiting_for_fsync": driver.waiting_sends(),
             "slots_in_flight": len(replica.in_flight),
             "proposals_queued": len(replica.queued),
-            "reads_pending": len(replica.pending_reads),
+            "reads_pending": node.reads_pending,
             "peer_frames": links.queued_frames() if links is not None else 0,
         },
         "leader": replica.leader,

@@ -31,7 +31,12 @@ real server drive it identically. It adds what sits between clients and the log:
   them (under its lease, or once a quorum confirmed the leadership after the query
   arrived, and in both cases once every slot below the read index is applied), and the
   application's ``query`` answers them from local state. They need no session entry:
-  they change nothing.
+  they change nothing. The queries of one pass are handed to the replica as *one*
+  read (``ready()``, before this pass's batch is proposed): one read-index check and
+  one entry for the whole batch, released together and answered in one loop. Taking
+  the index at the end of the pass rather than at each query's arrival is no weaker:
+  the index only grows, and the lease (or the probe) is checked then, after every
+  query of the batch arrived (docs/architecture.md, *Reads*).
 - **Batching.** Everything that arrived since the last ``ready()`` becomes *one* slot
   value: a msgpack array of ``(client, seq, command)``, the command bytes as the
   client sent them. Batches grow with load by themselves; a lone client pays no wait.
@@ -76,7 +81,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from hashlib import blake2b
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 import msgspec
 
@@ -135,15 +140,6 @@ class _Transfer:
         self.retry_at = retry_at
         self.progress_at = retry_at
         """When it started or last received a chunk."""
-
-
-class _ReadToken(NamedTuple):
-    """A query waiting for the replica's read-index check: who asked, and what."""
-
-    dst: int
-    client: int
-    seq: int
-    query: bytes
 
 
 _raw_encoder = msgspec.msgpack.Encoder()
@@ -233,6 +229,8 @@ class ServiceNode:
         """(client, seq) -> where to send its reply. Only requests this node proposed
         (or was asked about while they were in flight) are here."""
         self.batch: list[tuple[int, int, bytes]] = []
+        self.queries: list[ClientRequest] = []
+        """The queries that arrived this pass: one ``replica.read`` in ``ready()``."""
         self.on_applied = on_applied
         self.on_batch = on_batch
         """Called with the number of commands of every batch proposed (metrics)."""
@@ -383,6 +381,12 @@ class ServiceNode:
             waiting[key] = src
         self.requests += taken
 
+    @property
+    def reads_pending(self) -> int:
+        """Queries not answered yet: this pass's, and the batches the replica holds."""
+        held = self.replica.pending_reads
+        return len(self.queries) + sum(len(cast(list[Any], t)) for _, _, t in held)
+
     def link_changed(self, peer: int, up: bool) -> None:
         """The driver's link to ``peer`` came up or went down.
 
@@ -438,6 +442,13 @@ class ServiceNode:
                 # may never come. Fail those requests back now; the clients retry.
                 self._forwarding_to = usable
                 self._fail_forwarded(lambda target: target != usable)
+        if self.queries:
+            # Before this pass's writes are proposed: a probed read's index (next_slot)
+            # need not wait for them (they arrived with it, acknowledged to nobody).
+            queries, self.queries = self.queries, []
+            if not replica.read(queries):
+                for q in queries:
+                    self._reply(q.src, q, False)
         if self.batch:
             while self.batch:
                 chunk, self.batch = self.batch[: self.max_batch], self.batch[self.max_batch :]
@@ -625,8 +636,7 @@ class ServiceNode:
             self._reply(msg.src, msg, False)
             return
         if msg.query:
-            if not self.replica.read(_ReadToken(msg.src, msg.client, msg.seq, msg.command)):
-                self._reply(msg.src, msg, False)
+            self.queries.append(msg)  # read as one batch in ready()
             return
         validate = self.state.validate
         if validate is not None:
@@ -688,17 +698,22 @@ class ServiceNode:
             del self.forwarded[key]
 
     def _serve_reads(self, r: Ready) -> None:
+        """Answer the released read batches (each a list of queries) in one loop."""
         me = self.node_id
         leader = self.usable_leader()
         query = self.state.query
+        sends = r.send_now
         for token, ok in r.reads:
-            dst, client, seq, q = cast(_ReadToken, token)
+            batch = cast(list[ClientRequest], token)
             if not ok:
-                r.send_now.append(Send((dst,), ClientReply(me, client, seq, False, b"", leader)))
+                for q in batch:
+                    reply = ClientReply(me, q.client, q.seq, False, b"", leader)
+                    sends.append(Send((q.src,), reply))
                 continue
-            answer = query(q)
-            reply = ClientReply(me, client, seq, True, answer.result, leader, answer.error)
-            r.send_now.append(Send((dst,), reply))
+            for q in batch:
+                answer = query(q.command)
+                reply = ClientReply(me, q.client, q.seq, True, answer.result, leader, answer.error)
+                sends.append(Send((q.src,), reply))
 
     def _redirect_pending(self) -> None:
         leader = self.usable_leader()
