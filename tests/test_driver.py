@@ -293,3 +293,22 @@ def test_a_record_the_host_wrote_outside_persist_starts_an_fsync() -> None:
     assert driver.fsync_in_flight and ("fsync", None) in kinds(effects)
     driver.fsync_done()
     assert driver.synced == driver.written == 1
+
+
+def test_a_held_fsync_starts_only_when_released_and_then_covers_every_write() -> None:
+    """The server holds the next fsync while it carries out what a reported fsync
+    released (server/effects.py); holding only delays: nothing leaves before its fsync."""
+    driver, node, effects = make()
+    driver.hold_fsync()
+    for dst in (3, 4):
+        node.script.append(Ready(Persist(promised=B), send_after_sync=[nack(dst)]))
+        driver.drive()
+    assert "fsync" not in [k for k, _ in effects.log] and not driver.fsync_in_flight
+    assert driver.waiting_sends() == 2
+    driver.release_fsync()
+    assert effects.log[-1] == ("fsync", None) and driver.fsync_in_flight
+    driver.fsync_done()
+    assert [v for k, v in effects.log if k == "send"] == [3, 4]
+    assert driver.synced == driver.written == 2
+    driver.release_fsync()  # nothing written since: no fsync
+    assert [k for k, _ in effects.log].count("fsync") == 1

@@ -21,6 +21,7 @@ from pyxos.net.link import (
     PeerLinks,
     PeerServer,
     backoff_delay,
+    flush_pending,
     new_counters,
     serve_peers,
 )
@@ -406,6 +407,34 @@ def test_sends_of_one_pass_become_one_write_and_pausing_holds_them() -> None:
         protocol.data_received(encode_frames([Commit(src=3, ballot=B, chosen=i) for i in range(4)]))
         assert [(p, len(m)) for p, m in received] == [(3, 4)]
         assert protocol.counters["frames_received"] == 4
+
+    run(main)
+
+
+def test_flush_pending_writes_every_connections_queue_now_in_the_order_they_sent() -> None:
+    """A node writes what its pass sent once its Ready is carried out (``flush_pending``),
+    not one event-loop pass later; the pass-end flush then finds nothing left."""
+
+    async def main() -> None:
+        first, second = FramedProtocol(lambda p, m: None), FramedProtocol(lambda p, m: None)
+        order: list[str] = []
+        t1, t2 = FakeTransport(), FakeTransport()
+        first.connection_made(t1)
+        second.connection_made(t2)
+        t1.write = lambda data: order.append("first")  # type: ignore[method-assign]
+        t2.write = lambda data: order.append("second")  # type: ignore[method-assign]
+        second.send(accepted(1))
+        first.send(accepted(2))
+        assert order == []
+        flush_pending()
+        assert order == ["second", "first"] and first.queued == second.queued == 0
+        await asyncio.sleep(0)
+        assert order == ["second", "first"]  # the pass-end flush wrote nothing twice
+        first.send(accepted(3))  # a later pass: flushed at its end as before
+        await asyncio.sleep(0)
+        assert order == ["second", "first", "first"]
+        flush_pending()  # nothing queued: nothing written
+        assert len(order) == 3
 
     run(main)
 

@@ -198,6 +198,51 @@ def test_messages_to_ourselves_come_back_through_step_after_the_sync(tmp_path: P
     asyncio.run(main())
 
 
+def test_what_an_fsync_released_to_ourselves_is_stepped_and_driven_in_its_report(
+    tmp_path: Path,
+) -> None:
+    """The fsync thread's report reaches the loop in one hand-off, and in that very
+    callback the node steps what it released to itself (a leader's own Accepted) and
+    carries out the Ready that follows (its commit and replies): it used to take five
+    event-loop passes. The next fsync starts one pass later (group commit)."""
+
+    async def main() -> None:
+        server, node, durable, links = make(tmp_path)
+        me = server.config.node_id
+        own: Any = Promise(me, B)
+        seen: list[tuple[list[Message], list[int], bool]] = []
+        report = server.effects._on_synced
+
+        def recorded(future: Any) -> None:
+            report(future)
+            seen.append((list(node.stepped), dsts(links), server.driver.fsync_in_flight))
+
+        server.effects._on_synced = recorded  # type: ignore[method-assign]
+        # The scripted node has no membership or replica to observe after a pass.
+        server.peerbook.observe = lambda node: None  # type: ignore[method-assign]
+        server._majority_lost.observe = lambda node: None  # type: ignore[method-assign]
+        try:
+            node.script.append(Ready(Persist(promised=B), send_after_sync=[Send((me,), own)]))
+            await feed(server)
+            # Written while the fsync runs: its record needs the next fsync.
+            node.script.append(Ready(Persist(promised=B)))
+            await feed(server)
+            # What the node does once it steps its own message: sends a Commit.
+            node.script.append(Ready(send_now=[commit(2)]))
+            durable.gate.release()
+            await wait_for(lambda: seen != [], 2.0, "the fsync's report")
+            # Stepped and driven within the report; the next fsync not started yet.
+            assert seen == [([own], [2], False)]
+            await asyncio.sleep(0)
+            assert server.driver.fsync_in_flight, "the next fsync starts a pass later"
+        finally:
+            durable.gate.release()
+            durable.gate.release()
+            stop(server)
+
+    asyncio.run(main())
+
+
 def test_a_failed_fsync_stops_the_node(tmp_path: Path) -> None:
     class FailingDurable(GatedDurable):
         def sync(self) -> int:

@@ -33,11 +33,15 @@ connection's buffer is released at once: it does not wait for the garbage collec
 Hot path (docs/architecture.md, "Speed"): ``FramedProtocol.data_received`` parses every
 complete frame of the chunk at once and hands the whole list to ``on_messages`` in
 one call; ``send`` only appends the already encoded bytes to a list, and one flush
-per event-loop pass (scheduled with ``call_soon`` by the first append) writes them all
-with a single ``writelines``. There is no Future, Task or coroutine per message; a
-broadcast writes the same bytes object to every link, so it is encoded once. When the
-kernel buffer is full (``pause_writing``) frames stay in the bounded queue until
-``resume_writing``.
+per event-loop pass writes them all with a single ``writelines``. The connections
+with frames queued in a pass are listed in their loop's one ``PassFlusher``, which
+writes them all at the end of the pass (one ``call_soon`` for all of them), or at
+once when the owner calls ``flush_pending()``: a node does so when its Ready is carried
+out (its Accepts leave before its own fsync starts, a follower's Accepted right after
+its fsync) instead of one event-loop pass later. There is no Future, Task or
+coroutine per message; a broadcast writes the same bytes object to every link, so it
+is encoded once. When the kernel buffer is full (``pause_writing``) frames stay in the
+bounded queue until ``resume_writing``.
 
 Counters: a plain ``dict[str, int]`` shared by every connection of one owner
 (``PeerLinks.counters``, ``PeerServer.counters``); ``COUNTER_NAMES`` lists them all.
@@ -67,6 +71,7 @@ import logging
 import math
 import random
 import ssl
+import weakref
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, cast
 
@@ -91,9 +96,11 @@ __all__ = [
     "FramedProtocol",
     "FramedServer",
     "OnMessages",
+    "PassFlusher",
     "PeerLinks",
     "PeerServer",
     "backoff_delay",
+    "flush_pending",
     "new_counters",
     "serve_framed",
     "serve_peers",
@@ -131,6 +138,63 @@ COUNTER_NAMES = (
     "tls_identity_refused",
 )
 """Every counter the net layer increments (see the module notes)."""
+
+
+class PassFlusher:
+    """The connections of one event loop with frames queued in this pass.
+
+    The first ``send`` of a pass on a connection lists it here; ``flush`` writes every
+    listed connection's queue, in the order they were listed. It runs at the end of the
+    pass (one ``call_soon`` for all of them), or earlier when ``flush_pending`` is
+    called; then the pass-end call finds nothing left.
+    """
+
+    __slots__ = ("_dirty", "_loop", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._dirty: list[FramedProtocol] = []
+        self._scheduled = False
+
+    def add(self, connection: FramedProtocol) -> None:
+        """List ``connection`` (it has frames queued and no flush pending)."""
+        self._dirty.append(connection)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._at_pass_end)
+
+    def _at_pass_end(self) -> None:
+        self._scheduled = False
+        self.flush()
+
+    def flush(self) -> None:
+        """Write every listed connection's queue now."""
+        while self._dirty:
+            dirty, self._dirty = self._dirty, []
+            for connection in dirty:
+                connection._flush()
+
+
+_flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, PassFlusher] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _flusher_of(loop: asyncio.AbstractEventLoop) -> PassFlusher:
+    flusher = _flushers.get(loop)
+    if flusher is None:
+        flusher = _flushers[loop] = PassFlusher(loop)
+    return flusher
+
+
+def flush_pending(loop: asyncio.AbstractEventLoop | None = None) -> None:
+    """Write now what every connection of ``loop`` (default: the running one) queued
+    in this pass, instead of at the end of the pass."""
+    if loop is None:
+        loop = asyncio.get_running_loop()
+    flusher = _flushers.get(loop)
+    if flusher is not None:
+        flusher.flush()
 
 
 def new_counters() -> dict[str, int]:
@@ -224,6 +288,7 @@ class FramedProtocol(asyncio.Protocol):
         self._on_lost = on_lost
         self._transport: asyncio.Transport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._flusher: PassFlusher | None = None
         # Frames accepted by ``send`` and not yet handed to the transport. Invariant:
         # len(_pending) <= _max_queue_frames; a flush is scheduled iff
         # _flush_scheduled, and one is scheduled whenever _pending is non-empty,
@@ -265,6 +330,7 @@ class FramedProtocol(asyncio.Protocol):
         """Remember the transport; the dialer writes its ``Hello`` first."""
         self._transport = cast(asyncio.Transport, transport)
         self._loop = asyncio.get_running_loop()
+        self._flusher = _flusher_of(self._loop)
         self._open = True
         if self.label is None:
             self.label = f"connection from {_address(transport)}"
@@ -457,9 +523,9 @@ class FramedProtocol(asyncio.Protocol):
             await self.wait_closed()
 
     def _schedule_flush(self) -> None:
-        if self._pending and not self._flush_scheduled and self._loop is not None:
+        if self._pending and not self._flush_scheduled and self._flusher is not None:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            self._flusher.add(self)
 
     def _flush(self) -> None:
         self._flush_scheduled = False

@@ -31,6 +31,7 @@ retries them until space returns.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import time
@@ -42,6 +43,7 @@ from pathlib import Path
 from pyxos.core.messages import Entry
 from pyxos.core.ready import Persist, Send
 from pyxos.driver import DriverCounters, ReadyDriver
+from pyxos.net.link import flush_pending
 from pyxos.server.diskfull import DiskFull
 from pyxos.server.metrics import NodeMetrics
 from pyxos.server.tracefile import NodeTracer
@@ -113,8 +115,11 @@ class ServerEffects:
         )
         self.inline_follower_fsync = True
         """A follower fsyncs on the loop thread (see ``start_fsync``)."""
-        self.fsync_future: asyncio.Future[int] | None = None
+        self.fsync_future: concurrent.futures.Future[int] | None = None
         """The fsync running in the fsync thread (at most one: group commit)."""
+        self.after_fsync: Callable[[], None] | None = None
+        """Called on the loop once a thread's fsync was reported to the driver (the
+        node delivers what it released to the node itself, and drives at once)."""
         self.disk_full = DiskFull(
             node_id,
             resume=lambda: wake(0.0),  # the timer fires at once: the node ticks again
@@ -134,7 +139,7 @@ class ServerEffects:
         self.disk_full.cancel()
         if self.fsync_future is not None:
             with contextlib.suppress(Exception):
-                await self.fsync_future
+                await asyncio.wrap_future(self.fsync_future)
         self.executor.shutdown(wait=True)
         if self.durable is not None:
             self.durable.close()
@@ -171,9 +176,21 @@ class ServerEffects:
             else:
                 self._synced(None)
             return
-        future = self.loop.run_in_executor(self.executor, self._timed_sync)
+        # The Accepts this pass queued leave first: the followers' fsyncs then run
+        # beside ours, and the fsync thread does not take the GIL from their writes.
+        flush_pending(self.loop)
+        future = self.executor.submit(self._timed_sync)
         self.fsync_future = future
-        future.add_done_callback(self._on_synced)
+        future.add_done_callback(self._report_from_thread)
+
+    def _report_from_thread(self, future: concurrent.futures.Future[int]) -> None:
+        # In the fsync thread: one hand-off straight to the loop. run_in_executor's
+        # chained futures took two passes (copy the state into an asyncio future,
+        # then call its callbacks), and its callback then queued more passes.
+        loop = self.loop
+        assert loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(self._on_synced, future)
 
     def _leading(self) -> bool:
         replica = getattr(self._driver.node, "replica", None)
@@ -186,11 +203,25 @@ class ServerEffects:
         self.metrics.fsync_seconds.observe(time.perf_counter() - start)
         return index
 
-    def _on_synced(self, future: asyncio.Future[int]) -> None:
-        self.fsync_future = None
+    def _on_synced(self, future: concurrent.futures.Future[int]) -> None:
+        if self.fsync_future is future:
+            self.fsync_future = None
         if future.cancelled():
             return
-        self._synced(future.exception())
+        error = future.exception()
+        if error is not None or self.after_fsync is None:
+            self._synced(error)
+            return
+        # What the fsync released (the leader's own Accepted) is carried out right here
+        # (``after_fsync``: the node steps it and drives), and the next fsync starts one
+        # pass later, where it started before this report came sooner: it then covers
+        # the requests read meanwhile too (group commit; driver/ready.py).
+        driver = self._driver
+        driver.hold_fsync()
+        self._synced(None)
+        self.after_fsync()
+        assert self.loop is not None
+        self.loop.call_soon(driver.release_fsync)
 
     def _synced(self, error: BaseException | None) -> None:
         wal = getattr(self.durable, "wal", None)
@@ -202,6 +233,11 @@ class ServerEffects:
         else:
             self._driver.fsync_done()
             self.disk_full.clear("wal")
+
+    def flush(self) -> None:
+        """Write now what this pass sent (``net.link.flush_pending``), not a pass later."""
+        if self.loop is not None:
+            flush_pending(self.loop)
 
     def send(self, send: Send) -> None:
         """To a peer, a client, or back to this node (next pass)."""

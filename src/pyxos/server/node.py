@@ -2,33 +2,23 @@
 
 Theory of operation
 -------------------
-The protocol lives in a pure ``ServiceNode(Replica, application)``; this module is only its
+The protocol lives in a pure ``ServiceNode(Replica, application)``; this module is its
 runtime. The order in which a ``Ready`` is carried out (persist, send before and after
-the fsync, apply, snapshot, group commit with one fsync in flight) is
-``pyxos.driver.ReadyDriver``, the very object the simulator drives its nodes with, so
-every simulator result speaks for this process too; this module supplies its effects
-(``server.effects``: the WAL and its fsync in a worker thread, snapshot files in a
-thread of their own, sockets, the loop's timer). Each *input batch* (every message of
-one ``data_received``, a timer firing, the messages a node sent itself) is fed as
-``tick(loop.time())`` followed by one ``step`` per message; at the end of the event-loop
-pass (``call_soon``) the driver runs ``ready()`` once for everything the pass brought,
-so batches grow with load by themselves and a lone client waits for nothing. The timer
-is re-armed on ``next_deadline()`` with ``loop.call_at`` (only ever moved earlier; a
-timer that fires early just ticks). A failed fsync is fatal (the WAL refuses every
-later call): the node stops, and ``serve_forever`` raises ``NodeFailed``.
+the fsync, apply, snapshot, group commit) is ``pyxos.driver.ReadyDriver``, the very
+object the simulator drives its nodes with; this module supplies its effects
+(``server.effects``: the WAL and its fsync thread, snapshot files, sockets, the timer).
+Each *input batch* (every message of one ``data_received``, a timer firing, the
+messages a node sent itself) is fed as ``tick(loop.time())`` and one ``step`` per
+message; at the end of the event-loop pass (``call_soon``) the driver runs ``ready()``
+once for everything the pass brought, so batches grow with load by themselves and a
+lone client waits for nothing. The timer follows ``next_deadline()``. A failed fsync is
+fatal: the node stops (``NodeFailed``).
+Messages to itself come back as one later input batch (never re-entrantly), at once from
+an fsync report (``_after_fsync``). A pass's sends leave when its Ready is carried out.
 
-Messages addressed to the node itself (a leader's own ``Accepted`` after its fsync,
-for instance) are not stepped re-entrantly: they are queued and delivered as one input
-batch with ``call_soon``, as the simulator delivers them as a separate event.
-
-The runtime's jobs live in their own modules: ``status`` and the report of a lost
-majority (``server.status``); the data directory and what a start does with it, and
-building the pure node (``server.disk``); the driver's effects on the WAL, the fsync
-thread and snapshot files (``server.effects``); the client port, tokens and in-process
-clients (``server.clients``); the HTTP API (``server.http``, which sees the node only
-through ``server.clients.NodeHandle``); peer addresses, links that follow the
-membership, joining (``server.peerbook``). This module starts and stops them and feeds
-the node; ``server.routing`` routes what it sends; ``server.process`` runs it (``run``).
+Its other jobs have their own modules: ``status``, ``disk`` (the data directory, building
+the node), ``effects``, ``clients``, ``http`` (it sees a ``clients.NodeHandle``),
+``peerbook`` (peers, joining), ``routing``, ``process`` (all in ``pyxos.server``).
 """
 
 from __future__ import annotations
@@ -128,6 +118,7 @@ class NodeServer:
         """The Ready driver (``pyxos.driver``): the order of persist, send, fsync,
         apply and snapshot, shared with the simulator."""
         self.effects.driver = self.driver
+        self.effects.after_fsync = self._after_fsync
         self.clients = ClientPort(
             config, self.stats, self._input, self.effects.disk_full, self._input_from
         )
@@ -424,7 +415,15 @@ class NodeServer:
             self._drive_scheduled = True
             loop.call_soon(self._drive_pass)
 
+    def _after_fsync(self) -> None:
+        """A thread's fsync was reported: step what it released to this node now."""
+        self.router.deliver_local()
+        if self._drive_scheduled:
+            self._drive_pass()
+
     def _drive_pass(self) -> None:
+        if not self._drive_scheduled:
+            return  # carried out already (``_after_fsync``)
         self._drive_scheduled = False
         if self.node is None or self._closing or self._fatal is not None:
             return
@@ -433,6 +432,7 @@ class NodeServer:
         except Exception as e:
             self._internal_error(e)
             return
+        self.effects.flush()  # what it sent leaves now, not a pass later
         if self.effects.tracer is not None:
             self.effects.tracer.driven(self.node)
         self._majority_lost.observe(self.node)

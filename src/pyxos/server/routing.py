@@ -118,11 +118,15 @@ class Router:
             logger.error("node %d: dropped a message: %s", self.node_id, e)
             return b""
 
-    def _deliver_local(self) -> None:
-        self._local_scheduled = False
+    def deliver_local(self) -> None:
+        """Feed the messages this node sent itself now, not at the end of the pass."""
         msgs, self._local = self._local, []
         if msgs:
             self.feed(msgs)
+
+    def _deliver_local(self) -> None:
+        self._local_scheduled = False
+        self.deliver_local()
 
     def on_peer_messages(self, peer: int, msgs: list[Message]) -> None:
         """Messages from a peer link: a peer speaks only for itself."""
