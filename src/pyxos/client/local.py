@@ -37,6 +37,12 @@ from pyxos.core.messages import ClientReply, ClientRequest
 __all__ = ["LocalClients"]
 
 
+def _no_answer(future: asyncio.Future[ClientReply | None]) -> None:
+    """An attempt's time is up: it ends with no answer (None)."""
+    if not future.done():
+        future.set_result(None)
+
+
 class LocalClients:
     """Logical clients of one node, reaching it through ``submit``.
 
@@ -68,7 +74,7 @@ class LocalClients:
         """The engine's address book: one address, the node (it forwards)."""
         # Idle logical clients: (client id, last seq used).
         self._idle: list[tuple[int, int]] = []
-        self._waiting: dict[tuple[int, int], asyncio.Future[ClientReply]] = {}
+        self._waiting: dict[tuple[int, int], asyncio.Future[ClientReply | None]] = {}
 
     def on_reply(self, reply: ClientReply) -> None:
         """A reply of the node to one of our requests (the node's reply sink)."""
@@ -100,15 +106,18 @@ class LocalClients:
 
         async def attempt(_: int, deadline: float) -> ClientReply | None:
             nonlocal submitted
-            future: asyncio.Future[ClientReply] = loop.create_future()
+            future: asyncio.Future[ClientReply | None] = loop.create_future()
             waiting[key] = future
             submitted += 1
             self.submit([request])
             wait = max(0.0, min(deadline - loop.time(), self.attempt_timeout))
+            # A timer that answers None, not asyncio.wait_for (its task, future and
+            # callbacks cost more than the rest of the attempt).
+            timer = loop.call_later(wait, _no_answer, future)
             try:
-                return await asyncio.wait_for(future, wait)
-            except TimeoutError:
-                return None
+                return await future
+            finally:
+                timer.cancel()
 
         now = loop.time()
         deadline = now + self.timeout

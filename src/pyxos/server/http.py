@@ -75,6 +75,7 @@ from aiohttp import web
 
 from pyxos.client.engine import NoLeader, OutcomeUnknown
 from pyxos.client.local import LocalClients
+from pyxos.core.messages import ClientRequest
 from pyxos.net.limits import PortGuard
 from pyxos.net.tls import tls_acceptor
 from pyxos.server.app_http import kv_store, register_app_endpoints, require_kv
@@ -132,8 +133,9 @@ class HttpApi:
         self.timeout = timeout
         # Our logical clients of the node (the client engine's in-process transport).
         self._clients = LocalClients(
-            node.submit, timeout=timeout, attempt_timeout=_ATTEMPT, read_wait=_READ_WAIT
+            self._submit, timeout=timeout, attempt_timeout=_ATTEMPT, read_wait=_READ_WAIT
         )
+        self._batch: list[ClientRequest] = []
         self._clients.refusal = is_disk_full_refusal  # 504, not 507, after a lost attempt
         self._clients.sink = self._sink = node.attach_sink(self._clients.on_reply)
         self._runner: web.AppRunner | None = None
@@ -224,6 +226,20 @@ class HttpApi:
         if self._runner is not None:
             await self._runner.cleanup()
         self.node.detach_sink(self._sink)
+
+    def _submit(self, requests: list[ClientRequest]) -> None:
+        """Hand our requests to the node in one batch per loop pass: the node's input
+        path (a tick, the batch, its reply routing) runs once for all of them, not once
+        per HTTP request."""
+        batch = self._batch
+        if not batch:
+            asyncio.get_running_loop().call_soon(self._flush)
+        batch.extend(requests)
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        if batch:
+            self.node.submit(batch)
 
     def _aiohttp_protocol(self) -> asyncio.Protocol:
         """aiohttp's protocol for a connection the lean path hands over."""
