@@ -91,6 +91,14 @@ class LocalClients:
         and ``NoLeader`` for a ``read_only`` call refused for ``read_wait`` seconds. A
         ``read_only`` call is sent as a query (``ClientRequest.query``): it takes the
         read-index/lease path and never enters the log."""
+        return await self.start(encode, what, read_only=read_only)
+
+    def start(
+        self, encode: Callable[[int, int], bytes], what: str, *, read_only: bool = False
+    ) -> asyncio.Future[ClientReply]:
+        """``call`` without a coroutine: submits at once and returns a future of what
+        ``call`` returns or raises. The first attempt is callbacks only (no task); a
+        task runs the engine only after it failed."""
         client, seq = self._idle.pop() if self._idle else (secrets.randbits(63) or 1, 0)
         try:
             payload = encode(client, seq + 1)
@@ -98,60 +106,132 @@ class LocalClients:
             self._idle.append((client, seq))
             raise
         seq += 1
-        loop = asyncio.get_running_loop()
         request = ClientRequest(self.sink, client, seq, payload, read_only)
-        key = (client, seq)
-        waiting = self._waiting
-        submitted = 0
-
-        async def attempt(_: int, deadline: float) -> ClientReply | None:
-            nonlocal submitted
-            future: asyncio.Future[ClientReply | None] = loop.create_future()
-            waiting[key] = future
-            submitted += 1
-            self.submit([request])
-            wait = max(0.0, min(deadline - loop.time(), self.attempt_timeout))
-            # A timer that answers None, not asyncio.wait_for (its task, future and
-            # callbacks cost more than the rest of the attempt).
-            timer = loop.call_later(wait, _no_answer, future)
-            try:
-                return await future
-            finally:
-                timer.cancel()
-
-        now = loop.time()
-        deadline = now + self.timeout
-        try:
-            # The first attempt here, the engine only after it failed (as the other
-            # transports do): no Call and no extra coroutine frame on the usual path.
-            reply = await attempt(0, deadline)
-            if reply is not None and reply.ok:
-                self.route.answered(reply)
-                return reply
-            call = Call(
-                self.route,
-                deadline,
-                self.timeout,
-                f"{what} (client {client}, seq {seq})",
-                refused_until=now + min(self.timeout, self.read_wait) if read_only else None,
-            )
-            reply = await drive(call, attempt, 0, reply, True)
-            refusal = self.refusal
-            if submitted > 1 and not read_only and refusal is not None and refusal(reply):
-                # An earlier submission may have entered the log before the node
-                # stopped taking requests (and dropped the reply): not "no effect".
-                raise OutcomeUnknown(
-                    f"{what} (client {client}, seq {seq}): refused ({reply.error}) after "
-                    "an unanswered attempt that may have taken effect",
-                    reply.leader,
-                )
-            return reply
-        finally:
-            waiting.pop(key, None)
-            self._idle.append((client, seq))
+        return _Call(self, asyncio.get_running_loop(), request, what).result
 
     def cancel(self) -> None:
         """Fail every waiting call's current attempt (the node is going away)."""
         for future in self._waiting.values():
             if not future.done():
                 future.cancel()
+
+
+class _Call:
+    """One ``LocalClients.start``: its first attempt by callbacks, the engine after."""
+
+    __slots__ = (
+        "clients",
+        "deadline",
+        "key",
+        "loop",
+        "now",
+        "request",
+        "result",
+        "submitted",
+        "timer",
+        "what",
+    )
+
+    def __init__(
+        self,
+        clients: LocalClients,
+        loop: asyncio.AbstractEventLoop,
+        request: ClientRequest,
+        what: str,
+    ) -> None:
+        self.clients = clients
+        self.loop = loop
+        self.request = request
+        self.what = what
+        self.key = (request.client, request.seq)
+        self.now = loop.time()
+        self.deadline = self.now + clients.timeout
+        self.submitted = 0
+        self.result: asyncio.Future[ClientReply] = loop.create_future()
+        self._submit(self.deadline).add_done_callback(self._first_done)
+
+    def _submit(self, deadline: float) -> asyncio.Future[ClientReply | None]:
+        """Submit once; the future answers the reply, or None when the attempt's time
+        is up (a timer, not asyncio.wait_for: cheaper than the rest of the attempt)."""
+        clients, loop = self.clients, self.loop
+        future: asyncio.Future[ClientReply | None] = loop.create_future()
+        clients._waiting[self.key] = future
+        self.submitted += 1
+        clients.submit([self.request])
+        wait = max(0.0, min(deadline - loop.time(), clients.attempt_timeout))
+        self.timer = loop.call_later(wait, _no_answer, future)
+        return future
+
+    def _end(self) -> None:
+        clients = self.clients
+        clients._waiting.pop(self.key, None)
+        clients._idle.append(self.key)
+
+    def _first_done(self, future: asyncio.Future[ClientReply | None]) -> None:
+        self.timer.cancel()
+        result = self.result
+        if future.cancelled():  # LocalClients.cancel: the node is going away
+            self._end()
+            result.cancel()
+            return
+        reply = future.result()
+        if reply is not None and reply.ok:
+            self._end()
+            self.clients.route.answered(reply)
+            if not result.done():
+                result.set_result(reply)
+            return
+        # The first attempt failed: the engine's retries, in a task.
+        task = self.loop.create_task(self._rest(reply))
+        task.add_done_callback(self._rest_done)
+
+    async def _attempt(self, _: int, deadline: float) -> ClientReply | None:
+        future = self._submit(deadline)
+        try:
+            return await future
+        finally:
+            self.timer.cancel()
+
+    async def _rest(self, reply: ClientReply | None) -> ClientReply:
+        clients, (client, seq) = self.clients, self.key
+        try:
+            call = Call(
+                clients.route,
+                self.deadline,
+                clients.timeout,
+                f"{self.what} (client {client}, seq {seq})",
+                refused_until=(
+                    self.now + min(clients.timeout, clients.read_wait)
+                    if self.request.query
+                    else None
+                ),
+            )
+            reply = await drive(call, self._attempt, 0, reply, True)
+            refusal = clients.refusal
+            if (
+                self.submitted > 1
+                and not self.request.query
+                and refusal is not None
+                and refusal(reply)
+            ):
+                # An earlier submission may have entered the log before the node
+                # stopped taking requests (and dropped the reply): not "no effect".
+                raise OutcomeUnknown(
+                    f"{self.what} (client {client}, seq {seq}): refused ({reply.error}) "
+                    "after an unanswered attempt that may have taken effect",
+                    reply.leader,
+                )
+            return reply
+        finally:
+            self._end()
+
+    def _rest_done(self, task: asyncio.Task[ClientReply]) -> None:
+        result = self.result
+        if result.done():
+            return
+        if task.cancelled():
+            result.cancel()
+        elif (error := task.exception()) is not None:
+            result.set_exception(error)
+        else:
+            result.set_result(task.result())

@@ -65,6 +65,8 @@ after ``K``; while ``more`` is true, ask again with ``after=next``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -75,7 +77,7 @@ from aiohttp import web
 
 from pyxos.client.engine import NoLeader, OutcomeUnknown
 from pyxos.client.local import LocalClients
-from pyxos.core.messages import ClientRequest
+from pyxos.core.messages import ClientReply, ClientRequest
 from pyxos.net.limits import PortGuard
 from pyxos.net.tls import tls_acceptor
 from pyxos.server.app_http import kv_store, register_app_endpoints, require_kv
@@ -161,7 +163,6 @@ class HttpApi:
             allowed=None if node.config.tokens is None else self._token_allows,
         )
         """The port's connections on the lean path (``pyxos.server.http_fast``)."""
-        self._fast_tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         middlewares = [self._client_gone]
         if node.config.tokens is not None:
@@ -262,44 +263,57 @@ class HttpApi:
         return role is not None and (op == "get" or role == "write")
 
     def _serve_fast(self, conn: FastConnection, request: FastRequest, body: bytes) -> None:
-        """Serve one request of the lean path (``FastConnections.serve``)."""
-        task = asyncio.get_running_loop().create_task(self._answer_fast(conn, request, body))
-        self._fast_tasks.add(task)
-        task.add_done_callback(self._fast_tasks.discard)
-
-    async def _answer_fast(self, conn: FastConnection, request: FastRequest, body: bytes) -> None:
-        try:
-            data = await self._kv_fast(request, body)
-        except Exception:
-            logger.exception("HTTP %s %r failed", request.op, request.key)
-            conn.respond(http_response(500, b'{"error": "internal error"}'), close=True)
-            return
-        conn.respond(data)
-
-    async def _kv_fast(self, request: FastRequest, body: bytes) -> bytes:
-        """The whole answer to a GET or PUT of the lean path: the same status, body and
-        headers as ``_get`` / ``_put`` give through aiohttp."""
+        """Start one request of the lean path (``FastConnections.serve``): the same
+        command, checks and answers as ``_get`` / ``_put`` through aiohttp, with no
+        task of its own (``LocalClients.start``; the answer by a callback)."""
         key = request.key
         try:
             if len(key) > MAX_KEY_BYTES:  # ASCII: one byte per character
-                return _raw(400, {"error": f"key longer than {MAX_KEY_BYTES} bytes"})
+                conn.respond(_raw(400, {"error": f"key longer than {MAX_KEY_BYTES} bytes"}))
+                return
             if request.op == "put":
                 try:
                     value = body.decode()
                 except UnicodeDecodeError:
-                    return _raw(400, {"error": "the value is not UTF-8 text"})
-                result = await self._run("put", key, value)
-                if isinstance(result, web.Response):
-                    return _raw_response(result)
-                return http_response(200, _PUT_OK)
-            result = await self._run("get", key)
+                    conn.respond(_raw(400, {"error": "the value is not UTF-8 text"}))
+                    return
+                future = self._start("put", key, value)
+            else:
+                future = self._start("get", key)
         except web.HTTPException as e:
-            return _raw_response(e)
-        if isinstance(result, web.Response):
-            return _raw_response(result)
-        if result.value is None:
-            return _raw(404, {"error": "not found", "key": key})
-        return _raw(200, {"key": key, "value": result.value})
+            conn.respond(_raw_response(e))
+            return
+        except Exception:
+            logger.exception("HTTP %s %r failed", request.op.upper(), key)
+            conn.respond(http_response(500, _INTERNAL), close=True)
+            return
+        future.add_done_callback(functools.partial(self._fast_done, conn, request))
+
+    def _fast_done(
+        self, conn: FastConnection, request: FastRequest, future: asyncio.Future[ClientReply]
+    ) -> None:
+        if future.cancelled():  # the API is stopping
+            conn.close()
+            return
+        try:
+            try:
+                result = self._outcome(request.op, future)
+            except web.HTTPException as e:
+                data = _raw_response(e)
+            else:
+                if isinstance(result, web.Response):
+                    data = _raw_response(result)
+                elif request.op == "put":
+                    data = http_response(200, _PUT_OK)
+                elif result.value is None:
+                    data = _raw(404, {"error": "not found", "key": request.key})
+                else:
+                    data = _raw(200, {"key": request.key, "value": result.value})
+        except Exception:
+            logger.exception("HTTP %s %r failed", request.op.upper(), request.key)
+            conn.respond(http_response(500, _INTERNAL), close=True)
+            return
+        conn.respond(data)
 
     async def _body(self, request: web.Request, limit: int) -> bytes:
         """The request body, read within the port's limits (see the module notes)."""
@@ -406,7 +420,7 @@ class HttpApi:
 
     # -- commands, as a client of the node --------------------------------------------
 
-    async def _run(
+    def _start(
         self,
         op: str,
         key: str,
@@ -415,9 +429,10 @@ class HttpApi:
         *,
         limit: int = 0,
         after: str | None = None,
-    ) -> Result | web.Response:
-        """Run one command as a client of our node (the client engine's retries); its
-        ``Result``, or the answer to give instead (503, 504; 400 raised)."""
+    ) -> asyncio.Future[ClientReply]:
+        """Submit one command as a client of our node (the client engine's retries);
+        the future of its reply (``_outcome`` reads it). 404 raised when the node
+        serves another application, 400 when the command is invalid."""
 
         require_kv(self.node)  # 404 when the node serves another application
 
@@ -431,9 +446,13 @@ class HttpApi:
                 ) from None
             return _encoder.encode(command)
 
-        clients = self._clients
+        return self._clients.start(encode, f"{op} {key!r}", read_only=op in _READ_OPS)
+
+    def _outcome(self, op: str, future: asyncio.Future[ClientReply]) -> Result | web.Response:
+        """What a finished ``_start`` came to: the ``Result``, or the answer to give
+        instead (503, 504; a refusal raised: 400, or 507/503 while the disk is full)."""
         try:
-            reply = await clients.call(encode, f"{op} {key!r}", read_only=op in _READ_OPS)
+            reply = future.result()
         except NoLeader as e:
             body = {"error": "no leader to serve the read", "leader": e.leader}
             return _json(503, body, {"Retry-After": "1"})
@@ -448,6 +467,23 @@ class HttpApi:
         if result.error is not None:  # 400; 507/503 while the disk is full
             raise http_refusal(result.error, read=op in _READ_OPS)
         return result
+
+    async def _run(
+        self,
+        op: str,
+        key: str,
+        value: str | None = None,
+        expected: str | None = None,
+        *,
+        limit: int = 0,
+        after: str | None = None,
+    ) -> Result | web.Response:
+        """Run one command as a client of our node; its ``Result``, or the answer to
+        give instead (``_outcome``)."""
+        future = self._start(op, key, value, expected, limit=limit, after=after)
+        with contextlib.suppress(NoLeader, OutcomeUnknown):
+            await future
+        return self._outcome(op, future)
 
     # -- handlers ------------------------------------------------------------------------
 
@@ -551,6 +587,7 @@ class HttpApi:
 
 
 _PUT_OK = json.dumps({"ok": True}).encode()
+_INTERNAL = b'{"error": "internal error"}'
 
 
 def _raw(status: int, body: dict[str, Any]) -> bytes:

@@ -175,10 +175,8 @@ def http_response(
 
 
 _HEAD = b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nDate: %s\r\nServer: pyxos\r\n"
-_BUSY = http_response(
-    503, b'{"error": "too many request bodies in flight on this port; retry"}', close=True
-)
-_TIMEOUT = http_response(408, b"408: Request Timeout", "text/plain; charset=utf-8", close=True)
+_BUSY = b'{"error": "too many request bodies in flight on this port; retry"}'
+
 
 Serve = Callable[["FastConnection", FastRequest, bytes], None]
 """Starts serving one request (the connection, the request, its body); the answer
@@ -381,7 +379,7 @@ class FastConnection(asyncio.Protocol):
                         "over its limit of %d buffered bytes (max_buffered_bytes)",
                         guard.limits.max_buffered_bytes,
                     )
-                    self._fail(_BUSY)
+                    self._fail(http_response(503, _BUSY, close=True))
                     return
                 self.reserved += more
             return
@@ -431,7 +429,9 @@ class FastConnection(asyncio.Protocol):
                 "closed HTTP connection: request body unfinished after %s s (frame_timeout)",
                 guard.limits.frame_timeout,
             )
-            self._fail(_TIMEOUT)
+            self._fail(
+                http_response(408, b"408: Request Timeout", "text/plain; charset=utf-8", close=True)
+            )
         else:
             self.close()
 
