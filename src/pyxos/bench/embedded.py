@@ -104,7 +104,8 @@ class _Proc:
 def run_pyxos_counter(clients: int, *, seconds: float, api: str = "submit") -> dict[str, Any]:
     """One round: 3 embedded-node processes, ``clients`` tasks of ``incr`` in the
     leader's; the leader's reply (``ops``, ``p50_ms``... ``errors``, ``unknown``,
-    ``value``) and ``cpu_s`` of the three processes over the load."""
+    ``value``), ``cpu_s`` of the three processes over the load and ``leader_cpu_s``
+    of the leader's alone."""
     ports = free_ports(3)
     peers = {str(i + 1): f"127.0.0.1:{p}" for i, p in enumerate(ports)}
     with tempfile.TemporaryDirectory(prefix="pyxos-bench-embedded-") as tmp:
@@ -134,14 +135,17 @@ def run_pyxos_counter(clients: int, *, seconds: float, api: str = "submit") -> d
                     time.sleep(0.05)
             pids = [p.proc.pid for p in procs]
             before = cpu_seconds(pids)
+            leader_before = cpu_seconds([leader.proc.pid])
             request = {"cmd": "bench", "clients": clients, "seconds": seconds, "api": api}
             request["warmup"] = WARMUP_SECONDS
             reply = leader.ask(request, seconds + WARMUP_SECONDS + 60.0)
-            cpu = (cpu_seconds(pids) - before) * seconds / (seconds + WARMUP_SECONDS)
+            scale = seconds / (seconds + WARMUP_SECONDS)
+            cpu = (cpu_seconds(pids) - before) * scale
+            leader_cpu = (cpu_seconds([leader.proc.pid]) - leader_before) * scale
         finally:
             for p in procs:
                 p.kill()
-    return {**reply, "cpu_s": cpu}
+    return {**reply, "cpu_s": cpu, "leader_cpu_s": leader_cpu}
 
 
 def run_ceiling_embedded(outstanding: int, *, seconds: float, script: Path) -> dict[str, Any]:
@@ -187,9 +191,11 @@ def run_ceiling_embedded(outstanding: int, *, seconds: float, script: Path) -> d
         if isinstance(cpu, dict) and cpu
         else float("nan")
     )
+    leader = cpu.get("L") if isinstance(cpu, dict) else None
     ops_per_s = float(doc["commits_per_s"])
     return {
         "ops": round(ops_per_s * seconds),
+        "leader_cpu_s": float(leader["pct"]) / 100.0 * seconds if leader else float("nan"),
         "p50_ms": float(doc.get("batch_p50_ms") or 0.0),
         "p99_ms": float(doc.get("batch_p99_ms") or 0.0),
         "errors": 0,
@@ -240,6 +246,10 @@ def run_embedded_bench(
                     r = run_pysyncobj_counter(c, seconds=seconds, seed=rep)
                 r["ops_per_s"] = r["ops"] / seconds
                 r["cpu_s_per_1k_ops"] = 1000.0 * r["cpu_s"] / r["ops"] if r["ops"] else 0.0
+                if "leader_cpu_s" in r:
+                    r["leader_cpu_s_per_1k_ops"] = (
+                        1000.0 * r["leader_cpu_s"] / r["ops"] if r["ops"] else 0.0
+                    )
                 runs[system][c].append(r)
                 if progress is not None:
                     progress(
@@ -250,7 +260,16 @@ def run_embedded_bench(
         s: {
             c: {
                 key: _median(runs[s][c], key)
-                for key in ("ops_per_s", "p50_ms", "p99_ms", "errors", "cpu_s", "cpu_s_per_1k_ops")
+                for key in (
+                    "ops_per_s",
+                    "p50_ms",
+                    "p99_ms",
+                    "errors",
+                    "cpu_s",
+                    "cpu_s_per_1k_ops",
+                    "leader_cpu_s_per_1k_ops",
+                )
+                if all(key in r for r in runs[s][c])
             }
             for c in clients
         }
@@ -327,6 +346,15 @@ def format_table(doc: dict[str, Any]) -> str:
         )
     )
     lines.append("CPU s / 1k ops: the three node processes' user + system CPU over the window")
+    leaders = [
+        f"{name} {med[name][str(c)]['leader_cpu_s_per_1k_ops']:.4f} at {c}"
+        for name in ("pyxos", "ceiling")
+        if name in med
+        for c in doc["config"]["clients"]
+        if "leader_cpu_s_per_1k_ops" in med[name][str(c)]
+    ]
+    if leaders:
+        lines.append("the leader's own CPU s / 1k ops: " + ", ".join(leaders))
     lines.append(
         "raw fsync rate of this disk in the same run (one per round): "
         + ", ".join(f"{r:,.0f}/s" for r in doc["raw_fsync_per_s"])

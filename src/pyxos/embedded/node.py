@@ -135,29 +135,24 @@ def _no_answer(future: asyncio.Future[ClientReply | None]) -> None:
         future.set_result(None)
 
 
-class _Call:
-    """A command in flight on the hot path (see the module notes)."""
-
-    __slots__ = ("deadline", "decode", "future", "limit", "pooled", "request", "session", "started")
-
-    def __init__(
-        self,
-        future: asyncio.Future[Any],
-        session: Session,
-        request: ClientRequest,
-        decode: Callable[[bytes], Any] | None,
-        started: float,
-        limit: float,
-        pooled: bool,
-    ) -> None:
-        self.future = future
-        self.session = session
-        self.request = request
-        self.decode = decode
-        self.started = started
-        self.limit = limit
-        self.deadline = started + limit
-        self.pooled = pooled
+def _resolve(
+    future: asyncio.Future[Any], decode: Callable[[bytes], Any] | None, reply: ClientReply
+) -> None:
+    """Resolve a call's future with its ``ok`` reply (unless its caller cancelled it)."""
+    if future.done():
+        return
+    if reply.error is not None and not reply.result:
+        future.set_exception(CommandRejected(reply.error))
+        return
+    if decode is None:
+        future.set_result(reply.result)
+        return
+    try:
+        value = decode(reply.result)
+    except Exception as e:  # the command's own exception, raised in the caller
+        future.set_exception(e)
+        return
+    future.set_result(value)
 
 
 class Session:
@@ -177,6 +172,14 @@ class Session:
         """The seq of the last command submitted (0: none yet)."""
         self.last: bytes | None = None
         """The last command's bytes (for ``retry``)."""
+        # The command in flight on the node's hot path: the session is its record, so
+        # a call keeps no object alive but its future (see the module notes).
+        self._future: asyncio.Future[Any] | None = None
+        self._request: ClientRequest | None = None
+        self._decode: Callable[[bytes], Any] | None = None
+        self._started = 0.0
+        self._limit = 0.0
+        self._pooled = False
 
     async def command(self, data: bytes, *, timeout: float | None = None) -> bytes:
         """Submit ``data`` as this session's next command; its result once applied."""
@@ -234,7 +237,7 @@ class EmbeddedNode:
         self._sink = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         # The hot path's calls by client id (one in flight per session), oldest first.
-        self._calls: dict[int, _Call] = {}
+        self._calls: dict[int, Session] = {}
         self._sweep_timer: asyncio.TimerHandle | None = None
         self._recovering: set[asyncio.Task[None]] = set()
         # The engine's attempts (retries, queries) by (client, seq).
@@ -374,14 +377,25 @@ class EmbeddedNode:
         limit = self.timeout if timeout is None else timeout
         client = session.client
         request = ClientRequest(self._sink, client, session.seq, data, False)
-        call = _Call(future, session, request, decode, now, limit, pooled)
         calls = self._calls
-        if client in calls or limit < self.attempt_timeout:
-            # A session with a call in flight already (misuse), or a deadline shorter
-            # than one attempt: the engine drives it from the first attempt.
-            self._recover(call, None, False)
+        standin = client in calls
+        if standin:
+            # A session with a call in flight already (misuse): a stand-in record.
+            session = Session(self, client)
+            session.seq = request.seq
+            pooled = False
+        session._future = future
+        session._request = request
+        session._decode = decode
+        session._started = now
+        session._limit = limit
+        session._pooled = pooled
+        if standin or limit < self.attempt_timeout:
+            # The stand-in, or a deadline shorter than one attempt: the engine drives
+            # it from the first attempt.
+            self._recover(session, None, False)
             return future
-        calls[client] = call
+        calls[client] = session
         if self._sweep_timer is None:
             self._sweep_timer = loop.call_later(self.attempt_timeout / 4, self._sweep)
         self._submit(request)
@@ -397,73 +411,67 @@ class EmbeddedNode:
             return
         cutoff = loop.time() - self.attempt_timeout
         old = []
-        for call in calls.values():  # oldest first
-            if call.started > cutoff:
+        for session in calls.values():  # oldest first
+            if session._started > cutoff:
                 break
-            old.append(call)
-        for call in old:
-            del calls[call.request.client]
-            if call.future.done():  # cancelled by its caller: no retries
-                self._release(call)
+            old.append(session)
+        for session in old:
+            del calls[session.client]
+            future = session._future
+            if future is None or future.done():  # cancelled by its caller: no retries
+                self._release(session)
             else:
-                self._recover(call, None, True)
+                self._recover(session, None, True)
         if calls:
             self._sweep_timer = loop.call_later(self.attempt_timeout / 4, self._sweep)
 
-    def _release(self, call: _Call) -> None:
-        if call.pooled:
-            session = call.session
+    def _release(self, session: Session) -> None:
+        """The call of ``session`` is over: forget it, put the session back if pooled."""
+        session._future = None
+        session._request = None
+        session._decode = None
+        if session._pooled:
             session.last = None
             self._idle.append(session)
 
-    def _settle(self, call: _Call, reply: ClientReply) -> None:
-        """Resolve ``call``'s future with an ``ok`` reply."""
-        self._release(call)
-        future = call.future
-        if future.done():
-            return
-        if reply.error is not None and not reply.result:
-            future.set_exception(CommandRejected(reply.error))
-            return
-        decode = call.decode
-        if decode is None:
-            future.set_result(reply.result)
-            return
-        try:
-            value = decode(reply.result)
-        except Exception as e:  # the command's own exception, raised in the caller
-            future.set_exception(e)
-            return
-        future.set_result(value)
+    def _settle(self, session: Session, reply: ClientReply) -> None:
+        """Resolve the future of ``session``'s call with an ``ok`` reply."""
+        future, decode = session._future, session._decode
+        self._release(session)
+        if future is not None:
+            _resolve(future, decode, reply)
 
-    def _recover(self, call: _Call, reply: ClientReply | None, tried: bool) -> None:
-        """Drive ``call`` by the engine's retry rule in a task (the cold path)."""
-        task = asyncio.ensure_future(self._drive_call(call, reply, tried))
+    def _recover(self, session: Session, reply: ClientReply | None, tried: bool) -> None:
+        """Drive ``session``'s call by the engine's retry rule in a task (the cold path)."""
+        task = asyncio.ensure_future(self._drive_call(session, reply, tried))
         self._recovering.add(task)
         task.add_done_callback(self._recovering.discard)
 
-    async def _drive_call(self, call: _Call, reply: ClientReply | None, tried: bool) -> None:
-        request = call.request
+    async def _drive_call(self, session: Session, reply: ClientReply | None, tried: bool) -> None:
+        future, decode, request = session._future, session._decode, session._request
+        assert future is not None and request is not None
+        deadline = session._started + session._limit
         key = (request.client, request.seq)
         attempt = self._attempt(request, key)
         try:
             if not tried or reply is None or not reply.ok:
                 what = f"command (client {request.client}, seq {request.seq})"
-                engine_call = Call(self._route, call.deadline, call.limit, what)
+                engine_call = Call(self._route, deadline, session._limit, what)
                 reply = await drive(engine_call, attempt, 0, reply, tried)
         except asyncio.CancelledError:
-            self._release(call)
-            if not call.future.done():
-                call.future.set_exception(NodeStopped(f"node {self.node_id} stopped"))
+            self._release(session)
+            if not future.done():
+                future.set_exception(NodeStopped(f"node {self.node_id} stopped"))
             return
         except Exception as e:  # OutcomeUnknown, NodeStopped: the caller's to handle
-            self._release(call)
-            if not call.future.done():
-                call.future.set_exception(e)
+            self._release(session)
+            if not future.done():
+                future.set_exception(e)
             return
         finally:
             self._pending.pop(key, None)
-        self._settle(call, reply)
+        self._release(session)
+        _resolve(future, decode, reply)
 
     def _attempt(self, request: ClientRequest, key: tuple[int, int]) -> Attempt:
         """One attempt of the engine's: submit ``request``, wait for its reply until
@@ -535,13 +543,17 @@ class EmbeddedNode:
 
     def _on_reply(self, reply: ClientReply) -> None:
         calls = self._calls
-        call = calls.get(reply.client)
-        if call is not None and call.request.seq == reply.seq:
+        session = calls.get(reply.client)
+        if (
+            session is not None
+            and session._request is not None
+            and session._request.seq == reply.seq
+        ):
             del calls[reply.client]
             if reply.ok:
-                self._settle(call, reply)
+                self._settle(session, reply)
             else:  # a refusal: the engine's retries
-                self._recover(call, reply, True)
+                self._recover(session, reply, True)
             return
         future = self._pending.get((reply.client, reply.seq))
         if future is not None and not future.done():
@@ -553,10 +565,11 @@ class EmbeddedNode:
         if self._sweep_timer is not None:
             self._sweep_timer.cancel()
             self._sweep_timer = None
-        for call in calls:
-            self._release(call)
-            if not call.future.done():
-                call.future.set_exception(error)
+        for session in calls:
+            future = session._future
+            self._release(session)
+            if future is not None and not future.done():
+                future.set_exception(error)
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(error)

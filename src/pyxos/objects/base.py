@@ -170,6 +170,7 @@ class BoundMethod(Generic[P, R]):
     def __init__(self, method: _Method[Any, P, R], obj: Replicated) -> None:
         self._pyxos_method = method
         self._pyxos_object = obj
+        self._decode = method.decode  # one bound method, not one per call
         self.__name__ = method.name
         self.__doc__ = method.fn.__doc__
 
@@ -190,7 +191,7 @@ class BoundMethod(Generic[P, R]):
             return typing.cast(R, method.decode(await binding.query(data)))
         submit = getattr(binding, "submit", None)
         if submit is not None:
-            return typing.cast(R, await submit(data, decode=method.decode))
+            return typing.cast(R, await submit(data, decode=self._decode))
         return typing.cast(R, method.decode(await binding.command(data)))
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[R]:
@@ -203,7 +204,7 @@ class BoundMethod(Generic[P, R]):
         if submit is None:
             raise TypeError(f"{type(binding).__name__} has no submit(): await the call instead")
         data = method.encode(self._pyxos_object._pyxos_name, args, kwargs)
-        future: asyncio.Future[R] = submit(data, decode=method.decode)
+        future: asyncio.Future[R] = submit(data, decode=self._decode)
         return future
 
 

@@ -196,6 +196,13 @@ class ClientPort:
         (``client.local.LocalClients``: outcome unknown)."""
         reason = self.disk_full.reason if self.disk_full is not None else None
         if reason is None:
+            feed_from = self.feed_from
+            if feed_from is not None and requests:
+                # All from one sink (an embedded node's calls): one step_requests call.
+                src = requests[0].src
+                if src in self._sinks and all(r.src == src for r in requests):
+                    feed_from(src, requests)
+                    return
             self.feed(list(requests))
             return
         result = encode_result(Result(ok=False, error=reason))
