@@ -90,7 +90,7 @@ def main() -> int:
                     per_pair[label, c, ratio] = float(r["ops_per_s"])  # type: ignore[arg-type]
             for (lab, c, ratio), ops in per_pair.items():
                 base = per_pair.get((lab, c, ratios[0])) if ratios else None
-                if lab == label and ratio != ratios[0] and base:
+                if ratios and lab == label and ratio != ratios[0] and base:
                     versus.setdefault((label, c, ratio), []).append(ops / base)
             per_pair.clear()
             print(f"pair {pair + 1}: {label} done", file=sys.stderr, flush=True)

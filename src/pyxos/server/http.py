@@ -84,7 +84,13 @@ from pyxos.server.app_http import kv_store, register_app_endpoints, require_kv
 from pyxos.server.clients import NodeHandle
 from pyxos.server.dashboard import register_dashboard
 from pyxos.server.diskfull import http_refusal, is_disk_full_refusal
-from pyxos.server.http_fast import FastConnection, FastConnections, FastRequest, http_response
+from pyxos.server.http_fast import (
+    MAX_FAST_BODY,
+    FastConnection,
+    FastConnections,
+    FastRequest,
+    http_response,
+)
 from pyxos.server.members_http import register_member_endpoints
 from pyxos.server.metrics import CONTENT_TYPE
 from pyxos.server.ops_http import register_ops_endpoints
@@ -277,9 +283,11 @@ class HttpApi:
                 except UnicodeDecodeError:
                     conn.respond(_raw(400, {"error": "the value is not UTF-8 text"}))
                     return
-                future = self._start("put", key, value)
+                # Valid by construction: a non-empty ASCII key within MAX_KEY_BYTES,
+                # a value of at most MAX_FAST_BODY bytes decoded (so no surrogate).
+                future = self._start("put", key, value, checked=True)
             else:
-                future = self._start("get", key)
+                future = self._start("get", key, checked=True)
         except web.HTTPException as e:
             conn.respond(_raw_response(e))
             return
@@ -429,15 +437,19 @@ class HttpApi:
         *,
         limit: int = 0,
         after: str | None = None,
+        checked: bool = False,
     ) -> asyncio.Future[ClientReply]:
         """Submit one command as a client of our node (the client engine's retries);
         the future of its reply (``_outcome`` reads it). 404 raised when the node
-        serves another application, 400 when the command is invalid."""
+        serves another application, 400 when the command is invalid (``checked``: the
+        caller knows it is valid, as the lean path does for its keys and values)."""
 
         require_kv(self.node)  # 404 when the node serves another application
 
         def encode(client: int, seq: int) -> bytes:
             command = Command(client, seq, op, key, value, expected, limit, after)
+            if checked:
+                return _encoder.encode(command)
             try:
                 validate_command(command)
             except ValueError as e:
@@ -587,6 +599,7 @@ class HttpApi:
 
 
 _PUT_OK = json.dumps({"ok": True}).encode()
+assert MAX_FAST_BODY <= MAX_VALUE_BYTES, "the lean path's values need no size check"
 _INTERNAL = b'{"error": "internal error"}'
 
 

@@ -72,11 +72,20 @@ MAX_HEADERS = 100
 MAX_FAST_BODY = 64 * 1024
 """The largest PUT body served here; a larger one goes to aiohttp (with its 413)."""
 
-_REQUEST_LINE = re.compile(
+_HEAD_RE = re.compile(
     rb"(GET|PUT) /v1/kv/([A-Za-z0-9_~.\-]+(?:/[A-Za-z0-9_~.\-]+)*) HTTP/1\.1"
+    rb"((?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z\-]+:[\t\x20-\x7e]*)*)"
 )
-_FIELDS = re.compile(rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z\-]+:[\t\x20-\x7e]*\r\n)*")
-_REFUSED = frozenset((b"transfer-encoding", b"expect", b"upgrade", b"connection"))
+_REFUSED = (b"\r\ntransfer-encoding:", b"\r\nexpect:", b"\r\nupgrade:", b"\r\nconnection:")
+_LENGTH = b"\r\ncontent-length:"
+_AUTH = b"\r\nauthorization:"
+_REASONS = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+
+
+def _field(fields: bytes, at: int, name: bytes) -> bytes:
+    """The value, trimmed, of the field whose line (with its CRLF) starts at ``at``."""
+    end = fields.find(b"\r\n", at + 2)
+    return fields[at + len(name) : end if end >= 0 else len(fields)].strip(b" \t")
 
 
 class FastRequest:
@@ -94,37 +103,36 @@ class FastRequest:
 
 def parse_head(head: bytes) -> FastRequest | None:
     """The request of ``head`` (the bytes before its blank line, without it) if this
-    path serves it, else None (see the module notes: None hands the connection over)."""
-    first, sep, fields = head.partition(b"\r\n")
-    m = _REQUEST_LINE.fullmatch(first)
+    path serves it, else None (see the module notes: None hands the connection over).
+    One regular expression checks the request line and the shape of every field;
+    the few fields that matter are found in the lower-cased field block."""
+    m = _HEAD_RE.fullmatch(head)
     if m is None:
         return None
     target = m.group(2)
     if target.startswith(b".") or b"/." in target:  # dot segments: aiohttp normalises them
         return None
-    if sep:
-        fields += b"\r\n"
-        if _FIELDS.fullmatch(fields) is None or fields.count(b"\r\n") > MAX_HEADERS:
-            return None
+    fields = m.group(3)
     length = -1
     token: str | None = None
-    for line in fields.split(b"\r\n")[:-1] if sep else ():
-        name, _, value = line.partition(b":")
-        name = name.lower()
-        if name == b"content-length":
-            value = value.strip(b" \t")
-            if length >= 0 or not value.isdigit() or len(value) > 9:
+    if fields:
+        lower = fields.lower()
+        if fields.count(b"\r\n") > MAX_HEADERS or any(name in lower for name in _REFUSED):
+            return None
+        at = lower.find(_LENGTH)
+        if at >= 0:
+            value = _field(fields, at, _LENGTH)
+            if lower.find(_LENGTH, at + 2) >= 0 or not value.isdigit() or len(value) > 9:
                 return None
             length = int(value)
-        elif name == b"authorization":
-            if token is not None:
+        at = lower.find(_AUTH)
+        if at >= 0:
+            if lower.find(_AUTH, at + 2) >= 0:
                 return None
-            scheme, _, credentials = value.strip(b" \t").partition(b" ")
+            scheme, _, credentials = _field(fields, at, _AUTH).partition(b" ")
             if scheme.lower() != b"bearer":
                 return None
             token = credentials.strip(b" \t").decode("ascii")
-        elif name in _REFUSED:
-            return None
     if m.group(1) == b"GET":
         if length > 0:
             return None
@@ -158,10 +166,7 @@ def http_response(
     close: bool = False,
 ) -> bytes:
     """One whole HTTP/1.1 response: status line, headers, body."""
-    try:
-        reason = HTTPStatus(status).phrase.encode("ascii")
-    except ValueError:
-        reason = b""
+    reason = _REASONS.get(status, b"")
     parts = [_HEAD % (status, reason, content_type.encode("latin-1"), len(body), _Date.now())]
     if headers:
         for name, value in headers.items():
