@@ -71,6 +71,10 @@ class CaseResult:
     leader_cpu_s_per_1k_ops: float | None = None
     """utime + stime of the leader's process alone over the window, per 1,000 ops
     (pyxos only: its leader's thread is what limits the rate)."""
+    loadgen_cpu_s_per_1k_ops: float | None = None
+    """CPU of the load generator running in the bench's own process (pyxos's binary
+    client sessions, or the aiohttp HTTP client) per 1,000 ops: on a small machine it
+    competes with the nodes for the cores."""
     fsync: bool = True
     note: str = ""
 
@@ -112,6 +116,7 @@ _MEDIAN_FIELDS = (
     "cpu_s_per_1k_ops",
     "cmds_per_fsync",
     "leader_cpu_s_per_1k_ops",
+    "loadgen_cpu_s_per_1k_ops",
 )
 
 

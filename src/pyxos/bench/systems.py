@@ -103,9 +103,12 @@ class _Probe:
         """The leader's pid, whose CPU is also sampled on its own."""
         self.cpu: dict[str, float] = {}
         self.leader_cpu: dict[str, float] = {}
+        self.own_cpu: dict[str, float] = {}
+        """This process's CPU (an in-process load generator's)."""
         self.count: dict[str, float | None] = {}
 
     async def __call__(self, edge: str) -> None:
+        self.own_cpu[edge] = time.process_time()
         self.cpu[edge] = cpu_seconds(self.pids)
         if self.leader is not None:
             self.leader_cpu[edge] = cpu_seconds([self.leader])
@@ -120,6 +123,11 @@ class _Probe:
         if ops == 0 or len(self.leader_cpu) < 2:
             return None
         return (self.leader_cpu["end"] - self.leader_cpu["start"]) / ops * 1000.0
+
+    def own_cpu_per_1k(self, ops: int) -> float | None:
+        if ops == 0 or len(self.own_cpu) < 2:
+            return None
+        return (self.own_cpu["end"] - self.own_cpu["start"]) / ops * 1000.0
 
     def per_count(self, ops: int) -> float | None:
         a, b = self.count.get("start"), self.count.get("end")
@@ -275,6 +283,7 @@ async def _load_pyxos(
         cpu_s_per_1k_ops=probe.cpu_per_1k(hist.count),
         cmds_per_fsync=probe.per_count(hist.count),
         leader_cpu_s_per_1k_ops=probe.leader_cpu_per_1k(hist.count),
+        loadgen_cpu_s_per_1k_ops=probe.own_cpu_per_1k(hist.count),
     )
 
 

@@ -22,9 +22,9 @@ sender; the others are dropped and counted (docs/architecture.md, *Network*).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
+from functools import partial
 
 from pyxos.core.messages import ClientReplies, Message
 from pyxos.core.ready import Send
@@ -77,13 +77,7 @@ class Router:
                     conn.send(data)
                 return
         frame: bytes | None = None  # encoded once, for every destination
-
-        def encoded() -> bytes:
-            nonlocal frame
-            if frame is None:
-                frame = self.encode(msg, False)
-            return frame
-
+        links = self.links
         for dst in to:
             if dst == me:
                 if type(msg) is ClientReplies:
@@ -94,12 +88,18 @@ class Router:
                     self._local_scheduled = True
                     self.loop.call_soon(self._deliver_local)
             elif dst >= CLIENT_ID_BASE:
-                self.clients.deliver(dst, msg, encoded)
-            elif self.links is not None:
-                data = encoded()
-                if data:
-                    with contextlib.suppress(KeyError):  # not a member: dropped
-                        self.links.send(dst, data)
+                # A sink (in-process client) or a connection (then encoded, rare).
+                self.clients.deliver(dst, msg, partial(self.encode, msg, False))
+            elif links is not None:
+                # A broadcast (Accept, Commit) to every peer: one frame, no call per
+                # peer but the link's send (a peer that is not a member: dropped).
+                if frame is None:
+                    frame = self.encode(msg, False)
+                if frame:
+                    try:  # noqa: SIM105 (contextlib.suppress: three calls per send)
+                        links.send(dst, frame)
+                    except KeyError:
+                        pass
 
     def encode(self, msg: Message, batched: bool = True) -> bytes:
         """The frame of ``msg``; empty (dropped, counted, logged) if it is over the limit.
