@@ -348,3 +348,42 @@ def test_sets_inside_a_field_are_refused_like_set_fields() -> None:
         maybe: int | None = None
 
     ObjectHost({"x": Fine()}).snapshot()
+
+
+class _Gather(Replicated):
+    items: list[int] = []
+
+    @replicated
+    def grab(self, xs: list[int]) -> list[int]:
+        xs.append(len(self.items))  # mutates its own argument
+        self.items.extend(xs)
+        return xs
+
+
+def test_a_validated_call_is_applied_from_its_parse_once() -> None:
+    """The leader validates every command it proposes, then applies it: apply takes
+    validate's parse instead of decoding again, once per parse (popped), so a body
+    that mutates its argument never sees another call's; the results and the state
+    are a replica's that never validated (a follower's)."""
+    leader, follower = ObjectHost({"g": _Gather()}), ObjectHost({"g": _Gather()})
+    m = _Gather._pyxos_methods["grab"]
+    data = m.encode("g", ([7],), {})
+    assert leader.validate(data) is None
+    assert leader.validate(data) is None  # the same bytes twice: one parse kept
+    assert len(leader._validated) == 1
+    results = [m.decode(leader.apply(data)) for _ in range(3)]
+    assert not leader._validated  # taken by the first apply
+    assert (
+        results
+        == [m.decode(follower.apply(data)) for _ in range(3)]
+        == [
+            [7, 0],
+            [7, 2],
+            [7, 4],
+        ]
+    )
+    assert leader.snapshot() == follower.snapshot()
+    big = m.encode("g", (list(range(1000)),), {})
+    assert leader.validate(big) is None and not leader._validated  # large: not kept
+    assert leader.validate(b"\x93\xa1g\xa4grab\x91\xa1x") is not None  # a bad argument
+    assert not leader._validated

@@ -15,8 +15,9 @@ answers one JSON request a line on stdin with one JSON line on stdout:
   default) a call is ``counter.incr.submit()``, a future with a done-callback, the way
   the ceiling's embedded mode keeps its commands in flight (no coroutine per call);
   with ``A = "await"``, ``N`` asyncio tasks each ``await counter.incr()`` in a loop.
-  Replies ``ops``, latency percentiles in ms, ``errors``, ``unknown`` and the
-  counter's ``value`` (a linearizable ``get`` after the load);
+  Replies ``ops``, latency percentiles in ms, ``errors``, ``unknown``, the
+  counter's ``value`` (a linearizable ``get`` after the load) and ``gc_collections``
+  (Python's cyclic garbage collector's collections per generation during the load);
 - ``{"cmd": "get"}``: ``{"value": counter.get()}``.
 
 The node exits when stdin closes (the orchestrator, ``pyxos.bench.embedded``, is gone).
@@ -122,47 +123,21 @@ async def _load_submit(
     return await _report(counter, latencies, counts[0], counts[1])
 
 
-class _GcClock:
-    """Seconds spent in Python's cyclic garbage collector, and collections per
-    generation, since ``reset`` (a ``gc.callbacks`` hook: a diagnostic of the load)."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self.collections = [0, 0, 0]
-        self.by_generation = [0.0, 0.0, 0.0]
-        self._began = 0.0
-        gc.callbacks.append(self._on_gc)
-
-    def reset(self) -> None:
-        self.seconds = 0.0
-        self.collections = [0, 0, 0]
-        self.by_generation = [0.0, 0.0, 0.0]
-
-    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._began = time.thread_time()
-        else:
-            took = time.thread_time() - self._began
-            self.seconds += took
-            self.collections[info["generation"]] += 1
-            self.by_generation[info["generation"]] += took
+_gc_before = [0, 0, 0]
 
 
-_gc_clock: _GcClock | None = None
+def _gc_collections() -> list[int]:
+    """Collections of Python's cyclic garbage collector so far, per generation (free to
+    read, unlike timing each collection with ``gc.callbacks``)."""
+    return [g["collections"] for g in gc.get_stats()]
 
 
 async def _report(
     counter: Counter, latencies: list[float], errors: int, unknown: int
 ) -> dict[str, Any]:
-    gc_stats = (
-        {
-            "gc_s": _gc_clock.seconds,
-            "gc_collections": list(_gc_clock.collections),
-            "gc_s_by_generation": list(_gc_clock.by_generation),
-        }
-        if _gc_clock is not None
-        else {}
-    )
+    gc_stats = {
+        "gc_collections": [a - b for a, b in zip(_gc_collections(), _gc_before, strict=True)]
+    }
     value = await counter.get()
     return {
         "ops": len(latencies),
@@ -180,8 +155,6 @@ def main(argv: list[str]) -> None:
     config = node_config(node_id, {int(k): v for k, v in peers.items()}, data_dir)
     counter = Counter()
     node = BlockingNode(config, {"counter": counter}, tick_interval=None)
-    global _gc_clock
-    _gc_clock = _GcClock()
     out = sys.stdout
     for line in sys.stdin:
         request = json.loads(line)
@@ -190,7 +163,7 @@ def main(argv: list[str]) -> None:
             reply = {"leader": node.is_leader, "ready": node.node.leader != 0}
         elif request["cmd"] == "bench":
             load = _load_submit if request.get("api", "submit") == "submit" else _load
-            _gc_clock.reset()
+            _gc_before[:] = _gc_collections()
             reply = node.run(
                 load(counter, request["clients"], request["seconds"], request["warmup"])
             )
