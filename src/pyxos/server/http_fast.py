@@ -76,7 +76,7 @@ _HEAD_RE = re.compile(
     rb"(GET|PUT) /v1/kv/([A-Za-z0-9_~.\-]+(?:/[A-Za-z0-9_~.\-]+)*) HTTP/1\.1"
     rb"((?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z\-]+:[\t\x20-\x7e]*)*)"
 )
-_REFUSED = (b"\r\ntransfer-encoding:", b"\r\nexpect:", b"\r\nupgrade:", b"\r\nconnection:")
+_REFUSED = re.compile(rb"\r\n(?:transfer-encoding|expect|upgrade|connection):")
 _LENGTH = b"\r\ncontent-length:"
 _AUTH = b"\r\nauthorization:"
 _REASONS = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
@@ -117,7 +117,7 @@ def parse_head(head: bytes) -> FastRequest | None:
     token: str | None = None
     if fields:
         lower = fields.lower()
-        if fields.count(b"\r\n") > MAX_HEADERS or any(name in lower for name in _REFUSED):
+        if fields.count(b"\r\n") > MAX_HEADERS or _REFUSED.search(lower):
             return None
         at = lower.find(_LENGTH)
         if at >= 0:
