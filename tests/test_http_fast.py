@@ -33,7 +33,11 @@ def test_parse_head_serves_plain_gets_and_puts() -> None:
     r = parse_head(b"GET /v1/kv/k HTTP/1.1")  # no header at all
     assert r is not None and r.key == "k"
     r = parse_head(b"GET /v1/kv/k HTTP/1.1\r\ncontent-length: 0")
-    assert r is not None and r.length == 0
+    assert r is not None and r.length == 0 and not r.close
+    r = parse_head(b"GET /v1/kv/k HTTP/1.1\r\nConnection: Keep-Alive")
+    assert r is not None and not r.close
+    r = parse_head(b"PUT /v1/kv/k HTTP/1.1\r\nContent-Length: 1\r\nconnection:  close ")
+    assert r is not None and r.close
 
 
 @pytest.mark.parametrize(
@@ -59,7 +63,8 @@ def test_parse_head_serves_plain_gets_and_puts() -> None:
         b"PUT /v1/kv/k HTTP/1.1\r\nContent-Length: %d" % (MAX_FAST_BODY + 1),
         b"PUT /v1/kv/k HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue",
         b"GET /v1/kv/k HTTP/1.1\r\nContent-Length: 3",  # a GET with a body
-        b"GET /v1/kv/k HTTP/1.1\r\nConnection: close",
+        b"GET /v1/kv/k HTTP/1.1\r\nConnection: upgrade",
+        b"GET /v1/kv/k HTTP/1.1\r\nConnection: close\r\nConnection: close",
         b"GET /v1/kv/k HTTP/1.1\r\nUpgrade: websocket",
         b"GET /v1/kv/k HTTP/1.1\r\nBad Header: x",  # not a token
         b"GET /v1/kv/k HTTP/1.1\r\n: x",
@@ -146,6 +151,13 @@ def test_keep_alive_pipelining_and_a_hand_over_to_aiohttp(tmp_path: Path) -> Non
         assert "aiohttp" in headers.get("server", "")  # served by aiohttp now
         assert fast.handed_over == 1
         writer.close()
+        # Connection: close (as urllib sends it): answered on the lean path, then closed.
+        r1, w1 = await asyncio.open_connection(HOST, node.http.port)
+        w1.write(put("e", b"5", "Connection: close\r\n"))
+        status, headers, data = await read_response(r1)
+        assert (status, headers["connection"], data) == (200, "close", b'{"ok": true}')
+        assert await asyncio.wait_for(r1.read(), 10.0) == b""
+        assert fast.handed_over == 1
         # Bad input on a fresh connection: aiohttp's 4xx, the node serves on.
         for bad in (
             b"GARBAGE\r\n\r\n",
@@ -223,3 +235,43 @@ def test_the_lean_path_keeps_the_body_budget_and_the_frame_timeout(tmp_path: Pat
         w6.close()
 
     one_node(tmp_path, body, http_port=0, frame_timeout=0.5)
+
+
+def test_the_lean_path_answers_as_aiohttp_does(tmp_path: Path) -> None:
+    """The same requests on a lean connection and on one handed over to aiohttp (its
+    first request another route) get the same status, Content-Type and JSON body."""
+    cases = [
+        put("same", b"v1"),
+        get("same"),
+        get("absent"),
+        put("bad", b"\xff"),
+        get("k" * 5000),
+        put("k" * 5000, b"x"),
+        put("empty", b""),
+        get("empty"),
+    ]
+
+    async def answers(port: int, hand_over: bool) -> list[tuple[int, str, object]]:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        if hand_over:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            await read_response(reader)
+        out = []
+        for request in cases:
+            writer.write(request)
+            status, headers, data = await read_response(reader)
+            out.append((status, headers["content-type"], json.loads(data)))
+        writer.close()
+        return out
+
+    async def body(node: NodeServer, client: AsyncClient) -> None:
+        assert node.http is not None
+        fast = node.http.fast
+        lean = await answers(node.http.port, hand_over=False)
+        assert fast.handed_over == 0 and fast.served >= len(cases)
+        aio = await answers(node.http.port, hand_over=True)
+        assert fast.handed_over == 1
+        assert lean == aio
+        assert [a[0] for a in lean] == [200, 200, 404, 400, 400, 400, 200, 200]
+
+    one_node(tmp_path, body, http_port=0)

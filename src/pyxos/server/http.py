@@ -275,13 +275,14 @@ class HttpApi:
         key = request.key
         try:
             if len(key) > MAX_KEY_BYTES:  # ASCII: one byte per character
-                conn.respond(_raw(400, {"error": f"key longer than {MAX_KEY_BYTES} bytes"}))
+                too_long = {"error": f"key longer than {MAX_KEY_BYTES} bytes"}
+                _answer(conn, request, _raw(400, too_long))
                 return
             if request.op == "put":
                 try:
                     value = body.decode()
                 except UnicodeDecodeError:
-                    conn.respond(_raw(400, {"error": "the value is not UTF-8 text"}))
+                    _answer(conn, request, _raw(400, {"error": "the value is not UTF-8 text"}))
                     return
                 # Valid by construction: a non-empty ASCII key within MAX_KEY_BYTES,
                 # a value of at most MAX_FAST_BODY bytes decoded (so no surrogate).
@@ -289,11 +290,11 @@ class HttpApi:
             else:
                 future = self._start("get", key, checked=True)
         except web.HTTPException as e:
-            conn.respond(_raw_response(e))
+            _answer(conn, request, _raw_response(e))
             return
         except Exception:
             logger.exception("HTTP %s %r failed", request.op.upper(), key)
-            conn.respond(http_response(500, _INTERNAL), close=True)
+            conn.respond(http_response(500, _INTERNAL, close=True), close=True)
             return
         future.add_done_callback(functools.partial(self._fast_done, conn, request))
 
@@ -319,9 +320,9 @@ class HttpApi:
                     data = _raw(200, {"key": request.key, "value": result.value})
         except Exception:
             logger.exception("HTTP %s %r failed", request.op.upper(), request.key)
-            conn.respond(http_response(500, _INTERNAL), close=True)
+            conn.respond(http_response(500, _INTERNAL, close=True), close=True)
             return
-        conn.respond(data)
+        _answer(conn, request, data)
 
     async def _body(self, request: web.Request, limit: int) -> bytes:
         """The request body, read within the port's limits (see the module notes)."""
@@ -601,6 +602,14 @@ class HttpApi:
 _PUT_OK = json.dumps({"ok": True}).encode()
 assert MAX_FAST_BODY <= MAX_VALUE_BYTES, "the lean path's values need no size check"
 _INTERNAL = b'{"error": "internal error"}'
+
+
+def _answer(conn: FastConnection, request: FastRequest, data: bytes) -> None:
+    """Write a lean-path answer; with ``Connection: close`` asked for, say so and close."""
+    if request.close:
+        conn.respond(data.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1), close=True)
+    else:
+        conn.respond(data)
 
 
 def _raw(status: int, body: dict[str, Any]) -> bytes:

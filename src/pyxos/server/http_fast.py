@@ -15,7 +15,8 @@ answer without it, so every connection of the HTTP port starts on ``FastConnecti
   (no ``%``, no query, no dot or empty segment), header names that are tokens and
   values without control characters, at most ``MAX_HEADERS`` of them within
   ``MAX_HEAD`` bytes, a ``Content-Length`` (at most ``MAX_FAST_BODY``; none, or 0, for
-  a GET) and none of ``Transfer-Encoding``, ``Expect``, ``Upgrade``, ``Connection``;
+  a GET), none of ``Transfer-Encoding``, ``Expect``, ``Upgrade``, and ``Connection``
+  only as ``keep-alive`` or ``close`` (answered with ``Connection: close``, then closed);
   with ``tokens`` configured, a bearer token whose role allows the request.
 - Anything else, at a request boundary (nothing of this path in flight), **hands the
   connection over to aiohttp** for the rest of its life: aiohttp's protocol gets the
@@ -76,7 +77,8 @@ _HEAD_RE = re.compile(
     rb"(GET|PUT) /v1/kv/([A-Za-z0-9_~.\-]+(?:/[A-Za-z0-9_~.\-]+)*) HTTP/1\.1"
     rb"((?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z\-]+:[\t\x20-\x7e]*)*)"
 )
-_REFUSED = re.compile(rb"\r\n(?:transfer-encoding|expect|upgrade|connection):")
+_REFUSED = re.compile(rb"\r\n(?:transfer-encoding|expect|upgrade):")
+_CONNECTION = b"\r\nconnection:"
 _LENGTH = b"\r\ncontent-length:"
 _AUTH = b"\r\nauthorization:"
 _REASONS = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
@@ -90,15 +92,19 @@ def _field(fields: bytes, at: int, name: bytes) -> bytes:
 
 class FastRequest:
     """One request this path serves: ``op`` ``"get"`` or ``"put"``, the key, the body
-    length, and the bearer token (None: no Authorization header)."""
+    length, the bearer token (None: no Authorization header), and whether the client
+    asked to close the connection after the answer (``Connection: close``)."""
 
-    __slots__ = ("key", "length", "op", "token")
+    __slots__ = ("close", "key", "length", "op", "token")
 
-    def __init__(self, op: str, key: str, length: int, token: str | None) -> None:
+    def __init__(
+        self, op: str, key: str, length: int, token: str | None, close: bool = False
+    ) -> None:
         self.op = op
         self.key = key
         self.length = length
         self.token = token
+        self.close = close
 
 
 def parse_head(head: bytes) -> FastRequest | None:
@@ -115,6 +121,7 @@ def parse_head(head: bytes) -> FastRequest | None:
     fields = m.group(3)
     length = -1
     token: str | None = None
+    close = False
     if fields:
         lower = fields.lower()
         if fields.count(b"\r\n") > MAX_HEADERS or _REFUSED.search(lower):
@@ -133,13 +140,19 @@ def parse_head(head: bytes) -> FastRequest | None:
             if scheme.lower() != b"bearer":
                 return None
             token = credentials.strip(b" \t").decode("ascii")
+        at = lower.find(_CONNECTION)
+        if at >= 0:  # keep-alive (HTTP/1.1's default) or close; anything else: aiohttp
+            value = _field(lower, at, _CONNECTION)
+            if lower.find(_CONNECTION, at + 2) >= 0 or value not in (b"keep-alive", b"close"):
+                return None
+            close = value == b"close"
     if m.group(1) == b"GET":
         if length > 0:
             return None
-        return FastRequest("get", target.decode("ascii"), 0, token)
+        return FastRequest("get", target.decode("ascii"), 0, token, close)
     if length < 0 or length > MAX_FAST_BODY:
         return None
-    return FastRequest("put", target.decode("ascii"), length, token)
+    return FastRequest("put", target.decode("ascii"), length, token, close)
 
 
 class _Date:
