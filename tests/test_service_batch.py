@@ -159,3 +159,25 @@ def test_a_follower_relays_each_reply_of_a_batch() -> None:
     r = node.ready()
     assert [(s.to, s.msg.client) for s in r.send_now] == [((CLIENT,), 7), ((CLIENT,), 8)]  # type: ignore[union-attr]
     assert not node.forwarded
+
+
+def test_batch_replies_groups_the_answers_to_queries_per_destination() -> None:
+    """The queries released in one pass are answered like the writes: one
+    ``ClientReplies`` per destination with several, the same answers as without."""
+    plain, grouped = leader_of_1(), leader_of_1()
+    grouped.batch_replies = True
+    other = CLIENT + 1
+    for node in (plain, grouped):
+        node.step_requests(CLIENT, [put(1, 1, key="a", value="x")])
+        run(node)  # the value is applied before the queries
+        node.step_requests(CLIENT, [get(2, 1, key="a"), get(3, 1, key="b")])
+        node.step_requests(other, [get(4, 1, key="a")])
+    flat = [(to, m) for to, m in run(plain) if isinstance(m, ClientReply)]
+    out = [(to, m) for to, m in run(grouped) if isinstance(m, ClientReply | ClientReplies)]
+    assert [(to, type(m)) for to, m in out] == [((CLIENT,), ClientReplies), ((other,), ClientReply)]
+    batch = out[0][1]
+    assert isinstance(batch, ClientReplies)
+    assert [r.client for r in batch.replies] == [2, 3]
+    opened = [((CLIENT,), r) for r in batch.replies] + [out[1]]
+    assert sorted(opened, key=lambda x: x[1].client) == sorted(flat, key=lambda x: x[1].client)
+    assert len(flat) == 3 and all(m.ok for _, m in flat)

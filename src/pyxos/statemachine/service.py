@@ -192,6 +192,12 @@ def results_digest(applied: Sequence[Applied]) -> int:
     return int.from_bytes(blake2b(data, digest_size=8, person=b"kv-results").digest(), "little")
 
 
+def _send_grouped(me: int, grouped: dict[int, list[ClientReply]], sends: list[Send]) -> None:
+    """One message per destination: its reply, or its replies as one ``ClientReplies``."""
+    for dst, replies in grouped.items():
+        sends.append(Send((dst,), replies[0] if len(replies) == 1 else ClientReplies(me, replies)))
+
+
 class ServiceNode:
     """A replica plus the state machine it feeds and the client requests it serves."""
 
@@ -213,10 +219,10 @@ class ServiceNode:
     ) -> None:
         self.replica = replica
         self.batch_replies = batch_replies
-        """Answer the commands applied in one pass with one ``ClientReplies`` per
-        destination (the server: its router writes each as one frame) instead of a
-        ``ClientReply`` each (the simulator, whose clients each have one command in
-        flight)."""
+        """Answer the commands applied in one pass, and the queries released in one
+        pass, with one ``ClientReplies`` per destination (the server: its router writes
+        each as one frame) instead of a ``ClientReply`` each (the simulator, whose
+        clients each have one command in flight)."""
         state = (
             app if isinstance(app, ReplicatedApp) else ReplicatedApp(app, max_sessions=max_sessions)
         )
@@ -703,6 +709,24 @@ class ServiceNode:
         leader = self.usable_leader()
         query = self.state.query
         sends = r.send_now
+        if self.batch_replies:
+            # One ClientReplies per connection, as _apply's (server.routing).
+            grouped: dict[int, list[ClientReply]] = {}
+            for token, ok in r.reads:
+                for q in cast(list[ClientRequest], token):
+                    if ok:
+                        answer = query(q.command)
+                        reply = ClientReply(
+                            me, q.client, q.seq, True, answer.result, leader, answer.error
+                        )
+                    else:
+                        reply = ClientReply(me, q.client, q.seq, False, b"", leader)
+                    if (replies := grouped.get(q.src)) is None:
+                        grouped[q.src] = [reply]
+                    else:
+                        replies.append(reply)
+            _send_grouped(me, grouped, sends)
+            return
         for token, ok in r.reads:
             batch = cast(list[ClientRequest], token)
             if not ok:
@@ -755,7 +779,4 @@ class ServiceNode:
             if self.on_applied is not None:
                 self.on_applied(me, entry.slot)
         if grouped:
-            for dst, replies in grouped.items():
-                sends.append(
-                    Send((dst,), replies[0] if len(replies) == 1 else ClientReplies(me, replies))
-                )
+            _send_grouped(me, grouped, sends)
