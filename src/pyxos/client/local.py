@@ -75,6 +75,7 @@ class LocalClients:
         # Idle logical clients: (client id, last seq used).
         self._idle: list[tuple[int, int]] = []
         self._waiting: dict[tuple[int, int], asyncio.Future[ClientReply | None]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the first call
 
     def on_reply(self, reply: ClientReply) -> None:
         """A reply of the node to one of our requests (the node's reply sink)."""
@@ -107,7 +108,10 @@ class LocalClients:
             raise
         seq += 1
         request = ClientRequest(self.sink, client, seq, payload, read_only)
-        return _Call(self, asyncio.get_running_loop(), request, what).result
+        loop = self._loop
+        if loop is None:  # once: asyncio.get_running_loop() is a getpid() system call on 3.11
+            loop = self._loop = asyncio.get_running_loop()
+        return _Call(self, loop, request, what).result
 
     def cancel(self) -> None:
         """Fail every waiting call's current attempt (the node is going away)."""
