@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import tempfile
+import urllib.request
 from pathlib import Path
 
 from pyxos.benchmark import run_kv_bench
@@ -63,6 +65,10 @@ def main() -> None:
             pids = {"leader": cluster.pid(leader), "follower": cluster.pid(follower)}
             addresses = {n.node_id: n.client_address for n in cluster.nodes.values()}
             asyncio.run(measure(a, out, cluster.cluster_id, addresses, pids))
+            url = cluster.nodes[leader].http_url + "/v1/status"
+            with urllib.request.urlopen(url, timeout=5) as r:
+                driver = json.load(r)["driver"]
+            print("leader driver counters:", {k: driver[k] for k in sorted(driver)})
         finally:
             cluster.stop()
 

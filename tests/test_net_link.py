@@ -439,6 +439,26 @@ def test_flush_pending_writes_every_connections_queue_now_in_the_order_they_sent
     run(main)
 
 
+def test_a_pass_writes_its_peer_links_after_its_other_connections() -> None:
+    """A leader's reply to its client leaves before the Commits of the same pass (each
+    a system call that wakes a follower): peer links are ``flush_last``."""
+
+    async def main() -> None:
+        order: list[str] = []
+        link = FramedProtocol(lambda p, m: None, flush_last=True)
+        client = FramedProtocol(lambda p, m: None)
+        for name, protocol in (("link", link), ("client", client)):
+            transport = FakeTransport()
+            transport.write = lambda data, name=name: order.append(name)  # type: ignore[method-assign]
+            protocol.connection_made(transport)
+        link.send(accepted(1))  # the Commit is sent first...
+        client.send(accepted(2))  # ...then the reply
+        await asyncio.sleep(0)
+        assert order == ["client", "link"]
+
+    run(main)
+
+
 def test_a_dialer_writes_its_hello_first_and_losing_the_connection_drops_the_queue() -> None:
     async def main() -> None:
         hello = Hello(version=1, cluster="a", node=2, role="peer")

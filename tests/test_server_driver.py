@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from pyxos.core.ballot import Ballot
-from pyxos.core.messages import ClientRequest, Commit, Message, Nack, Promise
+from pyxos.core.messages import ClientRequest, Commit, Entry, Message, Nack, Promise
 from pyxos.core.ready import Persist, Ready, Send
 from pyxos.server.node import NodeFailed, NodeServer
 from test_server_harness import cluster_configs, wait_for
@@ -237,6 +238,53 @@ def test_what_an_fsync_released_to_ourselves_is_stepped_and_driven_in_its_report
             assert server.driver.fsync_in_flight, "the next fsync starts a pass later"
         finally:
             durable.gate.release()
+            durable.gate.release()
+            stop(server)
+
+    asyncio.run(main())
+
+
+def test_an_all_but_idle_leader_fsyncs_on_its_loop_and_a_busy_one_in_its_thread(
+    tmp_path: Path,
+) -> None:
+    """One client, one write at a time: the leader's fsync runs on the loop thread (no
+    hand-off to the thread and back), and what it released to the leader itself is fed
+    and driven in the same pass. A bigger write, or another proposal in flight, goes to
+    the fsync thread as before (the loop keeps serving meanwhile)."""
+
+    async def main() -> None:
+        server, node, durable, links = make(tmp_path)
+        node.replica = SimpleNamespace(is_leader=True, in_flight={})  # type: ignore[attr-defined]
+        server.peerbook.observe = lambda node: None  # type: ignore[method-assign]
+        server._majority_lost.observe = lambda node: None  # type: ignore[method-assign]
+        me = server.config.node_id
+        own: Any = Promise(me, B)
+        small = Persist(accepted=[Entry(1, B, b"x" * 100)])
+        try:
+            durable.gate.release()  # the inline sync must not block
+            node.script.append(Ready(small, send_after_sync=[Send((me,), own)]))
+            node.script.append(Ready(send_now=[commit(2)]))  # once it steps its own message
+            server._input(())
+            await asyncio.sleep(0)  # one pass: drive, inline fsync, own message, drive
+            assert durable.synced_counts == [1] and node.stepped == [own]
+            assert dsts(links) == [2]
+            assert server.stats.leader_inline_fsyncs == 1 and server.effects.fsync_future is None
+            # A write over inline_leader_bytes: the fsync thread.
+            big = Persist(accepted=[Entry(2, B, b"x" * 1000)])
+            node.script.append(Ready(big, send_after_sync=[nack(3)]))
+            await feed(server)
+            assert server.effects.fsync_future is not None and dsts(links) == [2]
+            durable.gate.release()
+            await wait_for(lambda: dsts(links) == [2, 3], 2.0, "the reply after the thread's fsync")
+            # Another proposal in flight: the thread too.
+            node.replica.in_flight = {1: None, 2: None}  # type: ignore[attr-defined]
+            node.script.append(Ready(small, send_after_sync=[nack(4)]))
+            await feed(server)
+            assert server.effects.fsync_future is not None
+            durable.gate.release()
+            await wait_for(lambda: dsts(links) == [2, 3, 4], 2.0, "the reply")
+            assert server.stats.leader_inline_fsyncs == 1
+        finally:
             durable.gate.release()
             stop(server)
 

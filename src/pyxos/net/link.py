@@ -144,21 +144,25 @@ class PassFlusher:
     """The connections of one event loop with frames queued in this pass.
 
     The first ``send`` of a pass on a connection lists it here; ``flush`` writes every
-    listed connection's queue, in the order they were listed. It runs at the end of the
-    pass (one ``call_soon`` for all of them), or earlier when ``flush_pending`` is
-    called; then the pass-end call finds nothing left.
+    listed connection's queue, in the order they were listed, those marked
+    ``flush_last`` (a node's links to its peers) after the others (its clients'
+    connections): a client's reply does not wait behind the Commits of its own
+    commit, each a system call that wakes a follower. It runs at the end of the pass
+    (one ``call_soon`` for all of them), or earlier when ``flush_pending`` is called;
+    then the pass-end call finds nothing left.
     """
 
-    __slots__ = ("_dirty", "_loop", "_scheduled")
+    __slots__ = ("_dirty", "_last", "_loop", "_scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._dirty: list[FramedProtocol] = []
+        self._last: list[FramedProtocol] = []
         self._scheduled = False
 
     def add(self, connection: FramedProtocol) -> None:
         """List ``connection`` (it has frames queued and no flush pending)."""
-        self._dirty.append(connection)
+        (self._last if connection.flush_last else self._dirty).append(connection)
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._at_pass_end)
@@ -169,9 +173,12 @@ class PassFlusher:
 
     def flush(self) -> None:
         """Write every listed connection's queue now."""
-        while self._dirty:
+        while self._dirty or self._last:
             dirty, self._dirty = self._dirty, []
             for connection in dirty:
+                connection._flush()
+            last, self._last = self._last, []
+            for connection in last:
                 connection._flush()
 
 
@@ -264,6 +271,7 @@ class FramedProtocol(asyncio.Protocol):
         on_lost: Callable[[FramedProtocol, Exception | None], None] | None = None,
         guard: PortGuard | None = None,
         idle_timeout: float | None = None,
+        flush_last: bool = False,
     ) -> None:
         if max_queue_frames < 1:
             raise ValueError(f"max_queue_frames must be >= 1, not {max_queue_frames}")
@@ -318,6 +326,8 @@ class FramedProtocol(asyncio.Protocol):
         self._idle_timer: asyncio.TimerHandle | None = None
         self._idle_frames = 0
         self._idle_quiet = 0
+        self.flush_last = flush_last
+        """Written after the pass's other connections (``PassFlusher``)."""
 
     @property
     def buffered(self) -> int:
@@ -766,6 +776,7 @@ class PeerLinks:
                 max_frame_bytes=self._max_frame_bytes,
                 max_queue_frames=self._max_queue_frames,
                 label=label,
+                flush_last=True,
             )
 
         tls = self._tls

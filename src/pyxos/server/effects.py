@@ -7,11 +7,14 @@ same object the simulator runs (docs/architecture.md, *The core's contract*). Th
 module is only its effects (``pyxos.driver.Effects``) on real storage:
 
 - ``write`` appends to the WAL (``DurableAcceptor.write``: buffered only);
-- ``start_fsync`` runs ``DurableAcceptor.sync`` in the node's one fsync thread
-  (``run_in_executor``) on a leader, on the loop thread itself on a follower; at most
-  one is in flight (group commit), and its end goes back to the driver on the event
-  loop (``fsync_done`` or, fatally, ``fsync_failed``: the WAL then refuses every later
-  call and the node stops);
+- ``start_fsync`` first writes what the pass sent, then runs ``DurableAcceptor.sync``
+  in the node's one fsync thread on a busy leader, on the loop thread itself on a
+  follower and on a leader that is all but idle (one small write to sync, no other
+  proposal in flight: one client); at most one is in flight (group commit), and its
+  end goes back to the driver on the event loop (``fsync_done`` or, fatally,
+  ``fsync_failed``: the WAL then refuses every later call and the node stops). The
+  thread reports with one ``call_soon_threadsafe``; what the report released to the
+  node itself (a leader's own Accepted) is fed at once (``after_fsync``);
 - ``save_snapshot`` writes the file in a thread of its own
   (``storage.snapshot.write_snapshot``: temporary file, fsync, rename, directory
   fsync), keeps the newest two, and reports back (``snapshot_saved`` /
@@ -63,6 +66,8 @@ class DriverStats(DriverCounters):
 
     inputs: int = 0
     """Input batches fed (received chunks, timer ticks, self-deliveries)."""
+    leader_inline_fsyncs: int = 0
+    """Fsyncs a leader did on its loop thread, all but idle (``ServerEffects.start_fsync``)."""
     wal_segments_deleted: int = 0
     """WAL segments deleted by compaction."""
     client_connections: int = 0
@@ -115,6 +120,12 @@ class ServerEffects:
         )
         self.inline_follower_fsync = True
         """A follower fsyncs on the loop thread (see ``start_fsync``)."""
+        self.inline_leader_bytes = 512
+        """A leader all but idle fsyncs on the loop thread too: one write to sync, holding
+        at most this many bytes of values, and no other proposal in flight (one client,
+        one write at a time; see ``start_fsync``). 0: never."""
+        self._value_bytes = 0  # of the values written since the last fsync started
+        self._inline_report = False  # an inline leader fsync released messages to itself
         self.fsync_future: concurrent.futures.Future[int] | None = None
         """The fsync running in the fsync thread (at most one: group commit)."""
         self.after_fsync: Callable[[], None] | None = None
@@ -154,6 +165,8 @@ class ServerEffects:
         """Append to the WAL (buffered)."""
         assert self.durable is not None
         self.durable.write(persist)
+        for entry in persist.accepted:
+            self._value_bytes += len(entry.value)
         if self.tracer is not None:
             self.tracer.persisted(persist)
 
@@ -166,19 +179,33 @@ class ServerEffects:
         is on: a follower has nothing else to do meanwhile that cannot wait in its socket
         buffers, and the hand-off to a thread and back (a future, two wake-ups, the GIL
         changing hands) cost it more CPU than the write itself (bench/profiles/).
+
+        A leader that is all but idle does the same (``inline_leader_bytes``): with one
+        client, one write at a time, nothing can arrive meanwhile that the fsync does not
+        hold up anyway, and the thread's hand-offs were most of the leader's system calls
+        and context switches per write (bench/profiles/lat-1c-strace.txt). What the fsync
+        released to the leader itself is fed once the pass is carried out (``pass_done``).
+        Under load (a bigger write, or other proposals in flight) the thread keeps the
+        loop serving while the disk works.
+
+        Either way what the pass sent leaves first: the followers' fsyncs then run beside
+        ours, and the fsync thread does not take the GIL from their writes.
         """
         assert self.loop is not None and self.durable is not None
-        if self.inline_follower_fsync and not self._leading():
+        value_bytes, self._value_bytes = self._value_bytes, 0
+        flush_pending(self.loop)
+        leading = self._leading()
+        if self.inline_follower_fsync and (not leading or self._all_but_idle(value_bytes)):
             try:
                 self._timed_sync()
             except Exception as e:
                 self._synced(e)
             else:
                 self._synced(None)
+                if leading:
+                    self._inline_report = True
+                    self.stats.leader_inline_fsyncs += 1
             return
-        # The Accepts this pass queued leave first: the followers' fsyncs then run
-        # beside ours, and the fsync thread does not take the GIL from their writes.
-        flush_pending(self.loop)
         future = self.executor.submit(self._timed_sync)
         self.fsync_future = future
         future.add_done_callback(self._report_from_thread)
@@ -191,6 +218,16 @@ class ServerEffects:
         assert loop is not None
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
             loop.call_soon_threadsafe(self._on_synced, future)
+
+    def _all_but_idle(self, value_bytes: int) -> bool:
+        driver = self._driver
+        replica = getattr(driver.node, "replica", None)
+        return (
+            replica is not None
+            and value_bytes <= self.inline_leader_bytes
+            and driver.written - driver.synced == 1
+            and len(replica.in_flight) <= 1
+        )
 
     def _leading(self) -> bool:
         replica = getattr(self._driver.node, "replica", None)
@@ -234,10 +271,15 @@ class ServerEffects:
             self._driver.fsync_done()
             self.disk_full.clear("wal")
 
-    def flush(self) -> None:
-        """Write now what this pass sent (``net.link.flush_pending``), not a pass later."""
+    def pass_done(self) -> None:
+        """The pass's Ready was carried out: write now what it sent
+        (``net.link.flush_pending``), not a pass later; then, if a leader's inline
+        fsync released messages to itself, feed them (``after_fsync``)."""
         if self.loop is not None:
             flush_pending(self.loop)
+        if self._inline_report and self.after_fsync is not None:
+            self._inline_report = False
+            self.after_fsync()
 
     def send(self, send: Send) -> None:
         """To a peer, a client, or back to this node (next pass)."""

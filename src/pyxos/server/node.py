@@ -432,7 +432,7 @@ class NodeServer:
         except Exception as e:
             self._internal_error(e)
             return
-        self.effects.flush()  # what it sent leaves now, not a pass later
+        self.effects.pass_done()  # what it sent leaves now, not a pass later
         if self.effects.tracer is not None:
             self.effects.tracer.driven(self.node)
         self._majority_lost.observe(self.node)
