@@ -210,7 +210,7 @@ async def _closed_loop(
         if started >= end:
             return
         n += 1
-        key = f"k{rng.randrange(keys)}"
+        key = f"k{int(rng.random() * keys)}"  # uniform; randrange costs 5 calls
         try:
             if rng.random() < write_ratio:
                 await client.put(key, f"{index}.{n}.".ljust(value_bytes, "x"))

@@ -284,7 +284,10 @@ class KVOperations:
                 reply = await self._call(
                     seq, _command_encoder.encode(command), command, op in QUERY_OPS
                 )
-                result = _kv_result(reply, command)
+                try:
+                    result = _decode_result(reply.result)
+                except msgspec.DecodeError:
+                    result = _kv_result(reply, command)
             except NodeUnavailable:
                 raise  # turned away before any log: no effect, so no event of the history
             except NotKeyValue as e:
@@ -368,6 +371,10 @@ class NotKeyValue(ClientError):
     def __init__(self, message: str, *, refused: bool) -> None:
         super().__init__(message)
         self.refused = refused
+
+
+_decode_result = msgspec.msgpack.Decoder(Result).decode
+"""``decode_result`` without its call (once per command)."""
 
 
 def _kv_result(reply: ClientReply, command: Command) -> Result:

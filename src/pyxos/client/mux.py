@@ -162,9 +162,8 @@ class Session(KVOperations):
         reply: ClientReply | None = None
         tried = conn is not None and conn.is_open
         if conn is not None and tried:
-            future = pool._post_batched(
-                key, request, conn, min(deadline, now + pool.attempt_timeout)
-            )
+            until = now + pool.attempt_timeout
+            future = pool._post_batched(key, request, conn, deadline if deadline < until else until)
             try:
                 reply = await future
             except BaseException:
