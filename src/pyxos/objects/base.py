@@ -278,10 +278,16 @@ class _Method(Generic[S, P, R]):
 
     def decode_args(self, raw: bytes | msgspec.Raw) -> tuple[Any, ...]:
         """The arguments of a call; ``msgspec.ValidationError``/``DecodeError`` if bad."""
+        return msgspec.structs.astuple(self.decode_args_struct(raw))
+
+    def decode_args_struct(self, raw: bytes | msgspec.Raw) -> msgspec.Struct:
+        """``decode_args`` as the method's argument struct (not tracked by the garbage
+        collector unless an argument is a container)."""
         if self._args_decoder is None:
             self._types()
         assert self._args_decoder is not None
-        return msgspec.structs.astuple(self._args_decoder.decode(raw))
+        args: msgspec.Struct = self._args_decoder.decode(raw)
+        return args
 
     def decode(self, result: bytes) -> Any:
         """The caller's value of a result, or the exception it carries, raised."""
@@ -485,6 +491,17 @@ class _HostSnapshot(msgspec.Struct, frozen=True, array_like=True):
 
 _host_snapshot_decoder = msgspec.msgpack.Decoder(_HostSnapshot)
 
+
+class _Parsed(msgspec.Struct, gc=False):
+    """A validated call kept for its apply. Not tracked by the garbage collector (it
+    holds long-lived objects and an argument struct, and is in no cycle): thousands of
+    calls in flight then trigger no collections while they wait to be chosen."""
+
+    obj: Any
+    method: Any
+    args: Any
+
+
 _VALIDATED_MAX: Final = 1 << 15
 """Most validated calls an object host keeps for their apply (then it starts over)."""
 _VALIDATED_BYTES: Final = 512
@@ -520,7 +537,7 @@ class ObjectHost:
         # the same bytes again. Each parse serves one apply (popped), so a mutable
         # argument is never shared; small calls only, and at most _VALIDATED_MAX of
         # them (for calls that never come back to apply: a lost leadership, a retry).
-        self._validated: dict[bytes, tuple[Replicated, _Method[Any, Any, Any], Any]] = {}
+        self._validated: dict[bytes, _Parsed] = {}
 
     def bind(self, binding: Binding) -> None:
         """Send every hosted object's calls to ``binding`` from now on."""
@@ -535,15 +552,21 @@ class ObjectHost:
             obj._pyxos_binding = None
             obj._pyxos_submit = None
 
-    def _resolve(
-        self, name: str, method: str, raw: msgspec.Raw, kind: str
-    ) -> tuple[Replicated, _Method[Any, Any, Any], Any]:
+    def _lookup(
+        self, name: str, method: str, kind: str
+    ) -> tuple[Replicated, _Method[Any, Any, Any]]:
         obj = self.objects.get(name)
         if obj is None:
             raise LookupError(f"no replicated object {name!r} here")
         m = type(obj)._pyxos_methods.get(method)
         if m is None or m.kind != kind:
             raise LookupError(f"{type(obj).__name__} has no {kind} {method!r}")
+        return obj, m
+
+    def _resolve(
+        self, name: str, method: str, raw: msgspec.Raw, kind: str
+    ) -> tuple[Replicated, _Method[Any, Any, Any], Any]:
+        obj, m = self._lookup(name, method, kind)
         return obj, m, m.decode_args(raw)
 
     # -- the application contract ---------------------------------------------------------
@@ -553,12 +576,13 @@ class ObjectHost:
         try:
             name, method, raw = _call_decoder.decode(command)
             if name != TICK_OBJECT:
-                parsed = self._resolve(name, method, raw, "command")
+                obj, m = self._lookup(name, method, "command")
+                args = m.decode_args_struct(raw)
                 if type(command) is bytes and len(command) <= _VALIDATED_BYTES:
                     validated = self._validated
                     if len(validated) >= _VALIDATED_MAX:
                         validated.clear()
-                    validated[command] = parsed
+                    validated[command] = _Parsed(obj, m, args)
         except (msgspec.DecodeError, LookupError) as e:
             return f"bad call: {e}"
         return None
@@ -568,7 +592,7 @@ class ObjectHost:
         self.log_time += 1
         parsed = self._validated.pop(command, None) if type(command) is bytes else None
         if parsed is not None:
-            obj, m, args = parsed
+            obj, m, args = parsed.obj, parsed.method, msgspec.structs.astuple(parsed.args)
         else:
             try:
                 name, method, raw = _call_decoder.decode(command)
