@@ -32,12 +32,15 @@ Limits, as on aiohttp's path (``pyxos.net.limits``): the bytes of a request whos
 body has not all arrived count against the port's ``max_buffered_bytes`` (over it:
 ``503`` and the connection closed, ``buffer_budget_exceeded``); requests pipelined
 behind one being served are not read past ``MAX_HEAD + MAX_FAST_BODY`` bytes (reading
-pauses); a request must be complete ``frame_timeout`` seconds after the connection
-opened, its previous answer was written, or (for a body) its head arrived, else the
-connection is closed (a started body answers ``408`` first, ``frame_timeouts``), as
-aiohttp's keep-alive timeout closes an idle one. ``FastConnections.sweep`` checks that
-a few times per ``frame_timeout``. A client gone before its body arrived counts
-``client_disconnects``. The node keeps serving whatever a connection sends.
+pauses), nor served while the client does not read its answers (``pause_writing``;
+``resume_writing`` serves them), and served one after another by a loop, never by a
+call per request answered at once; a request must be complete ``frame_timeout``
+seconds after the connection opened, its previous answer was written, or (for a body)
+its head arrived, else the connection is closed (a started body answers ``408``
+first, ``frame_timeouts``), as aiohttp's keep-alive timeout closes an idle one.
+``FastConnections.sweep`` checks that a few times per ``frame_timeout``. A client
+gone before its body arrived counts ``client_disconnects``. The node keeps serving
+whatever a connection sends.
 """
 
 from __future__ import annotations
@@ -247,6 +250,7 @@ class FastConnection(asyncio.Protocol):
     __slots__ = (
         "_loop",
         "_owner",
+        "blocked",
         "buf",
         "busy",
         "eof",
@@ -255,6 +259,7 @@ class FastConnection(asyncio.Protocol):
         "pending",
         "reserved",
         "since",
+        "stepping",
         "transport",
         "whole",
     )
@@ -278,6 +283,11 @@ class FastConnection(asyncio.Protocol):
         """When the current request's time started (see the module notes)."""
         self.eof = False
         self.paused = False
+        """Reading is paused (the client reads too slowly, or pipelines too much)."""
+        self.blocked = False
+        """The transport's write buffer is over its high-water mark (``pause_writing``)."""
+        self.stepping = False
+        """``_next`` is running: an answer given meanwhile does not start it again."""
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
@@ -292,11 +302,16 @@ class FastConnection(asyncio.Protocol):
             self.inner.data_received(data)
             return
         self.buf = self.buf + data if self.buf else data
-        if not self.busy:
+        if not self.busy and not self.blocked:
             self._next()
-        elif len(self.buf) > MAX_HEAD + MAX_FAST_BODY and not self.paused:
-            self.paused = True  # pipelined requests: read no more until this one is done
-            assert self.transport is not None
+        if (
+            self.busy  # else what is left is a partial head or body, within its limits
+            and len(self.buf) > MAX_HEAD + MAX_FAST_BODY
+            and not self.paused
+            and self.transport is not None
+            and not self.transport.is_closing()
+        ):
+            self.paused = True  # pipelined requests: read no more until these are done
             self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
@@ -318,7 +333,9 @@ class FastConnection(asyncio.Protocol):
         """The client reads too slowly: stop reading requests."""
         if self.inner is not None:
             self.inner.pause_writing()
-        elif self.transport is not None and not self.paused:
+            return
+        self.blocked = True
+        if self.transport is not None and not self.paused:
             self.paused = True
             self.transport.pause_reading()
 
@@ -326,8 +343,12 @@ class FastConnection(asyncio.Protocol):
         """The client caught up."""
         if self.inner is not None:
             self.inner.resume_writing()
-        elif self.paused and not self.busy:
+            return
+        self.blocked = False
+        if not self.busy:
             self._resume()
+            if self.buf:  # pipelined requests already read: serve them (or hand over)
+                self._next()
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Release what the connection held; count a client gone mid-body."""
@@ -363,7 +384,22 @@ class FastConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def _next(self) -> None:
-        """Serve the next complete request in ``buf``, hand over, or wait for bytes."""
+        """Serve the complete requests in ``buf`` one after another (each next one once
+        the previous is answered), hand over, or wait for bytes. A loop, not a
+        recursion through ``respond``: answers given at once (a 400) to thousands of
+        pipelined requests must not nest a call per request."""
+        if self.stepping:
+            return  # an answer given within _step: the loop below goes on
+        self.stepping = True
+        try:
+            while self._step():
+                pass
+        finally:
+            self.stepping = False
+
+    def _step(self) -> bool:
+        """Serve the next complete request in ``buf``, hand over, or wait for bytes;
+        True if it was answered at once and the next one may follow."""
         buf = self.buf
         request = self.pending
         if request is None:
@@ -371,17 +407,17 @@ class FastConnection(asyncio.Protocol):
             if end < 0:
                 if len(buf) > MAX_HEAD or self.eof:
                     self._hand_over()
-                return
+                return False
             if end > MAX_HEAD:
                 self._hand_over()
-                return
+                return False
             request = parse_head(buf[:end])
             owner = self._owner
             if request is None or (
                 owner.allowed is not None and not owner.allowed(request.token, request.op)
             ):
                 self._hand_over()
-                return
+                return False
             self.whole = end + 4 + request.length
             if len(buf) < self.whole:
                 self.pending = request
@@ -398,9 +434,9 @@ class FastConnection(asyncio.Protocol):
                         guard.limits.max_buffered_bytes,
                     )
                     self._fail(http_response(503, _BUSY, close=True))
-                    return
+                    return False
                 self.reserved += more
-            return
+            return False
         whole = self.whole
         body = buf[whole - request.length : whole]
         self.buf = buf[whole:]
@@ -408,6 +444,14 @@ class FastConnection(asyncio.Protocol):
         self._release()
         self.busy = True
         self._owner.serve(self, request, body)
+        transport = self.transport
+        return (
+            not self.busy
+            and not self.blocked
+            and bool(self.buf)
+            and transport is not None
+            and not transport.is_closing()
+        )
 
     def respond(self, data: bytes, *, close: bool = False) -> None:
         """Write the answer to the request being served; then serve the next one."""
@@ -424,9 +468,11 @@ class FastConnection(asyncio.Protocol):
         if self.eof and not self.buf:
             transport.close()
             return
-        if self.paused and not transport.get_write_buffer_size():
+        if self.blocked:
+            return  # resume_writing goes on
+        if self.paused:
             self._resume()
-        if self.buf and not self.paused:
+        if self.buf:
             self._next()
 
     def _fail(self, data: bytes) -> None:

@@ -1,0 +1,81 @@
+"""Adversarial requests on the HTTP port's lean path (``pyxos.server.http_fast``), over
+real sockets on 127.0.0.1 against an in-process one-node cluster: long pipelines of
+requests answered at once, a client that pipelines and reads its answers late, a
+request split at every byte, and the same bad or refused requests answered alike by
+the lean path and by aiohttp. Every wait is on a condition with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from pathlib import Path
+
+from pyxos.client.aio import AsyncClient
+from pyxos.server.node import NodeServer
+from test_http_fast import HOST, get, put, read_response
+from test_server_harness import wait_for
+from test_server_limits import one_node, serves
+
+
+def test_thousands_of_pipelined_requests_answered_at_once_are_all_answered(
+    tmp_path: Path,
+) -> None:
+    """Requests the lean path answers without the node (a 400: the value is not UTF-8)
+    pipelined by the thousand in one write: each answered, in order, and the
+    connection still served after them (each answer served the next one by a nested
+    call: a RecursionError, a 500 and the connection reset, nothing answered)."""
+    n = 3000
+
+    async def body(node: NodeServer, client: AsyncClient) -> None:
+        assert node.http is not None
+        reader, writer = await asyncio.open_connection(HOST, node.http.port)
+        writer.write(put("bad", b"\xff") * n + put("good", b"v") + get("good"))
+        statuses = Counter()
+        for _ in range(n):
+            status, _, data = await read_response(reader)
+            statuses[status] += 1
+        assert statuses == {400: n}
+        assert (await read_response(reader))[:1] == (200,)
+        status, _, data = await read_response(reader)
+        assert (status, json.loads(data)) == (200, {"key": "good", "value": "v"})
+        assert node.http.fast.handed_over == 0
+        writer.close()
+        await serves(client, "after")
+
+    one_node(tmp_path, body, http_port=0)
+
+
+def test_a_client_that_pipelines_and_reads_late_gets_every_answer(tmp_path: Path) -> None:
+    """Pipelined GETs of a large value, read only once the node's writes to the client
+    are blocked (``pause_writing``): when the client catches up, the node serves the
+    requests it had already read (they stayed unserved until the frame timeout
+    closed the connection)."""
+    n = 300
+    value = b"x" * 60_000
+
+    async def body(node: NodeServer, client: AsyncClient) -> None:
+        assert node.http is not None
+        fast = node.http.fast
+        reader, writer = await asyncio.open_connection(HOST, node.http.port)
+        writer.write(put("big", value))
+        assert (await read_response(reader))[0] == 200
+        (conn,) = fast.open
+        writer.write(get("big") * n)
+        await writer.drain()
+        transport = conn.transport
+        assert transport is not None
+        await wait_for(
+            lambda: conn.paused and transport.get_write_buffer_size() > 0,
+            10.0,
+            "the node's writes to block",
+        )
+        for i in range(n):
+            status, _, data = await read_response(reader)
+            assert status == 200, i
+            assert len(data) > len(value), i
+        writer.close()
+        await serves(client, "after")
+
+    one_node(tmp_path, body, http_port=0, frame_timeout=30.0)
