@@ -66,6 +66,7 @@ def test_replies_are_batched_for_protocol_2_and_one_by_one_for_protocol_1(
         nodes = await start_nodes(configs)
         try:
             leader = await wait_leader(nodes)
+            assert leader.node is not None and leader.node.batch_replies  # not traced
             # Protocol 2: one frame of requests, answered with one frame of replies
             # (they all arrive in one chunk, so they share one slot).
             got = await exchange(

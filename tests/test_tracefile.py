@@ -41,6 +41,10 @@ def test_three_real_nodes_traced_and_merged(tmp_path: Path) -> None:
         for node, c, path in zip(nodes, configs, paths, strict=True):
             node.effects.tracer = tracefile.NodeTracer(str(path), c.node_id, c.peers)
             await node.startup()
+            # A traced node sends every reply as its own message, so that each
+            # message a peer receives pairs with the one sent (a ClientReplies goes
+            # to a peer as one frame per reply).
+            assert node.node is not None and not node.node.batch_replies
         try:
             await wait_leader(nodes)
             async with AsyncClient(client_addresses(configs), cluster=configs[0].cluster_id) as c:

@@ -225,6 +225,8 @@ class NodeServer:
             recoveries=self.recoveries,
             founding=self.peerbook.founding,
         )
+        # A trace (pyxos serve --trace) records every reply as its own message.
+        node.batch_replies = self.effects.tracer is None
         tls = config.tls_contexts()
         peer_tls, dial_tls, self.client_tls = tls if tls is not None else (None, None, None)
         try:
