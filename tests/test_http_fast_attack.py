@@ -79,3 +79,43 @@ def test_a_client_that_pipelines_and_reads_late_gets_every_answer(tmp_path: Path
         await serves(client, "after")
 
     one_node(tmp_path, body, http_port=0, frame_timeout=30.0)
+
+
+def test_no_host_two_hosts_and_bare_lf_are_refused_as_aiohttp_refuses_them(
+    tmp_path: Path,
+) -> None:
+    """HTTP/1.1 requires exactly one Host and CRLF line ends: aiohttp answers 400. The
+    lean path served a request without Host or with two (a PUT applied that aiohttp
+    refuses) and never answered a head ended by bare LFs (closed at the frame timeout,
+    no answer); now it hands them over and the answers are aiohttp's, on a fresh
+    connection as on one already handed over."""
+    cases = [
+        b"PUT /v1/kv/nohost HTTP/1.1\r\nContent-Length: 1\r\n\r\nx",
+        b"GET /v1/kv/nohost HTTP/1.1\r\n\r\n",
+        b"PUT /v1/kv/twohosts HTTP/1.1\r\nHost: a\r\nHost: b\r\nContent-Length: 1\r\n\r\nx",
+        b"GET /v1/kv/k HTTP/1.1\nHost: x\n\n",
+        b"PUT /v1/kv/lf HTTP/1.1\nHost: x\nContent-Length: 1\n\nx",
+    ]
+
+    async def answer(port: int, request: bytes, hand_over: bool) -> int:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        if hand_over:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            await read_response(reader)
+        writer.write(request)
+        status = (await read_response(reader))[0]
+        writer.close()
+        return status
+
+    async def body(node: NodeServer, client: AsyncClient) -> None:
+        assert node.http is not None
+        port = node.http.port
+        for request in cases:
+            lean = await answer(port, request, hand_over=False)
+            aio = await answer(port, request, hand_over=True)
+            assert (lean, aio) == (400, 400), request
+        for key in ("nohost", "twohosts", "lf"):
+            assert await client.get(key) is None, key
+        await serves(client, "after")
+
+    one_node(tmp_path, body, http_port=0, frame_timeout=30.0)

@@ -12,7 +12,8 @@ answer without it, so every connection of the HTTP port starts on ``FastConnecti
 - It reads requests itself, one at a time, and serves on this path only a request it
   fully understands and finds plainly well formed (``parse_head``): ``GET`` or ``PUT``,
   ``HTTP/1.1``, a target ``/v1/kv/KEY`` whose key is made of unreserved characters
-  (no ``%``, no query, no dot or empty segment), header names that are tokens and
+  (no ``%``, no query, no dot or empty segment), lines ended by CRLF (a bare LF, even
+  before the head is complete, hands over), exactly one ``Host``, header names that are tokens and
   values without control characters, at most ``MAX_HEADERS`` of them within
   ``MAX_HEAD`` bytes, a ``Content-Length`` (at most ``MAX_FAST_BODY``; none, or 0, for
   a GET), none of ``Transfer-Encoding``, ``Expect``, ``Upgrade``, and ``Connection``
@@ -84,6 +85,8 @@ _REFUSED = re.compile(rb"\r\n(?:transfer-encoding|expect|upgrade):")
 _CONNECTION = b"\r\nconnection:"
 _LENGTH = b"\r\ncontent-length:"
 _AUTH = b"\r\nauthorization:"
+_HOST = b"\r\nhost:"
+_BARE_LF = re.compile(rb"(?<!\r)\n")
 _REASONS = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
 
 
@@ -125,30 +128,34 @@ def parse_head(head: bytes) -> FastRequest | None:
     length = -1
     token: str | None = None
     close = False
-    if fields:
-        lower = fields.lower()
-        if fields.count(b"\r\n") > MAX_HEADERS or _REFUSED.search(lower):
+    if not fields:
+        return None  # no Host: aiohttp's 400 (HTTP/1.1 requires exactly one)
+    lower = fields.lower()
+    if fields.count(b"\r\n") > MAX_HEADERS or _REFUSED.search(lower):
+        return None
+    at = lower.find(_HOST)
+    if at < 0 or lower.find(_HOST, at + 2) >= 0:
+        return None
+    at = lower.find(_LENGTH)
+    if at >= 0:
+        value = _field(fields, at, _LENGTH)
+        if lower.find(_LENGTH, at + 2) >= 0 or not value.isdigit() or len(value) > 9:
             return None
-        at = lower.find(_LENGTH)
-        if at >= 0:
-            value = _field(fields, at, _LENGTH)
-            if lower.find(_LENGTH, at + 2) >= 0 or not value.isdigit() or len(value) > 9:
-                return None
-            length = int(value)
-        at = lower.find(_AUTH)
-        if at >= 0:
-            if lower.find(_AUTH, at + 2) >= 0:
-                return None
-            scheme, _, credentials = _field(fields, at, _AUTH).partition(b" ")
-            if scheme.lower() != b"bearer":
-                return None
-            token = credentials.strip(b" \t").decode("ascii")
-        at = lower.find(_CONNECTION)
-        if at >= 0:  # keep-alive (HTTP/1.1's default) or close; anything else: aiohttp
-            value = _field(lower, at, _CONNECTION)
-            if lower.find(_CONNECTION, at + 2) >= 0 or value not in (b"keep-alive", b"close"):
-                return None
-            close = value == b"close"
+        length = int(value)
+    at = lower.find(_AUTH)
+    if at >= 0:
+        if lower.find(_AUTH, at + 2) >= 0:
+            return None
+        scheme, _, credentials = _field(fields, at, _AUTH).partition(b" ")
+        if scheme.lower() != b"bearer":
+            return None
+        token = credentials.strip(b" \t").decode("ascii")
+    at = lower.find(_CONNECTION)
+    if at >= 0:  # keep-alive (HTTP/1.1's default) or close; anything else: aiohttp
+        value = _field(lower, at, _CONNECTION)
+        if lower.find(_CONNECTION, at + 2) >= 0 or value not in (b"keep-alive", b"close"):
+            return None
+        close = value == b"close"
     if m.group(1) == b"GET":
         if length > 0:
             return None
@@ -404,8 +411,8 @@ class FastConnection(asyncio.Protocol):
         request = self.pending
         if request is None:
             end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > MAX_HEAD or self.eof:
+            if end < 0:  # a bare LF: never the end this path looks for; aiohttp's 400
+                if len(buf) > MAX_HEAD or self.eof or _BARE_LF.search(buf):
                     self._hand_over()
                 return False
             if end > MAX_HEAD:
