@@ -207,17 +207,18 @@ class HttpApi:
         )
         await self._runner.setup()
         # Our own listening socket rather than a TCPSite, so that every connection
-        # passes the port's connection cap (the guard wraps aiohttp's protocol).
-        # Every connection starts on the lean KV path, which hands it over to aiohttp
-        # (``_aiohttp_protocol``) at its first request that path does not serve.
+        # passes the port's connection cap. Every connection starts on the lean KV
+        # path, which hands it over to aiohttp (``_aiohttp_protocol``) at its first
+        # request that path does not serve.
         assert self._runner.server is not None
         fast = self.fast
         tls = self.node.client_tls
-        protocols: Callable[[], asyncio.BaseProtocol]
-        if tls is None:
-            protocols = self.guard.wrap(fast)
-        else:
-            protocols = tls_acceptor(self.guard, tls, lambda: self.guard.track(fast()))
+        # Plain: ``fast`` admits each connection under the port's cap itself; TLS: the
+        # acceptor admits it (handshakes count) and the connection tells the guard when
+        # it is gone, either way.
+        protocols: Callable[[], asyncio.BaseProtocol] = (
+            fast if tls is None else tls_acceptor(self.guard, tls, fast.new)
+        )
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(protocols, host, port)
         self._sweeper = loop.create_task(self._sweep())

@@ -55,7 +55,7 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import cast
 
-from pyxos.net.limits import PortGuard
+from pyxos.net.limits import PortGuard, RefusedConnection
 
 __all__ = [
     "MAX_FAST_BODY",
@@ -235,8 +235,16 @@ class FastConnections:
         self.handed_over = 0
         """Connections handed over to aiohttp."""
 
-    def __call__(self) -> FastConnection:
-        """A protocol for a new connection (the port's protocol factory)."""
+    def __call__(self) -> asyncio.Protocol:
+        """A protocol for a new connection (the plain port's protocol factory): admitted
+        under the port's connection cap, else refused (``RefusedConnection``)."""
+        conn = FastConnection(self)
+        if not self.guard.admit(conn):
+            return RefusedConnection()
+        return conn
+
+    def new(self) -> FastConnection:
+        """A protocol for a connection admitted by the caller (``tls_acceptor``)."""
         return FastConnection(self)
 
     def sweep(self, now: float) -> None:
@@ -361,6 +369,7 @@ class FastConnection(asyncio.Protocol):
         """Release what the connection held; count a client gone mid-body."""
         owner = self._owner
         owner.open.discard(self)
+        owner.guard.closed(self)  # the port may accept another connection
         if self.inner is not None:
             self.inner.connection_lost(exc)
             return
