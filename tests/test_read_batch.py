@@ -8,12 +8,13 @@ from typing import Any
 import msgspec
 import pytest
 
-from pyxos.core.messages import ClientReply, ClientRequest, ReadAck
+from pyxos.core.messages import ClientReplies, ClientReply, ClientRequest, ReadAck
 from pyxos.core.quorum import Majority
 from pyxos.core.replica import ReplicaConfig, Role
 from pyxos.sim.kv import service_node_factory
 from pyxos.sim.world import Simulator
 from pyxos.statemachine.kv import Command, decode_result
+from pyxos.statemachine.replicated import ReplicatedApp, encode_batch
 from pyxos.statemachine.service import ServiceNode
 from sim_helpers import RecordingClient
 
@@ -118,6 +119,45 @@ def test_without_a_lease_the_batch_waits_for_its_probe_and_is_then_answered() ->
     assert {decode_result(rep.result).value for rep in replies.values()} == {"v2"}
 
 
+class _Picky:
+    """Answers queries by echoing them; raises on b"boom", returns a str on b"str"."""
+
+    def apply(self, command: bytes) -> bytes:
+        return command
+
+    def query(self, q: bytes) -> bytes:
+        if q == b"boom":
+            raise ValueError("no answer")
+        if q == b"str":
+            return "text"  # type: ignore[return-value]
+        if q == b"view":
+            return memoryview(b"viewed")  # type: ignore[return-value]
+        if q == b"interrupt":
+            raise KeyboardInterrupt
+        return q
+
+    def snapshot(self) -> bytes:
+        return b""
+
+    def restore(self, data: bytes) -> None:
+        pass
+
+
+def test_query_batch_answers_each_query_as_query_does() -> None:
+    state = ReplicatedApp(_Picky())
+    state.apply(0, encode_batch([(1, 1, b"x")]))
+    qs = [b"a", b"boom", b"view", b"str", b"b"]
+    results, errors = state.query_batch(qs)
+    singles = [state.query(q) for q in qs]
+    assert results == [a.result for a in singles]
+    assert errors == {i: a.error for i, a in enumerate(singles) if a.error is not None}
+    assert results[2] == b"viewed" and type(results[2]) is bytes
+    assert set(errors) == {1, 3} and "query raised ValueError: no answer" in errors[1]
+    assert "query returned str, not bytes" in errors[3]
+    with pytest.raises(KeyboardInterrupt):
+        state.query_batch([b"a", b"interrupt"])
+
+
 def test_one_failing_query_leaves_the_rest_of_its_batch_answered() -> None:
     node = _leader_with_lease()
     node.step(_get(41, "k1"))
@@ -129,3 +169,27 @@ def test_one_failing_query_leaves_the_rest_of_its_batch_answered() -> None:
     assert decode_result(replies[41].result).value == "v1"
     assert decode_result(replies[43].result).value == "v3"
     assert replies[42].ok and not decode_result(replies[42].result).ok
+
+
+def test_a_connections_queries_in_one_frame_are_answered_in_one_frame() -> None:
+    """The server's way (``step_requests``, ``batch_replies``): the queries of a
+    ClientRequests frame join the pass's read as they are (no copy naming the
+    connection), and the answers for one connection leave as one ClientReplies."""
+    node = _leader_with_lease()
+    node.batch_replies = True
+    conn_a, conn_b = 1_000_001, 1_000_002
+    node.step_requests(conn_a, [_get(51, "k1", src=7), _get(52, "k2", src=7)])
+    node.step_requests(conn_b, [_get(53, "k3", src=7)])
+    assert node.reads_pending == 3
+    r = node.ready()
+    node.advance()
+    by_dst = {s.to: s.msg for s in r.send_now if isinstance(s.msg, ClientReplies | ClientReply)}
+    assert set(by_dst) == {(conn_a,), (conn_b,)}
+    both = by_dst[(conn_a,)]
+    assert isinstance(both, ClientReplies)
+    assert [(x.seq, decode_result(x.result).value) for x in both.replies] == [
+        (51, "v1"),
+        (52, "v2"),
+    ]
+    one = by_dst[(conn_b,)]
+    assert isinstance(one, ClientReply) and decode_result(one.result).value == "v3"

@@ -235,8 +235,9 @@ class ServiceNode:
         """(client, seq) -> where to send its reply. Only requests this node proposed
         (or was asked about while they were in flight) are here."""
         self.batch: list[tuple[int, int, bytes]] = []
-        self.queries: list[ClientRequest] = []
-        """The queries that arrived this pass: one ``replica.read`` in ``ready()``."""
+        self.queries: list[tuple[int, ClientRequest]] = []
+        """The queries that arrived this pass, each with where its answer goes: one
+        ``replica.read`` in ``ready()``."""
         self.on_applied = on_applied
         self.on_batch = on_batch
         """Called with the number of commands of every batch proposed (metrics)."""
@@ -356,16 +357,22 @@ class ServiceNode:
         """Feed client requests that all came from ``src`` (a client connection), as if
         each were stepped with its ``src`` set to it, in one call: the binary port's
         batch (docs/architecture.md, "Speed"). A leader takes a write in line (validate,
-        then join this pass's batch); anything else (a query, a member operation, a
-        node that does not lead) goes the single-message way."""
+        then join this pass's batch) and a query too (join this pass's queries);
+        anything else (a member operation, a node that does not lead) goes the
+        single-message way."""
         replica = self.replica
         leading = replica.is_leader
         validate = self.state.validate
         waiting = self.waiting
         batch = self.batch
+        queries = self.queries
         taken = 0
         for msg in requests:
             command = msg.command
+            if leading and msg.query:
+                taken += 1
+                queries.append((src, msg))  # read as one batch in ready()
+                continue
             if not leading or msg.query or command[:1] == b"\xc1":
                 self._on_request(msg if msg.src == src else msgspec.structs.replace(msg, src=src))
                 leading = replica.is_leader
@@ -453,8 +460,8 @@ class ServiceNode:
             # need not wait for them (they arrived with it, acknowledged to nobody).
             queries, self.queries = self.queries, []
             if not replica.read(queries):
-                for q in queries:
-                    self._reply(q.src, q, False)
+                for dst, q in queries:
+                    self._reply(dst, q, False)
         if self.batch:
             while self.batch:
                 chunk, self.batch = self.batch[: self.max_batch], self.batch[self.max_batch :]
@@ -642,7 +649,7 @@ class ServiceNode:
             self._reply(msg.src, msg, False)
             return
         if msg.query:
-            self.queries.append(msg)  # read as one batch in ready()
+            self.queries.append((msg.src, msg))  # read as one batch in ready()
             return
         validate = self.state.validate
         if validate is not None:
@@ -704,40 +711,32 @@ class ServiceNode:
             del self.forwarded[key]
 
     def _serve_reads(self, r: Ready) -> None:
-        """Answer the released read batches (each a list of queries) in one loop."""
+        """Answer the released read batches (each a list of ``(dst, query)``) in one
+        loop: the application answers a batch in one call (``query_batch``), and with
+        ``batch_replies`` the answers for one destination leave as one
+        ``ClientReplies``."""
         me = self.node_id
         leader = self.usable_leader()
-        query = self.state.query
+        query_batch = self.state.query_batch
         sends = r.send_now
-        if self.batch_replies:
-            # One ClientReplies per connection, as _apply's (server.routing).
-            grouped: dict[int, list[ClientReply]] = {}
-            for token, ok in r.reads:
-                for q in cast(list[ClientRequest], token):
-                    if ok:
-                        answer = query(q.command)
-                        reply = ClientReply(
-                            me, q.client, q.seq, True, answer.result, leader, answer.error
-                        )
-                    else:
-                        reply = ClientReply(me, q.client, q.seq, False, b"", leader)
-                    if (replies := grouped.get(q.src)) is None:
-                        grouped[q.src] = [reply]
-                    else:
-                        replies.append(reply)
-            _send_grouped(me, grouped, sends)
-            return
+        grouped: dict[int, list[ClientReply]] | None = {} if self.batch_replies else None
         for token, ok in r.reads:
-            batch = cast(list[ClientRequest], token)
-            if not ok:
-                for q in batch:
-                    reply = ClientReply(me, q.client, q.seq, False, b"", leader)
-                    sends.append(Send((q.src,), reply))
-                continue
-            for q in batch:
-                answer = query(q.command)
-                reply = ClientReply(me, q.client, q.seq, True, answer.result, leader, answer.error)
-                sends.append(Send((q.src,), reply))
+            batch = cast(list[tuple[int, ClientRequest]], token)
+            if ok:
+                results, errors = query_batch([q.command for _, q in batch])
+            else:
+                results, errors = [b""] * len(batch), {}
+            for i, ((dst, q), result) in enumerate(zip(batch, results, strict=True)):
+                error = errors.get(i) if errors else None
+                reply = ClientReply(me, q.client, q.seq, ok, result, leader, error)
+                if grouped is None:
+                    sends.append(Send((dst,), reply))
+                elif (replies := grouped.get(dst)) is None:
+                    grouped[dst] = [reply]
+                else:
+                    replies.append(reply)
+        if grouped:
+            _send_grouped(me, grouped, sends)  # one ClientReplies per connection
 
     def _redirect_pending(self) -> None:
         leader = self.usable_leader()
