@@ -3,6 +3,7 @@ together (statemachine/service.py, *Queries*; docs/architecture.md, *Reads*)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import msgspec
@@ -14,6 +15,7 @@ from pyxos.core.replica import ReplicaConfig, Role
 from pyxos.sim.kv import service_node_factory
 from pyxos.sim.world import Simulator
 from pyxos.statemachine.kv import Command, decode_result
+from pyxos.statemachine.members import MemberOp, encode_member_op
 from pyxos.statemachine.replicated import ReplicatedApp, encode_batch
 from pyxos.statemachine.service import ServiceNode
 from sim_helpers import RecordingClient
@@ -193,3 +195,27 @@ def test_a_connections_queries_in_one_frame_are_answered_in_one_frame() -> None:
     ]
     one = by_dst[(conn_b,)]
     assert isinstance(one, ClientReply) and decode_result(one.result).value == "v3"
+
+
+def test_a_member_list_sent_as_a_query_in_a_frame_is_the_member_desks() -> None:
+    """A member operation that changes nothing travels as a query (``member list``):
+    in a ClientRequests frame too it goes to the member desk, not the application (the
+    KV store answered "not a KV query" when the frame's queries were queued unseen)."""
+    node = _leader_with_lease()
+    node.batch_replies = True
+    conn = 1_000_003
+    member_list = ClientRequest(7, 7, 61, encode_member_op(MemberOp(op="list")), True)
+    node.step_requests(conn, [_get(60, "k1", src=7), member_list])
+    r = node.ready()
+    node.advance()
+    replies = {m.seq: m for s in r.send_now for m in _unpack(s.msg)}
+    assert decode_result(replies[60].result).value == "v1"
+    answer = json.loads(replies[61].result)
+    assert replies[61].ok and replies[61].error is None, replies[61]
+    assert sorted(answer["voters"]) == IDS, answer
+
+
+def _unpack(msg: object) -> list[ClientReply]:
+    if isinstance(msg, ClientReplies):
+        return list(msg.replies)
+    return [msg] if isinstance(msg, ClientReply) else []

@@ -369,7 +369,7 @@ class ServiceNode:
         taken = 0
         for msg in requests:
             command = msg.command
-            if leading and msg.query:
+            if leading and msg.query and command[:1] != b"\xc1":
                 taken += 1
                 queries.append((src, msg))  # read as one batch in ready()
                 continue
