@@ -387,3 +387,25 @@ def test_a_validated_call_is_applied_from_its_parse_once() -> None:
     assert leader.validate(big) is None and not leader._validated  # large: not kept
     assert leader.validate(b"\x93\xa1g\xa4grab\x91\xa1x") is not None  # a bad argument
     assert not leader._validated
+
+
+def test_results_decode_by_the_short_path_as_by_the_long() -> None:
+    """A ``[true, value]`` result is decoded without its pair; what does not decode
+    raises what it always raised (the value's ValidationError, BadResult for junk)."""
+    from pyxos.objects import decode_result
+
+    m = Counter._pyxos_methods["incr"]
+    assert m.decode(msgspec.msgpack.encode((True, 7))) == 7
+    with pytest.raises(msgspec.ValidationError):
+        m.decode(msgspec.msgpack.encode((True, "seven")))
+    with pytest.raises(ReplicatedError, match="BadResult"):
+        decode_result(b"\x92\xc3\x01\x02", int)  # a value, then junk
+    with pytest.raises(OverflowError, match="range"):
+        m.decode(msgspec.msgpack.encode((False, ("OverflowError", "out of range"))))
+
+
+def test_submit_needs_an_attached_object() -> None:
+    with pytest.raises(NotAttached):
+        Counter().incr.submit()
+    with pytest.raises(NotAttached):
+        Counter().get.submit()

@@ -197,16 +197,17 @@ class BoundMethod(Generic[P, R]):
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[R]:
         """Submit this command now; a future of its value (or of its exception)."""
-        binding = self._binding()
         method = self._pyxos_method
-        if method.kind != "command":
-            raise TypeError(f"{self.__name__} is a @query: await it (queries are not submitted)")
         obj = self._pyxos_object
         submit = obj._pyxos_submit
-        if submit is None:
+        if submit is None or method.kind != "command":
+            binding = self._binding()  # NotAttached if no node hosts the object
+            if method.kind != "command":
+                raise TypeError(f"{self.__name__} is a @query: await it (not submitted)")
             raise TypeError(f"{type(binding).__name__} has no submit(): await the call instead")
-        data = method.encode(obj._pyxos_name, args, kwargs)
-        future: asyncio.Future[R] = submit(data, decode=self._decode)
+        future: asyncio.Future[R] = submit(
+            method.encode(obj._pyxos_name, args, kwargs), decode=self._decode
+        )
         return future
 
 
@@ -333,7 +334,17 @@ def decode_result(result: bytes, kind: Any = Any) -> Any:
     return _decode_result(result, msgspec.msgpack.Decoder(kind))
 
 
+_OK_PREFIX: Final = b"\x92\xc3"
+"""How every ``[true, value]`` result begins (a msgpack array of 2, ``true``)."""
+
+
 def _decode_result(result: bytes, decoder: msgspec.msgpack.Decoder[Any]) -> Any:
+    if result[:2] == _OK_PREFIX:
+        # The common case: the value alone, without the pair and its Raw.
+        try:
+            return decoder.decode(result[2:])
+        except msgspec.DecodeError:
+            pass  # decoded again below, to raise what it always raised
     try:
         ok, raw = _result_decoder.decode(result)
     except msgspec.DecodeError:
