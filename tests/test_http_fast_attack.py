@@ -119,3 +119,30 @@ def test_no_host_two_hosts_and_bare_lf_are_refused_as_aiohttp_refuses_them(
         await serves(client, "after")
 
     one_node(tmp_path, body, http_port=0, frame_timeout=30.0)
+
+
+def test_a_client_that_half_closes_while_served_is_answered_then_closed(tmp_path: Path) -> None:
+    """A request, then the start of another, then the client's FIN (write_eof) while
+    the first is being served: the answer, then the connection closed at once, as
+    aiohttp closes a half-closed one (it stayed open until the frame timeout: a
+    partial head handed over without the EOF, a partial body waited for)."""
+
+    async def body(node: NodeServer, client: AsyncClient) -> None:
+        assert node.http is not None
+        http = node.http
+        await client.put("k", "v")
+        partial_body = put("x", b"ab").replace(b"Content-Length: 2", b"Content-Length: 5")
+        for rest in (b"GET /v1/kv/k HTTP/1.1\r\nHo", partial_body):
+            reader, writer = await asyncio.open_connection(HOST, http.port)
+            writer.write(get("k") + rest)
+            writer.write_eof()
+            status, _, data = await read_response(reader)
+            assert (status, json.loads(data)) == (200, {"key": "k", "value": "v"})
+            assert await asyncio.wait_for(reader.read(), 10.0) == b""
+            writer.close()
+        assert http.counters["client_disconnects"] == 1  # the body that never came
+        assert http.counters["frame_timeouts"] == 0
+        await wait_for(lambda: not http.guard.connections, 5.0, "every connection closed")
+        await serves(client, "after")
+
+    one_node(tmp_path, body, http_port=0, frame_timeout=30.0)

@@ -339,9 +339,8 @@ class FastConnection(asyncio.Protocol):
         if self.pending is not None:
             return None  # gone before its body arrived: connection_lost counts it
         if self.buf:
-            self._hand_over()
-            assert self.inner is not None
-            return self.inner.eof_received()
+            self._hand_over()  # which tells aiohttp of the EOF (and closes if it would)
+            return True
         return None
 
     def pause_writing(self) -> None:
@@ -439,6 +438,11 @@ class FastConnection(asyncio.Protocol):
                 self.pending = request
                 self.since = self._loop.time()  # the body gets its own frame_timeout
         if len(buf) < self.whole:
+            if self.eof:  # the client half-closed: the body will never arrive
+                self.pending = request  # connection_lost counts a client gone mid-body
+                assert self.transport is not None
+                self.transport.close()
+                return False
             more = len(buf) - self.reserved
             if more > 0:
                 guard = self._owner.guard
@@ -537,3 +541,7 @@ class FastConnection(asyncio.Protocol):
             self._resume()
         if data:
             inner.data_received(data)
+        if self.eof and not inner.eof_received():
+            # The client half-closed before (while an answer was being made): aiohttp
+            # is told, and the transport closes as asyncio would have closed it.
+            self.transport.close()
