@@ -761,7 +761,8 @@ class ServiceNode:
                 value = b""  # the replica's business (membership), a no-op here
             self.log_bytes_since_snapshot += len(value)
             results = state.apply(entry.slot, value)
-            for applied in results:
+            # A follower holds no request (waiting is empty): no lookup per command.
+            for applied in results if waiting else ():
                 dst = waiting.pop((applied.client, applied.seq), None)
                 if dst is not None:
                     reply = ClientReply(
