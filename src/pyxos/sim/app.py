@@ -71,6 +71,7 @@ from pyxos.sim.service import (
 from pyxos.sim.workload import SimApp, SimOp, Workload, WorkloadClient, resolve_app
 from pyxos.sim.world import Simulator
 from pyxos.statemachine.replicated import decode_batch
+from pyxos.statemachine.service import SNAPSHOT_CHUNK
 from pyxos.storage.wal import WAL
 
 __all__ = [
@@ -112,6 +113,7 @@ def app_replay_command(
     ops: int = DEFAULT_OPS,
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
     hash_seeds: int = DEFAULT_HASH_SEEDS,
+    snapshot_chunk: int = SNAPSHOT_CHUNK,
 ) -> str:
     """The one command that replays this seed, every option that shapes it spelled
     out (defaults included)."""
@@ -125,6 +127,8 @@ def app_replay_command(
         f" --seed {seed} --nodes {nodes} --clients {clients} --ops {ops} "
         f"--snapshot-every {snapshot_every} --hash-seeds {hash_seeds} --faults {kinds}"
     )
+    if snapshot_chunk != SNAPSHOT_CHUNK:
+        cmd += f" --snapshot-chunk {snapshot_chunk}"
     if mutant:
         cmd += f" --mutant {mutant}"
     return cmd + " --trace"
@@ -303,6 +307,7 @@ def run_app(
     wal_class: type[WAL] = WAL,
     resolved: SimApp | None = None,
     hash_seeds: int = DEFAULT_HASH_SEEDS,
+    snapshot_chunk: int = SNAPSHOT_CHUNK,
 ) -> AppResult:
     """Simulate one seed of the application ``app`` (a short name or
     ``module:Factory``, see :func:`~pyxos.sim.workload.resolve_app`) and check it.
@@ -328,6 +333,7 @@ def run_app(
         ops=ops_per_client,
         snapshot_every=snapshot_every,
         hash_seeds=hash_seeds,
+        snapshot_chunk=snapshot_chunk,
     )
     determinism = None
     if hash_seeds > 0:
@@ -348,6 +354,7 @@ def run_app(
         on_sim=on_sim,
         ack_before_sync=mutant == "early-ack",
         snapshot_every=snapshot_every,
+        snapshot_chunk=snapshot_chunk,
         wal_class=WAL_MUTANTS.get(mutant or "", wal_class),
         determinism=determinism,
     )

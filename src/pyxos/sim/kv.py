@@ -65,6 +65,7 @@ from pyxos.sim.service import (
 from pyxos.sim.world import Simulator
 from pyxos.statemachine.kv import Command, KVStore, decode_batch, decode_result
 from pyxos.statemachine.replicated import ReplicatedApp
+from pyxos.statemachine.service import SNAPSHOT_CHUNK
 from pyxos.storage.wal import WAL
 
 __all__ = [
@@ -108,6 +109,7 @@ def kv_replay_command(
     q1: int | None = None,
     q2: int | None = None,
     hash_seeds: int = DEFAULT_HASH_SEEDS,
+    snapshot_chunk: int = SNAPSHOT_CHUNK,
 ) -> str:
     """The one command that replays this seed: every option of ``pyxos sim kv`` that
     shapes a run is spelled out, defaults included, so the command means the same run
@@ -124,6 +126,8 @@ def kv_replay_command(
     else:
         sizes = quorum_sizes(nodes, q1, q2)
     cmd += f" --q1 {sizes[0]} --q2 {sizes[1]}"
+    if snapshot_chunk != SNAPSHOT_CHUNK:
+        cmd += f" --snapshot-chunk {snapshot_chunk}"
     if mutant:
         cmd += f" --mutant {mutant}"
     return cmd + " --trace"
@@ -302,6 +306,7 @@ def run_kv(
     ack_before_sync: bool = False,
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
     snapshot_bytes: int = 64 * 1024 * 1024,
+    snapshot_chunk: int = SNAPSHOT_CHUNK,
     catchup_snapshot_slots: int = CATCHUP_SNAPSHOT_SLOTS,
     drifting_clocks: bool = True,
     stale_messages: bool = True,
@@ -351,6 +356,7 @@ def run_kv(
         q1=q1,
         q2=q2,
         hash_seeds=hash_seeds,
+        snapshot_chunk=snapshot_chunk,
     )
     determinism = None
     if hash_seeds > 0 and store_factory is KVStore:
@@ -375,6 +381,7 @@ def run_kv(
         ack_before_sync=ack_before_sync or m_early,
         snapshot_every=snapshot_every,
         snapshot_bytes=snapshot_bytes,
+        snapshot_chunk=snapshot_chunk,
         catchup_snapshot_slots=catchup_snapshot_slots,
         drifting_clocks=drifting_clocks,
         stale_messages=stale_messages,

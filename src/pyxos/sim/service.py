@@ -356,6 +356,9 @@ class RunOptions:
     ack_before_sync: bool = False
     snapshot_every: int = 25
     snapshot_bytes: int = 64 * 1024 * 1024
+    snapshot_chunk: int = SNAPSHOT_CHUNK
+    """Bytes per Snapshot message: a small one makes a catch-up snapshot travel in many
+    chunks, pipelined (``statemachine.service``), through the network faults."""
     catchup_snapshot_slots: int = CATCHUP_SNAPSHOT_SLOTS
     """0 turns the catch-up snapshots off (a Fetch gets a snapshot only for slots
     compacted away), so a run without compaction keeps every slot in some log."""
@@ -510,6 +513,7 @@ def _run_service(
         store_factory=o.store_factory,
         snapshot_every=o.snapshot_every,
         snapshot_bytes=o.snapshot_bytes,
+        snapshot_chunk=o.snapshot_chunk,
         catchup_snapshot_slots=o.catchup_snapshot_slots,
     )
 
