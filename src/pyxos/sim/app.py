@@ -125,10 +125,9 @@ def app_replay_command(
         cmd += f" --workload {workload}"
     cmd += (
         f" --seed {seed} --nodes {nodes} --clients {clients} --ops {ops} "
-        f"--snapshot-every {snapshot_every} --hash-seeds {hash_seeds} --faults {kinds}"
+        f"--snapshot-every {snapshot_every} --snapshot-chunk {snapshot_chunk} "
+        f"--hash-seeds {hash_seeds} --faults {kinds}"
     )
-    if snapshot_chunk != SNAPSHOT_CHUNK:
-        cmd += f" --snapshot-chunk {snapshot_chunk}"
     if mutant:
         cmd += f" --mutant {mutant}"
     return cmd + " --trace"

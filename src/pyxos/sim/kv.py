@@ -117,8 +117,8 @@ def kv_replay_command(
     kinds = ",".join(sorted(faults)) or "none"
     cmd = (
         f"pyxos sim kv --seed {seed} --nodes {nodes} --clients {clients} --ops {ops} "
-        f"--keys {keys} --snapshot-every {snapshot_every} --hash-seeds {hash_seeds} "
-        f"--faults {kinds}"
+        f"--keys {keys} --snapshot-every {snapshot_every} --snapshot-chunk {snapshot_chunk} "
+        f"--hash-seeds {hash_seeds} --faults {kinds}"
     )
     if mutant in QUORUM_MUTANTS:
         half = max(1, nodes // 2)
@@ -126,8 +126,6 @@ def kv_replay_command(
     else:
         sizes = quorum_sizes(nodes, q1, q2)
     cmd += f" --q1 {sizes[0]} --q2 {sizes[1]}"
-    if snapshot_chunk != SNAPSHOT_CHUNK:
-        cmd += f" --snapshot-chunk {snapshot_chunk}"
     if mutant:
         cmd += f" --mutant {mutant}"
     return cmd + " --trace"
