@@ -8,14 +8,17 @@ the lean path and by aiohttp. Every wait is on a condition with a deadline.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
 
+from pyxos.certs import init_certs
 from pyxos.client.aio import AsyncClient
+from pyxos.net.tls import TlsFiles, client_context
 from pyxos.server.node import NodeServer
 from test_http_fast import HOST, get, put, read_response
-from test_server_harness import wait_for
+from test_server_harness import cluster_configs, start_nodes, stop_nodes, wait_for
 from test_server_limits import one_node, serves
 
 
@@ -146,3 +149,46 @@ def test_a_client_that_half_closes_while_served_is_answered_then_closed(tmp_path
         await serves(client, "after")
 
     one_node(tmp_path, body, http_port=0, frame_timeout=30.0)
+
+
+def test_the_same_attacks_over_tls(tmp_path: Path) -> None:
+    """Over TLS (the transport calls the flow-control callbacks in its own places):
+    thousands of pipelined requests answered at once, pipelined large answers read
+    late, then a hand-over to aiohttp, each answered in full and in order (asyncio's
+    TLS transport has no half-close to try)."""
+    certs = init_certs(tmp_path / "pki", nodes=1)
+    cert, key = certs.nodes[1]
+    (config,) = cluster_configs(tmp_path, 1, http_port=0)
+    config = dataclasses.replace(config, tls_ca=certs.ca, tls_cert=cert, tls_key=key)
+    context = client_context(TlsFiles(certs.ca))
+    n, value = 2000, b"x" * 60_000
+
+    async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection(HOST, port, ssl=context, server_hostname="127.0.0.1")
+
+    async def main() -> None:
+        (node,) = await start_nodes([config])
+        try:
+            await wait_for(lambda: node.is_leader, 5.0, "the node to lead")
+            assert node.http is not None
+            port = node.http.port
+            reader, writer = await connect(port)
+            writer.write(put("bad", b"\xff") * n + put("big", value))
+            for _ in range(n):
+                assert (await read_response(reader))[0] == 400
+            assert (await read_response(reader))[0] == 200
+            writer.write(get("big") * 300 + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            await writer.drain()
+            (conn,) = node.http.fast.open
+            await wait_for(lambda: conn.paused, 10.0, "the node's writes to block")
+            for i in range(300):
+                status, _, data = await read_response(reader)
+                assert status == 200 and len(data) > len(value), i
+            status, headers, _ = await read_response(reader)
+            assert status == 200 and "aiohttp" in headers.get("server", "")
+            writer.close()
+            assert node.http.fast.handed_over == 1
+        finally:
+            await stop_nodes([node])
+
+    asyncio.run(asyncio.wait_for(main(), 120.0))

@@ -403,8 +403,10 @@ class FastConnection(asyncio.Protocol):
         the previous is answered), hand over, or wait for bytes. A loop, not a
         recursion through ``respond``: answers given at once (a 400) to thousands of
         pipelined requests must not nest a call per request."""
-        if self.stepping:
-            return  # an answer given within _step: the loop below goes on
+        if self.stepping or self.busy:
+            # An answer given within _step (the loop below goes on), or a request in
+            # flight (a TLS transport may resume writing within respond's write).
+            return
         self.stepping = True
         try:
             while self._step():
