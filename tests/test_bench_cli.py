@@ -165,16 +165,18 @@ def test_bench_kv_one_second_writes_json_of_the_documented_shape(tmp_path: Path)
         assert checked.exit_code == 0, checked.output
 
 
-def test_bench_embedded_runs_the_counter_and_writes_json(tmp_path: Path) -> None:
+@pytest.mark.parametrize("api", ["submit", "await"])
+def test_bench_embedded_runs_the_counter_and_writes_json(tmp_path: Path, api: str) -> None:
     out = tmp_path / "embedded.json"
     result = CliRunner().invoke(
         main,
         ["bench", "embedded", "--clients", "4", "--duration", "0.5", "--repeat", "1",
-         "--vs", "", "--json", str(out)],
+         "--vs", "", "--api", api, "--json", str(out)],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "pyxos embedded ops/s" in result.output
     doc = json.loads(out.read_text())
+    assert doc["config"]["api"] == api
     (run,) = doc["runs"]["pyxos"]["4"]
     assert run["ops"] > 0 and run["errors"] == 0 and run["unknown"] == 0
     assert run["value"] >= run["ops"]  # every acknowledged increment is in the counter
