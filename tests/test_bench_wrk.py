@@ -32,6 +32,12 @@ def test_parse_wrk_output_counts_only_2xx_answers_as_ops() -> None:
     )  # fmt: skip
 
 
+def test_parse_wrk_output_counts_a_gets_404_as_an_answer() -> None:
+    line = _LINE.replace('{"requests"', '{"not_found": 150, "requests"')
+    out = parse_wrk_output(line)
+    assert out.ops == 1150 and out.errors == 50 + 1 + 2
+
+
 def test_parse_wrk_output_without_a_result_line_is_an_error() -> None:
     with pytest.raises(ValueError, match="no result line"):
         parse_wrk_output("unable to connect to 127.0.0.1:1 Connection refused\n")
