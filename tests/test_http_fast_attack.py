@@ -15,7 +15,9 @@ from pathlib import Path
 
 from pyxos.certs import init_certs
 from pyxos.client.aio import AsyncClient
+from pyxos.net.limits import PortGuard, PortLimits
 from pyxos.net.tls import TlsFiles, client_context
+from pyxos.server.http_fast import FastConnection, FastConnections, FastRequest, http_response
 from pyxos.server.node import NodeServer
 from test_http_fast import HOST, get, put, read_response
 from test_server_harness import cluster_configs, start_nodes, stop_nodes, wait_for
@@ -192,3 +194,63 @@ def test_the_same_attacks_over_tls(tmp_path: Path) -> None:
             await stop_nodes([node])
 
     asyncio.run(asyncio.wait_for(main(), 120.0))
+
+
+class _Transport(asyncio.Transport):
+    """What a FastConnection writes, and whether it paused or closed (no socket)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = b""
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += bytes(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def test_every_split_of_a_pipelined_stream_serves_the_same_requests() -> None:
+    """Two pipelined requests (a PUT with a body, a GET) cut into two pieces at every
+    byte boundary, and fed one byte at a time: the same two requests served, in
+    order, with the same body, and nothing handed over."""
+    stream = put("k", b"va\r\n\r\nlue") + get("k/x")
+
+    async def serve_pieces(pieces: list[bytes]) -> list[tuple[str, str, bytes]]:
+        served: list[tuple[str, str, bytes]] = []
+
+        def serve(conn: FastConnection, request: FastRequest, body: bytes) -> None:
+            served.append((request.op, request.key, body))
+            conn.respond(http_response(200, b"{}"))
+
+        def no_aiohttp() -> asyncio.Protocol:
+            raise AssertionError("handed over")
+
+        fast = FastConnections(PortGuard(PortLimits()), serve, no_aiohttp)
+        conn = fast()
+        conn.connection_made(_Transport())
+        for piece in pieces:
+            conn.data_received(piece)
+        return served
+
+    async def main() -> None:
+        expected = [("put", "k", b"va\r\n\r\nlue"), ("get", "k/x", b"")]
+        for cut in range(1, len(stream)):
+            assert await serve_pieces([stream[:cut], stream[cut:]]) == expected, cut
+        one_by_one = [stream[i : i + 1] for i in range(len(stream))]
+        assert await serve_pieces(one_by_one) == expected
+
+    asyncio.run(main())
