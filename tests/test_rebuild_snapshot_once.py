@@ -15,6 +15,7 @@ import random
 from pyxos.core.membership import Configuration
 from pyxos.core.replica import Replica, ReplicaConfig
 from pyxos.statemachine.kv import KVStore
+from pyxos.statemachine.replicated import ReplicatedApp, encode_batch
 from pyxos.statemachine.service import ServiceNode
 
 CFG = ReplicaConfig(election_timeout=(0.1, 0.2), heartbeat_interval=0.02, window=8)
@@ -52,3 +53,16 @@ def test_a_failed_closing_snapshot_is_taken_again() -> None:
     # A newer snapshot that replaced it in the driver and failed counts too.
     node.snapshot_failed(node.state.applied_slot + 5)
     assert passes(node, 3) == 1
+
+
+def test_a_durable_snapshot_that_covers_everything_ends_the_rebuild() -> None:
+    """The snapshot installed from a peer (durable once written) already covers every
+    slot learned on an idle cluster: the rebuild ends on it, with no closing snapshot
+    of the same state (1 GB: seconds of encoding, a second 1 GB write)."""
+    source = ReplicatedApp(KVStore())
+    source.apply(0, encode_batch([]))
+    node = rebuilding_node()
+    node.restore_snapshot(source.applied_slot, source.snapshot())  # durable, on disk
+    assert node.replica.first_unchosen == source.applied_slot
+    assert passes(node, 5) == 0
+    assert not node.replica.rebuilding

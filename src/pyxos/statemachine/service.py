@@ -345,6 +345,7 @@ class ServiceNode:
         membership, app = unwrap_snapshot(data)
         self.state.restore(app)
         self.snapshot = (slot, data)
+        self._durable_slot = slot
         if membership is not None:
             self.replica.install_membership(membership)
         self.replica.skip_to(slot)
@@ -356,6 +357,7 @@ class ServiceNode:
         """The driver made the snapshot of ``slot`` durable: compact below it."""
         if self._rebuild_snap_pending is not None and slot >= self._rebuild_snap_pending:
             self._rebuild_snap_pending = None
+        self._durable_slot = max(self._durable_slot, slot)
         if self._last_taken is not None and self._last_taken[0] == slot:
             self.snapshot = self._last_taken
         self.replica.compact(slot)
@@ -526,6 +528,17 @@ class ServiceNode:
             self._redirect_pending()
         if self.members.requests:
             self.members.poll()
+        if (
+            replica.rebuilding
+            and replica.rebuild_caught_up
+            and self._rebuild_snap_pending is None
+            and 0 < self._durable_slot >= replica.first_unchosen
+        ):
+            # A durable snapshot already covers every slot learned (the one installed
+            # from a peer, on an idle cluster): the rebuild ends on it, as it would on
+            # the closing snapshot, without taking and writing the same state again
+            # (at 1 GB, seconds of encoding and a second 1 GB write).
+            replica.finish_rebuild(self._durable_slot)
         r = replica.ready()
         if r.committed:
             self._apply(r)
@@ -570,6 +583,9 @@ class ServiceNode:
     _snapshot_out: tuple[int, bytes] | None = None
     _rebuild_snap_due = float("-inf")
     _rebuild_snap_pending: int | None = None
+    _durable_slot = 0
+    """The slot of the newest snapshot known durable (restored at startup, or reported
+    by ``snapshot_durable``)."""
     """The slot of the rebuild's closing snapshot while it is being written."""
 
     def _snapshot_slot(self) -> int:
