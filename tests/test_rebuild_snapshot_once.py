@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 
 from pyxos.core.membership import Configuration
+from pyxos.core.messages import Snapshot
 from pyxos.core.replica import Replica, ReplicaConfig
 from pyxos.statemachine.kv import KVStore
 from pyxos.statemachine.replicated import ReplicatedApp, encode_batch
@@ -65,4 +66,23 @@ def test_a_durable_snapshot_that_covers_everything_ends_the_rebuild() -> None:
     node.restore_snapshot(source.applied_slot, source.snapshot())  # durable, on disk
     assert node.replica.first_unchosen == source.applied_slot
     assert passes(node, 5) == 0
+    assert not node.replica.rebuilding
+
+
+def test_a_rebuild_waits_for_the_installed_snapshot_being_written() -> None:
+    """The snapshot installed from a peer is being written (seconds at 1 GB) when the
+    rebuild catches up: it waits for that write and ends on it, instead of taking a
+    closing snapshot of the same state meanwhile."""
+    source = ReplicatedApp(KVStore())
+    source.apply(0, encode_batch([]))
+    slot, data = source.applied_slot, source.snapshot()
+    node = rebuilding_node()
+    node.replica.rebuild_caught_up = False
+    node.step(Snapshot(2, slot, 0, b"", len(data)))
+    node.step(Snapshot(2, slot, 0, data, len(data)))
+    assert node.snapshots_installed == 1
+    assert passes(node, 1) == 1, "the installed snapshot goes to the disk"
+    node.replica.rebuild_caught_up = True  # while it is written
+    assert passes(node, 10) == 0, "no second snapshot of the same state"
+    node.snapshot_durable(slot)
     assert not node.replica.rebuilding

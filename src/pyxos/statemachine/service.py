@@ -724,6 +724,10 @@ class ServiceNode:
         self.snapshot = (t.slot, data)
         self._last_taken = (t.slot, data)
         self._snapshot_out = (t.slot, data)
+        if self.replica.rebuilding:
+            # Being written: a rebuild that catches up meanwhile waits for it (and ends
+            # on it if it covers everything) rather than take another of the same state.
+            self._rebuild_snap_pending = t.slot
 
     # -- internals -------------------------------------------------------------------
 
