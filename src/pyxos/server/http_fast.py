@@ -12,11 +12,11 @@ answer without it, so every connection of the HTTP port starts on ``FastConnecti
 - It reads requests itself, one at a time, and serves on this path only a request it
   fully understands and finds plainly well formed (``parse_head``): ``GET`` or ``PUT``,
   ``HTTP/1.1``, a target ``/v1/kv/KEY`` whose key is made of unreserved characters
-  (no ``%``, no query, no dot or empty segment), lines ended by CRLF (a bare LF, even
-  before the head is complete, hands over), exactly one ``Host``, header names that are tokens and
-  values without control characters, at most ``MAX_HEADERS`` of them within
-  ``MAX_HEAD`` bytes, a ``Content-Length`` (at most ``MAX_FAST_BODY``; none, or 0, for
-  a GET), none of ``Transfer-Encoding``, ``Expect``, ``Upgrade``, and ``Connection``
+  (no ``%``, no query, no dot or empty segment), lines ended by CRLF (a head ended by a
+  bare LF hands over as soon as it has arrived), exactly one ``Host``, header names
+  that are tokens and values without control characters, at most ``MAX_HEADERS`` of
+  them within ``MAX_HEAD`` bytes, a ``Content-Length`` (at most ``MAX_FAST_BODY``;
+  none, or 0, for a GET), none of ``Transfer-Encoding``, ``Expect``, ``Upgrade``, and ``Connection``
   only as ``keep-alive`` or ``close`` (answered with ``Connection: close``, then closed);
   with ``tokens`` configured, a bearer token whose role allows the request.
 - Anything else, at a request boundary (nothing of this path in flight), **hands the
@@ -86,7 +86,6 @@ _CONNECTION = b"\r\nconnection:"
 _LENGTH = b"\r\ncontent-length:"
 _AUTH = b"\r\nauthorization:"
 _HOST = b"\r\nhost:"
-_BARE_LF = re.compile(rb"(?<!\r)\n")
 _REASONS = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
 
 
@@ -421,8 +420,11 @@ class FastConnection(asyncio.Protocol):
         request = self.pending
         if request is None:
             end = buf.find(b"\r\n\r\n")
-            if end < 0:  # a bare LF: never the end this path looks for; aiohttp's 400
-                if len(buf) > MAX_HEAD or self.eof or _BARE_LF.search(buf):
+            if end < 0:
+                # A head ended by a bare LF never has the end this path looks for:
+                # aiohttp's 400. (Two byte searches: a regular expression for any bare
+                # LF cost ten times the search above on a head dribbled byte by byte.)
+                if len(buf) > MAX_HEAD or self.eof or b"\n\n" in buf or b"\n\r\n" in buf:
                     self._hand_over()
                 return False
             if end > MAX_HEAD:
