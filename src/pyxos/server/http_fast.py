@@ -132,8 +132,7 @@ def parse_head(head: bytes) -> FastRequest | None:
     lower = fields.lower()
     if fields.count(b"\r\n") > MAX_HEADERS or _REFUSED.search(lower):
         return None
-    at = lower.find(_HOST)
-    if at < 0 or lower.find(_HOST, at + 2) >= 0:
+    if lower.count(_HOST) != 1:
         return None
     at = lower.find(_LENGTH)
     if at >= 0:
