@@ -39,10 +39,10 @@ head must be complete ``frame_timeout`` after the connection opened or last answ
 
 Two paths share the port: every connection starts on the lean HTTP/1.1 path of
 ``pyxos.server.http_fast`` (``FastConnections``), which answers plainly well-formed
-``GET``/``PUT /v1/kv/KEY`` itself, through the same ``_run`` and with the same answers
-as the handlers below, and hands the connection to aiohttp (with every byte not yet
-read) at its first request of any other kind; from then on aiohttp serves it. The
-limits above hold on both paths.
+``GET``/``PUT /v1/kv/KEY`` itself, through the same command path and with the same
+answers as the aiohttp handlers (both in ``pyxos.server.http_kv``), and hands the
+connection to aiohttp (with every byte not yet read) at its first request of any other
+kind; from then on aiohttp serves it. The limits above hold on both paths.
 
 Reads are linearizable (read-index at the leader; a follower forwards them) unless
 ``?stale=true`` asks for this replica's own applied state, which may lag.
@@ -65,52 +65,30 @@ after ``K``; while ``more`` is true, ask again with ``after=next``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
-import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import cast
 
-import msgspec
 from aiohttp import web
 
-from pyxos.client.engine import NoLeader, OutcomeUnknown
 from pyxos.client.local import LocalClients
-from pyxos.core.messages import ClientReply, ClientRequest
+from pyxos.core.messages import ClientRequest
 from pyxos.net.limits import PortGuard
 from pyxos.net.tls import tls_acceptor
-from pyxos.server.app_http import kv_store, register_app_endpoints, require_kv
+from pyxos.server.app_http import register_app_endpoints
 from pyxos.server.clients import NodeHandle
 from pyxos.server.dashboard import register_dashboard
-from pyxos.server.diskfull import http_refusal, is_disk_full_refusal
-from pyxos.server.http_fast import (
-    MAX_FAST_BODY,
-    FastConnection,
-    FastConnections,
-    FastRequest,
-    http_response,
-)
+from pyxos.server.diskfull import is_disk_full_refusal
+from pyxos.server.http_fast import FastConnections
+from pyxos.server.http_kv import MAX_CAS_BODY, KvEndpoints
+from pyxos.server.http_kv import json_response as _json
 from pyxos.server.members_http import register_member_endpoints
 from pyxos.server.metrics import CONTENT_TYPE
 from pyxos.server.ops_http import register_ops_endpoints
-from pyxos.statemachine.kv import (
-    DEFAULT_LIST_LIMIT,
-    MAX_KEY_BYTES,
-    MAX_LIST_ENTRIES,
-    MAX_VALUE_BYTES,
-    Command,
-    Result,
-    decode_result,
-    validate_command,
-)
 
 __all__ = ["HttpApi"]
 
 logger = logging.getLogger("pyxos.http")
-
-_encoder = msgspec.msgpack.Encoder()
-_MAX_CAS_BODY = 2 * MAX_VALUE_BYTES + 4096
 
 
 _BUSY = '{"error": "too many request bodies in flight on this port; retry"}'
@@ -122,14 +100,8 @@ def _closing(response: web.HTTPException) -> web.HTTPException:
     return response
 
 
-_READ_OPS = frozenset({"get", "list"})
 _READ_WAIT = 1.0  # seconds a refused read waits for a leader (about an election) before 503
 _ATTEMPT = 0.5  # seconds one submission waits before it is sent again
-
-
-def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
-    text = json.dumps(body)
-    return web.Response(status=status, text=text, content_type="application/json", headers=headers)
 
 
 class HttpApi:
@@ -162,9 +134,11 @@ class HttpApi:
         )
         """The port's limits and their accounting (connections, body bytes being read)."""
         self._server: asyncio.Server | None = None
+        self.kv = KvEndpoints(node, self._clients, self._body, timeout)
+        """The KV endpoints, on aiohttp and on the lean path (``pyxos.server.http_kv``)."""
         self.fast = FastConnections(
             self.guard,
-            self._serve_fast,
+            self.kv.serve_fast,
             self._aiohttp_protocol,
             allowed=None if node.config.tokens is None else self._token_allows,
         )
@@ -173,15 +147,11 @@ class HttpApi:
         middlewares = [self._client_gone]
         if node.config.tokens is not None:
             middlewares.insert(0, self._authorize)
-        self.app = web.Application(client_max_size=_MAX_CAS_BODY, middlewares=middlewares)
+        self.app = web.Application(client_max_size=MAX_CAS_BODY, middlewares=middlewares)
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/v1/status", self._status)
         self.app.router.add_get("/metrics", self._metrics)
-        self.app.router.add_get("/v1/kv", self._list)
-        self.app.router.add_post("/v1/kv/{key:.+}/cas", self._cas)
-        self.app.router.add_get("/v1/kv/{key:.+}", self._get)
-        self.app.router.add_put("/v1/kv/{key:.+}", self._put)
-        self.app.router.add_delete("/v1/kv/{key:.+}", self._delete)
+        self.kv.register(self.app)  # /v1/kv (http_kv.py)
         register_dashboard(self.app, node)  # GET /: the live cluster page (dashboard.py)
         register_app_endpoints(self.app, node, self._clients, self._body, timeout)  # /v1/app/
         register_ops_endpoints(self.app, node)  # POST /v1/leader/transfer (ops_http.py)
@@ -268,62 +238,6 @@ class HttpApi:
         tokens = self.node.config.tokens
         role = tokens.role(token) if tokens is not None and token else None
         return role is not None and (op == "get" or role == "write")
-
-    def _serve_fast(self, conn: FastConnection, request: FastRequest, body: bytes) -> None:
-        """Start one request of the lean path (``FastConnections.serve``): the same
-        command, checks and answers as ``_get`` / ``_put`` through aiohttp, with no
-        task of its own (``LocalClients.start``; the answer by a callback)."""
-        key = request.key
-        try:
-            if len(key) > MAX_KEY_BYTES:  # ASCII: one byte per character
-                too_long = {"error": f"key longer than {MAX_KEY_BYTES} bytes"}
-                _answer(conn, request, _raw(400, too_long))
-                return
-            if request.op == "put":
-                try:
-                    value = body.decode()
-                except UnicodeDecodeError:
-                    _answer(conn, request, _raw(400, {"error": "the value is not UTF-8 text"}))
-                    return
-                # Valid by construction: a non-empty ASCII key within MAX_KEY_BYTES,
-                # a value of at most MAX_FAST_BODY bytes decoded (so no surrogate).
-                future = self._start("put", key, value, checked=True)
-            else:
-                future = self._start("get", key, checked=True)
-        except web.HTTPException as e:
-            _answer(conn, request, _raw_response(e))
-            return
-        except Exception:
-            logger.exception("HTTP %s %r failed", request.op.upper(), key)
-            conn.respond(http_response(500, _INTERNAL, close=True), close=True)
-            return
-        future.add_done_callback(functools.partial(self._fast_done, conn, request))
-
-    def _fast_done(
-        self, conn: FastConnection, request: FastRequest, future: asyncio.Future[ClientReply]
-    ) -> None:
-        if future.cancelled():  # the API is stopping
-            conn.close()
-            return
-        try:
-            try:
-                result = self._outcome(request.op, future)
-            except web.HTTPException as e:
-                data = _raw_response(e)
-            else:
-                if isinstance(result, web.Response):
-                    data = _raw_response(result)
-                elif request.op == "put":
-                    data = http_response(200, _PUT_OK)
-                elif result.value is None:
-                    data = _raw(404, {"error": "not found", "key": request.key})
-                else:
-                    data = _raw(200, {"key": request.key, "value": result.value})
-        except Exception:
-            logger.exception("HTTP %s %r failed", request.op.upper(), request.key)
-            conn.respond(http_response(500, _INTERNAL, close=True), close=True)
-            return
-        _answer(conn, request, data)
 
     async def _body(self, request: web.Request, limit: int) -> bytes:
         """The request body, read within the port's limits (see the module notes)."""
@@ -417,6 +331,15 @@ class HttpApi:
             self._gone(request, e)
             return web.Response(status=400)
 
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return _json(200, {"ok": True, "node_id": self.node.config.node_id})
+
+    async def _status(self, request: web.Request) -> web.Response:
+        return _json(200, self.node.status())
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.node.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
     def _gone(self, request: web.Request, e: Exception) -> None:
         """Count and log (DEBUG) a client gone in the middle of ``request``."""
         self.counters["client_disconnects"] += 1
@@ -427,211 +350,3 @@ class HttpApi:
             request.path,
             e or type(e).__name__,
         )
-
-    # -- commands, as a client of the node --------------------------------------------
-
-    def _start(
-        self,
-        op: str,
-        key: str,
-        value: str | None = None,
-        expected: str | None = None,
-        *,
-        limit: int = 0,
-        after: str | None = None,
-        checked: bool = False,
-    ) -> asyncio.Future[ClientReply]:
-        """Submit one command as a client of our node (the client engine's retries);
-        the future of its reply (``_outcome`` reads it). 404 raised when the node
-        serves another application, 400 when the command is invalid (``checked``: the
-        caller knows it is valid, as the lean path does for its keys and values)."""
-
-        require_kv(self.node)  # 404 when the node serves another application
-
-        def encode(client: int, seq: int) -> bytes:
-            command = Command(client, seq, op, key, value, expected, limit, after)
-            if checked:
-                return _encoder.encode(command)
-            try:
-                validate_command(command)
-            except ValueError as e:
-                raise web.HTTPBadRequest(
-                    text=json.dumps({"error": str(e)}), content_type="application/json"
-                ) from None
-            return _encoder.encode(command)
-
-        return self._clients.start(encode, f"{op} {key!r}", read_only=op in _READ_OPS)
-
-    def _outcome(self, op: str, future: asyncio.Future[ClientReply]) -> Result | web.Response:
-        """What a finished ``_start`` came to: the ``Result``, or the answer to give
-        instead (503, 504; a refusal raised: 400, or 507/503 while the disk is full)."""
-        try:
-            reply = future.result()
-        except NoLeader as e:
-            body = {"error": "no leader to serve the read", "leader": e.leader}
-            return _json(503, body, {"Retry-After": "1"})
-        except OutcomeUnknown as e:
-            body = {
-                "error": f"no answer within {self.timeout} s",
-                "outcome": "unknown",
-                "leader": e.leader,
-            }
-            return _json(504, body)
-        result = decode_result(reply.result)
-        if result.error is not None:  # 400; 507/503 while the disk is full
-            raise http_refusal(result.error, read=op in _READ_OPS)
-        return result
-
-    async def _run(
-        self,
-        op: str,
-        key: str,
-        value: str | None = None,
-        expected: str | None = None,
-        *,
-        limit: int = 0,
-        after: str | None = None,
-    ) -> Result | web.Response:
-        """Run one command as a client of our node; its ``Result``, or the answer to
-        give instead (``_outcome``)."""
-        future = self._start(op, key, value, expected, limit=limit, after=after)
-        with contextlib.suppress(NoLeader, OutcomeUnknown):
-            await future
-        return self._outcome(op, future)
-
-    # -- handlers ------------------------------------------------------------------------
-
-    @staticmethod
-    def _key(request: web.Request) -> str:
-        key: str = request.match_info["key"]
-        if len(key.encode(errors="surrogatepass")) > MAX_KEY_BYTES:
-            raise web.HTTPBadRequest(
-                text=json.dumps({"error": f"key longer than {MAX_KEY_BYTES} bytes"}),
-                content_type="application/json",
-            )
-        return key
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return _json(200, {"ok": True, "node_id": self.node.config.node_id})
-
-    async def _status(self, request: web.Request) -> web.Response:
-        return _json(200, self.node.status())
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.node.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
-
-    def _stale(self, request: web.Request) -> bool:
-        return request.query.get("stale", "").lower() in ("1", "true", "yes")
-
-    async def _get(self, request: web.Request) -> web.Response:
-        key = self._key(request)
-        if self._stale(request):
-            # Asked for: this replica's applied state, possibly behind the leader.
-            store, applied = kv_store(self.node)
-            value = store.get_local(key)
-            body = {"key": key, "value": value, "stale": True, "applied": applied}
-            return _json(200 if value is not None else 404, body)
-        result = await self._run("get", key)
-        if isinstance(result, web.Response):
-            return result
-        if result.value is None:
-            return _json(404, {"error": "not found", "key": key})
-        return _json(200, {"key": key, "value": result.value})
-
-    async def _put(self, request: web.Request) -> web.Response:
-        key = self._key(request)
-        body = await self._body(request, MAX_VALUE_BYTES)
-        try:
-            value = body.decode()
-        except UnicodeDecodeError:
-            return _json(400, {"error": "the value is not UTF-8 text"})
-        result = await self._run("put", key, value)
-        if isinstance(result, web.Response):
-            return result
-        return _json(200, {"ok": True})
-
-    async def _delete(self, request: web.Request) -> web.Response:
-        key = self._key(request)
-        result = await self._run("delete", key)
-        if isinstance(result, web.Response):
-            return result
-        return _json(200, {"deleted": result.value is not None, "value": result.value})
-
-    async def _cas(self, request: web.Request) -> web.Response:
-        key = self._key(request)
-        raw = await self._body(request, _MAX_CAS_BODY)
-        try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError):  # RecursionError: nested too deep
-            return _json(400, {"error": "the body is not JSON"})
-        if (
-            not isinstance(body, dict)
-            or not isinstance(body.get("value"), str)
-            or not isinstance(body.get("expected"), str | None)
-            or set(body) - {"value", "expected"}
-        ):
-            return _json(400, {"error": 'expected {"expected": string or null, "value": string}'})
-        result = await self._run("cas", key, body["value"], body.get("expected"))
-        if isinstance(result, web.Response):
-            return result
-        return _json(200, {"ok": result.ok, "value": None if result.ok else result.value})
-
-    async def _list(self, request: web.Request) -> web.Response:
-        prefix = request.query.get("prefix", "")
-        after = request.query.get("after")
-        text = request.query.get("limit", str(DEFAULT_LIST_LIMIT))
-        # ASCII digits only: str.isdigit() also holds for "²", which int() rejects.
-        limit = int(text) if text.isascii() and text.isdigit() and len(text) <= 6 else -1
-        if not 1 <= limit <= MAX_LIST_ENTRIES:
-            return _json(
-                400,
-                {"error": f"limit must be an integer from 1 to {MAX_LIST_ENTRIES}, not {text!r}"},
-            )
-        if self._stale(request):
-            try:
-                validate_command(Command(0, 0, "list", prefix, limit=limit, after=after))
-            except ValueError as e:
-                return _json(400, {"error": str(e)})
-            entries, more = kv_store(self.node)[0].list_page(prefix, limit, after)
-            return _json(200, _page(entries, more) | {"stale": True})
-        result = await self._run("list", prefix, limit=limit, after=after)
-        if isinstance(result, web.Response):
-            return result
-        return _json(200, _page(result.values or [], result.more))
-
-
-_PUT_OK = json.dumps({"ok": True}).encode()
-assert MAX_FAST_BODY <= MAX_VALUE_BYTES, "the lean path's values need no size check"
-_INTERNAL = b'{"error": "internal error"}'
-
-
-def _answer(conn: FastConnection, request: FastRequest, data: bytes) -> None:
-    """Write a lean-path answer; with ``Connection: close`` asked for, say so and close."""
-    if request.close:
-        conn.respond(data.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1), close=True)
-    else:
-        conn.respond(data)
-
-
-def _raw(status: int, body: dict[str, Any]) -> bytes:
-    """The lean path's JSON answer (as ``_json`` makes it through aiohttp)."""
-    return http_response(status, json.dumps(body).encode())
-
-
-def _raw_response(response: web.Response) -> bytes:
-    """The lean path's bytes of an answer made for aiohttp (503, 504, 400, ...)."""
-    body = response.body
-    data = body if isinstance(body, bytes) else b""
-    headers = dict(response.headers)
-    content_type = headers.get("Content-Type", "application/octet-stream")
-    return http_response(response.status, data, content_type, headers)
-
-
-def _page(entries: list[tuple[str, str]], more: bool) -> dict[str, Any]:
-    """The JSON answer of a list page: ``next`` is the ``after`` of the following page."""
-    more = more and bool(entries)
-    return {
-        "entries": [[k, v] for k, v in entries],
-        "more": more,
-        "next": entries[-1][0] if more else None,
-    }

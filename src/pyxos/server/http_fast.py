@@ -25,7 +25,7 @@ answer without it, so every connection of the HTTP port starts on ``FastConnecti
   from the start. So every route, every error answer (400, 401/403, 413, 431, ...),
   chunked bodies, ``Expect: 100-continue``, HTTP/1.0 and upgrades keep aiohttp's
   behaviour, and this path never answers a request aiohttp would have refused.
-- A request it serves becomes the same command as through aiohttp (``HttpApi._run``:
+- A request it serves becomes the same command as through aiohttp (``KvEndpoints._run``:
   the client engine, the same batches through ``node.submit``) and its answer the same
   status, JSON body and headers, written as one pre-formatted buffer.
 
