@@ -18,7 +18,8 @@ an fsync report (``_after_fsync``). A pass's sends leave when its Ready is carri
 
 Its other jobs have their own modules: ``status``, ``disk`` (the data directory, building
 the node), ``effects``, ``clients``, ``http`` (it sees a ``clients.NodeHandle``),
-``peerbook`` (peers, joining), ``routing``, ``process`` (all in ``pyxos.server``).
+``peerbook`` (peers, joining), ``routing``, ``process``, ``nodeviews`` (its read-only
+properties) (all in ``pyxos.server``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import logging
 import random
 import ssl
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -38,7 +38,7 @@ from pyxos.core.messages import ClientRequest, Message
 from pyxos.core.ready import Send
 from pyxos.driver import ReadyDriver
 from pyxos.net.limits import PortLimits
-from pyxos.net.link import FramedServer, PeerLinks, PeerServer, new_counters, serve_peers
+from pyxos.net.link import PeerLinks, PeerServer, new_counters, serve_peers
 from pyxos.server.clients import CLIENT_ID_BASE, ClientPort, ReplySink
 from pyxos.server.clock import NodeClock
 from pyxos.server.config import Config
@@ -52,11 +52,10 @@ from pyxos.server.disk import (
 from pyxos.server.effects import DriverStats, ServerEffects
 from pyxos.server.http import HttpApi
 from pyxos.server.metrics import NodeMetrics
+from pyxos.server.nodeviews import NodeViews
 from pyxos.server.peerbook import PeerBook
 from pyxos.server.routing import Router
 from pyxos.server.status import MajorityLostReport, node_status
-from pyxos.statemachine.service import ServiceNode
-from pyxos.storage.durable import DurableAcceptor
 from pyxos.storage.recovery import RecoveryRecord
 
 __all__ = [
@@ -75,7 +74,7 @@ class NodeFailed(Exception):
     """The node stopped because of a fatal error (a failed fsync, an internal error)."""
 
 
-class NodeServer:
+class NodeServer(NodeViews):
     """One pyxos node: ``await startup()``, ``await serve_forever()``, ``await shutdown()``."""
 
     def __init__(
@@ -143,56 +142,6 @@ class NodeServer:
         self.recoveries: list[RecoveryRecord] = []  # forced ones (pyxos recover), oldest first
 
     # -- lifecycle ------------------------------------------------------------------------
-
-    @property
-    def node(self) -> ServiceNode | None:
-        """The pure node being driven (set by ``startup``)."""
-        return self.driver.node  # type: ignore[return-value]
-
-    @node.setter
-    def node(self, node: ServiceNode | None) -> None:
-        self.driver.node = node
-
-    @property
-    def durable(self) -> DurableAcceptor | None:
-        """The node's durable acceptor state (its WAL; set by ``startup``)."""
-        return self.effects.durable
-
-    @durable.setter
-    def durable(self, durable: DurableAcceptor | None) -> None:
-        self.effects.durable = durable
-
-    @property
-    def client_counters(self) -> dict[str, int]:
-        """Counters of the client connections."""
-        return self.clients.counters
-
-    @property
-    def client_server(self) -> FramedServer | None:
-        """The listening client port (after ``startup``)."""
-        return self.clients.server
-
-    @property
-    def client_port(self) -> int:
-        """The bound client port (after ``startup``; useful with port 0)."""
-        assert self.clients.server is not None, "not started"
-        return self.clients.server.port
-
-    @property
-    def peer_port(self) -> int:
-        """The bound peer port (after ``startup``)."""
-        assert self.peer_server is not None, "not started"
-        return self.peer_server.port
-
-    @property
-    def snapshot_dir(self) -> Path:
-        """Where this node's snapshot files live (beside the WAL)."""
-        return self.config.data_dir / "snapshots"
-
-    @property
-    def http_port(self) -> int | None:
-        """The bound HTTP port (None when the HTTP API is off)."""
-        return None if self.http is None else self.http.port
 
     async def startup(self) -> None:
         """Open the WAL, rebuild the replica, start listening and dialing peers."""
@@ -340,21 +289,6 @@ class NodeServer:
                 "http": http.guard if http is not None else None,
             },
         )
-
-    @property
-    def running(self) -> bool:
-        """True from a successful ``startup`` until ``shutdown`` (or a fatal error)."""
-        return self.node is not None and not self._closing
-
-    @property
-    def is_leader(self) -> bool:
-        """Whether this node leads right now."""
-        return self.node is not None and self.node.replica.is_leader
-
-    @property
-    def leader(self) -> int:
-        """The leader this node believes in (0: unknown)."""
-        return 0 if self.node is None else self.node.replica.leader
 
     # -- in-process clients (the HTTP API: ``server.clients.NodeHandle``) ----------------
 
