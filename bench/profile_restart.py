@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import cProfile
 import io
+import os
 import pstats
 import random
 import sys
@@ -26,7 +27,7 @@ def main() -> int:
     """Profile one start-up of the node whose config file is ``sys.argv[1]``."""
     cfg = Config.load(sys.argv[1])
     prof = cProfile.Profile()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     prof.enable()
     _durable, state, snap, rec = open_storage(
         cfg, initialize=False, snapshot_dir=cfg.data_dir / "snapshots"
@@ -35,7 +36,10 @@ def main() -> int:
     build_node(cfg, state, snap, rng=random.Random(1), now=0.0, recoveries=rec)
     t2 = time.perf_counter()
     prof.disable()
-    print(f"open_storage {t1 - t0:.2f} s, build_node {t2 - t1:.2f} s")
+    cpu = time.process_time() - c0
+    load = os.getloadavg()[0]
+    print(f"open_storage {t1 - t0:.2f} s, build_node {t2 - t1:.2f} s", end="")
+    print(f"; CPU {cpu:.2f} s, load average {load:.1f}")
     out = io.StringIO()
     stats = pstats.Stats(prof, stream=out)
     stats.strip_dirs()
