@@ -384,7 +384,9 @@ class ServiceNode:
         """Feed one message: client requests here, protocol messages to the replica."""
         match msg:
             case ClientRequest():
-                self._on_request(msg)
+                # The batch path with a batch of one: the simulator's clients exercise
+                # the very code the server's client port feeds (``step_requests``).
+                self.step_requests(msg.src, (msg,))
             case ClientReply() if msg.client == PROBE_CLIENT:
                 self.members.on_reply(msg)
             case ClientReply():
