@@ -134,7 +134,6 @@ class Session(KVOperations):
         self.leader = 0
         """The leader as the last answer named it (0: none yet)."""
         self._slot = slot
-        self._lock = asyncio.Lock()
 
     @property
     def closed(self) -> bool:
@@ -172,10 +171,16 @@ class Session(KVOperations):
         if reply is None or not reply.ok:
             frame = encode_message(request)
             reply = await pool._retry(self, command, key, frame, deadline, index, reply, tried)
-        else:
-            route.answered(reply)
-        self.answered_by = reply.src
-        self.leader = route.leader
+            self.answered_by = reply.src
+            self.leader = route.leader
+            return reply
+        # ``route.answered(reply)`` in line (once per command): who answered, who
+        # leads, and (a follower relayed it) the leader itself as the next target.
+        self.answered_by = route.answered_by = src = reply.src
+        self.leader = route.leader = leader = reply.leader or src
+        direct = route.index_of.get(leader)
+        if direct is not None:
+            route.target = direct
         return reply
 
 
