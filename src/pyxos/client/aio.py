@@ -49,7 +49,7 @@ import contextlib
 import secrets
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, Self
@@ -105,6 +105,9 @@ History = Callable[[dict[str, Any]], None]
 """Receives one history record (docs/architecture.md, "Histories") per get/put/delete/cas."""
 
 _command_encoder = msgspec.msgpack.Encoder()
+
+# What ``KVOperations._run`` returns of a command's ``Result``.
+_RESULT, _VALUE, _OK, _NOTHING = 0, 1, 2, 3
 _HISTORY_OPS = frozenset({"get", "put", "delete", "cas"})
 
 
@@ -298,7 +301,7 @@ class KVOperations:
             raise CommandRejected(reply.error)
         return reply.result
 
-    async def execute(
+    def execute(
         self,
         op: str,
         key: str,
@@ -307,14 +310,31 @@ class KVOperations:
         *,
         limit: int = 0,
         after: str | None = None,
-    ) -> Result:
-        """Run one command with a fresh seq and retries; return its ``Result``.
+    ) -> Coroutine[Any, Any, Result]:
+        """Run one command with a fresh seq and retries; return its ``Result`` (a
+        coroutine: ``await client.execute(...)``).
 
         Raises ``OutcomeUnknown`` after the ``timeout`` without an answer,
         ``CommandRejected`` if the service refused the command, ``NodeUnavailable`` if
         every node it went to turned it away saying why (its disk is full), and
         ``ClientError`` if the client is closed.
         """
+        return self._run(op, key, value, expected, limit, after, _RESULT)
+
+    async def _run(
+        self,
+        op: str,
+        key: str,
+        value: str | None,
+        expected: str | None,
+        limit: int,
+        after: str | None,
+        shape: int,
+    ) -> Any:
+        """``execute``, returning what ``shape`` says of the ``Result`` (``_RESULT``,
+        ``_VALUE``, ``_OK`` or ``_NOTHING``). ``get``/``put``/``delete``/``cas`` are
+        plain functions that return this coroutine: one coroutine frame per command
+        fewer to enter and leave at every resumption (docs/architecture.md, "Speed")."""
         if self.closed:
             raise ClientError("the client is closed")
         if self._busy:
@@ -358,23 +378,32 @@ class KVOperations:
                 self._busy = False
         if result.error is not None:
             raise CommandRejected(result.error)
+        if shape == _VALUE:
+            return result.value
+        if shape == _NOTHING:
+            return None
+        if shape == _OK:
+            return result.ok
         return result
 
-    async def get(self, key: str) -> str | None:
-        """The value of ``key`` (``None`` if absent), linearizable (read-index at the leader)."""
-        return (await self.execute("get", key)).value
+    def get(self, key: str) -> Coroutine[Any, Any, str | None]:
+        """The value of ``key`` (``None`` if absent), linearizable (read-index at the
+        leader). A coroutine: ``await client.get(key)``."""
+        return self._run("get", key, None, None, 0, None, _VALUE)
 
-    async def put(self, key: str, value: str) -> None:
-        """Set ``key`` to ``value``."""
-        await self.execute("put", key, value)
+    def put(self, key: str, value: str) -> Coroutine[Any, Any, None]:
+        """Set ``key`` to ``value``. A coroutine: ``await client.put(key, value)``."""
+        return self._run("put", key, value, None, 0, None, _NOTHING)
 
-    async def delete(self, key: str) -> str | None:
-        """Remove ``key``; return the value it had (``None`` if it was absent)."""
-        return (await self.execute("delete", key)).value
+    def delete(self, key: str) -> Coroutine[Any, Any, str | None]:
+        """Remove ``key``; return the value it had (``None`` if it was absent). A
+        coroutine: ``await client.delete(key)``."""
+        return self._run("delete", key, None, None, 0, None, _VALUE)
 
-    async def cas(self, key: str, expected: str | None, value: str) -> bool:
-        """Set ``key`` to ``value`` if it is ``expected`` (``None``: absent); True if set."""
-        return (await self.execute("cas", key, value, expected)).ok
+    def cas(self, key: str, expected: str | None, value: str) -> Coroutine[Any, Any, bool]:
+        """Set ``key`` to ``value`` if it is ``expected`` (``None``: absent); True if
+        set. A coroutine: ``await client.cas(key, expected, value)``."""
+        return self._run("cas", key, value, expected, 0, None, _OK)
 
     async def list_page(
         self, prefix: str = "", *, limit: int = DEFAULT_LIST_LIMIT, after: str | None = None

@@ -72,19 +72,11 @@ from pyxos.statemachine.kv import Command
 __all__ = ["ClientPool", "Session"]
 
 
-class _Pending:
-    """One sent attempt waiting for its reply: resolved with the reply, or None."""
-
-    __slots__ = ("conn", "deadline", "future")
-
-    def __init__(
-        self, future: asyncio.Future[ClientReply | None], conn: FramedProtocol, deadline: float
-    ) -> None:
-        self.future = future
-        self.conn = conn
-        """The connection the attempt was sent on (a refusal counts only from it)."""
-        self.deadline = deadline
-        """Loop time after which the attempt counts as unanswered."""
+_Pending = tuple[asyncio.Future[ClientReply | None], FramedProtocol, float]
+"""One sent attempt waiting for its reply: ``(future, conn, deadline)``, the Future
+resolved with the reply (or None), the connection the attempt was sent on (a refusal
+counts only from it), and the loop time after which it counts as unanswered. A plain
+tuple: made once per command, where a class's ``__init__`` is one more call."""
 
 
 BATCH_BYTES = 64 * 1024
@@ -307,7 +299,7 @@ class ClientPool(Closeable):
         loop = self._loop
         assert loop is not None
         future: asyncio.Future[ClientReply | None] = loop.create_future()
-        self._pending[key] = _Pending(future, conn, deadline)
+        self._pending[key] = (future, conn, deadline)
         if self._scan is None:
             self._scan = loop.call_later(self._scan_interval, self._expire)
         if conn.send(frame):
@@ -324,7 +316,7 @@ class ClientPool(Closeable):
         loop = self._loop
         assert loop is not None
         future: asyncio.Future[ClientReply | None] = loop.create_future()
-        self._pending[key] = _Pending(future, conn, deadline)
+        self._pending[key] = (future, conn, deadline)
         if self._scan is None:
             self._scan = loop.call_later(self._scan_interval, self._expire)
         size = len(request.command) + _REQUEST_OVERHEAD
@@ -361,15 +353,15 @@ class ClientPool(Closeable):
         pending = self._pending
         for r in requests:
             waiting = pending.get((r.client, r.seq))
-            if waiting is not None and waiting.conn is conn:
+            if waiting is not None and waiting[1] is conn:
                 del pending[(r.client, r.seq)]
-                if not waiting.future.done():
-                    waiting.future.set_result(None)
+                if not waiting[0].done():
+                    waiting[0].set_result(None)
 
     def _forget(self, key: tuple[int, int], future: asyncio.Future[ClientReply | None]) -> None:
         """Drop the entry of an attempt whose waiter gave up (it was cancelled)."""
         pending = self._pending.get(key)
-        if pending is not None and pending.future is future:
+        if pending is not None and pending[0] is future:
             del self._pending[key]
 
     async def _retry(
@@ -421,9 +413,9 @@ class ClientPool(Closeable):
         if not pending or self._loop is None:
             return
         now = self._loop.time()
-        overdue = [key for key, p in pending.items() if p.deadline <= now]
+        overdue = [key for key, p in pending.items() if p[2] <= now]
         for key in overdue:
-            future = pending.pop(key).future
+            future = pending.pop(key)[0]
             if not future.done():
                 future.set_result(None)
         if pending:
@@ -462,9 +454,9 @@ class ClientPool(Closeable):
             if self._conns.get(where) is lost:
                 del self._conns[where]
             pending = self._pending
-            gone = [key for key, p in pending.items() if p.conn is lost]
+            gone = [key for key, p in pending.items() if p[1] is lost]
             for key in gone:
-                future = pending.pop(key).future
+                future = pending.pop(key)[0]
                 if not future.done():
                     future.set_result(None)
 
@@ -530,19 +522,20 @@ class ClientPool(Closeable):
                 if waiting is None and msg.client == 0 and msg.error is not None:
                     self._refused(where, conn, msg)
                     continue
-                if waiting is None or (not msg.ok and waiting.conn is not conn):
+                if waiting is None or (not msg.ok and waiting[1] is not conn):
                     continue
                 del pending[key]
-                if not waiting.future.done():  # else its session was cancelled meanwhile
-                    waiting.future.set_result(msg)
+                future = waiting[0]
+                if not future.done():  # else its session was cancelled meanwhile
+                    future.set_result(msg)
 
     def _refused(self, where: tuple[int, int], conn: FramedProtocol, notice: ClientReply) -> None:
         """The node refused ``conn`` with ``notice`` (it closes it next): every attempt
         sent on it is turned away with the notice's reason (``engine.turned_away``)."""
         self._notices[where] = notice
         pending = self._pending
-        for key in [key for key, p in pending.items() if p.conn is conn]:
-            future = pending.pop(key).future
+        for key in [key for key, p in pending.items() if p[1] is conn]:
+            future = pending.pop(key)[0]
             if not future.done():
                 future.set_result(turned_away(notice, *key))
 
@@ -560,8 +553,8 @@ class ClientPool(Closeable):
         await asyncio.gather(*tasks, return_exceptions=True)
         pending, self._pending = self._pending, {}
         for waiting in pending.values():
-            if not waiting.future.done():
-                waiting.future.set_result(None)
+            if not waiting[0].done():
+                waiting[0].set_result(None)
         conns, self._conns = list(self._conns.values()), {}
         for conn in conns:
             with contextlib.suppress(Exception):
