@@ -153,8 +153,22 @@ class Session(KVOperations):
         reply: ClientReply | None = None
         tried = conn is not None and conn.is_open
         if conn is not None and tried:
+            # ``pool._post_batched`` in line for a command of the usual size (once per
+            # command): its Future and pending entry, the request in this pass's batch.
             until = now + pool.attempt_timeout
-            future = pool._post_batched(key, request, conn, deadline if deadline < until else until)
+            size = len(payload) + _REQUEST_OVERHEAD
+            box = pool._outbox.get(conn)
+            if box is None or box.size + size > BATCH_BYTES:
+                future = pool._post_batched(
+                    key, request, conn, deadline if deadline < until else until
+                )
+            else:
+                future = loop.create_future()
+                pool._pending[key] = (future, conn, deadline if deadline < until else until)
+                box.requests.append(request)
+                box.size += size
+                if pool._scan is None:
+                    pool._scan = loop.call_later(pool._scan_interval, pool._expire)
             try:
                 reply = await future
             except BaseException:
