@@ -5,7 +5,7 @@ Theory of operation
 Under 64 connections of small writes, aiohttp's per-request machinery (its protocol,
 the request and response objects, the router, the middlewares, the payload stream) cost
 the leader several times what the command itself costs (``bench/profiles/
-http64-wrk-leader-cpu.txt``: about 330 Python calls per request). The two requests a
+before-http64wrk-leader-cpu.txt``: about 330 Python calls per request). The two requests a
 KV load is made of, ``PUT /v1/kv/{key}`` and ``GET /v1/kv/{key}``, are simple enough to
 answer without it, so every connection of the HTTP port starts on ``FastConnection``:
 
