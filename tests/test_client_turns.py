@@ -67,7 +67,7 @@ def test_concurrent_commands_take_turns_in_order() -> None:
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("when", ["waiting", "handed"])
+@pytest.mark.parametrize("when", ["waiting", "in_line", "handed"])
 def test_a_cancelled_waiter_passes_the_turn_on(when: str) -> None:
     async def main() -> None:
         c = Scripted()
@@ -80,6 +80,10 @@ def test_a_cancelled_waiter_passes_the_turn_on(when: str) -> None:
         if when == "waiting":
             second.cancel()
             c.calls[0][1].set_result(None)
+        elif when == "in_line":  # cancelled while ``first`` is already due to resume:
+            # ``first`` gives the turn back with ``second``'s cancelled future still queued
+            c.calls[0][1].set_result(None)
+            second.cancel()
         else:  # the turn goes to ``second``, which is cancelled before it resumes
             c.calls[0][1].set_result(None)
             await until(lambda: first.done(), "first done")
@@ -110,5 +114,45 @@ def test_a_cancelled_command_frees_the_turn() -> None:
         c.calls[1][1].set_result(None)
         assert await second is None
         assert not c._busy
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_many_waiters_cancelled_at_random_points_stay_serialized(seed: int) -> None:
+    """Dozens of commands on one client, some cancelled or timed out at random points
+    (queued, handed the turn, in flight): never two in flight, seqs consecutive, every
+    survivor answered, the turn free at the end."""
+    import random
+
+    rng = random.Random(seed)
+
+    async def main() -> None:
+        c = Scripted()
+        tasks = [asyncio.create_task(c.put(f"k{i}", "v")) for i in range(30)]
+        tasks += [
+            asyncio.create_task(asyncio.wait_for(c.put(f"t{i}", "v"), rng.random() / 1000))
+            for i in range(5)
+        ]
+        answered = 0
+        for _ in range(2000):
+            if all(t.done() for t in tasks):
+                break
+            open_calls = [g for _, g in c.calls if not g.done()]
+            assert len(open_calls) <= 1, "two commands of one client in flight"
+            r = rng.random()
+            if r < 0.15:
+                live = [t for t in tasks if not t.done()]
+                if live:
+                    rng.choice(live).cancel()
+            elif r < 0.6 and open_calls:
+                open_calls[0].set_result(None)
+                answered += 1
+            await asyncio.sleep(0)
+        else:
+            raise AssertionError(f"hung: {sum(not t.done() for t in tasks)} commands open")
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert [s for s, _ in c.calls] == list(range(1, len(c.calls) + 1))
+        assert not c._busy and not c._turns
 
     asyncio.run(main())
