@@ -86,7 +86,9 @@ def test_http_without_a_valid_token_is_401_and_a_read_token_writing_is_403(
     asyncio.run(main())
 
 
-def test_binary_clients_need_a_token_and_a_read_token_cannot_write(tmp_path: Path) -> None:
+def test_binary_clients_need_a_token_and_a_read_token_cannot_write(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     async def main() -> None:
         configs = cluster_configs(tmp_path, 3, tokens=TOKENS)
         nodes = await start_nodes(configs)
@@ -109,6 +111,9 @@ def test_binary_clients_need_a_token_and_a_read_token_cannot_write(tmp_path: Pat
                     await reader.delete("k")
                 with pytest.raises(CommandRejected, match="forbidden"):
                     await reader.cas("k", "v1", "evil")
+                # Not a KV command at all: the refusal says so (it said "may not ?").
+                with pytest.raises(CommandRejected, match="may not run a command that is not"):
+                    await reader.command(b"\xc1not a KV command")
                 assert await reader.get("k") == "v1"
             async with ClientPool(addresses, cluster=CLUSTER, token=WRITE) as pool:
                 await pool.session().put("p", "pooled")
@@ -124,7 +129,11 @@ def test_binary_clients_need_a_token_and_a_read_token_cannot_write(tmp_path: Pat
         finally:
             await stop_nodes(nodes)
 
-    asyncio.run(main())
+    with caplog.at_level(logging.WARNING, logger="pyxos.server"):
+        asyncio.run(main())
+    said = caplog.text
+    assert "did not present a token: its requests are refused" in said, said
+    assert "presented an unknown token: its requests are refused" in said, said
 
 
 def test_a_tls_cluster_with_tokens_serves_both_apis_and_leaks_no_secret(

@@ -264,10 +264,10 @@ class ClientPort:
                 if role is None:
                     self.counters["auth_refused"] = self.counters.get("auth_refused", 0) + 1
                     logger.warning(
-                        "node %d: %s %s a token: its requests are refused",
+                        "node %d: %s %s: its requests are refused",
                         self.config.node_id,
                         holder[0].label,
-                        "presented an unknown" if hello.token else "did not present",
+                        "presented an unknown token" if hello.token else "did not present a token",
                     )
                 else:
                     self._roles[cid] = role
@@ -311,7 +311,8 @@ class ClientPort:
                 if op in READ_OPS:
                     allowed.append(msg)
                     continue
-                error = f"forbidden: a read-only token may not {op}"
+                what = op if op != "?" else "run a command that is not a KV read"
+                error = f"forbidden: a read-only token may not {what}"
                 counter = "auth_forbidden"
             self.counters[counter] = self.counters.get(counter, 0) + 1
             if conn is not None:
