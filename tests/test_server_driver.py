@@ -378,3 +378,43 @@ def test_inputs_of_one_event_loop_pass_share_one_ready(tmp_path: Path) -> None:
             stop(server)
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("role", ["idle_leader", "follower"])
+def test_a_failed_inline_fsync_stops_the_node_before_anything_it_held_leaves(
+    tmp_path: Path, role: str
+) -> None:
+    """The loop thread's own fsync (a follower's, an all but idle leader's) fails: the
+    node stops, its reply never leaves and the leader never steps its own Accepted,
+    not even from the pass's end (``pass_done``), where an inline report is fed."""
+
+    class FailingDurable(GatedDurable):
+        def sync(self) -> int:
+            raise OSError(5, "Input/output error")
+
+    async def main() -> None:
+        server, node, _, links = make(tmp_path)
+        durable = FailingDurable()
+        server.effects.durable = durable  # type: ignore[assignment]
+        node.replica = SimpleNamespace(  # type: ignore[attr-defined]
+            is_leader=role == "idle_leader", in_flight={}
+        )
+        server.peerbook.observe = lambda node: None  # type: ignore[method-assign]
+        server._majority_lost.observe = lambda node: None  # type: ignore[method-assign]
+        me = server.config.node_id
+        own: Any = Promise(me, B)
+        small = Persist(accepted=[Entry(1, B, b"x" * 10)])
+        node.script.append(Ready(small, send_after_sync=[Send((me,), own), nack(2)]))
+        node.script.append(Ready(send_now=[commit(3)]))
+        try:
+            await feed(server)
+            with pytest.raises(NodeFailed, match="Input/output error"):
+                await asyncio.wait_for(server.serve_forever(), 5.0)
+            assert server.effects.fsync_future is None  # it ran inline
+            assert links.sent == []  # the reply never left
+            assert node.stepped == []  # nor did the leader count its own Accepted
+            assert server.stats.leader_inline_fsyncs == 0
+        finally:
+            stop(server)
+
+    asyncio.run(main())
