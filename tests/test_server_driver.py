@@ -418,3 +418,43 @@ def test_a_failed_inline_fsync_stops_the_node_before_anything_it_held_leaves(
             stop(server)
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("role", ["idle_leader", "follower"])
+def test_nothing_an_inline_fsync_holds_leaves_before_it(tmp_path: Path, role: str) -> None:
+    """On the loop thread's own fsync (a follower's, an all but idle leader's), what the
+    pass sent at once leaves before it (``send_now``), but the reply waiting for it
+    and the leader's own Accepted only after it returned."""
+
+    async def main() -> None:
+        server, node, _, links = make(tmp_path)
+        seen: list[tuple[list[int], int]] = []
+
+        class Watching(GatedDurable):
+            def sync(self) -> int:
+                seen.append((dsts(links), len(node.stepped)))
+                self.gate.release()
+                return super().sync()
+
+        server.effects.durable = Watching()  # type: ignore[assignment]
+        node.replica = SimpleNamespace(  # type: ignore[attr-defined]
+            is_leader=role == "idle_leader", in_flight={}
+        )
+        server.peerbook.observe = lambda node: None  # type: ignore[method-assign]
+        server._majority_lost.observe = lambda node: None  # type: ignore[method-assign]
+        me = server.config.node_id
+        own: Any = Promise(me, B)
+        small = Persist(accepted=[Entry(1, B, b"x" * 10)])
+        node.script.append(
+            Ready(small, send_now=[commit(3)], send_after_sync=[Send((me,), own), nack(2)])
+        )
+        try:
+            await feed(server)
+            await wait_for(lambda: dsts(links) == [3, 2], 2.0, "the reply")
+            assert seen == [([3], 0)]  # at the fsync: only what did not wait for it
+            assert server.effects.fsync_future is None  # it ran inline
+            await wait_for(lambda: node.stepped == [own], 2.0, "the own message")
+        finally:
+            stop(server)
+
+    asyncio.run(main())
