@@ -29,8 +29,8 @@ import contextlib
 import logging
 import random
 import ssl
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 import msgspec
 
@@ -307,9 +307,11 @@ class NodeServer(NodeViews):
 
     # -- feeding the node -----------------------------------------------------------------
 
-    def _input(self, msgs: Iterable[Message]) -> None:
+    def _input(self, msgs: Sequence[Message], src: int | None = None) -> None:
         """Feed one input batch: tick, step every message; drive once at the end of this
-        loop pass, so all its inputs share one Ready (one batch, WAL write, Accept)."""
+        loop pass, so all its inputs share one Ready (one batch, WAL write, Accept).
+        ``src``: ``msgs`` are the requests of that client connection, stepped in one
+        call (``ServiceNode.step_requests``), not one message at a time."""
         node, loop = self.node, self._loop
         if node is None or loop is None or self._closing or self._fatal is not None:
             return
@@ -317,11 +319,17 @@ class NodeServer(NodeViews):
             return
         self.stats.inputs += 1
         if (tracer := self.effects.tracer) is not None:  # pyxos serve --trace
+            if src is not None:  # it records each message with its src
+                requests = cast(list[ClientRequest], msgs)
+                msgs, src = [msgspec.structs.replace(r, src=src) for r in requests], None
             tracer.received(msgs := list(msgs))
         try:
             node.tick(self.clock.now())
-            for msg in msgs:
-                node.step(msg)
+            if src is not None:
+                node.step_requests(src, cast(list[ClientRequest], msgs))
+            else:
+                for msg in msgs:
+                    node.step(msg)
         except Exception as e:
             self._internal_error(e)
             return
@@ -330,26 +338,8 @@ class NodeServer(NodeViews):
             loop.call_soon(self._drive_pass)
 
     def _input_from(self, src: int, requests: list[ClientRequest]) -> None:
-        """``_input`` for the requests of one client connection ``src``: stepped in one
-        call (``ServiceNode.step_requests``), not one message at a time."""
-        node, loop = self.node, self._loop
-        if node is None or loop is None or self._closing or self._fatal is not None:
-            return
-        if self.effects.tracer is not None:  # it records each message with its src
-            self._input([msgspec.structs.replace(r, src=src) for r in requests])
-            return
-        if self.effects.disk_full.paused(requests):
-            return
-        self.stats.inputs += 1
-        try:
-            node.tick(self.clock.now())
-            node.step_requests(src, requests)
-        except Exception as e:
-            self._internal_error(e)
-            return
-        if not self._drive_scheduled:
-            self._drive_scheduled = True
-            loop.call_soon(self._drive_pass)
+        """``_input`` for the requests of one client connection ``src``."""
+        self._input(requests, src)
 
     def _after_fsync(self) -> None:
         """A thread's fsync was reported: step what it released to this node now."""
