@@ -306,16 +306,24 @@ class ClientPool(Closeable):
 
     # -- one command: retries and redirects ---------------------------------------------
 
-    def _post(
-        self, key: tuple[int, int], frame: bytes, conn: FramedProtocol, deadline: float
-    ) -> asyncio.Future[ClientReply | None] | None:
-        """Send one attempt and register its Future; None if ``conn`` dropped the frame."""
+    def _register(
+        self, key: tuple[int, int], conn: FramedProtocol, deadline: float
+    ) -> asyncio.Future[ClientReply | None]:
+        """The Future of an attempt of ``key`` on ``conn``, registered until ``deadline``
+        (the expiry scan started if none is due)."""
         loop = self._loop
         assert loop is not None
         future: asyncio.Future[ClientReply | None] = loop.create_future()
         self._pending[key] = (future, conn, deadline)
         if self._scan is None:
             self._scan = loop.call_later(self._scan_interval, self._expire)
+        return future
+
+    def _post(
+        self, key: tuple[int, int], frame: bytes, conn: FramedProtocol, deadline: float
+    ) -> asyncio.Future[ClientReply | None] | None:
+        """Send one attempt and register its Future; None if ``conn`` dropped the frame."""
+        future = self._register(key, conn, deadline)
         if conn.send(frame):
             return future
         del self._pending[key]
@@ -327,12 +335,7 @@ class ClientPool(Closeable):
         """Send one first attempt in this pass's batch for ``conn`` (one frame of
         every such request, at the end of the pass: ``_flush_outbox``), and register
         its Future; a frame the connection drops resolves it with None."""
-        loop = self._loop
-        assert loop is not None
-        future: asyncio.Future[ClientReply | None] = loop.create_future()
-        self._pending[key] = (future, conn, deadline)
-        if self._scan is None:
-            self._scan = loop.call_later(self._scan_interval, self._expire)
+        future = self._register(key, conn, deadline)
         size = len(request.command) + _REQUEST_OVERHEAD
         if size > BATCH_BYTES:  # a large command goes alone, at once
             self._send_batch(conn, [request])
@@ -342,7 +345,7 @@ class ClientPool(Closeable):
             box = self._outbox[conn] = _Outbox()
             if not self._outbox_scheduled:
                 self._outbox_scheduled = True
-                loop.call_soon(self._flush_outbox)
+                future.get_loop().call_soon(self._flush_outbox)
         elif box.size + size > BATCH_BYTES:
             self._send_batch(conn, box.requests)
             box.requests, box.size = [], 0
