@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from pyxos.bench.loadgen import cpu_seconds
+from pyxos.bench.systems import ceiling_json
 from pyxos.localcluster import free_ports
 from pyxos.storage.bench import measure_raw_fsync
 
@@ -164,27 +165,7 @@ def run_ceiling_embedded(outstanding: int, *, seconds: float, script: Path) -> d
         "--warmup",
         "1",
     ]
-    attempts = 4  # its nodes get 3 s to start: a loaded machine may miss it, so retry
-    for attempt in range(attempts):
-        if attempt:
-            time.sleep(2.0)
-        proc = subprocess.run(
-            cmd,
-            cwd=script.parent,
-            capture_output=True,
-            text=True,
-            timeout=seconds + 120,
-            check=False,
-        )
-        lines = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("{")]
-        if proc.returncode == 0 and lines:
-            break
-        if attempt == attempts - 1:
-            raise RuntimeError(
-                f"the ceiling failed {attempts} times (exit {proc.returncode}): "
-                f"{proc.stderr[-500:]}"
-            )
-    doc: dict[str, Any] = json.loads(lines[-1])
+    doc = ceiling_json(cmd, script, seconds, attempts=4)
     cpu = doc.get("cpu")
     cpu_s = (
         sum(float(v["pct"]) for v in cpu.values()) / 100.0 * seconds

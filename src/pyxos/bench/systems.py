@@ -219,21 +219,7 @@ async def _load_pyxos(
                 hist.record(v)
             errors, unknown = bench.errors, bench.unknown
         elif load.http_loadgen == "wrk":
-            script = wrk_script(
-                "pyxos",
-                keys=load.keys,
-                read_ratio=load.read_ratio,
-                value_size=load.value_size,
-                seed=load.seed,
-            )
-            wout = await run_wrk(
-                cluster.nodes[leader].http_url,
-                script,
-                connections=load.conns,
-                seconds=load.seconds,
-                warmup=load.warmup,
-                on_window=probe,
-            )
+            wout = await _wrk_load("pyxos", cluster.nodes[leader].http_url, load, probe)
             return _wrk_case(
                 wout,
                 load,
@@ -284,6 +270,26 @@ async def _load_pyxos(
         cmds_per_fsync=probe.per_count(hist.count),
         leader_cpu_s_per_1k_ops=probe.leader_cpu_per_1k(hist.count),
         loadgen_cpu_s_per_1k_ops=probe.own_cpu_per_1k(hist.count),
+    )
+
+
+async def _wrk_load(system: str, url: str, load: Load, probe: _Probe) -> WrkResult:
+    """``load`` through wrk against ``system``'s HTTP API at ``url`` (its script from
+    ``wrk_script``), ``probe`` told of the measured window."""
+    script = wrk_script(
+        system,
+        keys=load.keys,
+        read_ratio=load.read_ratio,
+        value_size=load.value_size,
+        seed=load.seed,
+    )
+    return await run_wrk(
+        url,
+        script,
+        connections=load.conns,
+        seconds=load.seconds,
+        warmup=load.warmup,
+        on_window=probe,
     )
 
 
@@ -457,21 +463,7 @@ async def _load_etcd(etcd: _Etcd, leader: int, load: Load, grpc: bool) -> CaseRe
                     await c.close()
         api = "grpc (aetcd)"
     elif load.http_loadgen == "wrk":
-        script = wrk_script(
-            "etcd",
-            keys=load.keys,
-            read_ratio=load.read_ratio,
-            value_size=load.value_size,
-            seed=load.seed,
-        )
-        wout = await run_wrk(
-            etcd.url(leader),
-            script,
-            connections=load.conns,
-            seconds=load.seconds,
-            warmup=load.warmup,
-            on_window=probe,
-        )
+        wout = await _wrk_load("etcd", etcd.url(leader), load, probe)
         return _wrk_case(
             wout,
             load,
@@ -525,6 +517,30 @@ def ceiling_script(ceiling_dir: str | Path | None) -> Path | None:
     return script if script.is_file() else None
 
 
+def ceiling_json(cmd: list[str], script: Path, seconds: float, *, attempts: int) -> dict[str, Any]:
+    """Run the ceiling's ``bench.py`` (``cmd``, in its directory) and return the JSON
+    object it prints last. Its nodes get 3 s to start, which a loaded machine may
+    miss: up to ``attempts`` tries, 2 s apart; ``RuntimeError`` after the last."""
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(2.0)  # let the machine settle before the next try
+        proc = subprocess.run(
+            cmd,
+            cwd=script.parent,
+            capture_output=True,
+            text=True,
+            timeout=seconds + 120,
+            check=False,
+        )
+        lines = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("{")]
+        if proc.returncode == 0 and lines:
+            doc: dict[str, Any] = json.loads(lines[-1])
+            return doc
+    raise RuntimeError(
+        f"the ceiling failed {attempts} times (exit {proc.returncode}): {proc.stderr[-500:]}"
+    )
+
+
 def run_ceiling(load: Load, script: Path) -> CaseResult:
     """One case of the ceiling (writes only, 10-byte commands: its fixed load)."""
     cmd = [
@@ -541,27 +557,7 @@ def run_ceiling(load: Load, script: Path) -> CaseResult:
         "--warmup",
         "1",
     ]
-    attempts = 6  # its nodes get 3 s to start: a loaded machine may miss it, so retry
-    for attempt in range(attempts):
-        if attempt:
-            time.sleep(2.0)  # let the machine settle before the next try
-        proc = subprocess.run(
-            cmd,
-            cwd=script.parent,
-            capture_output=True,
-            text=True,
-            timeout=load.seconds + 120,
-            check=False,
-        )
-        lines = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("{")]
-        if proc.returncode == 0 and lines:
-            break
-        if attempt == attempts - 1:
-            raise RuntimeError(
-                f"the ceiling failed {attempts} times (exit {proc.returncode}): "
-                f"{proc.stderr[-500:]}"
-            )
-    doc: dict[str, Any] = json.loads(lines[-1])
+    doc = ceiling_json(cmd, script, load.seconds, attempts=6)
     ops_per_s = float(doc["commits_per_s"])
     # Per-process CPU in percent of one core over the window; the nodes only (not
     # the load generator "LG"), as for pyxos.
